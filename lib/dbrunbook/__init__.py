@@ -1,0 +1,1 @@
+"""dbrunbook: runbook notebooks for Alembic migrations on PostgreSQL, with signed records."""

@@ -1,0 +1,273 @@
+"""Load dbrunbook.toml: targets (where), migration sets (what), project paths (records, keys).
+
+A target never holds a password: its connection comes from an environment variable (``url_env``), a libpq
+service name (``service``, resolved by libpq from ~/.pg_service.conf with ~/.pgpass), or the embedded server
+(``embedded = true``, the default target ``local``). A migration set is any existing Alembic project, used
+unchanged: its alembic.ini (or pyproject.toml), the ini section, its version table, and the environment
+variables its env.py reads.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, MigrationSetNotFound, MissingSecret, TargetNotFound
+
+CONFIG_NAME = "dbrunbook.toml"
+ENV_CONFIG = "DBRUNBOOK_CONFIG"
+
+_TARGET_KEYS = {
+    "url_env", "service", "embedded", "protected", "lock_timeout", "statement_timeout", "retries",
+    "description", "health_url", "maintenance_command", "maintenance_flag", "backup_max_age",
+    "blocker_max_age",
+}
+_SET_KEYS = {"alembic_ini", "section", "script_location", "version_table", "version_table_schema",
+             "url_env", "env", "models", "description"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A database dbrunbook may act on, and the policy that applies to it."""
+
+    name: str
+    url_env: str | None = None
+    service: str | None = None
+    embedded: bool = False
+    protected: bool = False
+    lock_timeout: str = "2s"
+    statement_timeout: str = "15min"
+    retries: int = 5
+    description: str = ""
+    health_url: str | None = None
+    maintenance_command: str | None = None
+    maintenance_flag: str | None = None
+    backup_max_age: str = "24h"
+    blocker_max_age: str = "60s"
+
+    def _repr_html_(self) -> str:
+        source = "embedded" if self.embedded else (f"${self.url_env}" if self.url_env else f"service={self.service}")
+        rows = [("target", self.name), ("connection", source), ("protected", self.protected),
+                ("lock_timeout", self.lock_timeout), ("statement_timeout", self.statement_timeout)]
+        return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+@dataclass(frozen=True)
+class MigrationSet:
+    """An Alembic project dbrunbook drives without editing it."""
+
+    name: str
+    alembic_ini: Path | None = None
+    section: str = "alembic"
+    script_location: Path | None = None
+    version_table: str = "alembic_version"
+    version_table_schema: str | None = None
+    url_env: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    models: str | None = None
+    description: str = ""
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder Alembic's relative paths are resolved against (the ini's folder)."""
+        if self.alembic_ini is not None:
+            return self.alembic_ini.parent
+        assert self.script_location is not None
+        return self.script_location.parent
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole of dbrunbook.toml, with paths made absolute against the file's folder."""
+
+    path: Path
+    targets: dict[str, Target]
+    migration_sets: dict[str, MigrationSet]
+    outputs_dir: Path
+    runbooks_dir: Path
+    keys_dir: Path
+    state_dir: Path
+    allowed_signers: Path
+    default_target: str = "local"
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def target(self, name: str | None = None) -> Target:
+        """Return the target called ``name`` (default: the configured default)."""
+        name = name or self.default_target
+        try:
+            return self.targets[name]
+        except KeyError:
+            raise TargetNotFound(name, sorted(self.targets), str(self.path)) from None
+
+    def migration_set(self, name: str) -> MigrationSet:
+        try:
+            return self.migration_sets[name]
+        except KeyError:
+            raise MigrationSetNotFound(name, sorted(self.migration_sets), str(self.path)) from None
+
+    def select_sets(self, names: str | list[str] | None = "all") -> list[MigrationSet]:
+        """Resolve a ``migration_set`` parameter: 'all' (or empty), one name, or a comma-separated list."""
+        if names in (None, "", "all"):
+            return list(self.migration_sets.values())
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        return [self.migration_set(n) for n in names]
+
+
+def find_config(start: Path | None = None) -> Path:
+    """Locate dbrunbook.toml: $DBRUNBOOK_CONFIG, else the nearest one in this folder or a parent."""
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        path = Path(env).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"{ENV_CONFIG}={env} does not name a file. Unset it or point it at a dbrunbook.toml.")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"No {CONFIG_NAME} in {here} or any parent folder. Run dbrunbook from the project folder, "
+        f"or set {ENV_CONFIG} to the file's path."
+    )
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read and check dbrunbook.toml.
+
+    Raises:
+        ConfigError: the file is missing or malformed; the message names the file, the key and the fix.
+    """
+    path = Path(path).resolve() if path else find_config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist. Create it (see README, 'Configuration').") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}. Fix the line it names.") from err
+    root = path.parent
+    project = _table(data, "project", path)
+    records = _table(data, "records", path)
+
+    def rel(value: str | None, default: str) -> Path:
+        p = Path(value or default).expanduser()
+        return p if p.is_absolute() else (root / p).resolve()
+
+    targets = {name: _target(name, raw, path) for name, raw in _table(data, "targets", path).items()}
+    if "local" not in targets:
+        targets["local"] = Target(name="local", embedded=True, description="the embedded PostgreSQL")
+    sets = {name: _migration_set(name, raw, path, root) for name, raw in _table(data, "migration_sets", path).items()}
+    if not sets:
+        raise ConfigError(f"{path} defines no [migration_sets.NAME]; add one with alembic_ini = 'path/to/alembic.ini'.")
+    state_dir = rel(project.get("state_dir"), ".dbrunbook")
+    keys_dir = rel(records.get("keys_dir"), str(state_dir / "keys"))
+    default_target = project.get("default_target", "local")
+    if default_target not in targets:
+        raise TargetNotFound(default_target, sorted(targets), str(path))
+    return Config(
+        path=path,
+        targets=targets,
+        migration_sets=sets,
+        outputs_dir=rel(project.get("outputs"), "outputs"),
+        runbooks_dir=rel(project.get("runbooks"), "runbooks"),
+        keys_dir=keys_dir,
+        state_dir=state_dir,
+        allowed_signers=rel(records.get("allowed_signers"), str(keys_dir / "allowed_signers")),
+        default_target=default_target,
+    )
+
+
+def _table(data: dict, key: str, path: Path) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: '{key}' must be a table ([{key}]), not {type(value).__name__}.")
+    return value
+
+
+def _check_keys(raw: dict, allowed: set[str], where: str, path: Path) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)} in [{where}]. Allowed: {', '.join(sorted(allowed))}."
+        )
+    for secretish in ("url", "password", "dsn"):
+        if secretish in raw:
+            raise ConfigError(
+                f"{path}: [{where}] has '{secretish}'; connection strings never go in this file. "
+                f"Use url_env = 'NAME_OF_ENV_VAR' or service = 'libpq service name'."
+            )
+
+
+def _target(name: str, raw: dict, path: Path) -> Target:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [targets.{name}] must be a table.")
+    _check_keys(raw, _TARGET_KEYS, f"targets.{name}", path)
+    sources = [k for k in ("url_env", "service") if raw.get(k)] + (["embedded"] if raw.get("embedded") else [])
+    if len(sources) != 1:
+        raise ConfigError(
+            f"{path}: [targets.{name}] needs exactly one of url_env, service or embedded = true "
+            f"(found {', '.join(sources) or 'none'})."
+        )
+    try:
+        return Target(name=name, **raw)
+    except TypeError as err:
+        raise ConfigError(f"{path}: [targets.{name}]: {err}.") from err
+
+
+def _migration_set(name: str, raw: dict, path: Path, root: Path) -> MigrationSet:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [migration_sets.{name}] must be a table.")
+    _check_keys(raw, _SET_KEYS, f"migration_sets.{name}", path)
+    raw = dict(raw)
+    for key in ("alembic_ini", "script_location"):
+        if raw.get(key):
+            p = Path(raw[key]).expanduser()
+            raw[key] = p if p.is_absolute() else (root / p).resolve()
+    if not raw.get("alembic_ini") and not raw.get("script_location"):
+        raise ConfigError(
+            f"{path}: [migration_sets.{name}] needs alembic_ini = 'path/to/alembic.ini' "
+            f"(or pyproject.toml), or script_location = 'path/to/migrations'."
+        )
+    ini = raw.get("alembic_ini")
+    if ini is not None and not ini.is_file():
+        raise ConfigError(f"{path}: [migration_sets.{name}] alembic_ini = {ini} does not exist. Fix the path.")
+    env = raw.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise ConfigError(f"{path}: [migration_sets.{name}] env must be a table of strings.")
+    return MigrationSet(name=name, **raw)
+
+
+def resolve_url(target: Target, config: Config) -> str:
+    """Return the SQLAlchemy URL (psycopg 3 driver) of a target, starting the embedded server if needed.
+
+    The result may carry a password taken from the environment: never print or record it; use
+    ``dbrunbook.db.mask_url`` for anything a human or a record sees.
+
+    Raises:
+        MissingSecret: the target's environment variable is not set.
+    """
+    if target.embedded:
+        from .embedded import EmbeddedServer
+
+        return EmbeddedServer.for_config(config).ensure_started()
+    if target.service:
+        return f"postgresql+psycopg:///?service={target.service}"
+    assert target.url_env is not None
+    value = os.environ.get(target.url_env)
+    if not value:
+        raise MissingSecret(target.name, target.url_env, str(config.path))
+    return normalize_url(value)
+
+
+def normalize_url(url: str) -> str:
+    """Make a libpq/SQLAlchemy URL use the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg2://", "postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    raise ConfigError("A target URL must start with postgresql:// (other databases are not supported).")

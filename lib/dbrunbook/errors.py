@@ -1,0 +1,170 @@
+"""Errors of dbrunbook: one base class, subclasses named for the condition, carrying their data.
+
+A message says what happened with the concrete values, then what to do. Each class has an ``exit_status``
+that the launcher and the CLI use: 1 a step failed, 2 bad usage or configuration, 3 stopped at a guard.
+"""
+
+from __future__ import annotations
+
+
+class DbRunbookError(Exception):
+    """Base of every error dbrunbook raises on purpose."""
+
+    exit_status = 1
+
+
+# --- usage and configuration (exit 2) -------------------------------------------------------------------
+class ConfigError(DbRunbookError):
+    """dbrunbook.toml is missing, malformed or refers to something that does not exist."""
+
+    exit_status = 2
+
+
+class TargetNotFound(ConfigError):
+    """A target name that dbrunbook.toml does not define."""
+
+    def __init__(self, name: str, known: list[str], path: str):
+        self.name, self.known, self.path = name, known, path
+        super().__init__(
+            f"Unknown target '{name}' in {path}; known targets: {', '.join(known) or '(none)'}. "
+            f"Add a [targets.{name}] table or pass one of the known names with -t."
+        )
+
+
+class MigrationSetNotFound(ConfigError):
+    """A migration set name that dbrunbook.toml does not define."""
+
+    def __init__(self, name: str, known: list[str], path: str):
+        self.name, self.known, self.path = name, known, path
+        super().__init__(
+            f"Unknown migration set '{name}' in {path}; known sets: {', '.join(known) or '(none)'}. "
+            f"Add a [migration_sets.{name}] table or use one of the known names."
+        )
+
+
+class MissingSecret(ConfigError):
+    """The environment variable that should hold a target's connection URL is not set."""
+
+    def __init__(self, target: str, variable: str, path: str):
+        self.target, self.variable, self.path = target, variable, path
+        super().__init__(
+            f"Target '{target}' reads its connection URL from the environment variable {variable}, "
+            f"which is not set (see [targets.{target}] url_env in {path}). "
+            f"Export it, e.g. export {variable}='postgresql://user@host:5432/dbname' "
+            f"(keep the password in ~/.pgpass or PGPASSWORD, never in a file under version control)."
+        )
+
+
+class ParameterError(DbRunbookError):
+    """A runbook parameter that is unknown, mistyped, or looks like a secret."""
+
+    exit_status = 2
+
+
+class RunbookNotFound(DbRunbookError):
+    """A runbook name with no notebook under runbooks/."""
+
+    exit_status = 2
+
+    def __init__(self, name: str, known: list[str]):
+        self.name, self.known = name, known
+        super().__init__(
+            f"Unknown runbook '{name}'; known runbooks: {', '.join(known)}. Run 'dbrunbook list' to see them."
+        )
+
+
+# --- environment (exit 1) ---------------------------------------------------------------------------------
+class DatabaseUnavailable(DbRunbookError):
+    """The target database does not accept connections."""
+
+    def __init__(self, target: str, masked_url: str, reason: str):
+        self.target, self.masked_url, self.reason = target, masked_url, reason
+        hint = (
+            "Start it with 'dbrunbook db start'."
+            if target == "local"
+            else f"Check that the server is up and that the URL of target '{target}' is right."
+        )
+        super().__init__(f"Cannot connect to target '{target}' at {masked_url}: {reason}. {hint}")
+
+
+class EmbeddedServerError(DbRunbookError):
+    """The embedded PostgreSQL could not be initialised, started or stopped."""
+
+
+class RevisionNotFound(DbRunbookError):
+    """A revision id or name that the migration scripts do not define."""
+
+    exit_status = 2
+
+    def __init__(self, revision: str, migration_set: str, detail: str = ""):
+        self.revision, self.migration_set = revision, migration_set
+        super().__init__(
+            f"Revision '{revision}' is not defined in migration set '{migration_set}'"
+            f"{': ' + detail if detail else ''}. "
+            f"Run 'dbrunbook run status' to list the known revisions."
+        )
+
+
+class DialectMismatch(DbRunbookError):
+    """The project's env.py connected somewhere other than the target dbrunbook handed it."""
+
+    exit_status = 2
+
+
+class MigrationFailed(DbRunbookError):
+    """An Alembic step failed; carries the last revision that completed."""
+
+    def __init__(self, migration_set: str, revision: str | None, completed: tuple[str, ...], reason: str):
+        self.migration_set, self.revision, self.completed, self.reason = (
+            migration_set, revision, completed, reason,
+        )
+        super().__init__(
+            f"Migration set '{migration_set}' failed at revision {revision or '?'}: {reason}. "
+            f"The database is at {', '.join(completed) or 'base'}. "
+            f"Run 'dbrunbook run troubleshoot' to diagnose before retrying."
+        )
+
+
+class RunbookFailed(DbRunbookError):
+    """A runbook run that did not complete."""
+
+
+class SignatureInvalid(DbRunbookError):
+    """A record whose signature, trust or digest does not check out."""
+
+
+# --- guards (exit 3) --------------------------------------------------------------------------------------
+class GuardStop(DbRunbookError):
+    """A guard in a runbook refused to go on; the launcher classifies the run as stopped at a guard."""
+
+    exit_status = 3
+
+
+class ConfirmationRequired(GuardStop):
+    """A destructive step needs an explicit confirmation parameter equal to the database name."""
+
+
+class NotAtExpectedRevision(GuardStop):
+    """The database is not at the revision this run expects."""
+
+
+class DataLossRefused(GuardStop):
+    """A downgrade would destroy rows or values and allow_data_loss is not set."""
+
+
+class UnsafeMigration(GuardStop):
+    """Lint found error-level problems that are not listed in the allow parameter."""
+
+
+class DeployerLockHeld(GuardStop):
+    """Another dbrunbook run holds the deployer lock on this database."""
+
+
+class NoSnapshot(GuardStop):
+    """verify found no earlier signed snapshot of this database to compare with."""
+
+
+GUARD_ENAMES = frozenset(
+    cls.__name__ for cls in (GuardStop, ConfirmationRequired, NotAtExpectedRevision, DataLossRefused,
+                             UnsafeMigration, DeployerLockHeld, NoSnapshot)
+)
