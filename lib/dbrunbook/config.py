@@ -22,7 +22,7 @@ ENV_CONFIG = "DBRUNBOOK_CONFIG"
 _TARGET_KEYS = {
     "url_env", "service", "embedded", "protected", "lock_timeout", "statement_timeout", "retries",
     "description", "health_url", "maintenance_command", "maintenance_flag", "backup_max_age",
-    "blocker_max_age",
+    "blocker_max_age", "database",
 }
 _SET_KEYS = {"alembic_ini", "section", "script_location", "version_table", "version_table_schema",
              "url_env", "env", "models", "description"}
@@ -46,6 +46,7 @@ class Target:
     maintenance_flag: str | None = None
     backup_max_age: str = "24h"
     blocker_max_age: str = "60s"
+    database: str = "app"  # only for embedded targets: the database inside the embedded server
 
     def _repr_html_(self) -> str:
         source = "embedded" if self.embedded else (f"${self.url_env}" if self.url_env else f"service={self.service}")
@@ -255,7 +256,11 @@ def resolve_url(target: Target, config: Config) -> str:
     if target.embedded:
         from .embedded import EmbeddedServer
 
-        return EmbeddedServer.for_config(config).ensure_started()
+        from . import db
+
+        admin_url = EmbeddedServer.for_config(config).ensure_started()
+        db.ensure_database(admin_url, target.database)
+        return db.with_database(admin_url, target.database)
     if target.service:
         return f"postgresql+psycopg:///?service={target.service}"
     assert target.url_env is not None

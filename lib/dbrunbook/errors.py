@@ -164,7 +164,22 @@ class NoSnapshot(GuardStop):
     """verify found no earlier signed snapshot of this database to compare with."""
 
 
+class UnexpectedChange(GuardStop):
+    """verify found rows vanished, schema drift, or a version that moved without a record."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            "Unexpected change since the last signed snapshot: " + "; ".join(problems)
+            + ". Investigate with 'dbrunbook run troubleshoot', or re-baseline with 'dbrunbook run apply'."
+        )
+
+
+class HealthCheckFailed(DbRunbookError):
+    """The application's health URL did not answer 2xx after a deploy."""
+
+
 GUARD_ENAMES = frozenset(
     cls.__name__ for cls in (GuardStop, ConfirmationRequired, NotAtExpectedRevision, DataLossRefused,
-                             UnsafeMigration, DeployerLockHeld, NoSnapshot)
+                             UnsafeMigration, DeployerLockHeld, NoSnapshot, UnexpectedChange)
 )

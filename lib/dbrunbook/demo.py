@@ -1,0 +1,73 @@
+"""`dbrunbook demo` (make demo): the deploy procedure on the embedded database and the sample migrations.
+
+Resets the embedded database of target ``demo``, brings it to an older revision with the `apply` runbook,
+fills it with sample rows, then runs `deploy` (dry_run false) and `verify`, each a signed record, and checks
+the records. Everything it changes in the database is done by runbooks, so there is a record of it, except the
+sample rows themselves (demo content).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from . import db, records
+from .config import Config, resolve_url
+from .embedded import EmbeddedServer
+
+DEMO_TARGET = "demo"
+#: Where the demo database starts: main before its last two revisions, ai at its first revision.
+START = {"main": "ea90695", "ai": "56d701cf2472"}
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _load_demo_data(config: Config):
+    path = config.root / "migrations" / "demo_data.py"
+    spec = importlib.util.spec_from_file_location("dbrunbook_demo_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_demo(config: Config) -> list:
+    """Run the demo; returns the RunResults of the runs it made."""
+    from .runner import run_runbook
+
+    key, created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
+    if created:
+        _say(f"Created a local operator signing key {key} (trusted in {config.allowed_signers}).")
+    server = EmbeddedServer.for_config(config)
+    admin_url = server.ensure_started()
+    _say(f"Embedded PostgreSQL is running: {db.mask_url(admin_url)} (stop it with 'dbrunbook db stop').")
+    target = config.target(DEMO_TARGET)
+    db.drop_database(admin_url, target.database)
+    db.create_database(admin_url, target.database)
+    _say(f"Reset database '{target.database}' for the demo.")
+
+    results = []
+
+    def run(runbook: str, **params: str):
+        _say(f"--> dbrunbook run {runbook} -t {DEMO_TARGET} " + " ".join(f"-p {k} {v}" for k, v in params.items()))
+        result = run_runbook(runbook, target=DEMO_TARGET, parameters=params, config=config)
+        _say(f"    {result.outcome}: {result.record_dir}")
+        results.append(result)
+        return result
+
+    for name, revision in START.items():
+        run("apply", migration_set=name, revision=revision, dry_run="false")
+    inserted = _load_demo_data(config).fill(resolve_url(target, config))
+    _say(f"Filled sample data: {sum(inserted.values()):,} rows in {len(inserted)} tables.")
+    run("deploy", dry_run="false")
+    run("verify")
+    for result in results:
+        check = records.verify_record(result.record_dir, config.allowed_signers)
+        _say(f"    verify {result.record_dir.name}: {check.status}")
+    print("Signed records:")
+    for result in results:
+        print(f"  {result.outcome:<18} {result.record_dir}")
+    print("Check them with: dbrunbook verify " + str(config.outputs_dir))
+    return results

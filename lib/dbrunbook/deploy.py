@@ -1,0 +1,139 @@
+"""The steps of the guide's Production Deployment Checklist that are more than one call elsewhere."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+
+import pandas as pd
+import sqlalchemy as sa
+
+from . import migrations
+from .errors import HealthCheckFailed, MigrationFailed
+
+# Statements that break running code still using the old schema (the guide's "Check for breaking changes").
+_BREAKING = [
+    (re.compile(r"\bDROP\s+TABLE\b", re.I), "drops a table", "code that reads it fails"),
+    (re.compile(r"\bDROP\s+COLUMN\b", re.I), "drops a column", "running code that still selects it fails"),
+    (re.compile(r"\bRENAME\s+(COLUMN\s+)?\S+\s+TO\b", re.I), "renames a column or table",
+     "running code that uses the old name fails"),
+    (re.compile(r"\bRENAME\s+TO\b", re.I), "renames an object", "running code that uses the old name fails"),
+    (re.compile(r"\bALTER\s+TYPE\s+\S+\s+(RENAME\s+VALUE|DROP\s+VALUE)", re.I), "changes enum values",
+     "rows or code using the old value break"),
+    (re.compile(r"\bALTER\s+COLUMN\s+\S+\s+(SET\s+DATA\s+)?TYPE\b", re.I), "changes a column type",
+     "may rewrite the table and break code expecting the old type"),
+    (re.compile(r"\bSET\s+NOT\s+NULL\b", re.I), "makes a column NOT NULL",
+     "old code inserting NULL fails; existing NULLs fail the migration"),
+]
+
+
+def breaking_changes(preview) -> pd.DataFrame:
+    """Statements of the pending SQL that break code still running against the old schema."""
+    rows = []
+    for set_name, steps in preview.steps.items():
+        for step in steps:
+            for statement in _statements(step.sql):
+                for pattern, what, why in _BREAKING:
+                    if pattern.search(statement):
+                        rows.append({"migration_set": set_name, "revision": step.revision, "change": what,
+                                     "why it matters": why, "statement": statement.strip()[:160]})
+    frame = pd.DataFrame(rows, columns=["migration_set", "revision", "change", "why it matters", "statement"])
+    if frame.empty:
+        print("No breaking change found in the pending SQL.")
+    return frame
+
+
+def _statements(sql: str) -> list[str]:
+    return [s for s in sql.split(";") if s.strip() and not s.strip().startswith("--")]
+
+
+def rollback_plan(session, revision: str = "heads", migration_set: str = "all") -> pd.DataFrame:
+    """For each set with pending steps: the downgrade command and whether every pending step can be undone."""
+    rows = []
+    for m in session.sets(migration_set):
+        pending = migrations.pending(m, session.engine, revision)
+        if not pending:
+            continue
+        cur = migrations.current(m, session.engine)
+        back_to = ",".join(cur) if cur else "base"
+        steps = migrations.offline_sql(m, ",".join(migrations.resolve(m, revision)), back_to,
+                                       direction="downgrade")
+        empty = [s.revision for s in steps if not _statements(_strip_version_updates(s.sql))]
+        rows.append({"migration_set": m.name, "steps": len(pending), "rollback to": back_to,
+                     "command": f"dbrunbook run rollback -t {session.target.name} -p migration_set {m.name} "
+                                f"-p revision {back_to} -p dry_run false",
+                     "reversible": not empty, "no-op downgrades": ", ".join(empty) or None})
+    frame = pd.DataFrame(rows, columns=["migration_set", "steps", "rollback to", "command", "reversible",
+                                        "no-op downgrades"])
+    if frame.empty:
+        print("Nothing pending: no rollback plan needed.")
+    return frame
+
+
+def _strip_version_updates(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines()
+                     if "alembic_version" not in line and not line.startswith("--"))
+
+
+def verify_success(session, revision: str = "heads", migration_set: str = "all", *, dry_run: bool = True
+                   ) -> pd.DataFrame:
+    """The guide's "alembic current  # Check version": each set is at the revision it was deployed to."""
+    rows = []
+    for m in session.sets(migration_set):
+        cur = migrations.current(m, session.engine)
+        want = migrations.resolve(m, revision)
+        rows.append({"migration_set": m.name, "current": ", ".join(cur) or "(base)",
+                     "expected": ", ".join(want), "ok": set(cur) == set(want)})
+    frame = pd.DataFrame(rows, columns=["migration_set", "current", "expected", "ok"])
+    if not dry_run and not frame["ok"].all():
+        bad = frame[~frame["ok"]].iloc[0]
+        raise MigrationFailed(bad["migration_set"], bad["expected"], tuple(bad["current"].split(", ")),
+                              "the database is not at the expected revision after the upgrade")
+    return frame
+
+
+def health_check(url: str | None, *, timeout: float = 10.0) -> pd.DataFrame:
+    """GET the application's health URL (the guide's `curl .../health`); no URL configured: say so."""
+    if not url:
+        print("No health_url configured for this target: skipped (set health_url in dbrunbook.toml).")
+        return pd.DataFrame(columns=["url", "status", "ok"])
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (operator-configured URL)
+            status = response.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except (urllib.error.URLError, OSError) as err:
+        raise HealthCheckFailed(f"Health check of {url} failed: {err}. Check the application before going on.") from err
+    if not 200 <= status < 300:
+        raise HealthCheckFailed(f"Health check of {url} answered HTTP {status}. Check the application logs.")
+    return pd.DataFrame([{"url": url, "status": status, "ok": True}])
+
+
+def activity(session) -> pd.DataFrame:
+    """The guide's `SELECT * FROM pg_stat_activity WHERE state = 'active'`, without the query texts' secrets."""
+    sql = sa.text(
+        """SELECT pid, usename AS user, application_name, state, wait_event_type, wait_event,
+                  date_trunc('second', now() - xact_start) AS transaction_age, left(query, 80) AS query
+           FROM pg_stat_activity
+           WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+           ORDER BY xact_start NULLS LAST"""
+    )
+    with session.engine.connect() as conn:
+        return pd.DataFrame(conn.execute(sql).mappings().all())
+
+
+def changelog_entry(session, *, dry_run: bool = True) -> dict:
+    """The guide's "Record migration in changelog": an entry saved as an artifact of this record."""
+    entry = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": session.run_id,
+        "target": session.target.name,
+        "database": session.identity.database,
+        "dry_run": dry_run,
+        "heads": {k: list(v) for k, v in session.current().items()},
+    }
+    session.save_artifact("changelog.json", json.dumps(entry, indent=1, sort_keys=True) + "\n")
+    return entry

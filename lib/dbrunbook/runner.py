@@ -1,0 +1,943 @@
+"""The launcher: read a runbook's parameters, run it with papermill, classify the outcome, seal the record.
+
+The launcher owns what must be true whatever the notebook did: the run id and its directory (never reused),
+the database identity and Alembic heads before and after (read over the launcher's own connection, not the
+notebook's), the outcome, the signed statement and the ledger row. A run that fails, stops at a guard, dies
+or is interrupted still ends with a signed record, because the record of a failure is the one people need.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import tokenize
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import nbformat
+
+from . import db, migrations, protocol, records
+from .config import ENV_CONFIG, Config, load_config
+from .errors import (
+    GUARD_ENAMES,
+    ConfigError,
+    DatabaseUnavailable,
+    DbRunbookError,
+    MissingSecret,
+    ParameterError,
+    RunbookNotFound,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Parameter", "RunbookInfo", "RunResult", "RunDirectoryInvalid",
+    "read_parameters", "list_runbooks", "find_runbook", "validate_parameters",
+    "run_runbook", "prepare_runbook", "seal", "kernel_for_this_interpreter",
+]
+
+SUCCEEDED, FAILED, STOPPED_AT_GUARD, INCOMPLETE = "succeeded", "failed", "stopped-at-guard", "incomplete"
+EXIT_STATUS = {SUCCEEDED: 0, FAILED: 1, STOPPED_AT_GUARD: 3, INCOMPLETE: 1}
+
+_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+_STEP_HEADING = re.compile(r"^##\s+\d+\.\s*.*$", re.MULTILINE)
+# user:password@ in a URL, or password=... in a libpq keyword string.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@\s:]*):(?P<secret>[^@\s/]+)@", re.I)
+_KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'[^']*'|\S+)", re.I)
+_KERNEL_NAME = "dbrunbook"
+
+
+class RunDirectoryInvalid(DbRunbookError):
+    """A folder given to ``seal`` that is not an open run directory (no intent, no notebook, already sealed)."""
+
+    exit_status = 2
+
+
+# --- parameters -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Parameter:
+    """One line of a runbook's ``parameters`` cell: ``name: type = default  # help``."""
+
+    name: str
+    type: str
+    default: Any
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class RunbookInfo:
+    """What ``dbrunbook list`` shows of a runbook, read from the notebook without executing it."""
+
+    name: str
+    path: Path
+    title: str
+    description: str
+    changes_database: bool
+    parameters: tuple[Parameter, ...]
+
+    def parameter(self, name: str) -> Parameter | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+    @property
+    def operator_parameters(self) -> tuple[Parameter, ...]:
+        """The parameters an operator may set with ``-p`` (all but the launcher's own)."""
+        return tuple(p for p in self.parameters if p.name not in protocol.LAUNCHER_PARAMETERS)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{p.name}</td><td>{p.type}</td><td>{p.default!r}</td><td>{p.help}</td></tr>"
+            for p in self.operator_parameters
+        )
+        return (f"<b>{self.name}</b>: {self.title}<table><tr><th>parameter</th><th>type</th><th>default</th>"
+                f"<th>help</th></tr>{rows}</table>")
+
+
+def _read_notebook(path: Path) -> nbformat.NotebookNode:
+    try:
+        return nbformat.read(str(path), as_version=4)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # nbformat raises several unrelated classes for a malformed file
+        raise ConfigError(f"{path} is not a readable notebook: {err}. Open it in JupyterLab and save it again.") from err
+
+
+def _parameters_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
+    return next(
+        (c for c in nb.cells if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])),
+        None,
+    )
+
+
+def _comments_by_line(source: str) -> dict[int, str]:
+    comments: dict[int, str] = {}
+    with contextlib.suppress(tokenize.TokenError, IndentationError):
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    return comments
+
+
+def parse_parameters(source: str, where: str = "parameters cell") -> tuple[Parameter, ...]:
+    """Parse the source of a ``parameters`` cell with ``ast`` (never executed).
+
+    Each statement must be ``name: type = literal  # help`` with type str, int, float or bool (an
+    unannotated ``name = literal`` takes the literal's type). Anything else is an authoring error: the
+    launcher could not type-check ``-p`` values against it.
+
+    Raises:
+        ParameterError: a statement the launcher cannot read, with its line and what to write instead.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        raise ParameterError(f"{where}: line {err.lineno} is not valid Python ({err.msg}). Fix the cell.") from err
+    comments = _comments_by_line(source)
+    params: list[Parameter] = []
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) or isinstance(node, ast.Pass):
+            continue
+        line = ast.get_source_segment(source, node) or ""
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name = node.target.id
+            type_name = ast.unparse(node.annotation)
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name, type_name = node.targets[0].id, ""
+        else:
+            raise ParameterError(
+                f"{where}, line {node.lineno}: '{line}' is not a parameter. Write one parameter per line as "
+                f"name: str|int|float|bool = value  # help."
+            )
+        try:
+            default = ast.literal_eval(node.value)
+        except ValueError as err:
+            raise ParameterError(
+                f"{where}, line {node.lineno}: the default of '{name}' must be a literal, not "
+                f"'{ast.unparse(node.value)}'."
+            ) from err
+        type_name = type_name or type(default).__name__
+        if type_name not in _TYPES:
+            raise ParameterError(
+                f"{where}, line {node.lineno}: parameter '{name}' has type '{type_name}'; "
+                f"use one of {', '.join(_TYPES)}."
+            )
+        if type_name == "float" and type(default) is int:
+            default = float(default)
+        if type(default) is not _TYPES[type_name]:
+            raise ParameterError(
+                f"{where}, line {node.lineno}: the default of '{name}' is {default!r}, not a {type_name}."
+            )
+        params.append(Parameter(name, type_name, default, comments.get(node.end_lineno, "")))
+    return tuple(params)
+
+
+def read_parameters(nb_path: Path) -> tuple[Parameter, ...]:
+    """Return the typed parameters of a notebook's ``parameters`` cell (empty if it has none).
+
+    Raises:
+        ParameterError: the cell holds something other than ``name: type = literal`` lines.
+    """
+    cell = _parameters_cell(_read_notebook(Path(nb_path)))
+    if cell is None:
+        return ()
+    return parse_parameters(cell.source, where=f"{nb_path} (parameters cell)")
+
+
+def _title_and_description(nb: nbformat.NotebookNode) -> tuple[str, str]:
+    title, description = "", ""
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = cell.source.splitlines()
+        for i, text in enumerate(lines):
+            if text.startswith("#") and not title:
+                title = text.lstrip("#").strip()
+                paragraph = []
+                for rest in lines[i + 1:]:
+                    if rest.strip():
+                        if rest.startswith("#"):
+                            break
+                        paragraph.append(rest.strip())
+                    elif paragraph:
+                        break
+                description = " ".join(paragraph)
+                return title, description
+    return title, description
+
+
+def _runbook_info(path: Path) -> RunbookInfo:
+    nb = _read_notebook(path)
+    meta = nb.metadata.get("dbrunbook", {})
+    title, description = _title_and_description(nb)
+    cell = _parameters_cell(nb)
+    params = parse_parameters(cell.source, where=f"{path} (parameters cell)") if cell is not None else ()
+    return RunbookInfo(
+        name=path.stem,
+        path=path,
+        title=title or meta.get("title") or path.stem,
+        description=description or meta.get("description", ""),
+        changes_database=bool(meta.get("changes_database", False)),
+        parameters=params,
+    )
+
+
+def _runbook_paths(config: Config) -> list[Path]:
+    return sorted(p for p in Path(config.runbooks_dir).glob("*.ipynb") if not p.name.startswith((".", "_")))
+
+
+def list_runbooks(config: Config | None = None) -> list[RunbookInfo]:
+    """Return every runbook under the project's runbooks folder, sorted by name."""
+    config = config or load_config()
+    return [_runbook_info(p) for p in _runbook_paths(config)]
+
+
+def find_runbook(config: Config | None, name: str) -> RunbookInfo:
+    """Return the runbook called ``name`` (``upgrade`` or ``upgrade.ipynb``).
+
+    Raises:
+        RunbookNotFound: no such notebook; the message lists the known names.
+    """
+    config = config or load_config()
+    stem = name[: -len(".ipynb")] if name.endswith(".ipynb") else name
+    path = Path(config.runbooks_dir) / f"{stem}.ipynb"
+    if "/" in stem or not path.is_file():
+        raise RunbookNotFound(name, [p.stem for p in _runbook_paths(config)])
+    return _runbook_info(path)
+
+
+def mask_secrets(text: str) -> str:
+    """Drop the password of any URL in ``text`` and mask ``password=`` keywords with ``***``.
+
+    URLs lose ``:password`` entirely (``scheme://user@host``) rather than showing ``user:***@``, which the
+    records' own secret check would take for a password.
+    """
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}@", text)
+    return _KEYWORD_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+
+
+def _convert(info: RunbookInfo, param: Parameter, value: Any) -> Any:
+    if not isinstance(value, str):
+        # A caller of the library may pass typed values; ints are fine where floats are expected.
+        if param.type == "float" and type(value) is int:
+            return float(value)
+        if type(value) is _TYPES[param.type]:
+            return value
+        raise ParameterError(
+            f"Parameter '{param.name}' of runbook '{info.name}' is a {param.type}; got {value!r} "
+            f"({type(value).__name__})."
+        )
+    if param.type == "str":
+        return value  # '0012' stays '0012': a revision id or a label is text, whatever it looks like
+    if param.type == "bool":
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise ParameterError(
+            f"Parameter '{param.name}' of runbook '{info.name}' is a bool; '{value}' is not one. "
+            f"Use true/false, yes/no, on/off or 1/0."
+        )
+    try:
+        return _TYPES[param.type](value.strip())
+    except ValueError:
+        article = "an" if param.type == "int" else "a"
+        raise ParameterError(
+            f"Parameter '{param.name}' of runbook '{info.name}' is {article} {param.type}; '{value}' is not one."
+        ) from None
+
+
+def validate_parameters(info: RunbookInfo, raw: dict[str, Any]) -> dict[str, object]:
+    """Check ``-p NAME VALUE`` pairs against the runbook's declared parameters and convert them.
+
+    Runs before anything executes, so a typo never reaches a database. Returns every operator parameter:
+    the given ones converted to their declared type, the others at the notebook's default.
+
+    Raises:
+        ParameterError: a name that is unknown, set by the launcher, or looks like a secret; a value that
+            does not parse as the declared type or holds a password.
+    """
+    known = [p.name for p in info.operator_parameters]
+    for name, value in raw.items():
+        if name in protocol.LAUNCHER_PARAMETERS:
+            raise ParameterError(
+                f"Parameter '{name}' of runbook '{info.name}' is set by the launcher for every run; "
+                f"remove -p {name}."
+            )
+        if any(word in name.lower() for word in protocol.SECRET_WORDS):
+            raise ParameterError(
+                f"Parameter name '{name}' looks like a secret; parameters are saved in the signed record, "
+                f"so secrets never go there. Put the password in ~/.pgpass or PGPASSWORD, or the URL in the "
+                f"environment variable the target's url_env names."
+            )
+        if name not in known:
+            raise ParameterError(
+                f"Runbook '{info.name}' has no parameter '{name}'; its parameters are: "
+                f"{', '.join(known) or '(none)'}. Run 'dbrunbook list' to see their types and defaults."
+            )
+        if isinstance(value, str) and mask_secrets(value) != value:
+            raise ParameterError(
+                f"The value of parameter '{name}' holds a password ({mask_secrets(value)}); parameters are "
+                f"saved in the signed record. Put the password in ~/.pgpass or PGPASSWORD and pass the name "
+                f"of a target from dbrunbook.toml instead."
+            )
+    values: dict[str, object] = {}
+    for param in info.operator_parameters:
+        values[param.name] = _convert(info, param, raw[param.name]) if param.name in raw else param.default
+    return values
+
+
+# --- results ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunResult:
+    """What a run came to; the same facts are in the signed statement of ``record_dir``."""
+
+    run_id: str
+    runbook: str
+    target: str
+    outcome: str
+    exit_status: int
+    record_dir: Path
+    heads_before: dict = field(default_factory=dict)
+    heads_after: dict = field(default_factory=dict)
+    failing_step: dict | None = None
+    signature: str = ""
+
+    def as_json(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "runbook": self.runbook,
+            "target": self.target,
+            "outcome": self.outcome,
+            "exit_status": self.exit_status,
+            "record_dir": str(self.record_dir),
+            "heads_before": self.heads_before,
+            "heads_after": self.heads_after,
+            "failing_step": self.failing_step,
+            "signature": self.signature,
+        }
+
+    def _repr_html_(self) -> str:
+        rows = [(k, v) for k, v in self.as_json().items() if k != "signature"]
+        return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+# --- kernel -----------------------------------------------------------------------------------------------
+_kernel_lock = threading.Lock()
+
+
+def _runs_this_interpreter(argv: list[str]) -> bool:
+    if not argv:
+        return False
+    # jupyter_client replaces a bare 'python'/'python3'/'python3.X' by sys.executable when it starts a kernel.
+    bare = {"python", f"python{sys.version_info[0]}", "python%i.%i" % sys.version_info[:2]}
+    # abspath, not resolve: every venv's python is a symlink to the same base interpreter.
+    return argv[0] in bare or os.path.abspath(argv[0]) == os.path.abspath(sys.executable)
+
+
+def kernel_for_this_interpreter() -> str:
+    """Return the name of a Jupyter kernel that runs this very interpreter (and so this dbrunbook).
+
+    'python3' usually does; when a kernelspec of another environment shadows it, install one named
+    'dbrunbook' into this environment's prefix once.
+
+    Raises:
+        ConfigError: a 'dbrunbook' kernelspec elsewhere shadows the one just installed.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    with _kernel_lock:
+        manager = KernelSpecManager()
+        for name in ("python3", _KERNEL_NAME):
+            try:
+                spec = manager.get_kernel_spec(name)
+            except NoSuchKernel:
+                continue
+            if _runs_this_interpreter(spec.argv):
+                return name
+        from ipykernel.kernelspec import install
+
+        path = install(kernel_name=_KERNEL_NAME, display_name=f"dbrunbook ({sys.prefix})", prefix=sys.prefix)
+        print(f"dbrunbook: installed Jupyter kernel '{_KERNEL_NAME}' for {sys.executable} in {path}",
+              file=sys.stderr)
+        spec = KernelSpecManager().get_kernel_spec(_KERNEL_NAME)
+        if not _runs_this_interpreter(spec.argv):
+            raise ConfigError(
+                f"The Jupyter kernel '{_KERNEL_NAME}' at {spec.resource_dir} runs {spec.argv[0]}, not "
+                f"{sys.executable}. Remove it (jupyter kernelspec remove {_KERNEL_NAME}) and run again."
+            )
+        return _KERNEL_NAME
+
+
+# --- helpers of a run -------------------------------------------------------------------------------------
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _resolve_target(config: Config, info: RunbookInfo, target: str | None,
+                    parameters: dict[str, Any] | None) -> dict[str, object]:
+    raw = dict(parameters or {})
+    if target is not None:
+        if "target" in raw and raw["target"] != target:
+            raise ParameterError(
+                f"Target given twice with different values: -t {target} and -p target {raw['target']}. "
+                f"Pass it once."
+            )
+        raw["target"] = target
+    raw.setdefault("target", config.default_target)
+    if info.parameter("target") is None:
+        raise ParameterError(
+            f"Runbook '{info.name}' declares no 'target' parameter; add the line "
+            f"target: str = \"local\"  # database target from dbrunbook.toml to its parameters cell."
+        )
+    values = validate_parameters(info, raw)
+    selected = config.target(str(values["target"]))
+    # A missing secret is a usage error: refuse before a run directory exists rather than record a non-run.
+    if selected.url_env and not os.environ.get(selected.url_env):
+        raise MissingSecret(selected.name, selected.url_env, str(config.path))
+    return values
+
+
+def _new_run_dir(config: Config, runbook: str, target: str, started: datetime) -> tuple[str, Path]:
+    """Create the run directory of a new run id; an existing directory is never reused."""
+    for _ in range(20):
+        run_id = records.new_run_id(runbook, target, started)
+        run_dir = records.run_dir_for(config.outputs_dir, run_id, started)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(exist_ok=False)
+        except FileExistsError:
+            continue
+        (run_dir / protocol.ARTIFACTS_DIR).mkdir()
+        return run_id, run_dir
+    raise RunDirectoryInvalid(f"Could not create a new run directory under {config.outputs_dir}: 20 run ids "
+                              f"were taken. Check the clock and records.new_run_id.")
+
+
+def _database_state(config: Config, target_name: str, run_id: str) -> dict:
+    """Identity and Alembic heads of the target, over a connection of the launcher's own.
+
+    Never raises: a database that is down is a fact of the run, recorded as ``database: None`` with the
+    reason (passwords masked).
+    """
+    state: dict[str, Any] = {"database": None, "heads": {}, "errors": []}
+    try:
+        _target, engine = db.connect_target(config, target_name, run_id=run_id)
+    except DatabaseUnavailable as err:
+        state["errors"].append(mask_secrets(str(err)))
+        return state
+    except Exception as err:  # anything else on the way to a connection is recorded, not raised
+        state["errors"].append(mask_secrets(f"{type(err).__name__}: {err}"))
+        return state
+    try:
+        state["database"] = _identity_dict(db.identity(engine))
+        for mset in config.migration_sets.values():
+            try:
+                state["heads"][mset.name] = list(migrations.current(mset, engine))
+            except Exception as err:
+                state["heads"][mset.name] = None
+                state["errors"].append(mask_secrets(f"migration set '{mset.name}': {type(err).__name__}: {err}"))
+    except Exception as err:
+        state["errors"].append(mask_secrets(f"{type(err).__name__}: {err}"))
+    finally:
+        engine.dispose()
+    return state
+
+
+def _identity_dict(identity: Any) -> dict:
+    if hasattr(identity, "as_dict"):
+        return dict(identity.as_dict())
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(identity) if is_dataclass(identity) else dict(identity)
+
+
+@contextlib.contextmanager
+def _config_for_kernel(config: Config) -> Iterator[None]:
+    """Point the kernel's ``load_config()`` at the launcher's dbrunbook.toml (the kernel inherits the env)."""
+    before = os.environ.get(ENV_CONFIG)
+    os.environ[ENV_CONFIG] = str(config.path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_CONFIG, None)
+        else:
+            os.environ[ENV_CONFIG] = before
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit while papermill runs, so the run is sealed before the process ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _text_of(output: dict) -> str:
+    if output.get("output_type") == "stream":
+        text = output.get("text", "")
+    else:
+        text = output.get("data", {}).get("text/plain", "")
+    return "".join(text) if isinstance(text, list) else str(text)
+
+
+def _code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, nbformat.NotebookNode]]:
+    return [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+
+
+def _has_sentinel(nb: nbformat.NotebookNode) -> bool:
+    cells = _code_cells(nb)
+    return bool(cells) and any(protocol.SENTINEL in _text_of(o) for o in cells[-1][1].get("outputs", []))
+
+
+def _step_heading(nb: nbformat.NotebookNode | None, cell_index: int | None) -> str | None:
+    """The nearest ``## N. ...`` markdown heading at or before a cell: the step an operator reads."""
+    if nb is None or cell_index is None:
+        return None
+    for cell in reversed(nb.cells[: cell_index + 1]):
+        if cell.cell_type == "markdown":
+            found = _STEP_HEADING.findall(cell.source)
+            if found:
+                return found[-1].strip()
+    return None
+
+
+def _last_started_cell(nb: nbformat.NotebookNode | None) -> int | None:
+    """The last code cell papermill started: where a dead kernel or a timeout stopped the run."""
+    if nb is None:
+        return None
+    started = [i for i, c in _code_cells(nb) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    return started[-1] if started else None
+
+
+def _load_output(path: Path) -> nbformat.NotebookNode | None:
+    try:
+        return nbformat.read(str(path), as_version=4)
+    except Exception:  # missing or half-written: the classification says what it can without it
+        return None
+
+
+def _classify(error: BaseException | None, nb: nbformat.NotebookNode | None) -> tuple[str, dict | None]:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(error, PapermillExecutionError):
+        outcome = STOPPED_AT_GUARD if error.ename in GUARD_ENAMES else FAILED
+        return outcome, {"cell": error.cell_index, "heading": _step_heading(nb, error.cell_index),
+                         "ename": error.ename, "evalue": mask_secrets(str(error.evalue))}
+    if error is not None:
+        cell = _last_started_cell(nb)
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            ename, evalue = type(error).__name__, "the launcher was interrupted or terminated"
+        else:
+            ename, evalue = type(error).__name__, mask_secrets(str(error).strip().splitlines()[0] if str(error).strip() else "")
+        return FAILED, {"cell": cell, "heading": _step_heading(nb, cell), "ename": ename, "evalue": evalue}
+    if nb is None or not _has_sentinel(nb):
+        cells = _code_cells(nb) if nb is not None else []
+        cell = cells[-1][0] if cells else None
+        return INCOMPLETE, {"cell": cell, "heading": _step_heading(nb, cell), "ename": None,
+                            "evalue": f"the last code cell did not print '{protocol.SENTINEL}'"}
+    return SUCCEEDED, None
+
+
+def _classify_outputs(nb: nbformat.NotebookNode) -> tuple[str, dict | None]:
+    """Outcome of an interactively executed notebook, from what its cells show."""
+    for index, cell in _code_cells(nb):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                ename = output.get("ename", "")
+                outcome = STOPPED_AT_GUARD if ename in GUARD_ENAMES else FAILED
+                return outcome, {"cell": index, "heading": _step_heading(nb, index), "ename": ename,
+                                 "evalue": mask_secrets(str(output.get("evalue", "")))}
+    return _classify(None, nb)
+
+
+def _interactive_mode(nb: nbformat.NotebookNode) -> str:
+    counts = [c.get("execution_count") for _, c in _code_cells(nb)]
+    in_order = counts == list(range(1, len(counts) + 1))
+    return "interactive" if in_order else "interactive-out-of-order"
+
+
+# --- running ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Started:
+    """What exists once a run has begun: enough to seal it whatever happens next."""
+
+    config: Config
+    info: RunbookInfo
+    run_id: str
+    run_dir: Path
+    target: str
+    values: dict
+    started_at: str
+    runbook_sha256: str
+    pre_state: dict
+    ledger: bool
+
+
+def _begin(config: Config, info: RunbookInfo, values: dict, mode: str, progress: Callable[[str], None]) -> _Started:
+    """Create the run directory, write the intent, read the pre-state, open the ledger row."""
+    started = _now()
+    runbook_sha256 = _sha256_file(info.path)
+    target = str(values["target"])
+    run_id, run_dir = _new_run_dir(config, info.name, target, started)
+    intent = {
+        "run_id": run_id,
+        "runbook": info.name,
+        "runbook_path": str(info.path),
+        "runbook_sha256": runbook_sha256,
+        "target": target,
+        "parameters": values,
+        "operator": records.operator_identity(),
+        "started_at": started.isoformat(),
+        "pid": os.getpid(),
+        "mode": mode,
+    }
+    # Written before anything touches the database: a run killed at any later point leaves this trace.
+    _write_json(run_dir / protocol.INTENT_FILE, intent)
+    progress(f"run {run_id}: reading the state of target '{target}'")
+    pre_state = _database_state(config, target, run_id)
+    ledger = bool(info.changes_database and not values.get("dry_run", False) and pre_state["database"])
+    if ledger:
+        ledger = _ledger_start(config, target, run_id, info, values, started, pre_state)
+    intent["pre_state"] = pre_state
+    intent["ledger"] = ledger
+    _write_json(run_dir / protocol.INTENT_FILE, intent)
+    return _Started(config, info, run_id, run_dir, target, values, started.isoformat(), runbook_sha256,
+                    pre_state, ledger)
+
+
+def _papermill_parameters(run: _Started) -> dict:
+    return {**run.values, "run_id": run.run_id, "record_dir": str(run.run_dir)}
+
+
+def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, Any] | None = None,
+                config: Config | None = None, kernel_name: str | None = None,
+                progress: Callable[[str], None] | None = None,
+                execution_timeout: float | None = None) -> RunResult:
+    """Run a runbook with papermill and seal its record; returns how it went.
+
+    A failed step, a guard stop, a dead kernel or a missing sentinel are outcomes, not exceptions: each ends
+    with a signed record and a ``RunResult`` whose ``exit_status`` says which (0, 1 or 3).
+
+    Args:
+        name: the runbook (file name under runbooks/, without .ipynb).
+        target: the database target; default the runbook's ``-p target`` or the config's default target.
+        parameters: ``{name: value}``; strings are parsed to the declared type.
+        config: the project configuration; default ``load_config()``.
+        kernel_name: a Jupyter kernel; default one that runs this interpreter.
+        progress: called with one line per stage (the CLI prints them to stderr).
+        execution_timeout: seconds a single cell may run before the run is failed.
+
+    Raises:
+        ConfigError, TargetNotFound, MissingSecret, RunbookNotFound, ParameterError: before anything runs.
+        KeyboardInterrupt, SystemExit: re-raised after the interrupted run is sealed as failed.
+    """
+    import papermill
+
+    progress = progress or (lambda message: None)
+    config = config or load_config()
+    info = find_runbook(config, name)
+    values = _resolve_target(config, info, target, parameters)
+    kernel = kernel_name or kernel_for_this_interpreter()
+    run = _begin(config, info, values, "papermill", progress)
+    output = run.run_dir / protocol.NOTEBOOK_FILE
+    progress(f"run {run.run_id}: executing {info.path.name} on target '{run.target}'")
+    error: BaseException | None = None
+    interrupted: BaseException | None = None
+    try:
+        with _config_for_kernel(config), _sigterm_as_exit():
+            papermill.execute_notebook(
+                str(info.path), str(output), parameters=_papermill_parameters(run), kernel_name=kernel,
+                cwd=str(config.root), progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+                execution_timeout=execution_timeout,
+            )
+    except Exception as err:
+        error = err
+    except BaseException as err:  # KeyboardInterrupt, SIGTERM: seal what exists, then let it go on
+        error = interrupted = err
+    nb = _load_output(output)
+    outcome, failing_step = _classify(error, nb)
+    result = _seal_run(run, outcome, failing_step, mode="papermill", progress=progress)
+    if interrupted is not None:
+        raise interrupted
+    return result
+
+
+def prepare_runbook(name: str, *, target: str | None = None, parameters: dict[str, Any] | None = None,
+                    config: Config | None = None) -> Path:
+    """Create a run directory holding the parameterised notebook for an operator to run in JupyterLab.
+
+    Same validation, intent, pre-state and ledger row as ``run_runbook``; ``seal`` signs it afterwards.
+    Returns the notebook's path.
+    """
+    import papermill
+
+    config = config or load_config()
+    info = find_runbook(config, name)
+    values = _resolve_target(config, info, target, parameters)
+    kernel = kernel_for_this_interpreter()
+    run = _begin(config, info, values, "interactive", lambda message: None)
+    output = run.run_dir / protocol.NOTEBOOK_FILE
+    papermill.execute_notebook(str(info.path), str(output), parameters=_papermill_parameters(run),
+                               kernel_name=kernel, prepare_only=True, progress_bar=False)
+    return output
+
+
+def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
+    """Sign an interactively run notebook (``dbrunbook open``): outcome from its outputs, post-state, record.
+
+    The mode says whether its code cells ran once each in order ('interactive') or not
+    ('interactive-out-of-order'): a reviewer should know when outputs may not follow from the cells above.
+
+    Raises:
+        RunDirectoryInvalid: no intent or notebook in ``run_dir``, or it is sealed already.
+    """
+    config = config or load_config()
+    run_dir = Path(run_dir).resolve()
+    intent_path = run_dir / protocol.INTENT_FILE
+    notebook = run_dir / protocol.NOTEBOOK_FILE
+    if not intent_path.is_file() or not notebook.is_file():
+        raise RunDirectoryInvalid(
+            f"{run_dir} is not a run directory: it needs {protocol.INTENT_FILE} and {protocol.NOTEBOOK_FILE}. "
+            f"Pass the folder 'dbrunbook open' printed."
+        )
+    if (run_dir / protocol.SIGNATURE_FILE).exists():
+        raise RunDirectoryInvalid(
+            f"{run_dir} is sealed already ({protocol.SIGNATURE_FILE} exists); a record is never re-signed. "
+            f"Check it with 'dbrunbook verify {run_dir}'."
+        )
+    intent = json.loads(intent_path.read_text(encoding="utf-8"))
+    info = find_runbook(config, intent["runbook"])
+    nb = _read_notebook(notebook)
+    outcome, failing_step = _classify_outputs(nb)
+    run = _Started(config, info, intent["run_id"], run_dir, intent["target"], intent["parameters"],
+                   intent["started_at"], intent["runbook_sha256"], intent.get("pre_state") or {},
+                   bool(intent.get("ledger")))
+    return _seal_run(run, outcome, failing_step, mode=_interactive_mode(nb), progress=lambda message: None)
+
+
+# --- sealing ----------------------------------------------------------------------------------------------
+def _ledger_start(config: Config, target: str, run_id: str, info: RunbookInfo, values: dict,
+                  started: datetime, pre_state: dict) -> bool:
+    """Insert the 'running' ledger row over the launcher's connection; False (and why, in pre_state) if not."""
+    try:
+        _target, engine = db.connect_target(config, target, run_id=run_id)
+        try:
+            records.ledger_start(engine, run_id=run_id, runbook=info.name, operator=records.operator_identity(),
+                                 started_at=started, heads_before=pre_state["heads"])
+        finally:
+            engine.dispose()
+    except Exception as err:  # the run goes on; its record says the ledger row is missing and why
+        pre_state["errors"].append(mask_secrets(f"ledger start: {type(err).__name__}: {err}"))
+        return False
+    return True
+
+
+def _down_revisions(revision_info: Any) -> tuple[str, ...]:
+    for attr in ("down_revisions", "down_revision"):
+        value = getattr(revision_info, attr, None)
+        if value:
+            return (value,) if isinstance(value, str) else tuple(value)
+    return ()
+
+
+def _applied_revisions(history: list, before: list | None, after: list | None) -> list:
+    """Revisions in the ancestry of ``after`` but not of ``before``: what this run applied."""
+    by_revision = {r.revision: r for r in history}
+
+    def ancestry(heads: list | None) -> set[str]:
+        seen: set[str] = set()
+        stack = list(heads or [])
+        while stack:
+            revision = stack.pop()
+            if revision in seen or revision not in by_revision:
+                continue
+            seen.add(revision)
+            stack.extend(_down_revisions(by_revision[revision]))
+        return seen
+
+    new = ancestry(after) - ancestry(before)
+    return [r for r in history if r.revision in new]
+
+
+def _migration_files(config: Config, heads_before: dict, heads_after: dict) -> dict:
+    """``{set: {revision: sha256 of its script}}`` for each revision applied during the run."""
+    files: dict[str, dict[str, str]] = {}
+    for mset in config.migration_sets.values():
+        before, after = heads_before.get(mset.name), heads_after.get(mset.name)
+        if after is None or sorted(before or []) == sorted(after):
+            continue
+        applied = _applied_revisions(migrations.history(mset), before, after)
+        if not applied:
+            continue
+        digests = migrations.file_digests(mset)
+        found: dict[str, str] = {}
+        for revision in applied:
+            path = getattr(revision, "path", None)
+            digest = digests.get(revision.revision)
+            if digest is None and path:
+                digest = next((v for k, v in digests.items() if Path(k).name == Path(path).name), None)
+            if digest is None and path and Path(path).is_file():
+                digest = _sha256_file(Path(path))
+            found[revision.revision] = digest
+        files[mset.name] = found
+    return files
+
+
+def _directory_digest(config: Config) -> str | None:
+    try:
+        return migrations.directory_digest(list(config.migration_sets.values()))
+    except Exception as err:  # a missing scripts folder must not keep the run from being signed
+        log.warning("Could not digest the migration scripts: %s", err)
+        return None
+
+
+def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: str,
+              progress: Callable[[str], None]) -> RunResult:
+    """Read the post-state, build, sign and write the statement, complete the ledger row."""
+    config = run.config
+    progress(f"run {run.run_id}: {outcome}; reading the state of target '{run.target}' and signing the record")
+    post_state = _database_state(config, run.target, run.run_id)
+    heads_before = run.pre_state.get("heads") or {}
+    heads_after = post_state["heads"]
+    finished = _now()
+    exit_status = EXIT_STATUS[outcome]
+    extra = {
+        "target": run.target,
+        "database_after": post_state["database"],
+        "errors_before": run.pre_state.get("errors", []),
+        "errors_after": post_state["errors"],
+        "ledger": run.ledger,
+        "launcher_pid": os.getpid(),
+    }
+    statement = records.build_statement(
+        run.run_dir,
+        runbook_name=run.info.name,
+        runbook_sha256=run.runbook_sha256,
+        parameters=run.values,
+        operator=records.operator_identity(),
+        host=socket.gethostname(),
+        started_at=run.started_at,
+        finished_at=finished.isoformat(),
+        outcome=outcome,
+        exit_status=exit_status,
+        failing_step=failing_step,
+        database=run.pre_state.get("database") or post_state["database"],
+        heads_before=heads_before,
+        heads_after=heads_after,
+        migrations_sha256=_directory_digest(config),
+        mode=mode,
+        extra=extra,
+    )
+    key, created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
+    if created:
+        print(f"dbrunbook: created the operator signing key {key} (trusted in {config.allowed_signers}).",
+              file=sys.stderr)
+    statement_path = records.write_record(run.run_dir, statement, key)
+    if run.ledger:
+        _ledger_finish(run, outcome, finished, heads_before, heads_after)
+    return RunResult(
+        run_id=run.run_id,
+        runbook=run.info.name,
+        target=run.target,
+        outcome=outcome,
+        exit_status=exit_status,
+        record_dir=run.run_dir,
+        heads_before=heads_before,
+        heads_after=heads_after,
+        failing_step=failing_step,
+        signature=str(statement_path.with_name(protocol.SIGNATURE_FILE)),
+    )
+
+
+def _ledger_finish(run: _Started, outcome: str, finished: datetime, heads_before: dict, heads_after: dict) -> None:
+    try:
+        files = _migration_files(run.config, heads_before, heads_after)
+        _target, engine = db.connect_target(run.config, run.target, run_id=run.run_id)
+        try:
+            records.ledger_finish(
+                engine, run_id=run.run_id, finished_at=finished, outcome=outcome,
+                statement_sha256=records.statement_sha256(run.run_dir), heads_after=heads_after,
+                migration_files=files, runbook=run.info.name, operator=records.operator_identity(),
+                started_at=datetime.fromisoformat(run.started_at), heads_before=heads_before,
+            )
+        finally:
+            engine.dispose()
+    except Exception as err:  # the signed record exists; the database is merely missing its ledger update
+        message = mask_secrets(f"{type(err).__name__}: {err}")
+        log.warning("Run %s is signed but its ledger row was not completed: %s", run.run_id, message)
+        print(f"dbrunbook: run {run.run_id} is signed but its ledger row in target '{run.target}' was not "
+              f"completed: {message}", file=sys.stderr)

@@ -1,0 +1,318 @@
+"""What runbook cells call: one ``Session`` per run, bound to a target, its engine and the run's record folder.
+
+Each method is one step of the guide, returns something that renders as a table in the notebook, and leaves
+its evidence in ``artifacts/`` of the run directory when the launcher gave one (so the signature covers it).
+Guards raise ``GuardStop`` subclasses, which the launcher classifies as "stopped at a guard".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import db, migrations, records, snapshots
+from .config import Config, MigrationSet, load_config
+from .errors import ConfirmationRequired, ConfigError, NoSnapshot, NotAtExpectedRevision
+from .protocol import ARTIFACTS_DIR, SENTINEL
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_ARTIFACT = "snapshot.json"
+
+
+@dataclass
+class Preview:
+    """The offline SQL of a pending range, per migration set and revision, with the digest a review approves."""
+
+    steps: dict[str, list] = field(default_factory=dict)  # set name -> [SqlStep]
+    files: dict[str, str] = field(default_factory=dict)  # artifact name -> sha256
+
+    @property
+    def sha256(self) -> str:
+        """Digest of all rendered SQL, in set order: what `apply` recomputes to prove nothing changed."""
+        h = hashlib.sha256()
+        for name in sorted(self.steps):
+            for step in self.steps[name]:
+                h.update(f"{name}:{step.revision}\n".encode())
+                h.update(step.sql.encode())
+        return h.hexdigest()
+
+    def as_frame(self) -> pd.DataFrame:
+        rows = [
+            {"migration_set": name, "revision": s.revision, "description": s.message,
+             "statements": _count_statements(s.sql), "notes": s.notes.strip()[:200] or None}
+            for name, steps in self.steps.items() for s in steps
+        ]
+        return pd.DataFrame(rows, columns=["migration_set", "revision", "description", "statements", "notes"])
+
+    def _repr_html_(self) -> str:
+        if not any(self.steps.values()):
+            return "<p><b>Nothing pending</b>: every migration set is at its head.</p>"
+        parts = [f"<p>Preview sha256 <code>{self.sha256}</code></p>", self.as_frame().to_html(index=False)]
+        for name, steps in self.steps.items():
+            for s in steps:
+                sql = s.sql.replace("&", "&amp;").replace("<", "&lt;")
+                parts.append(f"<h4>{name}: {s.revision} — {s.message}</h4><pre>{sql}</pre>")
+        return "\n".join(parts)
+
+
+def _count_statements(sql: str) -> int:
+    return sum(1 for line in sql.splitlines() if line.rstrip().endswith(";") and not line.startswith("--"))
+
+
+class Session:
+    """A runbook's connection to one target, with the steps of the guide as methods."""
+
+    def __init__(self, config: Config, target_name: str, *, run_id: str = "", record_dir: str = ""):
+        self.config = config
+        self.run_id = run_id or "interactive"
+        self.record_dir = Path(record_dir) if record_dir else None
+        self.target, self.engine = db.connect_target(config, target_name, run_id=self.run_id)
+        self.identity = db.identity(self.engine)
+
+    # --- display -----------------------------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        ident = self.identity
+        rows = [("run", self.run_id), ("target", self.target.name), ("protected", self.target.protected),
+                ("database", ident.database), ("server", ident.server_version),
+                ("system identifier", ident.system_identifier), ("host", ident.host),
+                ("lock_timeout", self.target.lock_timeout), ("statement_timeout", self.target.statement_timeout),
+                ("migration sets", ", ".join(self.config.migration_sets))]
+        return "<table>" + "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>"
+                                   for k, v in rows) + "</table>"
+
+    def sets(self, migration_set: str | None = "all") -> list[MigrationSet]:
+        return self.config.select_sets(migration_set)
+
+    # --- artifacts ---------------------------------------------------------------------------------------
+    def save_artifact(self, name: str, content: str | bytes) -> str | None:
+        """Write a file into the run's artifacts/ (covered by the record's signature); returns its sha256."""
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        digest = hashlib.sha256(data).hexdigest()
+        if self.record_dir is None:
+            return digest
+        path = self.record_dir / ARTIFACTS_DIR / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            raise FileExistsError(f"artifact {path} exists already; artifacts are written once per run")
+        path.write_bytes(data)
+        return digest
+
+    # --- status (alembic current / heads / history) -------------------------------------------------------
+    def current(self, migration_set: str | None = "all") -> dict[str, tuple[str, ...]]:
+        return {m.name: migrations.current(m, self.engine) for m in self.sets(migration_set)}
+
+    def status(self, migration_set: str | None = "all") -> pd.DataFrame:
+        """One row per migration set: current revision(s), head(s), pending count, up to date or not."""
+        rows = []
+        for m in self.sets(migration_set):
+            cur, hd = migrations.current(m, self.engine), migrations.heads(m)
+            pend = migrations.pending(m, self.engine)
+            rows.append({"migration_set": m.name, "version_table": m.version_table,
+                         "current": ", ".join(cur) or "(base)", "heads": ", ".join(hd),
+                         "pending": len(pend), "up_to_date": not pend and set(cur) == set(hd)})
+        return pd.DataFrame(rows, columns=["migration_set", "version_table", "current", "heads", "pending",
+                                           "up_to_date"])
+
+    def history(self, migration_set: str | None = "all") -> pd.DataFrame:
+        """The guide's "Migration History" table for each set, with applied/pending status."""
+        frames = []
+        for m in self.sets(migration_set):
+            frame = migrations.history_frame(m, current=migrations.current(m, self.engine))
+            frame.insert(0, "migration_set", m.name)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def pending(self, migration_set: str | None = "all", revision: str = "heads") -> pd.DataFrame:
+        rows = [
+            {"migration_set": m.name, "revision": r.revision, "description": r.message,
+             "merge": r.is_merge, "file": r.path.name}
+            for m in self.sets(migration_set) for r in migrations.pending(m, self.engine, revision)
+        ]
+        return pd.DataFrame(rows, columns=["migration_set", "revision", "description", "merge", "file"])
+
+    # --- preview (alembic upgrade head --sql) ---------------------------------------------------------------
+    def preview(self, revision: str = "heads", migration_set: str | None = "all", *, save: bool = True) -> Preview:
+        """Render the SQL of the pending range offline, per revision; save it as artifacts/preview-SET.sql."""
+        result = Preview()
+        for m in self.sets(migration_set):
+            cur = migrations.current(m, self.engine)
+            if not migrations.pending(m, self.engine, revision):
+                result.steps[m.name] = []
+                continue
+            start = ",".join(cur) if cur else None
+            steps = migrations.offline_sql(m, start, revision)
+            result.steps[m.name] = steps
+            if save:
+                text = "".join(f"-- {m.name} {s.revision}: {s.message}\n{s.sql}\n" for s in steps)
+                name = f"preview-{m.name}.sql"
+                result.files[name] = self.save_artifact(name, text)
+        if save:
+            self.save_artifact("preview.json", json.dumps(
+                {"sha256": result.sha256, "files": result.files,
+                 "revisions": {k: [s.revision for s in v] for k, v in result.steps.items()}},
+                indent=1, sort_keys=True) + "\n")
+        return result
+
+    # --- counts -----------------------------------------------------------------------------------------
+    def row_counts(self, *, exact: bool = True) -> snapshots.Snapshot:
+        return snapshots.row_counts(self.engine, exact=exact)
+
+    def compare_counts(self, before: snapshots.Snapshot) -> pd.DataFrame:
+        """Counts now against ``before``: one row per table that exists in either."""
+        return snapshots.compare(before, self.row_counts(exact=before.exact))
+
+    # --- change ----------------------------------------------------------------------------------------
+    def upgrade(self, revision: str = "heads", migration_set: str | None = "all", *, dry_run: bool = True
+                ) -> pd.DataFrame:
+        """alembic upgrade, one migration per transaction, timed per revision. dry_run only lists the steps."""
+        rows = []
+        for m in self.sets(migration_set):
+            if dry_run:
+                rows += [{"migration_set": m.name, "revision": r.revision, "direction": "upgrade",
+                          "seconds": None, "done": False}
+                         for r in migrations.pending(m, self.engine, revision)]
+                continue
+            for step in migrations.upgrade(m, self.engine, revision):
+                rows.append({"migration_set": m.name, "revision": step.revision, "direction": step.direction,
+                             "seconds": round(step.seconds, 3), "done": True})
+        frame = pd.DataFrame(rows, columns=["migration_set", "revision", "direction", "seconds", "done"])
+        if dry_run:
+            print(f"dry_run=True: nothing was changed; {len(frame)} step(s) would run.")
+        return frame
+
+    def downgrade(self, revision: str = "-1", migration_set: str = "main", *, dry_run: bool = True,
+                  confirm: str = "") -> pd.DataFrame:
+        """alembic downgrade; 'base' needs ``confirm`` equal to the database name (the guide's DESTRUCTIVE)."""
+        m = self.config.migration_set(migration_set)
+        if revision == "base" and confirm != self.identity.database:
+            raise ConfirmationRequired(
+                f"Downgrading '{m.name}' to base drops every table it created in database "
+                f"'{self.identity.database}'. To confirm, run again with -p confirm {self.identity.database}."
+            )
+        if dry_run:
+            steps = migrations.offline_sql(m, ",".join(migrations.current(m, self.engine)) or None, revision,
+                                           direction="downgrade")
+            print(f"dry_run=True: nothing was changed; {len(steps)} step(s) would be reverted.")
+            return pd.DataFrame([{"migration_set": m.name, "revision": s.revision, "direction": "downgrade",
+                                  "seconds": None, "done": False} for s in steps],
+                                columns=["migration_set", "revision", "direction", "seconds", "done"])
+        done = migrations.downgrade(m, self.engine, revision)
+        return pd.DataFrame([{"migration_set": m.name, "revision": s.revision, "direction": s.direction,
+                              "seconds": round(s.seconds, 3), "done": True} for s in done],
+                            columns=["migration_set", "revision", "direction", "seconds", "done"])
+
+    def downgrade_sql(self, revision: str = "-1", migration_set: str = "main") -> Preview:
+        """The SQL a downgrade would run, rendered offline (the rollback plan)."""
+        m = self.config.migration_set(migration_set)
+        cur = migrations.current(m, self.engine)
+        result = Preview()
+        result.steps[m.name] = migrations.offline_sql(m, ",".join(cur) or None, revision, direction="downgrade")
+        return result
+
+    def stamp(self, revision: str, migration_set: str = "main", *, dry_run: bool = True) -> pd.DataFrame:
+        """alembic stamp: move the version pointer without running migrations."""
+        m = self.config.migration_set(migration_set)
+        before = migrations.current(m, self.engine)
+        if not dry_run:
+            migrations.stamp(m, self.engine, revision)
+        after = migrations.current(m, self.engine) if not dry_run else migrations.resolve(m, revision)
+        return pd.DataFrame([{"migration_set": m.name, "before": ", ".join(before) or "(base)",
+                              "after": ", ".join(after) or "(base)", "dry_run": dry_run}])
+
+    def expect_revision(self, expected: str, migration_set: str = "main") -> None:
+        """Guard: stop unless the set is at ``expected`` (empty: no expectation)."""
+        if not expected:
+            return
+        m = self.config.migration_set(migration_set)
+        cur = migrations.current(m, self.engine)
+        want = migrations.resolve(m, expected)
+        if set(cur) != set(want):
+            raise NotAtExpectedRevision(
+                f"Target '{self.target.name}' is at '{', '.join(cur) or 'base'}'; this run expects "
+                f"'{expected}'. Run 'dbrunbook run status -t {self.target.name}'."
+            )
+
+    # --- checks ----------------------------------------------------------------------------------------
+    def check(self, migration_set: str | None = "all") -> pd.DataFrame:
+        """alembic check: differences between the models at head and the live schema (empty = in sync)."""
+        rows = []
+        for m in self.sets(migration_set):
+            if not m.models:
+                rows.append({"migration_set": m.name, "difference": "(no models configured: skipped)"})
+                continue
+            rows += [{"migration_set": m.name, "difference": _describe_diff(d)} for d in migrations.check(m, self.engine)]
+        frame = pd.DataFrame(rows, columns=["migration_set", "difference"])
+        if frame.empty:
+            print("Models and database schema agree.")
+        return frame
+
+    def save_snapshot(self) -> str | None:
+        """Counts + schema + heads as an artifact: what a later `verify` compares against."""
+        counts = self.row_counts()
+        schema = snapshots.schema_snapshot(self.engine)
+        body = {"counts": counts.to_dict(), "schema": schema.to_dict(), "database": self.identity.as_dict(),
+                "heads": {k: list(v) for k, v in self.current().items()}}
+        return self.save_artifact(SNAPSHOT_ARTIFACT, json.dumps(body, indent=1, sort_keys=True, default=str) + "\n")
+
+    def last_snapshot(self, *, required: bool = False):
+        """The newest verified record of this database holding a snapshot: (run_dir, counts, schema, meta).
+
+        None when there is none (a first run is the baseline), or ``NoSnapshot`` when ``required``.
+        """
+        for run_dir in reversed(records.find_records(self.config.outputs_dir)):
+            path = run_dir / ARTIFACTS_DIR / SNAPSHOT_ARTIFACT
+            if not path.exists() or (self.record_dir and run_dir.resolve() == self.record_dir.resolve()):
+                continue
+            counts, schema, meta = snapshots.load_snapshot(path)
+            same_db = (meta.get("database", {}).get("system_identifier") == self.identity.system_identifier
+                       and meta.get("database", {}).get("database") == self.identity.database)
+            if not same_db:
+                continue
+            check = records.verify_record(run_dir, self.config.allowed_signers)
+            if check.status != "valid":
+                log.warning("skipping snapshot in %s: record is %s", run_dir, check.status)
+                continue
+            return run_dir, counts, schema, meta
+        if not required:
+            print(f"No earlier signed snapshot of database '{self.identity.database}': this run is the baseline.")
+            return None
+        raise NoSnapshot(
+            f"No signed snapshot of database '{self.identity.database}' on target '{self.target.name}' under "
+            f"{self.config.outputs_dir}. Run 'dbrunbook run apply -t {self.target.name}' (it saves one) first."
+        )
+
+    def finish(self) -> None:
+        """Last cell of every runbook: the sentinel the launcher needs to call the run complete."""
+        self.engine.dispose()
+        print(f"{SENTINEL} {self.run_id}")
+
+
+def _describe_diff(diff) -> str:
+    if isinstance(diff, list):  # modify_* diffs come grouped
+        return "; ".join(_describe_diff(d) for d in diff)
+    kind, *rest = diff
+    parts = []
+    for r in rest:
+        name = getattr(r, "name", None)
+        if name is not None and hasattr(r, "table") and r.table is not None:
+            parts.append(f"{r.table.fullname}.{name}" if hasattr(r.table, "fullname") else str(name))
+        elif hasattr(r, "fullname"):
+            parts.append(r.fullname)
+        elif r is not None and not isinstance(r, dict):
+            parts.append(str(r))
+    return f"{kind} " + " ".join(parts)
+
+
+def open_session(target: str = "", *, run_id: str = "", record_dir: str = "", config: str | Path | None = None
+                 ) -> Session:
+    """Connect a runbook to ``target`` (default: the configured default, 'local' = the embedded server)."""
+    cfg = load_config(config) if config else load_config()
+    if not isinstance(target, str):
+        raise ConfigError(f"target must be a target name (a string), not {target!r}.")
+    return Session(cfg, target or cfg.default_target, run_id=run_id, record_dir=record_dir)

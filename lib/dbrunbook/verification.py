@@ -1,0 +1,91 @@
+"""Compare a database with its last signed snapshot: the guide's "verify data integrity", made repeatable.
+
+Used by the ``verify`` runbook, by hand after a deploy or on a schedule: rows that vanished beyond a tolerance,
+schema drift while the version did not move, or a version that moved with no signed record in between are
+"unexpected" and stop the run (exit 3), so cron and Airflow see a failure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import records, snapshots
+from .errors import UnexpectedChange
+from .protocol import STATEMENT_FILE
+
+
+@dataclass
+class VerifyResult:
+    """Counts and schema compared with a snapshot, and the problems found (empty: all as expected)."""
+
+    snapshot_dir: Path | None
+    counts: pd.DataFrame
+    schema: pd.DataFrame
+    heads_then: dict
+    heads_now: dict
+    problems: list[str] = field(default_factory=list)
+
+    def raise_if_unexpected(self) -> None:
+        if self.problems:
+            raise UnexpectedChange(self.problems)
+
+    def _repr_html_(self) -> str:
+        if self.snapshot_dir is None:
+            return ("<p><b>Baseline</b>: no earlier signed snapshot of this database; this run's snapshot is "
+                    "the baseline later runs compare with.</p>")
+        if not self.problems:
+            return (f"<p><b>As expected</b>: counts and schema agree with the snapshot in "
+                    f"<code>{self.snapshot_dir.name}</code>.</p>")
+        items = "".join(f"<li>{p}</li>" for p in self.problems)
+        return f"<p><b>Unexpected change</b> since <code>{self.snapshot_dir.name}</code>:</p><ul>{items}</ul>"
+
+
+def compare_with_snapshot(session, snapshot, *, tolerance: float = 0.0) -> VerifyResult:
+    """Compare the live database of ``session`` with ``snapshot`` (from ``Session.last_snapshot()``).
+
+    ``snapshot`` None (no earlier record of this database) gives a baseline result with no problems.
+
+    Args:
+        tolerance: percent of a table's rows that may vanish without being a problem (growth is never one).
+    """
+    if snapshot is None:
+        empty = pd.DataFrame()
+        return VerifyResult(None, empty, empty, {}, {k: sorted(v) for k, v in session.current().items()})
+    run_dir, counts_then, schema_then, meta = snapshot
+    counts = snapshots.compare(counts_then, session.row_counts())
+    schema = snapshots.compare_schema(schema_then, snapshots.schema_snapshot(session.engine))
+    heads_then = {k: sorted(v) for k, v in meta.get("heads", {}).items()}
+    heads_now = {k: sorted(v) for k, v in session.current().items()}
+    problems: list[str] = []
+    for row in counts.itertuples():
+        if row.status == "dropped":
+            problems.append(f"table {row.table} is gone (had {row.before:,} rows)")
+        elif row.before and row.change < 0 and -row.percent > tolerance:
+            problems.append(f"{row.table} lost {-row.change:,} of {row.before:,} rows ({-row.percent:.1f}% > "
+                            f"tolerance {tolerance}%)")
+    if heads_now != heads_then:
+        if not _recorded_move(session, run_dir, heads_now):
+            problems.append(f"version moved from {heads_then} to {heads_now} with no signed record of the change")
+    elif not schema.empty:
+        problems.append(f"schema drift with no version change: {len(schema)} difference(s), e.g. "
+                        f"{schema.iloc[0]['change']} {schema.iloc[0]['object']}")
+    return VerifyResult(run_dir, counts, schema, heads_then, heads_now, problems)
+
+
+def _recorded_move(session, since: Path, heads_now: dict) -> bool:
+    """True if a record newer than ``since`` of the same database ends at ``heads_now``."""
+    for run_dir in records.find_records(session.config.outputs_dir):
+        if run_dir.name <= since.name or not (run_dir / STATEMENT_FILE).exists():
+            continue
+        predicate = json.loads((run_dir / STATEMENT_FILE).read_text()).get("predicate", {})
+        database = predicate.get("database") or {}
+        if database.get("system_identifier") != session.identity.system_identifier:
+            continue
+        after = {k: sorted(v) for k, v in (predicate.get("heads_after") or {}).items()}
+        if after == heads_now:
+            return True
+    return False

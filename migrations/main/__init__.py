@@ -1,0 +1,1 @@
+"""The main migration set: CRM, payments, read projections, newsletter, social, station RBAC."""

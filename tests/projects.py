@@ -1,0 +1,78 @@
+"""A throwaway dbrunbook project for tests: a dbrunbook.toml whose target `local` is a fresh test database.
+
+The sample migrations and runbooks of the repository are used as they are; only records, keys and the target
+URL are test-local. The URL reaches dbrunbook through an environment variable, as in production.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+URL_ENV = "DBRUNBOOK_TEST_TARGET_URL"
+
+
+@dataclass
+class Project:
+    root: Path
+    config_path: Path
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def engine(self) -> sa.Engine:
+        if not hasattr(self, "_engine"):
+            self._engine = sa.create_engine(self.url)
+        return self._engine
+
+    def fill_demo_data(self) -> dict[str, int]:
+        spec = importlib.util.spec_from_file_location("demo_data", ROOT / "migrations" / "demo_data.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.fill(self.url)
+
+
+def write_project(folder: Path, url: str, *, protected: bool = False) -> Project:
+    """Write a dbrunbook.toml in ``folder`` that drives the repository's runbooks and sample migrations."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "dbrunbook.toml"
+    config.write_text(
+        f"""
+[project]
+outputs = "outputs"
+runbooks = "{ROOT / 'runbooks'}"
+state_dir = "state"
+
+[targets.local]
+url_env = "{URL_ENV}"
+protected = {str(protected).lower()}
+lock_timeout = "2s"
+
+[migration_sets.main]
+alembic_ini = "{ROOT / 'migrations/main/alembic.ini'}"
+version_table = "alembic_version"
+models = "{ROOT / 'migrations/main/models.py'}:Base"
+
+[migration_sets.ai]
+alembic_ini = "{ROOT / 'migrations/ai/alembic.ini'}"
+version_table = "alembic_version_ai"
+""",
+        encoding="utf-8",
+    )
+    return Project(root=folder, config_path=config, url=url, env={URL_ENV: url})
+
+
+@pytest.fixture
+def project(tmp_path, database_url, monkeypatch) -> Project:
+    """A test project whose target `local` is a fresh database; its env var is set for this test."""
+    proj = write_project(tmp_path / "project", database_url)
+    monkeypatch.setenv(URL_ENV, database_url)
+    monkeypatch.setenv("DBRUNBOOK_CONFIG", str(proj.config_path))
+    monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@dbrunbook")
+    yield proj
+    proj.engine.dispose()
