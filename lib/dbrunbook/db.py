@@ -142,6 +142,11 @@ def _full_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
 
+def _display_url(engine: Engine) -> str:
+    # Decoded after masking, so "host=/tmp/x" reads as typed and no password can reappear.
+    return unquote(mask_url(_full_url(engine)))
+
+
 # --- engines --------------------------------------------------------------------------------------------
 def _escape_option(value: str) -> str:
     # libpq splits ``options`` on spaces; a backslash escapes the next character.
@@ -288,7 +293,7 @@ def check_connection(engine: Engine, target_name: str) -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except sqlalchemy.exc.DBAPIError as err:
-        raise DatabaseUnavailable(target_name, mask_url(_full_url(engine)), _reason(err, engine)) from err
+        raise DatabaseUnavailable(target_name, _display_url(engine), _reason(err, engine)) from err
 
 
 def _reason(err: sqlalchemy.exc.DBAPIError, engine: Engine) -> str:

@@ -130,7 +130,15 @@ class RunbookFailed(DbRunbookError):
 
 
 class SignatureInvalid(DbRunbookError):
-    """A record whose signature, trust or digest does not check out."""
+    """A record whose signature, trust or digest does not check out.
+
+    ``status`` is "tampered" (bad signature or digest), "untrusted" (valid signature by a key that is not in
+    allowed_signers) or "malformed".
+    """
+
+    def __init__(self, reason: str, status: str = "tampered"):
+        self.reason, self.status = reason, status
+        super().__init__(reason)
 
 
 # --- guards (exit 3) --------------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ STATUSES = ("valid", "untrusted", "tampered", "unsigned", "incomplete")
 
 # Folders tools create next to a notebook without changing the record (JupyterLab autosave checkpoints).
 _IGNORED_DIRS = frozenset({".ipynb_checkpoints"})
-_URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.\-]*://[^/\s:@]*:[^/\s@]+@", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.\-]*://[^/\s:@]*:([^/\s@]+)@", re.IGNORECASE)
+_MASKED = "***"  # what dbrunbook.db.mask_url puts in place of a password
 _RUN_ID = re.compile(r"^(\d{8}T\d{6}Z)-")
 
 
@@ -111,7 +112,7 @@ def new_run_id(runbook: str, target: str, now: datetime | None = None) -> str:
 
 
 def run_dir_for(outputs_dir: Path, run_id: str, now: datetime | None = None) -> Path:
-    """Return ``outputs_dir/YYYY/MM/DD/<run_id>`` (date of ``now`` in UTC, else the date the run id starts with)."""
+    """Return ``outputs_dir/YYYY/MM/DD/<run_id>``, dated by ``now`` (UTC) or by the run id's timestamp."""
     if now is None:
         match = _RUN_ID.match(run_id)
         if not match:
@@ -201,7 +202,8 @@ def cell_digests(nb_bytes: bytes) -> list[dict]:
     notebook = json.loads(nb_bytes)
     digests = []
     for index, cell in enumerate(notebook.get("cells", [])):
-        content = {"source": _joined(cell.get("source", "")), "outputs": _normal_outputs(cell.get("outputs", []))}
+        content = {"source": _joined(cell.get("source", "")),
+                   "outputs": _normal_outputs(cell.get("outputs", []))}
         digests.append({
             "index": index,
             "cell_type": cell.get("cell_type"),
@@ -236,7 +238,8 @@ def _check_no_secrets(parameters: dict, predicate: dict) -> None:
     for key in parameters:
         if any(word in str(key).lower() for word in SECRET_WORDS):
             raise ParameterError(
-                f"Parameter '{key}' looks like a secret (its name contains one of {', '.join(SECRET_WORDS)}); "
+                f"Parameter '{key}' looks like a secret (its name contains one of "
+                f"{', '.join(SECRET_WORDS)}); "
                 f"records are kept forever and shared, so it cannot be stored. Pass the secret through the "
                 f"environment or ~/.pgpass instead of a runbook parameter."
             )
@@ -248,7 +251,7 @@ def _check_no_secrets(parameters: dict, predicate: dict) -> None:
         elif isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
                 walk(v, f"{where}[{i}]")
-        elif isinstance(value, str) and _URL_PASSWORD.search(value):
+        elif isinstance(value, str) and any(m.group(1) != _MASKED for m in _URL_PASSWORD.finditer(value)):
             raise ParameterError(
                 f"{where} holds a URL with a password (scheme://user:***@...); records cannot store secrets. "
                 f"Use a URL without the password (dbrunbook.db.mask_url) and keep the password in ~/.pgpass."
@@ -317,7 +320,8 @@ def build_statement(
         "cells": cell_digests(notebook.read_bytes()),
     }
     _check_no_secrets(parameters, predicate)
-    subject = [{"name": name, "digest": {"sha256": _sha256_file(run_dir / name)}} for name in _subject_files(run_dir)]
+    subject = [{"name": name, "digest": {"sha256": _sha256_file(run_dir / name)}}
+               for name in _subject_files(run_dir)]
     statement = {"_type": STATEMENT_TYPE, "subject": subject, "predicateType": PREDICATE_TYPE,
                  "predicate": predicate}
     # Round-trip through canonical JSON so the returned dict is exactly what gets signed (datetimes as text).
@@ -325,8 +329,8 @@ def build_statement(
 
 
 def _make_read_only(path: Path) -> None:
-    mode = path.stat().st_mode
-    path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    writable = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    path.chmod(path.stat().st_mode & ~writable | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 
 def write_record(run_dir: Path, statement: dict, key_path: Path) -> Path:
@@ -394,7 +398,8 @@ class RecordCheck:
 
     def _repr_html_(self) -> str:
         rows = [(k, v) for k, v in self.as_row().items() if k != "problems"]
-        body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in rows)
         problems = "".join(f"<li>{html.escape(p)}</li>" for p in self.problems)
         return f"<table>{body}</table>" + (f"<ul>{problems}</ul>" if problems else "")
 
@@ -410,24 +415,26 @@ def _compare_cells(recorded: list[dict], nb_bytes: bytes) -> tuple[tuple[int, ..
     try:
         notebook = json.loads(nb_bytes)
         current = cell_digests(nb_bytes)
-    except (ValueError, AttributeError) as err:
+    except (ValueError, AttributeError, TypeError) as err:
         return (), [f"{NOTEBOOK_FILE} is no longer a readable notebook ({err})."]
+    recorded = [d.get("sha256") if isinstance(d, dict) else None for d in recorded]
     cells = notebook.get("cells", [])
     changed, problems = [], []
     for index in range(max(len(recorded), len(current))):
-        old = recorded[index]["sha256"] if index < len(recorded) else None
+        old = recorded[index] if index < len(recorded) else None
         new = current[index]["sha256"] if index < len(current) else None
         if old == new:
             continue
         changed.append(index)
         if new is None:
             problems.append(f"cell {index} was removed from {NOTEBOOK_FILE}.")
-        elif old is None:
+        elif index >= len(recorded):
             problems.append(f"cell {index} ({_cell_title(cells[index])}) was added to {NOTEBOOK_FILE}.")
         else:
             problems.append(f"cell {index} ({_cell_title(cells[index])}) differs from the signed record.")
     if not changed:
-        problems.append(f"{NOTEBOOK_FILE} differs outside cell sources and outputs (metadata or execution counts).")
+        problems.append(f"{NOTEBOOK_FILE} differs outside cell sources and outputs "
+                        f"(metadata or execution counts).")
     return tuple(changed), problems
 
 
@@ -444,8 +451,8 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
     if not statement_path.is_file():
         if (run_dir / INTENT_FILE).is_file():
             return RecordCheck(run_dir, "incomplete", problems=(
-                f"{INTENT_FILE} but no {STATEMENT_FILE}: the run was killed before it was sealed, or is still "
-                f"running. Check the ledger of its database; 'dbrunbook seal' records what it left.",))
+                f"{INTENT_FILE} but no {STATEMENT_FILE}: the run was killed before it was sealed, or is "
+                f"still running. Check the ledger of its database; 'dbrunbook seal' records what it left.",))
         return RecordCheck(run_dir, "unsigned", problems=(f"no {STATEMENT_FILE} in {run_dir}.",))
     body = statement_path.read_bytes()
     try:
@@ -477,7 +484,11 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
     predicate = statement.get("predicate") or {}
     expected = set()
     for subject in subjects:
-        name = str(subject.get("name", ""))
+        if not isinstance(subject, dict) or not isinstance(subject.get("name"), str):
+            tampered = True
+            problems.append(f"the statement has an unreadable subject entry: {str(subject)[:80]}")
+            continue
+        name = subject["name"]
         expected.add(name)
         path = run_dir / name
         if not path.is_file():
@@ -500,8 +511,8 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
     if tampered:
         status = "tampered"
     if predicate.get("mode") == "interactive-out-of-order":
-        problems.append("the notebook was run interactively with cells out of order: its outputs may not follow "
-                        "from its code top to bottom.")
+        problems.append("the notebook was run interactively with cells out of order: its outputs may not "
+                        "follow from its code top to bottom.")
     return RecordCheck(run_dir, status, principal, tuple(problems), changed, statement)
 
 
@@ -596,7 +607,7 @@ def _jsonb(value: Any) -> str | None:
 
 
 def ensure_ledger(conn: sa.Engine | sa.Connection) -> None:
-    """Create schema ``dbrunbook`` and table ``dbrunbook.ledger`` when missing (idempotent, concurrency-safe)."""
+    """Create schema ``dbrunbook`` and table ``dbrunbook.ledger`` when missing (idempotent, race-free)."""
     _run(conn, [
         # Two runs creating the ledger at once would otherwise race on the catalog's unique indexes.
         ("SELECT pg_advisory_xact_lock(hashtext(:name))", {"name": f"{LEDGER_SCHEMA}.{LEDGER_TABLE}"}),
@@ -673,4 +684,5 @@ def ledger_rows(conn: sa.Engine | sa.Connection) -> list[dict]:
         return [dict(row._mapping) for row in conn.execute(sa.text(select_sql))]
     finally:
         if began:
-            conn.rollback()  # read-only: end the transaction we began, leave none open on the caller's connection
+            # Read-only: end the transaction we began rather than leave one open on the caller's connection.
+            conn.rollback()

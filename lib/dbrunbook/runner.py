@@ -178,7 +178,8 @@ def parse_parameters(source: str, where: str = "parameters cell") -> tuple[Param
             default = float(default)
         if type(default) is not _TYPES[type_name]:
             raise ParameterError(
-                f"{where}, line {node.lineno}: the default of '{name}' is {default!r}, not a {type_name}."
+                f"{where}, line {node.lineno}: the default of '{name}' is {default!r}, not "
+                f"{_article(type_name)} {type_name}."
             )
         params.append(Parameter(name, type_name, default, comments.get(node.end_lineno, "")))
     return tuple(params)
@@ -268,6 +269,10 @@ def mask_secrets(text: str) -> str:
     return _KEYWORD_PASSWORD.sub(lambda m: f"{m['head']}***", text)
 
 
+def _article(type_name: str) -> str:
+    return "an" if type_name == "int" else "a"
+
+
 def _convert(info: RunbookInfo, param: Parameter, value: Any) -> Any:
     if not isinstance(value, str):
         # A caller of the library may pass typed values; ints are fine where floats are expected.
@@ -276,7 +281,7 @@ def _convert(info: RunbookInfo, param: Parameter, value: Any) -> Any:
         if type(value) is _TYPES[param.type]:
             return value
         raise ParameterError(
-            f"Parameter '{param.name}' of runbook '{info.name}' is a {param.type}; got {value!r} "
+            f"Parameter '{param.name}' of runbook '{info.name}' is {_article(param.type)} {param.type}; got {value!r} "
             f"({type(value).__name__})."
         )
     if param.type == "str":
@@ -294,9 +299,9 @@ def _convert(info: RunbookInfo, param: Parameter, value: Any) -> Any:
     try:
         return _TYPES[param.type](value.strip())
     except ValueError:
-        article = "an" if param.type == "int" else "a"
         raise ParameterError(
-            f"Parameter '{param.name}' of runbook '{info.name}' is {article} {param.type}; '{value}' is not one."
+            f"Parameter '{param.name}' of runbook '{info.name}' is {_article(param.type)} {param.type}; "
+            f"'{value}' is not one."
         ) from None
 
 
@@ -493,7 +498,7 @@ def _database_state(config: Config, target_name: str, run_id: str) -> dict:
         state["errors"].append(mask_secrets(f"{type(err).__name__}: {err}"))
         return state
     try:
-        state["database"] = _identity_dict(db.identity(engine))
+        state["database"] = db.identity(engine).as_dict()
         for mset in config.migration_sets.values():
             try:
                 state["heads"][mset.name] = list(migrations.current(mset, engine))
@@ -505,14 +510,6 @@ def _database_state(config: Config, target_name: str, run_id: str) -> dict:
     finally:
         engine.dispose()
     return state
-
-
-def _identity_dict(identity: Any) -> dict:
-    if hasattr(identity, "as_dict"):
-        return dict(identity.as_dict())
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(identity) if is_dataclass(identity) else dict(identity)
 
 
 @contextlib.contextmanager
@@ -806,15 +803,8 @@ def _ledger_start(config: Config, target: str, run_id: str, info: RunbookInfo, v
     return True
 
 
-def _down_revisions(revision_info: Any) -> tuple[str, ...]:
-    for attr in ("down_revisions", "down_revision"):
-        value = getattr(revision_info, attr, None)
-        if value:
-            return (value,) if isinstance(value, str) else tuple(value)
-    return ()
-
-
-def _applied_revisions(history: list, before: list | None, after: list | None) -> list:
+def _applied_revisions(history: list[migrations.RevisionInfo], before: list | None, after: list | None
+                       ) -> list[migrations.RevisionInfo]:
     """Revisions in the ancestry of ``after`` but not of ``before``: what this run applied."""
     by_revision = {r.revision: r for r in history}
 
@@ -826,7 +816,7 @@ def _applied_revisions(history: list, before: list | None, after: list | None) -
             if revision in seen or revision not in by_revision:
                 continue
             seen.add(revision)
-            stack.extend(_down_revisions(by_revision[revision]))
+            stack.extend(by_revision[revision].down_revisions)
         return seen
 
     new = ancestry(after) - ancestry(before)
@@ -844,16 +834,7 @@ def _migration_files(config: Config, heads_before: dict, heads_after: dict) -> d
         if not applied:
             continue
         digests = migrations.file_digests(mset)
-        found: dict[str, str] = {}
-        for revision in applied:
-            path = getattr(revision, "path", None)
-            digest = digests.get(revision.revision)
-            if digest is None and path:
-                digest = next((v for k, v in digests.items() if Path(k).name == Path(path).name), None)
-            if digest is None and path and Path(path).is_file():
-                digest = _sha256_file(Path(path))
-            found[revision.revision] = digest
-        files[mset.name] = found
+        files[mset.name] = {r.revision: digests[r.revision] for r in applied}
     return files
 
 

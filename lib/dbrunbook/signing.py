@@ -53,7 +53,8 @@ _KEY_MAGIC = b"openssh-key-v1\x00"
 _KEY_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
 _KEY_END = "-----END OPENSSH PRIVATE KEY-----"
 _HASHES = {"sha512": hashlib.sha512, "sha256": hashlib.sha256}
-_FIX_KEY = "Create an unencrypted Ed25519 key with 'dbrunbook keygen' (or ssh-keygen -t ed25519 -N '' -f PATH)"
+_FIX_KEY = ("Create an unencrypted Ed25519 key with 'dbrunbook keygen' "
+            "(or ssh-keygen -t ed25519 -N '' -f PATH)")
 
 
 class SigningKeyError(ConfigError):
@@ -65,10 +66,7 @@ class SigningKeyError(ConfigError):
 
 
 def _invalid(reason: str, status: str) -> SignatureInvalid:
-    """Build a SignatureInvalid carrying ``reason`` and ``status`` ("tampered", "untrusted", "malformed")."""
-    err = SignatureInvalid(reason)
-    err.reason, err.status = reason, status
-    return err
+    return SignatureInvalid(reason, status)
 
 
 # --- SSH wire encoding (RFC 4251 string/uint32) ---------------------------------------------------------
@@ -127,7 +125,7 @@ def _ed25519_from_blob(blob: bytes) -> Ed25519PublicKey:
     reader = _Reader(blob)
     key_type = reader.text()
     if key_type != _KEY_TYPE:
-        raise ValueError(f"key type {key_type} is not supported (dbrunbook signs and verifies ssh-ed25519 only)")
+        raise ValueError(f"key type {key_type} is not supported (dbrunbook handles ssh-ed25519 only)")
     raw = reader.string()
     if len(raw) != 32 or not reader.done():
         raise ValueError("ssh-ed25519 public key is not 32 bytes")
@@ -151,7 +149,8 @@ def _encode_private_key(private_key: Ed25519PrivateKey, comment: str) -> bytes:
     public_raw = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     check = secrets.token_bytes(4)
     private_section = (
-        check + check + _string(_KEY_TYPE) + _string(public_raw) + _string(seed + public_raw) + _string(comment)
+        check + check + _string(_KEY_TYPE) + _string(public_raw) + _string(seed + public_raw)
+        + _string(comment)
     )
     # Padding 1, 2, 3, ... up to the cipher block size (8 for "none"), as ssh-keygen writes it.
     private_section += bytes(range(1, 1 + (-len(private_section)) % 8))
@@ -347,7 +346,8 @@ def _parse_signature(signature: bytes) -> _Signature:
     return _Signature(public_blob, namespace, hash_algorithm, signature_type, raw)
 
 
-def verify(data: bytes, signature: bytes, allowed_signers: Path, namespace: str = SIGNATURE_NAMESPACE) -> str:
+def verify(data: bytes, signature: bytes, allowed_signers: Path,
+           namespace: str = SIGNATURE_NAMESPACE) -> str:
     """Check an SSHSIG signature of ``data`` and return the principal(s) that ``allowed_signers`` trusts.
 
     As ``ssh-keygen -Y verify`` does, the signature is checked first and the trust file second: a broken
@@ -355,7 +355,8 @@ def verify(data: bytes, signature: bytes, allowed_signers: Path, namespace: str 
     and date) is "untrusted".
 
     Returns:
-        The principals field of the first allowed_signers line that trusts the key (e.g. ``alice@example.com``).
+        The principals field of the first allowed_signers line that trusts the key, e.g.
+        ``alice@example.com``.
 
     Raises:
         SignatureInvalid: with ``.status`` "malformed" (not an SSH signature, wrong namespace, unsupported key
@@ -403,7 +404,7 @@ _KEY_TYPE_PREFIXES = ("ssh-", "ecdsa-", "sk-", "rsa-")
 
 
 def _next_token(line: str) -> tuple[str, str]:
-    """Split off the first whitespace-delimited token; a token starting with a quote runs to the close quote."""
+    """Split off the first blank-delimited token; one that starts with a quote runs to the closing quote."""
     line = line.lstrip(" \t")
     if line.startswith('"'):
         end = line.find('"', 1)
@@ -417,7 +418,7 @@ def _next_token(line: str) -> tuple[str, str]:
 
 
 def _split_options(line: str) -> tuple[str, str]:
-    """Split off the options field: up to the first blank outside double quotes (backslash escapes a quote)."""
+    """Split off the options field: up to the first blank outside double quotes (backslash escapes)."""
     line = line.lstrip(" \t")
     quoted, i = False, 0
     while i < len(line):
@@ -456,7 +457,7 @@ def _read_key_field(rest: str) -> bytes:
 
 
 def _parse_allowed_signers(path: Path) -> list[_AllowedSigner]:
-    """Parse an allowed_signers file as ssh-keygen(1) describes it; malformed lines are skipped with a warning.
+    """Parse an allowed_signers file as ssh-keygen(1) describes it; unreadable lines are logged and skipped.
 
     Format: ``principals [options] keytype base64 [comment]``; principals is a comma list of patterns,
     options a comma list such as ``namespaces="a,b"``, ``cert-authority``, ``valid-after="20240101"``.

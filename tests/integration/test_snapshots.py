@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from dbrunbook import snapshots
@@ -24,9 +25,12 @@ def _setup(engine, n_tables=12):
         conn.exec_driver_sql("CREATE SCHEMA dbrunbook; CREATE TABLE dbrunbook.ledger (id int)")
 
 
-def test_exact_counts_match_count_star_for_every_table(database_url):
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-connection", "parallel-workers"])
+def test_exact_counts_match_count_star_for_every_table(database_url, monkeypatch, parallel):
     engine = _engine(database_url)
     _setup(engine)
+    if parallel:  # small test tables: lower the size threshold so the shared-snapshot workers run
+        monkeypatch.setattr(snapshots, "PARALLEL_THRESHOLD", 0)
     snap = snapshots.row_counts(engine, workers=3)
     assert snap.exact
     expected = {f"shop.T{i}": i * 10 for i in range(12)} | {"public.parted": 100}

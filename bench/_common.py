@@ -1,0 +1,54 @@
+"""Shared by the benchmarks: a PostgreSQL to measure on, medians, and RESULTS.md sections."""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "RESULTS.md"
+WORK = BENCH / "_work"
+
+
+def admin_url() -> str:
+    """A server to measure on: $DBRUNBOOK_BENCH_DATABASE_URL, else an embedded one under bench/_work."""
+    from dbrunbook.config import normalize_url
+    from dbrunbook.embedded import EmbeddedServer
+
+    external = os.environ.get("DBRUNBOOK_BENCH_DATABASE_URL")
+    if external:
+        return normalize_url(external)
+    WORK.mkdir(exist_ok=True)
+    return EmbeddedServer(WORK / "pg").ensure_started()
+
+
+def fresh_database(admin: str, name: str) -> str:
+    from dbrunbook import db
+
+    db.drop_database(admin, name)
+    db.create_database(admin, name)
+    return db.with_database(admin, name)
+
+
+def median_seconds(fn, repeat: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section between markers <!-- name --> … <!-- /name --> of RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nMachine: 2 cores, 24 GiB.\n"
+    block = f"<!-- {name} -->\n{body.strip()}\n<!-- /{name} -->"
+    pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
+    text = pattern.sub(block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)

@@ -1,0 +1,279 @@
+"""The ``dbrunbook`` command: each subcommand parses its arguments, makes one library call and prints.
+
+Errors dbrunbook raises on purpose print their message (no traceback) and exit with the error's
+``exit_status``: 1 a step failed, 2 bad usage or configuration, 3 stopped at a guard. ``run`` and ``seal``
+exit with the run's own status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from . import protocol
+from .config import load_config
+from .errors import DbRunbookError, ParameterError
+
+__all__ = ["main", "build_parser"]
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _parameters(pairs: list[list[str]] | None) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name, value in pairs or []:
+        if name in values:
+            raise ParameterError(f"Parameter '{name}' is given twice (-p {name} ...); pass it once.")
+        values[name] = value
+    return values
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns).rstrip()]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[int]:
+    """Send everything written to file descriptor 1 (this process, kernels it starts) to stderr.
+
+    Yields a duplicate of the real stdout, so ``--json`` can print exactly one object there at the end.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield saved
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _print_result(result) -> None:
+    print(f"run id:     {result.run_id}")
+    print(f"outcome:    {result.outcome}")
+    if result.failing_step:
+        step = result.failing_step
+        where = step.get("heading") or f"cell {step.get('cell')}"
+        print(f"stopped at: {where}: {step.get('ename') or ''} {step.get('evalue') or ''}".rstrip())
+    print(f"record:     {result.record_dir}")
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_runbook
+
+    def run():
+        return run_runbook(args.runbook, target=args.target, parameters=_parameters(args.parameter),
+                           config=load_config(args.config), progress=_err,
+                           execution_timeout=args.execution_timeout)
+
+    if not args.json:
+        result = run()
+        _print_result(result)
+        return result.exit_status
+    with _stdout_to_stderr() as real_stdout:
+        try:
+            document = run().as_json()
+        except DbRunbookError as err:
+            _err(str(err))
+            document = {"error": str(err), "error_type": type(err).__name__, "exit_status": err.exit_status}
+        os.write(real_stdout, (json.dumps(document, sort_keys=True) + "\n").encode("utf-8"))
+    return document["exit_status"]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .runner import list_runbooks
+
+    runbooks = list_runbooks(load_config(args.config))
+    if not runbooks:
+        print("No runbooks found.")
+        return 0
+    print(_table([{"runbook": r.name, "changes database": "yes" if r.changes_database else "no",
+                   "title": r.title} for r in runbooks], ["runbook", "changes database", "title"]))
+    for r in runbooks:
+        print(f"\n{r.name}: {r.description}".rstrip())
+        rows = [{"parameter": p.name, "type": p.type, "default": repr(p.default), "help": p.help}
+                for p in r.operator_parameters]
+        if rows:
+            print("  " + _table(rows, ["parameter", "type", "default", "help"]).replace("\n", "\n  "))
+    return 0
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    from .runner import prepare_runbook
+
+    path = prepare_runbook(args.runbook, target=args.target, parameters=_parameters(args.parameter),
+                           config=load_config(args.config))
+    print(path)
+    print(f"Open it with:  jupyter lab {path}")
+    print(f"Then seal it:  dbrunbook seal {path.parent}")
+    return 0
+
+
+def cmd_seal(args: argparse.Namespace) -> int:
+    from .runner import seal
+
+    result = seal(Path(args.run_dir), config=load_config(args.config))
+    _print_result(result)
+    return result.exit_status
+
+
+def _run_dirs(path: Path) -> list[Path]:
+    from . import records
+
+    markers = (protocol.STATEMENT_FILE, protocol.INTENT_FILE, protocol.NOTEBOOK_FILE)
+    if any((path / m).is_file() for m in markers):
+        return [path]
+    return records.find_records(path)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from . import records
+
+    config = load_config(args.config)
+    paths = [Path(p) for p in args.paths] or [config.outputs_dir]
+    # The default outputs/ not existing yet just means no runs; a folder the user named must exist.
+    missing = [str(p) for p in args.paths if not Path(p).is_dir()]
+    if missing:
+        _err(f"Not a folder: {', '.join(missing)}. Pass run directories or folders that contain them.")
+        return 2
+    run_dirs = [d for p in paths for d in _run_dirs(p)]
+    if not run_dirs:
+        print(f"No run records under {', '.join(map(str, paths))}.")
+        return 0
+    checks = [records.verify_record(d, config.allowed_signers) for d in run_dirs]
+    print(_table([{"run id": c.run_id, "status": c.status, "principal": c.principal or "-",
+                   "problems": "; ".join(c.problems)} for c in checks],
+                 ["run id", "status", "principal", "problems"]))
+    bad = [c for c in checks if not c.ok]
+    print(f"\n{len(checks) - len(bad)} of {len(checks)} records valid.")
+    return 1 if bad else 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from . import records
+
+    config = load_config(args.config)
+    key = Path(config.keys_dir) / records.OPERATOR_KEY
+    if args.force and key.exists():
+        # Moved aside, never deleted: records it signed still verify (its public key stays in allowed_signers).
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        for old in (key, key.with_name(key.name + ".pub")):
+            if old.exists():
+                old.rename(old.with_name(f"{old.name}.replaced-{stamp}"))
+        print(f"Moved the old key aside: {key}.replaced-{stamp}")
+    path, created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
+    if created:
+        print(f"Created signing key {path} (public key {path}.pub, trusted in {config.allowed_signers}).")
+    else:
+        print(f"Signing key {path} exists already; pass --force to replace it.")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from .db import mask_url
+    from .embedded import EmbeddedServer
+
+    server = EmbeddedServer.for_config(load_config(args.config))
+    if args.action == "start":
+        print(f"Embedded PostgreSQL is running: {mask_url(server.ensure_started())}")
+    elif args.action == "stop":
+        print("Embedded PostgreSQL stopped." if server.stop() else "Embedded PostgreSQL was not running.")
+    elif args.action == "status":
+        status = server.status()
+        for name, value in status.as_dict().items():
+            print(f"{name + ':':<12}{mask_url(value) if name == 'url' else value}")
+        return 0 if status.running else 1
+    else:  # url: libpq spelling, for psql and other clients
+        print(mask_url(server.url()).replace("postgresql+psycopg://", "postgresql://", 1))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    results = run_demo(load_config(args.config))
+    return max((r.exit_status for r in results), default=0)
+
+
+# --- parser -----------------------------------------------------------------------------------------------
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runbook", help="runbook name (a notebook under runbooks/, without .ipynb)")
+    parser.add_argument("-t", "--target", help="database target from dbrunbook.toml (default: its default_target)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                        help="set a runbook parameter (repeatable); see 'dbrunbook list'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dbrunbook",
+        description="Run database migration runbooks (Jupyter notebooks) with papermill; keep signed records.",
+    )
+    parser.add_argument("--config", help="path of dbrunbook.toml (default: $DBRUNBOOK_CONFIG or the nearest one)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a runbook and sign its record")
+    _add_run_options(run)
+    run.add_argument("--json", action="store_true", help="print one JSON object on stdout, all else on stderr")
+    run.add_argument("--execution-timeout", type=float, metavar="SECONDS",
+                     help="fail the run when one cell runs longer than this")
+    run.set_defaults(func=cmd_run)
+
+    sub.add_parser("list", help="list runbooks and their parameters").set_defaults(func=cmd_list)
+
+    open_ = sub.add_parser("open", help="prepare a run directory to run a runbook in JupyterLab")
+    _add_run_options(open_)
+    open_.set_defaults(func=cmd_open)
+
+    seal_ = sub.add_parser("seal", help="sign a run directory made by 'open' once its cells have run")
+    seal_.add_argument("run_dir", metavar="RUN_DIR")
+    seal_.set_defaults(func=cmd_seal)
+
+    verify = sub.add_parser("verify", help="check the signatures and digests of run records")
+    verify.add_argument("paths", nargs="*", metavar="PATH", help="run directories or folders of them (default: outputs/)")
+    verify.set_defaults(func=cmd_verify)
+
+    keygen = sub.add_parser("keygen", help="create the operator's signing key")
+    keygen.add_argument("--force", action="store_true", help="move the existing key aside and create a new one")
+    keygen.set_defaults(func=cmd_keygen)
+
+    db_ = sub.add_parser("db", help="the embedded PostgreSQL of this project")
+    db_.add_argument("action", choices=["start", "stop", "status", "url"])
+    db_.set_defaults(func=cmd_db)
+
+    sub.add_parser("demo", help="deploy the sample migrations on the embedded database, with records").set_defaults(
+        func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dbrunbook`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exit_.code or 0)
+    try:
+        return args.func(args)
+    except DbRunbookError as err:
+        _err(str(err))
+        return err.exit_status
+    except KeyboardInterrupt:
+        _err("Interrupted.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
