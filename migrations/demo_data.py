@@ -21,15 +21,14 @@ import argparse
 import random
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
 
 __all__ = ["fill"]
 
-_BASE_TIME = datetime(2024, 1, 1, 8, 0, tzinfo=timezone.utc)
-_YEAR_SECONDS = 365 * 24 * 3600
+_BASE_TIME = datetime(2024, 1, 1, 8, 0, tzinfo=UTC)
 
 _FIRST_NAMES = (
     "Aiko Alejandro Amara Ana Andrei Anika Arjun Ava Beatriz Ben Camila Carlos Chen Chloe Daniel Daria Diego "
@@ -225,7 +224,7 @@ class _Filler:
     # --- helpers for realistic values ------------------------------------------------------------------
     def when(self, after: datetime = _BASE_TIME, within_days: int = 365) -> datetime:
         seconds = self.rng.randrange(within_days * 24 * 3600)
-        return (after + timedelta(seconds=seconds)).replace(microsecond=0)
+        return after + timedelta(seconds=seconds)
 
     def person(self) -> tuple[str, str]:
         return self.rng.choice(_FIRST_NAMES), self.rng.choice(_LAST_NAMES)
@@ -275,7 +274,8 @@ class _Filler:
             first, last = self.person()
             customers.append({
                 "id": cid, "email": self.email(first, last, cid), "first_name": first, "last_name": last,
-                "phone": f"+1{rng.randrange(200, 999)}{rng.randrange(1000000, 9999999)}" if rng.random() < .8 else None,
+                "phone": (f"+1{rng.randrange(200, 999)}{rng.randrange(1000000, 9999999)}"
+                          if rng.random() < .8 else None),
                 "status": rng.choices(("active", "inactive", "churned"), (85, 10, 5))[0],
                 "created_at": self.when(), "station_id": rng.choice(stations),
             })
@@ -356,9 +356,9 @@ class _Filler:
             campaigns = []
             for i in range(self.n(24)):
                 sent = _BASE_TIME + timedelta(days=15 * i + rng.randrange(3), hours=10)
+                subject = _CAMPAIGN_SUBJECTS[i % len(_CAMPAIGN_SUBJECTS)]
                 campaigns.append({
-                    "id": start + i, "name": f"{sent:%Y-%m} {_CAMPAIGN_SUBJECTS[i % len(_CAMPAIGN_SUBJECTS)]}",
-                    "subject": _CAMPAIGN_SUBJECTS[i % len(_CAMPAIGN_SUBJECTS)],
+                    "id": start + i, "name": f"{sent:%Y-%m} {subject}", "subject": subject,
                     "scheduled_at": sent, "sent_at": sent if i < self.n(22) else None,
                     "created_at": sent - timedelta(days=7),
                 })
@@ -400,10 +400,12 @@ class _Filler:
             payments.append({
                 "id": start + i, "stripe_customer_id": account["id"],
                 "stripe_payment_intent_id": f"pi_{start + i:08d}{rng.getrandbits(48):012x}",
-                "amount_cents": rng.choice((5000, 10000, 15000)) if rng.random() < .3 else rng.randrange(2500, 250000),
+                "amount_cents": (rng.choice((5000, 10000, 15000)) if rng.random() < .3
+                                 else rng.randrange(2500, 250000)),
                 "currency": "usd" if rng.random() < .95 else "cad",
                 "status": rng.choices(("succeeded", "failed", "pending"), (90, 7, 3))[0],
-                "description": rng.choice(_PAYMENT_DESCRIPTIONS), "created_at": self.when(account["created_at"]),
+                "description": rng.choice(_PAYMENT_DESCRIPTIONS),
+                "created_at": self.when(account["created_at"]),
             })
         refunded = rng.sample([p for p in payments if p["status"] == "succeeded"], self.n(1000))
         for p in refunded:
@@ -440,7 +442,8 @@ class _Filler:
             posts.append({
                 "id": start + i, "account_id": account["id"], "external_id": f"{rng.getrandbits(60):015d}",
                 "body": rng.choice(_POST_TEMPLATES).format(city=rng.choice(_CITIES)[1], name=first),
-                "likes": int(rng.paretovariate(1.5) * 3), "posted_at": self.when(account["connected_at"], 200),
+                "likes": int(rng.paretovariate(1.5) * 3),
+                "posted_at": self.when(account["connected_at"], 200),
             })
         self.copy("social.social_posts", posts)
 
@@ -491,7 +494,9 @@ class _Filler:
                 "is_active": name != "mistral-small", "supports_chat": chat,
             } for i, (p, name, window, cin, cout, chat) in enumerate(_AI_MODELS, start=1)])
             models = self.ids["ai.models"]
-        routes = self.conn.execute("SELECT id, model_id, fallback_model_id FROM ai.routes ORDER BY id").fetchall()
+        routes = self.conn.execute(
+            "SELECT id, model_id, fallback_model_id FROM ai.routes ORDER BY id"
+        ).fetchall()
         if not routes:
             rows = [{
                 "id": i, "name": name, "model_id": models[m],
@@ -537,7 +542,8 @@ class _Filler:
                 "id": start + i, "route_id": route_id,
                 "model_id": fallback_id if status == "fallback" and fallback_id else model_id,
                 "prompt_tokens": int(rng.lognormvariate(6, 1)) + 1,
-                "completion_tokens": 0 if status in ("error", "timeout") else int(rng.lognormvariate(5, .8)) + 1,
+                "completion_tokens": (0 if status in ("error", "timeout")
+                                      else int(rng.lognormvariate(5, .8)) + 1),
                 "latency_ms": 30000 if status == "timeout" else int(rng.lognormvariate(6.5, .6)) + 50,
                 "status": status,
                 "created_at": self.when(conversation["created_at"], 1) if conversation else self.when(),
@@ -548,7 +554,9 @@ class _Filler:
 
 def _main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fill the sample databases with demo rows.")
-    parser.add_argument("url", help="postgresql://user@host:port/dbname (password from ~/.pgpass or PGPASSWORD)")
+    parser.add_argument(
+        "url", help="postgresql://user@host:port/dbname (password from ~/.pgpass or PGPASSWORD)"
+    )
     parser.add_argument("--scale", type=int, default=1, help="multiplies every count (default 1)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     args = parser.parse_args(list(argv) if argv is not None else None)

@@ -8,8 +8,11 @@ gets a fresh, empty database that is dropped afterwards.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -21,7 +24,21 @@ EXTERNAL_URL_ENV = "DBRUNBOOK_TEST_DATABASE_URL"
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory) -> str:
+def embedded_root() -> Iterator[Path]:
+    """A folder for embedded servers' data in this test process, removed at the end.
+
+    Not under pytest's basetemp: as root the server runs as another user, and every pytest session
+    (another engineer's, another xdist run) re-chmods /tmp/pytest-of-root to 0700, locking pg_ctl out.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="dbrunbook-pytest-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(embedded_root) -> Iterator[str]:
     """URL of a PostgreSQL server (database 'postgres') for this test process."""
     external = os.environ.get(EXTERNAL_URL_ENV)
     if external:
@@ -29,8 +46,8 @@ def pg_admin_url(tmp_path_factory) -> str:
         return
     from dbrunbook.embedded import EmbeddedServer
 
-    # A throwaway server per process (xdist workers get distinct temp folders, hence distinct sockets).
-    server = EmbeddedServer(tmp_path_factory.mktemp("pg") / "data", durable=False)
+    # A throwaway server per process (each xdist worker has its own folder, hence its own socket).
+    server = EmbeddedServer(embedded_root / "session" / "data", durable=False)
     url = server.start()
     try:
         yield url

@@ -66,7 +66,8 @@ def _print_result(result) -> None:
     if result.failing_step:
         step = result.failing_step
         where = step.get("heading") or f"cell {step.get('cell')}"
-        print(f"stopped at: {where}: {step.get('ename') or ''} {step.get('evalue') or ''}".rstrip())
+        what = " ".join(str(step[k]) for k in ("ename", "evalue") if step.get(k))
+        print(f"stopped at: {where}: {what}")
     print(f"record:     {result.record_dir}")
 
 
@@ -168,7 +169,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     key = Path(config.keys_dir) / records.OPERATOR_KEY
     if args.force and key.exists():
-        # Moved aside, never deleted: records it signed still verify (its public key stays in allowed_signers).
+        # Moved aside, never deleted: records it signed still verify (its key stays in allowed_signers).
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         for old in (key, key.with_name(key.name + ".pub")):
             if old.exists():
@@ -211,7 +212,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------------------
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runbook", help="runbook name (a notebook under runbooks/, without .ipynb)")
-    parser.add_argument("-t", "--target", help="database target from dbrunbook.toml (default: its default_target)")
+    parser.add_argument("-t", "--target",
+                        help="database target from dbrunbook.toml (default: its default_target)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                         help="set a runbook parameter (repeatable); see 'dbrunbook list'")
 
@@ -219,14 +221,16 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dbrunbook",
-        description="Run database migration runbooks (Jupyter notebooks) with papermill; keep signed records.",
+        description="Run database migration runbooks (notebooks) with papermill; keep signed records.",
     )
-    parser.add_argument("--config", help="path of dbrunbook.toml (default: $DBRUNBOOK_CONFIG or the nearest one)")
+    parser.add_argument("--config",
+                        help="path of dbrunbook.toml (default: $DBRUNBOOK_CONFIG or the nearest one)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a runbook and sign its record")
     _add_run_options(run)
-    run.add_argument("--json", action="store_true", help="print one JSON object on stdout, all else on stderr")
+    run.add_argument("--json", action="store_true",
+                     help="print one JSON object on stdout, everything else on stderr")
     run.add_argument("--execution-timeout", type=float, metavar="SECONDS",
                      help="fail the run when one cell runs longer than this")
     run.set_defaults(func=cmd_run)
@@ -242,19 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     seal_.set_defaults(func=cmd_seal)
 
     verify = sub.add_parser("verify", help="check the signatures and digests of run records")
-    verify.add_argument("paths", nargs="*", metavar="PATH", help="run directories or folders of them (default: outputs/)")
+    verify.add_argument("paths", nargs="*", metavar="PATH",
+                        help="run directories or folders of them (default: outputs/)")
     verify.set_defaults(func=cmd_verify)
 
     keygen = sub.add_parser("keygen", help="create the operator's signing key")
-    keygen.add_argument("--force", action="store_true", help="move the existing key aside and create a new one")
+    keygen.add_argument("--force", action="store_true",
+                        help="move the existing key aside and create a new one")
     keygen.set_defaults(func=cmd_keygen)
 
     db_ = sub.add_parser("db", help="the embedded PostgreSQL of this project")
     db_.add_argument("action", choices=["start", "stop", "status", "url"])
     db_.set_defaults(func=cmd_db)
 
-    sub.add_parser("demo", help="deploy the sample migrations on the embedded database, with records").set_defaults(
-        func=cmd_demo)
+    demo = sub.add_parser("demo", help="deploy the sample migrations on the embedded database, with records")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -111,7 +111,8 @@ def with_database(url: str, database: str) -> str:
         quoted = database.replace("\\", "\\\\").replace("'", "\\'")
         return f"{conninfo} dbname='{quoted}'".strip()
     # A dbname in the query string would win over the path: drop it.
-    tail = re.sub(r"(?i)([?&])dbname=[^&#]*(&|(?=#)|$)", lambda m: m.group(1) if m.group(2) else "", parts.tail)
+    tail = re.sub(r"(?i)([?&])dbname=[^&#]*(&|(?=#)|$)", lambda m: m.group(1) if m.group(2) else "",
+                  parts.tail)
     tail = re.sub(r"[?&](?=#|$)", "", tail)
     return _UrlParts(parts.scheme, parts.userinfo, parts.hosts, "/" + quote(database, safe=""), tail).render()
 
@@ -267,8 +268,8 @@ def identity(engine: Engine) -> DatabaseIdentity:
         except sqlalchemy.exc.DBAPIError as err:
             system_identifier = "unknown"
             first_line = str(getattr(err, "orig", err)).splitlines()[0]
-            note = (f"pg_control_system() failed for user {row[3]}: {first_line}. "
-                    f"Grant EXECUTE ON FUNCTION pg_control_system() (or role pg_monitor) to identify the server.")
+            note = (f"pg_control_system() failed for user {row[3]}: {first_line}. Grant EXECUTE ON FUNCTION "
+                    f"pg_control_system() (or role pg_monitor) to identify the server.")
         conn.rollback()
     return DatabaseIdentity(
         system_identifier=system_identifier,
@@ -347,6 +348,19 @@ def create_database(admin_url: str, name: str) -> None:
         conn.execute(text(f"CREATE DATABASE {conn.dialect.identifier_preparer.quote_identifier(name)}"))
 
     _run_admin(admin_url, work)
+
+
+def ensure_database(admin_url: str, name: str) -> bool:
+    """Create database ``name`` unless it exists; True when it was created."""
+    created = []
+
+    def work(conn) -> None:  # noqa: ANN001
+        if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
+            conn.execute(text(f"CREATE DATABASE {conn.dialect.identifier_preparer.quote_identifier(name)}"))
+            created.append(name)
+
+    _run_admin(admin_url, work)
+    return bool(created)
 
 
 def drop_database(admin_url: str, name: str) -> None:

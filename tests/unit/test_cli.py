@@ -48,15 +48,18 @@ def _main(project: Path, *args: str) -> int:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "nope"], "Unknown runbook 'nope'; known runbooks: fails_at_step_2, kernel_dies, no_sentinel, "
-                          "slow_cell, stops_at_guard, succeeds, upgrades. Run 'dbrunbook list' to see them."),
+        (["run", "nope"],
+         "Unknown runbook 'nope'; known runbooks: fails_at_step_2, kernel_dies, no_sentinel, "
+         "slow_cell, stops_at_guard, succeeds, upgrades. Run 'dbrunbook list' to see them."),
         (["run", "succeeds", "-p", "lable", "x"],
-         "Runbook 'succeeds' has no parameter 'lable'; its parameters are: target, label, count, ratio, dry_run."),
+         "Runbook 'succeeds' has no parameter 'lable'; its parameters are: target, label, count, ratio, "
+         "dry_run."),
         (["run", "succeeds", "-p", "count", "1", "-p", "count", "2"],
          "Parameter 'count' is given twice (-p count ...); pass it once."),
         (["run", "succeeds", "-p", "count", "three"],
          "Parameter 'count' of runbook 'succeeds' is an int; 'three' is not one."),
-        (["run", "succeeds", "-p", "run_id", "x"], "Parameter 'run_id' of runbook 'succeeds' is set by the launcher"),
+        (["run", "succeeds", "-p", "run_id", "x"],
+         "Parameter 'run_id' of runbook 'succeeds' is set by the launcher"),
         (["run", "succeeds", "-p", "db_password", "x"], "Parameter name 'db_password' looks like a secret"),
         (["run", "succeeds", "-t", "prod"], "Unknown target 'prod'"),
         (["run", "succeeds", "-t", "t", "-p", "target", "other"],

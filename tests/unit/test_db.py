@@ -10,7 +10,8 @@ from dbrunbook import db
 MASK_CASES = [
     # (url, masked)
     ("postgresql://app:pw@db.example.com:5432/crm", "postgresql://app:***@db.example.com:5432/crm"),
-    ("postgresql+psycopg://app:pw@h/crm?sslmode=require", "postgresql+psycopg://app:***@h/crm?sslmode=require"),
+    ("postgresql+psycopg://app:pw@h/crm?sslmode=require",
+     "postgresql+psycopg://app:***@h/crm?sslmode=require"),
     ("postgres://app:pw@h/crm", "postgres://app:***@h/crm"),
     ("postgresql://app@h/crm", "postgresql://app@h/crm"),
     ("postgresql://app:@h/crm", "postgresql://app:@h/crm"),
@@ -24,9 +25,11 @@ MASK_CASES = [
     ("postgresql://app:pw@h1:5432,h2:5433/crm?target_session_attrs=read-write",
      "postgresql://app:***@h1:5432,h2:5433/crm?target_session_attrs=read-write"),
     # password in the query string
-    ("postgresql://app@h/crm?password=pw&sslmode=require", "postgresql://app@h/crm?password=***&sslmode=require"),
+    ("postgresql://app@h/crm?password=pw&sslmode=require",
+     "postgresql://app@h/crm?password=***&sslmode=require"),
     ("postgresql:///crm?host=/tmp&password=pw", "postgresql:///crm?host=/tmp&password=***"),
-    ("postgresql://h/crm?sslmode=verify-full&sslpassword=keypw", "postgresql://h/crm?sslmode=verify-full&sslpassword=***"),
+    ("postgresql://h/crm?sslmode=verify-full&sslpassword=keypw",
+     "postgresql://h/crm?sslmode=verify-full&sslpassword=***"),
     ("postgresql://h/crm?PASSWORD=pw#frag", "postgresql://h/crm?PASSWORD=***#frag"),
     # unix-socket URLs as the embedded server makes them: nothing to hide
     ("postgresql+psycopg://postgres@/postgres?host=/tmp/dbrunbook-0-ab12&port=5432",
@@ -50,7 +53,8 @@ def test_mask_url_accepts_a_sqlalchemy_url_object():
 
 
 WITH_DATABASE_CASES = [
-    ("postgresql://app:pw@h:5432/old?sslmode=require", "new", "postgresql://app:pw@h:5432/new?sslmode=require"),
+    ("postgresql://app:pw@h:5432/old?sslmode=require", "new",
+     "postgresql://app:pw@h:5432/new?sslmode=require"),
     ("postgresql+psycopg://postgres@/postgres?host=/tmp/x&port=5433", "t_1",
      "postgresql+psycopg://postgres@/t_1?host=/tmp/x&port=5433"),
     ("postgresql://app@h", "new", "postgresql://app@h/new"),

@@ -37,7 +37,8 @@ def test_heads_and_history_of_a_line():
     hist = migrations.history(mset)
     assert [h.revision for h in hist] == [A, B, C]
     first, _, last = hist
-    assert (first.is_base, first.is_head, first.down_revisions, first.message) == (True, False, (), "create account table")
+    assert (first.is_base, first.is_head, first.down_revisions) == (True, False, ())
+    assert first.message == "create account table"
     assert (last.is_head, last.down_revisions, last.create_date) == (True, (B,), "2024-05-03 09:00:00.000000")
     assert last.path == PROJECTS / "connection_attr/migrations/versions/3c2e9a7b1d03_index_account_email.py"
 
@@ -48,7 +49,8 @@ def test_history_of_branches_and_merge_is_topological():
     assert order[0] == BASE and order[-1] == MERGE and set(order[1:3]) == {BILL, CRM}
     assert hist[BASE].is_branch_point and not hist[BASE].is_merge
     assert hist[MERGE].is_merge and hist[MERGE].down_revisions == (BILL, CRM) and hist[MERGE].is_head
-    assert (hist[BILL].branch_labels, hist[CRM].branch_labels, hist[MERGE].branch_labels) == (("billing",), ("crm",), ())
+    labels = (hist[BILL].branch_labels, hist[CRM].branch_labels, hist[MERGE].branch_labels)
+    assert labels == (("billing",), ("crm",), ())  # as declared; Alembic's attribute adds inherited ones
 
 
 def test_two_unmerged_heads():
@@ -66,6 +68,13 @@ def test_history_frame_of_a_partly_applied_branch():
     frame = migrations.history_frame(project("branched"), current=(BILL,))
     assert dict(frame[["revision", "status"]].values.tolist()) == {
         BASE: "applied", BILL: "current", CRM: "pending", MERGE: "pending"}
+
+
+def test_history_frame_of_a_database_at_an_unknown_revision():
+    with pytest.raises(RevisionNotFound) as err:
+        migrations.history_frame(project("connection_attr"), current=("deadbeef0000",))
+    assert str(err.value).startswith("Revision 'deadbeef0000' is not defined in migration set 'connection_attr': "
+                                     "No such revision or branch 'deadbeef0000'")
 
 
 @pytest.mark.parametrize(("name", "kw", "head"), [
@@ -114,7 +123,7 @@ def test_relative_script_location_is_made_absolute():
     ("branched", "heads", None, (MERGE,)),
     ("branched", "crm@head", None, (MERGE,)),         # the merge inherits both labels
     ("branched", "crm@+1", (BASE,), (CRM,)),
-    ("branched", "+1", (BILL,), (MERGE,)),            # Alembic: the next on this lineage is the merge, CRM comes along
+    ("branched", "+1", (BILL,), (MERGE,)),            # Alembic: next on this lineage is the merge; CRM too
     ("two_heads", "heads", None, ("e1111111left", "e2222222rght")),
 ])
 def test_resolve(name, revision, current, expected):
@@ -122,15 +131,19 @@ def test_resolve(name, revision, current, expected):
 
 
 @pytest.mark.parametrize(("name", "revision", "current", "named", "detail"), [
-    ("connection_attr", "zzz", None, "zzz", "Can't locate revision identified by 'zzz'"),
+    ("connection_attr", "zzzz", None, "zzzz", "No such revision or branch 'zzzz'"),
+    ("branched", "nobranch@head", None, "nobranch@head", "No such revision or branch 'nobranch'"),
     ("connection_attr", "+1", None, "+1", "relative revision '+1' needs the current revision to count from"),
     ("connection_attr", "-4", (C,), "-4", "Relative revision -4 didn't produce 4 migrations"),
-    ("two_heads", "head", None, "head", "Multiple head revisions are present for given argument 'head'"),
-    ("two_heads", "e", None, "e", "Multiple revisions start with 'e'"),
+    ("two_heads", "head", None, "head",
+     "Multiple heads are present for given argument 'head'; e1111111left, e2222222rght"),
+    ("custom_section_and_version_table", "c500", None, "c500",
+     "Multiple revisions start with 'c500': 'c5000000000a', 'c5000000000b'"),
 ])
 def test_resolve_unknown(name, revision, current, named, detail):
+    mset = project(name, section="myapp_db" if name.startswith("custom") else "alembic")
     with pytest.raises(RevisionNotFound) as err:
-        migrations.resolve(project(name), revision, current=current)
+        migrations.resolve(mset, revision, current=current)
     assert (err.value.revision, err.value.migration_set) == (named, name)
     message = str(err.value)
     assert message.startswith(f"Revision '{named}' is not defined in migration set '{name}': {detail}")
@@ -163,7 +176,8 @@ def test_offline_sql_of_a_range_and_a_relative_end():
 def test_offline_downgrade_sql():
     steps = migrations.offline_sql(project("connection_attr"), C, "base", direction="downgrade")
     assert [s.revision for s in steps] == [C, B, A]
-    assert f"-- Running downgrade {C} -> {B}" in steps[0].sql and "DROP INDEX ix_account_email;" in steps[0].sql
+    assert f"-- Running downgrade {C} -> {B}" in steps[0].sql
+    assert "DROP INDEX ix_account_email;" in steps[0].sql
     assert "DROP TABLE account;" in steps[2].sql
     assert [s.revision for s in migrations.offline_sql(project("connection_attr"), C, "-1",
                                                        direction="downgrade")] == [C]
@@ -193,7 +207,8 @@ def test_offline_sql_unknown_revision():
     with pytest.raises(RevisionNotFound) as err:
         migrations.offline_sql(project("connection_attr"), None, "nope")
     assert str(err.value).startswith(
-        "Revision 'nope' is not defined in migration set 'connection_attr': Can't locate revision identified by 'nope'")
+        "Revision 'nope' is not defined in migration set 'connection_attr': "
+        "Can't locate revision identified by 'nope'")
 
 
 def test_offline_env_that_falls_back_to_sqlite_is_refused(tmp_path):
@@ -202,9 +217,9 @@ def test_offline_env_that_falls_back_to_sqlite_is_refused(tmp_path):
         migrations.offline_sql(mset, None)
     assert str(err.value) == (
         f"env.py of migration set 'own_env_var' did not use the target database: it configured the sqlite "
-        f"dialect at sqlite:///{tmp_path}/myapp.db, not PostgreSQL. Nothing was run. It reads its own setting "
-        f"for the URL: set url_env = 'VARIABLE' in [migration_sets.own_env_var] of dbrunbook.toml to the "
-        f"environment variable env.py reads (and env = {{...}} for any other variable it needs)."
+        f"dialect at sqlite:///{tmp_path}/myapp.db, not PostgreSQL. Nothing was run. It reads its own "
+        f"setting for the URL: set url_env = 'VARIABLE' in [migration_sets.own_env_var] of dbrunbook.toml to "
+        f"the environment variable env.py reads (and env = {{...}} for any other variable it needs)."
     )
     assert list(tmp_path.iterdir()) == []
     assert "MYAPP_HOME" not in os.environ
@@ -250,7 +265,8 @@ def test_file_digests():
 
 
 def test_directory_digest_changes_with_any_migration_file(tmp_path):
-    shutil.copytree(PROJECTS / "url_only", tmp_path / "url_only", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PROJECTS / "url_only", tmp_path / "url_only",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     copy = project("url_only", alembic_ini=tmp_path / "url_only" / "alembic.ini")
     original = project("url_only")
     assert migrations.directory_digest([copy]) == migrations.directory_digest([original])

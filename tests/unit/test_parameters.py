@@ -50,7 +50,8 @@ def test_parse_reads_names_types_defaults_and_help():
     assert params["retries"] == Parameter("retries", "int", 3, "how many times")
     assert params["ratio"] == Parameter("ratio", "float", 1.0, "a fraction")
     assert type(params["ratio"].default) is float
-    assert params["dry_run"] == Parameter("dry_run", "bool", True, "show what would change without changing it")
+    assert params["dry_run"] == Parameter("dry_run", "bool", True,
+                                          "show what would change without changing it")
     assert params["untyped"] == Parameter("untyped", "str", "x", "")
     assert [p.name for p in parse_parameters(SOURCE)][-2:] == ["run_id", "record_dir"]
 
@@ -153,8 +154,8 @@ def test_mask_secrets(text, masked):
 def test_read_parameters_of_a_fixture_notebook():
     params = read_parameters(FIXTURES / "succeeds.ipynb")
     assert [(p.name, p.type, p.default) for p in params] == [
-        ("target", "str", "local"), ("run_id", "str", ""), ("record_dir", "str", ""), ("label", "str", "0001"),
-        ("count", "int", 1), ("ratio", "float", 0.5), ("dry_run", "bool", False),
+        ("target", "str", "local"), ("run_id", "str", ""), ("record_dir", "str", ""),
+        ("label", "str", "0001"), ("count", "int", 1), ("ratio", "float", 0.5), ("dry_run", "bool", False),
     ]
 
 

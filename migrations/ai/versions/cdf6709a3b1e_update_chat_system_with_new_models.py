@@ -59,7 +59,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Downgrade schema."""
     op.drop_index('ix_requests_conversation_id', table_name='requests', schema='ai')
-    op.drop_constraint('fk_requests_conversation_id_conversations', 'requests', type_='foreignkey', schema='ai')
+    op.drop_constraint('fk_requests_conversation_id_conversations', 'requests', type_='foreignkey',
+                       schema='ai')
     op.drop_column('requests', 'conversation_id', schema='ai')
     op.drop_index('ix_messages_conversation_id', table_name='messages', schema='ai')
     op.drop_table('messages', schema='ai')

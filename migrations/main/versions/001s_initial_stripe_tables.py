@@ -58,7 +58,8 @@ def upgrade() -> None:
         sa.Column('amount_cents', sa.Integer(), nullable=False),
         sa.Column('reason', sa.String(length=100), nullable=True),
         sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-        sa.ForeignKeyConstraint(['payment_id'], ['payments.payments.id'], name='fk_refunds_payment_id_payments'),
+        sa.ForeignKeyConstraint(['payment_id'], ['payments.payments.id'],
+                                name='fk_refunds_payment_id_payments'),
         sa.PrimaryKeyConstraint('id', name='pk_refunds'),
         schema='payments',
     )

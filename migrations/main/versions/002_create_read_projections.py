@@ -28,7 +28,8 @@ def upgrade() -> None:
         sa.Column('full_name', sa.String(length=201), nullable=False),
         sa.Column('contact_count', sa.Integer(), server_default='0', nullable=False),
         sa.Column('last_contact_at', sa.DateTime(timezone=True), nullable=True),
-        sa.Column('refreshed_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+        sa.Column('refreshed_at', sa.DateTime(timezone=True), server_default=sa.text('now()'),
+                  nullable=False),
         sa.PrimaryKeyConstraint('customer_id', name='pk_customer_summary'),
         schema='read',
     )

@@ -27,7 +27,8 @@ def upgrade() -> None:
         sa.Column('email', sa.String(length=255), nullable=False),
         sa.Column('lead_id', sa.Integer(), nullable=True),
         sa.Column('status', sa.String(length=20), server_default='subscribed', nullable=False),
-        sa.Column('subscribed_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+        sa.Column('subscribed_at', sa.DateTime(timezone=True), server_default=sa.text('now()'),
+                  nullable=False),
         sa.Column('unsubscribed_at', sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(['lead_id'], ['crm.leads.id'], name='fk_subscribers_lead_id_leads',
                                 ondelete='SET NULL'),
@@ -60,7 +61,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('campaign_id', 'subscriber_id', name='pk_campaign_sends'),
         schema='newsletter',
     )
-    op.create_index('ix_campaign_sends_subscriber_id', 'campaign_sends', ['subscriber_id'], schema='newsletter')
+    op.create_index('ix_campaign_sends_subscriber_id', 'campaign_sends', ['subscriber_id'],
+                    schema='newsletter')
 
 
 def downgrade() -> None:

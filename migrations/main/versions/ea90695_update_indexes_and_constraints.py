@@ -27,15 +27,17 @@ def upgrade() -> None:
     op.drop_index('ix_contacts_kind', table_name='contacts', schema='crm')
     op.create_index('ix_leads_created_at', 'leads', ['created_at'], schema='crm')
     op.create_index('ix_payments_created_at', 'payments', ['created_at'], schema='payments')
-    op.create_unique_constraint('uq_social_accounts_platform_handle', 'social_accounts', ['platform', 'handle'],
-                                schema='social')
-    op.create_check_constraint('ck_payments_amount_positive', 'payments', 'amount_cents > 0', schema='payments')
+    op.create_unique_constraint('uq_social_accounts_platform_handle', 'social_accounts',
+                                ['platform', 'handle'], schema='social')
+    op.create_check_constraint('ck_payments_amount_positive', 'payments', 'amount_cents > 0',
+                               schema='payments')
 
 
 def downgrade() -> None:
     """Downgrade schema."""
     op.drop_constraint('ck_payments_amount_positive', 'payments', type_='check', schema='payments')
-    op.drop_constraint('uq_social_accounts_platform_handle', 'social_accounts', type_='unique', schema='social')
+    op.drop_constraint('uq_social_accounts_platform_handle', 'social_accounts', type_='unique',
+                       schema='social')
     op.drop_index('ix_payments_created_at', table_name='payments', schema='payments')
     op.drop_index('ix_leads_created_at', table_name='leads', schema='crm')
     op.create_index('ix_contacts_kind', 'contacts', ['kind'], schema='crm')

@@ -1,0 +1,1 @@
+from tests.projects import project  # noqa: F401  (fixture)
