@@ -61,6 +61,7 @@ models = "{ROOT / 'migrations/main/models.py'}:Base"
 [migration_sets.ai]
 alembic_ini = "{ROOT / 'migrations/ai/alembic.ini'}"
 version_table = "alembic_version_ai"
+models = "{ROOT / 'migrations/ai/models.py'}:Base"
 """,
         encoding="utf-8",
     )
