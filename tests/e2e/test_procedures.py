@@ -26,14 +26,14 @@ def _with_password(url: str) -> str:
     return re.sub(r"^(postgresql\+psycopg://[^:@/]+)(@)", rf"\1:{PASSWORD}\2", url, count=1)
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
+def run(capfd, *argv: str) -> tuple[int, str, str]:
     code = cli.main(list(argv))
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     return code, out, err
 
 
 @pytest.mark.e2e
-def test_every_procedure_end_to_end_with_signed_records(project, monkeypatch, capsys):
+def test_every_procedure_end_to_end_with_signed_records(project, monkeypatch, capfd):
     url = _with_password(project.url)
     assert PASSWORD in url
     monkeypatch.setenv(URL_ENV, url)
@@ -42,7 +42,7 @@ def test_every_procedure_end_to_end_with_signed_records(project, monkeypatch, ca
     outputs = []
 
     def run_json(*argv):
-        code, out, err = run(capsys, "run", *argv, "--json")
+        code, out, err = run(capfd, "run", *argv, "--json")
         outputs.append(out + err)
         result = json.loads(out)
         return code, result
@@ -85,17 +85,17 @@ def test_every_procedure_end_to_end_with_signed_records(project, monkeypatch, ca
 
     # every run left a signed, valid record; the changing ones a ledger row with the statement digest
     dirs = records.find_records(config.outputs_dir)
-    assert len(dirs) == 10
+    assert len(dirs) == 9
     checks = [records.verify_record(d, config.allowed_signers) for d in dirs]
-    assert [c.status for c in checks] == ["valid"] * 10
+    assert [c.status for c in checks] == ["valid"] * 9
     with project.engine.connect() as conn:
         ledger = {row["run_id"]: row for row in records.ledger_rows(conn)}
-    changing = [c for c in checks if c.statement["predicate"]["runbook"]["name"] in {"apply", "deploy", "rollback", "stamp"}]
+    changing = [c for c in checks if c.statement["predicate"]["runbook"] in {"apply", "deploy", "rollback", "stamp"}]
     for check in changing:
         row = ledger[check.statement["predicate"]["run_id"]]
         assert row["statement_sha256"] == records.statement_sha256(check.run_dir)
 
-    code, out, err = run(capsys, "verify", str(config.outputs_dir))
+    code, out, err = run(capfd, "verify", str(config.outputs_dir))
     assert code == 0, out + err
 
     # no secret anywhere: record files, command outputs
@@ -106,7 +106,7 @@ def test_every_procedure_end_to_end_with_signed_records(project, monkeypatch, ca
     assert not any(PASSWORD in o for o in outputs)
 
     # a one-byte edit of an executed notebook fails verification and names the cell
-    deploy_dir = next(c.run_dir for c in checks if c.statement["predicate"]["runbook"]["name"] == "deploy")
+    deploy_dir = next(c.run_dir for c in checks if c.statement["predicate"]["runbook"] == "deploy")
     nb_path = deploy_dir / NOTEBOOK_FILE
     nb_path.chmod(0o644)
     data = bytearray(nb_path.read_bytes())
@@ -115,14 +115,14 @@ def test_every_procedure_end_to_end_with_signed_records(project, monkeypatch, ca
     nb_path.write_bytes(bytes(data))
     check = records.verify_record(deploy_dir, config.allowed_signers)
     assert check.status == "tampered" and check.changed_cells
-    code, out, err = run(capsys, "verify", str(deploy_dir))
+    code, out, err = run(capfd, "verify", str(deploy_dir))
     assert code == 1 and "tampered" in out + err
 
 
 @pytest.mark.e2e
-def test_a_database_that_is_down_gives_a_clear_error_and_a_record(project, monkeypatch, capsys):
+def test_a_database_that_is_down_gives_a_clear_error_and_a_record(project, monkeypatch, capfd):
     monkeypatch.setenv(URL_ENV, f"postgresql://app:{PASSWORD}@127.0.0.1:1/nowhere")
-    code, out, err = run(capsys, "run", "status", "--json")
+    code, out, err = run(capfd, "run", "status", "--json")
     result = json.loads(out)
     assert code == 1 and result["outcome"] == "failed"
     assert result["failing_step"]["ename"] == "DatabaseUnavailable"
