@@ -192,17 +192,17 @@ def _table(data: dict, key: str, path: Path) -> dict:
 
 
 def _check_keys(raw: dict, allowed: set[str], where: str, path: Path) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key(s) {', '.join(unknown)} in [{where}]. Allowed: {', '.join(sorted(allowed))}."
-        )
     for secretish in ("url", "password", "dsn"):
         if secretish in raw:
             raise ConfigError(
                 f"{path}: [{where}] has '{secretish}'; connection strings never go in this file. "
                 f"Use url_env = 'NAME_OF_ENV_VAR' or service = 'libpq service name'."
             )
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)} in [{where}]. Allowed: {', '.join(sorted(allowed))}."
+        )
 
 
 def _target(name: str, raw: dict, path: Path) -> Target:

@@ -125,6 +125,12 @@ class MigrationFailed(DbRunbookError):
         )
 
 
+class RunDirectoryInvalid(DbRunbookError):
+    """A folder given to ``seal`` that is not an open run directory (no intent or notebook, or sealed)."""
+
+    exit_status = 2
+
+
 class RunbookFailed(DbRunbookError):
     """A runbook run that did not complete."""
 

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import uuid
 import re
 import signal
 import socket
@@ -37,6 +38,7 @@ from .errors import (
     DbRunbookError,
     MissingSecret,
     ParameterError,
+    RunDirectoryInvalid,
     RunbookNotFound,
 )
 
@@ -59,12 +61,6 @@ _STEP_HEADING = re.compile(r"^##\s+\d+\.\s*.*$", re.MULTILINE)
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@\s:]*):(?P<secret>[^@\s/]+)@", re.I)
 _KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'[^']*'|\S+)", re.I)
 _KERNEL_NAME = "dbrunbook"
-
-
-class RunDirectoryInvalid(DbRunbookError):
-    """A folder given to ``seal`` that is not an open run directory (no intent or notebook, or sealed)."""
-
-    exit_status = 2
 
 
 # --- parameters -------------------------------------------------------------------------------------------
@@ -395,6 +391,44 @@ def _runs_this_interpreter(argv: list[str]) -> bool:
     bare = {"python", f"python{sys.version_info[0]}", "python%i.%i" % sys.version_info[:2]}
     # abspath, not resolve: every venv's python is a symlink to the same base interpreter.
     return argv[0] in bare or os.path.abspath(argv[0]) == os.path.abspath(sys.executable)
+
+
+def _ipc_kernel_manager():
+    """A kernel manager that talks to the kernel over unix sockets in a private folder, not loopback TCP.
+
+    No port of the host is opened for the kernel (anyone on the machine could connect to a TCP kernel of an
+    unattended run), and the kernel stops printing its "running over TCP without encryption" warning into
+    every run's log.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IpcKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            return os.path.join(_kernel_socket_dir(), f"kernel-{uuid.uuid4().hex[:8]}")
+
+    return IpcKernelManager
+
+
+_socket_dir: list[str] = []
+
+
+def _kernel_socket_dir() -> str:
+    """One private folder per process for kernel sockets, removed when the process exits."""
+    if not _socket_dir:
+        import atexit
+        import shutil
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="dbrunbook-kernel-")
+        atexit.register(shutil.rmtree, folder, True)
+        _socket_dir.append(folder)
+    return _socket_dir[0]
 
 
 def kernel_for_this_interpreter() -> str:
@@ -749,7 +783,7 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
             papermill.execute_notebook(
                 str(info.path), str(output), parameters=_papermill_parameters(run), kernel_name=kernel,
                 cwd=str(config.root), progress_bar=False, log_output=False, request_save_on_cell_execute=True,
-                execution_timeout=execution_timeout,
+                execution_timeout=execution_timeout, kernel_manager_class=_ipc_kernel_manager(),
             )
     except Exception as err:
         error = err

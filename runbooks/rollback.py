@@ -1,0 +1,88 @@
+# ---
+# jupyter:
+#   dbrunbook:
+#     changes_database: true
+#     title: 'Rollback: downgrade a migration set'
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: dbrunbook,kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Rollback: downgrade a migration set
+#
+# The guide's *Rollback Procedures*: `alembic downgrade -1`, to a revision, or to `base` (DESTRUCTIVE: needs
+# `confirm` equal to the database name). The downgrade SQL is rendered first.
+# `dry_run` is true by default: set `-p dry_run false` to change the database.
+
+# %% tags=["parameters"]
+target: str = "local"  # database target from dbrunbook.toml (local = the embedded PostgreSQL)
+migration_set: str = "main"  # the one migration set to roll back
+revision: str = "-1"  # -1, -N, a revision id, or base
+dry_run: bool = True  # true: show what would run and change nothing
+confirm: str = ""  # for base: the database name, to confirm
+run_id: str = ""  # set by the launcher
+record_dir: str = ""  # set by the launcher: where this run's record and artifacts go
+
+# %% [markdown]
+# ## 1. Connect to the target
+
+# %%
+from dbrunbook.session import open_session
+
+s = open_session(target, run_id=run_id, record_dir=record_dir)
+s
+
+# %% [markdown]
+# ## 2. Status before
+
+# %%
+s.status(migration_set)
+
+# %% [markdown]
+# ## 3. What the downgrade would run (alembic downgrade --sql)
+
+# %%
+s.downgrade_sql(revision, migration_set)
+
+# %% [markdown]
+# ## 4. Row counts before
+
+# %%
+before = s.row_counts()
+before
+
+# %% [markdown]
+# ## 5. Downgrade (alembic downgrade)
+
+# %%
+s.downgrade(revision, migration_set, dry_run=dry_run, confirm=confirm)
+
+# %% [markdown]
+# ## 6. Row counts after, compared
+
+# %%
+s.compare_counts(before)
+
+# %% [markdown]
+# ## 7. Status after (alembic current)
+
+# %%
+s.status(migration_set)
+
+# %% [markdown]
+# ## Done
+#
+# The line below tells the launcher the runbook ran to its end.
+
+# %%
+s.finish()
