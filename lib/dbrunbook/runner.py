@@ -8,20 +8,16 @@ or is interrupted still ends with a signed record, because the record of a failu
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
-import uuid
 import re
 import signal
 import socket
 import sys
 import threading
-import tokenize
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,316 +29,38 @@ from . import db, migrations, protocol, records
 from .config import ENV_CONFIG, Config, load_config
 from .errors import (
     GUARD_ENAMES,
-    ConfigError,
     DatabaseUnavailable,
-    DbRunbookError,
     MissingSecret,
     ParameterError,
     RunDirectoryInvalid,
-    RunbookNotFound,
+)
+
+from .kernel import ipc_kernel_manager, kernel_for_this_interpreter
+from .parameters import (
+    Parameter,
+    RunbookInfo,
+    _read_notebook,
+    find_runbook,
+    list_runbooks,
+    mask_secrets,
+    parse_parameters,
+    read_parameters,
+    validate_parameters,
 )
 
 log = logging.getLogger(__name__)
 
+# Parameters and kernels live in their own modules; re-exported because the launcher is where people look.
 __all__ = [
     "Parameter", "RunbookInfo", "RunResult", "RunDirectoryInvalid",
-    "read_parameters", "list_runbooks", "find_runbook", "validate_parameters",
+    "parse_parameters", "read_parameters", "list_runbooks", "find_runbook", "validate_parameters", "mask_secrets",
     "run_runbook", "prepare_runbook", "seal", "kernel_for_this_interpreter",
 ]
 
 SUCCEEDED, FAILED, STOPPED_AT_GUARD, INCOMPLETE = "succeeded", "failed", "stopped-at-guard", "incomplete"
 EXIT_STATUS = {SUCCEEDED: 0, FAILED: 1, STOPPED_AT_GUARD: 3, INCOMPLETE: 1}
 
-_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
 _STEP_HEADING = re.compile(r"^##\s+\d+\.\s*.*$", re.MULTILINE)
-# user:password@ in a URL, or password=... in a libpq keyword string.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@\s:]*):(?P<secret>[^@\s/]+)@", re.I)
-_KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'[^']*'|\S+)", re.I)
-_KERNEL_NAME = "dbrunbook"
-
-
-# --- parameters -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Parameter:
-    """One line of a runbook's ``parameters`` cell: ``name: type = default  # help``."""
-
-    name: str
-    type: str
-    default: Any
-    help: str = ""
-
-
-@dataclass(frozen=True)
-class RunbookInfo:
-    """What ``dbrunbook list`` shows of a runbook, read from the notebook without executing it."""
-
-    name: str
-    path: Path
-    title: str
-    description: str
-    changes_database: bool
-    parameters: tuple[Parameter, ...]
-
-    def parameter(self, name: str) -> Parameter | None:
-        return next((p for p in self.parameters if p.name == name), None)
-
-    @property
-    def operator_parameters(self) -> tuple[Parameter, ...]:
-        """The parameters an operator may set with ``-p`` (all but the launcher's own)."""
-        return tuple(p for p in self.parameters if p.name not in protocol.LAUNCHER_PARAMETERS)
-
-    def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{p.name}</td><td>{p.type}</td><td>{p.default!r}</td><td>{p.help}</td></tr>"
-            for p in self.operator_parameters
-        )
-        return (f"<b>{self.name}</b>: {self.title}<table><tr><th>parameter</th><th>type</th><th>default</th>"
-                f"<th>help</th></tr>{rows}</table>")
-
-
-def _read_notebook(path: Path) -> nbformat.NotebookNode:
-    try:
-        return nbformat.read(str(path), as_version=4)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # nbformat raises several unrelated classes for a malformed file
-        raise ConfigError(
-            f"{path} is not a readable notebook: {err}. Open it in JupyterLab and save it again."
-        ) from err
-
-
-def _parameters_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
-    for cell in nb.cells:
-        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
-            return cell
-    return None
-
-
-def _comments_by_line(source: str) -> dict[int, str]:
-    comments: dict[int, str] = {}
-    with contextlib.suppress(tokenize.TokenError, IndentationError):
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type == tokenize.COMMENT:
-                comments[tok.start[0]] = tok.string.lstrip("#").strip()
-    return comments
-
-
-def parse_parameters(source: str, where: str = "parameters cell") -> tuple[Parameter, ...]:
-    """Parse the source of a ``parameters`` cell with ``ast`` (never executed).
-
-    Each statement must be ``name: type = literal  # help`` with type str, int, float or bool (an
-    unannotated ``name = literal`` takes the literal's type). Anything else is an authoring error: the
-    launcher could not type-check ``-p`` values against it.
-
-    Raises:
-        ParameterError: a statement the launcher cannot read, with its line and what to write instead.
-    """
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as err:
-        raise ParameterError(
-            f"{where}: line {err.lineno} is not valid Python ({err.msg}). Fix the cell."
-        ) from err
-    comments = _comments_by_line(source)
-    params: list[Parameter] = []
-    for node in tree.body:
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) or isinstance(node, ast.Pass):
-            continue
-        line = ast.get_source_segment(source, node) or ""
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-            name = node.target.id
-            type_name = ast.unparse(node.annotation)
-        elif isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name]:
-            name, type_name = node.targets[0].id, ""
-        else:
-            raise ParameterError(
-                f"{where}, line {node.lineno}: '{line}' is not a parameter. Write one parameter per line as "
-                f"name: str|int|float|bool = value  # help."
-            )
-        try:
-            default = ast.literal_eval(node.value)
-        except ValueError as err:
-            raise ParameterError(
-                f"{where}, line {node.lineno}: the default of '{name}' must be a literal, not "
-                f"'{ast.unparse(node.value)}'."
-            ) from err
-        type_name = type_name or type(default).__name__
-        if type_name not in _TYPES:
-            raise ParameterError(
-                f"{where}, line {node.lineno}: parameter '{name}' has type '{type_name}'; "
-                f"use one of {', '.join(_TYPES)}."
-            )
-        if type_name == "float" and type(default) is int:
-            default = float(default)
-        if type(default) is not _TYPES[type_name]:
-            raise ParameterError(
-                f"{where}, line {node.lineno}: the default of '{name}' is {default!r}, not "
-                f"{_article(type_name)} {type_name}."
-            )
-        params.append(Parameter(name, type_name, default, comments.get(node.end_lineno, "")))
-    return tuple(params)
-
-
-def read_parameters(nb_path: Path) -> tuple[Parameter, ...]:
-    """Return the typed parameters of a notebook's ``parameters`` cell (empty if it has none).
-
-    Raises:
-        ParameterError: the cell holds something other than ``name: type = literal`` lines.
-    """
-    cell = _parameters_cell(_read_notebook(Path(nb_path)))
-    if cell is None:
-        return ()
-    return parse_parameters(cell.source, where=f"{nb_path} (parameters cell)")
-
-
-def _title_and_description(nb: nbformat.NotebookNode) -> tuple[str, str]:
-    title, description = "", ""
-    for cell in nb.cells:
-        if cell.cell_type != "markdown":
-            continue
-        lines = cell.source.splitlines()
-        for i, text in enumerate(lines):
-            if text.startswith("#") and not title:
-                title = text.lstrip("#").strip()
-                paragraph = []
-                for rest in lines[i + 1:]:
-                    if rest.strip():
-                        if rest.startswith("#"):
-                            break
-                        paragraph.append(rest.strip())
-                    elif paragraph:
-                        break
-                description = " ".join(paragraph)
-                return title, description
-    return title, description
-
-
-def _runbook_info(path: Path) -> RunbookInfo:
-    nb = _read_notebook(path)
-    meta = nb.metadata.get("dbrunbook", {})
-    title, description = _title_and_description(nb)
-    cell = _parameters_cell(nb)
-    params = parse_parameters(cell.source, where=f"{path} (parameters cell)") if cell is not None else ()
-    return RunbookInfo(
-        name=path.stem,
-        path=path,
-        title=title or meta.get("title") or path.stem,
-        description=description or meta.get("description", ""),
-        changes_database=bool(meta.get("changes_database", False)),
-        parameters=params,
-    )
-
-
-def _runbook_paths(config: Config) -> list[Path]:
-    return sorted(p for p in Path(config.runbooks_dir).glob("*.ipynb") if not p.name.startswith((".", "_")))
-
-
-def list_runbooks(config: Config | None = None) -> list[RunbookInfo]:
-    """Return every runbook under the project's runbooks folder, sorted by name."""
-    config = config or load_config()
-    return [_runbook_info(p) for p in _runbook_paths(config)]
-
-
-def find_runbook(config: Config | None, name: str) -> RunbookInfo:
-    """Return the runbook called ``name`` (``upgrade`` or ``upgrade.ipynb``).
-
-    Raises:
-        RunbookNotFound: no such notebook; the message lists the known names.
-    """
-    config = config or load_config()
-    stem = name[: -len(".ipynb")] if name.endswith(".ipynb") else name
-    path = Path(config.runbooks_dir) / f"{stem}.ipynb"
-    if "/" in stem or not path.is_file():
-        raise RunbookNotFound(name, [p.stem for p in _runbook_paths(config)])
-    return _runbook_info(path)
-
-
-def mask_secrets(text: str) -> str:
-    """Drop the password of any URL in ``text`` and mask ``password=`` keywords with ``***``.
-
-    URLs lose ``:password`` entirely (``scheme://user@host``) rather than showing ``user:***@``, which the
-    records' own secret check would take for a password.
-    """
-    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}@", text)
-    return _KEYWORD_PASSWORD.sub(lambda m: f"{m['head']}***", text)
-
-
-def _article(type_name: str) -> str:
-    return "an" if type_name == "int" else "a"
-
-
-def _convert(info: RunbookInfo, param: Parameter, value: Any) -> Any:
-    if not isinstance(value, str):
-        # A caller of the library may pass typed values; ints are fine where floats are expected.
-        if param.type == "float" and type(value) is int:
-            return float(value)
-        if type(value) is _TYPES[param.type]:
-            return value
-        raise ParameterError(
-            f"Parameter '{param.name}' of runbook '{info.name}' is {_article(param.type)} {param.type}; "
-            f"got {value!r} ({type(value).__name__})."
-        )
-    if param.type == "str":
-        return value  # '0012' stays '0012': a revision id or a label is text, whatever it looks like
-    if param.type == "bool":
-        word = value.strip().lower()
-        if word in _TRUE:
-            return True
-        if word in _FALSE:
-            return False
-        raise ParameterError(
-            f"Parameter '{param.name}' of runbook '{info.name}' is a bool; '{value}' is not one. "
-            f"Use true/false, yes/no, on/off or 1/0."
-        )
-    try:
-        return _TYPES[param.type](value.strip())
-    except ValueError:
-        raise ParameterError(
-            f"Parameter '{param.name}' of runbook '{info.name}' is {_article(param.type)} {param.type}; "
-            f"'{value}' is not one."
-        ) from None
-
-
-def validate_parameters(info: RunbookInfo, raw: dict[str, Any]) -> dict[str, object]:
-    """Check ``-p NAME VALUE`` pairs against the runbook's declared parameters and convert them.
-
-    Runs before anything executes, so a typo never reaches a database. Returns every operator parameter:
-    the given ones converted to their declared type, the others at the notebook's default.
-
-    Raises:
-        ParameterError: a name that is unknown, set by the launcher, or looks like a secret; a value that
-            does not parse as the declared type or holds a password.
-    """
-    known = [p.name for p in info.operator_parameters]
-    for name, value in raw.items():
-        if name in protocol.LAUNCHER_PARAMETERS:
-            raise ParameterError(
-                f"Parameter '{name}' of runbook '{info.name}' is set by the launcher for every run; "
-                f"remove -p {name}."
-            )
-        if any(word in name.lower() for word in protocol.SECRET_WORDS):
-            raise ParameterError(
-                f"Parameter name '{name}' looks like a secret; parameters are saved in the signed record, "
-                f"so secrets never go there. Put the password in ~/.pgpass or PGPASSWORD, or the URL in the "
-                f"environment variable the target's url_env names."
-            )
-        if name not in known:
-            raise ParameterError(
-                f"Runbook '{info.name}' has no parameter '{name}'; its parameters are: "
-                f"{', '.join(known) or '(none)'}. Run 'dbrunbook list' to see their types and defaults."
-            )
-        if isinstance(value, str) and mask_secrets(value) != value:
-            raise ParameterError(
-                f"The value of parameter '{name}' holds a password ({mask_secrets(value)}); parameters are "
-                f"saved in the signed record. Put the password in ~/.pgpass or PGPASSWORD and pass the name "
-                f"of a target from dbrunbook.toml instead."
-            )
-    values: dict[str, object] = {}
-    for param in info.operator_parameters:
-        values[param.name] = _convert(info, param, raw[param.name]) if param.name in raw else param.default
-    return values
 
 
 # --- results ----------------------------------------------------------------------------------------------
@@ -378,91 +96,6 @@ class RunResult:
     def _repr_html_(self) -> str:
         rows = [(k, v) for k, v in self.as_json().items() if k != "signature"]
         return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
-
-
-# --- kernel -----------------------------------------------------------------------------------------------
-_kernel_lock = threading.Lock()
-
-
-def _runs_this_interpreter(argv: list[str]) -> bool:
-    if not argv:
-        return False
-    # jupyter_client replaces a bare 'python'/'python3'/'python3.X' by sys.executable when it starts a kernel.
-    bare = {"python", f"python{sys.version_info[0]}", "python%i.%i" % sys.version_info[:2]}
-    # abspath, not resolve: every venv's python is a symlink to the same base interpreter.
-    return argv[0] in bare or os.path.abspath(argv[0]) == os.path.abspath(sys.executable)
-
-
-def _ipc_kernel_manager():
-    """A kernel manager that talks to the kernel over unix sockets in a private folder, not loopback TCP.
-
-    No port of the host is opened for the kernel (anyone on the machine could connect to a TCP kernel of an
-    unattended run), and the kernel stops printing its "running over TCP without encryption" warning into
-    every run's log.
-    """
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import default
-
-    class IpcKernelManager(AsyncKernelManager):
-        @default("transport")
-        def _default_transport(self) -> str:
-            return "ipc"
-
-        @default("ip")
-        def _default_ip(self) -> str:
-            return os.path.join(_kernel_socket_dir(), f"kernel-{uuid.uuid4().hex[:8]}")
-
-    return IpcKernelManager
-
-
-_socket_dir: list[str] = []
-
-
-def _kernel_socket_dir() -> str:
-    """One private folder per process for kernel sockets, removed when the process exits."""
-    if not _socket_dir:
-        import atexit
-        import shutil
-        import tempfile
-
-        folder = tempfile.mkdtemp(prefix="dbrunbook-kernel-")
-        atexit.register(shutil.rmtree, folder, True)
-        _socket_dir.append(folder)
-    return _socket_dir[0]
-
-
-def kernel_for_this_interpreter() -> str:
-    """Return the name of a Jupyter kernel that runs this very interpreter (and so this dbrunbook).
-
-    'python3' usually does; when a kernelspec of another environment shadows it, install one named
-    'dbrunbook' into this environment's prefix once.
-
-    Raises:
-        ConfigError: a 'dbrunbook' kernelspec elsewhere shadows the one just installed.
-    """
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    with _kernel_lock:
-        manager = KernelSpecManager()
-        for name in ("python3", _KERNEL_NAME):
-            try:
-                spec = manager.get_kernel_spec(name)
-            except NoSuchKernel:
-                continue
-            if _runs_this_interpreter(spec.argv):
-                return name
-        from ipykernel.kernelspec import install
-
-        path = install(kernel_name=_KERNEL_NAME, display_name=f"dbrunbook ({sys.prefix})", prefix=sys.prefix)
-        print(f"dbrunbook: installed Jupyter kernel '{_KERNEL_NAME}' for {sys.executable} in {path}",
-              file=sys.stderr)
-        spec = KernelSpecManager().get_kernel_spec(_KERNEL_NAME)
-        if not _runs_this_interpreter(spec.argv):
-            raise ConfigError(
-                f"The Jupyter kernel '{_KERNEL_NAME}' at {spec.resource_dir} runs {spec.argv[0]}, not "
-                f"{sys.executable}. Remove it (jupyter kernelspec remove {_KERNEL_NAME}) and run again."
-            )
-        return _KERNEL_NAME
 
 
 # --- helpers of a run -------------------------------------------------------------------------------------
@@ -783,7 +416,7 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
             papermill.execute_notebook(
                 str(info.path), str(output), parameters=_papermill_parameters(run), kernel_name=kernel,
                 cwd=str(config.root), progress_bar=False, log_output=False, request_save_on_cell_execute=True,
-                execution_timeout=execution_timeout, kernel_manager_class=_ipc_kernel_manager(),
+                execution_timeout=execution_timeout, kernel_manager_class=ipc_kernel_manager(),
             )
     except Exception as err:
         error = err
