@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import uuid
 import signal
 import socket
 import sys
@@ -267,6 +268,61 @@ def _step_heading(nb: nbformat.NotebookNode | None, cell_index: int | None) -> s
     return None
 
 
+def _steps(nb: nbformat.NotebookNode) -> dict[int, str]:
+    """Code cell index -> the step heading it is the first code cell of (what a progress line shows)."""
+    steps, current = {}, None
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            found = _STEP_HEADING.findall(cell.source) or re.findall(r"^##\s+.*$", cell.source, re.M)
+            if found:
+                current = found[-1].strip().lstrip("#").strip()
+        elif current is not None:
+            steps[index] = current
+            current = None
+    return steps
+
+
+def _progress_engine(progress: Callable[[str], None]) -> str:
+    """Register a papermill engine that reports each step as it starts and ends; returns its name.
+
+    papermill's own progress bar is a tqdm over cells, which tells an operator nothing about which step of
+    the procedure is running; this one prints the step's heading and how long it took, one plain line each
+    (readable in a terminal, in cron mail and in Airflow logs alike).
+    """
+    import time
+
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class ProgressEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            steps = _steps(nb_man.nb)
+            total = len(steps)
+            order = {index: n for n, index in enumerate(sorted(steps), 1)}
+            started: dict[int, float] = {}
+            cell_start, cell_complete = nb_man.cell_start, nb_man.cell_complete
+
+            def on_start(cell, cell_index=None, **kw):
+                if cell_index in steps:
+                    started[cell_index] = time.monotonic()
+                    progress(f"  [{order[cell_index]}/{total}] {steps[cell_index]} ...")
+                return cell_start(cell, cell_index, **kw)
+
+            def on_complete(cell, cell_index=None, **kw):
+                if cell_index in started:
+                    failed = any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+                    seconds = time.monotonic() - started.pop(cell_index)
+                    progress(f"  [{order[cell_index]}/{total}] {'FAILED' if failed else 'done'} in {seconds:.1f}s")
+                return cell_complete(cell, cell_index=cell_index, **kw)
+
+            nb_man.cell_start, nb_man.cell_complete = on_start, on_complete
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    name = f"dbrunbook-progress-{uuid.uuid4().hex[:8]}"
+    papermill_engines.register(name, ProgressEngine)
+    return name
+
+
 def _last_started_cell(nb: nbformat.NotebookNode | None) -> int | None:
     """The last code cell papermill started: where a dead kernel or a timeout stopped the run."""
     if nb is None:
@@ -417,6 +473,7 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
                 str(info.path), str(output), parameters=_papermill_parameters(run), kernel_name=kernel,
                 cwd=str(config.root), progress_bar=False, log_output=False, request_save_on_cell_execute=True,
                 execution_timeout=execution_timeout, kernel_manager_class=ipc_kernel_manager(),
+                engine_name=_progress_engine(progress),
             )
     except Exception as err:
         error = err

@@ -284,3 +284,15 @@ def test_sigterm_during_a_run_still_seals_it(project):
     step = _statement(run_dir)["failing_step"]
     assert (step["heading"], step["ename"]) == ("## 1. Wait", "SystemExit")
     _assert_valid(project, run_dir)
+
+
+def test_progress_reports_each_step_as_it_starts_and_ends(project):
+    lines: list[str] = []
+    result = run_runbook("fails_at_step_2", config=project, progress=lines.append)
+    assert result.outcome == "failed"
+    steps = [line.strip() for line in lines if line.startswith("  [")]
+    assert steps[0] == "[1/3] 1. Look around ..."
+    assert steps[1].startswith("[1/3] done in ")
+    assert steps[2] == "[2/3] 2. Break ..."
+    assert steps[3].startswith("[2/3] FAILED in ")
+    assert len(steps) == 4  # step 3 never started
