@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+import sqlalchemy as sa
+
 from . import db, records
 from .config import Config, resolve_url
 from .embedded import EmbeddedServer
@@ -25,7 +27,8 @@ def _say(message: str) -> None:
 
 
 def _load_demo_data(config: Config):
-    path = config.root / "migrations" / "demo_data.py"
+    # The generator sits beside the sample migration sets it knows (migrations/main, migrations/ai).
+    path = config.migration_set("main").base_dir.parent / "demo_data.py"
     spec = importlib.util.spec_from_file_location("dbrunbook_demo_data", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -39,13 +42,18 @@ def run_demo(config: Config) -> list:
     key, created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
     if created:
         _say(f"Created a local operator signing key {key} (trusted in {config.allowed_signers}).")
-    server = EmbeddedServer.for_config(config)
-    admin_url = server.ensure_started()
-    _say(f"Embedded PostgreSQL is running: {db.mask_url(admin_url)} (stop it with 'dbrunbook db stop').")
     target = config.target(DEMO_TARGET)
-    db.drop_database(admin_url, target.database)
-    db.create_database(admin_url, target.database)
-    _say(f"Reset database '{target.database}' for the demo.")
+    if target.embedded:
+        admin_url = EmbeddedServer.for_config(config).ensure_started()
+        _say(f"Embedded PostgreSQL is running: {db.mask_url(admin_url)} (stop it with 'dbrunbook db stop').")
+        database = target.database
+    else:  # a demo target on another server (the tests point it at theirs): reset that database instead
+        url = resolve_url(target, config)
+        database = sa.make_url(url).database
+        admin_url = db.with_database(url, "postgres")
+    db.drop_database(admin_url, database)
+    db.create_database(admin_url, database)
+    _say(f"Reset database '{database}' for the demo.")
 
     results = []
 
