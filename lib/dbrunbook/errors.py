@@ -197,3 +197,65 @@ GUARD_ENAMES = frozenset(
     cls.__name__ for cls in (GuardStop, ConfirmationRequired, NotAtExpectedRevision, DataLossRefused,
                              UnsafeMigration, DeployerLockHeld, NoSnapshot, UnexpectedChange)
 )
+
+
+# --- backup and rehearsal (issue 3, parts 6-7) ---------------------------------------------------------------
+class BackupRequired(GuardStop):
+    """A protected target has no verified backup of its database younger than its backup_max_age."""
+
+
+class BackupFailed(DbRunbookError):
+    """pg_dump or pg_restore failed, or a dump did not pass its restore check."""
+
+
+class RehearsalFailed(DbRunbookError):
+    """A migration round trip on a restored copy failed, or did not return to the schema it started from."""
+
+
+GUARD_ENAMES = GUARD_ENAMES | {BackupRequired.__name__}
+
+
+# --- live preflight (issue 3, part 3) -----------------------------------------------------------------------
+class BlockersPresent(GuardStop):
+    """Sessions hold locks the pending migrations need, and have for longer than the target's blocker_max_age.
+
+    ``blockers`` holds one dict per session and table (pid, application_name, state, xact_age_s, table, mode,
+    needed, query).
+    """
+
+    def __init__(self, target: str, blockers: list[dict], max_age: str):
+        self.target, self.blockers, self.max_age = target, blockers, max_age
+
+        def one(b: dict) -> str:
+            age = b.get("xact_age_s")
+            open_for = f", transaction open {age:.0f}s" if isinstance(age, (int, float)) else ""
+            return (f"pid {b.get('pid')} '{b.get('application_name') or ''}' ({b.get('state') or '?'}{open_for}) "
+                    f"holds {b.get('mode')} on {b.get('table')}, the migrations need {b.get('needed')}")
+
+        pids = sorted({b.get("pid") for b in blockers if b.get("pid") is not None})
+        super().__init__(
+            f"Target '{target}': {len(pids)} session(s) hold locks the pending migrations need and are older "
+            f"than blocker_max_age {max_age}: " + "; ".join(one(b) for b in blockers) + ". "
+            f"Let them finish, or end them (SELECT pg_terminate_backend(pid) for "
+            f"{', '.join(map(str, pids))}) if they are stuck, then run again; or run again with "
+            f"-p ignore_blockers true to go ahead (each attempt then waits at most lock_timeout)."
+        )
+
+
+GUARD_ENAMES = GUARD_ENAMES | {BlockersPresent.__name__}
+
+
+# --- safety guards (lint, approved preview, stamp) ----------------------------------------------------------
+class PreviewNotApproved(GuardStop):
+    """A protected target needs the run id of a valid, signed preview record of the same database."""
+
+
+class PreviewMismatch(GuardStop):
+    """The SQL about to run differs from the SQL of the approved preview (sha256)."""
+
+
+class StampWouldLie(GuardStop):
+    """The live schema does not match the schema the migrations build at the revision to stamp."""
+
+
+GUARD_ENAMES = GUARD_ENAMES | frozenset({"PreviewNotApproved", "PreviewMismatch", "StampWouldLie"})

@@ -194,7 +194,9 @@ def _display(stmt: Statement | None, sql: str, offset: int) -> str:
     line_end = sql.find("\n", offset)
     line = " ".join(sql[line_start:line_end if line_end >= 0 else len(sql)].split()).rstrip(",")
     head = flat[:70].rsplit(" ", 1)[0]
-    return f"{head} … {line}" if line and line not in head else flat[:157] + "…"
+    if not line or len(line) > 90 or flat.startswith(line[:40]):
+        return flat[:157] + "…"
+    return f"{head} … {line}"
 
 
 _NAME = r'(?:"(?:[^"]|"")*"|[\w$]+)(?:\.(?:"(?:[^"]|"")*"|[\w$]+))?'
@@ -226,7 +228,8 @@ def table_of(flat: str, catalog: Catalog | None = None) -> str | None:
             return _norm(m.group(1))
     for pattern in _INDEX_PATTERNS:
         if (m := pattern.match(flat)) and catalog is not None:
-            return catalog.index_tables.get(_norm(m.group(1)))
+            # An index the live database does not have is created in this run: weighed as not existing.
+            return catalog.index_tables.get(_norm(m.group(1)), _norm(m.group(1)))
     return None
 
 
@@ -365,7 +368,7 @@ def classify_squawk(rule: str, *, size: TableSize | None, catalog: Catalog, prot
 def _weigh(rule: str, size: TableSize, catalog: Catalog, message: str) -> tuple[str, str]:
     """(level, why) of a lock or scan on a table, by its live size and whether it exists before the run."""
     if not size.exists:
-        return "info", f"{message}; harmless here: table {size.name} is created in this run"
+        return "info", f"{message}; harmless here: {size.name} does not exist before this run"
     if rule == "adding-required-field":
         if size.rows:
             return "error", (f"{message}; table {size.name} has {size.describe()}: the statement fails on "
@@ -420,13 +423,16 @@ def type_change(old: str | None, new: str) -> tuple[bool, bool]:
     (ob, oa), (nb, na) = _type_parts(old), _type_parts(new)
     texty = {"varchar", "text", "char"}
     if ob in texty and nb in texty:
-        if nb == "text" or (nb == "varchar" and not na):
-            return False, False
-        if ob == "text" or (ob == "varchar" and not oa):
-            return nb == "char", True
-        if ob == nb and na and oa:
-            return na[0] < oa[0] and nb == "char", na[0] < oa[0]
-        return True, bool(na and oa and na[0] < oa[0])
+        # PostgreSQL skips the rewrite for varchar widening and for dropping the limit; a new or smaller
+        # limit (or a change to/from char) rewrites every row.
+        unbounded_new = nb == "text" or (nb == "varchar" and not na)
+        unbounded_old = ob == "text" or (ob == "varchar" and not oa)
+        if unbounded_new:
+            return ob == "char", False
+        if unbounded_old:
+            return True, True
+        narrows = na[0] < oa[0]
+        return narrows or ob != nb, narrows
     if ob in _INT_RANK and nb in _INT_RANK:
         return _INT_RANK[ob] != _INT_RANK[nb], _INT_RANK[nb] < _INT_RANK[ob]
     if ob == "numeric" and nb == "numeric":
@@ -593,8 +599,11 @@ def revision_file_findings(path: Path, *, migration_set: str, revision: str) -> 
                            "dbrunbook"))
 
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    down = functions.get("downgrade")
-    if down is None:
+    down, up = functions.get("downgrade"), functions.get("upgrade")
+    # A revision whose upgrade does nothing (a merge point, a marker) rightly has nothing to undo.
+    if up is None or all(_is_trivial(s) for s in up.body):
+        pass
+    elif down is None:
         finding("empty-downgrade", "warning", "rollback", None, "the revision has no downgrade(): it cannot "
                 "be rolled back", "write downgrade() so that it reverts upgrade()")
     elif all(_is_trivial(s) for s in down.body):
@@ -606,12 +615,14 @@ def revision_file_findings(path: Path, *, migration_set: str, revision: str) -> 
         finding("irreversible-downgrade", "info", "rollback", down,
                 "downgrade() raises: this revision cannot be rolled back, only restored from a backup",
                 "take a backup before applying it")
-    for node in ast.walk(tree):
+    # What downgrade() does is the rollback's business, not this deploy's preview.
+    nodes = [n for top in tree.body if not (isinstance(top, ast.FunctionDef) and top.name == "downgrade")
+             for n in ast.walk(top)]
+    online: list[tuple[ast.AST, str]] = []
+    for node in nodes:
+        if isinstance(node, ast.keyword) and node.arg == "autoload_with":
+            online.append((node.value, "table reflection (autoload_with)"))
         if not isinstance(node, ast.Call):
-            if isinstance(node, ast.keyword) and node.arg == "autoload_with":
-                finding("online-only-call", "warning", "preview", node.value,
-                        "table reflection (autoload_with) needs a live connection: offline preview cannot "
-                        "render this revision faithfully", "declare the columns, or state the SQL explicitly")
             continue
         func = node.func
         name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
@@ -622,11 +633,15 @@ def revision_file_findings(path: Path, *, migration_set: str, revision: str) -> 
                     "keep the autocommit block alone in its own revision, with IF NOT EXISTS / IF EXISTS")
         elif name in _ONLINE_ONLY_CALLS and (name != "inspect" or _inspects_connection(node)) and \
                 (name not in {"scalar", "first"} or _on_execute(func)):
-            finding("online-only-call", "warning", "preview", node,
-                    f"{_ONLINE_ONLY_CALLS[name]} needs a live connection: in offline mode (the reviewed "
-                    f"preview) it fails or takes another branch, so the preview is not what will run",
-                    "express the change as SQL the preview can show (op.execute with literal SQL), or keep the "
-                    "data-dependent part out of the migration")
+            online.append((node, _ONLINE_ONLY_CALLS[name]))
+    if online:
+        calls = ", ".join(dict.fromkeys(what for _, what in online))
+        first = min((n for n, _ in online), key=lambda n: getattr(n, "lineno", 0))
+        finding("online-only-call", "warning", "preview", first,
+                f"{calls} need(s) a live connection: in offline mode (the reviewed preview) the revision fails or "
+                f"takes another branch, so the preview is not what will run",
+                "express the change as SQL the preview can show (op.execute with literal SQL), or keep the "
+                "data-dependent part out of the migration")
     return out
 
 

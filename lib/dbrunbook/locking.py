@@ -23,6 +23,7 @@ import html
 import json
 import logging
 import random
+import re
 import threading
 import time
 import weakref
@@ -81,9 +82,9 @@ def application_name(run_id: str, runbook: str = "", operator: str = "") -> str:
     """
     head = _cut(f"dbrunbook:{run_id.replace(':', '_')}", APPLICATION_NAME_MAX)
     rest = APPLICATION_NAME_MAX - len(head.encode("utf-8"))
-    runbook_part = _cut(":" + runbook.replace(":", "_"), rest) if rest > 0 else ""
+    runbook_part = _cut(":" + runbook.replace(":", "_"), rest) if rest > 1 else ""
     rest -= len(runbook_part.encode("utf-8"))
-    operator_part = _cut(":" + operator, rest) if rest > 0 else ""
+    operator_part = _cut(":" + operator, rest) if rest > 1 else ""
     return head + runbook_part + operator_part
 
 
@@ -111,7 +112,8 @@ class LockHolder:
     user: str | None = None
 
     def describe(self) -> str:
-        since = f"since {self.since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if self.since else "since (not visible)"
+        since = (f"since {self.since.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if self.since
+                 else "since (not visible to this role)")
         if self.run_id:
             who = (f"run {self.run_id} (runbook {self.runbook or '?'}, operator {self.operator or '?'}), "
                    f"holding it {since}")
@@ -133,7 +135,7 @@ def _key_parts(key: int) -> tuple[int, int]:
 
 
 _HOLDER_SQL = sa.text("""
-    SELECT a.pid, a.application_name, a.backend_start, a.client_addr::text AS client, a.usename
+    SELECT a.pid, a.application_name, a.backend_start, host(a.client_addr) AS client, a.usename, a.query
     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
       AND l.classid::bigint = :classid AND l.objid::bigint = :objid
@@ -151,20 +153,51 @@ def deployer_lock_holder(conn: Connection | Engine, key: int = DEPLOYER_LOCK_KEY
     if isinstance(conn, Engine):
         with conn.connect() as c:
             return deployer_lock_holder(c, key)
+    began = not conn.in_transaction()
     classid, objid = _key_parts(key)
-    row = conn.execute(_HOLDER_SQL, {"classid": classid, "objid": objid}).mappings().first()
-    if row is None:
-        _end(conn)
-        return None
-    run_id, runbook, operator = parse_application_name(row["application_name"]) or ("", "", "")
-    since = row["backend_start"]
-    if run_id:
-        ledger = _ledger_row(conn, run_id)
-        if ledger:
-            runbook, operator = ledger["runbook"] or runbook, ledger["operator"] or operator
-    _end(conn)
+    try:
+        row = conn.execute(_HOLDER_SQL, {"classid": classid, "objid": objid}).mappings().first()
+        if row is None:
+            return None
+        run_id, runbook, operator = parse_application_name(row["application_name"]) or ("", "", "")
+        full = _lock_comment(row["query"])
+        if full and full.get("run_id", "").startswith(run_id):
+            run_id, runbook, operator = full["run_id"], full.get("runbook", runbook), full.get("operator", operator)
+        elif run_id and began:
+            ledger = _ledger_row(conn, run_id)
+            if ledger:
+                runbook, operator = ledger["runbook"] or runbook, ledger["operator"] or operator
+    finally:
+        if began and conn.in_transaction():
+            conn.rollback()  # only what we started: a caller's transaction stays theirs
     return LockHolder(pid=row["pid"], application_name=row["application_name"] or "", run_id=run_id,
-                      runbook=runbook, operator=operator, since=since, client=row["client"], user=row["usename"])
+                      runbook=runbook, operator=operator, since=row["backend_start"], client=row["client"],
+                      user=row["usename"])
+
+
+_COMMENT = re.compile(r"/\* dbrunbook-lock (\{.*?\}) \*/", re.S)
+
+
+def _lock_query(run_id: str, runbook: str, operator: str) -> sa.TextClause:
+    """The try-lock statement, carrying the holder's full names in a comment.
+
+    application_name is cut at 63 bytes; the text of a session's last statement is not (up to
+    track_activity_query_size), and stays in pg_stat_activity.query while the lock connection sits idle.
+    """
+    names = json.dumps({"run_id": run_id, "runbook": runbook, "operator": operator}, sort_keys=True)
+    names = names.replace("*/", "*\\u002f").replace(":", "\\:")  # no comment end; ':' is a bind marker
+    return sa.text(f"/* dbrunbook-lock {names} */ SELECT pg_try_advisory_lock(:k)")
+
+
+def _lock_comment(query: str | None) -> dict | None:
+    match = _COMMENT.search(query or "")
+    if not match:
+        return None
+    try:
+        found = json.loads(match.group(1))
+    except ValueError:
+        return None
+    return {k: str(v) for k, v in found.items()} if isinstance(found, dict) else None
 
 
 def _ledger_row(conn: Connection, run_id: str) -> dict | None:
@@ -174,15 +207,10 @@ def _ledger_row(conn: Connection, run_id: str) -> dict | None:
         row = conn.execute(sa.text("SELECT runbook, operator FROM dbrunbook.ledger WHERE run_id = :r"),
                            {"r": run_id}).mappings().first()
         return dict(row) if row else None
-    except sa.exc.DBAPIError as err:  # a role without access to the ledger still gets the short names
+    except sa.exc.DBAPIError as err:  # a role that cannot read the ledger still gets the names in application_name
         log.info("cannot read dbrunbook.ledger: %s", err.orig)
-        _end(conn, rollback=True)
-        return None
-
-
-def _end(conn: Connection, rollback: bool = False) -> None:
-    if conn.in_transaction() and (rollback or conn.get_isolation_level() != "AUTOCOMMIT"):
         conn.rollback()
+        return None
 
 
 class DeployerLock:
@@ -237,7 +265,7 @@ _HELD: weakref.WeakSet[DeployerLock] = weakref.WeakSet()
 
 
 def acquire_deployer_lock(engine: Engine, *, run_id: str, runbook: str = "", operator: str | None = None,
-                          target: str = "", wait: float = _LOCK_WAIT, poll: float = _LOCK_POLL,
+                          target: str = "", wait: float | None = None, poll: float = _LOCK_POLL,
                           key: int = DEPLOYER_LOCK_KEY) -> DeployerLock:
     """Take the deployer lock of the engine's database on a new connection, spinning up to ``wait`` seconds.
 
@@ -250,23 +278,24 @@ def acquire_deployer_lock(engine: Engine, *, run_id: str, runbook: str = "", ope
         DatabaseUnavailable: the lock connection cannot be opened.
     """
     operator = records.operator_identity() if operator is None else operator
+    wait = _LOCK_WAIT if wait is None else wait
     name = application_name(run_id, runbook, operator)
     url = engine.url.render_as_string(hide_password=False)
-    lock_engine = db.make_engine(url, run_id=run_id, poolclass=NullPool).execution_options(
-        isolation_level="AUTOCOMMIT")
+    lock_engine = db.make_engine(url, run_id=run_id, poolclass=NullPool)
     try:
         conn = lock_engine.connect()
-    except sa.exc.DBAPIError as err:
+    except sa.exc.DBAPIError:
         lock_engine.dispose()
         db.check_connection(engine, target or "(target)")  # raises DatabaseUnavailable with a clean reason
         raise
     try:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
         conn.execute(sa.text("SELECT set_config('application_name', :n, false)"), {"n": name})
         pid, database = conn.execute(sa.text("SELECT pg_backend_pid(), current_database()")).one()
         _hand_over(engine, run_id, database)
-        deadline = time.monotonic() + wait
+        deadline, try_lock = time.monotonic() + wait, _lock_query(run_id, runbook, operator)
         while True:
-            if conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+            if conn.execute(try_lock, {"k": key}).scalar():
                 lock = DeployerLock(lock_engine, conn, key=key, database=database, run_id=run_id,
                                     application_name=name, pid=pid)
                 lock._server = _server_of(engine)
@@ -479,6 +508,7 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
     """
     attempts = [] if attempts is None else attempts
     mine: list[Attempt] = []
+    committed: list = []  # StepResults of revisions committed by attempts that then timed out
     total = policy.retries + 1
     for number in range(1, total + 1):
         started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
@@ -498,7 +528,7 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
             attempt = Attempt(migration_set, number, started, seconds, "succeeded",
                               applied[-1] if applied else None, applied, "", blockers)
             _note(attempts, mine, attempt, report, total)
-            return result
+            return committed + list(result) if isinstance(result, list) else result
         timed_out = is_lock_timeout(error)
         last = not timed_out or number == total
         pause = None if last else policy.delay(number, rand())
@@ -506,11 +536,12 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
                           getattr(error, "revision", None), _applied_in(error),
                           getattr(error, "reason", None) or str(error), blockers, pause)
         _note(attempts, mine, attempt, report, total)
+        committed += list(getattr(error, "steps", None) or [])
         if not timed_out:
             error.attempts = list(mine)
             raise error
         if last:
-            raise _gave_up(error, mine, policy) from error
+            raise _gave_up(error, mine, committed, policy) from error
         sleep(pause)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -534,7 +565,7 @@ def _note(attempts: list[Attempt], mine: list[Attempt], attempt: Attempt, report
     report(line)
 
 
-def _gave_up(error: BaseException, mine: list[Attempt], policy: RetryPolicy) -> MigrationFailed:
+def _gave_up(error: BaseException, mine: list[Attempt], committed: list, policy: RetryPolicy) -> MigrationFailed:
     blockers = {b.pid: b for a in mine for b in a.blockers}
     who = ("; blocked by " + "; ".join(_blocker_text(b) for b in blockers.values())) if blockers else ""
     spent = sum(a.seconds + (a.pause or 0) for a in mine)
@@ -544,6 +575,6 @@ def _gave_up(error: BaseException, mine: list[Attempt], policy: RetryPolicy) -> 
         failed = MigrationFailed(error.migration_set, error.revision, error.completed, reason)
     else:
         failed = MigrationFailed(mine[-1].migration_set, None, (), reason)
-    failed.steps = [s for a in mine for s in a.applied]
+    failed.steps = committed
     failed.attempts = list(mine)
     return failed

@@ -33,6 +33,7 @@ from .errors import (
     DatabaseUnavailable,
     MissingSecret,
     ParameterError,
+    RevisionNotFound,
     RunDirectoryInvalid,
 )
 
@@ -135,7 +136,38 @@ def _resolve_target(config: Config, info: RunbookInfo, target: str | None,
     # A missing secret is a usage error: refuse before a run directory exists rather than record a non-run.
     if selected.url_env and not os.environ.get(selected.url_env):
         raise MissingSecret(selected.name, selected.url_env, str(config.path))
+    _check_revision(config, values)
     return values
+
+
+_SYMBOLIC_REVISION = re.compile(r"^(heads?|base|[+-]\d+|.+@[+-]?\w+)$")
+
+
+def _check_revision(config: Config, values: dict[str, object]) -> None:
+    """Refuse an unknown revision id before anything runs: it is bad input (exit 2), not a failed step.
+
+    Symbolic and relative revisions need the database to resolve; the runbook checks those.
+    """
+    revision = str(values.get("revision") or "").strip()
+    if not revision or _SYMBOLIC_REVISION.match(revision):
+        return
+    sets = config.select_sets(str(values.get("migration_set") or "all"))
+    knows = []
+    for mset in sets:
+        try:
+            migrations.resolve(mset, revision)
+            knows.append(mset.name)
+        except RevisionNotFound:
+            continue
+    if not knows:
+        names = ", ".join(m.name for m in sets)
+        raise RevisionNotFound(revision, names, "no script of it defines that id (check for a typo, "
+                               "or pull the migration files that define it)")
+    if len(knows) < len(sets):
+        raise ParameterError(
+            f"Revision '{revision}' belongs to migration set '{', '.join(knows)}' only; pass "
+            f"-p migration_set {knows[0]} so the other sets are not asked for it."
+        )
 
 
 def _new_run_dir(config: Config, runbook: str, target: str, started: datetime) -> tuple[str, Path]:

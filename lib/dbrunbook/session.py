@@ -68,12 +68,30 @@ def _count_statements(sql: str) -> int:
 class Session:
     """A runbook's connection to one target, with the steps of the guide as methods."""
 
-    def __init__(self, config: Config, target_name: str, *, run_id: str = "", record_dir: str = ""):
+    def __init__(self, config: Config, target_name: str, *, run_id: str = "", record_dir: str = "",
+                 lock: bool = False, runbook: str = ""):
+        from . import locking
+        from sqlalchemy import event
+
         self.config = config
         self.run_id = run_id or "interactive"
         self.record_dir = Path(record_dir) if record_dir else None
+        self.runbook = runbook
+        self.lock: locking.DeployerLock | None = None
+        self.lock_attempts: list[locking.Attempt] = []  # every upgrade/downgrade/stamp attempt of this session
         self.target, self.engine = db.connect_target(config, target_name, run_id=self.run_id)
-        self.identity = db.identity(self.engine)
+        try:
+            self.identity = db.identity(self.engine)
+            if lock:
+                self.lock = locking.acquire_deployer_lock(self.engine, run_id=self.run_id, runbook=runbook,
+                                                          target=self.target.name)
+                # finish() disposes the engine: the lock goes with it (and with the kernel, whatever happens).
+                event.listen(self.engine, "engine_disposed", lambda engine, held=self.lock: held.release())
+                print(f"Deployer lock of database '{self.lock.database}' taken by run {self.run_id} "
+                      f"(pid {self.lock.pid}); it is held until the end of this run.")
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     # --- display -----------------------------------------------------------------------------------------
     def _repr_html_(self) -> str:
@@ -170,20 +188,35 @@ class Session:
     # --- change ----------------------------------------------------------------------------------------
     def upgrade(self, revision: str = "heads", migration_set: str | None = "all", *, dry_run: bool = True
                 ) -> pd.DataFrame:
-        """alembic upgrade, one migration per transaction, timed per revision. dry_run only lists the steps."""
+        """alembic upgrade, one migration per transaction, timed per revision. dry_run only lists the steps.
+
+        A revision that fails on a lock timeout is tried again with backoff (``locking.with_lock_retries``, up
+        to the target's ``retries``); every attempt is printed, kept in ``lock_attempts``, saved as the
+        artifact attempts.json, and attached to the result as ``frame.attrs["attempts"]``.
+        """
+        from . import locking
+
         rows = []
-        for m in self.sets(migration_set):
-            if dry_run:
+        if dry_run:
+            for m in self.sets(migration_set):
                 rows += [{"migration_set": m.name, "revision": r.revision, "direction": "upgrade",
                           "seconds": None, "done": False}
                          for r in migrations.pending(m, self.engine, revision)]
-                continue
-            for step in migrations.upgrade(m, self.engine, revision):
-                rows.append({"migration_set": m.name, "revision": step.revision, "direction": step.direction,
-                             "seconds": round(step.seconds, 3), "done": True})
-        frame = pd.DataFrame(rows, columns=["migration_set", "revision", "direction", "seconds", "done"])
-        if dry_run:
+            frame = pd.DataFrame(rows, columns=["migration_set", "revision", "direction", "seconds", "done"])
             print(f"dry_run=True: nothing was changed; {len(frame)} step(s) would run.")
+            return frame
+        policy, start = locking.RetryPolicy.for_target(self.target), len(self.lock_attempts)
+        try:
+            for m in self.sets(migration_set):
+                done = locking.with_lock_retries(lambda conn, m=m: migrations.upgrade(m, conn, revision),
+                                                 self.engine, policy=policy, migration_set=m.name,
+                                                 attempts=self.lock_attempts)
+                rows += [{"migration_set": m.name, "revision": step.revision, "direction": step.direction,
+                          "seconds": round(step.seconds, 3), "done": True} for step in done]
+        finally:
+            locking.save_attempts(self, self.lock_attempts[start:])
+        frame = pd.DataFrame(rows, columns=["migration_set", "revision", "direction", "seconds", "done"])
+        frame.attrs["attempts"] = locking.attempts_frame(self.lock_attempts[start:])
         return frame
 
     def downgrade(self, revision: str = "-1", migration_set: str = "main", *, dry_run: bool = True,
@@ -202,10 +235,20 @@ class Session:
             return pd.DataFrame([{"migration_set": m.name, "revision": s.revision, "direction": "downgrade",
                                   "seconds": None, "done": False} for s in steps],
                                 columns=["migration_set", "revision", "direction", "seconds", "done"])
-        done = migrations.downgrade(m, self.engine, revision)
-        return pd.DataFrame([{"migration_set": m.name, "revision": s.revision, "direction": s.direction,
-                              "seconds": round(s.seconds, 3), "done": True} for s in done],
-                            columns=["migration_set", "revision", "direction", "seconds", "done"])
+        from . import locking
+
+        start = len(self.lock_attempts)
+        try:
+            done = locking.with_lock_retries(lambda conn: migrations.downgrade(m, conn, revision), self.engine,
+                                             policy=locking.RetryPolicy.for_target(self.target),
+                                             migration_set=m.name, attempts=self.lock_attempts)
+        finally:
+            locking.save_attempts(self, self.lock_attempts[start:])
+        frame = pd.DataFrame([{"migration_set": m.name, "revision": s.revision, "direction": s.direction,
+                               "seconds": round(s.seconds, 3), "done": True} for s in done],
+                             columns=["migration_set", "revision", "direction", "seconds", "done"])
+        frame.attrs["attempts"] = locking.attempts_frame(self.lock_attempts[start:])
+        return frame
 
     def downgrade_sql(self, revision: str = "-1", migration_set: str = "main") -> Preview:
         """The SQL a downgrade would run, rendered offline (the rollback plan)."""
@@ -220,7 +263,15 @@ class Session:
         m = self.config.migration_set(migration_set)
         before = migrations.current(m, self.engine)
         if not dry_run:
-            migrations.stamp(m, self.engine, revision)
+            from . import locking
+
+            start = len(self.lock_attempts)
+            try:
+                locking.with_lock_retries(lambda conn: migrations.stamp(m, conn, revision), self.engine,
+                                          policy=locking.RetryPolicy.for_target(self.target),
+                                          migration_set=m.name, attempts=self.lock_attempts)
+            finally:
+                locking.save_attempts(self, self.lock_attempts[start:])
         after = migrations.current(m, self.engine) if not dry_run else migrations.resolve(m, revision)
         return pd.DataFrame([{"migration_set": m.name, "before": ", ".join(before) or "(base)",
                               "after": ", ".join(after) or "(base)", "dry_run": dry_run}])
@@ -309,10 +360,20 @@ def _describe_diff(diff) -> str:
     return f"{kind} " + " ".join(parts)
 
 
-def open_session(target: str = "", *, run_id: str = "", record_dir: str = "", config: str | Path | None = None
-                 ) -> Session:
-    """Connect a runbook to ``target`` (default: the configured default, 'local' = the embedded server)."""
+def open_session(target: str = "", *, run_id: str = "", record_dir: str = "", config: str | Path | None = None,
+                 lock: bool = False, runbook: str = "") -> Session:
+    """Connect a runbook to ``target`` (default: the configured default, 'local' = the embedded server).
+
+    Args:
+        lock: take the deployer lock of the database for the whole run (every runbook that changes it does:
+            ``lock=not dry_run``); a second run then stops at once, naming this one.
+        runbook: this runbook's name, shown to a run that finds the lock taken.
+
+    Raises:
+        DeployerLockHeld: ``lock`` and another run holds the lock (after spinning for 5 s).
+    """
     cfg = load_config(config) if config else load_config()
     if not isinstance(target, str):
         raise ConfigError(f"target must be a target name (a string), not {target!r}.")
-    return Session(cfg, target or cfg.default_target, run_id=run_id, record_dir=record_dir)
+    return Session(cfg, target or cfg.default_target, run_id=run_id, record_dir=record_dir, lock=lock,
+                   runbook=runbook)

@@ -138,3 +138,22 @@ def test_a_database_that_is_down_gives_a_clear_error_and_a_record(project, monke
     for f in run_dir.rglob("*"):
         if f.is_file():
             assert PASSWORD.encode() not in f.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "params, code, message",
+    [
+        (["-p", "revision", "nope123"], 2,
+         "Revision 'nope123' is not defined in migration set 'main, ai': no script of it defines that id"),
+        (["-p", "revision", "ea90695"], 2,
+         "Revision 'ea90695' belongs to migration set 'main' only; pass -p migration_set main"),
+        (["-p", "revision", "0012", "-p", "migration_set", "main"], 2, "Revision '0012' is not defined"),
+    ],
+    ids=["unknown", "wrong-set", "leading-zeros-stay-text"],
+)
+def test_bad_revisions_are_refused_before_anything_runs(project, capfd, params, code, message):
+    config = load_config(project.config_path)
+    got, out, err = run(capfd, "run", "apply", *params)
+    assert got == code
+    assert message in out + err
+    assert records.find_records(config.outputs_dir) == []  # usage errors leave no record and change nothing
