@@ -5,11 +5,13 @@ bench/_work/airflow-venv (git-ignored), created on first use with
 `pip install apache-airflow==AIRFLOW_VERSION apache-airflow-providers-papermill -e .` and reused afterwards.
 
 Then, with a fresh AIRFLOW_HOME (SQLite metadata) and a fresh database on the benchmark server
-($DBRUNBOOK_BENCH_DATABASE_URL, else an embedded one), two `airflow dags test dbrunbook_deploy` runs:
+($DBRUNBOOK_BENCH_DATABASE_URL, else an embedded one), three `airflow dags test dbrunbook_deploy` runs:
 
 1. `{"dry_run": false}`: status -> preview -> deploy (applies the sample migrations) -> verify, all succeed;
-2. `{"revision": "nosuchrev"}`: preview fails (exit status 1), so the task fails and deploy and verify
-   do not run: the failure path of DbRunbookOperator.
+2. `{"target": "unhealthy"}` (same database, a health_url nobody answers): the dry-run deploy fails at its
+   health check step (exit status 1, a signed record), so verify does not run;
+3. `{"revision": "nosuchrev"}`: dbrunbook refuses the parameter before any run (no record), the preview
+   task fails with that message.
 
 Each task's state and its dbrunbook run (from XCom), and `dbrunbook verify` of every record, go to the
 "airflow" section of bench/RESULTS.md. Usage: `.venv/bin/python bench/airflow_example.py [--reinstall]`.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -38,19 +41,21 @@ DAG_ID = "dbrunbook_deploy"
 TASKS = ("status", "preview", "deploy", "verify")
 RUNS = (
     ("deploy", {"target": "scheduled", "dry_run": False}),
-    ("bad revision", {"target": "scheduled", "revision": "nosuchrev"}),
+    ("failing step", {"target": "unhealthy"}),
+    ("bad parameter", {"target": "scheduled", "revision": "nosuchrev"}),
 )
 
 
-def _run(command: list[str], env: dict | None = None, log: Path | None = None) -> float:
-    """Run ``command``, output to ``log``; seconds it took. Raises SystemExit with the log's tail if it fails."""
+def _run(command: list[str], env: dict | None = None, log: Path | None = None, check: bool = True
+         ) -> tuple[float, int]:
+    """Run ``command``, output to ``log``; (seconds it took, exit status). ``check``: SystemExit if it fails."""
     started = time.perf_counter()
     with open(log or os.devnull, "w") as out:
         code = subprocess.call(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=HOME)
-    if code != 0:
+    if code != 0 and check:
         tail = log.read_text().splitlines()[-30:] if log else []
         raise SystemExit("\n".join([f"{' '.join(command[:4])} ... exited {code}:", *tail]))
-    return time.perf_counter() - started
+    return time.perf_counter() - started, code
 
 
 def install(reinstall: bool) -> tuple[float | None, str]:
@@ -84,6 +89,10 @@ default_target = "scheduled"
 [targets.scheduled]
 url_env = "{URL_ENV}"
 lock_timeout = "2s"
+
+[targets.unhealthy]
+url_env = "{URL_ENV}"
+health_url = "http://127.0.0.1:9/health"
 
 [migration_sets.main]
 alembic_ini = "{ROOT / 'migrations/main/alembic.ini'}"
@@ -148,22 +157,49 @@ def main() -> int:
     }
     airflow = str(VENV / "bin" / "airflow")
     print(f"Database {mask_url(url)}; AIRFLOW_HOME {HOME}", file=sys.stderr)
-    migrate_seconds = _run([airflow, "db", "migrate"], env, HOME / "db-migrate.log")
+    migrate_seconds, _ = _run([airflow, "db", "migrate"], env, HOME / "db-migrate.log")
 
     results = []
     for label, conf in RUNS:
         print(f"airflow dags test {DAG_ID} -c '{json.dumps(conf)}' ...", file=sys.stderr)
         started = time.perf_counter()
-        # `dags test` exits 0 whether or not a task failed; the task states below say how it went.
-        seconds = _run([airflow, "dags", "test", DAG_ID, "-c", json.dumps(conf)], env,
-                       HOME / f"dags-test-{label.replace(' ', '-')}.log")
-        results.append((label, conf, seconds, task_runs(latest_dag_run())))
-        print(f"  {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        # `dags test` exits 1 when the DAG run failed; the task states below say which task and why.
+        seconds, code = _run([airflow, "dags", "test", DAG_ID, "-c", json.dumps(conf)], env,
+                             _log(label), check=False)
+        results.append((label, conf, seconds, code, task_runs(latest_dag_run())))
+        print(f"  exit status {code}, {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
     config = load_config(config_path)
     checks = {c.run_id: c for c in (records.verify_record(d, config.allowed_signers)
                                     for d in records.find_records(config.outputs_dir))}
+    body = report(results, checks, install_seconds, venv_size, migrate_seconds)
+    write_section("airflow", body)
+    print(body)
+    return 0 if as_expected(results) and all(c.ok for c in checks.values()) else 1
 
+
+def task_error(log: Path, module: str) -> str | None:
+    """The last error of class ``module.*`` a task raised, 'Class: message', from the `dags test` log."""
+    found = re.findall(rf"^{re.escape(module)}\.(\w+: .*)$", log.read_text(), re.MULTILINE)
+    return found[-1] if found else None
+
+
+def _log(label: str) -> Path:
+    return HOME / f"dags-test-{label.replace(' ', '-')}.log"
+
+
+def as_expected(results: list) -> bool:
+    """Run 1 all success; run 2 deploy failed with a record, verify not run; run 3 preview refused."""
+    states = [{r["task"]: r["state"] for r in rows} for *_, rows in results]
+    deploy_2 = next(r for r in results[1][4] if r["task"] == "deploy")
+    return (set(states[0].values()) == {"success"}
+            and states[1]["deploy"] == "failed" and deploy_2.get("exit_status") == 1
+            and states[1]["verify"] != "success"
+            and states[2]["preview"] == "failed" and not any(r.get("run_id") for r in results[2][4][1:]))
+
+
+def report(results: list, checks: dict, install_seconds: float | None, venv_size: str,
+           migrate_seconds: float) -> str:
     lines = [
         "## Airflow example DAG (`bench/airflow_example.py`)",
         "",
@@ -172,31 +208,35 @@ def main() -> int:
         + (f"installed in **{install_seconds:.0f} s**." if install_seconds is not None
            else "reused (`--reinstall` to time the install)."),
         (f"`airflow db migrate` (SQLite): {migrate_seconds:.1f} s. Each DAG run is `airflow dags test {DAG_ID} "
-         f"-c CONF` on a fresh database with the sample migrations; records checked with `records.verify_record`."),
+         f"-c CONF` on one database with the sample migrations; records checked with `records.verify_record`. "
+         f"Load average while it ran: {os.getloadavg()[1]:.1f} (5 min) on {os.cpu_count()} cores."),
         "",
-        "| DAG run (conf) | wall s | task | state | dbrunbook outcome | exit | record | verify |",
-        "|---|---|---|---|---|---|---|---|",
+        "| DAG run (conf) | wall s, exit | task | state | dbrunbook outcome (exit) | record | verify |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for label, conf, seconds, rows in results:
+    for label, conf, seconds, code, rows in results:
+        refused = task_error(_log(label), "dbrunbook.errors")
         for i, row in enumerate(rows):
             check = checks.get(row.get("run_id", ""))
+            if row.get("outcome"):
+                outcome = f"{row['outcome']} ({row['exit_status']})"
+            elif row["state"] == "failed" and refused:
+                outcome = f"refused before the run: {refused.split(':')[0]}"
+            else:
+                outcome = "-"
+            first = i == 0
             lines.append(
-                f"| {label + ' `' + json.dumps(conf) + '`' if i == 0 else ''} | {f'{seconds:.1f}' if i == 0 else ''} "
-                f"| {row['task']} | {row['state']} | {row.get('outcome', '-')} | {row.get('exit_status', '-')} "
-                f"| {row.get('run_id', '-')} | {check.status if check else '-'} |"
+                f"| {f'{label} `{json.dumps(conf)}`' if first else ''} | {f'{seconds:.1f}, {code}' if first else ''} "
+                f"| {row['task']} | {row['state']} | {outcome} | {row.get('run_id', '-')} "
+                f"| {check.status if check else '-'} |"
             )
-    deploy = next((r for r in results[0][3] if r["task"] == "deploy"), {})
-    lines += ["", f"Deploy heads: {json.dumps(deploy.get('heads_before'))} -> {json.dumps(deploy.get('heads_after'))}."]
-    failed = [r for r in results[-1][3] if r.get("failing_step")]
-    if failed:
-        step = failed[0]["failing_step"]
-        lines.append(f"Failing step of the second run: {failed[0]['task']} at '{step.get('heading', '')}' "
-                     f"({step.get('ename')}).")
-    body = "\n".join(lines)
-    write_section("airflow", body)
-    print(body)
-    ok = results[0][3] and all(r["state"] == "success" for r in results[0][3])
-    return 0 if ok and all(c.ok for c in checks.values()) else 1
+    deploy = next(r for r in results[0][4] if r["task"] == "deploy")
+    lines += ["", (f"Run 1, deploy: heads {json.dumps(deploy.get('heads_before'))} -> "
+                   f"{json.dumps(deploy.get('heads_after'))}.")]
+    for label, *_ in results[1:]:
+        error = task_error(_log(label), "airflow.sdk.exceptions") or task_error(_log(label), "dbrunbook.errors")
+        lines.append(f"Run '{label}', the failed task's error: `{error}`")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@
 # %% [markdown]
 # # Apply pending migrations
 #
-# The guide's *Running Migrations*: status, counts before, `alembic upgrade`, counts after, schema check.
-# Each migration runs in its own transaction with the target's lock and statement timeouts.
+# The guide's *Running Migrations*: status, the SQL and its lint, guards, counts before, `alembic upgrade`,
+# counts after, schema check. Each migration runs in its own transaction with the target's lock and statement
+# timeouts, retried with backoff when it times out waiting for a lock.
 # `dry_run` is true by default: set `-p dry_run false` to change the database.
 
 # %% tags=["parameters"]
@@ -29,11 +30,14 @@ target: str = "local"  # database target from dbrunbook.toml (local = the embedd
 migration_set: str = "all"  # one set, a comma-separated list, or all
 revision: str = "heads"  # upgrade target: heads, a revision id, or +N
 dry_run: bool = True  # true: show what would run and change nothing
+allow: str = ""  # lint findings to accept: rule or rule@revision, comma-separated (recorded)
+approved_preview: str = ""  # run id of the reviewed preview record (required on a protected target)
+ignore_blockers: bool = False  # go ahead although sessions older than blocker_max_age hold needed locks
 run_id: str = ""  # set by the launcher
 record_dir: str = ""  # set by the launcher: where this run's record and artifacts go
 
 # %% [markdown]
-# ## 1. Connect to the target
+# ## 1. Connect to the target (and take the deployer lock unless dry run)
 
 # %%
 from dbrunbook.session import open_session
@@ -51,41 +55,99 @@ s.status(migration_set)
 # ## 3. Pending migrations and their SQL
 
 # %%
-s.preview(revision, migration_set)
+preview = s.preview(revision, migration_set)
+preview
 
 # %% [markdown]
-# ## 4. Row counts before
+# ## 4. Lint the pending SQL (squawk and Alembic-aware checks, weighed by the live tables)
+
+# %%
+from dbrunbook import safety
+
+report = safety.lint(s, preview)
+report
+
+# %% [markdown]
+# ## 5. Guard: no error-level finding unless allowed
+
+# %%
+safety.require_clean(s, report, allow, dry_run=dry_run)
+
+# %% [markdown]
+# ## 6. Guard: the SQL is the reviewed preview's (protected targets)
+
+# %%
+safety.require_approved_preview(s, preview, approved_preview, dry_run=dry_run)
+
+# %% [markdown]
+# ## 7. Live preflight: sessions holding the tables these migrations lock
+
+# %%
+from dbrunbook import preflight
+
+check = preflight.live_preflight(s, preview)
+check
+
+# %% [markdown]
+# ## 8. Guard: no old blocker on a protected target
+
+# %%
+preflight.require_no_blockers(s, check, ignore_blockers)
+
+# %% [markdown]
+# ## 9. Guard: a verified recent backup of this database (protected targets)
+
+# %%
+from dbrunbook.backup import require_recent_backup
+
+require_recent_backup(s)
+
+# %% [markdown]
+# ## 10. Row counts before
 
 # %%
 before = s.row_counts()
 before
 
 # %% [markdown]
-# ## 5. Upgrade (alembic upgrade)
+# ## 11. Upgrade (alembic upgrade)
 
 # %%
-s.upgrade(revision, migration_set, dry_run=dry_run)
+from dbrunbook import plots
 
-# %% [markdown]
-# ## 6. Row counts after, compared
+steps = s.upgrade(revision, migration_set, dry_run=dry_run)
+steps
 
 # %%
-s.compare_counts(before)
+plots.durations_chart(steps)
 
 # %% [markdown]
-# ## 7. Status after
+# ## 12. Row counts after, compared
+
+# %%
+diff = s.compare_counts(before)
+diff
+
+# %%
+plots.counts_chart(diff)
+
+# %% [markdown]
+# ## 13. Status after
 
 # %%
 s.status(migration_set)
 
+# %%
+s.revision_graph(migration_set)
+
 # %% [markdown]
-# ## 8. Schema check: models against the database (alembic check)
+# ## 14. Schema check: models against the database (alembic check)
 
 # %%
 s.check(migration_set)
 
 # %% [markdown]
-# ## 9. Snapshot for later verification
+# ## 15. Snapshot for later verification
 
 # %%
 s.save_snapshot()

@@ -20,19 +20,21 @@
 # %% [markdown]
 # # Stamp: set the version pointer without running migrations
 #
-# The guide's *Column already exists* fix: `alembic stamp <revision>`, when you know the schema already is
-# at that revision. Use with caution. `dry_run` is true by default.
+# The guide's *Column already exists* fix: `alembic stamp <revision>`, when the schema already is at that
+# revision. dbrunbook builds the schema of that revision on a scratch database and refuses a stamp that would
+# lie unless `force` is set (recorded). `dry_run` is true by default.
 
 # %% tags=["parameters"]
 target: str = "local"  # database target from dbrunbook.toml (local = the embedded PostgreSQL)
 migration_set: str = "main"  # the one migration set to stamp
 revision: str = "heads"  # the revision the database really is at
 dry_run: bool = True  # true: show what would change and change nothing
+force: bool = False  # true: stamp although the live schema does not match that revision (recorded)
 run_id: str = ""  # set by the launcher
 record_dir: str = ""  # set by the launcher: where this run's record and artifacts go
 
 # %% [markdown]
-# ## 1. Connect to the target
+# ## 1. Connect to the target (and take the deployer lock unless dry run)
 
 # %%
 from dbrunbook.session import open_session
@@ -47,13 +49,28 @@ s
 s.status(migration_set)
 
 # %% [markdown]
-# ## 3. Stamp (alembic stamp)
+# ## 3. Does the schema really match that revision? (built on a scratch database)
+
+# %%
+from dbrunbook import safety
+
+check = safety.stamp_check(s, revision, migration_set)
+check
+
+# %% [markdown]
+# ## 4. Guard: refuse a stamp that would lie
+
+# %%
+safety.require_truthful_stamp(s, check, force, dry_run=dry_run)
+
+# %% [markdown]
+# ## 5. Stamp (alembic stamp)
 
 # %%
 s.stamp(revision, migration_set, dry_run=dry_run)
 
 # %% [markdown]
-# ## 4. Status after
+# ## 6. Status after
 
 # %%
 s.status(migration_set)

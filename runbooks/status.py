@@ -51,7 +51,13 @@ s.status(migration_set)
 s.history(migration_set)
 
 # %% [markdown]
-# ## 4. Pending migrations
+# ## 4. Revision graph (branches, merges, where the database is)
+
+# %%
+s.revision_graph(migration_set)
+
+# %% [markdown]
+# ## 5. Pending migrations
 
 # %%
 s.pending(migration_set)

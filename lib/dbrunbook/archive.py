@@ -141,10 +141,15 @@ class ArchiveReport:
 
 # --- keys and order ---------------------------------------------------------------------------------------
 def database_key(identity: Mapping | None) -> str | None:
-    """``database@system_identifier``: one database of one cluster, whatever host name reached it."""
+    """``database@system_identifier``: one database of one cluster, whatever host name reached it.
+
+    With the database's ``oid`` in the identity (``/oid`` appended), a database dropped and created again
+    under the same name starts a new chain instead of looking like a change with no record.
+    """
     if not identity or not identity.get("database") or identity.get("system_identifier") in (None, ""):
         return None
-    return f"{identity['database']}@{identity['system_identifier']}"
+    oid = identity.get("oid")
+    return f"{identity['database']}@{identity['system_identifier']}" + (f"/{oid}" if oid else "")
 
 
 def _moment(value) -> datetime | None:

@@ -35,18 +35,20 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import RevisionContext
 from alembic.runtime.migration import MigrationStep
+from alembic.util import CommandError
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from . import db, migrations, snapshots
 from .config import Config, MigrationSet
-from .errors import ConfigError, DbRunbookError, ParameterError, UnsafeMigration
+from .errors import ConfigError, DbRunbookError, MigrationFailed, ParameterError, ReviewFailed
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Finding", "Lint", "Review", "RevisionSource", "RoundTrip", "Scratch", "StepCheck", "Stairway",
-    "check_message", "checklist", "lint_python", "lint_sql", "merge_heads", "new_revision", "require_passing",
+    "check_message", "checklist", "lint_python", "lint_sql", "merge_heads", "migration_set_for", "new_revision",
+    "require_passing",
     "review", "revision_source", "round_trip", "scratch", "stairway",
 ]
 
@@ -61,6 +63,7 @@ GENERIC_VERBS = frozenset({"update", "updates", "updated", "fix", "fixes", "fixe
 CHANGE_VERBS = frozenset({"add", "drop", "remove", "rename", "create", "alter", "change", "update", "fix",
                           "make", "backfill", "split", "merge", "move", "replace", "index", "seed", "delete"})
 MAX_MESSAGE = 72
+_FILLERS = frozenset({"a", "an", "the", "to", "of", "and", "for", "in", "on", "with", "some", "all"})
 
 #: (rule, reason): the reasons ``check_message`` gives; tests/unit/test_authoring.py has one row per rule.
 MESSAGE_RULES = {
@@ -87,12 +90,12 @@ def check_message(message: str) -> str:
     rule, extra = None, {}
     if not text:
         rule = "empty"
+    elif len(words) >= 2 and all(w in GENERIC_VERBS or w in _FILLERS for w in words):
+        rule, extra = "no-object", {"words": ", ".join(w for w in dict.fromkeys(words) if w not in _FILLERS)}
     elif len(words) < 2 or len(text) < 10:
         rule = "too-short"
     elif len(text) > MAX_MESSAGE:
         rule = "too-long"
-    elif all(w in GENERIC_VERBS or w in ("a", "an", "the", "to", "of", "and", "for", "in", "on") for w in words):
-        rule, extra = "no-object", {"words": ", ".join(dict.fromkeys(words))}
     else:
         clauses = [c.strip() for c in re.split(r",|;|\band\b|&", text.lower()) if c.strip()]
         verbs = [c.split()[0] for c in clauses if c.split()[0] in CHANGE_VERBS]
@@ -128,9 +131,17 @@ def new_revision(config: Config, message: str, migration_set: str = "main", auto
     """
     text = check_message(message)
     mset = config.migration_set(migration_set)
+    heads = migrations.heads(mset)
+    if len(heads) > 1:
+        raise ParameterError(
+            f"Migration set '{mset.name}' has {len(heads)} heads ({', '.join(heads)}): a new revision would not "
+            f"know which to follow. Merge them first: dbrunbook new \"merge heads\" --merge -m {mset.name}")
     if not autogenerate:
         with migrations._in_project(mset):
-            script = command.revision(migrations.alembic_config(mset), message=text)
+            try:
+                script = command.revision(migrations.alembic_config(mset), message=text)
+            except CommandError as err:
+                raise ConfigError(f"Migration set '{mset.name}': alembic revision failed: {err}") from err
         return _script_path(mset, script)
     _target, engine = db.connect_target(config, target)
     try:
@@ -167,7 +178,10 @@ def merge_heads(config: Config, migration_set: str = "main", message: str = "mer
     if len(heads) < 2:
         raise ParameterError(f"Migration set '{mset.name}' has one head ({', '.join(heads)}): nothing to merge.")
     with migrations._in_project(mset):
-        script = command.merge(migrations.alembic_config(mset), list(heads), message=text)
+        try:
+            script = command.merge(migrations.alembic_config(mset), list(heads), message=text)
+        except CommandError as err:
+            raise ConfigError(f"Migration set '{mset.name}': alembic merge failed: {err}") from err
     return _script_path(mset, script)
 
 
@@ -540,36 +554,49 @@ def _reason(err: BaseException) -> str:
     return getattr(err, "reason", None) or (str(err).splitlines() or [""])[0]
 
 
-def _downgrade_only(mset: MigrationSet, engine: Engine, revision: str) -> None:
-    """Undo exactly ``revision`` even when the database has other heads (a branch, the other side of a merge).
+def _walk(mset: MigrationSet, engine: Engine, order: list[str]) -> tuple[list[StepCheck], list[str]]:
+    """Take each revision of ``order`` up, down and up again, in one run of env.py; stop at the first failure.
 
-    ``alembic downgrade -1`` is ambiguous there; Alembic's own step for that one script is not, and its head
-    bookkeeping deletes or unmerges the version rows correctly.
+    The steps are Alembic's own, one script each, so a single revision is undone even when the database has
+    other heads (a branch, the other side of a merge), where ``downgrade -1`` is ambiguous; Alembic's head
+    bookkeeping deletes or unmerges the version rows. Alembic commits each step before asking for the next,
+    so the schema is read between steps from another connection. Running them in one env.py run rather than
+    three per revision keeps a stairway over a long chain to seconds.
     """
-    def steps(script: Any, rev: tuple, ctx: Any) -> list:
-        return [MigrationStep.downgrade_from_script(script.revision_map, script.get_revision(revision))]
+    results: list[StepCheck] = []
+    at: dict[str, Any] = {}
 
-    migrations._drive(mset, engine, steps, direction="downgrade", destination_rev=revision)
+    def steps(script: Any, heads: tuple, ctx: Any) -> Iterator[Any]:
+        for rev in order:
+            revision = script.get_revision(rev)
+            at.update(rev=rev, phase="upgrade", before=_shape(engine, mset), changes=None, not_restored=None)
+            yield MigrationStep.upgrade_from_script(script.revision_map, revision)
+            at.update(phase="downgrade", changes=_diff(at["before"], _shape(engine, mset)))
+            yield MigrationStep.downgrade_from_script(script.revision_map, revision)
+            at.update(phase="reupgrade", not_restored=_diff(at["before"], _shape(engine, mset)))
+            yield MigrationStep.upgrade_from_script(script.revision_map, revision)
+            restored = at["not_restored"].empty
+            results.append(StepCheck(rev, True, True, restored, True, "", at["not_restored"], at["changes"]))
+            at.clear()
+            if not restored:
+                return
 
-
-def _step_check(mset: MigrationSet, engine: Engine, revision: str) -> StepCheck:
-    before = _shape(engine, mset)
     try:
-        migrations.upgrade(mset, engine, revision)
-    except DbRunbookError as err:
-        return StepCheck(revision, False, None, None, None, _reason(err))
-    after = _shape(engine, mset)
-    changes = _diff(before, after)
-    try:
-        _downgrade_only(mset, engine, revision)
-    except DbRunbookError as err:
-        return StepCheck(revision, True, False, None, None, _reason(err), changes=changes)
-    not_restored = _diff(before, _shape(engine, mset))
-    try:
-        migrations.upgrade(mset, engine, revision)
-    except DbRunbookError as err:
-        return StepCheck(revision, True, True, not_restored.empty, False, _reason(err), not_restored, changes)
-    return StepCheck(revision, True, True, not_restored.empty, True, "", not_restored, changes)
+        migrations._drive(mset, engine, steps, direction="upgrade")
+    except MigrationFailed as err:
+        if not at:
+            raise
+        phase, reason = at["phase"], _reason(err)
+        nr = at["not_restored"] if at["not_restored"] is not None else pd.DataFrame()
+        changes = at["changes"] if at["changes"] is not None else pd.DataFrame()
+        if phase == "upgrade":
+            results.append(StepCheck(at["rev"], False, None, None, None, reason))
+        elif phase == "downgrade":
+            results.append(StepCheck(at["rev"], True, False, None, None, reason, changes=changes))
+        else:
+            results.append(StepCheck(at["rev"], True, True, nr.empty, False, reason, nr, changes))
+    done = {r.revision for r in results}
+    return results, [r for r in order if r not in done]
 
 
 @dataclass(frozen=True)
@@ -615,8 +642,8 @@ def round_trip(mset: MigrationSet, engine: Engine, revision: str = "heads") -> R
         except DbRunbookError as err:
             step = StepCheck(rev, False, None, None, None, f"preparing parent {parent}: {_reason(err)}")
             return RoundTrip(mset.name, step, "parents could not be applied")
-    return RoundTrip(mset.name, _step_check(mset, engine, rev),
-                     f"database prepared at {', '.join(prepared) or 'base'}")
+    checks, _ = _walk(mset, engine, [rev])
+    return RoundTrip(mset.name, checks[0], f"database prepared at {', '.join(prepared) or 'base'}")
 
 
 @dataclass(frozen=True)
@@ -651,14 +678,8 @@ class Stairway:
 
 def stairway(mset: MigrationSet, engine: Engine) -> Stairway:
     """The stairway test on an empty database: each revision, in dependency order, up, down and up."""
-    order = [r.revision for r in migrations.history(mset)]
-    done = []
-    for i, rev in enumerate(order):
-        step = _step_check(mset, engine, rev)
-        done.append(step)
-        if not step.ok:
-            return Stairway(mset.name, tuple(done), tuple(order[i + 1:]))
-    return Stairway(mset.name, tuple(done))
+    checks, not_run = _walk(mset, engine, [r.revision for r in migrations.history(mset)])
+    return Stairway(mset.name, tuple(checks), tuple(not_run))
 
 
 # --- scratch databases ----------------------------------------------------------------------------------
@@ -852,13 +873,13 @@ def require_passing(review: Review) -> None:
     """Guard: stop the runbook (exit 3) when review found errors.
 
     Raises:
-        UnsafeMigration: with every error finding.
+        ReviewFailed: with every error finding.
     """
     if review.passed:
         print(f"Revision {review.revision} passes review.")
         return
     listed = "; ".join(f"{f.rule} ({f.revision}): {f.message}" for f in review.errors)
-    raise UnsafeMigration(
+    raise ReviewFailed(
         f"Revision '{review.revision}' of migration set '{review.migration_set}' fails review with "
         f"{len(review.errors)} error(s): {listed}. Fix the revision, then run 'dbrunbook run review -p "
         f"migration_set {review.migration_set} -p revision {review.revision}' again."

@@ -32,9 +32,10 @@ import shutil
 import subprocess
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Self
 
 import pandas as pd
 import sqlalchemy as sa
@@ -50,7 +51,8 @@ from .protocol import ARTIFACTS_DIR
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BACKUP_ARTIFACT", "DEFAULT_COMPRESSION", "DEFAULT_JOBS", "REHEARSAL_ARTIFACT", "DumpResult", "DumpTool",
+    "BACKUP_ARTIFACT", "DEFAULT_COMPRESSION", "DEFAULT_JOBS", "REHEARSAL_ARTIFACT", "BackupRecord",
+    "BackupSource", "DumpResult", "DumpTool",
     "Rehearsal", "RestoreCheck", "backup_for_rehearsal", "dump", "dump_digest", "dump_tool", "latest_backup",
     "latest_rehearsal", "libpq_environment", "parse_age", "rehearse", "require_recent_backup",
     "restore_check", "save_backup", "save_rehearsal",
@@ -80,7 +82,7 @@ _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
 # --- small helpers -----------------------------------------------------------------------------------------
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _table_html(rows: list[tuple[str, Any]]) -> str:
@@ -119,7 +121,7 @@ def parse_age(text: str) -> dt.timedelta:
 
 def _parse_time(value: str) -> dt.datetime:
     moment = dt.datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 # --- the connection, for libpq programs -------------------------------------------------------------------
@@ -307,11 +309,11 @@ class DumpResult:
 
     def _repr_html_(self) -> str:
         return _table_html([
-            ("folder", self.path), ("sha256", self.sha256), ("size", f"{_human(self.size_bytes)} "
-                                                                     f"({self.size_bytes:,} bytes, {self.files} files)"),
+            ("folder", self.path), ("sha256", self.sha256),
+            ("size", f"{_human(self.size_bytes)} ({self.size_bytes:,} bytes, {self.files} files)"),
             ("seconds", f"{self.seconds:.2f}"), ("started at", self.started_at),
             ("tool", f"pg_dump {self.tool.version} ({self.tool.source})"), ("format", self.format),
-            ("jobs", self.jobs), ("compression", self.compression), ("tables", len(self.tables)),
+            ("jobs", self.jobs), ("compression (-Z)", self.compression), ("tables", len(self.tables)),
             ("database", f"{self.database.get('database')} (system {self.database.get('system_identifier')})"),
         ])
 
@@ -356,7 +358,7 @@ def _backup_folder(session) -> Path:
 def _run_tool(cmd: list[str], env: dict[str, str], what: str, *, timeout: float | None = None) -> str:
     try:
         done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError) as err:
         raise BackupFailed(f"{what} could not run ({Path(cmd[0]).name}): {err}.") from err
     if done.returncode != 0:
@@ -498,7 +500,7 @@ class RestoreCheck:
 
 
 def _read_toc(tool: DumpTool, result: DumpResult) -> tuple[str, list[str]]:
-    env = libpq_environment(sa.make_url("postgresql+psycopg://"), base=os.environ)
+    env = dict(os.environ)  # --list reads the folder only; it never connects
     out = _run_tool([str(tool.pg_restore), "--list", str(result.path)], env, f"pg_restore --list {result.path}")
     return out, out.splitlines()
 
@@ -513,7 +515,7 @@ def restore_check(session, result: DumpResult, *, full_restore: bool = False) ->
     """
     problems: list[str] = []
     try:
-        text, lines = _read_toc(result.tool, result)
+        _, lines = _read_toc(result.tool, result)
         listed = True
     except BackupFailed as err:
         return RestoreCheck(False, 0, 0, "", "", (str(err),))
@@ -594,7 +596,9 @@ def save_backup(session, result: DumpResult, check: RestoreCheck) -> pd.DataFram
 
 # --- finding backups -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Found:
+class BackupRecord:
+    """A backup record found for a database: its folder, its backup.json, and 'valid' or why it is not."""
+
     run_dir: Path
     body: dict | None
     status: str
@@ -618,23 +622,23 @@ def _backup_records(session, runbook: str = "backup") -> Iterator[Path]:
             yield run_dir
 
 
-def _load_backup(session, run_dir: Path) -> _Found:
+def _load_backup(session, run_dir: Path) -> BackupRecord:
     check = records.verify_record(run_dir, session.config.allowed_signers)
     path = run_dir / ARTIFACTS_DIR / BACKUP_ARTIFACT
     body = None
     with contextlib.suppress(OSError, ValueError):
         body = json.loads(path.read_text(encoding="utf-8"))
     if check.status != "valid":
-        return _Found(run_dir, body, check.status, f"record {run_dir.name} is {check.status}: "
+        return BackupRecord(run_dir, body, check.status, f"record {run_dir.name} is {check.status}: "
                                                    f"{'; '.join(check.problems[:3])}")
     if body is None:
-        return _Found(run_dir, None, "no artifact", f"record {run_dir.name} has no readable {BACKUP_ARTIFACT}")
+        return BackupRecord(run_dir, None, "no artifact", f"record {run_dir.name} has no readable {BACKUP_ARTIFACT}")
     if body.get("verified") is not True:
-        return _Found(run_dir, body, "unverified", f"the backup of record {run_dir.name} failed its restore check")
-    return _Found(run_dir, body, "valid")
+        return BackupRecord(run_dir, body, "unverified", f"the backup of record {run_dir.name} failed its restore check")
+    return BackupRecord(run_dir, body, "valid")
 
 
-def latest_backup(session) -> _Found | None:
+def latest_backup(session) -> BackupRecord | None:
     """The newest succeeded backup record of the session's database, checked (status 'valid' or why not)."""
     for run_dir in _backup_records(session):
         return _load_backup(session, run_dir)
@@ -808,19 +812,19 @@ class _LockRecorder:
             for oid, name, kind in conn.exec_driver_sql(_NAMES_SQL):
                 self.names[int(oid)] = (name, _KINDS.get(kind, kind))
 
-    def __enter__(self) -> _LockRecorder:
+    def __enter__(self) -> Self:
         self.load_names()
         event.listen(self.engine, "commit", self._on_commit)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         event.remove(self.engine, "commit", self._on_commit)
 
     def take(self) -> list[list[dict]]:
         taken, self.commits = self.commits, []
         return taken
 
-    def _on_commit(self, conn) -> None:  # noqa: ANN001 - SQLAlchemy's hook signature
+    def _on_commit(self, conn) -> None:
         # Inside the committing transaction, on its own backend: it sees the relations this transaction
         # created; dropped ones are named from earlier observations. Never let sampling break a migration.
         try:
@@ -883,8 +887,8 @@ def _catalog(engine: Engine) -> dict[str, list[str]]:
 
 def _catalog_diff(before: dict[str, list[str]], after: dict[str, list[str]]) -> list[dict]:
     rows = []
-    for key in before:
-        b, a = set(before[key]), set(after.get(key, []))
+    for key, items in before.items():
+        b, a = set(items), set(after.get(key, []))
         rows += [{"object": x, "change": f"{key[:-1]} gone", "before": x, "after": None} for x in sorted(b - a)]
         rows += [{"object": x, "change": f"{key[:-1]} added", "before": None, "after": x} for x in sorted(a - b)]
     return rows

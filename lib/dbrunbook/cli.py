@@ -141,26 +141,61 @@ def _run_dirs(path: Path) -> list[Path]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from . import records
+    from . import archive, db, records
 
     config = load_config(args.config)
-    paths = [Path(p) for p in args.paths] or [config.outputs_dir]
     # The default outputs/ not existing yet just means no runs; a folder the user named must exist.
     missing = [str(p) for p in args.paths if not Path(p).is_dir()]
     if missing:
         _err(f"Not a folder: {', '.join(missing)}. Pass run directories or folders that contain them.")
         return 2
-    run_dirs = [d for p in paths for d in _run_dirs(p)]
-    if not run_dirs:
-        print(f"No run records under {', '.join(map(str, paths))}.")
-        return 0
-    checks = [records.verify_record(d, config.allowed_signers) for d in run_dirs]
-    print(_table([{"run id": c.run_id, "status": c.status, "principal": c.principal or "-",
-                   "problems": "; ".join(c.problems)} for c in checks],
-                 ["run id", "status", "principal", "problems"]))
-    bad = [c for c in checks if not c.ok]
-    print(f"\n{len(checks) - len(bad)} of {len(checks)} records valid.")
-    return 1 if bad else 0
+    paths = [Path(p) for p in args.paths] or [config.outputs_dir]
+    markers = (protocol.STATEMENT_FILE, protocol.INTENT_FILE, protocol.NOTEBOOK_FILE)
+    single = [p for p in paths if any((p / m).is_file() for m in markers)]
+    folders = [p for p in paths if p not in single]
+    status = 0
+    if single:  # run directories named one by one: each record on its own, no chain to follow
+        checks = [records.verify_record(d, config.allowed_signers) for d in single]
+        print(_table([{"run id": c.run_id, "status": c.status, "principal": c.principal or "-",
+                       "problems": "; ".join(c.problems)} for c in checks],
+                     ["run id", "status", "principal", "problems"]))
+        bad = [c for c in checks if not c.ok]
+        print(f"\n{len(checks) - len(bad)} of {len(checks)} records valid.")
+        status = 1 if bad else 0
+    engines = {}
+    try:
+        for name in args.target or []:
+            _target, engines[name] = db.connect_target(config, name)
+        for folder in folders:
+            report = archive.verify_archive(folder, config.allowed_signers, engines,
+                                            migration_sets=config.migration_sets.values() if engines else ())
+            if not report.checks and not report.findings:
+                print(f"No run records under {folder}.")
+                continue
+            if report.checks:
+                print(_table(report.rows(), ["run_id", "database", "runbook", "status", "chain", "problems"]))
+            for finding in report.orphan_findings():
+                print(f"{finding.kind}: {finding.message}")
+            print(f"\n{report.summary()}")
+            status = max(status, report.exit_status)
+    finally:
+        for engine in engines.values():
+            engine.dispose()
+    return status
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    config = load_config(args.config)
+    built = build_report(config.outputs_dir, config.allowed_signers, Path(args.out) if args.out else None)
+    bad = sum(1 for e in built.entries if e.status != "valid")
+    print(f"{built.index}  ({len(built.entries)} records, {bad} not valid)")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(built.index.resolve().as_uri())
+    return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -217,6 +252,18 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                         help="set a runbook parameter (repeatable); see 'dbrunbook list'")
 
+def cmd_new(args: argparse.Namespace) -> int:
+    from .authoring import merge_heads, new_revision
+
+    config = load_config(args.config)
+    if args.merge:
+        path = merge_heads(config, args.migration_set, args.message)
+    else:
+        path = new_revision(config, args.message, args.migration_set, autogenerate=args.autogenerate,
+                            target=args.target)
+    print(path)
+    return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -248,7 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check the signatures and digests of run records")
     verify.add_argument("paths", nargs="*", metavar="PATH",
                         help="run directories or folders of them (default: outputs/)")
+    verify.add_argument("-t", "--target", action="append", metavar="TARGET",
+                        help="also cross-check this target's ledger and current heads (repeatable)")
     verify.set_defaults(func=cmd_verify)
+
+    report_ = sub.add_parser("report", help="write the HTML archive of the records (index and one page each)")
+    report_.add_argument("--out", metavar="DIR", help="where to write it (default: outputs/report)")
+    report_.add_argument("--open", action="store_true", help="open the index in a web browser")
+    report_.set_defaults(func=cmd_report)
 
     keygen = sub.add_parser("keygen", help="create the operator's signing key")
     keygen.add_argument("--force", action="store_true",
@@ -261,6 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="deploy the sample migrations on the embedded database, with records")
     demo.set_defaults(func=cmd_demo)
+    new = sub.add_parser("new", help="create a migration (alembic revision) once its message is descriptive")
+    new.add_argument("message", help='what the migration changes, e.g. "Add user preferences table"')
+    new.add_argument("-m", "--migration-set", dest="migration_set", default="main",
+                     help="migration set from dbrunbook.toml (default: main)")
+    kind = new.add_mutually_exclusive_group()
+    kind.add_argument("--autogenerate", action="store_true",
+                      help="write the operations found by comparing the models with the target database")
+    kind.add_argument("--merge", action="store_true", help="write a merge revision of the set's heads")
+    new.add_argument("-t", "--target", help="database --autogenerate compares with (default: default_target)")
+    new.set_defaults(func=cmd_new)
+
     return parser
 
 

@@ -236,6 +236,8 @@ class DatabaseIdentity:
     port: int | None
     user: str
     note: str = ""
+    #: pg_database.oid: a database dropped and created again under the same name is another database.
+    oid: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,7 +258,8 @@ def identity(engine: Engine) -> DatabaseIdentity:
     with engine.connect() as conn:
         row = conn.execute(text(
             "SELECT current_database(), current_setting('server_version'), "
-            "current_setting('server_version_num')::int, current_user"
+            "current_setting('server_version_num')::int, current_user, "
+            "(SELECT oid::bigint FROM pg_database WHERE datname = current_database())"
         )).one()
         info = conn.connection.dbapi_connection.info
         host, port = info.host, info.port
@@ -280,6 +283,7 @@ def identity(engine: Engine) -> DatabaseIdentity:
         port=int(port) if port else None,
         user=row[3],
         note=note,
+        oid=int(row[4]) if row[4] is not None else None,
     )
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import subprocess
+from pathlib import Path
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
@@ -12,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from . import migrations
-from .errors import HealthCheckFailed, MigrationFailed
+from .errors import ConfirmationRequired, HealthCheckFailed, MaintenanceFailed, MigrationFailed
 
 # Statements that break running code still using the old schema (the guide's "Check for breaking changes").
 _BREAKING = [
@@ -125,8 +128,86 @@ def activity(session) -> pd.DataFrame:
         return pd.DataFrame(conn.execute(sql).mappings().all())
 
 
-def changelog_entry(session, *, dry_run: bool = True) -> dict:
-    """The guide's "Record migration in changelog": an entry saved as an artifact of this record."""
+def require_approval(session, approve: str, *, dry_run: bool = True) -> pd.DataFrame:
+    """Guard: a protected target's deploy needs ``approve`` equal to the live database's name.
+
+    The approval is a parameter because ``input()`` cannot work under papermill; naming the database (read
+    live, not from the config) makes the operator say which database they mean to change.
+    """
+    database = session.identity.database
+    if not session.target.protected:
+        return pd.DataFrame([{"check": "approval", "required": False, "ok": True,
+                              "detail": f"target '{session.target.name}' is not protected"}])
+    if approve != database:
+        message = (f"Deploying to protected target '{session.target.name}' needs an explicit approval: run again "
+                   f"with -p approve {database} (the live database's name; got {approve!r}).")
+        if dry_run:
+            print(f"dry_run: a real run would stop here: {message}")
+            return pd.DataFrame([{"check": "approval", "required": True, "ok": False, "detail": message}])
+        raise ConfirmationRequired(message)
+    return pd.DataFrame([{"check": "approval", "required": True, "ok": True, "detail": f"approved for {database}"}])
+
+
+def maintenance(session, on: bool, *, dry_run: bool = True) -> pd.DataFrame:
+    """Put the application in maintenance mode or take it out (the guide's `touch .../maintenance`).
+
+    Per target, ``maintenance_flag`` names a file to create/remove and ``maintenance_command`` a command run
+    with ``{state}`` replaced by on/off (no shell). Neither configured: say so and go on.
+    """
+    target, state = session.target, "on" if on else "off"
+    rows = []
+    if not target.maintenance_flag and not target.maintenance_command:
+        print(f"No maintenance_flag or maintenance_command for target '{target.name}': maintenance {state} skipped.")
+        return pd.DataFrame(columns=["action", "state", "done", "output"])
+    if target.maintenance_flag:
+        flag = Path(target.maintenance_flag).expanduser()
+        if not dry_run:
+            if on:
+                flag.parent.mkdir(parents=True, exist_ok=True)
+                flag.touch()
+            else:
+                flag.unlink(missing_ok=True)
+        rows.append({"action": f"flag file {flag}", "state": state, "done": not dry_run,
+                     "output": "exists" if flag.exists() else "absent"})
+    if target.maintenance_command:
+        argv = [part.replace("{state}", state) for part in shlex.split(target.maintenance_command)]
+        output = "(dry run: not run)"
+        if not dry_run:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            output = (proc.stdout + proc.stderr).strip()[-500:]
+            if proc.returncode != 0:
+                raise MaintenanceFailed(f"Maintenance {state} command {argv[0]} exited {proc.returncode}: {output}. "
+                                        f"Fix it, or switch maintenance {state} by hand before going on.")
+        rows.append({"action": f"command {' '.join(argv)}", "state": state, "done": not dry_run, "output": output})
+    return pd.DataFrame(rows, columns=["action", "state", "done", "output"])
+
+
+def rehearsal_estimate(rehearsal: dict | None) -> pd.DataFrame:
+    """The guide's "Estimate downtime": per revision seconds measured by the latest rehearsal on restored data."""
+    if not rehearsal:
+        print("No rehearsal record of this database: run 'dbrunbook run rehearse' to measure the migrations on a "
+              "restored copy before deploying.")
+        return pd.DataFrame(columns=["migration_set", "revision", "seconds up", "seconds down", "locks"])
+    rows = [{"migration_set": step.get("migration_set"), "revision": step.get("revision"),
+             "seconds up": step.get("seconds_up"), "seconds down": step.get("seconds_down"),
+             "locks": ", ".join(sorted({f"{lk.get('mode')} {lk.get('relation')}" for lk in step.get("locks", [])
+                                        if isinstance(lk, dict)}))[:200] or None}
+            for step in rehearsal.get("steps", [])]
+    print(f"Rehearsal {rehearsal.get('run_id')} ({rehearsal.get('record_status')}): "
+          f"{sum(r['seconds up'] or 0 for r in rows):.2f}s to upgrade on restored data.")
+    return pd.DataFrame(rows, columns=["migration_set", "revision", "seconds up", "seconds down", "locks"])
+
+
+def changelog_entry(session, *, dry_run: bool = True, backup=None, approved_preview: str = "",
+                    rehearsal: dict | None = None) -> dict:
+    """The guide's "Record migration in changelog": an entry saved as an artifact, linking the child records.
+
+    The backup, preview and rehearsal are runbooks of their own with their own signed records; the deploy
+    record names them here so a reviewer can follow the chain.
+    """
+    links = {"preview": approved_preview or None, "rehearsal": (rehearsal or {}).get("run_id"), "backup": None}
+    if isinstance(backup, pd.DataFrame) and "check" in backup and (backup["check"] == "record").any():
+        links["backup"] = str(backup.loc[backup["check"] == "record", "detail"].iloc[0])
     entry = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_id": session.run_id,
@@ -134,6 +215,7 @@ def changelog_entry(session, *, dry_run: bool = True) -> dict:
         "database": session.identity.database,
         "dry_run": dry_run,
         "heads": {k: list(v) for k, v in session.current().items()},
+        "records": links,
     }
     session.save_artifact("changelog.json", json.dumps(entry, indent=1, sort_keys=True) + "\n")
     return entry

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CheckResult", "Diagnosis", "Problem", "check_blocking", "check_drift", "check_duplicate_keys",
     "check_edited_migrations", "check_multiple_heads", "check_objects_exist", "check_unknown_revision",
-    "check_up_to_date", "created_objects", "diagnose", "parse_inserts", "split_statements", "summary",
+    "check_up_to_date", "created_objects", "describe_diff", "diagnose", "parse_inserts", "split_statements", "summary",
 ]
 
 DIAGNOSIS_ARTIFACT = "diagnosis.json"

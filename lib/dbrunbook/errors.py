@@ -193,12 +193,6 @@ class HealthCheckFailed(DbRunbookError):
     """The application's health URL did not answer 2xx after a deploy."""
 
 
-GUARD_ENAMES = frozenset(
-    cls.__name__ for cls in (GuardStop, ConfirmationRequired, NotAtExpectedRevision, DataLossRefused,
-                             UnsafeMigration, DeployerLockHeld, NoSnapshot, UnexpectedChange)
-)
-
-
 # --- backup and rehearsal (issue 3, parts 6-7) ---------------------------------------------------------------
 class BackupRequired(GuardStop):
     """A protected target has no verified backup of its database younger than its backup_max_age."""
@@ -210,9 +204,6 @@ class BackupFailed(DbRunbookError):
 
 class RehearsalFailed(DbRunbookError):
     """A migration round trip on a restored copy failed, or did not return to the schema it started from."""
-
-
-GUARD_ENAMES = GUARD_ENAMES | {BackupRequired.__name__}
 
 
 # --- live preflight (issue 3, part 3) -----------------------------------------------------------------------
@@ -242,9 +233,6 @@ class BlockersPresent(GuardStop):
         )
 
 
-GUARD_ENAMES = GUARD_ENAMES | {BlockersPresent.__name__}
-
-
 # --- safety guards (lint, approved preview, stamp) ----------------------------------------------------------
 class PreviewNotApproved(GuardStop):
     """A protected target needs the run id of a valid, signed preview record of the same database."""
@@ -258,4 +246,23 @@ class StampWouldLie(GuardStop):
     """The live schema does not match the schema the migrations build at the revision to stamp."""
 
 
-GUARD_ENAMES = GUARD_ENAMES | frozenset({"PreviewNotApproved", "PreviewMismatch", "StampWouldLie"})
+class MaintenanceFailed(DbRunbookError):
+    """The target's maintenance command failed."""
+
+
+class ReviewFailed(UnsafeMigration):
+    """A reviewed revision has error-level findings (non-reversible downgrade, schema not restored...)."""
+
+
+def _guard_names() -> frozenset[str]:
+    found, todo = set(), [GuardStop]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return frozenset(found)
+
+
+#: Exception names (papermill's ``ename``) the launcher classifies as "stopped at a guard": every GuardStop
+#: subclass, derived from the class tree so a new guard cannot be forgotten here.
+GUARD_ENAMES = _guard_names()

@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -43,9 +43,22 @@ from .protocol import ARTIFACTS_DIR
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "APPLICATION_NAME_MAX", "Attempt", "Blocker", "DEPLOYER_LOCK_KEY", "DEPLOYER_LOCK_NAMESPACE", "DeployerLock",
-    "LockHolder", "RetryPolicy", "acquire_deployer_lock", "application_name", "attempts_frame",
-    "deployer_lock_holder", "is_lock_timeout", "parse_application_name", "save_attempts", "with_lock_retries",
+    "APPLICATION_NAME_MAX",
+    "DEPLOYER_LOCK_KEY",
+    "DEPLOYER_LOCK_NAMESPACE",
+    "Attempt",
+    "Blocker",
+    "DeployerLock",
+    "LockHolder",
+    "RetryPolicy",
+    "acquire_deployer_lock",
+    "application_name",
+    "attempts_frame",
+    "deployer_lock_holder",
+    "is_lock_timeout",
+    "parse_application_name",
+    "save_attempts",
+    "with_lock_retries",
 ]
 
 DEPLOYER_LOCK_NAMESPACE = "dbrunbook-deployer"
@@ -112,7 +125,7 @@ class LockHolder:
     user: str | None = None
 
     def describe(self) -> str:
-        since = (f"since {self.since.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC" if self.since
+        since = (f"since {self.since.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC" if self.since
                  else "since (not visible to this role)")
         if self.run_id:
             who = (f"run {self.run_id} (runbook {self.runbook or '?'}, operator {self.operator or '?'}), "
@@ -175,7 +188,7 @@ def deployer_lock_holder(conn: Connection | Engine, key: int = DEPLOYER_LOCK_KEY
                       user=row["usename"])
 
 
-_COMMENT = re.compile(r"/\* dbrunbook-lock (\{.*?\}) \*/", re.S)
+_COMMENT = re.compile(r"/\* dbrunbook-lock (\{.*?\}) \*/", re.DOTALL)
 
 
 def _lock_query(run_id: str, runbook: str, operator: str) -> sa.TextClause:
@@ -225,7 +238,7 @@ class DeployerLock:
         self._engine, self._conn = engine, conn
         self.key, self.database, self.run_id = key, database, run_id
         self.application_name, self.pid = application_name, pid
-        self.acquired_at = dt.datetime.now(dt.timezone.utc)
+        self.acquired_at = dt.datetime.now(dt.UTC)
         self._finalizer = weakref.finalize(self, _close, engine, conn)
 
     @property
@@ -455,11 +468,11 @@ class _Watcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dbrunbook-watch-{pid}", daemon=True)
 
-    def __enter__(self) -> _Watcher:
+    def __enter__(self) -> _Watcher:  # noqa: PYI034
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 
@@ -511,7 +524,7 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
     committed: list = []  # StepResults of revisions committed by attempts that then timed out
     total = policy.retries + 1
     for number in range(1, total + 1):
-        started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+        started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
         with engine.connect() as conn:
             pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
             conn.rollback()

@@ -29,7 +29,7 @@ from .config import MigrationSet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Plot", "counts_chart", "durations_chart", "revision_graph"]
+__all__ = ["Plot", "Plots", "counts_chart", "durations_chart", "revision_graph"]
 
 DPI = 100
 # Fixed so that nothing in the output depends on the process or the user's matplotlibrc.
@@ -65,6 +65,34 @@ class Plot:
     def __repr__(self) -> str:
         # What text/plain shows next to the image: stable, short, no bytes.
         return f"Plot({self.title!r}, {self.width}x{self.height} px, sha256 {self.sha256[:12]})"
+
+
+@dataclass(frozen=True)
+class Plots:
+    """Several pictures as one cell output (one revision graph per migration set, say).
+
+    Shown as HTML ``<img>`` tags with the PNGs inline: a cell has one result, and the archive's sanitizer
+    keeps embedded PNG images.
+    """
+
+    plots: tuple[Plot, ...]
+
+    def __iter__(self):
+        return iter(self.plots)
+
+    def __len__(self) -> int:
+        return len(self.plots)
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        return "".join(
+            f'<div><img alt="{html.escape(p.title)}" width="{p.width}" height="{p.height}" '
+            f'src="data:image/png;base64,{base64.b64encode(p.png).decode("ascii")}"></div>' for p in self.plots)
+
+    def __repr__(self) -> str:
+        return f"Plots({', '.join(repr(p) for p in self.plots)})"
 
 
 def _figure(width: float, height: float) -> Figure:

@@ -57,7 +57,7 @@ def _strongest(modes: list[str]) -> str:
 _UNITS = {"ms": 0.001, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(text: str | int | float) -> float:
+def parse_duration(text: str | float) -> float:
     """Seconds in a duration as PostgreSQL and dbrunbook.toml write them: "60s", "5min", "1h", "100ms", "2d".
 
     A bare number means seconds.
@@ -163,7 +163,7 @@ def statement_locks(statement: str) -> list[tuple[str, str, str]]:
     is the index name; the live preflight resolves it to its table.
     """
     s = statement.strip()
-    m = re.match(rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{_QNAME}\s*\*?\s*(.*)$", s, _I | re.S)
+    m = re.match(rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{_QNAME}\s*\*?\s*(.*)$", s, _I | re.DOTALL)
     if m:
         lock, others = _alter_table_lock(m.group(2))
         return [(_clean(m.group(1)), lock, "ALTER TABLE")] + [(o, "SHARE ROW EXCLUSIVE", "ALTER TABLE")
@@ -174,31 +174,31 @@ def statement_locks(statement: str) -> list[tuple[str, str, str]]:
         concurrent = bool(m.group(1))
         return [(_clean(m.group(2)), "SHARE UPDATE EXCLUSIVE" if concurrent else "SHARE",
                  "CREATE INDEX CONCURRENTLY" if concurrent else "CREATE INDEX")]
-    m = re.match(r"DROP\s+INDEX\s+(CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?(.*)$", s, _I | re.S)
+    m = re.match(r"DROP\s+INDEX\s+(CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?(.*)$", s, _I | re.DOTALL)
     if m:
         concurrent = bool(m.group(1))
         return [(n, "SHARE UPDATE EXCLUSIVE" if concurrent else "ACCESS EXCLUSIVE",
                  "DROP INDEX CONCURRENTLY" if concurrent else "DROP INDEX") for n in _names(m.group(2))]
-    m = re.match(r"(DROP\s+(?:TABLE|MATERIALIZED\s+VIEW|VIEW))\s+(?:IF\s+EXISTS\s+)?(.*)$", s, _I | re.S)
+    m = re.match(r"(DROP\s+(?:TABLE|MATERIALIZED\s+VIEW|VIEW))\s+(?:IF\s+EXISTS\s+)?(.*)$", s, _I | re.DOTALL)
     if m:
         kind = " ".join(m.group(1).upper().split())
         return [(n, "ACCESS EXCLUSIVE", kind) for n in _names(m.group(2))]
-    m = re.match(r"TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+(?:RESTART|CONTINUE)\s+IDENTITY.*)?$", s, _I | re.S)
+    m = re.match(r"TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+(?:RESTART|CONTINUE)\s+IDENTITY.*)?$", s, _I | re.DOTALL)
     if m:
         return [(n, "ACCESS EXCLUSIVE", "TRUNCATE") for n in _names(m.group(1))]
     m = re.match(rf"CREATE\s+(?:UNLOGGED\s+|TEMP(?:ORARY)?\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?{_QNAME}(.*)$",
-                 s, _I | re.S)
+                 s, _I | re.DOTALL)
     if m:
         return [(_clean(r.group(1)), "SHARE ROW EXCLUSIVE", "CREATE TABLE (foreign key)")
                 for r in re.finditer(rf"\bREFERENCES\s+{_QNAME}", m.group(2), _I)]
     m = re.match(rf"(UPDATE|DELETE\s+FROM|INSERT\s+INTO|MERGE\s+INTO)\s+(?:ONLY\s+)?{_QNAME}", s, _I)
     if m:
         return [(_clean(m.group(2)), "ROW EXCLUSIVE", " ".join(m.group(1).upper().split()))]
-    m = re.match(rf"LOCK\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+IN\s+([A-Z ]+?)\s+MODE)?(?:\s+NOWAIT)?$", s, _I | re.S)
+    m = re.match(r"LOCK\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+IN\s+([A-Z ]+?)\s+MODE)?(?:\s+NOWAIT)?$", s, _I | re.DOTALL)
     if m:
         mode = " ".join((m.group(2) or "ACCESS EXCLUSIVE").upper().split())
         return [(n, mode, "LOCK") for n in _names(m.group(1))]
-    m = re.match(rf"CREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER\s+.*?\bON\s+{_QNAME}", s, _I | re.S)
+    m = re.match(rf"CREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER\s+.*?\bON\s+{_QNAME}", s, _I | re.DOTALL)
     if m:
         return [(_clean(m.group(1)), "SHARE ROW EXCLUSIVE", "CREATE TRIGGER")]
     m = re.match(rf"REFRESH\s+MATERIALIZED\s+VIEW\s+(CONCURRENTLY\s+)?{_QNAME}", s, _I)
@@ -283,9 +283,9 @@ class PreflightResult:
             else self.sessions
 
     def _repr_html_(self) -> str:
-        parts = [f"<p>Target <b>{html.escape(self.target)}</b> (protected: {self.protected}); a blocker is a "
-                 f"session holding a conflicting lock for longer than {html.escape(self.blocker_max_age)}: "
-                 f"<b>{len(self.blockers)}</b> found.</p>"]
+        parts = [(f"<p>Target <b>{html.escape(self.target)}</b> (protected: {self.protected}); a blocker is a "
+                  f"session holding a conflicting lock for longer than {html.escape(self.blocker_max_age)}: "
+                  f"<b>{len(self.blockers)}</b> found.</p>")]
         for title, frame in (("Sessions holding locks on these tables", self.sessions),
                              ("Tables the pending migrations touch", self.tables),
                              ("Statements and the locks they take", self.statements)):

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -148,13 +149,24 @@ def _facts(run_dir: Path, check: records.RecordCheck) -> dict:
     return intent if isinstance(intent, dict) else {}
 
 
+def _when(value: Any) -> str:
+    """``2026-11-23 22:05:01`` (UTC) from an ISO timestamp; the text as it is when it is not one."""
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value or "-")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
 def _entry(run_dir: Path, check: records.RecordCheck) -> RecordEntry:
     facts = _facts(run_dir, check)
     parameters = facts.get("parameters") or {}
     target = (facts.get("extra") or {}).get("target") or facts.get("target") or parameters.get("target")
     return RecordEntry(
         run_id=run_dir.name,
-        when=str(facts.get("started_at") or "-"),
+        when=_when(facts.get("started_at")),
         runbook=str(facts.get("runbook") or "-"),
         target=str(target or "-"),
         operator=str(facts.get("operator") or "-"),
@@ -404,7 +416,7 @@ def render_record(run_dir: Path, allowed_signers: Path, page_dir: Path | None = 
     notes = [p for p in check.problems if check.status == "valid"]
     if notes:
         header.append("<ul>" + "".join(f"<li>{_e(p)}</li>" for p in notes) + "</ul>")
-    header.append("<h2>Run</h2>" + _table(_summary_rows(entry, facts, check, papermill)))
+    header.append('<h2>Run</h2><div id="run">' + _table(_summary_rows(entry, facts, check, papermill)) + "</div>")
     header.append('<h2>Parameters</h2><div id="parameters">'
                   + _grid(["parameter", "value", "type", "default", "help"],
                           _parameter_rows(parameters_source, values)) + "</div>")

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import nbformat
 
-from . import db, migrations, protocol, records
+from . import archive, db, migrations, protocol, records
 from .config import ENV_CONFIG, Config, load_config
 from .errors import (
     GUARD_ENAMES,
@@ -652,6 +652,9 @@ def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: s
         "ledger": run.ledger,
         "launcher_pid": os.getpid(),
     }
+    database = run.pre_state.get("database") or post_state["database"]
+    # Chain the records of each database, so that a deleted or reordered record shows in 'dbrunbook verify'.
+    prev = archive.previous_statement(config.outputs_dir, database)
     statement = records.build_statement(
         run.run_dir,
         runbook_name=run.info.name,
@@ -664,12 +667,13 @@ def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: s
         outcome=outcome,
         exit_status=exit_status,
         failing_step=failing_step,
-        database=run.pre_state.get("database") or post_state["database"],
+        database=database,
         heads_before=heads_before,
         heads_after=heads_after,
         migrations_sha256=_directory_digest(config),
         mode=mode,
         extra=extra,
+        prev=prev,
     )
     key, created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
     if created:

@@ -14,9 +14,8 @@ import logging
 import re
 import secrets
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -24,9 +23,26 @@ from sqlalchemy.pool import NullPool
 
 from . import db, errors, migrations, records, snapshots
 from .lint_rules import (
-    CATEGORIES, INSTEAD, Catalog, Finding, TableSize, check_sql, classify_squawk, heads_finding,
-    revision_file_findings, run_squawk, split_statements, table_of, weigh_issue, ABSORBED, _actions,
-    _display, _norm, _offset, _statement_at, type_change,
+    ABSORBED,
+    CATEGORIES,
+    INSTEAD,
+    Catalog,
+    Finding,
+    TableSize,
+    _actions,
+    _display,
+    _norm,
+    _offset,
+    _statement_at,
+    check_sql,
+    classify_squawk,
+    heads_finding,
+    revision_file_findings,
+    run_squawk,
+    split_statements,
+    table_of,
+    type_change,
+    weigh_issue,
 )
 from .protocol import ARTIFACTS_DIR
 
@@ -368,17 +384,30 @@ def _find_run(outputs_dir: Path, run_id: str) -> Path | None:
     return next((p for p in records.find_records(outputs_dir) if p.name == run_id), None)
 
 
-def require_approved_preview(session, preview, approved_preview: str = "") -> pd.DataFrame:
+def require_approved_preview(session, preview, approved_preview: str = "", *, dry_run: bool = False
+                             ) -> pd.DataFrame:
     """Guard: the SQL about to run is byte for byte the SQL of an approved (signed) preview record.
 
     On a protected target ``approved_preview`` (the run id of a ``preview`` record) is required; elsewhere it
-    is checked when given and otherwise reported as not required.
+    is checked when given and otherwise reported as not required. ``dry_run`` reports a refusal instead of
+    raising it.
 
     Raises:
         PreviewNotApproved: none given on a protected target; record missing, not valid, not a succeeded
             preview, or of another database.
         PreviewMismatch: the preview's sha256 differs from the approved one.
     """
+    try:
+        return _approved_preview(session, preview, approved_preview)
+    except (errors.PreviewNotApproved, errors.PreviewMismatch) as err:
+        if not dry_run:
+            raise
+        print(f"dry_run=True: a real run would stop here. {err}")
+        return pd.DataFrame([{"check": "approved preview", "result": f"would stop: {type(err).__name__}",
+                              "detail": str(err)}])
+
+
+def _approved_preview(session, preview, approved_preview: str) -> pd.DataFrame:
     target = session.target
     now = preview.sha256
     if not approved_preview:

@@ -70,8 +70,9 @@ class Session:
 
     def __init__(self, config: Config, target_name: str, *, run_id: str = "", record_dir: str = "",
                  lock: bool = False, runbook: str = ""):
-        from . import locking
         from sqlalchemy import event
+
+        from . import locking
 
         self.config = config
         self.run_id = run_id or "interactive"
@@ -145,6 +146,13 @@ class Session:
             frame.insert(0, "migration_set", m.name)
             frames.append(frame)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def revision_graph(self, migration_set: str | None = "all"):
+        """The revision graph of each set (branches, merges), the database's current position marked."""
+        from . import plots
+
+        return plots.Plots(tuple(plots.revision_graph(m, current=migrations.current(m, self.engine))
+                                 for m in self.sets(migration_set)))
 
     def pending(self, migration_set: str | None = "all", revision: str = "heads") -> pd.DataFrame:
         rows = [
@@ -321,8 +329,10 @@ class Session:
             if not path.exists() or (self.record_dir and run_dir.resolve() == self.record_dir.resolve()):
                 continue
             counts, schema, meta = snapshots.load_snapshot(path)
-            same_db = (meta.get("database", {}).get("system_identifier") == self.identity.system_identifier
-                       and meta.get("database", {}).get("database") == self.identity.database)
+            then = meta.get("database", {})
+            same_db = (then.get("system_identifier") == self.identity.system_identifier
+                       and then.get("database") == self.identity.database
+                       and then.get("oid", self.identity.oid) == self.identity.oid)
             if not same_db:
                 continue
             check = records.verify_record(run_dir, self.config.allowed_signers)

@@ -191,8 +191,8 @@ def _load_key(key_path: Path) -> _KeyFile:
                 key_path,
                 f"is protected by a passphrase (cipher {cipher}, kdf {kdf}); dbrunbook runs unattended and "
                 f"cannot prompt for it",
-                f"Use a dedicated unencrypted key for records: 'dbrunbook keygen' "
-                f"(or ssh-keygen -t ed25519 -N '' -f PATH), kept readable by the operator only",
+                "Use a dedicated unencrypted key for records: 'dbrunbook keygen' "
+                "(or ssh-keygen -t ed25519 -N '' -f PATH), kept readable by the operator only",
             )
         if reader.uint32() != 1:
             raise ValueError("more than one key in the file")

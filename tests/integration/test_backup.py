@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import shutil
 import stat
 import uuid
@@ -94,7 +93,7 @@ def _scratch_left(config) -> list[str]:
 
 # --- the backup runbook -----------------------------------------------------------------------------------
 def test_backup_run_records_a_verified_directory_dump(protected, sample_db):
-    proj, config, session, result = protected
+    _, config, session, result = protected
     assert (result.outcome, result.exit_status) == ("succeeded", 0), result.failing_step
     body = _body(result)
     folder = Path(body["path"])
@@ -129,7 +128,7 @@ def test_dump_digest_is_stable_and_sees_any_change(protected, tmp_path):
     assert backup.dump_digest(folder) == backup.dump_digest(folder)
     copy = shutil.copytree(folder, tmp_path / "copy")
     assert backup.dump_digest(copy)[0] == backup.dump_digest(folder)[0]  # names are relative to the folder
-    victim = sorted(copy.glob("*.dat*"))[0]
+    victim = min(copy.glob("*.dat*"))
     victim.rename(victim.with_name("9" + victim.name))
     assert backup.dump_digest(copy)[0] != backup.dump_digest(folder)[0]
 
@@ -150,7 +149,7 @@ def test_full_restore_into_a_scratch_server_has_equal_counts(protected, tmp_path
 def test_restore_check_names_a_missing_data_file(protected, tmp_path):
     _, _, session, _ = protected
     result = backup.dump(session, folder=tmp_path / "dump", compression="none")
-    victim = sorted(result.path.glob("*.dat"))[0]
+    victim = min(result.path.glob("*.dat"))
     victim.unlink()
     check = backup.restore_check(session, result)
     assert not check.verified and check.listed
@@ -193,12 +192,12 @@ def test_stale_backup_is_refused(protected):
 
 
 def test_tampered_backup_record_is_refused(protected, tmp_path):
-    _, config, session, result = protected
+    _, config, _, result = protected
     copied = tmp_path / "outputs"
     shutil.copytree(config.outputs_dir, copied)
     artifact = copied / result.record_dir.relative_to(config.outputs_dir) / ARTIFACTS_DIR / backup.BACKUP_ARTIFACT
     body = json.loads(artifact.read_text())
-    body["started_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")  # "fresher"
+    body["started_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")  # "fresher"
     artifact.chmod(artifact.stat().st_mode | stat.S_IWUSR)
     artifact.write_text(json.dumps(body))
     other = Session(dataclasses.replace(config, outputs_dir=copied), "local")
@@ -215,7 +214,7 @@ def test_tampered_backup_record_is_refused(protected, tmp_path):
 def test_changed_dump_folder_is_refused(protected):
     _, _, session, result = protected
     folder = Path(_body(result)["path"])
-    victim = sorted(folder.glob("*.dat*"))[0]
+    victim = min(folder.glob("*.dat*"))
     original = victim.read_bytes()
     try:
         victim.write_bytes(original + b"\0")

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -89,7 +88,7 @@ def _at_ea90695(proj) -> None:
 def test_second_run_stops_naming_the_first_and_the_lock_is_free_after_finish(project, short_lock_wait):
     proj = project()
     first = _session(proj, "20261123T220501Z-apply-local-aaaaaa")
-    assert first.lock.held and first.lock.database == proj.url.rsplit("/", 1)[1]
+    assert first.lock.held and first.lock.database == sa.make_url(proj.url).database
 
     with pytest.raises(DeployerLockHeld) as caught:
         _session(proj, "20261123T220502Z-apply-local-bbbbbb", runbook="rollback")

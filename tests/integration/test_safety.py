@@ -88,7 +88,7 @@ def test_sample_migrations_lint_without_errors_on_an_empty_database(tmp_path, da
 def test_set_not_null_on_20000_users_stops_a_protected_target_until_allowed(tmp_path, database_url, monkeypatch):
     config = write_project(tmp_path / "p", database_url, protected=True).config_path
     monkeypatch.setenv(URL_ENV, database_url)
-    s = session_for(config, tmp_path / "run")
+    s = session_for(config)  # interactive: no record, so require_clean may be called more than once
     try:
         migrations.upgrade(s.config.migration_set("main"), s.engine, "a1b2c3d4e5f6")
         add_users(database_url, 20_000)
@@ -111,7 +111,6 @@ def test_set_not_null_on_20000_users_stops_a_protected_target_until_allowed(tmp_
             safety.require_clean(s, report, "not-null-scan")  # one of two allowed is not enough
     finally:
         s.engine.dispose()
-    # A fresh run directory: lint.json is written once per run.
     s = session_for(config, tmp_path / "run2")
     try:
         frame = safety.require_clean(s, report, "not-null-scan@b7e4f0c2d913, backfill-under-lock")
@@ -186,6 +185,8 @@ def test_approved_preview_must_match_what_is_applied(tmp_path, database_url, mon
             "run id).")
         with pytest.raises(errors.PreviewNotApproved, match="^No record of run '20990101T000000Z-preview-x' "):
             safety.require_approved_preview(s, preview, "20990101T000000Z-preview-x")
+        rehearsal = safety.require_approved_preview(s, preview, "", dry_run=True)
+        assert list(rehearsal["result"]) == ["would stop: PreviewNotApproved"]
 
         # Someone edits a migration after the review.
         path = tmp_path / "unsafe_migrations" / "alembic" / "versions" / "a5000000type_narrow_account_email.py"
@@ -211,7 +212,7 @@ def test_approved_preview_must_match_what_is_applied(tmp_path, database_url, mon
 
 
 # --- 8. rollback safety ----------------------------------------------------------------------------------
-def test_downgrade_that_destroys_data_reports_counts_and_stops(project, tmp_path):
+def test_downgrade_that_destroys_data_reports_counts_and_stops(project, tmp_path):  # noqa: F811
     s = session_for(project.config_path, tmp_path / "run")
     try:
         migrations.upgrade(s.config.migration_set("main"), s.engine, "heads")
@@ -224,6 +225,7 @@ def test_downgrade_that_destroys_data_reports_counts_and_stops(project, tmp_path
             ("users.full_name", "column", 25, "b7e4f0c2d913"),
             ("user_preferences", "table", 3, "a1b2c3d4e5f6")]
         assert report.total == 28
+        assert "<b>28</b> rows/values would be destroyed" in report._repr_html_()
         saved = json.loads((tmp_path / "run" / "artifacts" / "data_loss.json").read_text())
         assert saved["total"] == 28
 
@@ -247,7 +249,7 @@ def test_downgrade_that_destroys_data_reports_counts_and_stops(project, tmp_path
         s.engine.dispose()
 
 
-def test_stamp_check_refuses_a_lying_stamp_and_passes_a_true_one(project, tmp_path):
+def test_stamp_check_refuses_a_lying_stamp_and_passes_a_true_one(project, tmp_path):  # noqa: F811
     s = session_for(project.config_path, tmp_path / "run")
     try:
         main = s.config.migration_set("main")
@@ -260,7 +262,7 @@ def test_stamp_check_refuses_a_lying_stamp_and_passes_a_true_one(project, tmp_pa
         assert safety.require_truthful_stamp(s, true, force=False).empty
 
         lie = safety.stamp_check(s, "a1b2c3d4e5f6", "main")
-        assert not lie.truthful
+        assert not lie.truthful and "would <b>lie</b>" in lie._repr_html_()
         assert {(d["object"], d["change"]) for d in lie.differences} == {("public.users.full_name",
                                                                            "column added")}
     finally:

@@ -92,13 +92,13 @@ def test_lock_timeout_is_found_anywhere_in_the_cause_chain():
 
 def test_attempts_frame_and_gave_up_message():
     blocker = locking.Blocker(99, "report-job", "idle in transaction", 12.34, "SELECT 1")
-    t = dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc)
+    t = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
     attempts = [locking.Attempt("main", 1, t, 0.2, "lock timeout", "b7e4", ("a1b2",), "lock timeout",
                                 (blocker,), 0.3),
                 locking.Attempt("main", 2, t, 0.2, "lock timeout", "b7e4", (), "lock timeout", (blocker,), None)]
     frame = locking.attempts_frame(attempts)
-    assert list(frame["blocked_by"]) == ["pid 99 'report-job' (idle in transaction, transaction open 12.3s): "
-                                         "SELECT 1"] * 2
+    blocked_by = "pid 99 'report-job' (idle in transaction, transaction open 12.3s): SELECT 1"
+    assert list(frame["blocked_by"]) == [blocked_by] * 2
     assert list(frame["applied"]) == ["a1b2", ""]
     failed = locking._gave_up(_lock_timeout(), attempts, [], locking.RetryPolicy(retries=1))
     assert str(failed) == (

@@ -5,12 +5,18 @@ facts come in a ``Catalog``; squawk is the real binary from the venv."""
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from dbrunbook.lint_rules import (
-    Catalog, Finding, TableSize, _weigh, heads_finding, revision_file_findings, split_statements, type_change,
+    Catalog,
+    Finding,
+    TableSize,
+    _weigh,
+    heads_finding,
+    revision_file_findings,
+    split_statements,
+    type_change,
 )
 from dbrunbook.migrations import SqlStep
 from dbrunbook.safety import LintReport, _loss_statements, lint_sql
@@ -138,6 +144,17 @@ def test_timeouts_are_left_out_and_counted():
     assert report.summary().endswith(
         "2 require-*-timeout finding(s) left out: dbrunbook runs every migration with lock_timeout=1s and "
         "statement_timeout=30min.")
+
+
+def test_style_is_info_and_collapsed_by_rule():
+    found, _ = lint_one("CREATE TABLE notes (id serial PRIMARY KEY, a varchar(10), b varchar(20));", catalog())
+    report = LintReport(tuple(found), "local", False, 0, "", 1)
+    assert {f.category for f in found} == {"style"} and report.errors == ()
+    # prefer-robust-stmts too (without Alembic's BEGIN squawk asks for IF NOT EXISTS); the two varchar
+    # columns of one short statement are one finding
+    assert sorted(f.rule for f in found) == ["prefer-bigint-over-int", "prefer-identity", "prefer-robust-stmts",
+                                             "prefer-text-field"]
+    assert f"<summary>{len(found)} style finding(s), by rule</summary>" in report._repr_html_()
 
 
 def test_alembic_bookkeeping_is_not_linted():
