@@ -32,6 +32,8 @@ test: $(DEV_STAMP)
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/counts.py
+	$(BIN)/python bench/lock_stall.py
+	$(BIN)/python bench/backup.py
 
 clean-db:
 	-$(BIN)/dbrunbook db stop

@@ -85,7 +85,9 @@ def _recorded_move(session, since: Path, heads_now: dict) -> bool:
         database = predicate.get("database") or {}
         if database.get("system_identifier") != session.identity.system_identifier:
             continue
+        # Only a record that made the move counts: a later status or dry run merely saw the moved heads.
+        before = {k: sorted(v) for k, v in (predicate.get("heads_before") or {}).items()}
         after = {k: sorted(v) for k, v in (predicate.get("heads_after") or {}).items()}
-        if after == heads_now:
+        if after == heads_now and before != after:
             return True
     return False

@@ -77,23 +77,29 @@ def test_every_procedure_end_to_end_with_signed_records(project, monkeypatch, ca
     assert (code, r["outcome"]) == (0, "succeeded"), r
 
     code, r = run_json("rollback", "-p", "dry_run", "false")
-    assert code == 0, r
+    assert (code, r["failing_step"]["ename"]) == (3, "DataLossRefused"), r  # full_name values would be lost
     head = migrations.heads(main)[0]
+    assert migrations.current(main, project.engine) == (head,)
+    code, r = run_json("rollback", "-p", "dry_run", "false", "-p", "allow_data_loss", "true")
+    assert code == 0, r
     assert migrations.current(main, project.engine) != (head,)
 
     code, r = run_json("stamp", "-p", "revision", head, "-p", "dry_run", "false")
+    assert (code, r["failing_step"]["ename"]) == (3, "StampWouldLie"), r  # users.full_name is not there
+    assert migrations.current(main, project.engine) != (head,)
+    code, r = run_json("stamp", "-p", "revision", head, "-p", "dry_run", "false", "-p", "force", "true")
     assert code == 0 and migrations.current(main, project.engine) == (head,)
 
-    code, r = run_json("rollback", "-p", "revision", "base", "-p", "dry_run", "false")
+    code, r = run_json("rollback", "-p", "revision", "base", "-p", "dry_run", "false", "-p", "allow_data_loss", "true")
     assert (code, r["outcome"]) == (3, "stopped-at-guard"), r
     assert r["failing_step"]["ename"] == "ConfirmationRequired"
     assert migrations.current(main, project.engine) == (head,)
 
     # every run left a signed, valid record; the changing ones a ledger row with the statement digest
     dirs = records.find_records(config.outputs_dir)
-    assert len(dirs) == 9
+    assert len(dirs) == 11
     checks = [records.verify_record(d, config.allowed_signers) for d in dirs]
-    assert [c.status for c in checks] == ["valid"] * 9
+    assert [c.status for c in checks] == ["valid"] * 11
     with project.engine.connect() as conn:
         ledger = {row["run_id"]: row for row in records.ledger_rows(conn)}
     changing = [c for c in checks if c.statement["predicate"]["runbook"] in {"apply", "deploy", "rollback", "stamp"}]
