@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import sqlalchemy as sa
 
-from . import migrations
+from . import migrations, sqltext
 from .errors import ConfirmationRequired, HealthCheckFailed, MaintenanceFailed, MigrationFailed
 
 # Statements that break running code still using the old schema (the guide's "Check for breaking changes").
@@ -50,7 +50,7 @@ def breaking_changes(preview) -> pd.DataFrame:
 
 
 def _statements(sql: str) -> list[str]:
-    return [s for s in sql.split(";") if s.strip() and not s.strip().startswith("--")]
+    return [statement.flat for statement in sqltext.split_statements(sql)]
 
 
 def rollback_plan(session, revision: str = "heads", migration_set: str = "all") -> pd.DataFrame:

@@ -20,7 +20,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import migrations, records
+from . import migrations, records, sqltext
 from .config import MigrationSet
 from .errors import ConfigError, DbRunbookError
 from .protocol import STATEMENT_FILE
@@ -203,49 +203,8 @@ _NAME = rf"{_IDENT}(?:\s*\.\s*{_IDENT})?"
 
 
 def split_statements(sql: str) -> list[str]:
-    """Split SQL into statements on ';' outside quotes, dollar quotes and comments; comments dropped."""
-    out, buf, i, n = [], [], 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j < 0 else j + 1
-            continue
-        if sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-            continue
-        if ch in ("'", '"'):
-            j = i + 1
-            while j < n:
-                if sql[j] == ch and sql.startswith(ch * 2, j):
-                    j += 2
-                    continue
-                if sql[j] == ch:
-                    break
-                j += 1
-            buf.append(sql[i:j + 1])
-            i = j + 1
-            continue
-        tag = re.match(r"\$[A-Za-z_]*\$", sql[i:])
-        if tag:
-            j = sql.find(tag.group(0), i + len(tag.group(0)))
-            j = n if j < 0 else j + len(tag.group(0))
-            buf.append(sql[i:j])
-            i = j
-            continue
-        if ch == ";":
-            statement = "".join(buf).strip()
-            if statement:
-                out.append(statement)
-            buf = []
-        else:
-            buf.append(ch)
-        i += 1
-    statement = "".join(buf).strip()
-    if statement:
-        out.append(statement)
-    return out
+    """The statements of a SQL script, comments dropped, literals kept as written (see ``sqltext``)."""
+    return [statement.code for statement in sqltext.split_statements(sql)]
 
 
 def _schema_of(name: str) -> str | None:

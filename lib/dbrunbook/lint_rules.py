@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .sqltext import Statement, split_statements
 
 __all__ = [
     "CATEGORIES", "Catalog", "Finding", "TableSize", "check_sql", "classify_squawk", "revision_file_findings",
@@ -120,53 +121,7 @@ def _split_name(name: str) -> list[str]:
     return re.findall(r'"(?:[^"]|"")*"|[^."]+', name.strip())
 
 
-# --- statements -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Statement:
-    start: int
-    end: int
-    text: str
-
-    @property
-    def flat(self) -> str:
-        return " ".join(_strip_comments(self.text).split())
-
-
-def _strip_comments(sql: str) -> str:
-    return re.sub(r"--[^\n]*", "", sql)
-
-
-def split_statements(sql: str) -> list[Statement]:
-    """Split SQL at top-level semicolons (quotes, dollar quotes and comments respected), with offsets."""
-    out, i, start, n = [], 0, 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c == "-" and sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j < 0 else j + 1
-        elif c == "/" and sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-        elif c in ("'", '"'):
-            j = i + 1
-            while j < n and not (sql[j] == c and not sql.startswith(c * 2, j)):
-                j += 2 if sql.startswith(c * 2, j) else 1
-            i = j + 1
-        elif c == "$" and (m := re.match(r"\$[A-Za-z_]*\$", sql[i:])):
-            j = sql.find(m.group(0), i + len(m.group(0)))
-            i = n if j < 0 else j + len(m.group(0))
-        elif c == ";":
-            text = sql[start:i + 1]
-            if _strip_comments(text).strip(" \t\r\n;"):
-                lead = len(text) - len(text.lstrip())
-                out.append(Statement(start + lead, i + 1, text.strip()))
-            start = i = i + 1
-        else:
-            i += 1
-    tail = sql[start:]
-    if _strip_comments(tail).strip():
-        out.append(Statement(start + len(tail) - len(tail.lstrip()), n, tail.strip()))
-    return out
+# --- statements: see sqltext ---------------------------------------------------------------------------
 
 
 def _offset(sql: str, line: int, column: int) -> int:

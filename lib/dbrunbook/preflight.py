@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from . import sqltext
 from .errors import BlockersPresent, ConfigError
 
 __all__ = [
@@ -75,49 +76,8 @@ def parse_duration(text: str | float) -> float:
 
 # --- reading the SQL ----------------------------------------------------------------------------------------
 def split_statements(sql: str) -> list[str]:
-    """The statements of a SQL script, comments dropped; quotes, quoted names and $$ bodies kept whole."""
-    out, buf, i, n = [], [], 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j < 0 else j + 1
-            buf.append(" ")
-            continue
-        if sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-            buf.append(" ")
-            continue
-        if c in "'\"":
-            j = i + 1
-            while j < n:
-                if sql[j] == c and sql.startswith(c * 2, j):
-                    j += 2
-                    continue
-                if sql[j] == c:
-                    break
-                j += 1
-            buf.append(sql[i:j + 1])
-            i = j + 1
-            continue
-        if c == "$":
-            tag = re.match(r"\$[A-Za-z_]*\$", sql[i:])
-            if tag:
-                j = sql.find(tag.group(0), i + len(tag.group(0)))
-                j = n if j < 0 else j + len(tag.group(0))
-                buf.append(sql[i:j])
-                i = j
-                continue
-        if c == ";":
-            out.append("".join(buf))
-            buf = []
-            i += 1
-            continue
-        buf.append(c)
-        i += 1
-    out.append("".join(buf))
-    return [s for s in (" ".join(part.split()) for part in out) if s]
+    """The statements of a SQL script on one line each, comments dropped (see ``sqltext``)."""
+    return [statement.flat for statement in sqltext.split_statements(sql)]
 
 
 _NAME = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'

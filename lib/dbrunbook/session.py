@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import db, migrations, records, snapshots
+from . import db, migrations, records, snapshots, sqltext
 from .config import Config, MigrationSet, load_config
 from .errors import ConfirmationRequired, ConfigError, NoSnapshot, NotAtExpectedRevision
 from .protocol import ARTIFACTS_DIR, SENTINEL
@@ -62,7 +62,7 @@ class Preview:
 
 
 def _count_statements(sql: str) -> int:
-    return sum(1 for line in sql.splitlines() if line.rstrip().endswith(";") and not line.startswith("--"))
+    return len(sqltext.split_statements(sql))
 
 
 class Session:

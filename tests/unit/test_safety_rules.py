@@ -281,9 +281,9 @@ def test_split_statements_respects_quotes_comments_and_dollar_quotes():
         /* block; comment */ SELECT 2
         """)
     flats = [s.flat for s in split_statements(sql)]
-    assert flats == ["INSERT INTO t VALUES ('a;b', \"c;d\");",
-                     "CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;",
-                     "/* block; comment */ SELECT 2"]
+    assert flats == ["INSERT INTO t VALUES ('a;b', \"c;d\")",
+                     "CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql",
+                     "SELECT 2"]
 
 
 # --- what a downgrade destroys: the parser ----------------------------------------------------------------
