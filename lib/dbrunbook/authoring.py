@@ -42,6 +42,7 @@ from sqlalchemy.pool import NullPool
 from . import db, migrations, snapshots
 from .config import Config, MigrationSet
 from .errors import ConfigError, DbRunbookError, MigrationFailed, ParameterError, ReviewFailed
+from .lint_rules import revision_issues
 
 log = logging.getLogger(__name__)
 
@@ -273,15 +274,14 @@ class Lint:
         return head + body + sql
 
 
-#: rule -> (level, message): what ``lint_python`` reports; one test row per rule.
+#: Review's level for the revision-file rules it shares with the deploy lint (the ast walk is
+#: ``lint_rules.revision_issues``). Review can still send a revision back, so one that cannot be rolled back
+#: or rendered offline fails it; the deploy lint meets revisions already merged and only warns. Rules not
+#: listed keep the deploy lint's level.
+REVIEW_LEVELS = {"empty-downgrade": "error", "irreversible-downgrade": "error", "online-only-call": "error"}
+
+#: rule -> (level, message): review's own rules, for what autogenerate cannot see; one test row per rule.
 PYTHON_RULES = {
-    "empty-downgrade": ("error", "downgrade() does nothing: the migration cannot be rolled back (the guide: "
-                                 "Always Include Downgrade)"),
-    "downgrade-raises": ("error", "downgrade() raises: the migration cannot be rolled back"),
-    "get-bind-offline": ("error", "op.get_bind() runs queries while migrating: 'alembic upgrade --sql' (preview, "
-                                  "deploy review) cannot render this revision offline"),
-    "autocommit-block": ("warning", "autocommit_block() commits outside the revision's transaction: a failure "
-                                    "leaves it half applied; make each statement safe to re-run (IF NOT EXISTS)"),
     "rename-as-drop-add": ("warning", "drops and adds in one revision on {what}: autogenerate sees a rename as "
                                       "drop + add and the data is lost; use op.alter_column(new_column_name=) or "
                                       "op.rename_table"),
@@ -314,52 +314,30 @@ def _kw(node: ast.Call, name: str) -> ast.AST | None:
     return next((k.value for k in node.keywords if k.arg == name), None)
 
 
-def _is_noop(body: list[ast.stmt]) -> bool:
-    rest = [n for n in body if not (isinstance(n, ast.Expr) and isinstance(_const(n.value), str))]
-    return all(isinstance(n, ast.Pass) or (isinstance(n, ast.Expr) and _const(n.value) is Ellipsis) for n in rest)
-
-
-def _is_merge(tree: ast.Module) -> bool:
-    for node in tree.body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (
-            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
-        if isinstance(target, ast.Name) and target.id == "down_revision":
-            return isinstance(node.value, (ast.Tuple, ast.List)) and len(node.value.elts) > 1
-    return False
-
-
 def lint_python(source: RevisionSource | str, revision: str = "") -> Lint:
     """Lint a revision's Python for what the guide says autogenerate and offline rendering cannot handle.
 
-    A merge revision (several parents) legitimately has empty upgrade() and downgrade().
+    The revision-file rules shared with the deploy lint (empty or raising downgrade, online-only calls,
+    autocommit_block) come from ``lint_rules.revision_issues`` at review's levels (``REVIEW_LEVELS``),
+    read in both directions and trusting an offline-mode check; then review's own ``PYTHON_RULES``.
+    A revision whose upgrade() is empty (a merge point) legitimately has an empty downgrade().
     """
     text = source.text if isinstance(source, RevisionSource) else source
     revision = source.revision if isinstance(source, RevisionSource) else revision
+    found = [Finding(i.rule, REVIEW_LEVELS.get(i.rule, i.level), revision, f"{i.why}; {i.instead}", i.line)
+             for i in revision_issues(text, with_downgrade=True, trust_offline_guard=True)]
     tree = ast.parse(text)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    found: list[Finding] = []
-    down = functions.get("downgrade")
-    if _is_merge(tree):
-        pass
-    elif down is None or _is_noop(down.body):
-        found.append(_finding("empty-downgrade", revision, down))
-    elif any(isinstance(n, ast.Raise) for n in down.body):
-        found.append(_finding("downgrade-raises", revision, down))
-    offline_aware = "is_offline_mode" in text
     for name in ("upgrade", "downgrade"):
         fn = functions.get(name)
         if fn is None:
             continue
         dropped_cols, added_cols, dropped_tables, created_tables = {}, {}, {}, {}
         for node in ast.walk(fn):
-            if isinstance(node, ast.Attribute) and node.attr == "autocommit_block":
-                found.append(_finding("autocommit-block", revision, node))
             if not isinstance(node, ast.Call):
                 continue
             call, args = _call_name(node), node.args
-            if call == "get_bind" and not offline_aware:
-                found.append(_finding("get-bind-offline", revision, node))
-            elif call == "drop_column" and len(args) >= 2:
+            if call == "drop_column" and len(args) >= 2:
                 dropped_cols.setdefault(_const(args[0]), node)
             elif call == "add_column" and args:
                 added_cols.setdefault(_const(args[0]), node)
@@ -855,7 +833,7 @@ def checklist(source: RevisionSource, python: Lint, sql: Lint, trip: RoundTrip, 
                            unindexed + [r["after"] for r in index_rows] + slow, "no index added")
     rows.append({"question": "4. Indexes are created where needed", "answer": status, "evidence": text})
 
-    down = [f.message for f in python.errors if f.rule in ("empty-downgrade", "downgrade-raises")]
+    down = [f.message for f in python.errors if f.rule in ("empty-downgrade", "irreversible-downgrade")]
     down += [f.message for f in trip.findings]
     status, text = _answer("problem" if down else "ok", down,
                            "downgrade ran, the schema came back, and upgrading again worked")

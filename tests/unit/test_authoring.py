@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbrunbook import authoring, diagnose
+from dbrunbook import authoring, diagnose, lint_rules
 from dbrunbook.errors import ParameterError
 
 # --- messages: one row per rule ------------------------------------------------------------------------
@@ -46,29 +46,45 @@ def revision(upgrade: str, downgrade: str = "op.drop_table('t')", down_revision:
             f"def upgrade():\n{body(upgrade)}\n\n\ndef downgrade():\n{body(downgrade)}\n")
 
 
-@pytest.mark.parametrize("rule, source", [
-    ("empty-downgrade", revision("op.create_table('t', sa.Column('id', sa.Integer))", "pass")),
-    ("empty-downgrade", revision("op.create_table('t')", '"""Downgrade schema."""\n...')),
-    ("downgrade-raises", revision("op.create_table('t')", "raise NotImplementedError('one way')")),
-    ("get-bind-offline", revision("conn = op.get_bind()\nconn.execute(sa.text('SELECT 1'))")),
-    ("autocommit-block", revision("with op.get_context().autocommit_block():\n    op.create_index('ix', 't', "
-                                  "['a'], postgresql_concurrently=True)")),
-    ("rename-as-drop-add", revision("op.drop_column('users', 'name')\nop.add_column('users', "
-                                    "sa.Column('full_name', sa.String(100)))")),
-    ("rename-as-drop-add", revision("op.drop_table('customer')\nop.create_table('client', sa.Column('id', "
-                                    "sa.Integer))")),
-    ("server-default-change", revision("op.alter_column('users', 'theme', server_default='dark')")),
-    ("check-constraint", revision("op.create_check_constraint('ck_amount', 'payments', 'amount > 0')")),
-    ("insert-without-on-conflict", revision("op.execute(\"INSERT INTO settings (key, value) VALUES ('a', 'b')\")")),
-    ("insert-without-on-conflict", revision("op.bulk_insert(settings, [{'key': 'a'}])")),
-    ("not-null-without-default", revision("op.add_column('users', sa.Column('score', sa.Integer(), "
-                                          "nullable=False))")),
+@pytest.mark.parametrize("rule, level, source", [
+    ("empty-downgrade", "error", revision("op.create_table('t', sa.Column('id', sa.Integer))", "pass")),
+    ("empty-downgrade", "error", revision("op.create_table('t')", '"""Downgrade schema."""\n...')),
+    ("irreversible-downgrade", "error", revision("op.create_table('t')", "raise NotImplementedError('one way')")),
+    ("online-only-call", "error", revision("conn = op.get_bind()\nconn.execute(sa.text('SELECT 1'))")),
+    # The rollback preview renders downgrade() offline too.
+    ("online-only-call", "error", revision("op.create_table('t')", "op.get_bind()\nop.drop_table('t')")),
+    ("autocommit-block", "warning", revision("with op.get_context().autocommit_block():\n    op.create_index('ix', "
+                                             "'t', ['a'], postgresql_concurrently=True)")),
+    ("rename-as-drop-add", "warning", revision("op.drop_column('users', 'name')\nop.add_column('users', "
+                                               "sa.Column('full_name', sa.String(100)))")),
+    ("rename-as-drop-add", "warning", revision("op.drop_table('customer')\nop.create_table('client', "
+                                               "sa.Column('id', sa.Integer))")),
+    ("server-default-change", "warning", revision("op.alter_column('users', 'theme', server_default='dark')")),
+    ("check-constraint", "info", revision("op.create_check_constraint('ck_amount', 'payments', 'amount > 0')")),
+    ("insert-without-on-conflict", "warning",
+     revision("op.execute(\"INSERT INTO settings (key, value) VALUES ('a', 'b')\")")),
+    ("insert-without-on-conflict", "warning", revision("op.bulk_insert(settings, [{'key': 'a'}])")),
+    ("not-null-without-default", "warning", revision("op.add_column('users', sa.Column('score', sa.Integer(), "
+                                                     "nullable=False))")),
 ])
-def test_python_lint_rule(rule, source):
+def test_python_lint_rule(rule, level, source):
     found = authoring.lint_python(source, "r1").findings
     assert [f.rule for f in found] == [rule]
-    assert found[0].level == authoring.PYTHON_RULES[rule][0] and found[0].revision == "r1"
+    assert found[0].level == level and found[0].revision == "r1"
     assert found[0].line is not None
+
+
+def test_review_shares_the_deploy_lints_revision_rules_at_its_own_levels():
+    # The same walk as the deploy lint (lint_rules.revision_issues): its why and instead, review's level.
+    source = revision("op.create_table('t')", "pass")
+    (found,) = authoring.lint_python(source, "r1").findings
+    assert (found.rule, found.level, found.line) == ("empty-downgrade", "error", 11)
+    assert found.message == ("downgrade() does nothing: 'alembic downgrade' would move the version pointer back "
+                             "and leave the schema as it is, so the database then lies about its revision; write "
+                             "downgrade() so that it reverts upgrade(), or raise NotImplementedError to say it "
+                             "cannot")
+    (deploy,) = lint_rules.revision_issues(source)
+    assert (deploy.rule, deploy.level, deploy.line) == ("empty-downgrade", "warning", 11)
 
 
 @pytest.mark.parametrize("source", [
