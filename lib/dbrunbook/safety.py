@@ -360,7 +360,10 @@ def require_clean(session, report: LintReport, allow: str = "", *, dry_run: bool
     elif blocking:
         print(f"{len(blocking)} error-level finding(s); target '{session.target.name}' is not protected, so the "
               f"run goes on.")
-    return frame.sort_values("level", key=lambda s: s.map(_LEVEL_ORDER), kind="stable").reset_index(drop=True)
+    # The guard's table shows what it judged (errors and warnings, allowed or not); info and style findings
+    # are in the lint step above and in lint.json, and repeating them here buries the decision.
+    judged = frame[frame["level"] != "info"]
+    return judged.sort_values("level", key=lambda s: s.map(_LEVEL_ORDER), kind="stable").reset_index(drop=True)
 
 
 # --- 5. reviewed preview = applied change ------------------------------------------------------------------
