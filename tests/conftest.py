@@ -64,3 +64,21 @@ def database_url(pg_admin_url) -> str:
         yield db.with_database(pg_admin_url, name)
     finally:
         db.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def key(tmp_path) -> Path:
+    """An operator signing key (Ed25519, OpenSSH format) for alice@example.com."""
+    from dbrunbook import signing
+
+    return signing.generate_key(tmp_path / "keys" / "operator_ed25519", "alice@example.com")
+
+
+@pytest.fixture
+def allowed_signers(tmp_path, key) -> Path:
+    """A trust file that trusts ``key`` as alice@example.com."""
+    from dbrunbook import signing
+
+    path = tmp_path / "allowed_signers"
+    signing.add_allowed_signer(path, "alice@example.com", signing.public_key_line(key))
+    return path

@@ -7,6 +7,9 @@ URL are test-local. The URL reaches dbrunbook through an environment variable, a
 from __future__ import annotations
 
 import importlib.util
+import contextlib
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,3 +80,24 @@ def project(tmp_path, database_url, monkeypatch) -> Project:
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@dbrunbook")
     yield proj
     proj.engine.dispose()
+
+
+@contextlib.contextmanager
+def throwaway_project(pg_admin_url: str, folder: Path) -> Iterator[tuple[Project, "Config"]]:  # noqa: F821
+    """A test project on a fresh database, its environment set, for module-scoped fixtures; dropped after."""
+    from dbrunbook import db
+    from dbrunbook.config import load_config
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    db.create_database(pg_admin_url, name)
+    url = db.with_database(pg_admin_url, name)
+    proj = write_project(folder / "project", url)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(URL_ENV, url)
+            mp.setenv("DBRUNBOOK_CONFIG", str(proj.config_path))
+            mp.setenv("DBRUNBOOK_OPERATOR", "tester@dbrunbook")
+            yield proj, load_config(proj.config_path)
+    finally:
+        proj.engine.dispose()
+        db.drop_database(pg_admin_url, name)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import stat
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from dbrunbook import archive, db, migrations, protocol, records, runner
-from dbrunbook.config import Config, load_config
-from tests.projects import URL_ENV, write_project
+from dbrunbook.config import Config
+from tests.projects import throwaway_project
 
 pytestmark = pytest.mark.integration
 
@@ -34,26 +33,15 @@ class Archive:
 
 @pytest.fixture(scope="module")
 def built(pg_admin_url, tmp_path_factory) -> Archive:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    db.create_database(pg_admin_url, name)
-    url = db.with_database(pg_admin_url, name)
-    project = write_project(tmp_path_factory.mktemp("archive") / "project", url)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(URL_ENV, url)
-            mp.setenv("DBRUNBOOK_CONFIG", str(project.config_path))
-            mp.setenv("DBRUNBOOK_OPERATOR", "tester@dbrunbook")
-            config = load_config(project.config_path)
-            results = [
-                runner.run_runbook("status", target="local", config=config),
-                runner.run_runbook("apply", target="local", parameters={"dry_run": "false"}, config=config),
-                runner.run_runbook("status", target="local", config=config),
-            ]
-            assert [r.outcome for r in results] == ["succeeded"] * 3
-            yield Archive(config, config.outputs_dir, url, tuple(r.run_id for r in results),
-                          tuple(r.record_dir for r in results))
-    finally:
-        db.drop_database(pg_admin_url, name)
+    with throwaway_project(pg_admin_url, tmp_path_factory.mktemp("archive")) as (project, config):
+        results = [
+            runner.run_runbook("status", target="local", config=config),
+            runner.run_runbook("apply", target="local", parameters={"dry_run": "false"}, config=config),
+            runner.run_runbook("status", target="local", config=config),
+        ]
+        assert [r.outcome for r in results] == ["succeeded"] * 3
+        yield Archive(config, config.outputs_dir, project.url, tuple(r.run_id for r in results),
+                      tuple(r.record_dir for r in results))
 
 
 @pytest.fixture

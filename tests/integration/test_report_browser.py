@@ -18,14 +18,12 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 
-from dbrunbook import db, protocol, report, runner
-from dbrunbook.config import load_config
-from tests.projects import ROOT, URL_ENV, write_project
+from dbrunbook import protocol, report, runner
+from tests.projects import ROOT, throwaway_project
 
 pytestmark = pytest.mark.integration
 
@@ -139,22 +137,12 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def site(pg_admin_url, tmp_path_factory):
     """Three records (status: then tampered, apply: succeeded, rollback: stopped) and their HTML archive."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    db.create_database(pg_admin_url, name)
-    url = db.with_database(pg_admin_url, name)
-    project = write_project(tmp_path_factory.mktemp("report") / "project", url)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(URL_ENV, url)
-            mp.setenv("DBRUNBOOK_CONFIG", str(project.config_path))
-            mp.setenv("DBRUNBOOK_OPERATOR", "tester@dbrunbook")
-            config = load_config(project.config_path)
-            status = runner.run_runbook("status", target="local", config=config)
-            applied = runner.run_runbook("apply", target="local", parameters={"dry_run": "false"},
-                                         config=config)
-            # Downgrading to base without confirm=<database> stops at a guard: a step with an error output.
-            stopped = runner.run_runbook("rollback", target="local",
-                                         parameters={"revision": "base", "dry_run": "false"}, config=config)
+    with throwaway_project(pg_admin_url, tmp_path_factory.mktemp("report")) as (_, config):
+        status = runner.run_runbook("status", target="local", config=config)
+        applied = runner.run_runbook("apply", target="local", parameters={"dry_run": "false"}, config=config)
+        # Downgrading to base without confirm=<database> stops at a guard: a step with an error output.
+        stopped = runner.run_runbook("rollback", target="local", parameters={
+            "revision": "base", "dry_run": "false", "allow_data_loss": "true"}, config=config)
         assert (status.outcome, applied.outcome, stopped.outcome) == ("succeeded", "succeeded",
                                                                       "stopped-at-guard")
         notebook = status.record_dir / protocol.NOTEBOOK_FILE
@@ -165,8 +153,6 @@ def site(pg_admin_url, tmp_path_factory):
         built = report.build_report(config.outputs_dir, config.allowed_signers,
                                     tmp_path_factory.mktemp("site"))
         yield built, {"status": status, "apply": applied, "rollback": stopped}
-    finally:
-        db.drop_database(pg_admin_url, name)
 
 
 def _visible_rows(browser: WebDriver) -> list[list[str]]:

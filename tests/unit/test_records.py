@@ -54,18 +54,6 @@ def _statement(run_dir: Path, **overrides) -> dict:
 
 
 @pytest.fixture
-def key(tmp_path) -> Path:
-    return signing.generate_key(tmp_path / "keys" / "operator_ed25519", "alice@example.com")
-
-
-@pytest.fixture
-def allowed_signers(tmp_path, key) -> Path:
-    path = tmp_path / "allowed_signers"
-    signing.add_allowed_signer(path, "alice@example.com", signing.public_key_line(key))
-    return path
-
-
-@pytest.fixture
 def outputs(tmp_path) -> Path:
     return tmp_path / "outputs"
 

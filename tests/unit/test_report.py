@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from bs4 import BeautifulSoup
 
-from dbrunbook import protocol, records, report, signing
+from dbrunbook import protocol, records, report
 
 STARTED = datetime(2026, 11, 23, 22, 5, 1, tzinfo=timezone.utc)
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()
@@ -48,18 +48,6 @@ def _notebook(run_id: str) -> bytes:
                 nbformat.v4.new_markdown_cell("## 1. Status"), shown,
                 nbformat.v4.new_markdown_cell("## 2. Upgrade (alembic upgrade)"), failing]
     return nbformat.writes(nb).encode("utf-8")
-
-
-@pytest.fixture
-def key(tmp_path) -> Path:
-    return signing.generate_key(tmp_path / "keys" / "operator_ed25519", "alice@example.com")
-
-
-@pytest.fixture
-def allowed_signers(tmp_path, key) -> Path:
-    path = tmp_path / "allowed_signers"
-    signing.add_allowed_signer(path, "alice@example.com", signing.public_key_line(key))
-    return path
 
 
 def _record(outputs: Path, key: Path, runbook: str, target: str, outcome: str, minute: int) -> Path:
