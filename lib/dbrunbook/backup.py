@@ -44,8 +44,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from . import db, migrations, records, snapshots
+from .config import parse_duration
 from .embedded import EmbeddedServer, client_binary
-from .errors import BackupFailed, BackupRequired, ConfigError, MigrationFailed, RehearsalFailed
+from .errors import BackupFailed, BackupRequired, MigrationFailed, RehearsalFailed
 from .protocol import ARTIFACTS_DIR
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ __all__ = [
     "BACKUP_ARTIFACT", "DEFAULT_COMPRESSION", "DEFAULT_JOBS", "REHEARSAL_ARTIFACT", "BackupRecord",
     "BackupSource", "DumpResult", "DumpTool",
     "Rehearsal", "RestoreCheck", "backup_for_rehearsal", "dump", "dump_digest", "dump_tool", "latest_backup",
-    "latest_rehearsal", "libpq_environment", "parse_age", "rehearse", "require_recent_backup",
+    "latest_rehearsal", "libpq_environment", "rehearse", "require_recent_backup",
     "restore_check", "save_backup", "save_rehearsal",
 ]
 
@@ -98,25 +99,6 @@ def _human(size: int) -> str:
             return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
         value /= 1024
     return f"{size} B"
-
-
-_AGE_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60,
-              "minute": 60, "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400,
-              "days": 86400, "w": 604800, "week": 604800, "weeks": 604800}
-
-
-def parse_age(text: str) -> dt.timedelta:
-    """Parse a policy age such as "24h", "30min", "7d" or "1h30min" (PostgreSQL's units; bare = seconds).
-
-    Raises:
-        ConfigError: the text is not a duration.
-    """
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", str(text).strip().lower())
-    rest = re.sub(r"(\d+(?:\.\d+)?)\s*([a-z]*)|\s+", "", str(text).strip().lower())
-    if not parts or rest or any(unit and unit not in _AGE_UNITS for _, unit in parts):
-        raise ConfigError(f"'{text}' is not a duration; write it like 24h, 30min, 7d or 1h30min "
-                          f"(backup_max_age of the target in dbrunbook.toml).")
-    return dt.timedelta(seconds=sum(float(n) * _AGE_UNITS[unit or "s"] for n, unit in parts))
 
 
 def _parse_time(value: str) -> dt.datetime:
@@ -684,7 +666,7 @@ def require_recent_backup(session, *, now: dt.datetime | None = None, rehash: bo
         return pd.DataFrame([{"check": "backup required", "ok": True,
                               "detail": f"target '{target.name}' is not protected: no backup required"}])
     now = now or _now()
-    limit = parse_age(target.backup_max_age)
+    limit = dt.timedelta(seconds=parse_duration(target.backup_max_age, key="backup_max_age"))
     command = f"dbrunbook run backup -t {target.name}"
     found = latest_backup(session)
     if found is None:

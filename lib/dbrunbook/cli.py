@@ -157,8 +157,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _err(f"Not a folder: {', '.join(missing)}. Pass run directories or folders that contain them.")
         return 2
     paths = [Path(p) for p in args.paths] or [config.outputs_dir]
-    markers = (protocol.STATEMENT_FILE, protocol.INTENT_FILE, protocol.NOTEBOOK_FILE)
-    single = [p for p in paths if any((p / m).is_file() for m in markers)]
+    single = [p for p in paths if records.is_run_dir(p)]
     folders = [p for p in paths if p not in single]
     status = 0
     if single:  # run directories named one by one: each record on its own, no chain to follow

@@ -10,6 +10,7 @@ variables its env.py reads.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +216,12 @@ def _target(name: str, raw: dict, path: Path) -> Target:
             f"{path}: [targets.{name}] needs exactly one of url_env, service or embedded = true "
             f"(found {', '.join(sources) or 'none'})."
         )
+    for key in _DURATION_KEYS:
+        if key in raw:
+            try:
+                parse_duration(raw[key], key=key)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: [targets.{name}] {err}") from None
     try:
         return Target(name=name, **raw)
     except TypeError as err:
@@ -242,6 +249,34 @@ def _migration_set(name: str, raw: dict, path: Path, root: Path) -> MigrationSet
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise ConfigError(f"{path}: [migration_sets.{name}] env must be a table of strings.")
     return MigrationSet(name=name, **raw)
+
+
+_DURATION_UNITS = {
+    "ms": 0.001, "s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60, "minute": 60,
+    "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
+    "w": 604800, "week": 604800, "weeks": 604800,
+}
+#: Policy keys of a target that are durations dbrunbook itself reads (the timeouts are PostgreSQL's to check).
+_DURATION_KEYS = ("backup_max_age", "blocker_max_age")
+
+
+def parse_duration(text: str | float, *, key: str | None = None) -> float:
+    """Seconds in a duration as dbrunbook.toml writes them: "60s", "5min", "24h", "7d", "1h30min", "100ms".
+
+    A bare number means seconds.
+
+    Raises:
+        ConfigError: not a duration (``key`` names the setting in the message).
+    """
+    if isinstance(text, (int, float)):
+        return float(text)
+    value = str(text).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
+    rest = re.sub(r"(\d+(?:\.\d+)?)\s*([a-z]*)|\s+", "", value)
+    if not parts or rest or any(unit and unit not in _DURATION_UNITS for _, unit in parts):
+        where = f" ({key} of the target in dbrunbook.toml)" if key else ""
+        raise ConfigError(f"'{text}' is not a duration; write it like 60s, 5min, 24h, 7d or 1h30min{where}.")
+    return sum(float(n) * _DURATION_UNITS[unit or "s"] for n, unit in parts)
 
 
 def resolve_url(target: Target, config: Config) -> str:

@@ -18,10 +18,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from . import sqltext
-from .errors import BlockersPresent, ConfigError
+from .config import parse_duration
+from .errors import BlockersPresent
 
 __all__ = [
-    "LOCK_MODES", "PreflightResult", "StatementLock", "conflicts", "live_preflight", "parse_duration",
+    "LOCK_MODES", "PreflightResult", "StatementLock", "conflicts", "live_preflight",
     "require_no_blockers", "split_statements", "statement_locks",
 ]
 
@@ -52,26 +53,6 @@ def conflicts(held: str, wanted: str) -> bool:
 
 def _strongest(modes: list[str]) -> str:
     return max(modes, key=LOCK_MODES.index) if modes else ""
-
-
-# --- durations --------------------------------------------------------------------------------------------
-_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str | float) -> float:
-    """Seconds in a duration as PostgreSQL and dbrunbook.toml write them: "60s", "5min", "1h", "100ms", "2d".
-
-    A bare number means seconds.
-
-    Raises:
-        ConfigError: not a duration.
-    """
-    if isinstance(text, (int, float)):
-        return float(text)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(text).lower())
-    if not match or match.group(2) not in {"", *_UNITS}:
-        raise ConfigError(f"'{text}' is not a duration; write e.g. 60s, 5min, 1h or 100ms.")
-    return float(match.group(1)) * _UNITS.get(match.group(2), 1)
 
 
 # --- reading the SQL ----------------------------------------------------------------------------------------
@@ -271,7 +252,7 @@ def live_preflight(session: Any, preview: Any) -> PreflightResult:
     """
     statements = _statement_rows(preview)
     max_age = session.target.blocker_max_age
-    max_age_s = parse_duration(max_age)
+    max_age_s = parse_duration(max_age, key="blocker_max_age")
     tables: dict[str, dict] = {}  # resolved name -> row
     needed: dict[int, list[str]] = {}  # table oid -> modes the migrations need
     with session.engine.connect() as conn:

@@ -161,7 +161,8 @@ def canonical_json(obj: Any) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, read in chunks (dumps and notebooks can be large)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -171,7 +172,7 @@ def _sha256_file(path: Path) -> str:
 
 def statement_sha256(run_dir: Path) -> str:
     """sha256 of the run directory's statement.json: what the ledger row stores."""
-    return _sha256_file(Path(run_dir) / STATEMENT_FILE)
+    return sha256_file(Path(run_dir) / STATEMENT_FILE)
 
 
 def _joined(value: Any) -> Any:
@@ -320,7 +321,7 @@ def build_statement(
         "cells": cell_digests(notebook.read_bytes()),
     }
     _check_no_secrets(parameters, predicate)
-    subject = [{"name": name, "digest": {"sha256": _sha256_file(run_dir / name)}}
+    subject = [{"name": name, "digest": {"sha256": sha256_file(run_dir / name)}}
                for name in _subject_files(run_dir)]
     statement = {"_type": STATEMENT_TYPE, "subject": subject, "predicateType": PREDICATE_TYPE,
                  "predicate": predicate}
@@ -495,7 +496,7 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
             tampered = True
             problems.append(f"{name} is listed in the statement but missing.")
             continue
-        if _sha256_file(path) != (subject.get("digest") or {}).get("sha256"):
+        if sha256_file(path) != (subject.get("digest") or {}).get("sha256"):
             tampered = True
             if name == NOTEBOOK_FILE:
                 changed, cell_problems = _compare_cells(predicate.get("cells") or [], path.read_bytes())
@@ -522,12 +523,14 @@ def find_records(outputs_dir: Path) -> list[Path]:
     outputs_dir = Path(outputs_dir)
     if not outputs_dir.is_dir():
         return []
-    markers = (STATEMENT_FILE, INTENT_FILE, NOTEBOOK_FILE)
-    found = [
-        p for p in outputs_dir.glob("[0-9]*/[0-9]*/[0-9]*/*")
-        if p.is_dir() and any((p / m).is_file() for m in markers)
-    ]
+    found = [p for p in outputs_dir.glob("[0-9]*/[0-9]*/[0-9]*/*") if is_run_dir(p)]
     return sorted(found, key=lambda p: p.name)
+
+
+def is_run_dir(path: Path) -> bool:
+    """True for a run directory (it holds a statement, an intent or a notebook), not a folder of them."""
+    path = Path(path)
+    return path.is_dir() and any((path / m).is_file() for m in (STATEMENT_FILE, INTENT_FILE, NOTEBOOK_FILE))
 
 
 def last_record(

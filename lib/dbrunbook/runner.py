@@ -9,7 +9,6 @@ or is interrupted still ends with a signed record, because the record of a failu
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -104,9 +103,6 @@ class RunResult:
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -432,7 +428,7 @@ def _begin(config: Config, info: RunbookInfo, values: dict, mode: str,
            progress: Callable[[str], None]) -> _Started:
     """Create the run directory, write the intent, read the pre-state, open the ledger row."""
     started = _now()
-    runbook_sha256 = _sha256_file(info.path)
+    runbook_sha256 = records.sha256_file(info.path)
     target = str(values["target"])
     run_id, run_dir = _new_run_dir(config, info.name, target, started)
     intent = {

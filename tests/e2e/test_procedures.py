@@ -12,7 +12,6 @@ import json
 import re
 
 import pytest
-import sqlalchemy as sa
 
 from dbrunbook import cli, migrations, records
 from dbrunbook.config import load_config

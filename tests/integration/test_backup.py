@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from dbrunbook import backup, db, migrations, records
 from dbrunbook.config import load_config
-from dbrunbook.errors import GUARD_ENAMES, BackupFailed, BackupRequired, ConfigError, GuardStop
+from dbrunbook.errors import GUARD_ENAMES, BackupFailed, BackupRequired, GuardStop
 from dbrunbook.protocol import ARTIFACTS_DIR
 from dbrunbook.runner import run_runbook
 from dbrunbook.session import Session
@@ -254,18 +254,6 @@ def test_libpq_environment_carries_the_connection_outside_argv():
     with pytest.raises(BackupFailed) as err:
         backup.libpq_environment("postgresql+psycopg://u@h/d?frobnicate=1", base={})
     assert str(err.value).startswith("The target URL has option(s) frobnicate that pg_dump cannot be given")
-
-
-@pytest.mark.parametrize("text, seconds", [("24h", 86400), ("30min", 1800), ("1h30min", 5400), ("7d", 604800),
-                                           ("90", 90), ("2 days", 172800)])
-def test_parse_age(text, seconds):
-    assert backup.parse_age(text).total_seconds() == seconds
-
-
-def test_parse_age_refuses_nonsense():
-    with pytest.raises(ConfigError) as err:
-        backup.parse_age("soon")
-    assert str(err.value).startswith("'soon' is not a duration; write it like 24h, 30min, 7d or 1h30min")
 
 
 def test_compression_follows_the_tool_version():

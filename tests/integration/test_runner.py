@@ -113,7 +113,7 @@ def test_succeeds_converts_parameters_and_signs(project):
     assert predicate["parameters"] == seen["values"]
     assert (predicate["outcome"], predicate["exit_status"]) == ("succeeded", 0)
     assert predicate["mode"] == "papermill"
-    assert predicate["runbook_sha256"] == records._sha256_file(project.runbooks_dir / "succeeds.ipynb")
+    assert predicate["runbook_sha256"] == records.sha256_file(project.runbooks_dir / "succeeds.ipynb")
     assert predicate["database"]["database"] == sa.make_url(project_url()).database
     assert result.as_json()["record_dir"] == str(result.record_dir)
     _assert_valid(project, result.record_dir)
@@ -153,7 +153,7 @@ def test_upgrade_records_heads_and_ledger(project):
     assert rows[0]["statement_sha256"] == records.statement_sha256(result.record_dir)
     versions = project.migration_set("app").base_dir / "migrations" / "versions"
     assert rows[0]["migration_files"] == {"app": {
-        rev: records._sha256_file(next(versions.glob(f"{rev}_*.py"))) for rev in REVISIONS}}
+        rev: records.sha256_file(next(versions.glob(f"{rev}_*.py"))) for rev in REVISIONS}}
 
 
 def test_database_down_is_recorded_without_password(project, monkeypatch):

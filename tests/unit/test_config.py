@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dbrunbook.config import load_config, normalize_url, resolve_url
+from dbrunbook.config import load_config, normalize_url, parse_duration, resolve_url
 from dbrunbook.errors import ConfigError, MigrationSetNotFound, MissingSecret, TargetNotFound
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,3 +126,25 @@ def test_normalize_url_refuses_other_databases():
     with pytest.raises(ConfigError) as err:
         normalize_url("mysql://u@h/d")
     assert "must start with postgresql://" in str(err.value)
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("60s", 60), ("5min", 300), ("1h", 3600), ("100ms", 0.1), ("2d", 172800), ("90", 90), (30, 30), ("0s", 0),
+    ("24h", 86400), ("30min", 1800), ("1h30min", 5400), ("7d", 604800), ("2 days", 172800),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_parse_duration_refuses_what_is_not_a_duration():
+    with pytest.raises(ConfigError) as caught:
+        parse_duration("soon", key="backup_max_age")
+    assert str(caught.value) == ("'soon' is not a duration; write it like 60s, 5min, 24h, 7d or 1h30min "
+                                 "(backup_max_age of the target in dbrunbook.toml).")
+
+
+def test_a_policy_duration_that_is_not_one_fails_when_the_file_loads(tmp_path):
+    path = write(tmp_path, '[targets.prod]\nurl_env = "X"\nbackup_max_age = "a day"\n' + MINIMAL)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path.resolve()}: [targets.prod] 'a day' is not a duration")

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy.exc
 
 from dbrunbook import locking, preflight
-from dbrunbook.errors import ConfigError, MigrationFailed
+from dbrunbook.errors import MigrationFailed
 
 
 # --- application_name ---------------------------------------------------------------------------------------
@@ -159,16 +159,3 @@ def test_statement_locks(statement, expected):
 def test_conflicts_follow_the_postgresql_table(held, wanted, expected):
     assert preflight.conflicts(held, wanted) is expected
     assert preflight.conflicts(wanted, held) is expected  # the table is symmetric
-
-
-@pytest.mark.parametrize("text, seconds", [
-    ("60s", 60), ("5min", 300), ("1h", 3600), ("100ms", 0.1), ("2d", 172800), ("90", 90), (30, 30), ("0s", 0),
-])
-def test_parse_duration(text, seconds):
-    assert preflight.parse_duration(text) == pytest.approx(seconds)
-
-
-def test_parse_duration_refuses_what_is_not_a_duration():
-    with pytest.raises(ConfigError) as caught:
-        preflight.parse_duration("soon")
-    assert str(caught.value) == "'soon' is not a duration; write e.g. 60s, 5min, 1h or 100ms."
