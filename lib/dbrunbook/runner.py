@@ -222,6 +222,11 @@ def _database_state(config: Config, target_name: str, run_id: str) -> dict:
     return state
 
 
+def _UNREAD_STATE() -> dict:  # noqa: N802 - a constant, fresh each time
+    """The state of a run refused before it could read the database under the lock: nothing claimed."""
+    return {"database": None, "heads": {}, "errors": [], "read": False}
+
+
 @contextlib.contextmanager
 def _config_for_kernel(config: Config) -> Iterator[None]:
     """Point the kernel's ``load_config()`` at the launcher's dbrunbook.toml (the kernel inherits the env)."""
@@ -471,7 +476,7 @@ def _begin(config: Config, info: RunbookInfo, values: dict, mode: str,
         progress(f"run {run_id}: reading the state of target '{target}'")
         pre_state = _database_state(config, target, run_id)
     else:
-        pre_state = {"database": None, "heads": {}, "errors": []}
+        pre_state = _UNREAD_STATE()
     ledger = bool(info.changes_database and not values.get("dry_run", False) and pre_state["database"])
     if ledger:
         ledger = _ledger_start(config, target, run_id, info, values, started, pre_state)
@@ -836,7 +841,10 @@ def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: s
     """
     config = run.config
     progress(f"run {run.run_id}: {outcome}; reading the state of target '{run.target}', signing the record")
-    post_state = post_state or _database_state(config, run.target, run.run_id)
+    if post_state is None:
+        # A run refused at the lock reads nothing after either: another run may be changing the database now.
+        unread = run.pre_state.get("read") is False
+        post_state = _UNREAD_STATE() if unread else _database_state(config, run.target, run.run_id)
     heads_before = run.pre_state.get("heads") or {}
     heads_after = post_state["heads"]
     finished = _now()
