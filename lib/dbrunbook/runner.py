@@ -1,8 +1,9 @@
 """The launcher: read a runbook's parameters, run it with papermill, classify the outcome, seal the record.
 
 The launcher owns what must be true whatever the notebook did: the run id and its directory (never reused),
-the database identity and Alembic heads before and after (read over the launcher's own connection, not the
-notebook's), the outcome, the signed statement and the ledger row. A run that fails, stops at a guard, dies
+the deployer lock of a changing run (held from the heads "before" to the signature), the database identity
+and Alembic heads before and after (read over the launcher's own connection, not the notebook's), the
+outcome, the signed statement and the ledger row. A run that fails, stops at a guard, dies
 or is interrupted still ends with a signed record, because the record of a failure is the one people need.
 """
 
@@ -500,6 +501,11 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     A failed step, a guard stop, a dead kernel or a missing sentinel are outcomes, not exceptions: each ends
     with a signed record and a ``RunResult`` whose ``exit_status`` says which (0, 1 or 3).
 
+    A run that changes the database holds its deployer lock from before the heads "before" are read until
+    the record is signed; the kernel borrows it. A second run is refused at the lock (stopped-at-guard,
+    reading nothing). When the record cannot be signed after all, the result has ``sealed`` False, exit
+    status 1, and ``dbrunbook seal`` finishes it.
+
     Args:
         name: the runbook (file name under runbooks/, without .ipynb).
         target: the database target; default the runbook's ``-p target`` or the config's default target.
@@ -511,7 +517,9 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
 
     Raises:
         ConfigError, TargetNotFound, MissingSecret, RunbookNotFound, ParameterError: before anything runs.
-        KeyboardInterrupt, SystemExit: re-raised after the interrupted run is sealed as failed.
+        RecordNotWritable, SigningKeyError: the record could not be finished; raised before anything runs.
+        KeyboardInterrupt, SystemExit: re-raised after the interrupted run is sealed as failed; the
+            exception's ``run_result`` is the sealed run's ``RunResult``.
     """
     import papermill
 
