@@ -139,7 +139,7 @@ def _run_document(run) -> dict:
     except Exception as err:  # noqa: BLE001 - one object for every outcome, a bug included
         import traceback
 
-        traceback.print_exc(file=sys.stderr)
+        _err(mask_secrets("".join(traceback.format_exception(err))).rstrip())  # for the bug report, no secret
         message = mask_secrets(f"{type(err).__name__}: {err}")
         return {"error": f"unexpected error: {message}", "error_type": type(err).__name__, "exit_status": 1}
 

@@ -351,13 +351,16 @@ def test_kernel_kill_9_is_recorded_at_the_step_that_died(project, engine):
     assert locking.deployer_lock_holder(engine) is None  # released after signing
 
 
-def test_sigterm_prints_one_object_and_seals_the_run(project, engine):
-    process, out, err, run_dir = _kill_while_waiting(project, lambda p: p.send_signal(signal.SIGTERM))
+@pytest.mark.parametrize("signum, status, ename", [(signal.SIGTERM, 143, "SystemExit"),
+                                                    (signal.SIGINT, 130, "KeyboardInterrupt")],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_signal_prints_one_object_and_seals_the_run(project, engine, signum, status, ename):
+    process, out, err, run_dir = _kill_while_waiting(project, lambda p: p.send_signal(signum))
 
-    assert process.returncode == 128 + signal.SIGTERM, err
+    assert process.returncode == status, err
     document = _json(out)
-    assert (document["outcome"], document["interrupted"], document["exit_status"]) == ("failed", "SystemExit", 143)
-    assert (document["failing_step"]["heading"], document["failing_step"]["ename"]) == ("## 3. Wait", "SystemExit")
+    assert (document["outcome"], document["interrupted"], document["exit_status"]) == ("failed", ename, status)
+    assert (document["failing_step"]["heading"], document["failing_step"]["ename"]) == ("## 3. Wait", ename)
     assert _heads(engine) == [HEAD]
     _valid(project, run_dir)
     assert _ledger(engine) == [(run_dir.name, "failed", records.statement_sha256(run_dir), None)]
