@@ -627,10 +627,18 @@ def ensure_ledger(conn: sa.Engine | sa.Connection) -> None:
                 heads_before jsonb,
                 heads_after jsonb,
                 migration_files jsonb,
-                recorded_at timestamptz NOT NULL DEFAULT now()
+                recorded_at timestamptz NOT NULL DEFAULT now(),
+                error text
             )""", {}),
-        # Why a finished run has no signed record (statement_sha256 NULL) until 'dbrunbook seal' finishes it.
-        (f"ALTER TABLE {_LEDGER} ADD COLUMN IF NOT EXISTS error text", {}),
+        # `error`: why a finished run has no signed record (statement_sha256 NULL) until 'dbrunbook seal'
+        # finishes it. Added to older ledgers only when missing: ALTER TABLE takes ACCESS EXCLUSIVE even
+        # when IF NOT EXISTS finds the column, and would queue behind any reader of the ledger.
+        (f"""DO $$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{LEDGER_SCHEMA}'
+                               AND table_name = '{LEDGER_TABLE}' AND column_name = 'error') THEN
+                    ALTER TABLE {_LEDGER} ADD COLUMN error text;
+                END IF;
+            END $$""", {}),
     ])
 
 
