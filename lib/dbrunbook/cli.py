@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,6 +77,9 @@ def _print_result(result) -> None:
         what = " ".join(str(step[k]) for k in ("ename", "evalue") if step.get(k))
         print(f"stopped at: {where}: {what}")
     print(f"record:     {result.record_dir}")
+    if not getattr(result, "sealed", True):
+        print(f"NOT SEALED: {result.seal_error}")
+        print(f"finish it:  dbrunbook seal {result.record_dir}")
 
 
 # --- commands ---------------------------------------------------------------------------------------------
@@ -87,18 +91,57 @@ def cmd_run(args: argparse.Namespace) -> int:
                            config=load_config(args.config), progress=_err,
                            execution_timeout=args.execution_timeout)
 
-    if not args.json:
-        result = run()
-        _print_result(result)
-        return result.exit_status
-    with _stdout_to_stderr() as real_stdout:
-        try:
-            document = run().as_json()
-        except DbRunbookError as err:
-            _err(str(err))
-            document = {"error": str(err), "error_type": type(err).__name__, "exit_status": err.exit_status}
-        os.write(real_stdout, (json.dumps(document, sort_keys=True) + "\n").encode("utf-8"))
-    return document["exit_status"]
+    previous = _sigterm_as_exit()
+    try:
+        if not args.json:
+            result = run()
+            _print_result(result)
+            return result.exit_status
+        with _stdout_to_stderr() as real_stdout:
+            document = _run_document(run)
+            os.write(real_stdout, (json.dumps(document, sort_keys=True, default=str) + "\n").encode("utf-8"))
+        return document["exit_status"]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_exit():
+    """SIGTERM ends ``run`` as SystemExit(143) (the launcher seals what exists first); returns the old handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _run_document(run) -> dict:
+    """The one JSON object ``run --json`` prints, whatever happened: a result, an error, or a signal."""
+    from .parameters import mask_secrets
+
+    try:
+        return run().as_json()
+    except DbRunbookError as err:
+        _err(str(err))
+        return {"error": str(err), "error_type": type(err).__name__, "exit_status": err.exit_status}
+    except (KeyboardInterrupt, SystemExit) as err:
+        status = 130 if isinstance(err, KeyboardInterrupt) else (err.code if isinstance(err.code, int) else 1)
+        result = getattr(err, "run_result", None)
+        document = result.as_json() if result is not None else {
+            "error": "interrupted before the run's notebook started: nothing was changed", "error_type": type(err).__name__}
+        document.update(interrupted=type(err).__name__, exit_status=status)
+        _err("Interrupted." if status == 130 else f"Terminated (exit {status}).")
+        return document
+    except Exception as err:  # noqa: BLE001 - one object for every outcome, a bug included
+        import traceback
+
+        _err(mask_secrets("".join(traceback.format_exception(err))).rstrip())  # for the bug report, no secret
+        message = mask_secrets(f"{type(err).__name__}: {err}")
+        return {"error": f"unexpected error: {message}", "error_type": type(err).__name__, "exit_status": 1}
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -136,6 +179,22 @@ def cmd_seal(args: argparse.Namespace) -> int:
     result = seal(Path(args.run_dir), config=load_config(args.config))
     _print_result(result)
     return result.exit_status
+
+
+#: Commands that first say when a launched run has no signed record (a killed launcher, a failed seal).
+_NOTICING = ("run", "list", "verify", "seal")
+
+
+def _notice_unfinished(args: argparse.Namespace) -> None:
+    if args.command not in _NOTICING:
+        return
+    try:
+        from .unfinished import notices
+
+        for line in notices(load_config(args.config)):
+            _err(line)
+    except DbRunbookError:  # a broken config is reported by the command itself
+        pass
 
 
 def _run_dirs(path: Path) -> list[Path]:
@@ -343,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse exits 2 on bad usage, 0 on --help
         return int(exit_.code or 0)
     try:
+        _notice_unfinished(args)
         return args.func(args)
     except DbRunbookError as err:
         _err(str(err))

@@ -266,3 +266,30 @@ def _guard_names() -> frozenset[str]:
 #: Exception names (papermill's ``ename``) the launcher classifies as "stopped at a guard": every GuardStop
 #: subclass, derived from the class tree so a new guard cannot be forgotten here.
 GUARD_ENAMES = _guard_names()
+
+
+# --- records that must be finished (issue 10: no change without a record) ----------------------------------
+class RecordNotWritable(ConfigError):
+    """Something a run needs to finish its record (a folder, the trust file, free space) is missing.
+
+    Found before the first statement runs, so the run is refused (exit 2) with nothing changed.
+    """
+
+    def __init__(self, path, problem: str, fix: str):
+        self.path, self.problem, self.fix = path, problem, fix
+        super().__init__(f"Cannot finish a run's record: {path} {problem}. Nothing was run. {fix}")
+
+
+class DeployerLockRequired(DbRunbookError):
+    """A change method was called by a session that does not hold the deployer lock of its database."""
+
+    exit_status = 2
+
+    def __init__(self, action: str, database: str, target: str, run_id: str, reason: str):
+        self.action, self.database, self.target, self.run_id, self.reason = action, database, target, run_id, reason
+        super().__init__(
+            f"{action} would change database '{database}' on target '{target}', but run {run_id} {reason}. "
+            f"Nothing was changed. Change a database only under its deployer lock: run a runbook with "
+            f"'dbrunbook run' (the launcher takes it), or open the session with open_session('{target}', "
+            f"run_id=..., lock=True)."
+        )

@@ -22,6 +22,7 @@ import hashlib
 import html
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -37,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from . import db, records
-from .errors import DeployerLockHeld, MigrationFailed
+from .errors import DeployerLockHeld, DeployerLockRequired, MigrationFailed
 from .protocol import ARTIFACTS_DIR
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,16 @@ __all__ = [
     "Attempt",
     "Blocker",
     "DeployerLock",
+    "LAUNCHER_LOCK_ENV",
     "LockHolder",
     "RetryPolicy",
     "acquire_deployer_lock",
     "application_name",
     "attempts_frame",
+    "check_deployer_lock",
     "deployer_lock_holder",
     "is_lock_timeout",
+    "launcher_lock_env",
     "parse_application_name",
     "save_attempts",
     "with_lock_retries",
@@ -69,6 +73,9 @@ DEPLOYER_LOCK_KEY = int.from_bytes(hashlib.sha256(DEPLOYER_LOCK_NAMESPACE.encode
 #: PostgreSQL keeps NAMEDATALEN - 1 bytes of application_name and silently cuts the rest.
 APPLICATION_NAME_MAX = 63
 LOCK_TIMEOUT_SQLSTATE = "55P03"  # lock_not_available
+
+#: Set by the launcher for its kernel: ``{"run_id", "pid", "database"}`` of the session holding the run's lock.
+LAUNCHER_LOCK_ENV = "DBRUNBOOK_LAUNCHER_LOCK"
 
 _LOCK_WAIT = 5.0  # seconds a second run spins before it gives up
 _LOCK_POLL = 0.1
@@ -234,10 +241,14 @@ class DeployerLock:
     """
 
     def __init__(self, engine: Engine, conn: Connection, *, key: int, database: str, run_id: str,
-                 application_name: str, pid: int):
+                 application_name: str, pid: int, holder_pid: int | None = None):
         self._engine, self._conn = engine, conn
         self.key, self.database, self.run_id = key, database, run_id
         self.application_name, self.pid = application_name, pid
+        # A lock the launcher of this run holds on its own session (pid holder_pid) is the run's lock too:
+        # the kernel borrows it, and releasing a borrowed lock leaves it with the launcher.
+        self.holder_pid = pid if holder_pid is None else holder_pid
+        self.borrowed = self.holder_pid != pid
         self.acquired_at = dt.datetime.now(dt.UTC)
         self._finalizer = weakref.finalize(self, _close, engine, conn)
 
@@ -249,16 +260,17 @@ class DeployerLock:
         """Unlock and close the connection (idempotent). Closing alone would release it too."""
         if not self._finalizer.alive:
             return
-        try:
-            self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-        except sa.exc.DBAPIError as err:  # a killed session released it already
-            log.info("deployer lock connection gone before release: %s", err.orig)
+        if not self.borrowed:
+            try:
+                self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            except sa.exc.DBAPIError as err:  # a killed session released it already
+                log.info("deployer lock connection gone before release: %s", err.orig)
         self._finalizer()
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "database": self.database, "run_id": self.run_id, "pid": self.pid,
                 "application_name": self.application_name, "acquired_at": self.acquired_at.isoformat(),
-                "held": self.held}
+                "held": self.held, "holder_pid": self.holder_pid, "borrowed": self.borrowed}
 
     def _repr_html_(self) -> str:
         return "<table>" + "".join(
@@ -284,6 +296,8 @@ def acquire_deployer_lock(engine: Engine, *, run_id: str, runbook: str = "", ope
 
     Re-running the first cell of an interactive notebook opens a new Session for the same run: a lock this
     process already holds for the same run id and database is handed over, not reported as held by another run.
+    A lock the launcher holds for this run (it says which session in ``LAUNCHER_LOCK_ENV``, and pg_locks
+    shows that session holding it under this run id) is borrowed: the run holds it already.
 
     Raises:
         DeployerLockHeld: another session holds it; the error's ``holder`` (a LockHolder) and its message say
@@ -314,8 +328,15 @@ def acquire_deployer_lock(engine: Engine, *, run_id: str, runbook: str = "", ope
                 lock._server = _server_of(engine)
                 _HELD.add(lock)
                 return lock
+            holder = deployer_lock_holder(conn, key)
+            if holder is not None and _held_by_launcher(holder, run_id, database):
+                log.info("deployer lock of %s is held by the launcher of run %s (pid %s)", database, run_id,
+                         holder.pid)
+                lock = DeployerLock(lock_engine, conn, key=key, database=database, run_id=run_id,
+                                    application_name=name, pid=pid, holder_pid=holder.pid)
+                lock._server = _server_of(engine)
+                return lock
             if time.monotonic() >= deadline:
-                holder = deployer_lock_holder(conn, key)
                 if holder is not None:
                     raise _lock_held(holder, database, target, wait)
                 # It was released between our try and our look: try once more.
@@ -324,6 +345,43 @@ def acquire_deployer_lock(engine: Engine, *, run_id: str, runbook: str = "", ope
     except BaseException:
         _close(lock_engine, conn)
         raise
+
+
+def _held_by_launcher(holder: LockHolder, run_id: str, database: str) -> bool:
+    """True when the holder is the session the launcher of this run said holds its lock."""
+    try:
+        said = json.loads(os.environ.get(LAUNCHER_LOCK_ENV) or "{}")
+    except ValueError:
+        return False
+    return bool(run_id) and said.get("run_id") == run_id == holder.run_id and said.get("pid") == holder.pid \
+        and said.get("database") == database
+
+
+def launcher_lock_env(lock: DeployerLock) -> str:
+    """The value of ``LAUNCHER_LOCK_ENV`` that lets this run's kernel borrow ``lock``."""
+    return json.dumps({"run_id": lock.run_id, "pid": lock.pid, "database": lock.database}, sort_keys=True)
+
+
+def check_deployer_lock(engine: Engine, lock: DeployerLock | None, *, action: str, run_id: str,
+                        target: str) -> None:
+    """Raise unless ``lock`` is held and the database shows its session holding the deployer lock now.
+
+    Asked of the database each time, not of the object: a session ended by an administrator, or a lock
+    released by another cell, must not leave a change running unprotected.
+
+    Raises:
+        DeployerLockRequired: no lock taken, released, or held by another session now.
+    """
+    database = engine.url.database or "?"
+    if lock is None:
+        raise DeployerLockRequired(action, database, target, run_id, "did not take the deployer lock")
+    if not lock.held:
+        raise DeployerLockRequired(action, lock.database, target, run_id, "released its deployer lock already")
+    holder = deployer_lock_holder(engine, lock.key)
+    if holder is None or holder.pid != lock.holder_pid:
+        now = f"it is held by {holder.describe()}" if holder else "nobody holds it now"
+        raise DeployerLockRequired(action, lock.database, target, run_id,
+                                   f"lost its deployer lock (session pid {lock.holder_pid} ended; {now})")
 
 
 def _server_of(engine: Engine) -> tuple:

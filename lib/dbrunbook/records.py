@@ -587,7 +587,7 @@ def ensure_operator_key(keys_dir: Path, allowed_signers: Path) -> tuple[Path, bo
 # --- ledger ---------------------------------------------------------------------------------------------
 _LEDGER = f'"{LEDGER_SCHEMA}"."{LEDGER_TABLE}"'
 _LEDGER_COLUMNS = ("id", "run_id", "runbook", "operator", "started_at", "finished_at", "outcome",
-                   "statement_sha256", "heads_before", "heads_after", "migration_files", "recorded_at")
+                   "statement_sha256", "heads_before", "heads_after", "migration_files", "recorded_at", "error")
 
 
 def _run(conn: sa.Engine | sa.Connection, statements: list[tuple[str, dict]]) -> list[Any]:
@@ -627,8 +627,18 @@ def ensure_ledger(conn: sa.Engine | sa.Connection) -> None:
                 heads_before jsonb,
                 heads_after jsonb,
                 migration_files jsonb,
-                recorded_at timestamptz NOT NULL DEFAULT now()
+                recorded_at timestamptz NOT NULL DEFAULT now(),
+                error text
             )""", {}),
+        # `error`: why a finished run has no signed record (statement_sha256 NULL) until 'dbrunbook seal'
+        # finishes it. Added to older ledgers only when missing: ALTER TABLE takes ACCESS EXCLUSIVE even
+        # when IF NOT EXISTS finds the column, and would queue behind any reader of the ledger.
+        (f"""DO $$ BEGIN
+                IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{LEDGER_SCHEMA}'
+                               AND table_name = '{LEDGER_TABLE}' AND column_name = 'error') THEN
+                    ALTER TABLE {_LEDGER} ADD COLUMN error text;
+                END IF;
+            END $$""", {}),
     ])
 
 
@@ -651,8 +661,11 @@ def ledger_start(conn: sa.Engine | sa.Connection, *, run_id: str, runbook: str, 
 def ledger_finish(conn: sa.Engine | sa.Connection, *, run_id: str, finished_at: datetime, outcome: str,
                   statement_sha256: str | None, heads_after: dict, migration_files: dict,
                   runbook: str | None = None, operator: str | None = None, started_at: datetime | None = None,
-                  heads_before: dict | None = None) -> None:
+                  heads_before: dict | None = None, error: str | None = None) -> None:
     """Complete the run's row: outcome, end time, statement digest, heads after, migration file digests.
+
+    ``error`` says why the run has no signed record yet (``statement_sha256`` None); a later call with the
+    statement clears it.
 
     When the row is missing (the run restored or recreated this database after ``ledger_start``), it is
     inserted from the optional ``runbook``/``operator``/``started_at``/``heads_before`` instead.
@@ -660,16 +673,17 @@ def ledger_finish(conn: sa.Engine | sa.Connection, *, run_id: str, finished_at: 
     ensure_ledger(conn)
     _run(conn, [(
         f"""INSERT INTO {_LEDGER} (run_id, runbook, operator, started_at, heads_before, finished_at, outcome,
-                                   statement_sha256, heads_after, migration_files)
+                                   statement_sha256, heads_after, migration_files, error)
             VALUES (:run_id, :runbook, :operator, :started_at, CAST(:heads_before AS jsonb), :finished_at,
-                    :outcome, :statement_sha256, CAST(:heads_after AS jsonb), CAST(:migration_files AS jsonb))
+                    :outcome, :statement_sha256, CAST(:heads_after AS jsonb), CAST(:migration_files AS jsonb),
+                    :error)
             ON CONFLICT (run_id) DO UPDATE SET finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome,
                 statement_sha256 = EXCLUDED.statement_sha256, heads_after = EXCLUDED.heads_after,
-                migration_files = EXCLUDED.migration_files""",
+                migration_files = EXCLUDED.migration_files, error = EXCLUDED.error""",
         {"run_id": run_id, "runbook": runbook, "operator": operator, "started_at": started_at,
          "heads_before": _jsonb(heads_before), "finished_at": finished_at, "outcome": outcome,
          "statement_sha256": statement_sha256, "heads_after": _jsonb(heads_after),
-         "migration_files": _jsonb(migration_files)},
+         "migration_files": _jsonb(migration_files), "error": error},
     )])
 
 

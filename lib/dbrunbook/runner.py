@@ -1,8 +1,9 @@
 """The launcher: read a runbook's parameters, run it with papermill, classify the outcome, seal the record.
 
 The launcher owns what must be true whatever the notebook did: the run id and its directory (never reused),
-the database identity and Alembic heads before and after (read over the launcher's own connection, not the
-notebook's), the outcome, the signed statement and the ledger row. A run that fails, stops at a guard, dies
+the deployer lock of a changing run (held from the heads "before" to the signature), the database identity
+and Alembic heads before and after (read over the launcher's own connection, not the notebook's), the
+outcome, the signed statement and the ledger row. A run that fails, stops at a guard, dies
 or is interrupted still ends with a signed record, because the record of a failure is the one people need.
 """
 
@@ -25,11 +26,12 @@ from typing import Any, Callable, Iterator
 
 import nbformat
 
-from . import archive, db, migrations, protocol, records
+from . import archive, db, locking, migrations, protocol, records, signing, unfinished
 from .config import ENV_CONFIG, Config, load_config
 from .errors import (
     GUARD_ENAMES,
     DatabaseUnavailable,
+    DeployerLockHeld,
     MissingSecret,
     ParameterError,
     RevisionNotFound,
@@ -59,7 +61,9 @@ __all__ = [
 ]
 
 SUCCEEDED, FAILED, STOPPED_AT_GUARD, INCOMPLETE = "succeeded", "failed", "stopped-at-guard", "incomplete"
-EXIT_STATUS = {SUCCEEDED: 0, FAILED: 1, STOPPED_AT_GUARD: 3, INCOMPLETE: 1}
+#: The launcher died (kill -9, a crash, the machine) before sealing; 'dbrunbook seal' records that later.
+INTERRUPTED = "interrupted"
+EXIT_STATUS = {SUCCEEDED: 0, FAILED: 1, STOPPED_AT_GUARD: 3, INCOMPLETE: 1, INTERRUPTED: 1}
 
 _STEP_HEADING = re.compile(r"^##\s+\d+\.\s*.*$", re.MULTILINE)
 
@@ -79,9 +83,13 @@ class RunResult:
     heads_after: dict = field(default_factory=dict)
     failing_step: dict | None = None
     signature: str = ""
+    sealed: bool = True
+    seal_error: str | None = None  # why the record could not be signed; 'dbrunbook seal' finishes it
 
     def as_json(self) -> dict:
         return {
+            "sealed": self.sealed,
+            "seal_error": self.seal_error,
             "run_id": self.run_id,
             "runbook": self.runbook,
             "target": self.target,
@@ -166,20 +174,22 @@ def _check_revision(config: Config, values: dict[str, object]) -> None:
         )
 
 
-def _new_run_dir(config: Config, runbook: str, target: str, started: datetime) -> tuple[str, Path]:
-    """Create the run directory of a new run id; an existing directory is never reused."""
-    for _ in range(20):
-        run_id = records.new_run_id(runbook, target, started)
-        run_dir = records.run_dir_for(config.outputs_dir, run_id, started)
+def _new_run_dir(config: Config, runbook: str, target: str, started: datetime,
+                 run_id: str | None = None) -> tuple[str, Path]:
+    """Create the run directory of a new run id (or of ``run_id``); an existing directory is never reused."""
+    tries = 20 if run_id is None else 1
+    for _ in range(tries):
+        candidate = run_id or records.new_run_id(runbook, target, started)
+        run_dir = records.run_dir_for(config.outputs_dir, candidate, started)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
             run_dir.mkdir(exist_ok=False)
         except FileExistsError:
             continue
         (run_dir / protocol.ARTIFACTS_DIR).mkdir()
-        return run_id, run_dir
-    raise RunDirectoryInvalid(f"Could not create a new run directory under {config.outputs_dir}: 20 run ids "
-                              f"were taken. Check the clock and records.new_run_id.")
+        return candidate, run_dir
+    raise RunDirectoryInvalid(f"Could not create a new run directory under {config.outputs_dir}: {tries} run "
+                              f"id(s) were taken. Check the clock and records.new_run_id.")
 
 
 def _database_state(config: Config, target_name: str, run_id: str) -> dict:
@@ -211,6 +221,11 @@ def _database_state(config: Config, target_name: str, run_id: str) -> dict:
     finally:
         engine.dispose()
     return state
+
+
+def _UNREAD_STATE() -> dict:  # noqa: N802 - a constant, fresh each time
+    """The state of a run refused before it could read the database under the lock: nothing claimed."""
+    return {"database": None, "heads": {}, "errors": [], "read": False}
 
 
 @contextlib.contextmanager
@@ -310,7 +325,7 @@ def _steps(nb: nbformat.NotebookNode) -> dict[int, str]:
     return steps
 
 
-def _progress_engine(progress: Callable[[str], None]) -> str:
+def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) -> str:
     """Register a papermill engine that reports each step as it starts and ends; returns its name.
 
     papermill's own progress bar is a tqdm over cells, which tells an operator nothing about which step of
@@ -324,6 +339,8 @@ def _progress_engine(progress: Callable[[str], None]) -> str:
     class ProgressEngine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            if seen is not None:  # the notebook in memory: what is left when its file could not be written
+                seen["nb"] = nb_man.nb
             steps = _steps(nb_man.nb)
             total = len(steps)
             order = {index: n for n, index in enumerate(sorted(steps), 1)}
@@ -338,7 +355,9 @@ def _progress_engine(progress: Callable[[str], None]) -> str:
 
             def on_complete(cell, cell_index=None, **kw):
                 if cell_index in started:
-                    failed = any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+                    # papermill calls this from a `finally`: a dead kernel or a timeout is in flight here.
+                    failed = sys.exc_info()[1] is not None or any(
+                        o.get("output_type") == "error" for o in cell.get("outputs", []))
                     seconds = time.monotonic() - started.pop(cell_index)
                     progress(f"  [{order[cell_index]}/{total}] {'FAILED' if failed else 'done'} in {seconds:.1f}s")
                 return cell_complete(cell, cell_index=cell_index, **kw)
@@ -425,12 +444,17 @@ class _Started:
 
 
 def _begin(config: Config, info: RunbookInfo, values: dict, mode: str,
-           progress: Callable[[str], None]) -> _Started:
-    """Create the run directory, write the intent, read the pre-state, open the ledger row."""
-    started = _now()
+           progress: Callable[[str], None], *, started: datetime | None = None, run_id: str | None = None,
+           read_state: bool = True) -> _Started:
+    """Create the run directory, write the intent, read the pre-state, open the ledger row.
+
+    ``read_state`` False (a run the launcher refused, e.g. at the deployer lock) reads nothing of the
+    database: its record claims no heads it did not see under the lock.
+    """
+    started = started or _now()
     runbook_sha256 = records.sha256_file(info.path)
     target = str(values["target"])
-    run_id, run_dir = _new_run_dir(config, info.name, target, started)
+    run_id, run_dir = _new_run_dir(config, info.name, target, started, run_id)
     intent = {
         "run_id": run_id,
         "runbook": info.name,
@@ -441,12 +465,19 @@ def _begin(config: Config, info: RunbookInfo, values: dict, mode: str,
         "operator": records.operator_identity(),
         "started_at": started.isoformat(),
         "pid": os.getpid(),
+        "host": socket.gethostname(),
         "mode": mode,
     }
     # Written before anything touches the database: a run killed at any later point leaves this trace.
     _write_json(run_dir / protocol.INTENT_FILE, intent)
-    progress(f"run {run_id}: reading the state of target '{target}'")
-    pre_state = _database_state(config, target, run_id)
+    if mode == "papermill":  # until its record is signed, the next dbrunbook command can say it is unfinished
+        unfinished.register(config, run_id=run_id, run_dir=run_dir, runbook=info.name, target=target,
+                            started_at=started.isoformat())
+    if read_state:
+        progress(f"run {run_id}: reading the state of target '{target}'")
+        pre_state = _database_state(config, target, run_id)
+    else:
+        pre_state = _UNREAD_STATE()
     ledger = bool(info.changes_database and not values.get("dry_run", False) and pre_state["database"])
     if ledger:
         ledger = _ledger_start(config, target, run_id, info, values, started, pre_state)
@@ -470,6 +501,11 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     A failed step, a guard stop, a dead kernel or a missing sentinel are outcomes, not exceptions: each ends
     with a signed record and a ``RunResult`` whose ``exit_status`` says which (0, 1 or 3).
 
+    A run that changes the database holds its deployer lock from before the heads "before" are read until
+    the record is signed; the kernel borrows it. A second run is refused at the lock (stopped-at-guard,
+    reading nothing). When the record cannot be signed after all, the result has ``sealed`` False, exit
+    status 1, and ``dbrunbook seal`` finishes it.
+
     Args:
         name: the runbook (file name under runbooks/, without .ipynb).
         target: the database target; default the runbook's ``-p target`` or the config's default target.
@@ -481,7 +517,9 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
 
     Raises:
         ConfigError, TargetNotFound, MissingSecret, RunbookNotFound, ParameterError: before anything runs.
-        KeyboardInterrupt, SystemExit: re-raised after the interrupted run is sealed as failed.
+        RecordNotWritable, SigningKeyError: the record could not be finished; raised before anything runs.
+        KeyboardInterrupt, SystemExit: re-raised after the interrupted run is sealed as failed; the
+            exception's ``run_result`` is the sealed run's ``RunResult``.
     """
     import papermill
 
@@ -490,29 +528,149 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     info = find_runbook(config, name)
     values = _resolve_target(config, info, target, parameters)
     kernel = kernel_name or kernel_for_this_interpreter()
-    run = _begin(config, info, values, "papermill", progress)
+    # Everything sealing needs is checked before anything runs: a problem here is exit 2, nothing changed.
+    unfinished.check_record_can_be_written(config, info.path, info.name)
+    _usable_signing_key(config)
+    target_name = str(values["target"])
+    changing = bool(info.changes_database and not values.get("dry_run", False))
+    started = _now()
+    run_id = records.new_run_id(info.name, target_name, started)
+    lock, stop = None, None
+    if changing:
+        progress(f"run {run_id}: taking the deployer lock of target '{target_name}'")
+        lock, stop = _take_deployer_lock(config, target_name, run_id, info.name)
+    try:
+        run = _begin(config, info, values, "papermill", progress, started=started, run_id=run_id,
+                     read_state=stop is None)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if changing and stop is None and not run.ledger:
+        # No ledger row, no change: the row is what 'verify -t' and the next run trust.
+        problem = "; ".join(run.pre_state.get("errors") or []) or "the target's identity could not be read"
+        stop = FAILED, _launcher_step("ledger row", "LedgerUnavailable",
+                                      f"the run was stopped before its notebook ran: {problem}")
     output = run.run_dir / protocol.NOTEBOOK_FILE
-    progress(f"run {run.run_id}: executing {info.path.name} on target '{run.target}'")
     error: BaseException | None = None
     interrupted: BaseException | None = None
+    seen: dict = {}
     try:
-        with _config_for_kernel(config), _quiet_papermill_inspection(), _sigterm_as_exit():
-            papermill.execute_notebook(
-                str(info.path), str(output), parameters=_papermill_parameters(run), kernel_name=kernel,
-                cwd=str(config.root), progress_bar=False, log_output=False, request_save_on_cell_execute=True,
-                execution_timeout=execution_timeout, kernel_manager_class=ipc_kernel_manager(),
-                engine_name=_progress_engine(progress),
-            )
+        if stop is None:
+            progress(f"run {run.run_id}: executing {info.path.name} on target '{run.target}'")
+            with _config_for_kernel(config), _lock_for_kernel(lock), _quiet_papermill_inspection(), \
+                    _sigterm_as_exit():
+                papermill.execute_notebook(
+                    str(info.path), str(output), parameters=_papermill_parameters(run), kernel_name=kernel,
+                    cwd=str(config.root), progress_bar=False, log_output=False,
+                    request_save_on_cell_execute=True, execution_timeout=execution_timeout,
+                    kernel_manager_class=ipc_kernel_manager(), engine_name=_progress_engine(progress, seen),
+                )
+        else:
+            _write_unexecuted_notebook(info, output)
     except Exception as err:
         error = err
     except BaseException as err:  # KeyboardInterrupt, SIGTERM: seal what exists, then let it go on
         error = interrupted = err
-    nb = _load_output(output)
-    outcome, failing_step = _classify(error, nb)
-    result = _seal_run(run, outcome, failing_step, mode="papermill", progress=progress)
+    # Sealing is not interrupted: a second Ctrl-C or SIGTERM waits until the record is signed.
+    with _signals_deferred() as received:
+        try:
+            nb = _load_output(output) or seen.get("nb")
+            outcome, failing_step = stop or _classify(error, nb)
+            result = _seal_run(run, outcome, failing_step, mode="papermill", progress=progress)
+        finally:
+            if lock is not None:
+                lock.release()
+    if interrupted is None and received:
+        interrupted = KeyboardInterrupt() if received[0] == signal.SIGINT else SystemExit(128 + received[0])
     if interrupted is not None:
+        interrupted.run_result = result  # the CLI still prints the run's object with --json
         raise interrupted
     return result
+
+
+def _usable_signing_key(config: Config) -> Path:
+    """The signing key, proven to sign before anything runs (a key found unusable after a change is too late).
+
+    Raises:
+        SigningKeyError: missing (when the key policy does not create one), unreadable, or not a usable key.
+        RecordNotWritable: the key folder cannot be written.
+    """
+    try:
+        key, _created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
+    except OSError as err:
+        from .errors import RecordNotWritable
+
+        raise RecordNotWritable(config.keys_dir, f"(the signing key folder) cannot be written: "
+                                f"{err.strerror or err}", "Make it a writable folder (state_dir in "
+                                f"dbrunbook.toml) or run 'dbrunbook keygen' there first.") from err
+    signing.sign(b"dbrunbook: can this key sign?", key)
+    return key
+
+
+def _launcher_step(heading: str, ename: str, evalue: str) -> dict:
+    """The failing step of a run the launcher stopped before its notebook ran (no cell of it started)."""
+    return {"cell": None, "heading": f"launcher: {heading}", "ename": ename, "evalue": mask_secrets(evalue)}
+
+
+def _take_deployer_lock(config: Config, target: str, run_id: str, runbook: str
+                        ) -> tuple[locking.DeployerLock | None, tuple[str, dict] | None]:
+    """The deployer lock for a changing run, or why the run stops before its notebook: (lock, stop)."""
+    try:
+        _target, engine = db.connect_target(config, target, run_id=run_id)
+    except DatabaseUnavailable as err:
+        return None, (FAILED, _launcher_step("deployer lock", type(err).__name__, str(err)))
+    try:
+        return locking.acquire_deployer_lock(engine, run_id=run_id, runbook=runbook, target=target), None
+    except DeployerLockHeld as err:
+        return None, (STOPPED_AT_GUARD, _launcher_step("deployer lock", type(err).__name__, str(err)))
+    except DatabaseUnavailable as err:
+        return None, (FAILED, _launcher_step("deployer lock", type(err).__name__, str(err)))
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _lock_for_kernel(lock: locking.DeployerLock | None) -> Iterator[None]:
+    """Tell the kernel (through its environment) which session holds this run's lock, so it borrows it."""
+    if lock is None:
+        yield
+        return
+    before = os.environ.get(locking.LAUNCHER_LOCK_ENV)
+    os.environ[locking.LAUNCHER_LOCK_ENV] = locking.launcher_lock_env(lock)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(locking.LAUNCHER_LOCK_ENV, None)
+        else:
+            os.environ[locking.LAUNCHER_LOCK_ENV] = before
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[list[int]]:
+    """Hold SIGTERM and SIGINT until the block ends; yields the signals received meanwhile."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def note(signum, frame):
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _write_unexecuted_notebook(info: RunbookInfo, output: Path) -> None:
+    """The runbook as it is, for the record of a run stopped before its notebook ran (no cell executed)."""
+    import shutil
+
+    shutil.copyfile(info.path, output)
 
 
 def prepare_runbook(name: str, *, target: str | None = None, parameters: dict[str, Any] | None = None,
@@ -549,7 +707,7 @@ def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
     run_dir = Path(run_dir).resolve()
     intent_path = run_dir / protocol.INTENT_FILE
     notebook = run_dir / protocol.NOTEBOOK_FILE
-    if not intent_path.is_file() or not notebook.is_file():
+    if not intent_path.is_file() or not (notebook.is_file() or _launched(intent_path)):
         raise RunDirectoryInvalid(
             f"{run_dir} is not a run directory: it needs {protocol.INTENT_FILE} and "
             f"{protocol.NOTEBOOK_FILE}. Pass the folder 'dbrunbook open' printed."
@@ -561,12 +719,64 @@ def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
         )
     intent = json.loads(intent_path.read_text(encoding="utf-8"))
     info = find_runbook(config, intent["runbook"])
+    if intent.get("mode") == "papermill":
+        return _finish_launched_run(config, info, run_dir, intent)
     nb = _read_notebook(notebook)
     outcome, failing_step = _classify_outputs(nb)
     run = _Started(config, info, intent["run_id"], run_dir, intent["target"], intent["parameters"],
                    intent["started_at"], intent["runbook_sha256"], intent.get("pre_state") or {},
                    bool(intent.get("ledger")))
     return _seal_run(run, outcome, failing_step, mode=_interactive_mode(nb), progress=lambda message: None)
+
+
+def _launched(intent_path: Path) -> bool:
+    try:
+        return json.loads(intent_path.read_text(encoding="utf-8")).get("mode") == "papermill"
+    except (OSError, ValueError):
+        return False
+
+
+def _finish_launched_run(config: Config, info: RunbookInfo, run_dir: Path, intent: dict) -> RunResult:
+    """Seal a ``dbrunbook run`` whose launcher did not: it could not sign, or it died (outcome 'interrupted').
+
+    A changing run's heads "after" are read under the deployer lock, as the launcher would have.
+
+    Raises:
+        RunDirectoryInvalid: its launcher is still running (it will seal the run itself).
+        DeployerLockHeld: another run is changing the database now; seal again once it is done.
+    """
+    run_id = intent["run_id"]
+    saved_path = run_dir / protocol.ARTIFACTS_DIR / unfinished.UNSEALED_ARTIFACT
+    post_state = None
+    if saved_path.is_file():
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        outcome, failing_step, post_state = saved["outcome"], saved.get("failing_step"), saved.get("post_state")
+    else:
+        if unfinished.launcher_alive(intent.get("pid"), intent.get("host")):
+            raise RunDirectoryInvalid(
+                f"Run {run_id} is still running: its launcher (pid {intent.get('pid')} on "
+                f"{intent.get('host')}) is alive and will seal the record itself. Wait for it to end.")
+        nb = _load_output(run_dir / protocol.NOTEBOOK_FILE)
+        cell = _last_started_cell(nb)
+        outcome, failing_step = INTERRUPTED, {
+            "cell": cell, "heading": _step_heading(nb, cell), "ename": None,
+            "evalue": f"the launcher (pid {intent.get('pid')}) ended before it sealed the run: killed, crashed, "
+                      f"or its machine went down; sealed later by 'dbrunbook seal'"}
+    run = _Started(config, info, run_id, run_dir, intent["target"], intent["parameters"], intent["started_at"],
+                   intent["runbook_sha256"], intent.get("pre_state") or {}, bool(intent.get("ledger")))
+    lock = None
+    if run.ledger and post_state is None:
+        _target, engine = db.connect_target(config, run.target, run_id=run_id)
+        try:
+            lock = locking.acquire_deployer_lock(engine, run_id=run_id, runbook=info.name, target=run.target)
+        finally:
+            engine.dispose()
+    try:
+        return _seal_run(run, outcome, failing_step, mode="papermill", progress=lambda message: None,
+                         post_state=post_state)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 # --- sealing ----------------------------------------------------------------------------------------------
@@ -631,11 +841,18 @@ def _directory_digest(config: Config) -> str | None:
 
 
 def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: str,
-              progress: Callable[[str], None]) -> RunResult:
-    """Read the post-state, build, sign and write the statement, complete the ledger row."""
+              progress: Callable[[str], None], post_state: dict | None = None) -> RunResult:
+    """Read the post-state, build, sign and write the statement, complete the ledger row.
+
+    When signing fails the run is not lost: the ledger row is completed with the outcome and the error, the
+    unsigned facts are kept in artifacts/ for ``dbrunbook seal``, and the result says so (exit status 1).
+    """
     config = run.config
     progress(f"run {run.run_id}: {outcome}; reading the state of target '{run.target}', signing the record")
-    post_state = _database_state(config, run.target, run.run_id)
+    if post_state is None:
+        # A run refused at the lock reads nothing after either: another run may be changing the database now.
+        unread = run.pre_state.get("read") is False
+        post_state = _UNREAD_STATE() if unread else _database_state(config, run.target, run.run_id)
     heads_before = run.pre_state.get("heads") or {}
     heads_after = post_state["heads"]
     finished = _now()
@@ -649,6 +866,34 @@ def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: s
         "launcher_pid": os.getpid(),
     }
     database = run.pre_state.get("database") or post_state["database"]
+    try:
+        _keep_partial_notebook(run)
+        statement_path = _sign(run, outcome, failing_step, mode, finished, database, heads_before, heads_after,
+                               extra)
+    except Exception as err:  # the run happened: keep its facts where 'dbrunbook seal' finishes them
+        return _keep_unsealed(run, outcome, failing_step, mode, err, finished, heads_before, heads_after,
+                              post_state, progress)
+    if run.ledger:
+        _ledger_finish(run, outcome, finished, heads_before, heads_after)
+    unfinished.unregister(config, run.run_id)
+    return RunResult(
+        run_id=run.run_id,
+        runbook=run.info.name,
+        target=run.target,
+        outcome=outcome,
+        exit_status=exit_status,
+        record_dir=run.run_dir,
+        heads_before=heads_before,
+        heads_after=heads_after,
+        failing_step=failing_step,
+        signature=str(statement_path.with_name(protocol.SIGNATURE_FILE)),
+    )
+
+
+def _sign(run: _Started, outcome: str, failing_step: dict | None, mode: str, finished: datetime,
+          database: dict | None, heads_before: dict, heads_after: dict, extra: dict) -> Path:
+    config = run.config
+    exit_status = EXIT_STATUS[outcome]
     # Chain the records of each database, so that a deleted or reordered record shows in 'dbrunbook verify'.
     prev = archive.previous_statement(config.outputs_dir, database)
     statement = records.build_statement(
@@ -675,32 +920,63 @@ def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: s
     if created:
         print(f"dbrunbook: created the operator signing key {key} (trusted in {config.allowed_signers}).",
               file=sys.stderr)
-    statement_path = records.write_record(run.run_dir, statement, key)
+    return records.write_record(run.run_dir, statement, key)
+
+
+PARTIAL_NOTEBOOK = "notebook.ipynb.partial"
+
+
+def _keep_partial_notebook(run: _Started) -> None:
+    """A notebook file cut short (disk full, a kill during a save) is kept as an artifact, the record's
+    notebook then being the runbook with a note saying so: a record must not depend on a whole notebook."""
+    notebook = run.run_dir / protocol.NOTEBOOK_FILE
+    if notebook.is_file() and _load_output(notebook) is not None:
+        return
+    size = notebook.stat().st_size if notebook.is_file() else 0
+    if notebook.exists():
+        os.replace(notebook, run.run_dir / protocol.ARTIFACTS_DIR / PARTIAL_NOTEBOOK)
+    nb = nbformat.read(str(run.info.path), as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell(
+        f"**The executed notebook of run {run.run_id} could not be written in full.** Its first {size} bytes "
+        f"are kept in `{protocol.ARTIFACTS_DIR}/{PARTIAL_NOTEBOOK}`; below is the runbook as it was run, "
+        f"without outputs. The outcome and failing step of the record come from the launcher."))
+    nbformat.write(nb, str(notebook))
+
+
+def _keep_unsealed(run: _Started, outcome: str, failing_step: dict | None, mode: str, err: Exception,
+                   finished: datetime, heads_before: dict, heads_after: dict, post_state: dict,
+                   progress: Callable[[str], None]) -> RunResult:
+    error = mask_secrets(f"{type(err).__name__}: {err}")
+    log.warning("run %s could not be sealed: %s", run.run_id, error, exc_info=err)
+    saved = {"outcome": outcome, "failing_step": failing_step, "mode": mode, "finished_at": finished.isoformat(),
+             "error": error, "post_state": post_state, "launcher_pid": os.getpid()}
+    try:
+        _write_json(run.run_dir / protocol.ARTIFACTS_DIR / unfinished.UNSEALED_ARTIFACT, saved)
+    except OSError as write_err:  # the intent and the ledger row remain; seal then records it as interrupted
+        log.warning("could not keep the unsealed facts of run %s: %s", run.run_id, write_err)
     if run.ledger:
-        _ledger_finish(run, outcome, finished, heads_before, heads_after)
-    return RunResult(
-        run_id=run.run_id,
-        runbook=run.info.name,
-        target=run.target,
-        outcome=outcome,
-        exit_status=exit_status,
-        record_dir=run.run_dir,
-        heads_before=heads_before,
-        heads_after=heads_after,
-        failing_step=failing_step,
-        signature=str(statement_path.with_name(protocol.SIGNATURE_FILE)),
-    )
+        _ledger_finish(run, outcome, finished, heads_before, heads_after, error=f"record not sealed: {error}")
+    message = (f"dbrunbook: run {run.run_id} ended '{outcome}' but its record could not be signed: {error}. "
+               f"Its evidence is kept in {run.run_dir}; fix the cause, then finish the record with "
+               f"'dbrunbook seal {run.run_dir}'.")
+    progress(message)
+    print(message, file=sys.stderr)
+    return RunResult(run_id=run.run_id, runbook=run.info.name, target=run.target, outcome=outcome, exit_status=1,
+                     record_dir=run.run_dir, heads_before=heads_before, heads_after=heads_after,
+                     failing_step=failing_step, signature="", sealed=False, seal_error=error)
 
 
 def _ledger_finish(run: _Started, outcome: str, finished: datetime, heads_before: dict,
-                   heads_after: dict) -> None:
+                   heads_after: dict, error: str | None = None) -> None:
     try:
         files = _migration_files(run.config, heads_before, heads_after)
         _target, engine = db.connect_target(run.config, run.target, run_id=run.run_id)
+        statement = run.run_dir / protocol.STATEMENT_FILE
         try:
             records.ledger_finish(
-                engine, run_id=run.run_id, finished_at=finished, outcome=outcome,
-                statement_sha256=records.statement_sha256(run.run_dir), heads_after=heads_after,
+                engine, run_id=run.run_id, finished_at=finished, outcome=outcome, error=error,
+                statement_sha256=records.statement_sha256(run.run_dir) if statement.is_file() else None,
+                heads_after=heads_after,
                 migration_files=files, runbook=run.info.name, operator=records.operator_identity(),
                 started_at=datetime.fromisoformat(run.started_at), heads_before=heads_before,
             )

@@ -213,6 +213,7 @@ class Session:
             frame = pd.DataFrame(rows, columns=["migration_set", "revision", "direction", "seconds", "done"])
             print(f"dry_run=True: nothing was changed; {len(frame)} step(s) would run.")
             return frame
+        self._require_lock("upgrade")
         policy, start = locking.RetryPolicy.for_target(self.target), len(self.lock_attempts)
         try:
             for m in self.sets(migration_set):
@@ -245,6 +246,7 @@ class Session:
                                 columns=["migration_set", "revision", "direction", "seconds", "done"])
         from . import locking
 
+        self._require_lock("downgrade")
         start = len(self.lock_attempts)
         try:
             done = locking.with_lock_retries(lambda conn: migrations.downgrade(m, conn, revision), self.engine,
@@ -273,6 +275,7 @@ class Session:
         if not dry_run:
             from . import locking
 
+            self._require_lock("stamp")
             start = len(self.lock_attempts)
             try:
                 locking.with_lock_retries(lambda conn: migrations.stamp(m, conn, revision), self.engine,
@@ -296,6 +299,13 @@ class Session:
                 f"Target '{self.target.name}' is at '{', '.join(cur) or 'base'}'; this run expects "
                 f"'{expected}'. Run 'dbrunbook run status -t {self.target.name}'."
             )
+
+    def _require_lock(self, action: str) -> None:
+        """Refuse to change the database unless this run holds its deployer lock (asked of the database)."""
+        from . import locking
+
+        locking.check_deployer_lock(self.engine, self.lock, action=f"Session.{action}(dry_run=False)",
+                                    run_id=self.run_id, target=self.target.name)
 
     # --- checks ----------------------------------------------------------------------------------------
     def check(self, migration_set: str | None = "all") -> pd.DataFrame:
@@ -381,6 +391,9 @@ def open_session(target: str = "", *, run_id: str = "", record_dir: str = "", co
 
     Raises:
         DeployerLockHeld: ``lock`` and another run holds the lock (after spinning for 5 s).
+
+    ``upgrade``, ``downgrade`` and ``stamp`` with ``dry_run=False`` raise ``DeployerLockRequired`` unless the
+    session holds the lock (``lock=True``; under ``dbrunbook run`` the launcher's lock for the run counts).
     """
     cfg = load_config(config) if config else load_config()
     if not isinstance(target, str):

@@ -40,8 +40,31 @@ def test_ensure_ledger_creates_the_table_once(engine):
         ("started_at", "timestamp with time zone"), ("finished_at", "timestamp with time zone"),
         ("outcome", "text"), ("statement_sha256", "text"), ("heads_before", "jsonb"),
         ("heads_after", "jsonb"), ("migration_files", "jsonb"), ("recorded_at", "timestamp with time zone"),
+        ("error", "text"),
     ]
     assert records.ledger_rows(engine) == []
+
+
+def test_a_ledger_made_before_the_error_column_gets_it(engine):
+    records.ensure_ledger(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE dbrunbook.ledger DROP COLUMN error"))
+    records.ledger_start(engine, run_id="old", runbook="apply", operator="a", started_at=STARTED, heads_before={})
+    assert _ledger_columns(engine)[-1] == ("error", "text")
+
+
+def test_finish_without_a_record_keeps_the_error_until_the_record_is_signed(engine):
+    records.ledger_start(engine, run_id="r2", runbook="apply", operator="a", started_at=STARTED, heads_before={})
+    records.ledger_finish(engine, run_id="r2", finished_at=FINISHED, outcome="succeeded", statement_sha256=None,
+                          heads_after={"main": ["bbb222"]}, migration_files={},
+                          error="record not sealed: SigningKeyError: ...")
+    [row] = records.ledger_rows(engine)
+    assert (row["outcome"], row["statement_sha256"], row["error"]) == (
+        "succeeded", None, "record not sealed: SigningKeyError: ...")
+    records.ledger_finish(engine, run_id="r2", finished_at=FINISHED, outcome="succeeded",
+                          statement_sha256="ab" * 32, heads_after={"main": ["bbb222"]}, migration_files={})
+    [row] = records.ledger_rows(engine)
+    assert (row["statement_sha256"], row["error"]) == ("ab" * 32, None)
 
 
 def test_start_then_finish(engine):

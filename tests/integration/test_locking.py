@@ -221,7 +221,7 @@ def test_a_failure_that_is_not_a_lock_timeout_is_not_retried(project):
     _at_ea90695(proj)
     with proj.engine.begin() as conn:  # b7e4f0c2d913 adds users.full_name: make that fail
         conn.execute(sa.text("ALTER TABLE users ADD COLUMN full_name text"))
-    s = _session(proj, "run-other-failure", lock=False)
+    s = _session(proj, "run-other-failure")
     with pytest.raises(MigrationFailed) as caught:
         s.upgrade("heads", "main", dry_run=False)
     assert 'column "full_name" of relation "users" already exists' in str(caught.value)

@@ -134,3 +134,18 @@ def test_keygen_creates_then_keeps_then_replaces(project, capsys):
         "operator_ed25519", "operator_ed25519.pub"]
     # Both keys stay trusted: records signed with the old one still verify.
     assert len((keys / "allowed_signers").read_text().splitlines()) == 2
+
+
+def test_run_json_reports_an_unexpected_exception_as_one_object(project, capfd, monkeypatch):
+    from dbrunbook import runner
+
+    def broken(*args, **kwargs):  # a bug in the launcher, with a secret in its message
+        raise RuntimeError("boom at postgresql://app:Hunter2@db/app")
+
+    monkeypatch.setattr(runner, "run_runbook", broken)
+    assert _main(project, "run", "succeeds", "--json") == 1
+    out, err = capfd.readouterr()
+    assert out.count("\n") == 1
+    assert json.loads(out) == {"error": "unexpected error: RuntimeError: boom at postgresql://app@db/app",
+                               "error_type": "RuntimeError", "exit_status": 1}
+    assert "Hunter2" not in out + err and "Traceback" in err
