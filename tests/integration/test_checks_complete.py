@@ -220,3 +220,27 @@ def test_a_reason_never_shows_a_password():
     err = RuntimeError("could not connect to postgresql://app:hunter2@db.internal/app")
     assert checks.reason_of(err) == "RuntimeError: could not connect to postgresql://app:***@db.internal/app"
     assert checks.reason_of(ValueError("host=db password=hunter2")) == "ValueError: host=db password=***"
+
+
+# --- the deploy checklist -------------------------------------------------------------------------------
+def test_deploy_dry_run_goes_through_the_checklist_when_the_rollback_plan_cannot_be_rendered(project, capfd):
+    folder = project.root / "online_downgrade"
+    shutil.copytree(FIXTURES / "provider_style", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    script = folder / "alembic" / "versions" / "f0000000bb02_add_connection_description.py"
+    # A downgrade that reads the live schema first: it cannot be rendered offline (a MockConnection).
+    script.write_text(script.read_text().replace(
+        '    op.drop_column("provider_connection", "description")',
+        '    columns = [c["name"] for c in sa.inspect(op.get_bind()).get_columns("provider_connection")]\n'
+        '    if "description" in columns:\n'
+        '        op.drop_column("provider_connection", "description")'))
+    write_sets(project, {"provider": f'alembic_ini = "{folder / "alembic.ini"}"'})
+    migrations.upgrade(load_config(project.config_path).migration_set("provider"), project.engine, "f0000000bb01")
+
+    code, r = run_json(capfd, "deploy")
+
+    assert (code, r["outcome"]) == (0, "succeeded"), r
+    plan = cell_text(project, r["run_id"], "## 10. Pre-deployment: plan the rollback")
+    # Today the downgrade cannot be rendered offline: the plan says why; where it can, the plan is shown.
+    assert "could not run:" in plan or "dbrunbook run rollback -t local -p migration_set provider" in plan, plan
+    assert cell_text(project, r["run_id"], "## 23. Post-deployment: changelog entry")  # the checklist went on
+    assert versions(project) == {"f0000000bb01"}  # a dry run changed nothing

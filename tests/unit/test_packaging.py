@@ -4,11 +4,11 @@ environment.yml, the user's fixed packages are all declared, and a wheel ships t
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 import zipfile
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -93,9 +93,12 @@ def test_sdist_and_wheel_carry_the_runbooks():
     assert "dbrunbook\" / \"runbooks\"" in (ROOT / "setup.py").read_text()
 
 
-@pytest.mark.skipif(not list(Path("/tmp/whl").glob("dbrunbook-*.whl")), reason="no wheel built in /tmp/whl")
-def test_a_built_wheel_ships_every_runbook():
-    wheel = sorted(Path("/tmp/whl").glob("dbrunbook-*.whl"))[-1]
+def test_a_built_wheel_ships_every_runbook(tmp_path):
+    """``pip wheel .`` (build isolation: setuptools from the index) puts runbooks/*.ipynb in the package."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "-w", str(tmp_path), "--no-deps", "-q"],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next(tmp_path.glob("dbrunbook-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"dbrunbook/runbooks/{p.name}" for p in (ROOT / "runbooks").glob("*.ipynb")}
-    assert expected and expected <= names
+    assert len(expected) == 11 and expected <= names
+    assert not any(n.startswith("dbrunbook/runbooks/") and n.endswith(".py") for n in names)
