@@ -3,9 +3,11 @@ environment.yml, the user's fixed packages are all declared, and a wheel ships t
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
@@ -93,12 +95,38 @@ def test_sdist_and_wheel_carry_the_runbooks():
     assert "dbrunbook\" / \"runbooks\"" in (ROOT / "setup.py").read_text()
 
 
-def test_a_built_wheel_ships_every_runbook(tmp_path):
-    """``pip wheel .`` (build isolation: setuptools from the index) puts runbooks/*.ipynb in the package."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "-w", str(tmp_path), "--no-deps", "-q"],
+def test_a_built_wheel_ships_the_runbooks_and_dbrunbook_list_finds_them(tmp_path):
+    """``pip wheel .``, installed into a fresh venv outside the repository: ``dbrunbook list`` there, with a
+    dbrunbook.toml that names no runbooks folder, lists the runbooks shipped inside the package."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "-w", str(wheels), "--no-deps", "-q"],
                    check=True, capture_output=True, timeout=300)
-    wheel = next(tmp_path.glob("dbrunbook-*.whl"))
+    wheel = next(wheels.glob("dbrunbook-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"dbrunbook/runbooks/{p.name}" for p in (ROOT / "runbooks").glob("*.ipynb")}
     assert len(expected) == 11 and expected <= names
     assert not any(n.startswith("dbrunbook/runbooks/") and n.endswith(".py") for n in names)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    # The dependencies come from this environment's site-packages (a plain path: its .pth files, among them
+    # the editable install of this checkout, are not run); dbrunbook itself only from the wheel.
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s/migrations\n")
+    (project / "dbrunbook.toml").write_text('[migration_sets.app]\nalembic_ini = "alembic.ini"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("DBRUNBOOK_CONFIG", "PYTHONPATH")}
+    where = subprocess.run([python, "-c", "import dbrunbook; print(dbrunbook.__file__)"], cwd=project, env=env,
+                           check=True, capture_output=True, text=True).stdout.strip()
+    assert where == str(site / "dbrunbook" / "__init__.py")
+    listed = subprocess.run([venv / "bin" / "dbrunbook", "list"], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split()[0] for line in listed.stdout.splitlines()[1:12]]
+    assert rows == sorted(p.stem for p in (ROOT / "runbooks").glob("*.ipynb"))
