@@ -144,7 +144,9 @@ s.revision_graph(migration_set)
 # ## 14. Schema check: models against the database (alembic check)
 
 # %%
-s.check(migration_set)
+from dbrunbook import checks
+
+checks.attempt("alembic check", s.check, migration_set)
 
 # %% [markdown]
 # ## 15. Snapshot for later verification

@@ -99,22 +99,22 @@ safety.require_approved_preview(s, preview, approved_preview, dry_run=dry_run)
 # ## 8. Pre-deployment: check for breaking changes
 
 # %%
-from dbrunbook import deploy
+from dbrunbook import checks, deploy
 
-deploy.breaking_changes(preview)
+checks.attempt("breaking changes", deploy.breaking_changes, preview)
 
 # %% [markdown]
 # ## 9. Pre-deployment: estimate downtime (the latest rehearsal on restored data)
 
 # %%
 rehearsal = latest_rehearsal(s)
-deploy.rehearsal_estimate(rehearsal)
+checks.attempt("downtime estimate", deploy.rehearsal_estimate, rehearsal)
 
 # %% [markdown]
 # ## 10. Pre-deployment: plan the rollback
 
 # %%
-deploy.rollback_plan(s, revision, migration_set)
+checks.attempt("rollback plan", deploy.rollback_plan, s, revision, migration_set)
 
 # %% [markdown]
 # ## 11. Pre-deployment: live preflight (sessions holding the tables these migrations lock)
@@ -184,7 +184,7 @@ deploy.maintenance(s, False, dry_run=dry_run)
 # ## 20. Post-deployment: monitor database activity
 
 # %%
-deploy.activity(s)
+checks.attempt("database activity", deploy.activity, s)
 
 # %% [markdown]
 # ## 21. Post-deployment: verify data integrity (row counts)

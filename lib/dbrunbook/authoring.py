@@ -40,6 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from . import db, migrations, snapshots
+from .checks import CouldNotRun
 from .config import Config, MigrationSet
 from .errors import ConfigError, DbRunbookError, MigrationFailed, ParameterError, ReviewFailed
 from .lint_rules import revision_issues
@@ -501,12 +502,25 @@ class StepCheck:
     error: str = ""
     not_restored: pd.DataFrame = field(default_factory=pd.DataFrame, compare=False)
     changes: pd.DataFrame = field(default_factory=pd.DataFrame, compare=False)
+    #: Why the check itself could not run on this revision (not a verdict on the revision): env.py, the
+    #: scratch database or the graph raised before or between the migration steps.
+    could_not_run: str = ""
+
+    @classmethod
+    def failed_to_run(cls, revision: str, err: BaseException) -> "StepCheck":
+        reason = CouldNotRun.of("round trip", err).reason
+        log.debug("round trip of %s could not run", revision, exc_info=True)
+        return cls(revision, False, None, None, None, f"could not run: {reason}", could_not_run=reason)
 
     @property
     def ok(self) -> bool:
         return bool(self.upgrade_ok and self.downgrade_ok and self.restored and self.reupgrade_ok)
 
     def findings(self, prefix: str = "round-trip") -> list[Finding]:
+        if self.could_not_run:
+            # An error: review cannot vouch for a downgrade it could not run.
+            return [Finding(f"{prefix}:could-not-run", "error", self.revision,
+                            f"could not run: {self.could_not_run}")]
         out = []
         if not self.upgrade_ok:
             out.append(Finding(f"{prefix}:upgrade-failed", "error", self.revision, f"upgrade failed: {self.error}"))
@@ -561,10 +575,15 @@ def _walk(mset: MigrationSet, engine: Engine, order: list[str]) -> tuple[list[St
 
     try:
         migrations._drive(mset, engine, steps, direction="upgrade")
-    except MigrationFailed as err:
+    except Exception as err:  # any failure is a result of the walk, named by revision and phase
         if not at:
-            raise
-        phase, reason = at["phase"], _reason(err)
+            # Before the first step or between two: env.py, the graph or the connection, not a revision.
+            rev = next((r for r in order if r not in {c.revision for c in results}), order[0] if order else "?")
+            results.append(StepCheck.failed_to_run(rev, err))
+            done = {r.revision for r in results}
+            return results, [r for r in order if r not in done]
+        phase = at["phase"]
+        reason = _reason(err) if isinstance(err, MigrationFailed) else CouldNotRun.of("round trip", err).reason
         nr = at["not_restored"] if at["not_restored"] is not None else pd.DataFrame()
         changes = at["changes"] if at["changes"] is not None else pd.DataFrame()
         if phase == "upgrade":
@@ -617,8 +636,10 @@ def round_trip(mset: MigrationSet, engine: Engine, revision: str = "heads") -> R
         try:
             migrations.upgrade(mset, engine, parent)
             prepared.append(parent)
-        except DbRunbookError as err:
-            step = StepCheck(rev, False, None, None, None, f"preparing parent {parent}: {_reason(err)}")
+        except Exception as err:  # env.py or a parent revision: the reviewed revision never ran
+            reason = _reason(err) if isinstance(err, DbRunbookError) else CouldNotRun.of("round trip", err).reason
+            step = StepCheck(rev, False, None, None, None, f"could not run: preparing parent {parent}: {reason}",
+                             could_not_run=f"preparing parent {parent}: {reason}")
             return RoundTrip(mset.name, step, "parents could not be applied")
     checks, _ = _walk(mset, engine, [rev])
     return RoundTrip(mset.name, checks[0], f"database prepared at {', '.join(prepared) or 'base'}")
@@ -692,13 +713,27 @@ class Scratch:
             db.drop_database(self._admin_url, name)
 
     def round_trip(self, source: RevisionSource) -> RoundTrip:
-        with self.database() as engine:
-            return round_trip(source.migration_set, engine, source.revision)
+        """``round_trip`` on a fresh database; whatever raises is the result ("could not run: …"), not a crash."""
+        try:
+            with self.database() as engine:
+                return round_trip(source.migration_set, engine, source.revision)
+        except Exception as err:  # the scratch database, env.py, the graph: the review goes on
+            return RoundTrip(source.migration_set.name, StepCheck.failed_to_run(source.revision, err),
+                             "could not run")
 
     def stairway(self, source: RevisionSource | MigrationSet) -> Stairway:
+        """``stairway`` on a fresh database; whatever raises is the result ("could not run: …"), not a crash."""
         mset = source.migration_set if isinstance(source, RevisionSource) else source
-        with self.database() as engine:
-            return stairway(mset, engine)
+        try:
+            with self.database() as engine:
+                return stairway(mset, engine)
+        except Exception as err:  # as for round_trip
+            try:
+                order = [r.revision for r in migrations.history(mset)]
+            except Exception:  # noqa: BLE001 - the graph itself may be what failed
+                order = []
+            first = order[0] if order else "(chain)"
+            return Stairway(mset.name, (StepCheck.failed_to_run(first, err),), tuple(order[1:]))
 
     def close(self) -> None:
         """Stop the throwaway server, if this scratch started one, and remove its files."""

@@ -330,6 +330,14 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from .project_init import write_config
+
+    path = write_config([Path(p) for p in args.alembic_ini], Path(args.output) if args.output else None)
+    print(f"Wrote {path}. Check it, then: dbrunbook list; dbrunbook run status")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dbrunbook",
@@ -390,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument("--merge", action="store_true", help="write a merge revision of the set's heads")
     new.add_argument("-t", "--target", help="database --autogenerate compares with (default: default_target)")
     new.set_defaults(func=cmd_new)
+
+    init = sub.add_parser("init", help="write a commented dbrunbook.toml for an existing Alembic project")
+    init.add_argument("alembic_ini", nargs="*", metavar="ALEMBIC_INI",
+                      help="the project's alembic.ini files (or pyproject.toml); default: ./alembic.ini")
+    init.add_argument("-o", "--output", help="where to write it (default: ./dbrunbook.toml; never overwritten)")
+    init.set_defaults(func=cmd_init)
 
     return parser
 

@@ -5,10 +5,15 @@ guide warns about elsewhere: multiple heads, drift, edited applied migrations) f
 target, and returns a ``CheckResult``: the problems it found, each with the queries it ran and what they
 returned, or a one-line all-clear saying what it looked at. Nothing here changes the database or ends a
 session: the troubleshoot runbook reads, the operator decides. ``diagnose(session)`` runs every check.
+
+A check that raises on a project (an env.py or models module that needs something, SQL that cannot be
+rendered) does not end the diagnosis: its result says "could not run: <reason>" (per migration set when
+only one set fails) and the other checks still run.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
@@ -21,8 +26,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import migrations, records, sqltext
+from .checks import CouldNotRun
 from .config import MigrationSet
-from .errors import ConfigError, DbRunbookError
+from .errors import ConfigError, DbRunbookError, GuardStop
 from .protocol import STATEMENT_FILE
 
 log = logging.getLogger(__name__)
@@ -91,15 +97,19 @@ class CheckResult:
     title: str
     problems: tuple[Problem, ...]
     checked: str
+    #: Why the check (or its part for some migration sets) could not run; empty when it ran.
+    could_not_run: str = ""
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.could_not_run
 
     def _repr_html_(self) -> str:
         if self.ok:
             return f"<p>✔ <b>{html.escape(self.title)}</b>: no problem. {html.escape(self.checked)}</p>"
-        return "\n".join(p._repr_html_() for p in self.problems)
+        failed = (f"<p>⚠ <b>{html.escape(self.title)}</b>: could not run: {html.escape(self.could_not_run)}. "
+                  f"The other checks still ran. {html.escape(self.checked)}</p>" if self.could_not_run else "")
+        return failed + "\n".join(p._repr_html_() for p in self.problems)
 
 
 @dataclass(frozen=True)
@@ -113,28 +123,92 @@ class Diagnosis:
     def problems(self) -> tuple[Problem, ...]:
         return tuple(p for c in self.checks for p in c.problems)
 
+    @property
+    def could_not_run(self) -> tuple[CheckResult, ...]:
+        """The checks that raised (wholly or for some migration sets): what this diagnosis could not see."""
+        return tuple(c for c in self.checks if c.could_not_run)
+
+    @property
+    def all_clear(self) -> bool:
+        return not self.problems and not self.could_not_run
+
     def as_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            [{"problem": p.title, "migration_set": p.migration_set, "next_step": p.next_step}
-             for p in self.problems], columns=["problem", "migration_set", "next_step"])
+        rows = [{"problem": p.title, "migration_set": p.migration_set, "next_step": p.next_step}
+                for p in self.problems]
+        rows += [{"problem": f"{c.title}: could not run: {c.could_not_run}", "migration_set": None,
+                  "next_step": f"{_again(self.target)}  (once the cause is fixed)"} for c in self.could_not_run]
+        return pd.DataFrame(rows, columns=["problem", "migration_set", "next_step"])
 
     def as_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "all_clear": not self.problems,
+        return {"target": self.target, "all_clear": self.all_clear,
+                "could_not_run": [c.code for c in self.could_not_run],
                 "checks": [{"code": c.code, "title": c.title, "checked": c.checked,
+                            "could_not_run": c.could_not_run or None,
                             "problems": [p.as_dict() for p in c.problems]} for c in self.checks]}
 
     def _repr_html_(self) -> str:
-        if not self.problems:
+        if self.all_clear:
             looked = "".join(f"<li>{html.escape(c.title)}: {html.escape(c.checked)}</li>" for c in self.checks)
             return (f"<p>✔ <b>All clear</b> on target <code>{html.escape(self.target)}</code>: "
                     f"{len(self.checks)} checks, no problem found.</p><ul>{looked}</ul>")
         head = (f"<p><b>{len(self.problems)} problem(s)</b> on target <code>{html.escape(self.target)}</code>, "
-                f"in the order to deal with them:</p>")
+                f"in the order to deal with them"
+                + (f"; {len(self.could_not_run)} check(s) could not run" if self.could_not_run else "")
+                + ":</p>")
         return head + self.as_frame().to_html(index=False) + "\n".join(
-            f"<h3>{i}. {html.escape(p.title)}</h3>{p._repr_html_()}" for i, p in enumerate(self.problems, 1))
+            f"<h3>{i}. {html.escape(p.title)}</h3>{p._repr_html_()}" for i, p in enumerate(self.problems, 1)
+        ) + "\n".join(c._repr_html_() for c in self.could_not_run if not c.problems)
 
 
 # --- helpers --------------------------------------------------------------------------------------------
+def _again(target: str) -> str:
+    return f"dbrunbook run troubleshoot -t {target}"
+
+
+def _completes(code: str, title: str) -> Callable[[Callable[..., CheckResult]], Callable[..., CheckResult]]:
+    """A check that raises returns "could not run: <reason>" instead; the diagnosis goes on.
+
+    When the check covers several migration sets and fails, it is run again set by set, so the sets it can
+    look at are still diagnosed and the row names the set(s) it could not.
+    """
+    def wrap(fn: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
+        @functools.wraps(fn)
+        def inner(s: Any, *args: Any, **kwargs: Any) -> CheckResult:
+            try:
+                return fn(s, *args, **kwargs)
+            except GuardStop:
+                raise
+            except Exception as err:  # anything a project's code or SQL raises: the reason is the result
+                whole = CouldNotRun.of(title, err)
+                log.debug("check %s could not run", code, exc_info=True)
+            if code == "blocked":
+                return CheckResult(code, title, (), f"could not run: {whole.reason}", whole.reason)
+            selection = args[0] if args else kwargs.get("migration_set", "all")
+            try:
+                sets = s.sets(selection)
+            except Exception:  # noqa: BLE001 - the selection itself is what failed
+                sets = []
+            if len(sets) < 2:
+                return CheckResult(code, title, (), f"could not run: {whole.reason}", whole.reason)
+            problems: list[Problem] = []
+            notes, failed = [], []
+            for m in sets:
+                try:
+                    one = fn(s, m.name, *args[1:], **{k: v for k, v in kwargs.items() if k != "migration_set"})
+                except GuardStop:
+                    raise
+                except Exception as err:  # noqa: BLE001 - as above, for this set only
+                    reason = CouldNotRun.of(title, err).reason
+                    notes.append(f"{m.name}: could not run: {reason}")
+                    failed.append(f"{m.name}: {reason}")
+                    continue
+                problems += one.problems
+                notes.append(one.checked)
+            return CheckResult(code, title, tuple(problems), "; ".join(n for n in notes if n), "; ".join(failed))
+        return inner
+    return wrap
+
+
 def _command(s: Any, runbook: str, **parameters: Any) -> str:
     parts = [f"dbrunbook run {runbook} -t {s.target.name}"]
     for name, value in parameters.items():
@@ -313,6 +387,7 @@ def parse_inserts(sql: str) -> list[dict[str, Any]]:
 
 
 # --- 1. not up to date ----------------------------------------------------------------------------------
+@_completes("not_up_to_date", TITLES["not_up_to_date"])
 def check_up_to_date(s: Any, migration_set: str = "all") -> CheckResult:
     """The guide's *Target database is not up to date*: ``alembic current`` differs from ``alembic heads``."""
     problems, notes = [], []
@@ -330,10 +405,13 @@ def check_up_to_date(s: Any, migration_set: str = "all") -> CheckResult:
                                   "file": r.path.name} for r in pend],
                                 columns=["revision", "description", "merge", "file"])
         runbook = "deploy" if s.target.protected else "apply"
+        several = (f"The database has {len(cur)} current revisions: a partial downgrade of a merge (or an "
+                   f"interrupted upgrade of several branches) left one version row per branch; upgrading "
+                   f"joins them again. " if len(cur) > 1 else "")
         problems.append(Problem(
             code="not_up_to_date", title=TITLES["not_up_to_date"], migration_set=m.name, evidence=evidence,
             cause=(f"alembic current is {', '.join(cur) or '(base)'}; alembic heads is {', '.join(hd)}: "
-                   f"{len(pend)} revision(s) are pending. Review them with "
+                   f"{len(pend)} revision(s) are pending. {several}Review them with "
                    f"'{_command(s, 'preview', migration_set=m.name)}' before applying."),
             next_step=_command(s, runbook, migration_set=m.name, dry_run=False),
             queries=(_version_query(m),),
@@ -391,6 +469,7 @@ def _nearest_known(revision: str, sightings: list[dict], known: dict) -> str | N
     return None
 
 
+@_completes("unknown_revision", "Can't locate revision")
 def check_unknown_revision(s: Any, migration_set: str = "all") -> CheckResult:
     """The guide's *Can't locate revision identified by …*: the version table names a revision no script has.
 
@@ -466,6 +545,7 @@ def _live(conn: Connection, obj: dict[str, str]) -> str | None:
     return row[0] if row else None
 
 
+@_completes("already_exists", TITLES["already_exists"])
 def check_objects_exist(s: Any, migration_set: str = "all") -> CheckResult:
     """The guide's *Column already exists*: pending revisions create objects the live schema already has.
 
@@ -551,6 +631,7 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+@_completes("duplicate_key", TITLES["duplicate_key"])
 def check_duplicate_keys(s: Any, migration_set: str = "all") -> CheckResult:
     """The guide's *Duplicate key value violates unique constraint*, found before the data migration runs.
 
@@ -635,6 +716,7 @@ _ACTIVITY = sa.text("""
 """)
 
 
+@_completes("blocked", TITLES["blocked"])
 def check_blocking(s: Any, max_age: str | None = None) -> CheckResult:
     """The guide's *Migration takes too long*: the blocking tree, long transactions, idle-in-transaction sessions.
 
@@ -692,6 +774,7 @@ def check_blocking(s: Any, max_age: str | None = None) -> CheckResult:
 
 
 # --- 6. multiple heads ----------------------------------------------------------------------------------
+@_completes("multiple_heads", TITLES["multiple_heads"])
 def check_multiple_heads(s: Any, migration_set: str = "all") -> CheckResult:
     """More than one head: two lines of development never merged; ``upgrade head`` refuses to choose."""
     problems, notes = [], []
@@ -755,6 +838,7 @@ def describe_diff(diff: tuple) -> dict[str, str]:
     return {"change": kind, "object": _name_of(target), "detail": ""}
 
 
+@_completes("drift", TITLES["drift"])
 def check_drift(s: Any, migration_set: str = "all") -> CheckResult:
     """``alembic check`` at head: the live schema against the models, one row per differing object."""
     problems, notes = [], []
@@ -785,6 +869,7 @@ def check_drift(s: Any, migration_set: str = "all") -> CheckResult:
 
 
 # --- 8. edited applied migrations -----------------------------------------------------------------------
+@_completes("edited_migration", TITLES["edited_migration"])
 def check_edited_migrations(s: Any, migration_set: str = "all") -> CheckResult:
     """The guide's *Never edit applied migrations*: a script whose sha256 changed since a run applied it.
 

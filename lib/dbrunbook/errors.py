@@ -20,6 +20,10 @@ class ConfigError(DbRunbookError):
     exit_status = 2
 
 
+class ConfigExists(ConfigError):
+    """``dbrunbook init`` would overwrite an existing dbrunbook.toml (it never does)."""
+
+
 class TargetNotFound(ConfigError):
     """A target name that dbrunbook.toml does not define."""
 

@@ -24,6 +24,7 @@ from .config import Config, load_config
 from .errors import ConfigError, ParameterError, RunbookNotFound
 
 __all__ = ["Parameter", "RunbookInfo", "parse_parameters", "read_parameters", "list_runbooks", "find_runbook",
+           "installed_runbooks", "runbooks_dir",
            "validate_parameters", "mask_secrets"]
 
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
@@ -204,8 +205,27 @@ def _runbook_info(path: Path) -> RunbookInfo:
     )
 
 
+def installed_runbooks() -> Path:
+    """The runbooks that come with dbrunbook: inside the installed package, or the checkout's ``runbooks/``.
+
+    A wheel ships them as ``dbrunbook/runbooks/*.ipynb`` (setup.py copies them at build time); an editable
+    install of a clone reads the clone's own ``runbooks/`` folder.
+    """
+    here = Path(__file__).resolve().parent
+    packaged = here / "runbooks"
+    return packaged if packaged.is_dir() else here.parents[1] / "runbooks"
+
+
+def runbooks_dir(config: Config) -> Path:
+    """Where the project's runbooks are: ``[project] runbooks`` when it holds any, else the installed ones."""
+    own = Path(config.runbooks_dir)
+    if any(p for p in own.glob("*.ipynb") if not p.name.startswith((".", "_"))):
+        return own
+    return installed_runbooks()
+
+
 def _runbook_paths(config: Config) -> list[Path]:
-    return sorted(p for p in Path(config.runbooks_dir).glob("*.ipynb") if not p.name.startswith((".", "_")))
+    return sorted(p for p in runbooks_dir(config).glob("*.ipynb") if not p.name.startswith((".", "_")))
 
 
 def list_runbooks(config: Config | None = None) -> list[RunbookInfo]:
@@ -222,7 +242,7 @@ def find_runbook(config: Config | None, name: str) -> RunbookInfo:
     """
     config = config or load_config()
     stem = name[: -len(".ipynb")] if name.endswith(".ipynb") else name
-    path = Path(config.runbooks_dir) / f"{stem}.ipynb"
+    path = runbooks_dir(config) / f"{stem}.ipynb"
     if "/" in stem or not path.is_file():
         raise RunbookNotFound(name, [p.stem for p in _runbook_paths(config)])
     return _runbook_info(path)
