@@ -51,6 +51,7 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
+from . import alembic_thread, drivers
 from .config import MigrationSet
 from .db import mask_url
 from .errors import ConfigError, DialectMismatch, MigrationFailed, RevisionNotFound
@@ -694,24 +695,6 @@ def _environment(config: AlembicConfig, script: ScriptDirectory, run: _Run, **kw
     return env
 
 
-def _url_for_env(conn: Connection) -> str:
-    """Our URL, plus the session settings of our engine, for env.py files that build their own engine."""
-    began = not conn.in_transaction()
-    try:
-        app, lock, statement = conn.execute(sa.text(
-            "SELECT current_setting('application_name'), current_setting('lock_timeout'), "
-            "current_setting('statement_timeout')")).one()
-    finally:
-        if began:
-            conn.rollback()
-    url = conn.engine.url
-    theirs = url.query.get("options")
-    options = " ".join(filter(None, [theirs if isinstance(theirs, str) else None,
-                                     f"-c lock_timeout={lock}", f"-c statement_timeout={statement}"]))
-    url = url.update_query_dict({"application_name": app, "options": options})
-    return url.render_as_string(hide_password=False)
-
-
 def _reason(err: BaseException, secret: str | None) -> str:
     if isinstance(err, sa.exc.DBAPIError) and err.orig is not None:
         text = str(err.orig)
@@ -726,46 +709,60 @@ StepsFn = Callable[[ScriptDirectory, tuple, MigrationContext], Iterable[Any]]
 
 def _drive(mset: MigrationSet, engine: Engine | Connection, steps_fn: StepsFn, *, direction: str,
            **context_opts: Any) -> list[StepResult]:
-    """Run env.py online on our connection with ``steps_fn`` as the migration function; commit each step."""
-    with _connection(engine) as conn:
-        # A caller's own transaction stays the caller's: Alembic then runs inside it and we neither commit
-        # nor roll back (and per-revision commits do not apply).
-        external = conn.in_transaction()
+    """Run env.py online with ``steps_fn`` as the migration function; commit each step.
 
-        def end(commit: bool) -> None:
-            if external or not conn.in_transaction():
-                return
-            if commit:
-                conn.commit()
-            else:
-                conn.rollback()
+    env.py gets the project's driver (``drivers``): our connection when it has that driver, else one of the
+    project's with our session settings. It runs in an AnyIO worker thread with no event loop
+    (``alembic_thread``), so ``asyncio.run`` and ``anyio.from_thread.run`` in env.py work from a notebook.
+    """
+    with _connection(engine) as ours:
+        driver = drivers.driver_for(mset, ours)
+        settings = drivers.session_settings(ours)
+        url = drivers.url_for_env(ours, driver, settings)
+        with drivers.project_connection(ours, driver, url) as conn, \
+                (drivers.asyncpg_settings(settings) if driver == "asyncpg" else contextlib.nullcontext()):
+            return _drive_on(mset, engine, conn, url, steps_fn, direction=direction, **context_opts)
 
-        url = _url_for_env(conn)
-        run = _Run(mset, direction, connection=conn)
-        try:
-            with _in_project(mset, url):
-                cfg = alembic_config(mset, url=url, connection=conn)
-                script = _script(mset, cfg)
 
-                def fn(rev: tuple, context: MigrationContext) -> Iterable[Any]:
-                    return run.steps(steps_fn(script, rev, context))
+def _drive_on(mset: MigrationSet, engine: Engine | Connection, conn: Connection, url: str, steps_fn: StepsFn,
+              *, direction: str, **context_opts: Any) -> list[StepResult]:
+    # A caller's own transaction stays the caller's: Alembic then runs inside it and we neither commit
+    # nor roll back (and per-revision commits do not apply).
+    external = conn.in_transaction()
 
-                with _environment(cfg, script, run, fn=fn, as_sql=False, **context_opts):
-                    script.run_env()
-            end(commit=True)
-        except (DialectMismatch, ConfigError, RevisionNotFound):
-            end(commit=False)
-            raise
-        except (CommandError, RevisionError) as err:
-            end(commit=False)
-            if "locate revision" in str(err) or isinstance(err, RevisionError):
-                raise _not_found(mset, context_opts.get("destination_rev"), err) from err
-            raise _failed(mset, engine, run, err) from err
-        except Exception as err:
-            end(commit=False)
-            raise _failed(mset, engine, run, err) from err
-        finally:
-            run.remove_stray_sqlite()
+    def end(commit: bool) -> None:
+        if external or not conn.in_transaction():
+            return
+        if commit:
+            conn.commit()
+        else:
+            conn.rollback()
+
+    run = _Run(mset, direction, connection=conn)
+    try:
+        with _in_project(mset, url):
+            cfg = alembic_config(mset, url=url, connection=conn)
+            script = _script(mset, cfg)
+
+            def fn(rev: tuple, context: MigrationContext) -> Iterable[Any]:
+                return run.steps(steps_fn(script, rev, context))
+
+            with _environment(cfg, script, run, fn=fn, as_sql=False, **context_opts):
+                alembic_thread.run_in_worker(script.run_env)
+        end(commit=True)
+    except (DialectMismatch, ConfigError, RevisionNotFound):
+        end(commit=False)
+        raise
+    except (CommandError, RevisionError) as err:
+        end(commit=False)
+        if "locate revision" in str(err) or isinstance(err, RevisionError):
+            raise _not_found(mset, context_opts.get("destination_rev"), err) from err
+        raise _failed(mset, engine, run, err) from err
+    except Exception as err:
+        end(commit=False)
+        raise _failed(mset, engine, run, err) from err
+    finally:
+        run.remove_stray_sqlite()
     return run.results
 
 
