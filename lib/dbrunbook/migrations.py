@@ -54,7 +54,7 @@ from sqlalchemy.engine import Connection, Engine
 from . import alembic_thread, drivers
 from .config import MigrationSet
 from .db import mask_url
-from .errors import ConfigError, DialectMismatch, MigrationFailed, RevisionNotFound
+from .errors import AmbiguousRevision, ConfigError, DialectMismatch, MigrationFailed, RevisionNotFound
 
 log = logging.getLogger(__name__)
 
@@ -441,9 +441,12 @@ def resolve(mset: MigrationSet, revision: str,
     script = script_directory(mset)
     try:
         with _in_project(mset):
+            if current is not None:
+                _refuse_ambiguous(mset, script, revision, current)
             return _resolve(script, revision, current)
     except (CommandError, RevisionError) as err:
-        raise _not_found(mset, revision, err) from err
+        found = _ambiguous(mset, script, revision, current) if current is not None else None
+        raise (found or _not_found(mset, revision, err)) from err
 
 
 def _resolve(script: ScriptDirectory, revision: str, at: Sequence[str] | None) -> tuple[str, ...]:
@@ -773,23 +776,81 @@ def _failed(mset: MigrationSet, engine: Engine | Connection, run: _Run, err: Bas
         completed = current(mset, engine)
     except sa.exc.SQLAlchemyError:
         completed = ()
-    failed = MigrationFailed(mset.name, _step_revision(run.running) if run.running is not None else None,
-                             completed, _reason(err, str(secret) if secret else None))
+    running = _step_revision(run.running) if run.running is not None else None
+    after = run.results[-1].revision if running is None and run.results else None
+    failed = MigrationFailed(mset.name, running, completed, _reason(err, str(secret) if secret else None),
+                             after=after)
     failed.steps = list(run.results)
+    # The SQLSTATE whatever the driver (psycopg2 calls it pgcode), for locking.is_lock_timeout.
+    failed.sqlstate = _sqlstate(err)
     return failed
 
 
+def _sqlstate(err: BaseException | None) -> str | None:
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        for candidate in (err, getattr(err, "orig", None)):
+            code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+            if isinstance(code, str):
+                return code
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _preflight(mset: MigrationSet, engine: Engine | Connection, plan: Callable[[ScriptDirectory, tuple], Any],
-               revision: Any) -> None:
+               revision: Any, *, down: bool = False) -> None:
     """Check the target before env.py runs: an unknown revision then changes nothing, not even the version
     table (Alembic creates it before it calls the migration function)."""
     at = current(mset, engine)
     script = script_directory(mset)
     with _in_project(mset):
+        if down:
+            _refuse_ambiguous(mset, script, revision, at)
         try:
             plan(script, at)
         except (CommandError, RevisionError) as err:
-            raise _not_found(mset, revision, err) from err
+            raise _ambiguous(mset, script, revision, at) or _not_found(mset, revision, err) from err
+
+
+def _relative_down(revision: Any) -> int | None:
+    """N for a bare '-N' (no branch, no symbol), else None."""
+    match = _RELATIVE.match(revision.strip()) if isinstance(revision, str) else None
+    if not match or match["branch"] or match["symbol"] or not match["delta"].startswith("-"):
+        return None
+    return -int(match["delta"])
+
+
+def _refuse_ambiguous(mset: MigrationSet, script: ScriptDirectory, revision: Any, at: Sequence[str]) -> None:
+    """'-N' from several current revisions: Alembic picks one of them (with a warning); we ask which."""
+    if _relative_down(revision) is None or len(at) < 2:
+        return
+    raise AmbiguousRevision(
+        revision.strip(), mset.name,
+        f"the database is at {len(at)} revisions ({', '.join(at)}), and '{revision.strip()}' does not say which "
+        f"of them to step back from", tuple(f"{rev}@{revision.strip()}" for rev in sorted(at)))
+
+
+def _ambiguous(mset: MigrationSet, script: ScriptDirectory, revision: Any,
+               at: Sequence[str]) -> AmbiguousRevision | None:
+    """The error for '-N' that crosses a merge point from ``at`` (Alembic's "Ambiguous walk"), or None."""
+    steps = _relative_down(revision)
+    if steps is None or len(at) != 1:
+        return None
+    rev = script.get_revision(at[0])
+    for _ in range(steps):
+        parents = _to_tuple(rev.down_revision)
+        if len(parents) > 1:
+            return AmbiguousRevision(
+                revision.strip(), mset.name,
+                f"counting down from {at[0]} reaches merge revision {rev.revision} ({rev.doc}), which has "
+                f"{len(parents)} parents: {', '.join(parents)}; going to one of them reverts the merge "
+                f"(and what follows it) and leaves both branches applied",
+                tuple(parents))
+        if not parents:
+            return None
+        rev = script.get_revision(parents[0])
+    return None
 
 
 @_absolute
@@ -817,7 +878,7 @@ def downgrade(mset: MigrationSet, engine: Engine | Connection, revision: str) ->
     Raises:
         RevisionNotFound, DialectMismatch, MigrationFailed: as for ``upgrade``.
     """
-    _preflight(mset, engine, lambda script, at: script._downgrade_revs(revision, at), revision)
+    _preflight(mset, engine, lambda script, at: script._downgrade_revs(revision, at), revision, down=True)
     return _drive(mset, engine, lambda script, rev, ctx: script._downgrade_revs(revision, rev),
                   direction="downgrade", destination_rev=revision)
 
