@@ -277,6 +277,7 @@ def _in_project(mset: MigrationSet, url: str | None = None) -> Iterator[None]:
         if mset.url_env and url is not None:
             os.environ[mset.url_env] = url
         os.chdir(mset.base_dir)
+        _forget_relative_finders()
         yield
     finally:
         for name, value in saved_env.items():
@@ -286,7 +287,18 @@ def _in_project(mset: MigrationSet, url: str | None = None) -> Iterator[None]:
                 os.environ[name] = value
         os.chdir(saved_cwd)
         sys.path[:] = saved_path
+        _forget_relative_finders()
         _restore_logging(saved_logging)
+
+
+def _forget_relative_finders() -> None:
+    """Drop the import finders of relative ``sys.path`` entries (``prepend_sys_path = .``).
+
+    Python caches one finder per entry, with the listing of the folder the entry meant when it was made; after
+    a change of working folder, '.' would still find the previous project's modules, or miss this one's.
+    """
+    for entry in [e for e in sys.path_importer_cache if isinstance(e, str) and not os.path.isabs(e)]:
+        sys.path_importer_cache.pop(entry, None)
 
 
 def _script(mset: MigrationSet, cfg: AlembicConfig) -> ScriptDirectory:
