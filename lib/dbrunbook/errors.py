@@ -111,11 +111,12 @@ class AmbiguousRevision(RevisionNotFound):
 
     def __init__(self, revision: str, migration_set: str, reason: str, choices: tuple[str, ...]):
         self.revision, self.migration_set, self.reason, self.choices = revision, migration_set, reason, choices
+        choose = (f"Name the revision to go to instead: {' or '.join(f'-p revision {c}' for c in choices)}."
+                  if choices else
+                  f"Name the revision to go to instead (-p revision ID); 'dbrunbook run status -p migration_set "
+                  f"{migration_set}' shows the parents of each merge.")
         DbRunbookError.__init__(
-            self,
-            f"Revision '{revision}' of migration set '{migration_set}' is ambiguous: {reason}. Name the revision "
-            f"to go to instead: {' or '.join(f'-p revision {c}' for c in choices)}."
-        )
+            self, f"Revision '{revision}' of migration set '{migration_set}' is ambiguous: {reason}. {choose}")
 
 
 class DialectMismatch(DbRunbookError):

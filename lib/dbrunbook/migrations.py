@@ -422,6 +422,10 @@ def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFra
 
 
 def _not_found(mset: MigrationSet, revision: Any, err: Exception) -> RevisionNotFound:
+    if "Ambiguous walk" in str(err):
+        # Where the caller knows the current revisions, _ambiguous names the merge and its parents.
+        return AmbiguousRevision(str(revision).strip(), mset.name, "counting down crosses a merge revision, "
+                                 "and Alembic cannot tell which of its parents to go to", ())
     # Alembic names the id it could not find, which may be one read from the version table rather than
     # the argument (a database stamped by a branch this checkout does not have).
     named = re.search(r"identified by '([^']+)'", str(err))

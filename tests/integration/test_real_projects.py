@@ -15,10 +15,12 @@ Each is run through the library and at least once through ``dbrunbook run`` (the
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -59,10 +61,11 @@ def scalar(engine, sql: str):
         return conn.execute(sa.text(sql)).scalar()
 
 
-def seen(engine) -> list[tuple]:
+def seen(engine, name: str) -> list[tuple]:
+    """What the revisions of a project recorded in its table ``seen_<name>``: driver and session settings."""
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.text(
-            "SELECT revision, driver, application_name, lock_timeout, statement_timeout FROM seen"))]
+            f"SELECT revision, driver, application_name, lock_timeout, statement_timeout FROM seen_{name}"))]
 
 
 def tables(engine) -> set[str]:
@@ -110,7 +113,7 @@ def test_driver_psycopg2_runs_it_on_a_psycopg2_connection_with_our_settings(engi
     mset = project("psycopg2_binding", driver="psycopg2")
     assert [s.revision for s in migrations.upgrade(mset, engine)] == [P2A, P2B]
     assert scalar(engine, "SELECT n FROM counter") == 5
-    assert seen(engine) == [(P2B, "psycopg2", "dbrunbook:t-real", "3s", "1min")]
+    assert seen(engine, "psycopg2") == [(P2B, "psycopg2", "dbrunbook:t-real", "3s", "1min")]
     assert migrations.current(mset, engine) == (P2B,)
     assert [s.revision for s in migrations.downgrade(mset, engine, "-1")] == [P2B]
     assert scalar(engine, "SELECT n FROM counter") == 0
@@ -128,7 +131,7 @@ def test_the_target_urls_own_driver_is_kept(tmp_path, database_url, monkeypatch)
         assert engine.dialect.driver == "psycopg"  # dbrunbook's own queries stay on psycopg 3
         mset = config.migration_set("psycopg2_binding")
         assert [s.revision for s in migrations.upgrade(mset, engine)] == [P2A, P2B]
-        assert seen(engine) == [(P2B, "psycopg2", "dbrunbook:t-url", "2s", "15min")]
+        assert seen(engine, "psycopg2") == [(P2B, "psycopg2", "dbrunbook:t-url", "2s", "15min")]
         assert migrations.current(mset, engine) == (P2B,)
     finally:
         engine.dispose()
@@ -141,9 +144,15 @@ def test_plain_alembic_cannot_run_the_async_template_inside_a_running_loop(engin
 
     mset = project("async_template")
     cfg = migrations.alembic_config(mset, url=engine.url.render_as_string(hide_password=False))
-    with migrations._in_project(mset), pytest.raises(RuntimeError) as err:
-        in_running_loop(command.upgrade, cfg, "heads")
-    assert str(err.value) == "asyncio.run() cannot be called from a running event loop"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # env.py's coroutine, never awaited: asyncio.run refused it
+        with migrations._in_project(mset), pytest.raises(RuntimeError) as err:
+            in_running_loop(command.upgrade, cfg, "heads")
+        message = str(err.value)
+        err.value.__traceback__ = None  # the coroutine lives in the traceback's frames
+        del err
+        gc.collect()
+    assert message == "asyncio.run() cannot be called from a running event loop"
     assert tables(engine) == set()
 
 
@@ -152,7 +161,7 @@ def test_async_template_from_a_running_event_loop(engine, driver):
     mset = project("async_template", driver=driver, models="models.py:Base")
     steps = in_running_loop(migrations.upgrade, mset, engine)
     assert [s.revision for s in steps] == ["a5a000000001", "a5b000000002"]
-    assert seen(engine) == [("a5b000000002", driver or "psycopg", "dbrunbook:t-real", "3s", "1min")]
+    assert seen(engine, "async") == [("a5b000000002", driver or "psycopg", "dbrunbook:t-real", "3s", "1min")]
     assert columns(engine, "event") == ["id", "kind", "at"]
     assert in_running_loop(migrations.check, mset, engine) == []
     assert [s.revision for s in in_running_loop(migrations.downgrade, mset, engine, "-1")] == ["a5b000000002"]
@@ -187,7 +196,7 @@ def test_anyio_env_py_gets_a_worker_thread(engine, where):
         thread.join()
         steps = box["steps"]
     assert [s.revision for s in steps] == ["a9a000000001", "a9b000000002"]
-    assert seen(engine) == [("a9b000000002", "psycopg", "dbrunbook:t-real", "3s", "1min")]
+    assert seen(engine, "anyio") == [("a9b000000002", "psycopg", "dbrunbook:t-real", "3s", "1min")]
     assert [s.revision for s in migrations.downgrade(mset, engine, "base")] == ["a9b000000002", "a9a000000001"]
     assert tables(engine) == {"anyio_version"}
     assert os.getcwd() != str(PROJECTS / "anyio_worker")  # process-wide state restored
@@ -374,15 +383,17 @@ def test_run_apply_and_rollback_keep_psycopg2_and_the_async_template(cli_project
     cli_project(["psycopg2_binding", "async_template"],
                 database_url.replace("postgresql+psycopg://", "postgresql+psycopg2://"))
     code, result = run(capfd, "apply", "-p", "dry_run", "false")
-    assert (code, result["outcome"]) == (0, "succeeded"), result
+    assert (code, result["outcome"]) == (0, "succeeded"), result.get("failing_step")
     assert scalar(engine, "SELECT n FROM counter") == 5
-    assert sorted(seen(engine)) == [("a5b000000002", "asyncpg", f"dbrunbook:{result['run_id']}", "2s", "15min"),
-                                    (P2B, "psycopg2", f"dbrunbook:{result['run_id']}", "2s", "15min")]
-    code, result = run(capfd, "rollback", "-p", "migration_set", "async_template", "-p", "dry_run", "false")
-    assert (code, result["outcome"]) == (0, "succeeded"), result
+    assert seen(engine, "async") == [("a5b000000002", "asyncpg", f"dbrunbook:{result['run_id']}", "2s", "15min")]
+    assert seen(engine, "psycopg2") == [(P2B, "psycopg2", f"dbrunbook:{result['run_id']}", "2s", "15min")]
+    code, result = run(capfd, "rollback", "-p", "migration_set", "async_template", "-p", "dry_run", "false",
+                       "-p", "allow_data_loss", "true")  # the row revision 2 wrote into seen_async
+    assert (code, result["outcome"]) == (0, "succeeded"), result.get("failing_step")
     assert columns(engine, "event") == ["id", "kind"]
-    assert scalar(engine, "SELECT count(*) FROM seen WHERE revision = 'a5b000000002'") == 0
-    assert scalar(engine, "SELECT version_num FROM alembic_version") is not None
+    assert seen(engine, "async") == []
+    assert scalar(engine, "SELECT version_num FROM alembic_version") == "a5a000000001"
+    assert scalar(engine, "SELECT version_num FROM psycopg2_version") == P2B
 
 
 @pytest.mark.e2e
@@ -392,6 +403,32 @@ def test_run_apply_and_rollback_at_merge_points_and_settings_read_on_import(
     # An explicit id: the launcher reads the revision scripts (importing the application) before the run.
     code, result = run(capfd, "apply", "-p", "migration_set", "settings_at_import", "-p", "revision",
                        "s1b000000002", "-p", "dry_run", "false")
-    assert (code, result["outcome"]) == (0, "succeeded"), result
+    assert (code, result["outcome"]) == (0, "succeeded"), result.get("failing_step")
     assert columns(engine, "shop_account") == ["id", "email"]
     assert scalar(engine, "SELECT version_num FROM alembic_version_settings") == "s1b000000002"
+
+    def versions() -> list[str]:
+        with engine.connect() as conn:
+            return sorted(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
+
+    code, result = run(capfd, "apply", "-p", "migration_set", "merge_points", "-p", "revision", MERGE,
+                       "-p", "dry_run", "false")
+    assert (code, result["outcome"]) == (0, "succeeded"), result.get("failing_step")
+    code, result = run(capfd, "rollback", "-p", "migration_set", "merge_points", "-p", "dry_run", "false")
+    assert (code, result["failing_step"]["ename"]) == (1, "AmbiguousRevision"), result
+    # The rollback plan (offline SQL, step 3) stops first; it does not know the current revisions yet.
+    assert result["failing_step"]["evalue"] == (
+        "Revision '-1' of migration set 'merge_points' is ambiguous: counting down crosses a merge revision, and "
+        "Alembic cannot tell which of its parents to go to. Name the revision to go to instead (-p revision ID); "
+        "'dbrunbook run status -p migration_set merge_points' shows the parents of each merge.")
+    assert versions() == [MERGE]
+    # The partial downgrade the error proposes leaves two current revisions; apply takes both to the heads.
+    code, result = run(capfd, "rollback", "-p", "migration_set", "merge_points", "-p", "revision", LEFT,
+                       "-p", "dry_run", "false", "-p", "allow_data_loss", "true")
+    assert (code, result["outcome"]) == (0, "succeeded"), result.get("failing_step")
+    assert versions() == [LEFT, RIGHT]
+    assert result["heads_after"]["merge_points"] == [LEFT, RIGHT]
+    code, result = run(capfd, "apply", "-p", "migration_set", "merge_points", "-p", "dry_run", "false")
+    assert (code, result["outcome"]) == (0, "succeeded"), result.get("failing_step")
+    assert versions() == [MERGE2]
+    assert {"merged_col", "ab_col"} <= set(columns(engine, "item"))
