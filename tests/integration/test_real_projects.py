@@ -123,6 +123,31 @@ def test_driver_psycopg2_runs_it_on_a_psycopg2_connection_with_our_settings(engi
     assert tables(engine) == {"psycopg2_version"}
 
 
+def test_a_lock_timeout_on_the_psycopg2_connection_is_retried(database_url):
+    """Our lock_timeout reaches the project's connection, and its timeout is seen as one by the retry loop."""
+    from dbrunbook import locking
+
+    engine = db.make_engine(database_url, run_id="t-lock", lock_timeout="200ms", statement_timeout="1min")
+    mset = project("psycopg2_binding", driver="psycopg2")
+    try:
+        migrations.upgrade(mset, engine, P2A)
+        holder = engine.connect()
+        holder.execute(sa.text("LOCK TABLE counter IN ACCESS EXCLUSIVE MODE"))
+        reports: list[str] = []
+        with pytest.raises(MigrationFailed) as err:
+            locking.with_lock_retries(lambda conn: migrations.upgrade(mset, conn), engine,
+                                      policy=locking.RetryPolicy(retries=1, base_delay=0.01, max_delay=0.02),
+                                      migration_set=mset.name, report=reports.append)
+        holder.rollback()
+        holder.close()
+        assert [a.outcome for a in err.value.attempts] == ["lock timeout", "lock timeout"]
+        assert "canceling statement due to lock timeout" in str(err.value)
+        assert migrations.current(mset, engine) == (P2A,)
+        assert scalar(engine, "SELECT n FROM counter") == 0
+    finally:
+        engine.dispose()
+
+
 def test_the_target_urls_own_driver_is_kept(tmp_path, database_url, monkeypatch):
     config = write_config(tmp_path, ["psycopg2_binding"])
     monkeypatch.setenv(URL_ENV, database_url.replace("postgresql+psycopg://", "postgresql+psycopg2://"))
