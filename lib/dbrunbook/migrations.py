@@ -7,7 +7,10 @@ three additions:
 * env.py is handed our target three ways at once: ``sqlalchemy.url`` of the main section, the open
   Connection in ``config.attributes["connection"]`` (the cookbook's "Sharing a Connection" recipe), and, when
   the migration set names it (``url_env``), the environment variable env.py reads itself. Environment
-  variables, the working folder, ``sys.path`` and logging are restored after each call.
+  variables, the working folder, ``sys.path`` and logging are restored after each call. The connection and
+  URL use the project's driver (``drivers``: psycopg2, psycopg or asyncpg), with our session settings.
+* env.py runs in an AnyIO worker thread with no event loop (``alembic_thread``): Alembic's ``async``
+  template calls ``asyncio.run``, others ``anyio.from_thread.run``, and a notebook kernel runs a loop.
 * Before any step runs, the MigrationContext env.py configured is checked: PostgreSQL, our database, the
   version table dbrunbook.toml names. Anything else raises ``DialectMismatch`` and nothing is written.
   (Airflow's env.py, for one, silently falls back to SQLite when its variable is unset.)
