@@ -17,6 +17,7 @@ caller is blocked while the function runs, so nothing else in this process runs 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable
@@ -34,14 +35,19 @@ def in_worker_context() -> bool:
     return getattr(_local, "active", False)
 
 
-def run_in_worker(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def run_in_worker(fn: Callable[..., T], *args: Any, on_interrupt: Callable[[], Any] | None = None,
+                  **kwargs: Any) -> T:
     """Call ``fn(*args, **kwargs)`` in an AnyIO worker thread with no running event loop; return its result.
 
     Works from a thread with a running event loop (a notebook kernel's cell, an async application), from
     plain threads, and re-entrantly from inside such a worker (then ``fn`` is simply called).
 
+    A KeyboardInterrupt (the kernel's interrupt button) reaches the waiting caller, not the worker: then
+    ``on_interrupt`` is called (e.g. to cancel the running statement) and the worker is still waited for, so
+    that nothing restores the working folder or rolls back a connection under a migration that is running.
+
     Raises:
-        Whatever ``fn`` raises, in the caller's thread.
+        Whatever ``fn`` raises, in the caller's thread; KeyboardInterrupt after the worker ended, if one came.
     """
     if in_worker_context():
         return fn(*args, **kwargs)
@@ -63,15 +69,29 @@ def run_in_worker(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
     outcome: dict[str, Any] = {}
 
+    done = threading.Event()  # not Thread.join/is_alive: an interrupted join can report a live thread dead
+
     def helper() -> None:
         try:
             outcome["value"] = anyio.run(main)
         except BaseException as err:  # noqa: BLE001 - handed to the caller's thread below
             outcome["error"] = err
+        finally:
+            done.set()
 
     thread = threading.Thread(target=helper, name="dbrunbook-alembic", daemon=True)
     thread.start()
-    thread.join()
+    interrupted = None
+    while not done.is_set():
+        try:
+            done.wait(0.1)
+        except KeyboardInterrupt as err:
+            if interrupted is None and on_interrupt is not None:
+                with contextlib.suppress(Exception):
+                    on_interrupt()
+            interrupted = err
+    if interrupted is not None and "error" not in outcome:
+        raise interrupted
     if "error" in outcome:
         err = outcome.pop("error")
         try:

@@ -770,7 +770,7 @@ def _drive_on(mset: MigrationSet, engine: Engine | Connection, conn: Connection,
                 return run.steps(steps_fn(script, rev, context))
 
             with _environment(cfg, script, run, fn=fn, as_sql=False, **context_opts):
-                alembic_thread.run_in_worker(script.run_env)
+                alembic_thread.run_in_worker(script.run_env, on_interrupt=lambda: _cancel(conn))
         end(commit=True)
     except (DialectMismatch, ConfigError, RevisionNotFound):
         end(commit=False)
@@ -786,6 +786,13 @@ def _drive_on(mset: MigrationSet, engine: Engine | Connection, conn: Connection,
     finally:
         run.remove_stray_sqlite()
     return run.results
+
+
+def _cancel(conn: Connection) -> None:
+    """Ask the server to cancel what the connection runs (psycopg and psycopg2 both have ``cancel()``)."""
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is not None and hasattr(dbapi, "cancel"):
+        dbapi.cancel()
 
 
 def _failed(mset: MigrationSet, engine: Engine | Connection, run: _Run, err: BaseException

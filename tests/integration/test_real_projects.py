@@ -148,6 +148,32 @@ def test_a_lock_timeout_on_the_psycopg2_connection_is_retried(database_url):
         engine.dispose()
 
 
+@pytest.mark.parametrize("driver", [None, "psycopg2"])
+def test_an_interrupt_cancels_the_running_statement(engine, driver):
+    """The kernel's interrupt button while a revision waits: it is cancelled, the earlier one stays."""
+    import _thread
+
+    mset = project("psycopg2_binding", driver=driver)
+    migrations.upgrade(mset, engine, P2A)
+    cwd = os.getcwd()
+    with engine.connect() as holder:
+        holder.execute(sa.text("LOCK TABLE counter IN ACCESS EXCLUSIVE MODE"))
+        slow = db.make_engine(engine.url.render_as_string(hide_password=False), lock_timeout="30s")
+        timer = threading.Timer(0.5, _thread.interrupt_main)
+        timer.start()
+        try:
+            with pytest.raises(MigrationFailed) as err:
+                migrations.upgrade(mset, slow)
+        finally:
+            timer.join()
+            slow.dispose()
+        holder.rollback()
+    assert err.value.revision == P2B
+    assert "canceling statement due to user request" in err.value.reason
+    assert migrations.current(mset, engine) == (P2A,)
+    assert os.getcwd() == cwd
+
+
 def test_the_target_urls_own_driver_is_kept(tmp_path, database_url, monkeypatch):
     config = write_config(tmp_path, ["psycopg2_binding"])
     monkeypatch.setenv(URL_ENV, database_url.replace("postgresql+psycopg://", "postgresql+psycopg2://"))

@@ -109,3 +109,23 @@ def test_ambiguous_revision_is_a_revision_not_found_with_choices():
     assert (err.revision, err.migration_set, err.choices) == ("-1", "main", ("a", "b"))
     assert str(err) == ("Revision '-1' of migration set 'main' is ambiguous: it crosses merge m. Name the revision "
                         "to go to instead: -p revision a or -p revision b.")
+
+
+def test_an_interrupt_cancels_and_waits_for_the_worker():
+    """The kernel's interrupt button: the statement is cancelled, and nothing runs on under a restored cwd."""
+    import _thread
+    import time
+
+    events: list[str] = []
+
+    def migration():
+        time.sleep(0.6)
+        events.append("worker finished")
+        return "done"
+
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        alembic_thread.run_in_worker(migration, on_interrupt=lambda: events.append("cancel asked"))
+    timer.join()
+    assert events == ["cancel asked", "worker finished"]
