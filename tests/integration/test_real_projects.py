@@ -388,6 +388,7 @@ def test_settings_read_at_import_time_without_export_is_refused(engine, fresh_im
         migrations.upgrade(mset, engine)
     assert "it configured the sqlite dialect at sqlite:///importapp-default.db" in str(err.value)
     assert tables(engine) == set()
+    assert not (PROJECTS / "settings_at_import" / "importapp-default.db").exists()  # the empty file is removed
 
 
 # --- through `dbrunbook run` ------------------------------------------------------------------------------
