@@ -26,7 +26,9 @@ _TARGET_KEYS = {
     "blocker_max_age", "database",
 }
 _SET_KEYS = {"alembic_ini", "section", "script_location", "version_table", "version_table_schema",
-             "url_env", "env", "models", "description"}
+             "url_env", "env", "models", "description", "driver"}
+#: The drivers a migration set's env.py may be handed (``driver = ...`` on the set, or the target URL's own).
+DRIVERS = ("psycopg2", "psycopg", "asyncpg")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class MigrationSet:
     env: dict[str, str] = field(default_factory=dict)
     models: str | None = None
     description: str = ""
+    driver: str | None = None  # the DBAPI env.py gets (psycopg2/psycopg/asyncpg); None: the target URL's
 
     @property
     def base_dir(self) -> Path:
@@ -248,6 +251,9 @@ def _migration_set(name: str, raw: dict, path: Path, root: Path) -> MigrationSet
     env = raw.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise ConfigError(f"{path}: [migration_sets.{name}] env must be a table of strings.")
+    if raw.get("driver") is not None and raw["driver"] not in DRIVERS:
+        raise ConfigError(f"{path}: [migration_sets.{name}] driver = {raw['driver']!r} is not one of "
+                          f"{', '.join(DRIVERS)}. Set the driver the project's env.py uses.")
     return MigrationSet(name=name, **raw)
 
 
@@ -305,9 +311,42 @@ def resolve_url(target: Target, config: Config) -> str:
     return normalize_url(value)
 
 
+_PREFIXES = ("postgresql+psycopg2://", "postgresql+psycopg://", "postgresql+asyncpg://", "postgresql://",
+             "postgres://")
+
+
 def normalize_url(url: str) -> str:
-    """Make a libpq/SQLAlchemy URL use the psycopg 3 driver."""
-    for prefix in ("postgresql+psycopg2://", "postgresql+psycopg://", "postgresql://", "postgres://"):
+    """Make a libpq/SQLAlchemy URL use the psycopg 3 driver (what dbrunbook's own queries use).
+
+    Every SQLAlchemy PostgreSQL form is accepted: ``postgresql://``, ``postgres://``, ``+psycopg2``,
+    ``+psycopg``, ``+asyncpg``. The driver the project's env.py gets is ``url_driver`` of the URL as given.
+    """
+    for prefix in _PREFIXES:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
-    raise ConfigError("A target URL must start with postgresql:// (other databases are not supported).")
+    raise ConfigError("A target URL must start with postgresql:// or postgresql+DRIVER:// (DRIVER one of "
+                      "psycopg2, psycopg, asyncpg); other databases are not supported.")
+
+
+def url_driver(url: str) -> str | None:
+    """The driver a PostgreSQL URL names (``psycopg2``, ``psycopg``, ``asyncpg``); None for a bare scheme."""
+    match = re.match(r"^postgres(?:ql)?(?:\+(\w+))?://", url)
+    return match.group(1) if match else None
+
+
+def target_driver(target: Target) -> str | None:
+    """The driver the target's URL variable names; for a bare ``postgresql://``, SQLAlchemy's default.
+
+    SQLAlchemy reads a bare URL as psycopg2, so that is what the project's own ``alembic`` used; when
+    psycopg2 is not installed the project cannot have used it, and psycopg 3 is kept. None for service and
+    embedded targets, whose URLs dbrunbook writes itself.
+    """
+    value = os.environ.get(target.url_env) if target.url_env else None
+    if not value:
+        return None
+    named = url_driver(value)
+    if named:
+        return named
+    import importlib.util
+
+    return "psycopg2" if importlib.util.find_spec("psycopg2") is not None else "psycopg"

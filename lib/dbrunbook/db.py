@@ -323,6 +323,10 @@ def connect_target(config, target_name: str | None = None, run_id: str | None = 
     url = resolve_url(target, config)
     engine = make_engine(url, run_id=run_id, lock_timeout=target.lock_timeout,
                          statement_timeout=target.statement_timeout)
+    from .config import target_driver  # the driver the project's env.py gets (dbrunbook.drivers)
+
+    if driver := target_driver(target):
+        engine.update_execution_options(dbrunbook_driver=driver)
     try:
         check_connection(engine, target.name)
     except DatabaseUnavailable:

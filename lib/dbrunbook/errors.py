@@ -109,6 +109,20 @@ class RevisionNotFound(DbRunbookError):
         )
 
 
+class AmbiguousRevision(RevisionNotFound):
+    """A relative revision ('-1') with more than one meaning: it crosses a merge point, or the database is at
+    several revisions. Carries the revisions one may name instead (``choices``)."""
+
+    def __init__(self, revision: str, migration_set: str, reason: str, choices: tuple[str, ...]):
+        self.revision, self.migration_set, self.reason, self.choices = revision, migration_set, reason, choices
+        choose = (f"Name the revision to go to instead: {' or '.join(f'-p revision {c}' for c in choices)}."
+                  if choices else
+                  f"Name the revision to go to instead (-p revision ID); 'dbrunbook run status -p migration_set "
+                  f"{migration_set}' shows the parents of each merge.")
+        DbRunbookError.__init__(
+            self, f"Revision '{revision}' of migration set '{migration_set}' is ambiguous: {reason}. {choose}")
+
+
 class DialectMismatch(DbRunbookError):
     """The project's env.py connected somewhere other than the target dbrunbook handed it."""
 
@@ -118,12 +132,16 @@ class DialectMismatch(DbRunbookError):
 class MigrationFailed(DbRunbookError):
     """An Alembic step failed; carries the last revision that completed."""
 
-    def __init__(self, migration_set: str, revision: str | None, completed: tuple[str, ...], reason: str):
+    def __init__(self, migration_set: str, revision: str | None, completed: tuple[str, ...], reason: str,
+                 *, after: str | None = None):
         self.migration_set, self.revision, self.completed, self.reason = (
             migration_set, revision, completed, reason,
         )
+        self.after = after  # the last revision this run completed, when it failed outside any revision
+        where = (f"at revision {revision}" if revision else
+                 f"after revision {after} (outside any revision)" if after else "before the first revision")
         super().__init__(
-            f"Migration set '{migration_set}' failed at revision {revision or '?'}: {reason}. "
+            f"Migration set '{migration_set}' failed {where}: {reason}. "
             f"The database is at {', '.join(completed) or 'base'}. "
             f"Run 'dbrunbook run troubleshoot' to diagnose before retrying."
         )

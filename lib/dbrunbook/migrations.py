@@ -7,7 +7,10 @@ three additions:
 * env.py is handed our target three ways at once: ``sqlalchemy.url`` of the main section, the open
   Connection in ``config.attributes["connection"]`` (the cookbook's "Sharing a Connection" recipe), and, when
   the migration set names it (``url_env``), the environment variable env.py reads itself. Environment
-  variables, the working folder, ``sys.path`` and logging are restored after each call.
+  variables, the working folder, ``sys.path`` and logging are restored after each call. The connection and
+  URL use the project's driver (``drivers``: psycopg2, psycopg or asyncpg), with our session settings.
+* env.py runs in an AnyIO worker thread with no event loop (``alembic_thread``): Alembic's ``async``
+  template calls ``asyncio.run``, others ``anyio.from_thread.run``, and a notebook kernel runs a loop.
 * Before any step runs, the MigrationContext env.py configured is checked: PostgreSQL, our database, the
   version table dbrunbook.toml names. Anything else raises ``DialectMismatch`` and nothing is written.
   (Airflow's env.py, for one, silently falls back to SQLite when its variable is unset.)
@@ -51,9 +54,10 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
+from . import alembic_thread, drivers
 from .config import MigrationSet
 from .db import mask_url
-from .errors import ConfigError, DialectMismatch, MigrationFailed, RevisionNotFound
+from .errors import AmbiguousRevision, ConfigError, DialectMismatch, MigrationFailed, RevisionNotFound
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +280,7 @@ def _in_project(mset: MigrationSet, url: str | None = None) -> Iterator[None]:
         if mset.url_env and url is not None:
             os.environ[mset.url_env] = url
         os.chdir(mset.base_dir)
+        _forget_relative_finders()
         yield
     finally:
         for name, value in saved_env.items():
@@ -285,7 +290,18 @@ def _in_project(mset: MigrationSet, url: str | None = None) -> Iterator[None]:
                 os.environ[name] = value
         os.chdir(saved_cwd)
         sys.path[:] = saved_path
+        _forget_relative_finders()
         _restore_logging(saved_logging)
+
+
+def _forget_relative_finders() -> None:
+    """Drop the import finders of relative ``sys.path`` entries (``prepend_sys_path = .``).
+
+    Python caches one finder per entry, with the listing of the folder the entry meant when it was made; after
+    a change of working folder, '.' would still find the previous project's modules, or miss this one's.
+    """
+    for entry in [e for e in sys.path_importer_cache if isinstance(e, str) and not os.path.isabs(e)]:
+        sys.path_importer_cache.pop(entry, None)
 
 
 def _script(mset: MigrationSet, cfg: AlembicConfig) -> ScriptDirectory:
@@ -409,6 +425,10 @@ def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFra
 
 
 def _not_found(mset: MigrationSet, revision: Any, err: Exception) -> RevisionNotFound:
+    if "Ambiguous walk" in str(err):
+        # Where the caller knows the current revisions, _ambiguous names the merge and its parents.
+        return AmbiguousRevision(str(revision).strip(), mset.name, "counting down crosses a merge revision, "
+                                 "and Alembic cannot tell which of its parents to go to", ())
     # Alembic names the id it could not find, which may be one read from the version table rather than
     # the argument (a database stamped by a branch this checkout does not have).
     named = re.search(r"identified by '([^']+)'", str(err))
@@ -440,9 +460,12 @@ def resolve(mset: MigrationSet, revision: str,
     script = script_directory(mset)
     try:
         with _in_project(mset):
+            if current is not None:
+                _refuse_ambiguous(mset, script, revision, current)
             return _resolve(script, revision, current)
     except (CommandError, RevisionError) as err:
-        raise _not_found(mset, revision, err) from err
+        found = _ambiguous(mset, script, revision, current) if current is not None else None
+        raise (found or _not_found(mset, revision, err)) from err
 
 
 def _resolve(script: ScriptDirectory, revision: str, at: Sequence[str] | None) -> tuple[str, ...]:
@@ -694,24 +717,6 @@ def _environment(config: AlembicConfig, script: ScriptDirectory, run: _Run, **kw
     return env
 
 
-def _url_for_env(conn: Connection) -> str:
-    """Our URL, plus the session settings of our engine, for env.py files that build their own engine."""
-    began = not conn.in_transaction()
-    try:
-        app, lock, statement = conn.execute(sa.text(
-            "SELECT current_setting('application_name'), current_setting('lock_timeout'), "
-            "current_setting('statement_timeout')")).one()
-    finally:
-        if began:
-            conn.rollback()
-    url = conn.engine.url
-    theirs = url.query.get("options")
-    options = " ".join(filter(None, [theirs if isinstance(theirs, str) else None,
-                                     f"-c lock_timeout={lock}", f"-c statement_timeout={statement}"]))
-    url = url.update_query_dict({"application_name": app, "options": options})
-    return url.render_as_string(hide_password=False)
-
-
 def _reason(err: BaseException, secret: str | None) -> str:
     if isinstance(err, sa.exc.DBAPIError) and err.orig is not None:
         text = str(err.orig)
@@ -726,47 +731,68 @@ StepsFn = Callable[[ScriptDirectory, tuple, MigrationContext], Iterable[Any]]
 
 def _drive(mset: MigrationSet, engine: Engine | Connection, steps_fn: StepsFn, *, direction: str,
            **context_opts: Any) -> list[StepResult]:
-    """Run env.py online on our connection with ``steps_fn`` as the migration function; commit each step."""
-    with _connection(engine) as conn:
-        # A caller's own transaction stays the caller's: Alembic then runs inside it and we neither commit
-        # nor roll back (and per-revision commits do not apply).
-        external = conn.in_transaction()
+    """Run env.py online with ``steps_fn`` as the migration function; commit each step.
 
-        def end(commit: bool) -> None:
-            if external or not conn.in_transaction():
-                return
-            if commit:
-                conn.commit()
-            else:
-                conn.rollback()
+    env.py gets the project's driver (``drivers``): our connection when it has that driver, else one of the
+    project's with our session settings. It runs in an AnyIO worker thread with no event loop
+    (``alembic_thread``), so ``asyncio.run`` and ``anyio.from_thread.run`` in env.py work from a notebook.
+    """
+    with _connection(engine) as ours:
+        driver = drivers.driver_for(mset, ours)
+        settings = drivers.session_settings(ours)
+        url = drivers.url_for_env(ours, driver, settings)
+        with drivers.project_connection(ours, driver, url) as conn, \
+                (drivers.asyncpg_settings(settings) if driver == "asyncpg" else contextlib.nullcontext()):
+            return _drive_on(mset, engine, conn, url, steps_fn, direction=direction, **context_opts)
 
-        url = _url_for_env(conn)
-        run = _Run(mset, direction, connection=conn)
-        try:
-            with _in_project(mset, url):
-                cfg = alembic_config(mset, url=url, connection=conn)
-                script = _script(mset, cfg)
 
-                def fn(rev: tuple, context: MigrationContext) -> Iterable[Any]:
-                    return run.steps(steps_fn(script, rev, context))
+def _drive_on(mset: MigrationSet, engine: Engine | Connection, conn: Connection, url: str, steps_fn: StepsFn,
+              *, direction: str, **context_opts: Any) -> list[StepResult]:
+    # A caller's own transaction stays the caller's: Alembic then runs inside it and we neither commit
+    # nor roll back (and per-revision commits do not apply).
+    external = conn.in_transaction()
 
-                with _environment(cfg, script, run, fn=fn, as_sql=False, **context_opts):
-                    script.run_env()
-            end(commit=True)
-        except (DialectMismatch, ConfigError, RevisionNotFound):
-            end(commit=False)
-            raise
-        except (CommandError, RevisionError) as err:
-            end(commit=False)
-            if "locate revision" in str(err) or isinstance(err, RevisionError):
-                raise _not_found(mset, context_opts.get("destination_rev"), err) from err
-            raise _failed(mset, engine, run, err) from err
-        except Exception as err:
-            end(commit=False)
-            raise _failed(mset, engine, run, err) from err
-        finally:
-            run.remove_stray_sqlite()
+    def end(commit: bool) -> None:
+        if external or not conn.in_transaction():
+            return
+        if commit:
+            conn.commit()
+        else:
+            conn.rollback()
+
+    run = _Run(mset, direction, connection=conn)
+    try:
+        with _in_project(mset, url):
+            cfg = alembic_config(mset, url=url, connection=conn)
+            script = _script(mset, cfg)
+
+            def fn(rev: tuple, context: MigrationContext) -> Iterable[Any]:
+                return run.steps(steps_fn(script, rev, context))
+
+            with _environment(cfg, script, run, fn=fn, as_sql=False, **context_opts):
+                alembic_thread.run_in_worker(script.run_env, on_interrupt=lambda: _cancel(conn))
+        end(commit=True)
+    except (DialectMismatch, ConfigError, RevisionNotFound):
+        end(commit=False)
+        raise
+    except (CommandError, RevisionError) as err:
+        end(commit=False)
+        if "locate revision" in str(err) or isinstance(err, RevisionError):
+            raise _not_found(mset, context_opts.get("destination_rev"), err) from err
+        raise _failed(mset, engine, run, err) from err
+    except Exception as err:
+        end(commit=False)
+        raise _failed(mset, engine, run, err) from err
+    finally:
+        run.remove_stray_sqlite()
     return run.results
+
+
+def _cancel(conn: Connection) -> None:
+    """Ask the server to cancel what the connection runs (psycopg and psycopg2 both have ``cancel()``)."""
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is not None and hasattr(dbapi, "cancel"):
+        dbapi.cancel()
 
 
 def _failed(mset: MigrationSet, engine: Engine | Connection, run: _Run, err: BaseException
@@ -776,23 +802,81 @@ def _failed(mset: MigrationSet, engine: Engine | Connection, run: _Run, err: Bas
         completed = current(mset, engine)
     except sa.exc.SQLAlchemyError:
         completed = ()
-    failed = MigrationFailed(mset.name, _step_revision(run.running) if run.running is not None else None,
-                             completed, _reason(err, str(secret) if secret else None))
+    running = _step_revision(run.running) if run.running is not None else None
+    after = run.results[-1].revision if running is None and run.results else None
+    failed = MigrationFailed(mset.name, running, completed, _reason(err, str(secret) if secret else None),
+                             after=after)
     failed.steps = list(run.results)
+    # The SQLSTATE whatever the driver (psycopg2 calls it pgcode), for locking.is_lock_timeout.
+    failed.sqlstate = _sqlstate(err)
     return failed
 
 
+def _sqlstate(err: BaseException | None) -> str | None:
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        for candidate in (err, getattr(err, "orig", None)):
+            code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+            if isinstance(code, str):
+                return code
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _preflight(mset: MigrationSet, engine: Engine | Connection, plan: Callable[[ScriptDirectory, tuple], Any],
-               revision: Any) -> None:
+               revision: Any, *, down: bool = False) -> None:
     """Check the target before env.py runs: an unknown revision then changes nothing, not even the version
     table (Alembic creates it before it calls the migration function)."""
     at = current(mset, engine)
     script = script_directory(mset)
     with _in_project(mset):
+        if down:
+            _refuse_ambiguous(mset, script, revision, at)
         try:
             plan(script, at)
         except (CommandError, RevisionError) as err:
-            raise _not_found(mset, revision, err) from err
+            raise _ambiguous(mset, script, revision, at) or _not_found(mset, revision, err) from err
+
+
+def _relative_down(revision: Any) -> int | None:
+    """N for a bare '-N' (no branch, no symbol), else None."""
+    match = _RELATIVE.match(revision.strip()) if isinstance(revision, str) else None
+    if not match or match["branch"] or match["symbol"] or not match["delta"].startswith("-"):
+        return None
+    return -int(match["delta"])
+
+
+def _refuse_ambiguous(mset: MigrationSet, script: ScriptDirectory, revision: Any, at: Sequence[str]) -> None:
+    """'-N' from several current revisions: Alembic picks one of them (with a warning); we ask which."""
+    if _relative_down(revision) is None or len(at) < 2:
+        return
+    raise AmbiguousRevision(
+        revision.strip(), mset.name,
+        f"the database is at {len(at)} revisions ({', '.join(at)}), and '{revision.strip()}' does not say which "
+        f"of them to step back from", tuple(f"{rev}@{revision.strip()}" for rev in sorted(at)))
+
+
+def _ambiguous(mset: MigrationSet, script: ScriptDirectory, revision: Any,
+               at: Sequence[str]) -> AmbiguousRevision | None:
+    """The error for '-N' that crosses a merge point from ``at`` (Alembic's "Ambiguous walk"), or None."""
+    steps = _relative_down(revision)
+    if steps is None or len(at) != 1:
+        return None
+    rev = script.get_revision(at[0])
+    for _ in range(steps):
+        parents = _to_tuple(rev.down_revision)
+        if len(parents) > 1:
+            return AmbiguousRevision(
+                revision.strip(), mset.name,
+                f"counting down from {at[0]} reaches merge revision {rev.revision} ({rev.doc}), which has "
+                f"{len(parents)} parents: {', '.join(parents)}; going to one of them reverts the merge "
+                f"(and what follows it) and leaves both branches applied",
+                tuple(parents))
+        if not parents:
+            return None
+        rev = script.get_revision(parents[0])
+    return None
 
 
 @_absolute
@@ -820,7 +904,7 @@ def downgrade(mset: MigrationSet, engine: Engine | Connection, revision: str) ->
     Raises:
         RevisionNotFound, DialectMismatch, MigrationFailed: as for ``upgrade``.
     """
-    _preflight(mset, engine, lambda script, at: script._downgrade_revs(revision, at), revision)
+    _preflight(mset, engine, lambda script, at: script._downgrade_revs(revision, at), revision, down=True)
     return _drive(mset, engine, lambda script, rev, ctx: script._downgrade_revs(revision, rev),
                   direction="downgrade", destination_rev=revision)
 

@@ -81,6 +81,9 @@ class Session:
         self.lock: locking.DeployerLock | None = None
         self.lock_attempts: list[locking.Attempt] = []  # every upgrade/downgrade/stamp attempt of this session
         self.target, self.engine = db.connect_target(config, target_name, run_id=self.run_id)
+        from .drivers import export_environment  # before any project code is imported in this kernel
+
+        export_environment(config, self.target, self.engine.url.render_as_string(hide_password=False))
         try:
             self.identity = db.identity(self.engine)
             if lock:
