@@ -546,8 +546,11 @@ def data_loss(session, revision: str = "-1", migration_set: str = "main", *, sav
 
     mset = session.config.migration_set(migration_set)
     current = migrations.current(mset, session.engine)
-    steps = migrations.offline_sql(mset, ",".join(current) or None, revision, direction="downgrade")
-    steps = capture.capture_steps(session, mset, steps, revision, direction="downgrade")
+    if hasattr(session, "downgrade_sql"):
+        steps = session.downgrade_sql(revision, mset.name).steps[mset.name]
+    else:
+        steps = migrations.offline_sql(mset, ",".join(current) or None, revision, direction="downgrade")
+        steps = capture.capture_steps(session, mset, steps, revision, direction="downgrade")
     uncounted = tuple((s.revision, s.problem) for s in steps if s.online_only and s.source != "captured")
     parts = [(step.revision, stmt.flat, item) for step in steps for stmt in split_statements(step.sql)
              for item in _loss_statements(stmt.flat)]

@@ -313,11 +313,15 @@ class Session:
 
         m = self.config.migration_set(migration_set)
         cur = migrations.current(m, self.engine)
+        key = ("downgrade", revision, m.name, cur, capture)
+        if key in self._previews:  # the rollback runbook shows it, then counts its data loss
+            return self._previews[key]
         result = Preview()
         steps = migrations.offline_sql(m, ",".join(cur) or None, revision, direction="downgrade")
         if capture:
             steps = capturing.capture_steps(self, m, steps, revision, direction="downgrade")
         result.steps[m.name] = steps
+        self._previews[key] = result
         return result
 
     def _require_covered(self, revision: str, migration_set: str | None, allow: str, preview: Preview | None,
