@@ -7,6 +7,7 @@ The scenario is tests/fixtures/alembic_projects/online_only: a1 and e5 render of
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,13 @@ A1, B2, C3, D4, E5 = "a1000000own1", "b2000000cnt2", "c3000000nik3", "d4000000id
 URL_ENV = "DBRUNBOOK_TEST_ONLINE_URL"
 
 
-def write_config(folder: Path, *, protected: bool = False) -> Path:
+def write_config(folder: Path, state: Path, *, protected: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "dbrunbook.toml"
     path.write_text(f"""
 [project]
 outputs = "outputs"
-state_dir = "state"
+state_dir = "{state}"
 
 [targets.local]
 url_env = "{URL_ENV}"
@@ -41,12 +42,14 @@ version_table = "alembic_version"
 
 
 @pytest.fixture
-def session_for(tmp_path, database_url, monkeypatch):
+def session_for(tmp_path, embedded_root, database_url, monkeypatch):
     monkeypatch.setenv(URL_ENV, database_url)
     opened = []
 
     def make(*, protected: bool = False):
-        s = open_session("local", config=write_config(tmp_path / f"p{len(opened)}", protected=protected),
+        # Scratch servers' data outside pytest's basetemp, which other pytest sessions make 0700.
+        state = embedded_root / f"state-{uuid.uuid4().hex[:8]}"
+        s = open_session("local", config=write_config(tmp_path / f"p{len(opened)}", state, protected=protected),
                          run_id=f"capture-test-{len(opened)}")
         opened.append(s)
         return s
