@@ -28,6 +28,7 @@ def write_config(folder: Path, state: Path, *, protected: bool = False) -> Path:
     path.write_text(f"""
 [project]
 outputs = "outputs"
+runbooks = "{Path(__file__).resolve().parents[2] / 'runbooks'}"
 state_dir = "{state}"
 
 [targets.local]
@@ -156,3 +157,20 @@ def test_downgrade_data_loss_counts_captured_sql(session_for):
     assert report.uncounted == ()
     with pytest.raises(DataLossRefused):
         safety.require_no_data_loss(s, report)
+
+
+def test_the_approved_preview_hash_covers_the_captured_sql(session_for, monkeypatch):
+    from dbrunbook.errors import PreviewMismatch
+    from dbrunbook.runner import run_runbook
+
+    s = session_for(protected=True)
+    monkeypatch.setenv("DBRUNBOOK_OPERATOR", "reviewer@dbrunbook")
+    result = run_runbook("preview", target="local", config=s.config)
+    assert (result.outcome, result.exit_status) == ("succeeded", 0)
+    captured = s.preview(save=False)
+    frame = safety.require_approved_preview(s, captured, result.run_id)
+    assert dict(zip(frame["check"], frame["result"]))["sha256 of the SQL"] == "identical"
+    # The same revisions without their captured SQL are not what was approved.
+    with pytest.raises(PreviewMismatch) as stop:
+        safety.require_approved_preview(s, s.preview(save=False, capture=False), result.run_id)
+    assert "changed: preview-main.sql;" in str(stop.value)
