@@ -58,7 +58,8 @@ def literal(value: Any) -> str:
     if isinstance(value, (int, decimal.Decimal)):
         return str(value)
     if isinstance(value, float):
-        return repr(value) if value == value and value not in (float("inf"), float("-inf")) else f"'{value}'::float8"
+        finite = value == value and value not in (float("inf"), float("-inf"))
+        return repr(value) if finite else f"'{value}'::float8"
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"'\\x{bytes(value).hex()}'::bytea"
     if isinstance(value, (list, tuple)):
@@ -82,7 +83,8 @@ _PYFORMAT = re.compile(r"%\(([^)]+)\)s|%s|%%")
 _DOLLAR = re.compile(r"\$(\d+)")
 _QMARK = re.compile(r"\?")
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
-_CATALOG_READ = re.compile(r"^\s*SELECT\b(?:(?!\b(?:INSERT|UPDATE|DELETE)\b).)*\bFROM\s+pg_catalog\.", re.I | re.S)
+_CATALOG_READ = re.compile(r"^\s*SELECT\b(?:(?!\b(?:INSERT|UPDATE|DELETE)\b).)*\bFROM\s+pg_catalog\.",
+                           re.I | re.S)
 
 
 def render_statement(statement: str, parameters: Any, paramstyle: str) -> str:
