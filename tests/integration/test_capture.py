@@ -100,6 +100,13 @@ def test_preview_captures_the_online_only_revisions_and_leaves_the_target_alone(
     frame = preview.as_frame()
     assert frame.set_index("revision")["sql"].to_dict() == {
         B2: "captured", C3: "captured", D4: "captured", E5: "offline"}
+    # The lint and the live preflight read the captured SQL like any other.
+    from dbrunbook import preflight
+
+    report = safety.lint(s, preview)
+    assert ("require-concurrent-index-creation", D4) in {(f.rule, f.revision) for f in report.findings}
+    locks = preflight.live_preflight(s, preview)
+    assert "owner" in set(locks.tables["table"].str.split(".").str[-1]), locks.tables
     # Nothing was written to the target.
     assert migrations.current(mset, s.engine) == (A1,)
     assert tables(s.engine) == before
