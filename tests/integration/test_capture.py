@@ -181,3 +181,14 @@ def test_the_approved_preview_hash_covers_the_captured_sql(session_for, monkeypa
     with pytest.raises(PreviewMismatch) as stop:
         safety.require_approved_preview(s, s.preview(save=False, capture=False), result.run_id)
     assert "changed: preview-main.sql;" in str(stop.value)
+
+
+def test_rollback_plan_lists_online_only_downgrades_instead_of_calling_them_no_ops(session_for):
+    from dbrunbook import deploy
+
+    s = session_for()
+    migrations.upgrade(s.config.migration_set("main"), s.engine, A1)
+    row = deploy.rollback_plan(s, "heads", "main").iloc[0]
+    assert (row["steps"], row["rollback to"], row["reversible"], row["no-op downgrades"]) == (4, A1, True, None)
+    assert row["online-only downgrades"].startswith(f"{C3}: it calls [c[\"name\"] for c in sa.inspect(")
+    assert f"; {B2}: it calls count = op.get_bind().execute(" in row["online-only downgrades"]
