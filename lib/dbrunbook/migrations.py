@@ -1045,10 +1045,10 @@ def _render_segment(mset: MigrationSet, direction: str, steps: list, heads_now: 
     except Exception as err:  # anything a revision or env.py raises while rendering offline
         if run.running is not None:
             return run, (err, run.running)
-        if len(run.chunks) < len(steps) and not isinstance(err, (CommandError, RevisionError)):
-            return run, (err, None)
-        if isinstance(err, (CommandError, RevisionError)):
+        if isinstance(err, RevisionError) or (isinstance(err, CommandError) and "locate revision" in str(err)):
             raise _not_found(mset, end, err) from err
+        if len(run.chunks) < len(steps):
+            return run, (err, None)
         raise
     return run, None
 

@@ -106,3 +106,11 @@ def test_review_lint_of_an_online_only_revision_gets_its_reason_as_sql_comment()
     assert step.sql == (f"-- revision {D4} (index owner name) cannot be rendered offline: it raises at "
                         f"versions/d4000000idx4_index_owner_name.py:18 (NotImplementedError: index owner name "
                         f"requires an online migration); its SQL was not captured\n")
+
+
+def test_an_env_py_that_refuses_offline_mode_makes_every_revision_online_only():
+    mset = MigrationSet(name="offline_refused", alembic_ini=FIXTURE.parent / "offline_refused" / "alembic.ini")
+    steps = migrations.offline_sql(mset, None, "heads")
+    assert [(s.revision, s.online_only, s.source, s.reason) for s in steps] == [
+        (A1, True, "none", "env.py fails in offline mode (RuntimeError: this project requires an online migration: "
+                           "offline mode is not supported)")]
