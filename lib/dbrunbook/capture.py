@@ -15,6 +15,7 @@ The schema is the target's, the rows are not: a revision whose statements depend
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
@@ -38,7 +39,7 @@ from .errors import BackupFailed, DbRunbookError, MigrationFailed
 
 log = logging.getLogger(__name__)
 
-__all__ = ["capture_steps", "literal", "render_statement", "require_covered"]
+__all__ = ["Scratch", "capture_steps", "literal", "render_statement", "require_covered"]
 
 #: Statements of one executemany() rendered at most; the rest is counted in a comment.
 MAX_ROWS = 100
@@ -224,8 +225,35 @@ def _stamp(engine: sa.Engine, mset: MigrationSet, heads: Sequence[str]) -> None:
             conn.execute(table.insert().values(version_num=head))
 
 
+class Scratch:
+    """One throwaway embedded server for the captures of one step (several migration sets), started when
+    the first capture needs it and stopped and removed on the way out."""
+
+    def __init__(self, session):
+        self.session = session
+        self._context: Any = None
+        self._server: Any = None
+
+    def __enter__(self) -> Scratch:
+        return self
+
+    def server(self) -> Any:
+        if self._server is None:
+            from . import backup
+
+            self._context = backup._scratch_server(self.session.config, f"capture-{self.session.run_id}")
+            self._server = self._context.__enter__()
+        return self._server
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._context is not None:
+            context, self._context, self._server = self._context, None, None
+            context.__exit__(*exc)
+
+
 def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], revision: str, *,
-                  direction: str = "upgrade", run: Callable | None = None) -> list[migrations.SqlStep]:
+                  direction: str = "upgrade", run: Callable | None = None, scratch: Scratch | None = None
+                  ) -> list[migrations.SqlStep]:
     """Fill in the SQL of the online-only steps from a run of the range on a scratch database.
 
     Args:
@@ -235,6 +263,7 @@ def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], 
         revision: the range's end as given to ``offline_sql`` (a relative one counts from the same start).
         direction: 'upgrade' or 'downgrade'.
         run: for tests, a stand-in for ``migrations.upgrade``/``downgrade`` (mset, engine, revision).
+        scratch: a ``Scratch`` shared with other captures of the same step (default: a server of its own).
 
     Returns:
         ``steps`` with each online-only one ``source="captured"`` and its executed SQL, or, when it could not
@@ -243,7 +272,9 @@ def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], 
     """
     if not any(s.online_only for s in steps):
         return steps
-    from . import backup
+    if scratch is None:
+        with Scratch(session) as own:
+            return capture_steps(session, mset, steps, revision, direction=direction, run=run, scratch=own)
 
     heads = migrations.current(mset, session.engine)
     name = f"dbrunbook_capture_{secrets.token_hex(4)}"
@@ -251,31 +282,35 @@ def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], 
     failed: tuple[str | None, str] | None = None
     warning = ""
     try:
-        with backup._scratch_server(session.config, f"capture-{session.run_id}") as server:
-            url = db.with_database(server.url("postgres"), name)
+        server = scratch.server()
+        url = db.with_database(server.url("postgres"), name)
+        try:
             try:
-                try:
-                    warning = _schema_from_target(session, server, name)
-                except BackupFailed as err:
-                    # No usable pg_dump (or it failed): the chain itself builds the schema at the start.
-                    warning = f"no schema dump ({_scrub(str(err).splitlines()[0])}); built by the chain"
-                    db.drop_database(server.url("postgres"), name)
-                    db.create_database(server.url("postgres"), name)
-                    _build_by_chain(url, mset, heads, session.run_id)
-                engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
-                try:
-                    _stamp(engine, mset, heads)
-                    go = run or (migrations.upgrade if direction == "upgrade" else migrations.downgrade)
-                    with recorder:
-                        go(mset, engine, revision)
-                finally:
-                    engine.dispose()
-            except MigrationFailed as err:
-                failed = (err.revision, f"it failed on the scratch database: {_scrub(err.reason)}")
-            except (DbRunbookError, sa.exc.SQLAlchemyError) as err:
-                failed = (None, _scrub((str(err).splitlines() or [""])[0]))
+                warning = _schema_from_target(session, server, name)
+            except BackupFailed as err:
+                # No usable pg_dump (or it failed): the chain itself builds the schema at the start.
+                warning = f"no schema dump ({_scrub(str(err).splitlines()[0])}); built by the chain"
+                db.drop_database(server.url("postgres"), name)
+                db.create_database(server.url("postgres"), name)
+                _build_by_chain(url, mset, heads, session.run_id)
+            engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
+            try:
+                _stamp(engine, mset, heads)
+                go = run or (migrations.upgrade if direction == "upgrade" else migrations.downgrade)
+                with recorder:
+                    go(mset, engine, revision)
+            finally:
+                engine.dispose()
+        except MigrationFailed as err:
+            failed = (err.revision, f"it failed on the scratch database: {_scrub(err.reason)}")
+        except (DbRunbookError, sa.exc.SQLAlchemyError) as err:
+            failed = (None, _scrub((str(err).splitlines() or [""])[0]))
     except (DbRunbookError, sa.exc.SQLAlchemyError, OSError) as err:
         failed = (None, f"no scratch database: {_scrub((str(err).splitlines() or [''])[0])}")
+    finally:
+        with contextlib.suppress(DbRunbookError, sa.exc.SQLAlchemyError):
+            if scratch._server is not None:
+                db.drop_database(scratch._server.url("postgres"), name)
     secret = session.engine.url.password
     if secret:
         warning = warning.replace(str(secret), db.MASK)

@@ -199,19 +199,20 @@ class Session:
         from . import capture as capturing
 
         result = Preview()
-        for m in self.sets(migration_set):
-            cur = migrations.current(m, self.engine)
-            if not migrations.pending(m, self.engine, revision):
-                result.steps[m.name] = []
-                continue
-            start = ",".join(cur) if cur else None
-            steps = migrations.offline_sql(m, start, revision)
-            if capture:
-                steps = capturing.capture_steps(self, m, steps, revision)
-            result.steps[m.name] = steps
-            if save:
-                name = f"preview-{m.name}.sql"
-                result.files[name] = self.save_artifact(name, result.file_text(m.name))
+        with capturing.Scratch(self) as scratch:  # one scratch server for every set that needs one
+            for m in self.sets(migration_set):
+                cur = migrations.current(m, self.engine)
+                if not migrations.pending(m, self.engine, revision):
+                    result.steps[m.name] = []
+                    continue
+                start = ",".join(cur) if cur else None
+                steps = migrations.offline_sql(m, start, revision)
+                if capture:
+                    steps = capturing.capture_steps(self, m, steps, revision, scratch=scratch)
+                result.steps[m.name] = steps
+                if save:
+                    name = f"preview-{m.name}.sql"
+                    result.files[name] = self.save_artifact(name, result.file_text(m.name))
         if save:
             self.save_artifact("preview.json", json.dumps(
                 {"sha256": result.sha256, "files": result.files,

@@ -114,6 +114,9 @@ def test_preview_captures_the_online_only_revisions_and_leaves_the_target_alone(
         assert conn.execute(sa.text("SELECT count(*) FROM owner_stats")).scalar_one() == 0
         assert conn.execute(sa.text("SELECT count(*) FROM pg_database WHERE datname LIKE 'dbrunbook_capture_%'")
                             ).scalar_one() == 0
+    # The scratch server is stopped and its folder removed.
+    scratch = Path(s.config.state_dir) / "scratch"
+    assert not scratch.exists() or list(scratch.iterdir()) == []
 
 
 def test_a_failed_capture_is_reported_on_the_step_not_raised(session_for):
