@@ -195,7 +195,8 @@ def _schema_from_target(session, server, name: str) -> str:
         env = backup.libpq_environment(session.engine.url,
                                        application_name=f"dbrunbook:{session.run_id}:pg_dump")
         backup._run_tool([str(tool.pg_dump), "--schema-only", "--format=custom", "--no-owner",
-                          "--no-privileges", "--no-password", f"--file={dump_file}"], env,
+                          "--no-privileges", "--no-password", f"--lock-wait-timeout={session.target.lock_timeout}",
+                          f"--file={dump_file}"], env,
                          f"pg_dump --schema-only of database '{session.identity.database}'", timeout=600)
         admin = server.url("postgres")
         db.create_database(admin, name)

@@ -195,3 +195,18 @@ def test_rollback_plan_lists_online_only_downgrades_instead_of_calling_them_no_o
     assert (row["steps"], row["rollback to"], row["reversible"], row["no-op downgrades"]) == (4, A1, True, None)
     assert row["online-only downgrades"].startswith(f"{C3}: it calls [c[\"name\"] for c in sa.inspect(")
     assert f"; {B2}: it calls count = op.get_bind().execute(" in row["online-only downgrades"]
+
+
+def test_without_a_usable_pg_dump_the_chain_builds_the_scratch_schema(session_for, monkeypatch):
+    from dbrunbook import backup
+    from dbrunbook.errors import BackupFailed
+
+    def no_dump(session):
+        raise BackupFailed("No pg_dump for PostgreSQL 99 (server 99.0)")
+
+    monkeypatch.setattr(backup, "dump_tool", no_dump)
+    s = session_for()
+    migrations.upgrade(s.config.migration_set("main"), s.engine, B2)
+    steps = {st.revision: st for st in s.preview("heads", "main", save=False).steps["main"]}
+    assert {r: st.source for r, st in steps.items()} == {C3: "captured", D4: "captured", E5: "offline"}
+    assert "ALTER TABLE owner ADD COLUMN nickname VARCHAR(50);" in steps[C3].sql
