@@ -105,7 +105,7 @@ class Session:
         self.runbook = runbook
         self.lock: locking.DeployerLock | None = None
         self.lock_attempts: list[locking.Attempt] = []  # every upgrade/downgrade/stamp attempt of this session
-        self._previews: dict[tuple, Preview] = {}  # (revision, migration_set) -> the last preview of that range
+        self._previews: dict[tuple, Preview] = {}  # the last preview / downgrade SQL of each range, by range
         self.target, self.engine = db.connect_target(config, target_name, run_id=self.run_id)
         try:
             self.identity = db.identity(self.engine)
