@@ -115,7 +115,7 @@ before
 # %%
 from dbrunbook import plots
 
-steps = s.upgrade(revision, migration_set, dry_run=dry_run)
+steps = s.upgrade(revision, migration_set, dry_run=dry_run, allow=allow)
 steps
 
 # %%

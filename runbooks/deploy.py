@@ -156,7 +156,7 @@ deploy.maintenance(s, True, dry_run=dry_run)
 # %%
 from dbrunbook import plots
 
-steps = s.upgrade(revision, migration_set, dry_run=dry_run)
+steps = s.upgrade(revision, migration_set, dry_run=dry_run, allow=allow)
 steps
 
 # %%

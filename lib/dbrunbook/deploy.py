@@ -54,7 +54,11 @@ def _statements(sql: str) -> list[str]:
 
 
 def rollback_plan(session, revision: str = "heads", migration_set: str = "all") -> pd.DataFrame:
-    """For each set with pending steps: the downgrade command and whether every pending step can be undone."""
+    """For each set with pending steps: the downgrade command and whether every pending step can be undone.
+
+    A downgrade that cannot be rendered offline (online-only) is not judged a no-op: it is listed with its
+    reason under "online-only downgrades", and whether it undoes anything is for its review to say.
+    """
     rows = []
     for m in session.sets(migration_set):
         pending = migrations.pending(m, session.engine, revision)
@@ -64,13 +68,16 @@ def rollback_plan(session, revision: str = "heads", migration_set: str = "all") 
         back_to = ",".join(cur) if cur else "base"
         steps = migrations.offline_sql(m, ",".join(migrations.resolve(m, revision)), back_to,
                                        direction="downgrade")
-        empty = [s.revision for s in steps if not _statements(_strip_version_updates(s.sql))]
+        empty = [s.revision for s in steps
+                 if not getattr(s, "online_only", False) and not _statements(_strip_version_updates(s.sql))]
+        online = [s for s in steps if getattr(s, "online_only", False)]
         rows.append({"migration_set": m.name, "steps": len(pending), "rollback to": back_to,
                      "command": f"dbrunbook run rollback -t {session.target.name} -p migration_set {m.name} "
                                 f"-p revision {back_to} -p dry_run false",
-                     "reversible": not empty, "no-op downgrades": ", ".join(empty) or None})
+                     "reversible": not empty, "no-op downgrades": ", ".join(empty) or None,
+                     "online-only downgrades": "; ".join(f"{s.revision}: {s.reason}" for s in online) or None})
     frame = pd.DataFrame(rows, columns=["migration_set", "steps", "rollback to", "command", "reversible",
-                                        "no-op downgrades"])
+                                        "no-op downgrades", "online-only downgrades"])
     if frame.empty:
         print("Nothing pending: no rollback plan needed.")
     return frame

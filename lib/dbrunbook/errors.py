@@ -264,6 +264,17 @@ class PreviewMismatch(GuardStop):
     """The SQL about to run differs from the SQL of the approved preview (sha256)."""
 
 
+class OnlineOnlyNotCovered(GuardStop):
+    """On a protected target, revisions that cannot render offline whose SQL was neither captured nor allowed.
+
+    ``steps`` holds the uncovered ``SqlStep``s (each with its ``problem``).
+    """
+
+    def __init__(self, message: str, steps: tuple = ()):
+        super().__init__(message)
+        self.steps = steps
+
+
 class StampWouldLie(GuardStop):
     """The live schema does not match the schema the migrations build at the revision to stamp."""
 

@@ -38,6 +38,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -110,7 +111,14 @@ class RevisionInfo:
 
 @dataclass(frozen=True)
 class SqlStep:
-    """The SQL one revision emits in offline mode (``alembic upgrade A:B --sql``), and what it printed."""
+    """The SQL one revision emits in offline mode (``alembic upgrade A:B --sql``), and what it printed.
+
+    A revision that cannot be rendered offline (it reads results through ``op.get_bind()``, uses the
+    inspector, or refuses offline mode) is ``online_only``, ``reason`` says why and where; its ``sql`` is
+    empty unless ``source`` is ``"captured"``: the SQL it really executed on a scratch database
+    (``dbrunbook.capture``). ``source`` is ``"offline"``, ``"captured"`` or ``"none"`` (online-only, not
+    captured; ``capture_error`` then says why when a capture was tried).
+    """
 
     revision: str
     down_revision: tuple[str, ...]
@@ -118,15 +126,36 @@ class SqlStep:
     sql: str
     notes: str = ""
     sha256: str = field(default="")
+    online_only: bool = False
+    reason: str = ""
+    source: str = "offline"
+    capture_error: str = ""
 
     def __post_init__(self) -> None:
         if not self.sha256:
             object.__setattr__(self, "sha256", hashlib.sha256(self.sql.encode("utf-8")).hexdigest())
 
+    @property
+    def status(self) -> str:
+        """Where this step's SQL comes from: 'offline', 'captured' or 'online-only, not captured'."""
+        return "online-only, not captured" if self.source == "none" else self.source
+
+    @property
+    def problem(self) -> str:
+        """The sentence that names the revision and why it cannot be rendered offline ('' if it can)."""
+        if not self.online_only:
+            return ""
+        text = f"revision {self.revision} ({self.message}) cannot be rendered offline: {self.reason}"
+        if self.source == "captured":
+            return text + "; its SQL was captured on a scratch database"
+        return text + (f"; its SQL could not be captured: {self.capture_error}" if self.capture_error
+                       else "; its SQL was not captured")
+
     def _repr_html_(self) -> str:
         head = f"<p><b>{html.escape(self.revision)}</b> {html.escape(self.message)}</p>"
+        why = f"<p><i>{html.escape(self.problem)}</i></p>" if self.online_only else ""
         notes = f"<p><i>printed:</i> {html.escape(self.notes)}</p>" if self.notes else ""
-        return f"{head}<pre>{html.escape(self.sql)}</pre>{notes}"
+        return f"{head}{why}<pre>{html.escape(self.sql)}</pre>{notes}"
 
 
 @dataclass(frozen=True)
@@ -1021,6 +1050,11 @@ def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, di
     Each step's SQL is what Alembic wrote to its output buffer while that revision ran (from its BEGIN to its
     COMMIT, the ``-- Running upgrade A -> B`` marker inside); what the migration printed is in ``notes``.
 
+    Offline SQL is evidence, not a prerequisite: a revision that raises while rendering (``op.get_bind()``
+    results are None offline, the inspector refuses a mock connection, or it refuses offline mode itself)
+    becomes an ``online_only`` step with its reason, and the revisions after it are rendered from where it
+    would have left the database (env.py runs again from there).
+
     Raises:
         RevisionNotFound, DialectMismatch: as for ``upgrade``.
     """
@@ -1037,10 +1071,45 @@ def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, di
     plan = "_upgrade_revs" if direction == "upgrade" else "_downgrade_revs"
     with _in_project(mset):
         try:
-            getattr(script, plan)(end, at)
+            # Planned once: a relative end ('-1', '+2') would count from somewhere else after a restart.
+            planned = list(getattr(script, plan)(end, at))
         except (CommandError, RevisionError) as err:
             raise _not_found(mset, end, err) from err
 
+    out: list[SqlStep] = []
+    done = 0
+    while done < len(planned):
+        segment = planned[done:]
+        heads_now = _heads_after(script, planned[:done], at) if done else tuple(at)
+        run, failure = _render_segment(mset, direction, segment, heads_now, end)
+        out += _split(run, complete=failure is None)
+        done += len(run.chunks)
+        if failure is None:
+            break
+        err, failed_step = failure
+        if failed_step is None:
+            # env.py itself cannot run offline: nothing after this point renders.
+            reason = f"env.py fails in offline mode ({_error_text(err)})"
+            out += [_online_only(step, reason, run.notes.parts.get(_rev_id(step), []))
+                    for step in segment[len(run.chunks):]]
+            break
+        out.append(_online_only(failed_step, _offline_reason(err, failed_step, script),
+                                run.notes.parts.get(_rev_id(failed_step), [])))
+        done += 1
+    return out
+
+
+def _rev_id(step: Any) -> str | None:
+    return step.revision.revision if hasattr(step, "revision") else None
+
+
+def _render_segment(mset: MigrationSet, direction: str, steps: list, heads_now: Sequence[str], end: str
+                    ) -> tuple[_Run, tuple[BaseException, Any] | None]:
+    """Run env.py offline over ``steps``, starting at ``heads_now``; stop at the first step that raises.
+
+    Returns the run (its completed chunks) and, when something raised, the error with the step that raised
+    it (None when env.py raised outside any step).
+    """
     run = _Run(mset, direction, as_sql=True)
     try:
         with _in_project(mset, OFFLINE_URL):
@@ -1049,24 +1118,70 @@ def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, di
             script = _script(mset, cfg)
 
             def fn(rev: tuple, context: MigrationContext) -> Iterable[Any]:
-                return run.steps(getattr(script, plan)(end, rev))
+                return run.steps(steps)
 
             with contextlib.redirect_stdout(run.notes), \
-                    _environment(cfg, script, run, fn=fn, as_sql=True, starting_rev=at or None,
-                                       destination_rev=end):
+                    _environment(cfg, script, run, fn=fn, as_sql=True, starting_rev=tuple(heads_now) or None,
+                                 destination_rev=end):
                 script.run_env()
-    except (CommandError, RevisionError) as err:
-        raise _not_found(mset, end, err) from err
-    return _split(run)
+    except (DialectMismatch, ConfigError, RevisionNotFound):
+        raise
+    except Exception as err:  # anything a revision or env.py raises while rendering offline
+        if run.running is not None:
+            return run, (err, run.running)
+        if isinstance(err, RevisionError) or (isinstance(err, CommandError) and "locate revision" in str(err)):
+            raise _not_found(mset, end, err) from err
+        if len(run.chunks) < len(steps):
+            return run, (err, None)
+        raise
+    return run, None
 
 
-def _split(run: _Run) -> list[SqlStep]:
+def _error_text(err: BaseException) -> str:
+    text = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _offline_reason(err: BaseException, step: Any, script: ScriptDirectory) -> str:
+    """Why a revision cannot render offline: the line of the revision that needed a connection, and the error.
+
+    The innermost frame of the traceback that is in the revision's own file is the call that needed a
+    connection (or the ``raise`` that refuses offline mode); its path is given relative to script_location.
+    """
+    path = Path(step.revision.path).resolve()
+    frame = None
+    for entry in traceback.extract_tb(err.__traceback__):
+        with contextlib.suppress(OSError):
+            if Path(entry.filename).resolve() == path:
+                frame = entry
+    what = _error_text(err)
+    if frame is None:
+        return f"it raised {what}"
+    try:
+        where = path.relative_to(Path(script.dir).resolve()).as_posix()
+    except ValueError:
+        where = path.name
+    line = (frame.line or "").strip()
+    line = line[len("return "):] if line.startswith("return ") else line
+    if line.startswith("raise"):
+        return f"it raises at {where}:{frame.lineno} ({what})"
+    return f"it calls {line} at {where}:{frame.lineno} ({what})" if line else f"{what} at {where}:{frame.lineno}"
+
+
+def _online_only(step: Any, reason: str, notes: list[str]) -> SqlStep:
+    rev = step.revision
+    return SqlStep(revision=rev.revision, down_revision=_to_tuple(rev.down_revision), message=rev.doc, sql="",
+                   notes="".join(notes), online_only=True, reason=reason, source="none")
+
+
+def _split(run: _Run, *, complete: bool = True) -> list[SqlStep]:
     text = run.buffer.getvalue()
     out = []
     for i, (step, begin, finish) in enumerate(run.chunks):
-        # Whatever env.py wrote before the first step or after the last belongs to them.
+        # Whatever env.py wrote before the first step or after the last belongs to them; after a step that
+        # raised, what follows the last completed step is that step's partial output, not this one's.
         begin = 0 if i == 0 else begin
-        finish = len(text) if i == len(run.chunks) - 1 else finish
+        finish = len(text) if i == len(run.chunks) - 1 and complete else finish
         rev = step.revision
         notes = run.notes.parts.get(rev.revision, [])
         if i == 0:

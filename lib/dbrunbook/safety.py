@@ -372,7 +372,7 @@ def _preview_files(preview) -> dict[str, str]:
     out = {}
     for name, steps in preview.steps.items():
         if steps:
-            text = "".join(f"-- {name} {s.revision}: {s.message}\n{s.sql}\n" for s in steps)
+            text = preview.file_text(name)
             out[f"preview-{name}.sql"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return out
 
@@ -495,6 +495,7 @@ class DataLossReport:
     current: tuple[str, ...]
     steps: tuple[str, ...]
     items: tuple[LossItem, ...] = ()
+    uncounted: tuple[tuple[str, str], ...] = ()  # (revision, why) of online-only steps whose SQL is unknown
 
     @property
     def total(self) -> int:
@@ -512,7 +513,8 @@ class DataLossReport:
         head = (f"<p>Downgrade of <b>{html.escape(self.migration_set)}</b> from "
                 f"{html.escape(', '.join(self.current) or 'base')} to {html.escape(self.revision)} "
                 f"({len(self.steps)} revision(s)): <b>{self.total:,}</b> rows/values would be destroyed.</p>")
-        return head + (_table_html(self.as_frame()) if self.items else "")
+        uncounted = "".join(f"<p><b>Not counted</b>: {html.escape(why)}</p>" for _, why in self.uncounted)
+        return head + uncounted + (_table_html(self.as_frame()) if self.items else "")
 
 
 def _loss_statements(flat: str) -> list[tuple[str, str, str | None, str | None]]:
@@ -536,10 +538,20 @@ def data_loss(session, revision: str = "-1", migration_set: str = "main", *, sav
               ) -> DataLossReport:
     """Count what ``alembic downgrade REVISION`` would destroy: rows of dropped or truncated tables, rows a
     DELETE removes, non-null values of dropped columns. Saved as artifacts/data_loss.json.
+
+    The SQL of a revision that cannot be rendered offline is captured on a scratch database (``capture``)
+    and counted like the rest; one whose SQL could not be captured is listed in ``uncounted``.
     """
+    from . import capture
+
     mset = session.config.migration_set(migration_set)
     current = migrations.current(mset, session.engine)
-    steps = migrations.offline_sql(mset, ",".join(current) or None, revision, direction="downgrade")
+    if hasattr(session, "downgrade_sql"):
+        steps = session.downgrade_sql(revision, mset.name).steps[mset.name]
+    else:
+        steps = migrations.offline_sql(mset, ",".join(current) or None, revision, direction="downgrade")
+        steps = capture.capture_steps(session, mset, steps, revision, direction="downgrade")
+    uncounted = tuple((s.revision, s.problem) for s in steps if s.online_only and s.source != "captured")
     parts = [(step.revision, stmt.flat, item) for step in steps for stmt in split_statements(step.sql)
              for item in _loss_statements(stmt.flat)]
     dropped = {table for _, _, (kind, table, _, _) in parts if kind == "table"}
@@ -568,7 +580,8 @@ def data_loss(session, revision: str = "-1", migration_set: str = "main", *, sav
                 obj = table
             items.append(LossItem(obj, kind, int(lost), rev, flat[:160]))
         conn.rollback()
-    report = DataLossReport(mset.name, revision, tuple(current), tuple(s.revision for s in steps), tuple(items))
+    report = DataLossReport(mset.name, revision, tuple(current), tuple(s.revision for s in steps), tuple(items),
+                            uncounted)
     if save:
         session.save_artifact("data_loss.json", json.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
     return report
@@ -582,6 +595,18 @@ def require_no_data_loss(session, report: DataLossReport, allow_data_loss: bool 
         DataLossRefused: the report counts any loss and ``allow_data_loss`` is false (``.report`` holds it).
     """
     frame = report.as_frame()
+    if report.uncounted and not allow_data_loss and session.target.protected:
+        err = errors.DataLossRefused(
+            f"Downgrading '{report.migration_set}' to {report.revision} on protected target "
+            f"'{session.target.name}': what {len(report.uncounted)} revision(s) would destroy is unknown: "
+            f"{'; '.join(why for _, why in report.uncounted)}. Read their downgrade() and back up what they "
+            f"drop, then run again with -p allow_data_loss true (recorded).")
+        err.report = report
+        if not dry_run:
+            raise err
+        print(f"dry_run=True: a real run would stop here. {err}")
+    elif report.uncounted:
+        print("Not counted: " + "; ".join(why for _, why in report.uncounted) + ".")
     if report.total and not allow_data_loss:
         what = ", ".join(f"{i.lost:,} {'values of' if i.kind == 'column' else 'rows of'} {i.object}"
                          for i in report.items if i.lost)

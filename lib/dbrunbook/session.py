@@ -27,7 +27,11 @@ SNAPSHOT_ARTIFACT = "snapshot.json"
 
 @dataclass
 class Preview:
-    """The offline SQL of a pending range, per migration set and revision, with the digest a review approves."""
+    """The SQL of a pending range, per migration set and revision, with the digest a review approves.
+
+    Each revision's SQL is rendered offline, or, for a revision that cannot be (online-only), captured on a
+    scratch database; ``as_frame`` says which in its ``sql`` column, and the digest covers both.
+    """
 
     steps: dict[str, list] = field(default_factory=dict)  # set name -> [SqlStep]
     files: dict[str, str] = field(default_factory=dict)  # artifact name -> sha256
@@ -39,16 +43,27 @@ class Preview:
         for name in sorted(self.steps):
             for step in self.steps[name]:
                 h.update(f"{name}:{step.revision}\n".encode())
+                if getattr(step, "online_only", False):
+                    # A captured revision's SQL and an uncaptured one's empty SQL must never digest alike.
+                    h.update(f"online-only:{step.source}\n".encode())
                 h.update(step.sql.encode())
         return h.hexdigest()
+
+    def file_text(self, name: str) -> str:
+        """The text of artifacts/preview-NAME.sql: each revision's SQL under a header naming it."""
+        return "".join(_step_text(name, s) for s in self.steps.get(name, []))
 
     def as_frame(self) -> pd.DataFrame:
         rows = [
             {"migration_set": name, "revision": s.revision, "description": s.message,
-             "statements": _count_statements(s.sql), "notes": s.notes.strip()[:200] or None}
+             "sql": getattr(s, "status", "offline"), "statements": _count_statements(s.sql),
+             "notes": s.notes.strip()[:200] or None,
+             "online_only": (getattr(s, "reason", "") + (f" — not captured: {s.capture_error}"
+                                                          if getattr(s, "capture_error", "") else "")) or None}
             for name, steps in self.steps.items() for s in steps
         ]
-        return pd.DataFrame(rows, columns=["migration_set", "revision", "description", "statements", "notes"])
+        return pd.DataFrame(rows, columns=["migration_set", "revision", "description", "sql", "statements", "notes",
+                                           "online_only"])
 
     def _repr_html_(self) -> str:
         if not any(self.steps.values()):
@@ -57,8 +72,18 @@ class Preview:
         for name, steps in self.steps.items():
             for s in steps:
                 sql = s.sql.replace("&", "&amp;").replace("<", "&lt;")
-                parts.append(f"<h4>{name}: {s.revision} — {s.message}</h4><pre>{sql}</pre>")
+                status = getattr(s, "status", "offline")
+                why = (f"<p><i>{getattr(s, 'problem', '').replace('&', '&amp;').replace('<', '&lt;')}</i></p>"
+                       if getattr(s, "online_only", False) else "")
+                parts.append(f"<h4>{name}: {s.revision} — {s.message} ({status})</h4>{why}<pre>{sql}</pre>")
         return "\n".join(parts)
+
+
+def _step_text(name: str, step) -> str:
+    head = f"-- {name} {step.revision}: {step.message}\n"
+    if getattr(step, "online_only", False):
+        head += f"-- {step.problem}\n"
+    return f"{head}{step.sql}\n"
 
 
 def _count_statements(sql: str) -> int:
@@ -80,6 +105,7 @@ class Session:
         self.runbook = runbook
         self.lock: locking.DeployerLock | None = None
         self.lock_attempts: list[locking.Attempt] = []  # every upgrade/downgrade/stamp attempt of this session
+        self._previews: dict[tuple, Preview] = {}  # the last preview / downgrade SQL of each range, by range
         self.target, self.engine = db.connect_target(config, target_name, run_id=self.run_id)
         from .drivers import export_environment  # before any project code is imported in this kernel
 
@@ -166,26 +192,40 @@ class Session:
         return pd.DataFrame(rows, columns=["migration_set", "revision", "description", "merge", "file"])
 
     # --- preview (alembic upgrade head --sql) ---------------------------------------------------------------
-    def preview(self, revision: str = "heads", migration_set: str | None = "all", *, save: bool = True) -> Preview:
-        """Render the SQL of the pending range offline, per revision; save it as artifacts/preview-SET.sql."""
+    def preview(self, revision: str = "heads", migration_set: str | None = "all", *, save: bool = True,
+                capture: bool = True) -> Preview:
+        """Render the SQL of the pending range per revision; save it as artifacts/preview-SET.sql.
+
+        A revision that cannot be rendered offline is run with the range on a scratch database (the target's
+        schema, restored) and the SQL it executed is captured, unless ``capture`` is false.
+        """
+        from . import capture as capturing
+
         result = Preview()
-        for m in self.sets(migration_set):
-            cur = migrations.current(m, self.engine)
-            if not migrations.pending(m, self.engine, revision):
-                result.steps[m.name] = []
-                continue
-            start = ",".join(cur) if cur else None
-            steps = migrations.offline_sql(m, start, revision)
-            result.steps[m.name] = steps
-            if save:
-                text = "".join(f"-- {m.name} {s.revision}: {s.message}\n{s.sql}\n" for s in steps)
-                name = f"preview-{m.name}.sql"
-                result.files[name] = self.save_artifact(name, text)
+        with capturing.Scratch(self) as scratch:  # one scratch server for every set that needs one
+            for m in self.sets(migration_set):
+                cur = migrations.current(m, self.engine)
+                if not migrations.pending(m, self.engine, revision):
+                    result.steps[m.name] = []
+                    continue
+                start = ",".join(cur) if cur else None
+                steps = migrations.offline_sql(m, start, revision)
+                if capture:
+                    steps = capturing.capture_steps(self, m, steps, revision, scratch=scratch)
+                result.steps[m.name] = steps
+                if save:
+                    name = f"preview-{m.name}.sql"
+                    result.files[name] = self.save_artifact(name, result.file_text(m.name))
         if save:
             self.save_artifact("preview.json", json.dumps(
                 {"sha256": result.sha256, "files": result.files,
-                 "revisions": {k: [s.revision for s in v] for k, v in result.steps.items()}},
+                 "revisions": {k: [s.revision for s in v] for k, v in result.steps.items()},
+                 "online_only": {k: {s.revision: {"source": s.source, "reason": s.reason,
+                                                  "capture_error": s.capture_error}
+                                     for s in v if s.online_only}
+                                 for k, v in result.steps.items() if any(s.online_only for s in v)}},
                 indent=1, sort_keys=True) + "\n")
+        self._previews[(revision, migration_set)] = result
         return result
 
     # --- counts -----------------------------------------------------------------------------------------
@@ -197,9 +237,13 @@ class Session:
         return snapshots.compare(before, self.row_counts(exact=before.exact))
 
     # --- change ----------------------------------------------------------------------------------------
-    def upgrade(self, revision: str = "heads", migration_set: str | None = "all", *, dry_run: bool = True
-                ) -> pd.DataFrame:
+    def upgrade(self, revision: str = "heads", migration_set: str | None = "all", *, dry_run: bool = True,
+                allow: str = "", preview: Preview | None = None) -> pd.DataFrame:
         """alembic upgrade, one migration per transaction, timed per revision. dry_run only lists the steps.
+
+        Revisions that cannot be rendered offline run like any other; on a protected target each needs SQL
+        captured in ``preview`` (default: this session's last preview of the same range, else an offline
+        rendering) or an ``online-only@REVISION`` entry in ``allow`` (``capture.require_covered``).
 
         A revision that fails on a lock timeout is tried again with backoff (``locking.with_lock_retries``, up
         to the target's ``retries``); every attempt is printed, kept in ``lock_attempts``, saved as the
@@ -214,9 +258,13 @@ class Session:
                           "seconds": None, "done": False}
                          for r in migrations.pending(m, self.engine, revision)]
             frame = pd.DataFrame(rows, columns=["migration_set", "revision", "direction", "seconds", "done"])
+            if self.target.protected:
+                self._require_covered(revision, migration_set, allow, preview, dry_run=True)
             print(f"dry_run=True: nothing was changed; {len(frame)} step(s) would run.")
             return frame
         self._require_lock("upgrade")
+        if self.target.protected:
+            self._require_covered(revision, migration_set, allow, preview, dry_run=False)
         policy, start = locking.RetryPolicy.for_target(self.target), len(self.lock_attempts)
         try:
             for m in self.sets(migration_set):
@@ -263,13 +311,33 @@ class Session:
         frame.attrs["attempts"] = locking.attempts_frame(self.lock_attempts[start:])
         return frame
 
-    def downgrade_sql(self, revision: str = "-1", migration_set: str = "main") -> Preview:
-        """The SQL a downgrade would run, rendered offline (the rollback plan)."""
+    def downgrade_sql(self, revision: str = "-1", migration_set: str = "main", *, capture: bool = True
+                      ) -> Preview:
+        """The SQL a downgrade would run, per revision: rendered offline, or captured on a scratch database
+        for the revisions that cannot be (the rollback plan)."""
+        from . import capture as capturing
+
         m = self.config.migration_set(migration_set)
         cur = migrations.current(m, self.engine)
+        key = ("downgrade", revision, m.name, cur, capture)
+        if key in self._previews:  # the rollback runbook shows it, then counts its data loss
+            return self._previews[key]
         result = Preview()
-        result.steps[m.name] = migrations.offline_sql(m, ",".join(cur) or None, revision, direction="downgrade")
+        steps = migrations.offline_sql(m, ",".join(cur) or None, revision, direction="downgrade")
+        if capture:
+            steps = capturing.capture_steps(self, m, steps, revision, direction="downgrade")
+        result.steps[m.name] = steps
+        self._previews[key] = result
         return result
+
+    def _require_covered(self, revision: str, migration_set: str | None, allow: str, preview: Preview | None,
+                         *, dry_run: bool) -> None:
+        """On a protected target: the online-only revisions about to run are captured or allowed."""
+        from . import capture as capturing
+
+        preview = preview or self._previews.get((revision, migration_set)) or self.preview(
+            revision, migration_set, save=False, capture=False)
+        capturing.require_covered(self, preview.steps, allow, dry_run=dry_run)
 
     def stamp(self, revision: str, migration_set: str = "main", *, dry_run: bool = True) -> pd.DataFrame:
         """alembic stamp: move the version pointer without running migrations."""
