@@ -1070,11 +1070,13 @@ def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, di
         return []
     plan = "_upgrade_revs" if direction == "upgrade" else "_downgrade_revs"
     with _in_project(mset):
+        if direction == "downgrade":
+            _refuse_ambiguous(mset, script, end, at)
         try:
             # Planned once: a relative end ('-1', '+2') would count from somewhere else after a restart.
             planned = list(getattr(script, plan)(end, at))
         except (CommandError, RevisionError) as err:
-            raise _not_found(mset, end, err) from err
+            raise _ambiguous(mset, script, end, at) or _not_found(mset, end, err) from err
 
     out: list[SqlStep] = []
     done = 0

@@ -468,11 +468,12 @@ def test_run_apply_and_rollback_at_merge_points_and_settings_read_on_import(
     assert (code, result["outcome"]) == (0, "succeeded"), result.get("failing_step")
     code, result = run(capfd, "rollback", "-p", "migration_set", "merge_points", "-p", "dry_run", "false")
     assert (code, result["failing_step"]["ename"]) == (1, "AmbiguousRevision"), result
-    # The rollback plan (offline SQL, step 3) stops first; it does not know the current revisions yet.
+    # The rollback plan (offline SQL, step 3) stops first, naming the merge's parents and what to give.
     assert result["failing_step"]["evalue"] == (
-        "Revision '-1' of migration set 'merge_points' is ambiguous: counting down crosses a merge revision, and "
-        "Alembic cannot tell which of its parents to go to. Name the revision to go to instead (-p revision ID); "
-        "'dbrunbook run status -p migration_set merge_points' shows the parents of each merge.")
+        f"Revision '-1' of migration set 'merge_points' is ambiguous: counting down from {MERGE} reaches "
+        f"merge revision {MERGE} (merge left and right), which has 2 parents: {LEFT}, {RIGHT}; going to "
+        f"one of them reverts the merge (and what follows it) and leaves both branches applied. Name the "
+        f"revision to go to instead: -p revision {LEFT} or -p revision {RIGHT}.")
     assert versions() == [MERGE]
     # The partial downgrade the error proposes leaves two current revisions; apply takes both to the heads.
     code, result = run(capfd, "rollback", "-p", "migration_set", "merge_points", "-p", "revision", LEFT,
