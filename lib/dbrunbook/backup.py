@@ -153,8 +153,7 @@ def libpq_environment(url: str | sa.URL, *, application_name: str | None = None,
 
 
 def _scrubbed(text: str, env: dict[str, str]) -> str:
-    secret = env.get("PGPASSWORD")
-    return text.replace(secret, db.MASK) if secret else text
+    return db.mask_secrets(text, env=env)
 
 
 # --- which pg_dump --------------------------------------------------------------------------------------

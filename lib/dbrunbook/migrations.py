@@ -52,7 +52,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
 from .config import MigrationSet
-from .db import mask_url
+from .db import mask_secrets, mask_url
 from .errors import ConfigError, DialectMismatch, MigrationFailed, RevisionNotFound
 
 log = logging.getLogger(__name__)
@@ -718,7 +718,7 @@ def _reason(err: BaseException, secret: str | None) -> str:
     else:
         text = f"{type(err).__name__}: {err}"
     text = (text.strip().splitlines() or [""])[0]
-    return text.replace(secret, "***") if secret else text
+    return mask_secrets(text, secrets=[secret] if secret else [])
 
 
 StepsFn = Callable[[ScriptDirectory, tuple, MigrationContext], Iterable[Any]]
