@@ -290,12 +290,14 @@ class InvalidIndex(MigrationFailed):
     def __init__(self, migration_set: str, revision: str | None, completed: tuple[str, ...],
                  indexes: list[dict]):
         self.indexes = indexes
-        names = ", ".join(f"{i['index']} on {i['table']}" for i in indexes)
-        fixes = "; ".join(f"DROP INDEX CONCURRENTLY {i['index']}" for i in indexes)
+        names = ", ".join(f"{i['index']} on {i['table']}" + (" (invalid before this run)" if i.get("before_this_run")
+                                                               else "") for i in indexes)
+        fixes = "; ".join(i.get("fix") or f"DROP INDEX CONCURRENTLY {i['index']}" for i in indexes)
+        stuck = " (dropping it timed out too, so it was not retried)" if any(i.get("error") for i in indexes) else ""
         super().__init__(migration_set, revision, completed,
-                         f"invalid index(es) {names} (pg_index.indisvalid = false, an interrupted CREATE INDEX "
-                         f"CONCURRENTLY); queries do not use them but writes still maintain them. Run {fixes}; "
-                         f"then apply again")
+                         f"invalid index(es) {names}{stuck}: pg_index.indisvalid = false, left by an interrupted "
+                         f"CREATE INDEX CONCURRENTLY; queries do not use it, writes still maintain it, and "
+                         f"IF NOT EXISTS skips it. Run {fixes}, then run the migration again")
 
 
 def _guard_names() -> frozenset[str]:
