@@ -678,8 +678,16 @@ def require_recent_backup(session, *, now: dt.datetime | None = None, rehash: bo
                              f"Run '{command}' for a new one.")
     body = found.body
     age = now - _parse_time(body["started_at"])
-    fresh = age <= limit
+    future = age < -_CLOCK_SKEW
+    fresh = not future and age <= limit
     rows.append({"check": "age", "ok": fresh, "detail": f"{_age_text(age)} (limit {target.backup_max_age})"})
+    if future:
+        # A dump cannot be of data that does not exist yet: an edited record or a wrong clock. Either way its
+        # age says nothing, and "fresh" would let a stale dump through.
+        raise BackupRequired(
+            f"Target '{target.name}': the newest backup ({found.run_dir.name}) says it started at "
+            f"{body['started_at']}, {_age_text(age)} (this machine's clock: {now.isoformat(timespec='seconds')}); "
+            f"a backup dated in the future is refused. Check the clocks, then run '{command}'.")
     if not fresh:
         raise BackupRequired(
             f"Target '{target.name}': the newest backup ({found.run_dir.name}, started {body['started_at']}) "
@@ -690,6 +698,10 @@ def require_recent_backup(session, *, now: dt.datetime | None = None, rehash: bo
     if problem:
         raise BackupRequired(f"Target '{target.name}': {problem}. Run '{command}' for a new backup.")
     return pd.DataFrame(rows, columns=["check", "ok", "detail"])
+
+
+#: How far a backup's start may lie ahead of this machine's clock (clock skew between hosts) before it is refused.
+_CLOCK_SKEW = dt.timedelta(seconds=60)
 
 
 def _age_text(age: dt.timedelta) -> str:
