@@ -402,7 +402,7 @@ def dump(session, *, jobs: int = DEFAULT_JOBS, compression: str = DEFAULT_COMPRE
 
 # --- scratch servers ------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _scratch_server(config, purpose: str) -> Iterator[EmbeddedServer]:
+def scratch_server(config, purpose: str) -> Iterator[EmbeddedServer]:
     """A throwaway embedded server under ``<state_dir>/scratch``, stopped and removed on the way out."""
     root = Path(config.state_dir) / "scratch" / f"{purpose}-{uuid.uuid4().hex[:8]}"
     server = EmbeddedServer(root / "pg", durable=False)
@@ -529,7 +529,7 @@ def restore_check(session, result: DumpResult, *, full_restore: bool = False) ->
     if result.source_counts is None:
         raise BackupFailed("A full restore check compares row counts taken in the dump's snapshot: call "
                            "dump(..., counts=True) before restore_check(..., full_restore=True).")
-    with _scratch_server(session.config, f"restore-{session.run_id}") as server:
+    with scratch_server(session.config, f"restore-{session.run_id}") as server:
         url, seconds = _restore_into(server, result.path, result.database["database"], jobs=result.jobs,
                                      run_id=session.run_id)
         engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
@@ -968,7 +968,7 @@ def rehearse(session, source: BackupSource, *, revision: str = "heads", migratio
     saves the evidence, then stops the run.
     """
     name = session.identity.database
-    with _scratch_server(session.config, f"rehearse-{session.run_id}") as server:
+    with scratch_server(session.config, f"rehearse-{session.run_id}") as server:
         url, restore_seconds = _restore_into(server, source.path, name, jobs=source.jobs, run_id=session.run_id)
         engine = db.make_engine(url, run_id=session.run_id, lock_timeout=session.target.lock_timeout,
                                 statement_timeout=session.target.statement_timeout)
