@@ -17,6 +17,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from . import migrations, sqltext
+from .db import mask_secrets
 from .errors import ConfirmationRequired, HealthCheckFailed, MaintenanceFailed, MigrationFailed, RowsVanished
 
 # Statements that break running code still using the old schema (the guide's "Check for breaking changes").
@@ -145,10 +146,12 @@ def health_check(url: str | None, *, timeout: float = 10.0) -> pd.DataFrame:
     except urllib.error.HTTPError as err:
         status = err.code
     except (urllib.error.URLError, OSError) as err:
-        raise HealthCheckFailed(f"Health check of {url} failed: {err}. Check the application before going on.") from err
+        raise HealthCheckFailed(mask_secrets(f"Health check of {url} failed: {err}. Check the application before "
+                                             f"going on.")) from err
     if not 200 <= status < 300:
-        raise HealthCheckFailed(f"Health check of {url} answered HTTP {status}. Check the application logs.")
-    return pd.DataFrame([{"url": url, "status": status, "ok": True}])
+        raise HealthCheckFailed(mask_secrets(f"Health check of {url} answered HTTP {status}. Check the application "
+                                             f"logs."))
+    return pd.DataFrame([{"url": mask_secrets(url), "status": status, "ok": True}])
 
 
 def activity(session) -> pd.DataFrame:
@@ -310,13 +313,20 @@ def _switch(session, on: bool, *, dry_run: bool = True) -> pd.DataFrame:
         argv = [part.replace("{state}", state) for part in shlex.split(target.maintenance_command)]
         output = "(dry run: not run)"
         if not dry_run:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-            output = (proc.stdout + proc.stderr).strip()[-500:]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=_command_env(target))
+            output = mask_secrets((proc.stdout + proc.stderr).strip())[-500:]
             if proc.returncode != 0:
                 raise MaintenanceFailed(f"Maintenance {state} command {argv[0]} exited {proc.returncode}: {output}. "
                                         f"Fix it, or switch maintenance {state} by hand before going on.")
         rows.append({"action": f"command {' '.join(argv)}", "state": state, "done": not dry_run, "output": output})
     return pd.DataFrame(rows, columns=["action", "state", "done", "output"])
+
+
+def _command_env(target) -> dict[str, str]:
+    """The maintenance command's environment: ours without the target's connection URL and PGPASSWORD."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in {target.url_env, "PGPASSWORD"}}
 
 
 def rehearsal_estimate(rehearsal: dict | None) -> pd.DataFrame:

@@ -188,3 +188,16 @@ def test_rows_vanished_beyond_the_tolerance_stop_naming_the_table(project, tmp_p
         assert err.value.losses == [{"table": "public.notes", "before": 10, "after": 0}]
     finally:
         s.engine.dispose()
+
+
+def test_the_maintenance_command_gets_no_connection_url_and_its_output_is_masked(project, tmp_path):  # noqa: F811
+    from tests.projects import URL_ENV
+
+    command = f"sh -c 'echo url=${{{URL_ENV}:-unset}} postgresql://app:hunter22@db/app'"
+    s = _session(project, tmp_path, extra=f'maintenance_command = "{command}"\n')
+    try:
+        frame = deploy.maintenance(s, True, dry_run=False)
+        deploy.maintenance(s, False, dry_run=False)
+    finally:
+        s.engine.dispose()
+    assert frame["output"].tolist() == ["url=unset postgresql://app:***@db/app"]

@@ -237,3 +237,17 @@ def test_a_folder_blocked_by_a_file_is_a_clear_error(tmp_path, key, table):
     assert (err.value.table, err.value.key) == (table, key)
     assert err.value.problem == (f"{tmp_path / 'blocked' / 'sub'} cannot be created: {tmp_path / 'blocked'} is a "
                                  f"file, not a folder. Move the file away or set {key} to another folder.")
+
+
+@pytest.mark.parametrize(("line", "key"), [("lock_timeout = 2", "lock_timeout"),
+                                           ('lock_timeout = "2 parsecs"', "lock_timeout"),
+                                           ('retries = "eight"', "retries")])
+def test_a_bad_setting_exits_2_naming_file_and_key_before_anything_runs(tmp_path, capfd, line, key):
+    from dbrunbook import cli
+
+    path = write(tmp_path, TARGET + line + "\n" + MINIMAL)
+    code = cli.main(["--config", str(path), "run", "apply", "-t", "prod", "-p", "dry_run", "false"])
+    out, err = capfd.readouterr()
+    assert code == 2
+    assert f"{path.resolve()}: [targets.prod] {key}: {line.split(' = ')[0]} = " in err
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / ".dbrunbook").exists()  # nothing ran
