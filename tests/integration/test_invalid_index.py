@@ -147,3 +147,30 @@ def test_an_upgrade_that_skips_an_invalid_index_with_if_not_exists_fails(cic):
     assert indexes.drop_invalid_indexes(project.engine, indexes.invalid_indexes(project.engine)) == []
     assert diagnose.check_invalid_indexes(s).ok
     assert _index_state(project.engine) == []
+
+
+def test_apply_through_the_launcher_fails_on_an_invalid_index_with_a_record_and_a_ledger_row(cic):
+    """The same case end to end: `apply` exits 1 naming the index; ledger row, record and database agree."""
+    from dbrunbook import records
+    from dbrunbook.runner import run_runbook
+
+    project, mset = cic
+    writer = Writer(project.url)
+    try:
+        with project.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(sa.text("SET lock_timeout = '200ms'"))
+            with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+                conn.execute(sa.text("CREATE INDEX CONCURRENTLY ix_events_kind ON events (kind)"))
+    finally:
+        writer.end()
+    config = load_config(project.config_path)
+    result = run_runbook("apply", target="local", parameters={"dry_run": "false"}, config=config)
+    assert (result.outcome, result.exit_status) == ("failed", 1)
+    assert result.failing_step["ename"] == "InvalidIndex"
+    assert f"Run {FIX}, then run the migration again" in result.failing_step["evalue"]
+    assert result.heads_after == {"cic": ["c1c000000002"]}
+    assert _version(project.engine) == ["c1c000000002"]
+    assert records.verify_record(result.record_dir, config.allowed_signers).ok
+    rows = records.ledger_rows(project.engine)
+    assert [(r["run_id"], r["outcome"]) for r in rows] == [(result.run_id, "failed")]
