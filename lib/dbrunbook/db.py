@@ -113,17 +113,20 @@ def check_url(url: str) -> str:
         InvalidUrl: the message shows the URL masked as dbrunbook reads it, never any part of the password.
     """
     parts = _split_url(url)
-    if parts is None or parts.userinfo is None or ":" not in parts.userinfo:
-        return url
-    user, password = parts.userinfo.split(":", 1)
+    if parts is None:
+        return url  # a libpq keyword/value string: nothing here parses it
+    userinfo = parts.userinfo or ""
     # SQLAlchemy reads the password up to the first "@" and the user name up to the first "/" or ":".
-    if "@" in parts.userinfo or "/" in user:
+    if "@" in userinfo or "/" in userinfo.split(":", 1)[0]:
         from .errors import InvalidUrl
 
         raise InvalidUrl(mask_url(url), "its user name or password holds an '@' (or the user name a '/'), "
                                         "which must be percent-encoded. Encode it, e.g. with python3 -c \"import "
                                         "urllib.parse,getpass; print(urllib.parse.quote(getpass.getpass(), "
                                         "safe=''))\", or keep the password in ~/.pgpass or PGPASSWORD.")
+    from .config import normalize_url
+
+    parse_url(normalize_url(url))
     return url
 
 

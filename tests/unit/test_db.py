@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import sqlalchemy
 
@@ -169,3 +172,21 @@ def test_the_other_maskers_are_the_one():
     assert parameters.mask_secrets(text) == expected
     assert backup._scrubbed(text + " pgpw9", {"PGPASSWORD": "pgpw9"}) == expected + " ***"
     assert db._scrub(text, "postgresql://u@h/d") == expected
+
+
+def test_the_launcher_refuses_an_unparsable_url_before_anything_runs(tmp_path, monkeypatch, capfd):
+    from dbrunbook import cli
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s\n")
+    config = tmp_path / "dbrunbook.toml"
+    runbooks = Path(__file__).resolve().parents[2] / "runbooks"
+    config.write_text(f'[project]\nrunbooks = "{runbooks}"\n[targets.prod]\nurl_env = "PROD_URL"\n'
+                      '[migration_sets.main]\nalembic_ini = "m/alembic.ini"\n')
+    monkeypatch.setenv("PROD_URL", "postgresql://u:p@ss/w0rd@host/db")
+    code = cli.main(["--config", str(config), "run", "status", "-t", "prod", "--json"])
+    out, err = capfd.readouterr()
+    assert code == 2
+    assert json.loads(out)["error_type"] == "InvalidUrl"
+    assert "postgresql://u:***@host/db" in out and "w0rd" not in out + err and "p@ss" not in out + err
+    assert not (tmp_path / "outputs").exists()  # no run directory, no record: nothing ran
