@@ -43,10 +43,12 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def _shown(value: Any) -> str:
     """The value as it would be written in TOML, secrets masked (a URL pasted in the wrong key is not echoed)."""
-    from .db import mask_secrets
-
     if isinstance(value, str):
-        return '"' + mask_secrets(value) + '"'
+        if "://" in value or "=" in value:  # only then can it hold a password (and need db's masker)
+            from .db import mask_secrets
+
+            value = mask_secrets(value)
+        return '"' + value + '"'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
