@@ -28,7 +28,6 @@ __all__ = ["Parameter", "RunbookInfo", "parse_parameters", "read_parameters", "l
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
-# user:password@ in a URL, or password=... in a libpq keyword string.
 
 @dataclass(frozen=True)
 class Parameter:
