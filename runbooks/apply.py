@@ -33,6 +33,7 @@ dry_run: bool = True  # true: show what would run and change nothing
 allow: str = ""  # lint findings to accept: rule or rule@revision, comma-separated (recorded)
 approved_preview: str = ""  # run id of the reviewed preview record (required on a protected target)
 ignore_blockers: bool = False  # go ahead although sessions older than blocker_max_age hold needed locks
+tolerance: float = 0.0  # percent of rows a table may lose before the run stops (0 = none)
 run_id: str = ""  # set by the launcher
 record_dir: str = ""  # set by the launcher: where this run's record and artifacts go
 
@@ -122,7 +123,7 @@ steps
 plots.durations_chart(steps)
 
 # %% [markdown]
-# ## 12. Row counts after, compared
+# ## 12. Row counts after, compared (guard: no rows vanished beyond the tolerance)
 
 # %%
 diff = s.compare_counts(before)
@@ -130,6 +131,11 @@ diff
 
 # %%
 plots.counts_chart(diff)
+
+# %%
+from dbrunbook import deploy
+
+deploy.require_no_vanished_rows(diff, tolerance)
 
 # %% [markdown]
 # ## 13. Status after

@@ -36,6 +36,7 @@ approve: str = ""  # protected targets: the live database's name, to approve thi
 allow: str = ""  # lint findings to accept: rule or rule@revision, comma-separated (recorded)
 approved_preview: str = ""  # run id of the reviewed preview record (required on a protected target)
 ignore_blockers: bool = False  # go ahead although sessions older than blocker_max_age hold needed locks
+tolerance: float = 0.0  # percent of rows a table may lose before the run stops (0 = none)
 health_url: str = ""  # HTTP URL to check after the deploy (default: the target's health_url)
 run_id: str = ""  # set by the launcher
 record_dir: str = ""  # set by the launcher: where this run's record and artifacts go
@@ -187,7 +188,7 @@ deploy.maintenance(s, False, dry_run=dry_run)
 checks.attempt("database activity", deploy.activity, s)
 
 # %% [markdown]
-# ## 21. Post-deployment: verify data integrity (row counts)
+# ## 21. Post-deployment: verify data integrity (row counts; guard: no rows vanished beyond the tolerance)
 
 # %%
 diff = s.compare_counts(before)
@@ -195,6 +196,9 @@ diff
 
 # %%
 plots.counts_chart(diff)
+
+# %%
+deploy.require_no_vanished_rows(diff, tolerance)
 
 # %% [markdown]
 # ## 22. Post-deployment: snapshot for later verification

@@ -116,12 +116,21 @@ edited = diagnose.check_edited_migrations(s, migration_set)
 edited
 
 # %% [markdown]
-# ## 10. Summary
+# ## 10. Invalid indexes
+#
+# Indexes a timed-out or failed `CREATE INDEX CONCURRENTLY` left invalid, each with the statement that drops it.
+
+# %%
+invalid = diagnose.check_invalid_indexes(s, migration_set)
+invalid
+
+# %% [markdown]
+# ## 11. Summary
 #
 # Every problem in the order to deal with it, or the all-clear; saved as `artifacts/diagnosis.json`.
 
 # %%
-diagnose.summary(s, up_to_date, unknown, exists, duplicates, blocked, heads, drift, edited)
+diagnose.summary(s, up_to_date, unknown, exists, duplicates, blocked, heads, drift, edited, invalid)
 
 # %% [markdown]
 # ## Done

@@ -153,8 +153,7 @@ def libpq_environment(url: str | sa.URL, *, application_name: str | None = None,
 
 
 def _scrubbed(text: str, env: dict[str, str]) -> str:
-    secret = env.get("PGPASSWORD")
-    return text.replace(secret, db.MASK) if secret else text
+    return db.mask_secrets(text, env=env)
 
 
 # --- which pg_dump --------------------------------------------------------------------------------------
@@ -403,7 +402,7 @@ def dump(session, *, jobs: int = DEFAULT_JOBS, compression: str = DEFAULT_COMPRE
 
 # --- scratch servers ------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _scratch_server(config, purpose: str) -> Iterator[EmbeddedServer]:
+def scratch_server(config, purpose: str) -> Iterator[EmbeddedServer]:
     """A throwaway embedded server under ``<state_dir>/scratch``, stopped and removed on the way out."""
     root = Path(config.state_dir) / "scratch" / f"{purpose}-{uuid.uuid4().hex[:8]}"
     server = EmbeddedServer(root / "pg", durable=False)
@@ -530,7 +529,7 @@ def restore_check(session, result: DumpResult, *, full_restore: bool = False) ->
     if result.source_counts is None:
         raise BackupFailed("A full restore check compares row counts taken in the dump's snapshot: call "
                            "dump(..., counts=True) before restore_check(..., full_restore=True).")
-    with _scratch_server(session.config, f"restore-{session.run_id}") as server:
+    with scratch_server(session.config, f"restore-{session.run_id}") as server:
         url, seconds = _restore_into(server, result.path, result.database["database"], jobs=result.jobs,
                                      run_id=session.run_id)
         engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
@@ -679,8 +678,16 @@ def require_recent_backup(session, *, now: dt.datetime | None = None, rehash: bo
                              f"Run '{command}' for a new one.")
     body = found.body
     age = now - _parse_time(body["started_at"])
-    fresh = age <= limit
+    future = age < -_CLOCK_SKEW
+    fresh = not future and age <= limit
     rows.append({"check": "age", "ok": fresh, "detail": f"{_age_text(age)} (limit {target.backup_max_age})"})
+    if future:
+        # A dump cannot be of data that does not exist yet: an edited record or a wrong clock. Either way its
+        # age says nothing, and "fresh" would let a stale dump through.
+        raise BackupRequired(
+            f"Target '{target.name}': the newest backup ({found.run_dir.name}) says it started at "
+            f"{body['started_at']}, {_age_text(age)} (this machine's clock: {now.isoformat(timespec='seconds')}); "
+            f"a backup dated in the future is refused. Check the clocks, then run '{command}'.")
     if not fresh:
         raise BackupRequired(
             f"Target '{target.name}': the newest backup ({found.run_dir.name}, started {body['started_at']}) "
@@ -691,6 +698,10 @@ def require_recent_backup(session, *, now: dt.datetime | None = None, rehash: bo
     if problem:
         raise BackupRequired(f"Target '{target.name}': {problem}. Run '{command}' for a new backup.")
     return pd.DataFrame(rows, columns=["check", "ok", "detail"])
+
+
+#: How far a backup's start may lie ahead of this machine's clock (clock skew between hosts) before it is refused.
+_CLOCK_SKEW = dt.timedelta(seconds=60)
 
 
 def _age_text(age: dt.timedelta) -> str:
@@ -957,7 +968,7 @@ def rehearse(session, source: BackupSource, *, revision: str = "heads", migratio
     saves the evidence, then stops the run.
     """
     name = session.identity.database
-    with _scratch_server(session.config, f"rehearse-{session.run_id}") as server:
+    with scratch_server(session.config, f"rehearse-{session.run_id}") as server:
         url, restore_seconds = _restore_into(server, source.path, name, jobs=source.jobs, run_id=session.run_id)
         engine = db.make_engine(url, run_id=session.run_id, lock_timeout=session.target.lock_timeout,
                                 statement_timeout=session.target.statement_timeout)

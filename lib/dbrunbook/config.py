@@ -15,6 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import config_schema
 from .errors import ConfigError, MigrationSetNotFound, MissingSecret, TargetNotFound
 
 CONFIG_NAME = "dbrunbook.toml"
@@ -157,8 +158,13 @@ def load_config(path: Path | str | None = None) -> Config:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}. Fix the line it names.") from err
     root = path.parent
+    config_schema.check_unknown(data, config_schema.TOP_LEVEL_KEYS, "", path)
     project = _table(data, "project", path)
     records = _table(data, "records", path)
+    for table, raw, kinds in (("project", project, config_schema.PROJECT_KEYS),
+                              ("records", records, config_schema.RECORDS_KEYS)):
+        config_schema.check_unknown(raw, kinds, table, path)
+        config_schema.check_table(raw, kinds, table, path)
 
     def rel(value: str | None, default: str) -> Path:
         p = Path(value or default).expanduser()
@@ -175,11 +181,15 @@ def load_config(path: Path | str | None = None) -> Config:
     default_target = project.get("default_target", "local")
     if default_target not in targets:
         raise TargetNotFound(default_target, sorted(targets), str(path))
+    outputs_dir = rel(project.get("outputs"), "outputs")
+    for key, table, folder in (("outputs", "project", outputs_dir), ("state_dir", "project", state_dir),
+                               ("keys_dir", "records", keys_dir)):
+        config_schema.check_directory(folder, key, table, path)
     return Config(
         path=path,
         targets=targets,
         migration_sets=sets,
-        outputs_dir=rel(project.get("outputs"), "outputs"),
+        outputs_dir=outputs_dir,
         runbooks_dir=rel(project.get("runbooks"), "runbooks"),
         keys_dir=keys_dir,
         state_dir=state_dir,
@@ -202,29 +212,20 @@ def _check_keys(raw: dict, allowed: set[str], where: str, path: Path) -> None:
                 f"{path}: [{where}] has '{secretish}'; connection strings never go in this file. "
                 f"Use url_env = 'NAME_OF_ENV_VAR' or service = 'libpq service name'."
             )
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key(s) {', '.join(unknown)} in [{where}]. Allowed: {', '.join(sorted(allowed))}."
-        )
+    config_schema.check_unknown(raw, allowed, where, path)
 
 
 def _target(name: str, raw: dict, path: Path) -> Target:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: [targets.{name}] must be a table.")
     _check_keys(raw, _TARGET_KEYS, f"targets.{name}", path)
+    config_schema.check_table(raw, config_schema.TARGET_KINDS, f"targets.{name}", path)
     sources = [k for k in ("url_env", "service") if raw.get(k)] + (["embedded"] if raw.get("embedded") else [])
     if len(sources) != 1:
         raise ConfigError(
             f"{path}: [targets.{name}] needs exactly one of url_env, service or embedded = true "
             f"(found {', '.join(sources) or 'none'})."
         )
-    for key in _DURATION_KEYS:
-        if key in raw:
-            try:
-                parse_duration(raw[key], key=key)
-            except ConfigError as err:
-                raise ConfigError(f"{path}: [targets.{name}] {err}") from None
     try:
         return Target(name=name, **raw)
     except TypeError as err:
@@ -235,6 +236,7 @@ def _migration_set(name: str, raw: dict, path: Path, root: Path) -> MigrationSet
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: [migration_sets.{name}] must be a table.")
     _check_keys(raw, _SET_KEYS, f"migration_sets.{name}", path)
+    config_schema.check_table(raw, config_schema.SET_KINDS, f"migration_sets.{name}", path)
     raw = dict(raw)
     for key in ("alembic_ini", "script_location"):
         if raw.get(key):
@@ -262,8 +264,6 @@ _DURATION_UNITS = {
     "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
     "w": 604800, "week": 604800, "weeks": 604800,
 }
-#: Policy keys of a target that are durations dbrunbook itself reads (the timeouts are PostgreSQL's to check).
-_DURATION_KEYS = ("backup_max_age", "blocker_max_age")
 
 
 def parse_duration(text: str | float, *, key: str | None = None) -> float:

@@ -103,6 +103,49 @@ def mask_url(url: str | sqlalchemy.URL) -> str:
     return _UrlParts(parts.scheme, userinfo, parts.hosts, parts.path, tail).render()
 
 
+def check_url(url: str) -> str:
+    """Return ``url`` unchanged when libpq and SQLAlchemy will read it as written.
+
+    A password pasted unencoded (``postgresql://u:p@ss/w0rd@host/db``) is split at the wrong ``@`` or ``/``
+    by both parsers, and their errors then quote a piece of it (``invalid literal for int(): 'w'``).
+
+    Raises:
+        InvalidUrl: the message shows the URL masked as dbrunbook reads it, never any part of the password.
+    """
+    parts = _split_url(url)
+    if parts is None:
+        return url  # a libpq keyword/value string: nothing here parses it
+    userinfo = parts.userinfo or ""
+    # SQLAlchemy reads the password up to the first "@" and the user name up to the first "/" or ":".
+    if "@" in userinfo or "/" in userinfo.split(":", 1)[0]:
+        from .errors import InvalidUrl
+
+        raise InvalidUrl(mask_url(url), "its user name or password holds an '@' (or the user name a '/'), "
+                                        "which must be percent-encoded. Encode it, e.g. with python3 -c \"import "
+                                        "urllib.parse,getpass; print(urllib.parse.quote(getpass.getpass(), "
+                                        "safe=''))\", or keep the password in ~/.pgpass or PGPASSWORD.")
+    from .config import normalize_url
+
+    parse_url(normalize_url(url))
+    return url
+
+
+def parse_url(url: str) -> sqlalchemy.URL:
+    """``sqlalchemy.make_url`` whose errors never quote the URL (they may hold a piece of its password).
+
+    Raises:
+        InvalidUrl: SQLAlchemy cannot read the URL.
+    """
+    try:
+        return sqlalchemy.make_url(url)
+    except Exception as err:  # noqa: BLE001 - ArgumentError, ValueError (a port that is not a number)...
+        from .errors import InvalidUrl
+
+        problem = type(err).__name__
+        raise InvalidUrl(mask_url(url), f"SQLAlchemy cannot parse it ({problem}). Check the host, port and "
+                                        f"database parts, and percent-encode special characters.") from None
+
+
 def with_database(url: str, database: str) -> str:
     """Return the URL pointing at another database of the same server (everything else unchanged)."""
     parts = _split_url(url)
@@ -133,10 +176,67 @@ def _secrets_of(url: str) -> list[str]:
 
 def _scrub(message: str, url: str) -> str:
     """Remove the URL's passwords from a driver message (libpq may echo parts of a conninfo string)."""
-    for secret in _secrets_of(url):
-        message = message.replace(secret, MASK)
-    message = _CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, message)
-    return re.sub(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+", lambda m: mask_url(m.group(0)), message)
+    return mask_secrets(message, env={}, secrets=_secrets_of(url))
+
+
+# --- the one secret masker ------------------------------------------------------------------------------
+#: Environment variables whose values are secrets as a whole (PGPASSWORD, API_TOKEN, AWS_SECRET_ACCESS_KEY…).
+_SECRET_NAME = re.compile(r"(?i)(PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL)")
+#: A URL inside free text: a scheme, then everything up to white space or a quote.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+_MIN_SECRET = 4  # shorter values ("1", "on") would mask unrelated text everywhere
+
+
+def secret_values(env: dict[str, str] | None = None) -> list[str]:
+    """The secrets an environment holds: values of variables named like secrets, passwords inside URL values.
+
+    Longest first, with their percent-decoded and -encoded spellings, so that replacing them in order never
+    leaves part of one behind.
+    """
+    import os
+
+    env = os.environ if env is None else env
+    found: list[str] = []
+    for name, value in env.items():
+        if not value:
+            continue
+        if _SECRET_NAME.search(name):
+            found.append(value)
+        if "://" in value or "password" in value.lower():
+            found += _secrets_of(value)
+    spelled = found + [unquote(s) for s in found] + [quote(s, safe="") for s in found]
+    return sorted({s for s in spelled if len(s) >= _MIN_SECRET}, key=len, reverse=True)
+
+
+def mask_secrets(text: str, *, env: dict[str, str] | None = None, secrets: list[str] | tuple = ()) -> str:
+    """Return ``text`` with every secret replaced by ``***``; the one masker every output of dbrunbook uses.
+
+    Masks, wherever they appear in the text: the password of every URL (libpq ``postgresql://``, SQLAlchemy
+    ``postgresql+psycopg2://``, ``+asyncpg``, unencoded ``@ / ? #`` in the password), ``?password=`` and
+    ``sslpassword=`` query parameters, ``password=`` in libpq keyword/value strings, the given ``secrets``,
+    and the values of environment variables named like secrets (``env``; default ``os.environ``, ``{}`` for
+    none).
+    """
+    if not text:
+        return text
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    # An environment value is masked as a whole word only: PGPASSWORD=postgres must not turn every
+    # "postgresql://" into "***ql://" (and with it defeat the URL masking below).
+    for secret in secret_values(env):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", MASK, text)
+    out, last = [], 0
+    for match in _URL_IN_TEXT.finditer(text):
+        out.append(_CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, text[last:match.start()]))
+        out.append(mask_url(match.group(0)))
+        last = match.end()
+    out.append(_CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, text[last:]))
+    return "".join(out)
+
+
+def contains_secret(text: str) -> bool:
+    """True when ``text`` holds a password the masker would hide (URL, query or keyword; not the environment)."""
+    return mask_secrets(text, env={}) != text
 
 
 def _full_url(engine: Engine) -> str:
@@ -173,7 +273,7 @@ def make_engine(url: str, *, run_id: str | None = None, lock_timeout: str | None
     """
     from .config import normalize_url
 
-    sa_url = sqlalchemy.make_url(normalize_url(url))
+    sa_url = parse_url(normalize_url(check_url(url)))
     settings: dict[str, str] = {}
     if lock_timeout is not None:
         settings["lock_timeout"] = lock_timeout

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CheckResult", "Diagnosis", "Problem", "check_blocking", "check_drift", "check_duplicate_keys",
-    "check_edited_migrations", "check_multiple_heads", "check_objects_exist", "check_unknown_revision",
+    "check_edited_migrations", "check_invalid_indexes", "check_multiple_heads", "check_objects_exist", "check_unknown_revision",
     "check_up_to_date", "created_objects", "describe_diff", "diagnose", "parse_inserts", "split_statements", "summary",
 ]
 
@@ -51,6 +51,7 @@ TITLES = {
     "multiple_heads": "Multiple head revisions are present",
     "drift": "Database schema differs from the models (alembic check)",
     "edited_migration": "Never edit applied migrations",
+    "invalid_index": "Invalid index left by CREATE INDEX CONCURRENTLY",
 }
 
 
@@ -914,11 +915,37 @@ def check_edited_migrations(s: Any, migration_set: str = "all") -> CheckResult:
     return CheckResult("edited_migration", TITLES["edited_migration"], tuple(problems), "; ".join(notes))
 
 
+# --- 9. invalid indexes ---------------------------------------------------------------------------------
+def check_invalid_indexes(s: Any, migration_set: str = "all") -> CheckResult:
+    """Indexes marked invalid (``pg_index.indisvalid = false``), typically a ``CREATE INDEX CONCURRENTLY`` that
+    timed out or failed: unused by queries, still maintained by writes, skipped by ``IF NOT EXISTS``.
+
+    ``migration_set`` is accepted for the common signature; indexes belong to the database, not to a set.
+    """
+    from . import indexes
+
+    found = indexes.invalid_indexes(s.engine)
+    checked = f"pg_index of database '{s.identity.database}' (indexes being built right now are not counted)"
+    if not found:
+        return CheckResult("invalid_index", TITLES["invalid_index"], (), checked)
+    evidence = pd.DataFrame([{k: i[k] for k in ("schema", "index", "table", "size", "definition", "fix")}
+                             for i in found])
+    fixes = "; ".join(i["fix"] for i in found)
+    cause = (f"{len(found)} invalid index(es): {', '.join(i['index'] + ' on ' + i['table'] for i in found)}. "
+             f"A CREATE INDEX CONCURRENTLY that times out or fails leaves its index behind, invalid: queries do "
+             f"not use it, every write still maintains it, and a migration with IF NOT EXISTS skips it. Drop it "
+             f"without blocking writes ({fixes}), then run the migration again to build it.")
+    return CheckResult("invalid_index", TITLES["invalid_index"], (Problem(
+        code="invalid_index", title=TITLES["invalid_index"], migration_set=None, evidence=evidence, cause=cause,
+        next_step=fixes, queries=(str(indexes.INVALID_INDEXES_SQL).strip(),),
+    ),), checked)
+
+
 # --- all together ---------------------------------------------------------------------------------------
 #: In the order the runbook shows them and an operator should deal with them.
 CHECKS: tuple[Callable[..., CheckResult], ...] = (
     check_up_to_date, check_unknown_revision, check_objects_exist, check_duplicate_keys, check_blocking,
-    check_multiple_heads, check_drift, check_edited_migrations,
+    check_multiple_heads, check_drift, check_edited_migrations, check_invalid_indexes,
 )
 
 

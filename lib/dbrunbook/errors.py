@@ -59,6 +59,23 @@ class MissingSecret(ConfigError):
         )
 
 
+class InvalidSetting(ConfigError):
+    """A key of dbrunbook.toml that is unknown, of the wrong type, or has a value dbrunbook cannot use."""
+
+    def __init__(self, path: str, table: str, key: str, problem: str):
+        self.path, self.table, self.key, self.problem = path, table, key, problem
+        where = f"[{table}] " if table else ""
+        super().__init__(f"{path}: {where}{key}: {problem}")
+
+
+class InvalidUrl(ConfigError):
+    """A connection URL that cannot be parsed; the message shows it with its password masked, never a part of it."""
+
+    def __init__(self, masked_url: str, problem: str):
+        self.masked_url, self.problem = masked_url, problem
+        super().__init__(f"The connection URL {masked_url} cannot be used: {problem}")
+
+
 class ParameterError(DbRunbookError):
     """A runbook parameter that is unknown, mistyped, or looks like a secret."""
 
@@ -285,6 +302,35 @@ class MaintenanceFailed(DbRunbookError):
 
 class ReviewFailed(UnsafeMigration):
     """A reviewed revision has error-level findings (non-reversible downgrade, schema not restored...)."""
+
+
+class RowsVanished(GuardStop):
+    """Rows of a table disappeared during a run beyond the run's tolerance."""
+
+    def __init__(self, losses: list[dict], tolerance: float):
+        self.losses, self.tolerance = losses, tolerance
+        what = "; ".join(f"{x['table']} {x['before']} -> {x['after']} rows" for x in losses)
+        super().__init__(
+            f"Rows vanished beyond the tolerance of {tolerance:g}%: {what}. Check the data migration, restore "
+            f"from the backup if the rows are needed, or run again with -p tolerance PERCENT when the loss "
+            f"is intended."
+        )
+
+
+class InvalidIndex(MigrationFailed):
+    """An index left INVALID (pg_index.indisvalid = false), typically by an interrupted CREATE INDEX CONCURRENTLY."""
+
+    def __init__(self, migration_set: str, revision: str | None, completed: tuple[str, ...],
+                 indexes: list[dict]):
+        self.indexes = indexes
+        names = ", ".join(f"{i['index']} on {i['table']}" + (" (invalid before this run)" if i.get("before_this_run")
+                                                               else "") for i in indexes)
+        fixes = "; ".join(i.get("fix") or f"DROP INDEX CONCURRENTLY {i['index']}" for i in indexes)
+        stuck = " (dropping it timed out too, so it was not retried)" if any(i.get("error") for i in indexes) else ""
+        super().__init__(migration_set, revision, completed,
+                         f"invalid index(es) {names}{stuck}: pg_index.indisvalid = false, left by an interrupted "
+                         f"CREATE INDEX CONCURRENTLY; queries do not use it, writes still maintain it, and "
+                         f"IF NOT EXISTS skips it. Run {fixes}, then run the migration again")
 
 
 def _guard_names() -> frozenset[str]:

@@ -37,8 +37,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
-from . import db, records
-from .errors import DeployerLockHeld, DeployerLockRequired, MigrationFailed
+from . import db, indexes, records
+from .errors import DeployerLockHeld, DeployerLockRequired, InvalidIndex, MigrationFailed
 from .protocol import ARTIFACTS_DIR
 
 log = logging.getLogger(__name__)
@@ -572,15 +572,25 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
         attempts: every attempt is appended here as it ends (a Session's list, visible while this runs).
         report: called with one line per attempt (the notebook shows them as the step runs).
 
+    A step that ran outside a transaction (an autocommit block, ``CREATE INDEX CONCURRENTLY``) and timed out
+    may have left an INVALID index; before the next attempt those are dropped (``DROP INDEX CONCURRENTLY``),
+    and when one cannot be dropped there is no retry (invalid indexes that were there before the first attempt
+    are not this run's to drop). When steps were applied, any invalid index in the database then fails the
+    run: a ``CREATE INDEX CONCURRENTLY IF NOT EXISTS`` passes over one an earlier run left, so "new since the
+    start" would miss exactly that case.
+
     Raises:
         MigrationFailed: after the last attempt; ``completed`` is where the database is, ``attempts`` every try,
             the message names the blockers. Any error that is not a lock timeout is raised at once, unchanged
             but for an ``attempts`` attribute.
+        InvalidIndex: an attempt left an invalid index that could not be dropped, or a successful attempt
+            left one (``indexes`` names them with the fix).
     """
     attempts = [] if attempts is None else attempts
     mine: list[Attempt] = []
     committed: list = []  # StepResults of revisions committed by attempts that then timed out
     total = policy.retries + 1
+    known_invalid = {i["oid"] for i in indexes.invalid_indexes(engine)}  # not this run's: never dropped here
     for number in range(1, total + 1):
         started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
         with engine.connect() as conn:
@@ -599,6 +609,14 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
             attempt = Attempt(migration_set, number, started, seconds, "succeeded",
                               applied[-1] if applied else None, applied, "", blockers)
             _note(attempts, mine, attempt, report, total)
+            steps = committed + list(result) if isinstance(result, list) else committed
+            # Every invalid index, not only this run's: a CIC with IF NOT EXISTS skips one an earlier run left.
+            left = indexes.invalid_indexes(engine) if steps else []
+            for index in left:
+                index["before_this_run"] = index["oid"] in known_invalid
+            if left:
+                done = tuple(getattr(s, "revision", str(s)) for s in steps)
+                raise _invalid(migration_set, done[-1], done[-1:], steps, left, mine)
             return committed + list(result) if isinstance(result, list) else result
         timed_out = is_lock_timeout(error)
         last = not timed_out or number == total
@@ -611,10 +629,30 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
         if not timed_out:
             error.attempts = list(mine)
             raise error
+        left = [i for i in indexes.invalid_indexes(engine) if i["oid"] not in known_invalid]
+        if left:
+            stuck = indexes.drop_invalid_indexes(engine, left)
+            if report is not None:
+                dropped = [indexes.qualified(i) for i in left if i["oid"] not in {x["oid"] for x in stuck}]
+                if dropped:
+                    report(f"attempt {number} left invalid index(es) {', '.join(dropped)}: dropped with "
+                           f"DROP INDEX CONCURRENTLY{'' if last else ' before trying again'}")
+            if stuck:
+                raise _invalid(migration_set, getattr(error, "revision", None), getattr(error, "completed", ()),
+                               committed, stuck, mine) from error
         if last:
             raise _gave_up(error, mine, committed, policy) from error
         sleep(pause)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _invalid(migration_set: str, revision: str | None, completed: tuple, steps: list, left: list[dict],
+             mine: list[Attempt]) -> InvalidIndex:
+    """The error for invalid indexes a run left: carries the steps committed so far and the attempts."""
+    failed = InvalidIndex(migration_set, revision, tuple(completed), left)
+    failed.steps = steps
+    failed.attempts = list(mine)
+    return failed
 
 
 def _note(attempts: list[Attempt], mine: list[Attempt], attempt: Attempt, report: Callable | None,

@@ -57,7 +57,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import alembic_thread, drivers
 from .config import MigrationSet
-from .db import mask_url
+from .db import mask_secrets, mask_url
 from .errors import AmbiguousRevision, ConfigError, DialectMismatch, MigrationFailed, RevisionNotFound
 
 log = logging.getLogger(__name__)
@@ -752,7 +752,7 @@ def _reason(err: BaseException, secret: str | None) -> str:
     else:
         text = f"{type(err).__name__}: {err}"
     text = (text.strip().splitlines() or [""])[0]
-    return text.replace(secret, "***") if secret else text
+    return mask_secrets(text, secrets=[secret] if secret else [])
 
 
 StepsFn = Callable[[ScriptDirectory, tuple, MigrationContext], Iterable[Any]]

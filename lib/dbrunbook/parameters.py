@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import io
-import re
 import contextlib
 import tokenize
 from dataclasses import dataclass
@@ -30,9 +29,6 @@ __all__ = ["Parameter", "RunbookInfo", "parse_parameters", "read_parameters", "l
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
-# user:password@ in a URL, or password=... in a libpq keyword string.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@\s:]*):(?P<secret>[^@\s/]+)@", re.I)
-_KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'[^']*'|\S+)", re.I)
 
 @dataclass(frozen=True)
 class Parameter:
@@ -249,13 +245,10 @@ def find_runbook(config: Config | None, name: str) -> RunbookInfo:
 
 
 def mask_secrets(text: str) -> str:
-    """Drop the password of any URL in ``text`` and mask ``password=`` keywords with ``***``.
+    """Mask every secret in ``text`` with ``***`` (``dbrunbook.db.mask_secrets``, the one masker)."""
+    from .db import mask_secrets as mask
 
-    URLs lose ``:password`` entirely (``scheme://user@host``) rather than showing ``user:***@``, which the
-    records' own secret check would take for a password.
-    """
-    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}@", text)
-    return _KEYWORD_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+    return mask(text)
 
 
 def _article(type_name: str) -> str:

@@ -74,8 +74,6 @@ STATUSES = ("valid", "untrusted", "tampered", "unsigned", "incomplete")
 
 # Folders tools create next to a notebook without changing the record (JupyterLab autosave checkpoints).
 _IGNORED_DIRS = frozenset({".ipynb_checkpoints"})
-_URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.\-]*://[^/\s:@]*:([^/\s@]+)@", re.IGNORECASE)
-_MASKED = "***"  # what dbrunbook.db.mask_url puts in place of a password
 _RUN_ID = re.compile(r"^(\d{8}T\d{6}Z)-")
 
 
@@ -245,6 +243,8 @@ def _check_no_secrets(parameters: dict, predicate: dict) -> None:
                 f"environment or ~/.pgpass instead of a runbook parameter."
             )
 
+    from .db import contains_secret
+
     def walk(value: Any, where: str) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
@@ -252,7 +252,7 @@ def _check_no_secrets(parameters: dict, predicate: dict) -> None:
         elif isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
                 walk(v, f"{where}[{i}]")
-        elif isinstance(value, str) and any(m.group(1) != _MASKED for m in _URL_PASSWORD.finditer(value)):
+        elif isinstance(value, str) and contains_secret(value):
             raise ParameterError(
                 f"{where} holds a URL with a password (scheme://user:***@...); records cannot store secrets. "
                 f"Use a URL without the password (dbrunbook.db.mask_url) and keep the password in ~/.pgpass."

@@ -140,6 +140,8 @@ def _resolve_target(config: Config, info: RunbookInfo, target: str | None,
     # A missing secret is a usage error: refuse before a run directory exists rather than record a non-run.
     if selected.url_env and not os.environ.get(selected.url_env):
         raise MissingSecret(selected.name, selected.url_env, str(config.path))
+    if selected.url_env:  # a URL that cannot be parsed is a usage error too (InvalidUrl masks its password)
+        db.check_url(os.environ[selected.url_env])
     # Before any revision script is read: a project's settings module may read its URL variable on import.
     # The kernel inherits this environment (issue 8).
     from .drivers import export_environment

@@ -660,30 +660,35 @@ class StampCheck:
 
 
 def _scratch_schema(session, mset, revision: str) -> tuple[snapshots.SchemaSnapshot, snapshots.SchemaSnapshot]:
-    """Schema at ``revision`` and at the heads, built on a scratch database of the same server."""
-    url = session.engine.url.render_as_string(hide_password=False)
-    admin = db.with_database(url, "postgres")
-    name = f"dbrunbook_stamp_{secrets.token_hex(4)}"
-    db.create_database(admin, name)
-    engine = db.make_engine(db.with_database(url, name), run_id=session.run_id, poolclass=NullPool)
-    try:
-        if migrations.resolve(mset, revision):
-            migrations.upgrade(mset, engine, revision)
-        at_revision = snapshots.schema_snapshot(engine)
+    """Schema at ``revision`` and at the heads, built on a throwaway embedded server.
+
+    Never on the target's server, not even in a dry run: that would need CREATEDB on production and run the
+    whole chain (data migrations included) on its resources. The scratch server is stopped and removed after.
+    """
+    from .backup import scratch_server
+
+    with scratch_server(session.config, f"stamp-{session.run_id or secrets.token_hex(4)}") as server:
+        admin = server.url()
+        name = f"dbrunbook_stamp_{secrets.token_hex(4)}"
+        db.create_database(admin, name)
+        engine = db.make_engine(db.with_database(admin, name), run_id=session.run_id, poolclass=NullPool)
         try:
-            migrations.upgrade(mset, engine, "heads")
-            at_heads = snapshots.schema_snapshot(engine)
-        except errors.DbRunbookError as err:  # the set's later revisions: only to know which tables it owns
-            log.warning("scratch upgrade to heads failed (%s); comparing the tables at %s only", err, revision)
-            at_heads = at_revision
-    finally:
-        engine.dispose()
-        db.drop_database(admin, name)
+            if migrations.resolve(mset, revision):
+                migrations.upgrade(mset, engine, revision)
+            at_revision = snapshots.schema_snapshot(engine)
+            try:
+                migrations.upgrade(mset, engine, "heads")
+                at_heads = snapshots.schema_snapshot(engine)
+            except errors.DbRunbookError as err:  # the set's later revisions: only to know which tables it owns
+                log.warning("scratch upgrade to heads failed (%s); comparing the tables at %s only", err, revision)
+                at_heads = at_revision
+        finally:
+            engine.dispose()
     return at_revision, at_heads
 
 
 def stamp_check(session, revision: str, migration_set: str = "main") -> StampCheck:
-    """Build the schema at ``revision`` on a scratch database and compare it with the live one.
+    """Build the schema at ``revision`` on a throwaway embedded server and compare it with the live one.
 
     Only the tables the migration set creates (at any revision) are compared, version tables left out:
     another set's tables or the application's own are none of this stamp's business.
@@ -693,9 +698,10 @@ def stamp_check(session, revision: str, migration_set: str = "main") -> StampChe
     current = migrations.current(mset, session.engine)
     try:
         expected, owned_at_heads = _scratch_schema(session, mset, revision)
-    except (sa.exc.SQLAlchemyError, errors.DatabaseUnavailable, errors.MigrationFailed) as err:
-        reason = f"could not build the schema at {revision} on a scratch database: {str(err).splitlines()[0]}"
-        return StampCheck(mset.name, revision, resolved, current, checked=False, reason=db.mask_url(reason))
+    except (sa.exc.SQLAlchemyError, errors.DatabaseUnavailable, errors.MigrationFailed,
+            errors.EmbeddedServerError) as err:
+        reason = f"could not build the schema at {revision} on a scratch server: {str(err).splitlines()[0]}"
+        return StampCheck(mset.name, revision, resolved, current, checked=False, reason=db.mask_secrets(reason))
     version_tables = {m.version_table for m in session.config.migration_sets.values()}
     owned = sorted(t for t in set(expected.columns) | set(owned_at_heads.columns)
                    if t.split(".")[-1] not in version_tables)

@@ -191,6 +191,20 @@ def test_stale_backup_is_refused(protected):
     assert backup.require_recent_backup(session, now=started + dt.timedelta(hours=23)) is not None
 
 
+def test_a_backup_dated_in_the_future_is_refused(protected):
+    _, _, session, result = protected
+    started = dt.datetime.fromisoformat(_body(result)["started_at"])
+    now = started - dt.timedelta(hours=2)
+    with pytest.raises(BackupRequired) as err:
+        backup.require_recent_backup(session, now=now)
+    assert str(err.value) == (
+        f"Target 'local': the newest backup ({result.run_id}) says it started at {_body(result)['started_at']}, "
+        f"7200s in the future (this machine's clock: {now.isoformat(timespec='seconds')}); a backup dated in the "
+        f"future is refused. Check the clocks, then run 'dbrunbook run backup -t local'.")
+    # A few seconds of clock skew between hosts is not the future.
+    assert backup.require_recent_backup(session, now=started - dt.timedelta(seconds=30)) is not None
+
+
 def test_tampered_backup_record_is_refused(protected, tmp_path):
     _, config, _, result = protected
     copied = tmp_path / "outputs"

@@ -248,7 +248,7 @@ def test_a_healthy_database_is_all_clear(project):
     assert result.problems == ()
     assert [c.code for c in result.checks] == ["not_up_to_date", "unknown_revision", "already_exists",
                                               "duplicate_key", "blocked", "multiple_heads", "drift",
-                                              "edited_migration"]
+                                              "edited_migration", "invalid_index"]
     assert all(c.checked for c in result.checks)
 
 

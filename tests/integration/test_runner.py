@@ -164,7 +164,7 @@ def test_database_down_is_recorded_without_password(project, monkeypatch):
     assert predicate["database"] is None
     assert result.heads_before == result.heads_after == {}
     (error,) = predicate["extra"]["errors_before"]
-    assert error.startswith("Cannot connect to target 't' at postgresql+psycopg://app@127.0.0.1:1/nowhere")
+    assert error.startswith("Cannot connect to target 't' at postgresql+psycopg://app:***@127.0.0.1:1/nowhere")
     assert SECRET.encode() not in _all_bytes(result.record_dir)
     _assert_valid(project, result.record_dir)
 

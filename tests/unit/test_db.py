@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import sqlalchemy
 
 from dbrunbook import db
+from dbrunbook.errors import InvalidUrl
 
 MASK_CASES = [
     # (url, masked)
@@ -95,3 +99,94 @@ def test_make_engine_hides_parameters_and_switches_to_psycopg():
     assert engine.hide_parameters is True
     assert engine.url.drivername == "postgresql+psycopg"
     assert "options" not in engine.url.query  # moved into the startup options, merged with ours
+
+
+# --- the one masker: every form a secret reaches a message, a record or a log in ----------------------------
+MASK_SECRETS_CASES = [
+    # (text, env, masked)
+    ("connect to postgresql://u:pw@h/d failed", {}, "connect to postgresql://u:***@h/d failed"),
+    ("postgresql+psycopg2://u:pw@h/d", {}, "postgresql+psycopg2://u:***@h/d"),
+    ("postgresql+asyncpg://u:pw@h:5432/d?ssl=true", {}, "postgresql+asyncpg://u:***@h:5432/d?ssl=true"),
+    ("postgres://u:pw@h/d", {}, "postgres://u:***@h/d"),
+    ("at postgresql://u:p/w@h/d: refused", {}, "at postgresql://u:***@h/d: refused"),
+    ("url 'postgresql://u:p@ss/w0rd@host/db' bad", {}, "url 'postgresql://u:***@host/db' bad"),
+    ("postgresql://u:p%40ss@h/d", {}, "postgresql://u:***@h/d"),
+    ("postgresql://u@h/d?sslmode=require&password=pw", {}, "postgresql://u@h/d?sslmode=require&password=***"),
+    ("postgresql://h/d?sslpassword=kp", {}, "postgresql://h/d?sslpassword=***"),
+    ("host=x password=y dbname=d", {}, "host=x password=*** dbname=d"),
+    ("host=x password='a b' dbname=d", {}, "host=x password=*** dbname=d"),
+    ("PASSWORD = y", {}, "PASSWORD = ***"),
+    ("two: postgresql://a:1@h/d and postgresql://b:2@h/d", {}, "two: postgresql://a:***@h/d and postgresql://b:***@h/d"),
+    ("auth failed, key hunter22", {"PGPASSWORD": "hunter22"}, "auth failed, key ***"),
+    ("token=zzz-123-abc", {"API_TOKEN": "zzz-123-abc"}, "token=***"),
+    ("aws says wJalrXUtnFEMI", {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI"}, "aws says ***"),
+    ("echoed s3cr3t!", {"STAGING_DATABASE_URL": "postgresql://app:s3cr3t!@db/app"}, "echoed ***"),
+    # an environment secret that is a common word is masked as a word only, never inside another one
+    # (a user name equal to the password is hidden too: masking errs on the side of hiding)
+    ("postgresql://postgres@h/d as postgres", {"PGPASSWORD": "postgres"}, "postgresql://***@h/d as ***"),
+    # not secrets: short values, variables not named like secrets, URLs without a password
+    ("retries 8", {"PGPASSWORD": "8"}, "retries 8"),
+    ("in /home/app", {"HOME": "/home/app"}, "in /home/app"),
+    ("postgresql+psycopg://postgres@/postgres?host=/tmp/x&port=5432", {},
+     "postgresql+psycopg://postgres@/postgres?host=/tmp/x&port=5432"),
+    ("already postgresql://u:***@h/d", {}, "already postgresql://u:***@h/d"),
+    ("", {}, ""),
+]
+
+
+@pytest.mark.parametrize(("text", "env", "masked"), MASK_SECRETS_CASES, ids=[c[0][:40] for c in MASK_SECRETS_CASES])
+def test_mask_secrets_hides_every_form(text, env, masked):
+    assert db.mask_secrets(text, env=env) == masked
+    assert db.mask_secrets(masked, env=env) == masked  # idempotent: masking a masked text changes nothing
+
+
+def test_mask_secrets_reads_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_PASSWORD", "correct-horse")
+    assert db.mask_secrets("it was correct-horse") == "it was ***"
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:p@ss/w0rd@host/db", "postgresql://u/x:pw@host/db"])
+def test_a_url_with_an_unencoded_at_is_refused_without_any_part_of_its_password(url):
+    with pytest.raises(InvalidUrl) as err:
+        db.make_engine(url)
+    message = str(err.value)
+    assert message.startswith("The connection URL postgresql://")
+    assert "must be percent-encoded" in message and err.value.exit_status == 2
+    for piece in ("p@ss", "ss/w0rd", "w0rd@", ":pw@"):
+        assert piece not in message
+
+
+def test_a_url_sqlalchemy_cannot_parse_is_refused_masked():
+    with pytest.raises(InvalidUrl) as err:
+        db.make_engine("postgresql://u:topsecret@host:notaport/db")
+    assert str(err.value) == ("The connection URL postgresql+psycopg://u:***@host:notaport/db cannot be used: "
+                              "SQLAlchemy cannot parse it (ValueError). Check the host, port and database parts, "
+                              "and percent-encode special characters.")
+
+
+def test_the_other_maskers_are_the_one():
+    from dbrunbook import backup, parameters
+
+    text = "postgresql://u:p/w@h/d?password=q host=x password=y"
+    expected = "postgresql://u:***@h/d?password=*** host=x password=***"
+    assert parameters.mask_secrets(text) == expected
+    assert backup._scrubbed(text + " pgpw9", {"PGPASSWORD": "pgpw9"}) == expected + " ***"
+    assert db._scrub(text, "postgresql://u@h/d") == expected
+
+
+def test_the_launcher_refuses_an_unparsable_url_before_anything_runs(tmp_path, monkeypatch, capfd):
+    from dbrunbook import cli
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s\n")
+    config = tmp_path / "dbrunbook.toml"
+    runbooks = Path(__file__).resolve().parents[2] / "runbooks"
+    config.write_text(f'[project]\nrunbooks = "{runbooks}"\n[targets.prod]\nurl_env = "PROD_URL"\n'
+                      '[migration_sets.main]\nalembic_ini = "m/alembic.ini"\n')
+    monkeypatch.setenv("PROD_URL", "postgresql://u:p@ss/w0rd@host/db")
+    code = cli.main(["--config", str(config), "run", "status", "-t", "prod", "--json"])
+    out, err = capfd.readouterr()
+    assert code == 2
+    assert json.loads(out)["error_type"] == "InvalidUrl"
+    assert "postgresql://u:***@host/db" in out and "w0rd" not in out + err and "p@ss" not in out + err
+    assert not (tmp_path / "outputs").exists()  # no run directory, no record: nothing ran

@@ -12,7 +12,6 @@ import ast
 import py_compile
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from dbrunbook import protocol
 from dbrunbook.cli import build_parser
 from dbrunbook.config import load_config
 from dbrunbook.parameters import find_runbook, read_parameters, validate_parameters
+from tests.tools import needs_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -139,7 +139,7 @@ def test_timer_starts_the_service_nightly_and_catches_up():
     assert timer["Install"]["WantedBy"] == ["timers.target"]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@needs_tool("systemd-analyze", "systemd")
 def test_systemd_analyze_verify_accepts_the_units(tmp_path):
     # The example's venv does not exist here; point ExecStart at this one so verify checks everything else.
     for unit in (SERVICE, TIMER):

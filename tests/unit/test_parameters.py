@@ -115,7 +115,7 @@ def test_validate_keeps_defaults_and_leaves_out_launcher_parameters(info):
         ({"API_TOKEN": "x"}, "Parameter name 'API_TOKEN' looks like a secret"),
         ({"dsn": "x"}, "Parameter name 'dsn' looks like a secret"),
         ({"revision": "postgresql://app:hunter2@db/app"},
-         "The value of parameter 'revision' holds a password (postgresql://app@db/app)"),
+         "The value of parameter 'revision' holds a password (postgresql://app:***@db/app)"),
         ({"label": "host=db password=hunter2"}, "The value of parameter 'label' holds a password"),
         ({"dry_run": "maybe"}, "Parameter 'dry_run' of runbook 'apply' is a bool; 'maybe' is not one. "
                                "Use true/false, yes/no, on/off or 1/0."),
@@ -141,8 +141,9 @@ def test_secret_advice_names_the_safe_places(info):
 @pytest.mark.parametrize(
     ("text", "masked"),
     [
-        ("postgresql://app:s3cret@db:5432/app", "postgresql://app@db:5432/app"),
-        ("postgresql+psycopg://postgres:***@127.0.0.1/x", "postgresql+psycopg://postgres@127.0.0.1/x"),
+        ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
+        ("postgresql+psycopg://postgres:***@127.0.0.1/x", "postgresql+psycopg://postgres:***@127.0.0.1/x"),
+        ("postgresql://u:p/w@h/d", "postgresql://u:***@h/d"),
         ("at postgresql://app@db/app: refused", "at postgresql://app@db/app: refused"),
         ("host=db password='a b' user=x", "host=db password=*** user=x"),
     ],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import stat
 import subprocess
 from datetime import datetime, timezone
@@ -17,6 +16,7 @@ import pytest
 from dbrunbook import records, signing
 from dbrunbook.errors import ParameterError
 from dbrunbook.protocol import INTENT_FILE, NOTEBOOK_FILE, SIGNATURE_FILE, STATEMENT_FILE
+from tests.tools import needs_tool
 
 STARTED = datetime(2026, 11, 23, 22, 5, 1, tzinfo=timezone.utc)
 FINISHED = datetime(2026, 11, 23, 22, 6, 30, tzinfo=timezone.utc)
@@ -244,7 +244,7 @@ def test_valid_record(sealed_run, allowed_signers):
     assert "<table>" in check._repr_html_()
 
 
-@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen (OpenSSH) is not installed")
+@needs_tool("ssh-keygen", "openssh-client")
 def test_stock_ssh_keygen_verifies_a_record(sealed_run, allowed_signers):
     with (sealed_run / STATEMENT_FILE).open("rb") as statement:
         result = subprocess.run(

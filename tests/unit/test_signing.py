@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from dbrunbook import signing
 from dbrunbook.errors import ConfigError, SignatureInvalid
 from dbrunbook.protocol import SIGNATURE_NAMESPACE
+from tests.tools import needs_tool
 
 SSH_KEYGEN = shutil.which("ssh-keygen")
-needs_ssh_keygen = pytest.mark.skipif(SSH_KEYGEN is None, reason="ssh-keygen (OpenSSH) is not installed")
+needs_ssh_keygen = needs_tool("ssh-keygen", "openssh-client")
 MESSAGE = b'{"_type":"https://in-toto.io/Statement/v1"}\n'
 
 
