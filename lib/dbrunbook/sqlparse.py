@@ -288,7 +288,8 @@ def _rename(node: ast.RenameStmt) -> Described:
     if node.renameType == ObjectType.OBJECT_INDEX:
         return Described("ALTER INDEX", index=name, tables=((name, SUE),))
     columns = ((name, qualified(node.subname)),) if node.renameType == ObjectType.OBJECT_COLUMN else ()
-    kind = "ALTER TABLE" if node.relationType == ObjectType.OBJECT_TABLE else "RENAME"
+    on_table = ObjectType.OBJECT_TABLE in (node.relationType, node.renameType)
+    kind = "ALTER TABLE" if on_table or node.renameType == ObjectType.OBJECT_TABCONSTRAINT else "RENAME"
     return Described(kind, name, tables=((name, AE),), columns=columns)
 
 

@@ -1,0 +1,186 @@
+"""SQL read by PostgreSQL's own parser (pglast): the tricky-SQL table. No database.
+
+One row per tricky statement: the kind, the tables with the lock each takes (what the live preflight asks
+the database about), the table the lint weighs, what a downgrade destroys and what breaks running code.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dbrunbook import deploy, preflight, sqlparse
+from dbrunbook.lint_rules import Catalog, TableSize, _norm, check_sql, table_of
+from dbrunbook.migrations import SqlStep
+from dbrunbook.safety import _loss_statements, lint_sql
+from dbrunbook.sqltext import split_statements
+
+AE, SRE, SUE, RE = "ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "ROW EXCLUSIVE"
+RENAME = ("renames a column or table", "running code that uses the old name fails")
+
+# statement, kind, [(table, lock)], lint's table, losses [(kind, table, column, where)], breaking changes
+TRICKY = [
+    ('ALTER TABLE "my table" ALTER COLUMN note SET NOT NULL', "ALTER TABLE", [('"my table"', AE)], '"my table"',
+     [], [("makes a column NOT NULL", "old code inserting NULL fails; existing NULLs fail the migration")]),
+    ("ALTER TABLE My_Table ALTER note SET NOT NULL", "ALTER TABLE", [("my_table", AE)], "my_table", [],
+     [("makes a column NOT NULL", "old code inserting NULL fails; existing NULLs fail the migration")]),
+    ('ALTER TABLE ONLY public."My_Table" ADD COLUMN x int', "ALTER TABLE", [('"My_Table"', AE)], '"My_Table"',
+     [], []),
+    ('ALTER TABLE IF EXISTS crm."Order" DROP COLUMN IF EXISTS "old name"', "ALTER TABLE", [('crm."Order"', AE)],
+     'crm."Order"', [("column", 'crm."Order"', '"old name"', None)],
+     [("drops a column", "running code that still selects it fails")]),
+    ('ALTER TABLE t RENAME COLUMN "old name" TO new_name', "ALTER TABLE", [("t", AE)], "t", [], [RENAME]),
+    ("ALTER TABLE t RENAME TO t2", "ALTER TABLE", [("t", AE)], "t", [], [RENAME]),
+    ("ALTER TABLE t ALTER COLUMN c TYPE varchar(10)", "ALTER TABLE", [("t", AE)], "t",
+     [("narrow", "t", "c", 'length("c"::text) > 10')],
+     [("changes a column type", "may rewrite the table and break code expecting the old type")]),
+    ("ALTER TABLE t ALTER COLUMN n SET DATA TYPE int", "ALTER TABLE", [("t", AE)], "t",
+     [("narrow", "t", "n", '"n"::numeric NOT BETWEEN -2147483648 AND 2147483647')],
+     [("changes a column type", "may rewrite the table and break code expecting the old type")]),
+    ("ALTER TABLE t ALTER COLUMN c TYPE text", "ALTER TABLE", [("t", AE)], "t", [],
+     [("changes a column type", "may rewrite the table and break code expecting the old type")]),
+    ("ALTER TABLE t ADD CONSTRAINT fk FOREIGN KEY (u) REFERENCES crm.users (id) NOT VALID", "ALTER TABLE",
+     [("t", SRE), ("crm.users", SRE)], "t", [], []),
+    ("ALTER TABLE t VALIDATE CONSTRAINT fk", "ALTER TABLE", [("t", SUE)], "t", [], []),
+    ("ALTER TABLE t DETACH PARTITION t_2020 CONCURRENTLY", "ALTER TABLE", [("t", SUE)], "t", [], []),
+    ("ALTER TABLE t ATTACH PARTITION t_2021 FOR VALUES FROM (1) TO (2)", "ALTER TABLE",
+     [("t", SUE), ("t_2021", AE)], "t", [], []),
+    ("CREATE TABLE t_2022 PARTITION OF t FOR VALUES FROM (2) TO (3)", "CREATE TABLE PARTITION OF", [("t", AE)],
+     "t_2022", [], []),
+    ("CREATE TABLE IF NOT EXISTS s.p (id int, u int REFERENCES users (id))", "CREATE TABLE", [("users", SRE)],
+     "s.p", [], []),
+    ("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ix ON ONLY \"my table\" (a)", "CREATE INDEX CONCURRENTLY",
+     [('"my table"', SUE)], '"my table"', [], []),
+    ("CREATE INDEX ix ON s.t (a)", "CREATE INDEX", [("s.t", "SHARE")], "s.t", [], []),
+    ("DROP INDEX CONCURRENTLY IF EXISTS s.ix", "DROP INDEX CONCURRENTLY", [("s.ix", SUE)], None, [], []),
+    ('DROP TABLE IF EXISTS a, s."B" CASCADE', "DROP TABLE", [("a", AE), ('s."B"', AE)], "a",
+     [("table", "a", None, None), ("table", 's."B"', None, None)], [("drops a table", "code that reads it fails")]),
+    ("TRUNCATE ONLY a, b RESTART IDENTITY", "TRUNCATE", [("a", AE), ("b", AE)], "a",
+     [("truncate", "a", None, None), ("truncate", "b", None, None)], []),
+    ("DELETE FROM ONLY big WHERE kind = 'a;b'", "DELETE FROM", [("big", RE)], "big",
+     [("delete", "big", None, "kind = 'a;b'")], []),
+    ("DELETE FROM big b USING small s WHERE b.id = s.id", "DELETE FROM", [("big", RE), ("small", "ACCESS SHARE")],
+     "big", [("delete", "big", None, '(tableoid, ctid) IN (SELECT "b".tableoid, "b".ctid FROM big AS b, '
+                                      'small AS s WHERE b.id = s.id)')], []),
+    ("WITH d AS (DELETE FROM big WHERE id > 5 RETURNING id) SELECT count(*) FROM d", "DELETE FROM",
+     [("big", RE)], "big", [("delete", "big", None, "id > 5")], []),
+    ("UPDATE t SET a = NULL, b = 1 WHERE c", "UPDATE", [("t", RE)], "t",
+     [("set null", "t", "a", '(c) AND "a" IS NOT NULL')], []),
+    ('UPDATE "my table" SET "Note" = NULL', "UPDATE", [('"my table"', RE)], '"my table"',
+     [("set null", '"my table"', '"Note"', '"Note" IS NOT NULL')], []),
+    ("UPDATE t SET a = 1 FROM u WHERE t.id = u.id", "UPDATE", [("t", RE), ("u", "ACCESS SHARE")], "t", [], []),
+    ("INSERT INTO s.t (a) SELECT a FROM u", "INSERT INTO", [("s.t", RE)], "s.t", [], []),
+    ("DROP SCHEMA archive CASCADE", "DROP SCHEMA", [], None, [("schema", "archive", None, None)], []),
+    ("DROP SCHEMA archive", "DROP SCHEMA", [], None, [], []),
+    ("DROP TYPE s.mood CASCADE", "DROP TYPE", [], None, [("type", "s.mood", None, None)], []),
+    ("ALTER TYPE mood RENAME VALUE 'a' TO 'b'", "ALTER ENUM", [], None, [],
+     [("changes enum values", "rows or code using the old value break")]),
+    ("COMMENT ON TABLE t IS 'we DROP TABLE later'", "COMMENT", [("t", SUE)], "t", [], []),
+    ("COMMENT ON COLUMN s.t.c IS 'RENAME COLUMN x TO y'", "COMMENT", [("s.t", SUE)], "s.t", [], []),
+    ("LOCK TABLE t IN SHARE ROW EXCLUSIVE MODE", "LOCK", [("t", SRE)], "t", [], []),
+    ("VACUUM (FULL, ANALYZE) t", "VACUUM FULL", [("t", AE)], "t", [], []),
+    ("REINDEX TABLE CONCURRENTLY t", "REINDEX CONCURRENTLY", [("t", SUE)], "t", [], []),
+    ("REFRESH MATERIALIZED VIEW CONCURRENTLY m", "REFRESH MATERIALIZED VIEW", [("m", "EXCLUSIVE")], "m", [], []),
+    ("CREATE FUNCTION f() RETURNS int AS $fn1$ SELECT 1; DROP TABLE x; $fn1$ LANGUAGE sql", "CREATE FUNCTION",
+     [], None, [], []),
+    ('CREATE TABLE "user" (id int)', "CREATE TABLE", [], '"user"', [], []),
+]
+
+
+@pytest.mark.parametrize("sql, kind, locks, table, losses, breaks", TRICKY, ids=[row[0][:48] for row in TRICKY])
+def test_tricky_sql(sql, kind, locks, table, losses, breaks):
+    d = sqlparse.describe(sql)
+    assert d.parsed and d.kind == kind
+    assert [(t, lk) for t, lk, _ in preflight.statement_locks(sql)] == locks
+    assert table_of(sql) == table
+    assert _loss_statements(sql) == losses
+    assert sqlparse.breaking(sql) == breaks
+
+
+@pytest.mark.parametrize("written, canonical", [
+    ("users", "users"), ("Users", "users"), ('"users"', "users"), ('"Users"', '"Users"'),
+    ('"my table"', '"my table"'), ("My_Table", "my_table"), ('public."my table"', '"my table"'),
+    ('Crm."Order"', 'crm."Order"'), ('"user"', '"user"'), ('"a""b"', '"a""b"'),
+])
+def test_names_are_canonical_like_regclass_text(written, canonical):
+    assert _norm(written) == canonical
+
+
+# --- splitting ---------------------------------------------------------------------------------------------
+def test_split_keeps_literals_of_every_kind_whole():
+    sql = ("SELECT E'it\\'s; fine';\nCREATE FUNCTION f() RETURNS int AS $fn1$ SELECT 1; $fn1$ LANGUAGE sql;\n"
+           "-- Running upgrade a -> b; with a semicolon\nSELECT U&'d\\0061t;a' /* c; */; SELECT 'x''; y'")
+    assert [s.flat for s in split_statements(sql)] == [
+        "SELECT E'it\\'s; fine'", "CREATE FUNCTION f() RETURNS int AS $fn1$ SELECT 1; $fn1$ LANGUAGE sql",
+        "SELECT U&'d\\0061t;a'", "SELECT 'x''; y'"]
+    assert all(s.parsed and not s.noise for s in split_statements(sql))
+
+
+def test_split_sets_printed_noise_apart_and_reports_what_does_not_parse():
+    sql = ("Backfilling plans in batches\nUPDATE account SET plan = 'free';\n"
+           "ALTER TABLE t ADD COLUMN;\nSELECT 1;")
+    backfill, broken, select = split_statements(sql)
+    assert (backfill.code, backfill.noise, backfill.error) == (
+        "UPDATE account SET plan = 'free'", "Backfilling plans in batches", "")
+    assert broken.flat == "ALTER TABLE t ADD COLUMN" and broken.error.startswith("syntax error at end of input")
+    assert select.flat == "SELECT 1" and select.parsed
+
+
+def test_split_falls_back_by_hand_for_text_the_scanner_rejects():
+    sql = "SELECT $tag1$ a; b $tag1$; SELECT E'x\\'; y'; SELECT 'unterminated; here"
+    statements = split_statements(sql)
+    assert [s.flat for s in statements] == ["SELECT $tag1$ a; b $tag1$", "SELECT E'x\\'; y'",
+                                            "SELECT 'unterminated; here"]
+    assert [bool(s.error) for s in statements] == [False, False, True]
+
+
+# --- the lint and the deploy checks on the parse ----------------------------------------------------------
+BIG = TableSize('"my table"', True, rows=20_000, bytes=1_000_000)
+
+
+@pytest.mark.parametrize("sql", ['ALTER TABLE "my table" ALTER COLUMN note SET NOT NULL',
+                                 'alter table public."my table" alter note set not null',
+                                 'WITH d AS (DELETE FROM "my table" RETURNING 1) SELECT 1'])
+def test_a_quoted_lower_case_table_is_weighed_as_the_live_table(sql):
+    catalog = Catalog(tables={'"my table"': BIG})
+    (issue,) = check_sql(split_statements(sql), catalog, set(), set())
+    assert issue.table == '"my table"'
+    step = SqlStep(revision="r1", down_revision=("r0",), message="m", sql=sql + ";\n")
+    findings, _ = lint_sql({"main": [step]}, catalog, protected=True)
+    mine = [(f.rule, f.level) for f in findings if f.source == "dbrunbook"]
+    assert mine in ([("not-null-scan", "error")], [("large-data-change", "warning")])
+
+
+def test_unparsable_sql_is_a_finding_not_a_guess():
+    step = SqlStep(revision="r1", down_revision=("r0",), message="m",
+                   sql="ALTER TABLE t ADD COLUMN;\nprinted by the migration\nSELECT 1;\n")
+    findings, _ = lint_sql({"main": [step]}, Catalog(), protected=True)
+    found = {(f.rule, f.level, f.statement) for f in findings if f.source == "dbrunbook"}
+    assert found == {("unparsed-sql", "warning", "ALTER TABLE t ADD COLUMN"),
+                     ("non-sql-text", "warning", "printed by the migration")}
+    unparsed = next(f for f in findings if f.rule == "unparsed-sql")
+    assert unparsed.why.startswith("PostgreSQL's parser could not parse this statement (syntax error at end")
+
+
+class _Preview:
+    def __init__(self, sql: str):
+        self.steps = {"main": [SqlStep(revision="r1", down_revision=("r0",), message="m", sql=sql)]}
+
+
+def test_breaking_changes_read_the_parse_not_the_text():
+    sql = ("COMMENT ON TABLE t IS 'we DROP TABLE later';\n"
+           'ALTER TABLE t RENAME COLUMN "old name" TO new_name;\n'
+           "-- DROP COLUMN in a comment\nALTER TABLE t ALTER COLUMN \"My Col\" TYPE bigint, DROP COLUMN x;\n"
+           "ALTER TABLE t ADD COLUMN;\n")
+    frame = deploy.breaking_changes(_Preview(sql))
+    assert list(zip(frame["change"], frame["statement"])) == [
+        ("renames a column or table", 'ALTER TABLE t RENAME COLUMN "old name" TO new_name'),
+        ("changes a column type", 'ALTER TABLE t ALTER COLUMN "My Col" TYPE bigint, DROP COLUMN x'),
+        ("drops a column", 'ALTER TABLE t ALTER COLUMN "My Col" TYPE bigint, DROP COLUMN x'),
+        ("could not parse", "ALTER TABLE t ADD COLUMN")]
+
+
+def test_strip_version_updates_keeps_only_the_change():
+    sql = ("BEGIN;\n-- Running downgrade b -> a\nALTER TABLE t DROP COLUMN c;\n"
+           "UPDATE alembic_version SET version_num='a' WHERE alembic_version.version_num = 'b';\nCOMMIT;\n")
+    assert deploy._strip_version_updates(sql) == "ALTER TABLE t DROP COLUMN c;"
+    assert deploy._statements(deploy._strip_version_updates("BEGIN;\nDELETE FROM alembic_version;\nCOMMIT;")) == []
