@@ -13,13 +13,13 @@ from datetime import datetime, timezone
 import pandas as pd
 import sqlalchemy as sa
 
-from . import migrations, sqlparse, sqltext
+from . import migrations, sqlimpact, sqlparse, sqltext
 from .errors import ConfirmationRequired, HealthCheckFailed, MaintenanceFailed, MigrationFailed
 
 def breaking_changes(preview) -> pd.DataFrame:
     """Statements of the pending SQL that break code still running against the old schema.
 
-    The guide's "Check for breaking changes", read by PostgreSQL's parser (``sqlparse.breaking``): a
+    The guide's "Check for breaking changes", read by PostgreSQL's parser (``sqlimpact.breaking``): a
     ``COMMENT ... IS 'we DROP TABLE later'`` is a comment, ``RENAME COLUMN "old name"`` a rename. A statement
     the parser rejects is listed as "could not parse", to be read by a person.
     """
@@ -30,7 +30,7 @@ def breaking_changes(preview) -> pd.DataFrame:
                 if not sqlparse.describe(statement).parsed:
                     found = [("could not parse", "PostgreSQL's parser rejects it: read it yourself")]
                 else:
-                    found = sqlparse.breaking(statement)
+                    found = sqlimpact.breaking(statement)
                 for what, why in found:
                     rows.append({"migration_set": set_name, "revision": step.revision, "change": what,
                                  "why it matters": why, "statement": statement.strip()[:160]})

@@ -21,7 +21,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from . import db, errors, migrations, records, snapshots, sqlparse
+from . import db, errors, migrations, records, snapshots, sqlimpact, sqlparse
 from .lint_rules import (
     ABSORBED,
     CATEGORIES,
@@ -542,13 +542,13 @@ class DataLossReport:
 
 
 def _loss_statements(flat: str) -> list[tuple[str, str, str | None, str | None]]:
-    """(kind, table, column, where) for each destructive part of a statement (see ``sqlparse.losses``).
+    """(kind, table, column, where) for each destructive part of a statement (see ``sqlimpact.losses``).
 
     ``where`` selects the lost rows of ``table``; kinds ``schema`` and ``type`` (a CASCADE drop) are expanded
     on the live database by ``_expand_cascades``. Text PostgreSQL's parser rejects: ``_fallback_losses``.
     """
     if sqlparse.describe(flat).parsed:
-        return [(x.kind, x.table, x.column, x.where) for x in sqlparse.losses(flat)]
+        return [(x.kind, x.table, x.column, x.where) for x in sqlimpact.losses(flat)]
     return _fallback_losses(flat)
 
 

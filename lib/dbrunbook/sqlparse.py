@@ -1,8 +1,8 @@
 """What a SQL statement does, read by PostgreSQL's own grammar (pglast, i.e. libpg_query).
 
 One place that turns a statement into facts: its kind, the tables it touches with the lock it takes on each
-(PostgreSQL's "Table-Level Locks" table), the columns it names, what it destroys (for the downgrade data-loss
-count) and what it breaks for code still running against the old schema. Names come out canonical, the way
+(PostgreSQL's "Table-Level Locks" table) and the columns it names. What it destroys, breaks and creates is
+read from the same parse in ``sqlimpact``. Names come out canonical, the way
 ``regclass::text`` spells them: unquoted names folded to lower case, quotes kept only where PostgreSQL needs
 them (``"my table"``, ``"My_Table"``), ``public.`` dropped; so a name read here can be looked up live with
 ``to_regclass`` and compared with one read from the catalog.
@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 from pglast import ast, parser
 from pglast.enums import AlterTableType as AT
-from pglast.enums import ConstrType, DropBehavior, ObjectType, ReindexObjectType
+from pglast.enums import ConstrType, ObjectType, ReindexObjectType
 from pglast.keywords import UNRESERVED_KEYWORDS
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
-__all__ = ["Described", "Loss", "UNPARSED", "breaking", "describe", "losses", "normalize_name", "qualified"]
+__all__ = ["Described", "UNPARSED", "describe", "normalize_name", "qualified"]
 
 UNPARSED = "UNPARSED"
 AE, SRE, SUE = "ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE"
@@ -334,137 +334,3 @@ _HANDLERS = {
     "CommentStmt": _comment, "RenameStmt": _rename, "VacuumStmt": _vacuum, "ClusterStmt": _cluster,
     "ReindexStmt": _reindex, "AlterObjectSchemaStmt": _set_schema,
 }
-
-
-# --- data loss ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Loss:
-    """One destructive part of a statement: ``where`` is a predicate on ``table`` selecting the lost rows.
-
-    kind: table | truncate | delete | column (a dropped column: its non-null values) | set null (values an
-    UPDATE overwrites with NULL) | narrow (values a narrowing type change cannot keep) | schema | type (a
-    CASCADE drop: what goes with it is found on the live database).
-    """
-
-    kind: str
-    table: str
-    column: str | None = None
-    where: str | None = None
-
-
-def _pred(node) -> str:
-    return _text(node)
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def losses(sql: str) -> list[Loss]:
-    """What one statement destroys, from its parse tree; [] for a statement the parser rejects."""
-    d = describe(sql)
-    node = d.node
-    if isinstance(node, ast.DropStmt):
-        cascade = node.behavior == DropBehavior.DROP_CASCADE
-        if node.removeType == ObjectType.OBJECT_TABLE:
-            return [Loss("table", n) for n in _drop_names(node)]
-        if node.removeType == ObjectType.OBJECT_SCHEMA and cascade:
-            return [Loss("schema", n) for n in _drop_names(node)]
-        if node.removeType in (ObjectType.OBJECT_TYPE, ObjectType.OBJECT_DOMAIN) and cascade:
-            return [Loss("type", n) for n in _drop_names(node)]
-        return []
-    if isinstance(node, ast.TruncateStmt):
-        return [Loss("truncate", _rv(r)) for r in node.relations]
-    found = _dml_target(node) if node is not None else None
-    if found is not None and found[0] == "DELETE FROM":
-        stmt = found[1]
-        return [Loss("delete", _rv(stmt.relation), None, _scoped(stmt, stmt.usingClause))]
-    if found is not None and found[0] == "UPDATE":
-        stmt = found[1]
-        nulled = [t.name for t in stmt.targetList or () if _is_null(t)]
-        if not nulled:
-            return []
-        where = _scoped(stmt, stmt.fromClause)
-        return [Loss("set null", _rv(stmt.relation), qualified(c),
-                     (f"({where}) AND " if where else "") + f"{_ident(c)} IS NOT NULL") for c in nulled]
-    if isinstance(node, ast.AlterTableStmt) and d.kind == "ALTER TABLE":
-        out = []
-        for cmd in node.cmds or ():
-            if cmd.subtype == AT.AT_DropColumn:
-                out.append(Loss("column", d.table, qualified(cmd.name)))
-            elif cmd.subtype == AT.AT_AlterColumnType and (cut := _cannot_keep(cmd.name, cmd.def_.typeName)):
-                out.append(Loss("narrow", d.table, qualified(cmd.name), cut))
-        return out
-    return []
-
-
-def _is_null(target) -> bool:
-    val = target.val
-    if isinstance(val, ast.MultiAssignRef):
-        args = getattr(val.source, "args", None) or ()
-        val = args[val.colno - 1] if 0 < val.colno <= len(args) else None
-    return isinstance(val, ast.A_Const) and val.isnull
-
-
-def _scoped(stmt, extra) -> str | None:
-    """The WHERE of a DELETE/UPDATE as a predicate on the bare table, even with an alias or USING/FROM."""
-    if stmt.whereClause is None:
-        return None
-    where = _pred(stmt.whereClause)
-    alias = stmt.relation.alias.aliasname if stmt.relation.alias is not None else None
-    if not extra and alias is None:
-        return where
-    # Count through the table's own row identity so the migration's aliases and joins keep their meaning.
-    me = _ident(alias) if alias else _text(stmt.relation)
-    source = _text(stmt.relation) + "".join(", " + _text(x) for x in extra or ())
-    return f"(tableoid, ctid) IN (SELECT {me}.tableoid, {me}.ctid FROM {source} WHERE {where})"
-
-
-_INT_RANGE = {"int2": 2 ** 15, "smallint": 2 ** 15, "int4": 2 ** 31, "int": 2 ** 31, "integer": 2 ** 31}
-
-
-def _cannot_keep(column: str, type_name) -> str | None:
-    """A predicate selecting the values of ``column`` a change to ``type_name`` cannot keep; None if all fit.
-
-    Written so it is right whatever the old type was: a value longer than a new length limit, an integer
-    outside a new integer range.
-    """
-    base = (type_name.names[-1].sval if type_name.names else "").lower()
-    mods = [m.val.ival for m in type_name.typmods or () if isinstance(m, ast.A_Const)
-            and isinstance(m.val, ast.Integer)]
-    col = _ident(column)
-    if base in ("varchar", "bpchar", "char", "bit", "varbit") and mods and not type_name.arrayBounds:
-        return f"length({col}::text) > {mods[0]}"
-    if base in _INT_RANGE and not type_name.arrayBounds:
-        n = _INT_RANGE[base]
-        return f"{col}::numeric NOT BETWEEN {-n} AND {n - 1}"
-    return None
-
-
-# --- breaking changes --------------------------------------------------------------------------------------
-def breaking(sql: str) -> list[tuple[str, str]]:
-    """(change, why it matters) for each part of a statement that breaks code running on the old schema."""
-    d = describe(sql)
-    node = d.node
-    out: list[tuple[str, str]] = []
-    if isinstance(node, ast.DropStmt) and node.removeType == ObjectType.OBJECT_TABLE:
-        out.append(("drops a table", "code that reads it fails"))
-    elif isinstance(node, ast.RenameStmt):
-        if node.renameType == ObjectType.OBJECT_COLUMN:
-            out.append(("renames a column or table", "running code that uses the old name fails"))
-        elif node.renameType == ObjectType.OBJECT_TABLE:
-            out.append(("renames a column or table", "running code that uses the old name fails"))
-        else:
-            out.append(("renames an object", "running code that uses the old name fails"))
-    elif isinstance(node, ast.AlterEnumStmt) and node.oldVal:
-        out.append(("changes enum values", "rows or code using the old value break"))
-    elif isinstance(node, ast.AlterTableStmt) and d.kind == "ALTER TABLE":
-        for cmd in node.cmds or ():
-            if cmd.subtype == AT.AT_DropColumn:
-                out.append(("drops a column", "running code that still selects it fails"))
-            elif cmd.subtype == AT.AT_AlterColumnType:
-                out.append(("changes a column type", "may rewrite the table and break code expecting the old type"))
-            elif cmd.subtype == AT.AT_SetNotNull:
-                out.append(("makes a column NOT NULL",
-                            "old code inserting NULL fails; existing NULLs fail the migration"))
-    return list(dict.fromkeys(out))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbrunbook import deploy, preflight, sqlparse
+from dbrunbook import deploy, preflight, sqlimpact, sqlparse
 from dbrunbook.lint_rules import Catalog, TableSize, _norm, check_sql, table_of
 from dbrunbook.migrations import SqlStep
 from dbrunbook.safety import _loss_statements, lint_sql
@@ -93,7 +93,7 @@ def test_tricky_sql(sql, kind, locks, table, losses, breaks):
     assert [(t, lk) for t, lk, _ in preflight.statement_locks(sql)] == locks
     assert table_of(sql) == table
     assert _loss_statements(sql) == losses
-    assert sqlparse.breaking(sql) == breaks
+    assert sqlimpact.breaking(sql) == breaks
 
 
 @pytest.mark.parametrize("written, canonical", [
