@@ -106,7 +106,7 @@ class Described:
                    default="")
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=16384)  # parsing builds Python objects: ~0.5 ms a statement
 def describe(sql: str) -> Described:
     """Parse one statement (the first, if ``sql`` holds several) and say what it does."""
     try:

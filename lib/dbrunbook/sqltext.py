@@ -50,7 +50,7 @@ class Statement:
 def split_statements(sql: str) -> list[Statement]:
     """Split SQL into statements; statements that are only comments or blanks are dropped."""
     try:
-        ends = [s.stmt_location + s.stmt_len if s.stmt_len else len(sql) for s in parser.parse_sql(sql)]
+        ends = [s.stop for s in parser.split(sql, with_parser=True, only_slices=True)]
         # The parser's locations skip leading comments; a statement's text keeps them (the head of a step).
         spans = [(_after(sql, ends[i - 1]) if i else 0, b) for i, b in enumerate(ends)]
         checked = True

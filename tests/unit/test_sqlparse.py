@@ -184,3 +184,41 @@ def test_strip_version_updates_keeps_only_the_change():
            "UPDATE alembic_version SET version_num='a' WHERE alembic_version.version_num = 'b';\nCOMMIT;\n")
     assert deploy._strip_version_updates(sql) == "ALTER TABLE t DROP COLUMN c;"
     assert deploy._statements(deploy._strip_version_updates("BEGIN;\nDELETE FROM alembic_version;\nCOMMIT;")) == []
+
+
+# --- troubleshoot's readers: objects created, rows inserted ---------------------------------------------
+@pytest.mark.parametrize("sql, expected", [
+    ('CREATE TABLE "my table" (id int)', [("table", '"my table"', "")]),
+    ("CREATE TABLE IF NOT EXISTS t (id int)", []),
+    ("CREATE UNIQUE INDEX CONCURRENTLY ix ON crm.\"Leads\" (a)", [("index", "crm.ix", 'crm."Leads"')]),
+    ("CREATE INDEX IF NOT EXISTS ix ON t (a)", []),
+    ("CREATE OR REPLACE VIEW v AS SELECT 1", []),
+    ("CREATE MATERIALIZED VIEW read.funnel AS SELECT 1", [("view", "read.funnel", "")]),
+    ("CREATE TYPE mood AS ENUM ('a;b')", [("type", "mood", "")]),
+    ("CREATE SCHEMA IF NOT EXISTS crm", []),
+    ('ALTER TABLE t ADD COLUMN "Full Name" varchar(255), ADD COLUMN IF NOT EXISTS z int, '
+     "ADD CONSTRAINT uq UNIQUE (a)", [("column", '"Full Name"', "t"), ("constraint", "uq", "t")]),
+    ("COMMENT ON TABLE t IS 'CREATE TABLE x (id int)'", []),
+])
+def test_created_objects_by_the_parser(sql, expected):
+    found = sqlimpact.creates(sql)
+    assert [(o["kind"], o["name"], o["table"]) for o in found] == expected
+
+
+def test_created_objects_keep_what_the_migration_expects():
+    column, constraint = sqlimpact.creates("ALTER TABLE t ADD COLUMN c varchar(5) NOT NULL, "
+                                           "ADD CONSTRAINT uq UNIQUE (c)")
+    assert (column["expected"], constraint["expected"]) == ("varchar(5) NOT NULL", "UNIQUE (c)")
+    assert sqlimpact.creates("CREATE TABLE (") is None  # rejected: the caller's fallback reads it
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ("INSERT INTO s.\"Settings\" (key, \"Value\") VALUES ($$a$$, E'b\\';c') ON CONFLICT (key) DO NOTHING",
+     {"table": 's."Settings"', "columns": ["key", "Value"], "values": "('a', 'b'';c')", "on_conflict": True}),
+    ("INSERT INTO t (a) VALUES (1), (2) RETURNING a",
+     {"table": "t", "columns": ["a"], "values": "(1), (2)", "on_conflict": False}),
+    ("INSERT INTO t (a) SELECT 1", None),
+    ("INSERT INTO t VALUES (1)", None),
+])
+def test_inserted_rows(sql, expected):
+    assert sqlimpact.inserted_rows(sql) == expected
