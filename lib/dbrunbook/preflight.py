@@ -106,8 +106,8 @@ def statement_locks(statement: str) -> list[tuple[str, str, str]]:
     it to its table. Text the parser rejects is read by the patterns of ``_fallback_locks``.
     """
     d = sqlparse.describe(statement)
-    if not d.parsed:
-        return _fallback_locks(statement)
+    if not d.parsed:  # said in the kind, so the preflight table shows the lock was read from the first words
+        return [(table, lock, f"{kind} (could not parse)") for table, lock, kind in _fallback_locks(statement)]
     kind = {"CREATE TABLE": "CREATE TABLE (foreign key)", "ALTER INDEX": "ALTER INDEX"}.get(d.kind, d.kind)
     return [(table, lock, kind) for table, lock in d.tables]
 

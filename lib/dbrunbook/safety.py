@@ -555,12 +555,10 @@ def _loss_statements(flat: str) -> list[tuple[str, str, str | None, str | None]]
 def _fallback_losses(flat: str) -> list[tuple[str, str, str | None, str | None]]:
     up = flat.upper()
     if m := re.match(r"^DROP TABLE (?:IF EXISTS )?(.+?)(?: CASCADE| RESTRICT)?;?$", flat, re.I):
-        return [("table", _norm(t.strip()), None, None) for t in m.group(1).split(",")]
+        return [("table", _norm(t.strip()), None, None) for t in m.group(1).split(",") if t.strip()]
     if m := re.match(r"^TRUNCATE (?:TABLE )?(?:ONLY )?(.+?)(?: RESTART IDENTITY| CONTINUE IDENTITY)?"
                      r"(?: CASCADE| RESTRICT)?;?$", flat, re.I):
-        return [("truncate", _norm(t.strip()), None, None) for t in m.group(1).split(",")]
-    if m := re.match(r"^DELETE FROM (?:ONLY )?(\S+)(?: WHERE (.+?))?;?$", flat, re.I):
-        return [("delete", _norm(m.group(1)), None, m.group(2))]
+        return [("truncate", _norm(t.strip()), None, None) for t in m.group(1).split(",") if t.strip()]
     if up.startswith("ALTER TABLE") and (table := table_of(flat)):
         return [("column", table, _norm(c.group(1)), None) for a in _actions(flat)
                 if (c := re.match(rf'^DROP (?:COLUMN )?(?:IF EXISTS )?{_IDENT}', a, re.I))

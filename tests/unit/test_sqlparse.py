@@ -222,3 +222,17 @@ def test_created_objects_keep_what_the_migration_expects():
 ])
 def test_inserted_rows(sql, expected):
     assert sqlimpact.inserted_rows(sql) == expected
+
+
+# --- the fallback: text PostgreSQL's parser rejects, read by its first words and said so -----------------
+def test_unparsable_statements_fall_back_and_say_so():
+    broken = "ALTER TABLE \"my table\" ADD COLUMN x int,"  # a trailing comma: the parser rejects it
+    assert not sqlparse.describe(broken).parsed
+    assert preflight.statement_locks(broken) == [('"my table"', AE, "ALTER TABLE (could not parse)")]
+    assert table_of(broken) == '"my table"'
+    assert _loss_statements("DROP TABLE a, b,") == [("table", "a", None, None), ("table", "b", None, None)]
+    # A DELETE the parser rejects is not counted with a WHERE nobody can trust: the lint reports it instead.
+    assert _loss_statements("DELETE FROM big WHERE id IN (1,") == []
+    assert deploy.breaking_changes(_Preview("DROP TABLE a,;")).to_dict("records") == [
+        {"migration_set": "main", "revision": "r1", "change": "could not parse",
+         "why it matters": "PostgreSQL's parser rejects it: read it yourself", "statement": "DROP TABLE a,"}]
