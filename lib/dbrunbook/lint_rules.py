@@ -217,7 +217,7 @@ def _actions(flat: str) -> list[str]:
             try:
                 out.append(sqlparse.RawStream()(one).removeprefix("ALTER TABLE x "))
             except Exception:  # noqa: BLE001 (a printer gap in pglast: keep the action, unprinted)
-                out.append(sqlparse._kind_of(cmd))
+                out.append(sqlparse.kind_of(cmd))
         return out
     return _split_actions(flat)
 

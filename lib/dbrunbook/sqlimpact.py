@@ -14,7 +14,7 @@ from pglast import ast
 from pglast.enums import AlterTableType as AT
 from pglast.enums import DropBehavior, ObjectType
 
-from .sqlparse import _drop_names, _dml_target, _rv, _strings, _text, describe, qualified
+from .sqlparse import deparse, describe, dml_target, dotted, drop_names, name_of, qualified
 
 __all__ = ["Loss", "breaking", "creates", "losses"]
 
@@ -34,10 +34,6 @@ class Loss:
     where: str | None = None
 
 
-def _pred(node) -> str:
-    return _text(node)
-
-
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -49,25 +45,25 @@ def losses(sql: str) -> list[Loss]:
     if isinstance(node, ast.DropStmt):
         cascade = node.behavior == DropBehavior.DROP_CASCADE
         if node.removeType == ObjectType.OBJECT_TABLE:
-            return [Loss("table", n) for n in _drop_names(node)]
+            return [Loss("table", n) for n in drop_names(node)]
         if node.removeType == ObjectType.OBJECT_SCHEMA and cascade:
-            return [Loss("schema", n) for n in _drop_names(node)]
+            return [Loss("schema", n) for n in drop_names(node)]
         if node.removeType in (ObjectType.OBJECT_TYPE, ObjectType.OBJECT_DOMAIN) and cascade:
-            return [Loss("type", n) for n in _drop_names(node)]
+            return [Loss("type", n) for n in drop_names(node)]
         return []
     if isinstance(node, ast.TruncateStmt):
-        return [Loss("truncate", _rv(r)) for r in node.relations]
-    found = _dml_target(node) if node is not None else None
+        return [Loss("truncate", name_of(r)) for r in node.relations]
+    found = dml_target(node) if node is not None else None
     if found is not None and found[0] == "DELETE FROM":
         stmt = found[1]
-        return [Loss("delete", _rv(stmt.relation), None, _scoped(stmt, stmt.usingClause))]
+        return [Loss("delete", name_of(stmt.relation), None, _scoped(stmt, stmt.usingClause))]
     if found is not None and found[0] == "UPDATE":
         stmt = found[1]
         nulled = [t.name for t in stmt.targetList or () if _is_null(t)]
         if not nulled:
             return []
         where = _scoped(stmt, stmt.fromClause)
-        return [Loss("set null", _rv(stmt.relation), qualified(c),
+        return [Loss("set null", name_of(stmt.relation), qualified(c),
                      (f"({where}) AND " if where else "") + f"{_ident(c)} IS NOT NULL") for c in nulled]
     if isinstance(node, ast.AlterTableStmt) and d.kind == "ALTER TABLE":
         out = []
@@ -92,13 +88,13 @@ def _scoped(stmt, extra) -> str | None:
     """The WHERE of a DELETE/UPDATE as a predicate on the bare table, even with an alias or USING/FROM."""
     if stmt.whereClause is None:
         return None
-    where = _pred(stmt.whereClause)
+    where = deparse(stmt.whereClause)
     alias = stmt.relation.alias.aliasname if stmt.relation.alias is not None else None
     if not extra and alias is None:
         return where
     # Count through the table's own row identity so the migration's aliases and joins keep their meaning.
-    me = _ident(alias) if alias else _text(stmt.relation)
-    source = _text(stmt.relation) + "".join(", " + _text(x) for x in extra or ())
+    me = _ident(alias) if alias else deparse(stmt.relation)
+    source = deparse(stmt.relation) + "".join(", " + deparse(x) for x in extra or ())
     return f"(tableoid, ctid) IN (SELECT {me}.tableoid, {me}.ctid FROM {source} WHERE {where})"
 
 
@@ -168,34 +164,34 @@ def creates(sql: str) -> list[dict[str, str]] | None:
         return [{"kind": kind, "name": name, "table": table, "expected": expected}]
 
     if isinstance(node, ast.CreateStmt) and not node.if_not_exists:
-        return one("table", _rv(node.relation))
+        return one("table", name_of(node.relation))
     if isinstance(node, ast.ViewStmt) and not node.replace:
-        return one("view", _rv(node.view))
+        return one("view", name_of(node.view))
     if isinstance(node, ast.CreateTableAsStmt) and not node.if_not_exists:
-        return one("view" if node.objtype == ObjectType.OBJECT_MATVIEW else "table", _rv(node.into.rel))
+        return one("view" if node.objtype == ObjectType.OBJECT_MATVIEW else "table", name_of(node.into.rel))
     if isinstance(node, ast.CreateSeqStmt) and not node.if_not_exists:
-        return one("sequence", _rv(node.sequence))
+        return one("sequence", name_of(node.sequence))
     if isinstance(node, ast.CreateSchemaStmt) and not node.if_not_exists and node.schemaname:
         return one("schema", qualified(node.schemaname))
     if isinstance(node, ast.CreateEnumStmt):
-        return one("type", _strings(node.typeName))
+        return one("type", dotted(node.typeName))
     if isinstance(node, ast.CompositeTypeStmt):
-        return one("type", _rv(node.typevar))
+        return one("type", name_of(node.typevar))
     if isinstance(node, ast.CreateDomainStmt):
-        return one("type", _strings(node.domainname))
+        return one("type", dotted(node.domainname))
     if isinstance(node, ast.IndexStmt) and not node.if_not_exists and node.idxname:
-        table = _rv(node.relation)
+        table = name_of(node.relation)
         return one("index", qualified(node.relation.schemaname, node.idxname), table)
     if isinstance(node, ast.AlterTableStmt) and d.kind == "ALTER TABLE":
         out = []
         for cmd in node.cmds or ():
             if cmd.subtype == AT.AT_AddColumn and not cmd.missing_ok:
                 name = qualified(cmd.def_.colname)
-                out += one("column", name, d.table, _text(cmd.def_).removeprefix(name).strip()[:120])
+                out += one("column", name, d.table, deparse(cmd.def_).removeprefix(name).strip()[:120])
             elif cmd.subtype == AT.AT_AddConstraint and getattr(cmd.def_, "conname", None):
                 name = qualified(cmd.def_.conname)
                 out += one("constraint", name, d.table,
-                           _text(cmd.def_).removeprefix(f"CONSTRAINT {name}").strip()[:120])
+                           deparse(cmd.def_).removeprefix(f"CONSTRAINT {name}").strip()[:120])
         return out
     return []
 
@@ -212,5 +208,5 @@ def inserted_rows(sql: str) -> dict | None:
     select = node.selectStmt
     if not isinstance(select, ast.SelectStmt) or not select.valuesLists:
         return None
-    return {"table": _rv(node.relation), "columns": [c.name for c in node.cols],
-            "values": _text(select).removeprefix("VALUES ").strip(), "on_conflict": node.onConflictClause is not None}
+    return {"table": name_of(node.relation), "columns": [c.name for c in node.cols],
+            "values": deparse(select).removeprefix("VALUES ").strip(), "on_conflict": node.onConflictClause is not None}

@@ -16,14 +16,14 @@ import functools
 import re
 from dataclasses import dataclass, field
 
-from pglast import ast, parser
+from pglast import ast, keywords, parser
 from pglast.enums import AlterTableType as AT
 from pglast.enums import ConstrType, ObjectType, ReindexObjectType
-from pglast.keywords import UNRESERVED_KEYWORDS
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
 __all__ = ["Described", "UNPARSED", "describe", "normalize_name", "qualified"]
+# Also used by ``sqlimpact``, which reads the same trees: deparse, dml_target, dotted, drop_names, kind_of, name_of.
 
 UNPARSED = "UNPARSED"
 AE, SRE, SUE = "ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE"
@@ -47,7 +47,7 @@ def qualified(*parts: str | None) -> str:
     names = [p for p in parts if p]
     if len(names) == 2 and names[0] == "public":
         names = names[1:]
-    return ".".join(p if _SIMPLE.match(p) and (p not in _KEYWORDS or p in UNRESERVED_KEYWORDS)
+    return ".".join(p if _SIMPLE.match(p) and (p not in _KEYWORDS or p in keywords.UNRESERVED_KEYWORDS)
                     else '"' + p.replace('"', '""') + '"' for p in names)
 
 
@@ -57,25 +57,22 @@ def normalize_name(name: str) -> str:
     return qualified(*(p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in parts))
 
 
-def _keywords() -> frozenset[str]:
-    from pglast import keywords
-    return frozenset(keywords.RESERVED_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS | keywords.COL_NAME_KEYWORDS
-                     | keywords.UNRESERVED_KEYWORDS)
+_KEYWORDS = frozenset(keywords.RESERVED_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS | keywords.COL_NAME_KEYWORDS
+                      | keywords.UNRESERVED_KEYWORDS)
 
 
-_KEYWORDS = _keywords()
-
-
-def _rv(node) -> str:
-    """Canonical name of a RangeVar."""
+def name_of(node) -> str:
+    """Canonical name of a RangeVar (a table as a statement names it)."""
     return qualified(node.schemaname, node.relname)
 
 
-def _strings(items) -> str:
+def dotted(items) -> str:
+    """Canonical name from a list of String nodes (``DROP``, ``COMMENT ON``, type names)."""
     return qualified(*(getattr(i, "sval", None) for i in items))
 
 
-def _text(node) -> str:
+def deparse(node) -> str:
+    """The node printed back as SQL by pglast (canonical spelling)."""
     return RawStream()(node) if node is not None else ""
 
 
@@ -99,11 +96,6 @@ class Described:
     def parsed(self) -> bool:
         return self.kind != UNPARSED
 
-    @property
-    def lock(self) -> str:
-        """The strongest lock the statement takes on its main table ("" when it takes none worth naming)."""
-        return max((lk for t, lk in self.tables if t in (self.table, self.index)), key=_LOCK_ORDER.index,
-                   default="")
 
 
 @functools.lru_cache(maxsize=16384)  # parsing builds Python objects: ~0.5 ms a statement
@@ -117,20 +109,20 @@ def describe(sql: str) -> Described:
         return Described("EMPTY")
     node = stmts[0].stmt
     handler = _HANDLERS.get(type(node).__name__)
-    out = handler(node) if handler else Described(_kind_of(node))
+    out = handler(node) if handler else Described(kind_of(node))
     return Described(out.kind, out.table, out.index, out.tables, out.columns, node=node)
 
 
-def _kind_of(node) -> str:
+def kind_of(node) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", " ", type(node).__name__.removesuffix("Stmt")).upper()
 
 
 def _alter_table(node: ast.AlterTableStmt) -> Described:
     if node.objtype == ObjectType.OBJECT_INDEX:
-        return Described("ALTER INDEX", index=_rv(node.relation), tables=((_rv(node.relation), AE),))
+        return Described("ALTER INDEX", index=name_of(node.relation), tables=((name_of(node.relation), AE),))
     if node.objtype not in (ObjectType.OBJECT_TABLE, ObjectType.OBJECT_FOREIGN_TABLE):
         return Described("ALTER " + node.objtype.name.removeprefix("OBJECT_").replace("_", " "))
-    table = _rv(node.relation)
+    table = name_of(node.relation)
     locks, others, columns = [], [], []
     for cmd in node.cmds or ():
         sub, definition = cmd.subtype, cmd.def_
@@ -142,13 +134,13 @@ def _alter_table(node: ast.AlterTableStmt) -> Described:
             if sub == AT.AT_AddConstraint:
                 lock = SRE
         if sub == AT.AT_AttachPartition and definition is not None:
-            others.append(_rv(definition.name))  # the partition being attached: ACCESS EXCLUSIVE (see below)
+            others.append(name_of(definition.name))  # the partition being attached: ACCESS EXCLUSIVE (see below)
         locks.append(lock)
         column = cmd.name or (definition.colname if isinstance(definition, ast.ColumnDef) else None)
         if column and sub not in (AT.AT_DropConstraint, AT.AT_ValidateConstraint, AT.AT_AlterConstraint,
                                   AT.AT_EnableTrig, AT.AT_DisableTrig, AT.AT_ClusterOn):
             columns.append((table, qualified(column)))
-    attach = {_rv(c.def_.name) for c in node.cmds or () if c.subtype == AT.AT_AttachPartition}
+    attach = {name_of(c.def_.name) for c in node.cmds or () if c.subtype == AT.AT_AttachPartition}
     mode = max(locks, key=_LOCK_ORDER.index, default=AE)
     return Described("ALTER TABLE", table, tables=((table, mode), *((o, AE if o in attach else SRE)
                                                                     for o in others)), columns=tuple(columns))
@@ -160,13 +152,13 @@ def _references(definition) -> list[str]:
     constraints = (definition.constraints or ()) if isinstance(definition, ast.ColumnDef) else (definition,)
     for c in constraints:
         if isinstance(c, ast.Constraint) and c.contype == ConstrType.CONSTR_FOREIGN and c.pktable is not None:
-            found.append(_rv(c.pktable))
+            found.append(name_of(c.pktable))
     return found
 
 
 def _index(node: ast.IndexStmt) -> Described:
     kind = "CREATE INDEX CONCURRENTLY" if node.concurrent else "CREATE INDEX"
-    table = _rv(node.relation)
+    table = name_of(node.relation)
     return Described(kind, table, tables=((table, SUE if node.concurrent else "SHARE"),))
 
 
@@ -175,20 +167,20 @@ _DROP_KINDS = {ObjectType.OBJECT_TABLE: "DROP TABLE", ObjectType.OBJECT_VIEW: "D
                ObjectType.OBJECT_FOREIGN_TABLE: "DROP FOREIGN TABLE"}
 
 
-def _drop_names(node: ast.DropStmt) -> list[str]:
+def drop_names(node: ast.DropStmt) -> list[str]:
     names = []
     for obj in node.objects or ():
         if isinstance(obj, ast.TypeName):
-            names.append(_strings(obj.names))
+            names.append(dotted(obj.names))
         elif isinstance(obj, ast.String):
             names.append(qualified(obj.sval))
         elif isinstance(obj, tuple):
-            names.append(_strings(obj))
+            names.append(dotted(obj))
     return names
 
 
 def _drop(node: ast.DropStmt) -> Described:
-    names = _drop_names(node)
+    names = drop_names(node)
     kind = _DROP_KINDS.get(node.removeType)
     if kind is None:
         return Described("DROP " + node.removeType.name.removeprefix("OBJECT_").replace("_", " "))
@@ -200,22 +192,22 @@ def _drop(node: ast.DropStmt) -> Described:
 
 
 def _create(node: ast.CreateStmt) -> Described:
-    table = _rv(node.relation)
+    table = name_of(node.relation)
     refs = [r for elt in node.tableElts or () for r in _references(elt)]
     if node.partbound is not None and node.inhRelations:
-        parent = _rv(node.inhRelations[0])
+        parent = name_of(node.inhRelations[0])
         return Described("CREATE TABLE PARTITION OF", table, tables=((parent, AE), *((r, SRE) for r in refs)))
     return Described("CREATE TABLE", table, tables=tuple((r, SRE) for r in refs))
 
 
-def _dml_target(node) -> tuple[str, object] | None:
+def dml_target(node) -> tuple[str, object] | None:
     """(kind, relation) of a data-changing statement, looking into its CTEs (``WITH d AS (DELETE ...)``)."""
     kinds = {"UpdateStmt": "UPDATE", "DeleteStmt": "DELETE FROM", "InsertStmt": "INSERT INTO",
              "MergeStmt": "MERGE INTO"}
     if type(node).__name__ in kinds:
         return kinds[type(node).__name__], node
     for cte in getattr(getattr(node, "withClause", None), "ctes", None) or ():
-        if (found := _dml_target(cte.ctequery)) is not None:
+        if (found := dml_target(cte.ctequery)) is not None:
             return found
     return None
 
@@ -225,21 +217,21 @@ def _reads(items) -> list[str]:
     out = []
     for item in items or ():
         if isinstance(item, ast.RangeVar):
-            out.append(_rv(item))
+            out.append(name_of(item))
         elif isinstance(item, ast.JoinExpr):
             out += _reads((item.larg, item.rarg))
     return out
 
 
 def _dml(node) -> Described:
-    found = _dml_target(node)
+    found = dml_target(node)
     if found is None:
-        return Described(_kind_of(node))
+        return Described(kind_of(node))
     kind, stmt = found
-    table = _rv(stmt.relation)
+    table = name_of(stmt.relation)
     reads = _reads(getattr(stmt, "usingClause", None) or getattr(stmt, "fromClause", None))
     if isinstance(stmt, ast.MergeStmt) and isinstance(stmt.sourceRelation, ast.RangeVar):
-        reads.append(_rv(stmt.sourceRelation))
+        reads.append(name_of(stmt.sourceRelation))
     columns = tuple((table, qualified(t.name)) for t in stmt.targetList or ()) if isinstance(stmt, ast.UpdateStmt) \
         else ()
     return Described(kind, table, tables=((table, "ROW EXCLUSIVE"), *((r, "ACCESS SHARE") for r in reads
@@ -247,35 +239,35 @@ def _dml(node) -> Described:
 
 
 def _select(node: ast.SelectStmt) -> Described:
-    return _dml(node) if _dml_target(node) else Described("SELECT")
+    return _dml(node) if dml_target(node) else Described("SELECT")
 
 
 def _truncate(node: ast.TruncateStmt) -> Described:
-    names = [_rv(r) for r in node.relations]
+    names = [name_of(r) for r in node.relations]
     return Described("TRUNCATE", names[0] if names else None, tables=tuple((n, AE) for n in names))
 
 
 def _lock(node: ast.LockStmt) -> Described:
-    names = [_rv(r) for r in node.relations]
+    names = [name_of(r) for r in node.relations]
     mode = _LOCK_NUMBERS[node.mode] if 0 < node.mode < len(_LOCK_NUMBERS) else AE
     return Described("LOCK", names[0] if names else None, tables=tuple((n, mode) for n in names))
 
 
 def _trigger(node: ast.CreateTrigStmt) -> Described:
-    table = _rv(node.relation)
+    table = name_of(node.relation)
     return Described("CREATE TRIGGER", table, tables=((table, SRE),))
 
 
 def _refresh(node: ast.RefreshMatViewStmt) -> Described:
-    name = _rv(node.relation)
+    name = name_of(node.relation)
     return Described("REFRESH MATERIALIZED VIEW", name, tables=((name, "EXCLUSIVE" if node.concurrent else AE),))
 
 
 def _comment(node: ast.CommentStmt) -> Described:
     if node.objtype == ObjectType.OBJECT_TABLE:
-        name = _strings(node.object)
+        name = dotted(node.object)
     elif node.objtype == ObjectType.OBJECT_COLUMN:
-        name = _strings(node.object[:-1])
+        name = dotted(node.object[:-1])
     else:
         return Described("COMMENT")
     return Described("COMMENT", name, tables=((name, SUE),))
@@ -284,7 +276,7 @@ def _comment(node: ast.CommentStmt) -> Described:
 def _rename(node: ast.RenameStmt) -> Described:
     if node.relation is None:
         return Described("RENAME")
-    name = _rv(node.relation)
+    name = name_of(node.relation)
     if node.renameType == ObjectType.OBJECT_INDEX:
         return Described("ALTER INDEX", index=name, tables=((name, SUE),))
     columns = ((name, qualified(node.subname)),) if node.renameType == ObjectType.OBJECT_COLUMN else ()
@@ -300,12 +292,12 @@ def _options(items) -> set[str]:
 def _vacuum(node: ast.VacuumStmt) -> Described:
     full = "full" in _options(node.options)
     kind = ("VACUUM FULL" if full else "VACUUM") if node.is_vacuumcmd else "ANALYZE"
-    names = [_rv(r.relation) for r in node.rels or () if r.relation is not None]
+    names = [name_of(r.relation) for r in node.rels or () if r.relation is not None]
     return Described(kind, names[0] if names else None, tables=tuple((n, AE if full else SUE) for n in names))
 
 
 def _cluster(node: ast.ClusterStmt) -> Described:
-    name = _rv(node.relation) if node.relation is not None else None
+    name = name_of(node.relation) if node.relation is not None else None
     return Described("CLUSTER", name, tables=((name, AE),) if name else ())
 
 
@@ -314,7 +306,7 @@ def _reindex(node: ast.ReindexStmt) -> Described:
     kind = "REINDEX" + (" CONCURRENTLY" if concurrent else "")
     if node.relation is None:
         return Described(kind)
-    name = _rv(node.relation)
+    name = name_of(node.relation)
     if node.kind == ReindexObjectType.REINDEX_OBJECT_INDEX:
         return Described(kind, index=name, tables=((name, SUE if concurrent else AE),))
     return Described(kind, name, tables=((name, SUE if concurrent else "SHARE"),))
@@ -323,7 +315,7 @@ def _reindex(node: ast.ReindexStmt) -> Described:
 def _set_schema(node: ast.AlterObjectSchemaStmt) -> Described:
     if node.relation is None:
         return Described("ALTER SET SCHEMA")
-    name = _rv(node.relation)
+    name = name_of(node.relation)
     return Described("ALTER SET SCHEMA", name, tables=((name, AE),))
 
 
