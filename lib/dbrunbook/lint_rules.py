@@ -541,12 +541,8 @@ def _action_issues(action: str, table: str, stmt: Statement, catalog: Catalog,
         return out
     if re.match(r"^ADD (?:COLUMN )?", up) and not re.match(r"^ADD (CONSTRAINT|PRIMARY|UNIQUE|FOREIGN|CHECK)",
                                                            up):
-        generated = re.search(r"GENERATED ALWAYS AS .* STORED", up)
-        serial = re.search(r"\b(SMALL|BIG)?SERIAL\d?\b", up)
-        default = re.search(r"\bDEFAULT (.+)$", action, re.I)
-        if generated or serial or (default and VOLATILE_DEFAULT.search(default.group(1))):
-            what = ("a stored generated column" if generated else "a serial column" if serial else
-                    "a column with a volatile DEFAULT")
+        what = _rewriting_column(action)
+        if what:
             return [SqlIssue("table-rewrite", table, f"adding {what} writes a value into every row: the whole "
                              f"table is rewritten under ACCESS EXCLUSIVE",
                              "add it without default (or a constant one), backfill in batches, then set the "
@@ -564,6 +560,38 @@ def _action_issues(action: str, table: str, stmt: Statement, catalog: Catalog,
         return [SqlIssue("table-rewrite", table, f"{action} rewrites the whole table under ACCESS EXCLUSIVE",
                          "a maintenance window", stmt)]
     return []
+
+
+_SERIALS = frozenset({"serial", "bigserial", "smallserial", "serial2", "serial4", "serial8"})
+
+
+def _rewriting_column(action: str) -> str | None:
+    """What makes an ADD COLUMN write every row (a stored generated column, a serial, a volatile DEFAULT), read
+    from the parse: a type name or function name inside a literal is not one. By the text only when the parser
+    rejects it."""
+    statement = f"ALTER TABLE x {action}"
+    d = sqlparse.describe(statement)
+    if d.parsed and isinstance(d.node, sqlparse.ast.AlterTableStmt) and d.node.cmds:
+        column = d.node.cmds[0].def_
+        if not isinstance(column, sqlparse.ast.ColumnDef):
+            return None
+        constraints = [c for c in column.constraints or () if isinstance(c, sqlparse.ast.Constraint)]
+        if any(c.contype == sqlparse.ConstrType.CONSTR_GENERATED and c.generated_kind == "s" for c in constraints):
+            return "a stored generated column"  # a virtual one (PostgreSQL 18's default) is computed on read
+        if any(c.contype == sqlparse.ConstrType.CONSTR_IDENTITY for c in constraints):
+            return "an identity column"
+        if column.typeName is not None and column.typeName.names[-1].sval.lower() in _SERIALS:
+            return "a serial column"
+        if any(VOLATILE_DEFAULT.search(f"{name}(") for name in sqlparse.functions_called(statement)):
+            return "a column with a volatile DEFAULT"
+        return None
+    up = action.upper()
+    if re.search(r"GENERATED ALWAYS AS .* STORED", up):
+        return "a stored generated column"
+    if re.search(r"\b(SMALL|BIG)?SERIAL\d?\b", up):
+        return "a serial column"
+    default = re.search(r"\bDEFAULT (.+)$", action, re.I)
+    return "a column with a volatile DEFAULT" if default and VOLATILE_DEFAULT.search(default.group(1)) else None
 
 
 def weigh_issue(issue: SqlIssue, catalog: Catalog, created: set[str], protected: bool) -> tuple[str, str]:

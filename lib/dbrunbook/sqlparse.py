@@ -16,13 +16,13 @@ import functools
 import re
 from dataclasses import dataclass, field
 
-from pglast import ast, keywords, parser
+from pglast import ast, keywords, parser, visitors
 from pglast.enums import AlterTableType as AT
 from pglast.enums import ConstrType, ObjectType, ReindexObjectType
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
-__all__ = ["Described", "UNPARSED", "describe", "normalize_name", "qualified"]
+__all__ = ["Described", "UNPARSED", "describe", "functions_called", "normalize_name", "qualified"]
 # Also used by ``sqlimpact``, which reads the same trees: deparse, dml_target, dotted, drop_names, kind_of, name_of.
 
 UNPARSED = "UNPARSED"
@@ -111,6 +111,26 @@ def describe(sql: str) -> Described:
     handler = _HANDLERS.get(type(node).__name__)
     out = handler(node) if handler else Described(kind_of(node))
     return Described(out.kind, out.table, out.index, out.tables, out.columns, node=node)
+
+
+class _Calls(visitors.Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def visit_FuncCall(self, ancestors, node) -> None:  # noqa: N802 (pglast's visitor protocol)
+        self.names.add(node.funcname[-1].sval.lower())
+
+
+@functools.lru_cache(maxsize=4096)
+def functions_called(sql: str) -> frozenset[str]:
+    """Names (lower case, schema dropped) of the functions a statement calls; empty if it does not parse."""
+    d = describe(sql)
+    if not d.parsed or d.node is None:
+        return frozenset()
+    calls = _Calls()
+    calls(d.node)
+    return frozenset(calls.names)
 
 
 def kind_of(node) -> str:

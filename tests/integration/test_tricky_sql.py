@@ -15,6 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from dbrunbook import errors, migrations, preflight, safety
+from dbrunbook.lint_rules import Catalog, TableSize, check_sql
+from dbrunbook.sqltext import split_statements
 from dbrunbook.session import open_session
 from tests.projects import ROOT, URL_ENV
 
@@ -114,3 +116,35 @@ def test_downgrade_data_loss_counts_what_the_tricky_statements_destroy(session):
         assert conn.execute(sa.text("SELECT to_regnamespace('archive')")).scalar() is None
         assert conn.execute(sa.text("SELECT count(*) FROM pg_attribute WHERE attrelid = '\"my table\"'::regclass "
                                     "AND attname = 'feeling' AND NOT attisdropped")).scalar_one() == 0
+
+
+@pytest.mark.parametrize("action, rewrites", [
+    ("ADD COLUMN id3 bigint GENERATED ALWAYS AS IDENTITY", True),
+    ("ADD COLUMN twice int GENERATED ALWAYS AS (id * 2) STORED", True),
+    ("ADD COLUMN half int GENERATED ALWAYS AS (id / 2) VIRTUAL", False),
+    ("ADD COLUMN n2 bigserial", True),
+    ("ADD COLUMN token uuid DEFAULT gen_random_uuid()", True),
+    ("ADD COLUMN at timestamptz DEFAULT now()", False),
+    ("ADD COLUMN note text DEFAULT 'clock_timestamp()'", False),
+    ("ADD COLUMN kind text DEFAULT 'bigserial'", False),
+    ("ALTER COLUMN id TYPE bigint", True),
+    ("ALTER COLUMN label TYPE varchar(80)", False),
+])
+def test_the_rewrite_rule_agrees_with_postgresql(database_url, action, rewrites):
+    """The lint's table-rewrite finding, against what PostgreSQL does: a rewrite gives the table a new file."""
+    execute(database_url, "CREATE TABLE r (id int, label varchar(40)); "
+                          "INSERT INTO r SELECT g, 'x' FROM generate_series(1, 10) g")
+    file_of = "SELECT relfilenode FROM pg_class WHERE oid = 'r'::regclass"
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            before = conn.execute(sa.text(file_of)).scalar_one()
+        execute(database_url, f"ALTER TABLE r {action}")
+        with engine.connect() as conn:
+            assert (conn.execute(sa.text(file_of)).scalar_one() != before) is rewrites
+    finally:
+        engine.dispose()
+    catalog = Catalog(tables={"r": TableSize("r", True, rows=10)},
+                      column_types={("r", "id"): "integer", ("r", "label"): "character varying(40)"})
+    issues = check_sql(split_statements(f"ALTER TABLE r {action}"), catalog, set(), set())
+    assert [i.rule for i in issues] == (["table-rewrite"] if rewrites else [])

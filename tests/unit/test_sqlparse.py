@@ -236,3 +236,50 @@ def test_unparsable_statements_fall_back_and_say_so():
     assert deploy.breaking_changes(_Preview("DROP TABLE a,;")).to_dict("records") == [
         {"migration_set": "main", "revision": "r1", "change": "could not parse",
          "why it matters": "PostgreSQL's parser rejects it: read it yourself", "statement": "DROP TABLE a,"}]
+
+
+# --- the tricky-SQL table, lint findings: every table below is live and big; dbrunbook's own rules --------
+def _big(*names: str) -> dict[str, TableSize]:
+    return {n: TableSize(n, True, rows=50_000, rows_at_least=True, bytes=9_000_000) for n in names}
+
+
+LIVE = Catalog(tables=_big('"my table"', "my_table", "big", "small", 'crm."Order"', "t"),
+               column_types={('"my table"', "code"): "text", ("t", "n"): "bigint", ("t", '"My Col"'): "integer",
+                             ("t", "c"): "character varying(50)"})
+
+FINDINGS = [
+    ('ALTER TABLE "my table" ALTER COLUMN note SET NOT NULL', [("not-null-scan", "error")]),
+    ("ALTER TABLE My_Table ALTER note SET NOT NULL", [("not-null-scan", "error")]),
+    ('ALTER TABLE "my table" ADD CONSTRAINT nn CHECK (note IS NOT NULL) NOT VALID;\n'
+     'ALTER TABLE "my table" VALIDATE CONSTRAINT nn;\nALTER TABLE "my table" ALTER note SET NOT NULL', []),
+    ("ALTER TABLE new_t ALTER COLUMN x SET NOT NULL", [("not-null-scan", "info")]),  # not live: created here
+    ('ALTER TABLE "my table" ALTER COLUMN code TYPE varchar(10)',
+     [("type-narrowing", "error"), ("table-rewrite", "error")]),
+    ("ALTER TABLE t ALTER COLUMN c TYPE varchar(80)", []),  # widening varchar: no rewrite
+    ("ALTER TABLE t ALTER COLUMN n TYPE int", [("type-narrowing", "error"), ("table-rewrite", "error")]),
+    ('ALTER TABLE t ALTER COLUMN "My Col" TYPE bigint', [("table-rewrite", "error")]),
+    ("ALTER TABLE t ADD COLUMN id2 bigserial", [("table-rewrite", "error")]),
+    ("ALTER TABLE t ADD COLUMN token uuid DEFAULT gen_random_uuid()", [("table-rewrite", "error")]),
+    ("ALTER TABLE t ADD COLUMN note text DEFAULT 'clock_timestamp()'", []),  # a literal, not a call
+    ("ALTER TABLE t ADD COLUMN kind text DEFAULT 'bigserial'", []),
+    ("ALTER TABLE t ADD COLUMN twice int GENERATED ALWAYS AS (n * 2) STORED", [("table-rewrite", "error")]),
+    ("ALTER TABLE t ADD COLUMN at timestamptz DEFAULT now()", []),  # stable: stored once, no rewrite
+    ("ALTER TABLE t ADD COLUMN half int GENERATED ALWAYS AS (n / 2) VIRTUAL", []),
+    ("ALTER TABLE t ADD COLUMN id3 bigint GENERATED ALWAYS AS IDENTITY", [("table-rewrite", "error")]),
+    ("WITH d AS (DELETE FROM big WHERE id > 5 RETURNING id) SELECT count(*) FROM d",
+     [("large-data-change", "warning")]),
+    ("DELETE FROM big b USING small s WHERE b.id = s.id", [("large-data-change", "warning")]),
+    ('ALTER TABLE crm."Order" ADD COLUMN x int;\nUPDATE crm."Order" SET x = 1',
+     [("backfill-under-lock", "error")]),
+    ("VACUUM (FULL) big", [("table-rewrite", "error")]),
+    ("CREATE TABLE big2 (id int);\nALTER TABLE big2 ALTER COLUMN id SET NOT NULL", [("not-null-scan", "info")]),
+    ("COMMENT ON TABLE big IS 'ALTER TABLE big ALTER COLUMN id SET NOT NULL; VACUUM FULL big'", []),
+    ("-- ALTER TABLE big ALTER COLUMN id SET NOT NULL\nSELECT 1", []),
+]
+
+
+@pytest.mark.parametrize("sql, expected", FINDINGS, ids=[row[0][:48] for row in FINDINGS])
+def test_tricky_sql_findings(sql, expected):
+    step = SqlStep(revision="r1", down_revision=("r0",), message="m", sql=sql + ";\n")
+    findings, _ = lint_sql({"main": [step]}, LIVE, protected=True)
+    assert [(f.rule, f.level) for f in findings if f.source == "dbrunbook"] == expected
