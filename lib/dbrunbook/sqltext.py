@@ -11,6 +11,7 @@ scanner cannot even tokenize (an unterminated literal) falls back to a small han
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -37,10 +38,21 @@ class Statement:
     error: str = ""
     noise: str = ""
 
-    @property
+    @functools.cached_property
     def flat(self) -> str:
-        """The code on one line, runs of white space folded: what pattern rules match against."""
-        return " ".join(self.code.split())
+        """The code on one line, runs of white space between tokens folded (literals keep theirs, so a
+        ``WHERE name = 'a  b'`` read from it still means what it says)."""
+        try:
+            tokens = parser.scan(self.code)
+        except ParseError:
+            return " ".join(self.code.split())
+        out, at = [], 0
+        for tok in tokens:
+            if tok.start > at:
+                out.append(" ")
+            out.append(self.code[tok.start:tok.end + 1])
+            at = tok.end + 1
+        return "".join(out).strip()
 
     @property
     def parsed(self) -> bool:

@@ -283,3 +283,10 @@ def test_tricky_sql_findings(sql, expected):
     step = SqlStep(revision="r1", down_revision=("r0",), message="m", sql=sql + ";\n")
     findings, _ = lint_sql({"main": [step]}, LIVE, protected=True)
     assert [(f.rule, f.level) for f in findings if f.source == "dbrunbook"] == expected
+
+
+def test_flat_folds_white_space_between_tokens_only():
+    (statement,) = split_statements("DELETE  FROM t\n  WHERE name = 'a  b' -- old rows\n  AND \"my  col\" > 1;")
+    assert statement.flat == "DELETE FROM t WHERE name = 'a  b' AND \"my  col\" > 1"
+    # The data-loss count reads the WHERE from it: the literal must still mean what the migration says.
+    assert _loss_statements(statement.flat) == [("delete", "t", None, "name = 'a  b' AND \"my  col\" > 1")]
