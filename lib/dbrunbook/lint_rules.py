@@ -28,8 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
 from . import sqlparse
+from .errors import ConfigError
 from .sqltext import Statement, split_statements
 
 __all__ = [
@@ -215,7 +215,7 @@ def _actions(flat: str) -> list[str]:
         for cmd in d.node.cmds or ():
             one = sqlparse.ast.AlterTableStmt(relation=_ANY_TABLE, cmds=(cmd,), objtype=d.node.objtype)
             try:
-                out.append(sqlparse.RawStream()(one).removeprefix("ALTER TABLE x "))
+                out.append(sqlparse.deparse(one).removeprefix("ALTER TABLE x "))
             except Exception:  # noqa: BLE001 (a printer gap in pglast: keep the action, unprinted)
                 out.append(sqlparse.kind_of(cmd))
         return out
