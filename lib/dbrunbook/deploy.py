@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -16,36 +15,28 @@ from datetime import datetime, timezone
 import pandas as pd
 import sqlalchemy as sa
 
-from . import migrations, sqltext
+from . import migrations, sqlimpact, sqlparse, sqltext
 from .db import mask_secrets
 from .errors import ConfirmationRequired, HealthCheckFailed, MaintenanceFailed, MigrationFailed, RowsVanished
 
-# Statements that break running code still using the old schema (the guide's "Check for breaking changes").
-_BREAKING = [
-    (re.compile(r"\bDROP\s+TABLE\b", re.I), "drops a table", "code that reads it fails"),
-    (re.compile(r"\bDROP\s+COLUMN\b", re.I), "drops a column", "running code that still selects it fails"),
-    (re.compile(r"\bRENAME\s+(COLUMN\s+)?\S+\s+TO\b", re.I), "renames a column or table",
-     "running code that uses the old name fails"),
-    (re.compile(r"\bRENAME\s+TO\b", re.I), "renames an object", "running code that uses the old name fails"),
-    (re.compile(r"\bALTER\s+TYPE\s+\S+\s+(RENAME\s+VALUE|DROP\s+VALUE)", re.I), "changes enum values",
-     "rows or code using the old value break"),
-    (re.compile(r"\bALTER\s+COLUMN\s+\S+\s+(SET\s+DATA\s+)?TYPE\b", re.I), "changes a column type",
-     "may rewrite the table and break code expecting the old type"),
-    (re.compile(r"\bSET\s+NOT\s+NULL\b", re.I), "makes a column NOT NULL",
-     "old code inserting NULL fails; existing NULLs fail the migration"),
-]
-
-
 def breaking_changes(preview) -> pd.DataFrame:
-    """Statements of the pending SQL that break code still running against the old schema."""
+    """Statements of the pending SQL that break code still running against the old schema.
+
+    The guide's "Check for breaking changes", read by PostgreSQL's parser (``sqlimpact.breaking``): a
+    ``COMMENT ... IS 'we DROP TABLE later'`` is a comment, ``RENAME COLUMN "old name"`` a rename. A statement
+    the parser rejects is listed as "could not parse", to be read by a person.
+    """
     rows = []
     for set_name, steps in preview.steps.items():
         for step in steps:
             for statement in _statements(step.sql):
-                for pattern, what, why in _BREAKING:
-                    if pattern.search(statement):
-                        rows.append({"migration_set": set_name, "revision": step.revision, "change": what,
-                                     "why it matters": why, "statement": statement.strip()[:160]})
+                if not sqlparse.describe(statement).parsed:
+                    found = [("could not parse", "PostgreSQL's parser rejects it: read it yourself")]
+                else:
+                    found = sqlimpact.breaking(statement)
+                for what, why in found:
+                    rows.append({"migration_set": set_name, "revision": step.revision, "change": what,
+                                 "why it matters": why, "statement": statement.strip()[:160]})
     frame = pd.DataFrame(rows, columns=["migration_set", "revision", "change", "why it matters", "statement"])
     if frame.empty:
         print("No breaking change found in the pending SQL.")
@@ -87,8 +78,15 @@ def rollback_plan(session, revision: str = "heads", migration_set: str = "all") 
 
 
 def _strip_version_updates(sql: str) -> str:
-    return "\n".join(line for line in sql.splitlines()
-                     if "alembic_version" not in line and not line.startswith("--"))
+    """The SQL without Alembic's own statements (version table, transaction): what the downgrade changes."""
+    kept = []
+    for statement in sqltext.split_statements(sql):
+        d = sqlparse.describe(statement.flat)
+        if d.kind == "TRANSACTION" or (d.table or "").split(".")[-1] == "alembic_version" or (
+                not d.parsed and "alembic_version" in statement.flat):
+            continue
+        kept.append(statement.code + ";")
+    return "\n".join(kept)
 
 
 def verify_success(session, revision: str = "heads", migration_set: str = "all", *, dry_run: bool = True

@@ -25,7 +25,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import migrations, records, sqltext
+from . import migrations, records, sqlimpact, sqltext
 from .checks import CouldNotRun
 from .config import MigrationSet
 from .errors import ConfigError, DbRunbookError, GuardStop
@@ -314,6 +314,10 @@ def created_objects(sql: str) -> list[dict[str, str]]:
     """
     found: list[dict[str, str]] = []
     for statement in split_statements(sql):
+        parsed = sqlimpact.creates(statement)
+        if parsed is not None:  # read by PostgreSQL's parser; the patterns below only for text it rejects
+            found += parsed
+            continue
         flat = " ".join(statement.split())
         for kind, pattern in _CREATED:
             m = pattern.match(flat)
@@ -375,6 +379,10 @@ def parse_inserts(sql: str) -> list[dict[str, Any]]:
     """
     found = []
     for statement in split_statements(sql):
+        if sqlimpact.describe(statement).parsed:  # read by PostgreSQL's parser; the pattern only as fallback
+            if (row := sqlimpact.inserted_rows(statement)) is not None:
+                found.append(row)
+            continue
         m = _INSERT.match(statement.strip())
         if not m:
             continue

@@ -28,13 +28,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import sqlparse
 from .errors import ConfigError
 from .sqltext import Statement, split_statements
 
 __all__ = [
     "CATEGORIES", "REVISION_RULES", "Catalog", "Finding", "RevisionIssue", "TableSize", "check_sql",
     "classify_squawk", "revision_file_findings", "revision_issues", "run_squawk", "split_statements",
-    "squawk_binary", "table_of",
+    "squawk_binary", "statement_kind", "table_of",
 ]
 
 CATEGORIES = ("deploy risk", "destructive", "rollback", "preview", "compatibility", "style")
@@ -110,12 +111,9 @@ def _human_bytes(n: int) -> str:
 
 
 def _norm(name: str) -> str:
-    """A table name as written, without quotes around plain lower-case parts and a default ``public.``."""
-    parts = [p[1:-1] if p.startswith('"') and p.endswith('"') and p[1:-1] == p[1:-1].lower() else
-             (p if p.startswith('"') else p.lower()) for p in _split_name(name)]
-    if len(parts) == 2 and parts[0] == "public":
-        parts = parts[1:]
-    return ".".join(parts)
+    """A name as written in SQL in canonical spelling: ``My_Table`` is ``my_table``, ``"my table"`` keeps its
+    quotes, ``public.`` is dropped (the way ``regclass::text`` spells it; see ``sqlparse.normalize_name``)."""
+    return sqlparse.normalize_name(name)
 
 
 def _split_name(name: str) -> list[str]:
@@ -178,19 +176,70 @@ _INDEX_PATTERNS = [
 
 
 def table_of(flat: str, catalog: Catalog | None = None) -> str | None:
-    """The table a statement works on (normalized), from its text; indexes are looked up in ``catalog``."""
+    """The table a statement works on (canonical name), read by PostgreSQL's parser.
+
+    An index the statement names (``DROP INDEX``, ``ALTER INDEX``) is looked up in ``catalog``; one the live
+    database does not have is created in this run and weighed as not existing. Text the parser rejects is
+    read by the patterns below, the fallback.
+    """
+    d = sqlparse.describe(flat)
+    if d.parsed:
+        if d.table:
+            return d.table
+        if d.index and catalog is not None:
+            return catalog.index_tables.get(d.index, d.index)
+        return None
     for pattern in _TABLE_PATTERNS:
         if m := pattern.match(flat):
             return _norm(m.group(1))
     for pattern in _INDEX_PATTERNS:
         if (m := pattern.match(flat)) and catalog is not None:
-            # An index the live database does not have is created in this run: weighed as not existing.
             return catalog.index_tables.get(_norm(m.group(1)), _norm(m.group(1)))
     return None
 
 
+_ANY_TABLE = sqlparse.ast.RangeVar(relname="x", inh=True, relpersistence="p")
+
+
 def _actions(flat: str) -> list[str]:
-    """The comma-separated actions of an ALTER TABLE (commas inside parentheses kept)."""
+    """The actions of an ALTER TABLE, each as PostgreSQL's grammar reads it, printed canonically.
+
+    ``alter x type int`` comes back as ``ALTER COLUMN x TYPE integer``, names quoted where needed: the rules
+    below match that canonical text, not what the author typed. Unparsable text: split at top-level commas.
+    """
+    d = sqlparse.describe(flat)
+    if d.parsed:
+        if d.kind != "ALTER TABLE" or not isinstance(d.node, sqlparse.ast.AlterTableStmt):
+            return []
+        out = []
+        for cmd in d.node.cmds or ():
+            one = sqlparse.ast.AlterTableStmt(relation=_ANY_TABLE, cmds=(cmd,), objtype=d.node.objtype)
+            try:
+                out.append(sqlparse.deparse(one).removeprefix("ALTER TABLE x "))
+            except Exception:  # noqa: BLE001 (a printer gap in pglast: keep the action, unprinted)
+                out.append(sqlparse.kind_of(cmd))
+        return out
+    return _split_actions(flat)
+
+
+#: A column or constraint name in the canonical text of an action (quoted names may hold spaces).
+_IDENT = r'("(?:[^"]|"")+"|[\w$]+)'
+_FALLBACK_KINDS = [(re.compile(p, re.I), k) for p, k in (
+    (r"^CREATE (?:UNLOGGED |TEMP |TEMPORARY )?TABLE\b", "CREATE TABLE"), (r"^VACUUM\b.*\bFULL\b", "VACUUM FULL"),
+    (r"^CLUSTER\b", "CLUSTER"), (r"^UPDATE\b", "UPDATE"), (r"^DELETE\b", "DELETE FROM"),
+    (r"^ALTER TABLE\b", "ALTER TABLE"))]
+
+
+def statement_kind(flat: str) -> str:
+    """The statement's kind by PostgreSQL's parser (``ALTER TABLE``, ``DELETE FROM``, ``VACUUM FULL``, ...);
+    for text it rejects, the kind its first words suggest (the fallback), or ``UNPARSED``."""
+    d = sqlparse.describe(flat)
+    if d.parsed:
+        return d.kind
+    return next((k for p, k in _FALLBACK_KINDS if p.match(flat)), sqlparse.UNPARSED)
+
+
+def _split_actions(flat: str) -> list[str]:
     m = re.match(rf"^ALTER TABLE (?:IF EXISTS )?(?:ONLY )?{_NAME} (.*?);?$", flat, re.I | re.S)
     if not m:
         return []
@@ -409,7 +458,7 @@ def type_change(old: str | None, new: str) -> tuple[bool, bool]:
 def _not_null_checks_added(flat: str, table: str) -> set[tuple[str, str]]:
     """(table, column) pairs a statement proves NOT NULL by a validated CHECK (added without NOT VALID)."""
     found = set()
-    for m in re.finditer(r'CHECK\s*\(\s*\(?\s*("?[\w$]+"?)\s+IS\s+NOT\s+NULL\s*\)?\s*\)(\s+NOT\s+VALID)?',
+    for m in re.finditer(rf'CHECK\s*\(\s*\(?\s*{_IDENT}\s+IS\s+NOT\s+NULL\s*\)?\s*\)(\s+NOT\s+VALID)?',
                          flat, re.I):
         if not m.group(2):
             found.add((table, _norm(m.group(1))))
@@ -428,42 +477,44 @@ def check_sql(statements: Sequence[Statement], catalog: Catalog, created: set[st
     not_valid: dict[str, tuple[str, str]] = {}
     for stmt in statements:
         flat = stmt.flat
-        upper = flat.upper()
+        kind = statement_kind(flat)
         table = table_of(flat, catalog)
-        if re.match(r"^CREATE (?:UNLOGGED |TEMP |TEMPORARY )?TABLE", upper) and table:
+        if kind in ("CREATE TABLE", "CREATE TABLE PARTITION OF") and table:
             created.add(table)
             continue
-        if re.match(r"^VACUUM\b.*\bFULL\b", upper) or upper.startswith("CLUSTER"):
-            verb = "VACUUM FULL" if upper.startswith("VACUUM") else "CLUSTER"
-            issues.append(SqlIssue("table-rewrite", table, f"{verb} rewrites the whole table under ACCESS "
+        if kind in ("VACUUM FULL", "CLUSTER"):
+            issues.append(SqlIssue("table-rewrite", table, f"{kind} rewrites the whole table under ACCESS "
                                    f"EXCLUSIVE; no lock_timeout helps once it runs",
                                    "pg_repack, or a maintenance window", stmt))
             continue
-        if re.match(r"^(UPDATE|DELETE)\b", upper) and table:
+        if kind in ("UPDATE", "DELETE FROM") and table:
+            verb = kind.split()[0]
             if table in locked:
                 issues.append(SqlIssue(
                     "backfill-under-lock", table,
-                    f"{upper.split()[0]} of {table} runs in the same transaction as an ALTER TABLE of it, so the "
+                    f"{verb} of {table} runs in the same transaction as an ALTER TABLE of it, so the "
                     f"ACCESS EXCLUSIVE lock is held until every row is written",
                     "move the backfill to its own revision and update in batches (WHERE id BETWEEN ...)", stmt))
             else:
                 issues.append(SqlIssue(
                     "large-data-change", table,
-                    f"{upper.split()[0]} in a migration writes the rows in one transaction: row locks and "
+                    f"{verb} in a migration writes the rows in one transaction: row locks and "
                     f"dead tuples for the whole table until commit",
                     "update in batches in their own revision, or outside the migration", stmt))
             continue
-        if not upper.startswith("ALTER TABLE") or not table:
+        if kind != "ALTER TABLE" or not table:
             continue
         locked.add(table)
-        validated |= _not_null_checks_added(flat, table)
-        for m in re.finditer(r'ADD CONSTRAINT ("?[\w$]+"?) CHECK .*? NOT VALID', flat, re.I):
-            for col in re.findall(r'\(\s*\(?\s*("?[\w$]+"?)\s+IS\s+NOT\s+NULL', m.group(0), re.I):
-                not_valid[_norm(m.group(1))] = (table, _norm(col))
-        for name in re.findall(r'VALIDATE CONSTRAINT ("?[\w$]+"?)', flat, re.I):
-            if _norm(name) in not_valid:
-                validated.add(not_valid[_norm(name)])
-        for action in _actions(flat):
+        actions = _actions(flat)
+        for action in actions:
+            validated |= _not_null_checks_added(action, table)
+            if m := re.match(rf'^ADD CONSTRAINT {_IDENT} CHECK .*? NOT VALID', action, re.I):
+                for col in re.findall(rf'\(\s*\(?\s*{_IDENT}\s+IS\s+NOT\s+NULL', m.group(0), re.I):
+                    not_valid[_norm(m.group(1))] = (table, _norm(col))
+            for name in re.findall(rf'^VALIDATE CONSTRAINT {_IDENT}', action, re.I):
+                if _norm(name) in not_valid:
+                    validated.add(not_valid[_norm(name)])
+        for action in actions:
             issues += _action_issues(action, table, stmt, catalog, validated)
     return issues
 
@@ -471,7 +522,7 @@ def check_sql(statements: Sequence[Statement], catalog: Catalog, created: set[st
 def _action_issues(action: str, table: str, stmt: Statement, catalog: Catalog,
                    validated: set[tuple[str, str]]) -> list[SqlIssue]:
     up = action.upper()
-    if m := re.match(r'^ALTER (?:COLUMN )?("?[\w$]+"?) (?:SET DATA )?TYPE (.+)$', action, re.I):
+    if m := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} (?:SET DATA )?TYPE (.+)$', action, re.I):
         column, new = _norm(m.group(1)), m.group(2)
         old = catalog.column_types.get((table, column))
         rewrites, narrows = type_change(old, new)
@@ -490,18 +541,14 @@ def _action_issues(action: str, table: str, stmt: Statement, catalog: Catalog,
         return out
     if re.match(r"^ADD (?:COLUMN )?", up) and not re.match(r"^ADD (CONSTRAINT|PRIMARY|UNIQUE|FOREIGN|CHECK)",
                                                            up):
-        generated = re.search(r"GENERATED ALWAYS AS .* STORED", up)
-        serial = re.search(r"\b(SMALL|BIG)?SERIAL\d?\b", up)
-        default = re.search(r"\bDEFAULT (.+)$", action, re.I)
-        if generated or serial or (default and VOLATILE_DEFAULT.search(default.group(1))):
-            what = ("a stored generated column" if generated else "a serial column" if serial else
-                    "a column with a volatile DEFAULT")
+        what = _rewriting_column(action)
+        if what:
             return [SqlIssue("table-rewrite", table, f"adding {what} writes a value into every row: the whole "
                              f"table is rewritten under ACCESS EXCLUSIVE",
                              "add it without default (or a constant one), backfill in batches, then set the "
                              "default", stmt)]
         return []
-    if m := re.match(r'^ALTER (?:COLUMN )?("?[\w$]+"?) SET NOT NULL', action, re.I):
+    if m := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} SET NOT NULL', action, re.I):
         column = _norm(m.group(1))
         if (table, column) in validated or (table, column) in catalog.not_null_checks:
             return []
@@ -513,6 +560,38 @@ def _action_issues(action: str, table: str, stmt: Statement, catalog: Catalog,
         return [SqlIssue("table-rewrite", table, f"{action} rewrites the whole table under ACCESS EXCLUSIVE",
                          "a maintenance window", stmt)]
     return []
+
+
+_SERIALS = frozenset({"serial", "bigserial", "smallserial", "serial2", "serial4", "serial8"})
+
+
+def _rewriting_column(action: str) -> str | None:
+    """What makes an ADD COLUMN write every row (a stored generated column, a serial, a volatile DEFAULT), read
+    from the parse: a type name or function name inside a literal is not one. By the text only when the parser
+    rejects it."""
+    statement = f"ALTER TABLE x {action}"
+    d = sqlparse.describe(statement)
+    if d.parsed and isinstance(d.node, sqlparse.ast.AlterTableStmt) and d.node.cmds:
+        column = d.node.cmds[0].def_
+        if not isinstance(column, sqlparse.ast.ColumnDef):
+            return None
+        constraints = [c for c in column.constraints or () if isinstance(c, sqlparse.ast.Constraint)]
+        if any(c.contype == sqlparse.ConstrType.CONSTR_GENERATED and c.generated_kind == "s" for c in constraints):
+            return "a stored generated column"  # a virtual one (PostgreSQL 18's default) is computed on read
+        if any(c.contype == sqlparse.ConstrType.CONSTR_IDENTITY for c in constraints):
+            return "an identity column"
+        if column.typeName is not None and column.typeName.names[-1].sval.lower() in _SERIALS:
+            return "a serial column"
+        if any(VOLATILE_DEFAULT.search(f"{name}(") for name in sqlparse.functions_called(statement)):
+            return "a column with a volatile DEFAULT"
+        return None
+    up = action.upper()
+    if re.search(r"GENERATED ALWAYS AS .* STORED", up):
+        return "a stored generated column"
+    if re.search(r"\b(SMALL|BIG)?SERIAL\d?\b", up):
+        return "a serial column"
+    default = re.search(r"\bDEFAULT (.+)$", action, re.I)
+    return "a column with a volatile DEFAULT" if default and VOLATILE_DEFAULT.search(default.group(1)) else None
 
 
 def weigh_issue(issue: SqlIssue, catalog: Catalog, created: set[str], protected: bool) -> tuple[str, str]:

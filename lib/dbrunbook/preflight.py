@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from . import sqltext
+from . import sqlparse, sqltext
 from .config import parse_duration
 from .errors import BlockersPresent
 
@@ -95,14 +95,25 @@ def _alter_table_lock(rest: str) -> tuple[str, list[str]]:
     return _strongest(modes) or "ACCESS EXCLUSIVE", others
 
 
-# Each rule: a pattern at the start of a statement; the function returns [(table, lock)], "kind".
 def statement_locks(statement: str) -> list[tuple[str, str, str]]:
     """[(table, lock mode, kind)] for one statement: the tables it touches and the lock it asks for on each.
 
+    Read by PostgreSQL's parser (``sqlparse``): table names canonical (``"my table"``, ``crm.customers``),
+    tables in CTEs (``WITH d AS (DELETE FROM big ...)``), tables read by ``USING``/``FROM`` (ACCESS SHARE).
     Tables it creates are not listed (nobody else can hold a lock on them yet), except those a new table
-    references (a foreign key locks the referenced table in SHARE ROW EXCLUSIVE). For DROP INDEX the "table"
-    is the index name; the live preflight resolves it to its table.
+    references (a foreign key locks the referenced table in SHARE ROW EXCLUSIVE) and the parent of a new
+    partition (ACCESS EXCLUSIVE). For DROP INDEX the "table" is the index name; the live preflight resolves
+    it to its table. Text the parser rejects is read by the patterns of ``_fallback_locks``.
     """
+    d = sqlparse.describe(statement)
+    if not d.parsed:  # said in the kind, so the preflight table shows the lock was read from the first words
+        return [(table, lock, f"{kind} (could not parse)") for table, lock, kind in _fallback_locks(statement)]
+    kind = {"CREATE TABLE": "CREATE TABLE (foreign key)", "ALTER INDEX": "ALTER INDEX"}.get(d.kind, d.kind)
+    return [(table, lock, kind) for table, lock in d.tables]
+
+
+def _fallback_locks(statement: str) -> list[tuple[str, str, str]]:
+    """``statement_locks`` for text PostgreSQL's parser rejects: patterns on its first words."""
     s = statement.strip()
     m = re.match(rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{_QNAME}\s*\*?\s*(.*)$", s, _I | re.DOTALL)
     if m:

@@ -21,7 +21,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from . import db, errors, migrations, records, snapshots
+from . import db, errors, migrations, records, snapshots, sqlimpact, sqlparse
 from .lint_rules import (
     ABSORBED,
     CATEGORIES,
@@ -29,6 +29,7 @@ from .lint_rules import (
     Catalog,
     Finding,
     TableSize,
+    _IDENT,
     _actions,
     _display,
     _norm,
@@ -137,8 +138,11 @@ def lint_revision_files(mset, revisions, *, protected: bool = False) -> list[Fin
 
 def _bookkeeping(flat: str, version_tables: set[str]) -> bool:
     """Alembic's own statements (transaction, version table): not the migration author's to fix."""
+    d = sqlparse.describe(flat)
+    if d.kind == "TRANSACTION":
+        return True
     upper = flat.upper().rstrip(";").strip()
-    if upper in ("BEGIN", "COMMIT", "ROLLBACK", "START TRANSACTION", "END"):
+    if not d.parsed and upper in ("BEGIN", "COMMIT", "ROLLBACK", "START TRANSACTION", "END"):
         return True
     table = table_of(flat)
     return table is not None and table.split(".")[-1] in version_tables
@@ -195,6 +199,7 @@ def lint_sql(steps: dict[str, list], catalog: Catalog, *, protected: bool = Fals
                 "kept out of the SQL and shown here, it is not SQL)",
                 "log with the logging module, and keep data-dependent logic out of migrations", "dbrunbook"))
         mine = [s for s in stmts if not _bookkeeping(s.flat, version_tables)]
+        findings += _unparsed_findings(name, step.revision, mine)
         issues = check_sql(mine, catalog, created, validated)
         rewritten = {i.statement.start for i in issues if i.rule in ("table-rewrite", "not-null-scan")}
         for issue in issues:
@@ -230,6 +235,26 @@ def lint_sql(steps: dict[str, list], catalog: Catalog, *, protected: bool = Fals
     return findings, omitted
 
 
+def _unparsed_findings(migration_set: str, revision: str, statements) -> list[Finding]:
+    """What PostgreSQL's parser could not read: reported, since its tables, locks and losses are not known."""
+    out = []
+    for s in statements:
+        if s.noise:
+            out.append(Finding(
+                "non-sql-text", "warning", "preview", migration_set, revision, " ".join(s.noise.split())[:160],
+                "text that is not SQL stands before a statement in the offline SQL (left out of the statement)",
+                "keep output out of offline SQL: log with the logging module, emit SQL only with op.execute",
+                "dbrunbook"))
+        if s.error:
+            out.append(Finding(
+                "unparsed-sql", "warning", "preview", migration_set, revision, s.flat[:160],
+                f"PostgreSQL's parser could not parse this statement ({s.error}): its tables, locks and data "
+                f"loss are guessed from its first words, or not known",
+                "fix the SQL, or check it by hand on a scratch database ('alembic upgrade --sql' shows it)",
+                "dbrunbook"))
+    return out
+
+
 def _no_rewrite(rule: str, flat: str, table: str, catalog: Catalog, level: str, why: str) -> tuple[str, str]:
     """squawk flags every type change and SET NOT NULL; dbrunbook found this one does not rewrite or scan."""
     if rule == "adding-not-nullable-field" and "SET NOT NULL" in flat.upper():
@@ -242,7 +267,7 @@ def _no_rewrite(rule: str, flat: str, table: str, catalog: Catalog, level: str, 
 def _coercible(flat: str, table: str, catalog: Catalog, level: str, why: str) -> tuple[str, str]:
     """A type change PostgreSQL does without a rewrite (varchar widening, to text) is harmless."""
     for action in _actions(flat):
-        m = re.match(r'^ALTER (?:COLUMN )?("?[\w$]+"?) (?:SET DATA )?TYPE (.+)$', action, re.I)
+        m = re.match(rf'^ALTER (?:COLUMN )?{_IDENT} (?:SET DATA )?TYPE (.+)$', action, re.I)
         if m and (old := catalog.column_types.get((table, _norm(m.group(1))))):
             rewrites, _ = type_change(old, m.group(2))
             if not rewrites:
@@ -255,15 +280,16 @@ def _catalog(engine, statements, rows_threshold: int, bytes_threshold: int) -> C
     indexes, columns, tables = set(), set(), set()
     for s in statements:
         flat = s.flat
-        m = re.match(r'^(?:DROP INDEX (?:CONCURRENTLY )?(?:IF EXISTS )?|ALTER INDEX (?:IF EXISTS )?)(\S+)', flat,
-                     re.I)
-        if m:
-            indexes.add(_norm(m.group(1).rstrip(";")))
+        d = sqlparse.describe(flat)
+        if d.index:
+            indexes.add(d.index)
         table = table_of(flat)
         if table:
             tables.add(table)
-            for action in _actions(flat):
-                if c := re.match(r'^ALTER (?:COLUMN )?("?[\w$]+"?) ', action, re.I):
+            if d.parsed:
+                columns |= {c for c in d.columns if d.kind == "ALTER TABLE"}
+            for action in _actions(flat) if not d.parsed else ():
+                if c := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} ', action, re.I):
                     columns.add((table, _norm(c.group(1))))
     index_tables: dict[str, str] = {}
     sizes: dict[str, TableSize] = {}
@@ -284,13 +310,13 @@ def _catalog(engine, statements, rows_threshold: int, bytes_threshold: int) -> C
             for expr in conn.execute(sa.text(
                     "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = to_regclass(:t) "
                     "AND contype = 'c' AND convalidated"), {"t": table}).scalars():
-                for col in re.findall(r'\(\s*\(?\s*("?[\w$]+"?)\s+IS\s+NOT\s+NULL\s*\)?\s*\)', expr, re.I):
+                for col in re.findall(rf'\(\s*\(?\s*{_IDENT}\s+IS\s+NOT\s+NULL\s*\)?\s*\)', expr, re.I):
                     checks.add((table, _norm(col)))
         for table, column in sorted(columns):
             if sizes.get(table) and sizes[table].exists:
                 found = conn.execute(sa.text(
                     "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(:t) "
-                    "AND attname = :c AND NOT attisdropped"), {"t": table, "c": column.strip('"')}).scalar()
+                    "AND attname = :c AND NOT attisdropped"), {"t": table, "c": _unquote(column)}).scalar()
                 if found:
                     types[(table, column)] = found
         conn.rollback()
@@ -518,20 +544,56 @@ class DataLossReport:
 
 
 def _loss_statements(flat: str) -> list[tuple[str, str, str | None, str | None]]:
-    """(kind, table, column, where) for each destructive part of a statement."""
+    """(kind, table, column, where) for each destructive part of a statement (see ``sqlimpact.losses``).
+
+    ``where`` selects the lost rows of ``table``; kinds ``schema`` and ``type`` (a CASCADE drop) are expanded
+    on the live database by ``_expand_cascades``. Text PostgreSQL's parser rejects: ``_fallback_losses``.
+    """
+    if sqlparse.describe(flat).parsed:
+        return [(x.kind, x.table, x.column, x.where) for x in sqlimpact.losses(flat)]
+    return _fallback_losses(flat)
+
+
+def _fallback_losses(flat: str) -> list[tuple[str, str, str | None, str | None]]:
     up = flat.upper()
     if m := re.match(r"^DROP TABLE (?:IF EXISTS )?(.+?)(?: CASCADE| RESTRICT)?;?$", flat, re.I):
-        return [("table", _norm(t.strip()), None, None) for t in m.group(1).split(",")]
+        return [("table", _norm(t.strip()), None, None) for t in m.group(1).split(",") if t.strip()]
     if m := re.match(r"^TRUNCATE (?:TABLE )?(?:ONLY )?(.+?)(?: RESTART IDENTITY| CONTINUE IDENTITY)?"
                      r"(?: CASCADE| RESTRICT)?;?$", flat, re.I):
-        return [("truncate", _norm(t.strip()), None, None) for t in m.group(1).split(",")]
-    if m := re.match(r"^DELETE FROM (?:ONLY )?(\S+)(?: WHERE (.+?))?;?$", flat, re.I):
-        return [("delete", _norm(m.group(1)), None, m.group(2))]
+        return [("truncate", _norm(t.strip()), None, None) for t in m.group(1).split(",") if t.strip()]
     if up.startswith("ALTER TABLE") and (table := table_of(flat)):
         return [("column", table, _norm(c.group(1)), None) for a in _actions(flat)
-                if (c := re.match(r'^DROP (?:COLUMN )?(?:IF EXISTS )?("?[\w$]+"?)', a, re.I))
+                if (c := re.match(rf'^DROP (?:COLUMN )?(?:IF EXISTS )?{_IDENT}', a, re.I))
                 and not re.match(r"^DROP (CONSTRAINT|DEFAULT|NOT NULL|EXPRESSION|IDENTITY)\b", a, re.I)]
     return []
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1].replace('""', '"') if name.startswith('"') and name.endswith('"') else name
+
+
+def _expand_cascades(conn, parts: list) -> list:
+    """A ``DROP SCHEMA ... CASCADE`` loses its tables' rows, a ``DROP TYPE ... CASCADE`` the columns of that
+    type: replace those items by the live tables and columns they take with them."""
+    out = []
+    for rev, flat, (kind, name, column, where) in parts:
+        if kind == "schema":
+            found = conn.execute(sa.text(
+                "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = to_regnamespace(:s) "
+                "AND c.relkind IN ('r', 'p', 'm') AND NOT c.relispartition ORDER BY 1"), {"s": name}).scalars()
+            out += [(rev, flat, ("table", sqlparse.normalize_name(t), None, None)) for t in found]
+        elif kind == "type":
+            found = conn.execute(sa.text(
+                "SELECT a.attrelid::regclass::text, a.attname FROM pg_attribute a JOIN pg_class c ON "
+                "c.oid = a.attrelid WHERE a.atttypid IN (SELECT oid FROM pg_type WHERE oid = to_regtype(:t) "
+                "OR typelem = to_regtype(:t) OR typbasetype = to_regtype(:t)) AND a.attnum > 0 AND NOT "
+                "a.attisdropped AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1, 2"),
+                {"t": name}).all()
+            out += [(rev, flat, ("column", sqlparse.normalize_name(t), sqlparse.qualified(c), None))
+                    for t, c in found]
+        else:
+            out.append((rev, flat, (kind, name, column, where)))
+    return out
 
 
 def data_loss(session, revision: str = "-1", migration_set: str = "main", *, save: bool = True
@@ -554,10 +616,11 @@ def data_loss(session, revision: str = "-1", migration_set: str = "main", *, sav
     uncounted = tuple((s.revision, s.problem) for s in steps if s.online_only and s.source != "captured")
     parts = [(step.revision, stmt.flat, item) for step in steps for stmt in split_statements(step.sql)
              for item in _loss_statements(stmt.flat)]
-    dropped = {table for _, _, (kind, table, _, _) in parts if kind == "table"}
     items: list[LossItem] = []
     with session.engine.connect() as conn:
         conn.execute(sa.text("SET TRANSACTION READ ONLY"))
+        parts = _expand_cascades(conn, parts)
+        dropped = {table for _, _, (kind, table, _, _) in parts if kind == "table"}
         for rev, flat, (kind, table, column, where) in parts:
             if kind == "column" and table in dropped:
                 continue  # the table's own row counts these values

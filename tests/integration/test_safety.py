@@ -155,7 +155,7 @@ def test_unsafe_revisions_are_found(tmp_path, database_url, monkeypatch):
             ("ban-drop-column", "a4000000drop", "destructive"),
             ("type-narrowing", "a5000000type", "destructive")]
         narrowing = next(f for f in report.errors if f.rule == "type-narrowing")
-        assert narrowing.why.startswith("account.email goes from text to VARCHAR(50)")
+        assert narrowing.why.startswith("account.email goes from text to varchar(50)")
         with pytest.raises(errors.UnsafeMigration, match=r"-p allow ban-drop-column@a4000000drop,"
                                                          r"type-narrowing@a5000000type \("):
             safety.require_clean(s, report, "")

@@ -146,6 +146,6 @@ def test_run_json_reports_an_unexpected_exception_as_one_object(project, capfd, 
     assert _main(project, "run", "succeeds", "--json") == 1
     out, err = capfd.readouterr()
     assert out.count("\n") == 1
-    assert json.loads(out) == {"error": "unexpected error: RuntimeError: boom at postgresql://app@db/app",
+    assert json.loads(out) == {"error": "unexpected error: RuntimeError: boom at postgresql://app:***@db/app",
                                "error_type": "RuntimeError", "exit_status": 1}
     assert "Hunter2" not in out + err and "Traceback" in err
