@@ -1,0 +1,461 @@
+"""Large-table backfills: the middle step of the guide's "Keep Migrations Fast", in short keyset batches.
+
+``UPDATE users SET score = 0 WHERE score IS NULL`` in one statement holds row locks on every matching row and
+writes the whole table's WAL in one transaction. A declared backfill runs the same change in batches over the
+key (``WHERE key > last key ORDER BY key LIMIT n``, never OFFSET), each batch its own transaction with the
+target's lock and statement timeouts, retried on lock timeouts. The batch size adapts toward
+``batch_seconds``; between batches the run pauses while a health signal is bad (``backfill_health``).
+
+Progress lives in ``dbrunbook.backfills`` in the target database, updated in the transaction of each batch:
+a run killed at any point resumes after the last committed batch, and no batch is applied twice. One run per
+backfill at a time: a per-backfill advisory lock, whose holder a second run names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import html
+import json
+import logging
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from . import db, locking
+from .backfill_health import health_signals
+from .backfill_progress import Progress, StopSignals
+from .config import Backfill
+from .errors import BackfillFailed, BackfillLockHeld, BackfillNotFound, BackfillUnfinished, ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BackfillResult", "Batch", "Pause", "declared", "estimate", "finish_backfill", "progress",
+           "run_backfill", "set_columns", "quote_name", "BACKFILL_LOCK_NAMESPACE"]
+
+BACKFILL_LOCK_NAMESPACE = "dbrunbook-backfill:"
+MIN_BATCH, MAX_BATCH = 1, 200_000
+_PAUSE_POLL = 0.5  # seconds between two looks at the health signals while paused
+
+_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS dbrunbook",
+    """CREATE TABLE IF NOT EXISTS dbrunbook.backfills (
+        name text PRIMARY KEY, table_name text NOT NULL, definition text NOT NULL, cursor text[],
+        batches bigint NOT NULL DEFAULT 0, rows_changed bigint NOT NULL DEFAULT 0, passes int NOT NULL DEFAULT 1,
+        status text NOT NULL DEFAULT 'running', remaining bigint, run_ids text[] NOT NULL DEFAULT '{}',
+        started_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz)""",
+]
+
+
+# --- names ----------------------------------------------------------------------------------------------
+def quote_name(name: str) -> str:
+    """A (schema-qualified) name as SQL: unquoted parts fold to lower case, as PostgreSQL reads them."""
+    parts = re.findall(r'"(?:[^"]|"")*"|[^."]+', name.strip())
+    return ".".join(p if p.startswith('"') else '"' + p.strip().lower().replace('"', '""') + '"' for p in parts)
+
+
+def _plain(name: str) -> str:
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.strip().lower()
+
+
+def set_columns(set_sql: str) -> list[str]:
+    """The columns a SET list assigns (``score = 0, n = n + 1`` -> ``['score', 'n']``), commas in () kept."""
+    parts, depth, current = [], 0, ""
+    for ch in set_sql:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [_plain(m.group(1)) for p in parts if (m := re.match(r'\s*("(?:[^"]|"")*"|[\w$]+)\s*=', p))]
+
+
+def declared(session, name: str, *, table: str = "", key: str = "", set: str = "", where: str = "") -> Backfill:  # noqa: A002
+    """The backfill ``name`` of dbrunbook.toml, or one given whole by the runbook's parameters.
+
+    Raises:
+        BackfillNotFound: not declared, and table/key/set/where not all given.
+        ConfigError: declared and also given by parameters (one source only, so the record is unambiguous).
+    """
+    given = {"table": table, "key": key, "set": set, "where": where}
+    known = session.config.backfills
+    if name in known:
+        if any(given.values()):
+            raise ConfigError(f"Backfill '{name}' is declared in {session.config.path}; do not also pass "
+                              f"{', '.join(k for k, v in given.items() if v)}. Change the declaration instead.")
+        return known[name]
+    if not all(given.values()):
+        raise BackfillNotFound(name, sorted(known), str(session.config.path))
+    keys = tuple(k.strip() for k in key.split(",") if k.strip())
+    return Backfill(name=name, table=table, key=keys, set=set, where=where, description="given as parameters")
+
+
+def _definition(spec: Backfill) -> str:
+    return json.dumps({"table": spec.table, "key": list(spec.key), "set": spec.set, "where": spec.where},
+                      sort_keys=True)
+
+
+# --- value objects ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Batch:
+    """One committed batch: its size limit, rows changed, seconds, lock-timeout retries, the key it ended at."""
+
+    number: int
+    started_at: str
+    size: int
+    scanned: int
+    rows: int
+    seconds: float
+    retries: int
+    cursor: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A wait between two batches while health signals were bad, and why."""
+
+    before_batch: int
+    started_at: str
+    seconds: float
+    reasons: tuple[str, ...]
+
+
+@dataclass
+class BackfillResult:
+    """What one run of a backfill did (this run's batches and pauses) and where the backfill stands."""
+
+    name: str
+    table: str
+    run_id: str
+    dry_run: bool
+    status: str  # running (resumable), complete, incomplete (swept, rows still match), dry run
+    estimate: int | None = None
+    rows: int = 0
+    total_rows: int = 0
+    total_batches: int = 0
+    seconds: float = 0.0
+    stopped: str = ""  # why the run ended before the end of the table: a signal, max_rows
+    resumed_from: tuple[str, ...] | None = None
+    remaining: int | None = None
+    batches: list[Batch] = field(default_factory=list)
+    pauses: list[Pause] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def batches_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(b) for b in self.batches],
+                            columns=["number", "started_at", "size", "scanned", "rows", "seconds", "retries",
+                                     "cursor"])
+
+    def _repr_html_(self) -> str:
+        rate = self.rows / self.seconds if self.seconds else 0
+        rows = [("backfill", self.name), ("table", self.table), ("status", self.status),
+                ("rows changed by this run", f"{self.rows:,}"), ("batches of this run", len(self.batches)),
+                ("seconds", f"{self.seconds:.1f}"), ("rows/s", f"{rate:,.0f}"),
+                ("pauses", f"{len(self.pauses)} ({sum(p.seconds for p in self.pauses):.1f} s)"),
+                ("resumed after key", ", ".join(self.resumed_from) if self.resumed_from else "(start)"),
+                ("stopped", self.stopped or "—"),
+                ("all runs: rows, batches", f"{self.total_rows:,}, {self.total_batches:,}"),
+                ("rows still matching WHERE", "—" if self.remaining is None else f"{self.remaining:,}")]
+        return "<table>" + "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+                                   f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
+
+
+# --- SQL --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Plan:
+    spec: Backfill
+    table: str  # quoted
+    oid: int
+    keys: tuple[str, ...]  # quoted
+    types: tuple[str, ...]
+
+    def batch_sql(self, with_cursor: bool) -> sa.TextClause:
+        cols = ", ".join(f"{k} AS _k{i}" for i, k in enumerate(self.keys))
+        order = ", ".join(self.keys)
+        after = ""
+        if with_cursor:
+            after = (f"WHERE ({order}) > (" + ", ".join(f"CAST(:c{i} AS {t})" for i, t in enumerate(self.types))
+                     + ")")
+        match = " AND ".join(f"{self.table}.{k} = batch._k{i}" for i, k in enumerate(self.keys))
+        last = ", ".join(f"_k{i}::text" for i in range(len(self.keys)))
+        desc = ", ".join(f"_k{i} DESC" for i in range(len(self.keys)))
+        return sa.text(
+            f"WITH batch AS (SELECT {cols} FROM {self.table} {after} ORDER BY {order} LIMIT :n), "
+            f"changed AS (UPDATE {self.table} SET {self.spec.set} FROM batch WHERE {match} "
+            f"AND ({self.spec.where}) RETURNING 1) "
+            f"SELECT (SELECT count(*) FROM changed) AS rows, (SELECT count(*) FROM batch) AS scanned, "
+            f"(SELECT ARRAY[{last}] FROM batch ORDER BY {desc} LIMIT 1) AS last"
+        )
+
+    def remaining_sql(self) -> sa.TextClause:
+        return sa.text(f"SELECT count(*) FROM {self.table} WHERE ({self.spec.where})")
+
+
+def _plan(conn, spec: Backfill) -> _Plan:
+    table = quote_name(spec.table)
+    oid = conn.execute(sa.text("SELECT CAST(to_regclass(:t) AS oid)"), {"t": table}).scalar()
+    if oid is None:
+        raise BackfillFailed(spec.name, 0, f"table {spec.table} does not exist in this database")
+    names = [_plain(k) for k in spec.key]
+    found = dict(conn.execute(sa.text(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = :oid AND attname = ANY(:cols) AND attnum > 0 AND NOT attisdropped"),
+        {"oid": oid, "cols": names}).all())
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise BackfillFailed(spec.name, 0, f"table {spec.table} has no column {', '.join(missing)} (key)")
+    return _Plan(spec, table, oid, tuple(quote_name(f'"{n}"') for n in names), tuple(found[n] for n in names))
+
+
+def _ensure_state(conn, spec: Backfill) -> dict:
+    for ddl in _DDL:
+        conn.execute(sa.text(ddl))
+    conn.execute(sa.text("INSERT INTO dbrunbook.backfills (name, table_name, definition) VALUES (:n, :t, :d) "
+                         "ON CONFLICT (name) DO NOTHING"),
+                 {"n": spec.name, "t": spec.table, "d": _definition(spec)})
+    return dict(conn.execute(sa.text("SELECT * FROM dbrunbook.backfills WHERE name = :n FOR UPDATE"),
+                             {"n": spec.name}).mappings().one())
+
+
+def progress(engine, name: str) -> dict | None:
+    """The stored progress of backfill ``name`` in the target database (None: never run there)."""
+    with engine.connect() as conn:
+        if conn.execute(sa.text("SELECT to_regclass('dbrunbook.backfills')")).scalar() is None:
+            return None
+        row = conn.execute(sa.text("SELECT * FROM dbrunbook.backfills WHERE name = :n"), {"n": name}).mappings().first()
+        return dict(row) if row else None
+
+
+def estimate(session, spec: Backfill) -> pd.DataFrame:
+    """Rows of the table and rows still to do (the planner's estimate, exact on tables under 1M rows)."""
+    with session.engine.connect() as conn:
+        plan = _plan(conn, spec)
+        total = conn.execute(sa.text("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = :o"),
+                             {"o": plan.oid}).scalar()
+        if total < 1_000_000:
+            todo, how = conn.execute(plan.remaining_sql()).scalar(), "counted"
+        else:
+            explained = conn.execute(sa.text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {plan.table} "
+                                             f"WHERE ({spec.where})")).scalar()
+            todo, how = int(explained[0]["Plan"]["Plan Rows"]), "planner estimate"
+    state = progress(session.engine, spec.name)
+    frame = pd.DataFrame([{"backfill": spec.name, "table": spec.table, "key": ", ".join(spec.key),
+                           "set": spec.set, "where": spec.where, "table_rows": total, "rows_to_do": todo,
+                           "how": how, "status": state["status"] if state else "never run",
+                           "resumes_after": ", ".join(state["cursor"] or []) if state else ""}])
+    frame.attrs["rows_to_do"] = int(todo)
+    return frame
+
+
+# --- the lock -----------------------------------------------------------------------------------------------
+def _lock_key(name: str) -> int:
+    digest = hashlib.sha256((BACKFILL_LOCK_NAMESPACE + name).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _take_lock(session, name: str):
+    """The backfill's advisory lock on its own idle autocommit connection (no snapshot held meanwhile)."""
+    url = session.engine.url.render_as_string(hide_password=False)
+    engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    key = _lock_key(name)
+    conn.execute(sa.text("SELECT set_config('application_name', :n, false)"),
+                 {"n": locking.application_name(session.run_id, f"backfill {name}")})
+    if conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+        return engine, conn
+    holder = locking.deployer_lock_holder(conn, key)
+    conn.close()
+    engine.dispose()
+    who = holder.describe() if holder else "another session (it ended just now: run again)"
+    raise BackfillLockHeld(name, session.identity.database, who)
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+def run_backfill(session, spec: Backfill, *, batch_seconds: float = 0.5, batch_size: int = 1000,
+                 max_rows: int = 0, dry_run: bool = True, estimate_rows: int | None = None) -> BackfillResult:
+    """Run ``spec`` in batches until no key is left, ``max_rows`` rows are changed, or a stop signal arrives.
+
+    SIGTERM and Ctrl-C (SIGINT) stop the run after the batch under way commits. Each batch and each pause
+    is printed and kept in the result; ``finish_backfill`` saves them and checks that nothing is left.
+
+    Raises:
+        BackfillLockHeld: another session runs this backfill.
+        BackfillFailed: a batch failed (lock timeouts beyond the target's retries, or an SQL error).
+    """
+    result = BackfillResult(spec.name, spec.table, session.run_id, dry_run, "dry run", estimate=estimate_rows)
+    if dry_run:
+        print(f"dry_run=True: nothing was changed; backfill '{spec.name}' would update about "
+              f"{estimate_rows if estimate_rows is not None else '?'} row(s) of {spec.table} in batches "
+              f"sized toward {batch_seconds}s.")
+        return result
+    session._require_lock(f"backfill {spec.name}")
+    lock_engine, lock_conn = _take_lock(session, spec.name)
+    policy = locking.RetryPolicy.for_target(session.target)
+    size = max(MIN_BATCH, min(int(batch_size), MAX_BATCH))
+    try:
+        with session.engine.connect() as conn:
+            plan = _plan(conn, spec)
+            state = _ensure_state(conn, spec)
+            if state["definition"] != _definition(spec) or state["status"] in ("complete", "incomplete"):
+                print(f"backfill '{spec.name}': a new pass from the start of {spec.table} "
+                      f"({'its definition changed' if state['definition'] != _definition(spec) else 'the last pass ended'}).")
+                conn.execute(sa.text("UPDATE dbrunbook.backfills SET cursor = NULL, passes = passes + 1, "
+                                     "status = 'running', definition = :d, finished_at = NULL WHERE name = :n"),
+                             {"n": spec.name, "d": _definition(spec)})
+                state["cursor"] = None
+            conn.execute(sa.text("UPDATE dbrunbook.backfills SET run_ids = array_append(run_ids, :r) "
+                                 "WHERE name = :n AND NOT :r = ANY(run_ids)"), {"n": spec.name, "r": session.run_id})
+            conn.commit()
+            own = (conn.execute(sa.text("SELECT pg_backend_pid()")).scalar(),)
+            conn.rollback()
+        cursor = tuple(state["cursor"]) if state["cursor"] else None
+        result.resumed_from, result.status = cursor, "running"
+        bar = Progress(spec.name, estimate_rows)
+        started, swept = time.perf_counter(), False
+        with StopSignals() as stop, session.engine.connect() as conn:
+            while not stop.reason:
+                if max_rows and result.rows >= max_rows:
+                    result.stopped = f"max_rows {max_rows:,} reached"
+                    break
+                _pause_while_unhealthy(session, conn, plan, own, result, stop)
+                if stop.reason:
+                    break
+                limit = min(size, max_rows - result.rows) if max_rows else size
+                batch = _one_batch(conn, plan, cursor, limit, len(result.batches) + 1, policy, session.run_id)
+                if batch.scanned == 0:
+                    swept = True
+                    break
+                result.batches.append(batch)
+                result.rows += batch.rows
+                cursor = batch.cursor
+                size = _next_size(size, batch.seconds, batch_seconds)
+                bar.update(result.rows, len(result.batches), time.perf_counter() - started)
+            result.stopped = result.stopped or (f"stopped by {stop.reason} after batch {len(result.batches)}"
+                                                if stop.reason else "")
+            result.seconds = time.perf_counter() - started
+            if swept:
+                result.remaining = conn.execute(plan.remaining_sql()).scalar()
+                result.status = "complete" if result.remaining == 0 else "incomplete"
+                conn.execute(sa.text("UPDATE dbrunbook.backfills SET status = :s, remaining = :r, "
+                                     "finished_at = now(), updated_at = now() WHERE name = :n"),
+                             {"s": result.status, "r": result.remaining, "n": spec.name})
+                conn.commit()
+            bar.done(result.rows, len(result.batches), result.seconds, result.status)
+        row = progress(session.engine, spec.name)
+        result.total_rows, result.total_batches = row["rows_changed"], row["batches"]
+        return result
+    finally:
+        lock_conn.close()
+        lock_engine.dispose()
+
+
+def _next_size(size: int, seconds: float, target: float) -> int:
+    """Toward ``target`` seconds a batch, at most doubling or halving at once (GitLab: 90-95% of the target)."""
+    if 0.9 * target <= seconds <= 0.95 * target:
+        return size
+    factor = min(2.0, max(0.5, (0.925 * target) / max(seconds, 1e-3)))
+    return max(MIN_BATCH, min(int(size * factor), MAX_BATCH))
+
+
+def _one_batch(conn, plan: _Plan, cursor, limit: int, number: int, policy, run_id: str) -> Batch:
+    """One batch and its progress row in one transaction, tried again after each lock timeout."""
+    sql = plan.batch_sql(cursor is not None)
+    params = {"n": limit, **({f"c{i}": v for i, v in enumerate(cursor)} if cursor else {})}
+    for attempt in range(policy.retries + 1):
+        started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
+        try:
+            row = conn.execute(sql, params).one()
+            new = tuple(row.last) if row.last else cursor
+            if row.scanned:
+                moved = conn.execute(sa.text(
+                    "UPDATE dbrunbook.backfills SET cursor = :c, batches = batches + 1, "
+                    "rows_changed = rows_changed + :r, updated_at = now() "
+                    "WHERE name = :n AND cursor IS NOT DISTINCT FROM CAST(:old AS text[])"),
+                    {"c": list(new), "r": row.rows, "n": plan.spec.name,
+                     "old": list(cursor) if cursor else None}).rowcount
+                if moved != 1:
+                    raise BackfillFailed(plan.spec.name, number, "its stored cursor moved under this run "
+                                         "(another runner without the backfill lock?); nothing of this batch "
+                                         "was committed")
+            conn.commit()
+            return Batch(number, started.isoformat(), limit, row.scanned, row.rows,
+                         round(time.perf_counter() - t0, 4), attempt, new)
+        except sa.exc.DBAPIError as err:
+            conn.rollback()
+            if not locking.is_lock_timeout(err) or attempt == policy.retries:
+                reason = db._scrub(str(err.orig).strip(), conn.engine.url.render_as_string(hide_password=False))
+                raise BackfillFailed(plan.spec.name, number, f"{reason} (attempt {attempt + 1} of "
+                                     f"{policy.retries + 1})") from err
+            pause = policy.delay(attempt + 1, random.random())
+            print(f"backfill '{plan.spec.name}' batch {number}: lock timeout, attempt {attempt + 1} of "
+                  f"{policy.retries + 1}; next in {pause:.2f}s")
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _pause_while_unhealthy(session, conn, plan: _Plan, own, result: BackfillResult, stop) -> None:
+    signals = health_signals(conn, plan.oid, session.target, own_pids=own)
+    conn.rollback()
+    if not signals:
+        return
+    started, t0, reasons = dt.datetime.now(dt.UTC), time.perf_counter(), []
+    print(f"backfill '{plan.spec.name}': paused before batch {len(result.batches) + 1}: "
+          + "; ".join(map(str, signals)))
+    while signals and not stop.reason:
+        reasons += [str(s) for s in signals if str(s) not in reasons]
+        time.sleep(_PAUSE_POLL)
+        signals = health_signals(conn, plan.oid, session.target, own_pids=own)
+        conn.rollback()
+    pause = Pause(len(result.batches) + 1, started.isoformat(), round(time.perf_counter() - t0, 3), tuple(reasons))
+    result.pauses.append(pause)
+    print(f"backfill '{plan.spec.name}': resumed after {pause.seconds:.1f}s")
+
+
+# --- the end of the pattern ---------------------------------------------------------------------------------
+def recommended_sql(spec: Backfill) -> str:
+    """The guide's third step in its safe form, for each column the backfill sets."""
+    table = quote_name(spec.table)
+    base = _plain(spec.table.split(".")[-1])
+    out = []
+    for col in set_columns(spec.set):
+        check = quote_name(f'"{base}_{col}_not_null"')
+        out += [f"ALTER TABLE {table} ADD CONSTRAINT {check} CHECK ({quote_name(chr(34) + col + chr(34))} "
+                f"IS NOT NULL) NOT VALID;  -- instant",
+                f"ALTER TABLE {table} VALIDATE CONSTRAINT {check};  -- scans, but lets reads and writes go on",
+                f"ALTER TABLE {table} ALTER COLUMN {quote_name(chr(34) + col + chr(34))} SET NOT NULL;  "
+                f"-- no scan: the valid CHECK proves it",
+                f"ALTER TABLE {table} DROP CONSTRAINT {check};"]
+    return "\n".join(out)
+
+
+def finish_backfill(session, spec: Backfill, result: BackfillResult) -> BackfillResult:
+    """Save the run's figures (artifacts/backfill-NAME.json), then stop unless no row still matches the WHERE.
+
+    Raises:
+        BackfillUnfinished: rows still match (the run stopped early, or rows arrived behind the cursor).
+    """
+    session.save_artifact(f"backfill-{spec.name}.json",
+                          json.dumps(result.as_dict(), indent=1, sort_keys=True, default=str) + "\n")
+    if result.dry_run:
+        print("dry_run=True: nothing to check. Then, in a new migration:\n" + recommended_sql(spec))
+        return result
+    if result.remaining is None:
+        with session.engine.connect() as conn:
+            result.remaining = conn.execute(_plan(conn, spec).remaining_sql()).scalar()
+    if result.remaining:
+        why = result.stopped or "rows arrived behind the cursor during the run; a new pass picks them up"
+        raise BackfillUnfinished(spec.name, spec.table, result.remaining, why)
+    print(f"No row of {spec.table} matches '{spec.where}' any more. Next, in a new migration (the guide's "
+          f"third step, safely):\n{recommended_sql(spec)}")
+    return result
