@@ -19,7 +19,6 @@ import html
 import json
 import logging
 import random
-import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -30,6 +29,8 @@ from sqlalchemy.pool import NullPool
 from . import db, locking
 from .backfill_health import health_signals
 from .backfill_progress import Progress, StopSignals
+from .backfill_state import (_definition, _ensure_state, _Plan, _plain, _plan, progress, quote_name,
+                             set_columns)
 from .config import Backfill
 from .errors import BackfillFailed, BackfillLockHeld, BackfillNotFound, BackfillUnfinished, ConfigError
 
@@ -41,42 +42,6 @@ __all__ = ["BackfillResult", "Batch", "Pause", "declared", "estimate", "finish_b
 BACKFILL_LOCK_NAMESPACE = "dbrunbook-backfill:"
 MIN_BATCH, MAX_BATCH = 1, 200_000
 _PAUSE_POLL = 0.5  # seconds between two looks at the health signals while paused
-
-_DDL = [
-    "CREATE SCHEMA IF NOT EXISTS dbrunbook",
-    """CREATE TABLE IF NOT EXISTS dbrunbook.backfills (
-        name text PRIMARY KEY, table_name text NOT NULL, definition text NOT NULL, cursor text[],
-        batches bigint NOT NULL DEFAULT 0, rows_changed bigint NOT NULL DEFAULT 0, passes int NOT NULL DEFAULT 1,
-        status text NOT NULL DEFAULT 'running', remaining bigint, run_ids text[] NOT NULL DEFAULT '{}',
-        started_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(),
-        finished_at timestamptz)""",
-]
-
-
-# --- names ----------------------------------------------------------------------------------------------
-def quote_name(name: str) -> str:
-    """A (schema-qualified) name as SQL: unquoted parts fold to lower case, as PostgreSQL reads them."""
-    parts = re.findall(r'"(?:[^"]|"")*"|[^."]+', name.strip())
-    return ".".join(p if p.startswith('"') else '"' + p.strip().lower().replace('"', '""') + '"' for p in parts)
-
-
-def _plain(name: str) -> str:
-    return name[1:-1].replace('""', '"') if name.startswith('"') else name.strip().lower()
-
-
-def set_columns(set_sql: str) -> list[str]:
-    """The columns a SET list assigns (``score = 0, n = n + 1`` -> ``['score', 'n']``), commas in () kept."""
-    parts, depth, current = [], 0, ""
-    for ch in set_sql:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    parts.append(current)
-    return [_plain(m.group(1)) for p in parts if (m := re.match(r'\s*("(?:[^"]|"")*"|[\w$]+)\s*=', p))]
 
 
 def declared(session, name: str, *, table: str = "", key: str = "", set: str = "", where: str = "") -> Backfill:  # noqa: A002
@@ -97,11 +62,6 @@ def declared(session, name: str, *, table: str = "", key: str = "", set: str = "
         raise BackfillNotFound(name, sorted(known), str(session.config.path))
     keys = tuple(k.strip() for k in key.split(",") if k.strip())
     return Backfill(name=name, table=table, key=keys, set=set, where=where, description="given as parameters")
-
-
-def _definition(spec: Backfill) -> str:
-    return json.dumps({"table": spec.table, "key": list(spec.key), "set": spec.set, "where": spec.where},
-                      sort_keys=True)
 
 
 # --- value objects ---------------------------------------------------------------------------------------
@@ -171,72 +131,6 @@ class BackfillResult:
                                    f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
 
 
-# --- SQL --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Plan:
-    spec: Backfill
-    table: str  # quoted
-    oid: int
-    keys: tuple[str, ...]  # quoted
-    types: tuple[str, ...]
-
-    def batch_sql(self, with_cursor: bool) -> sa.TextClause:
-        cols = ", ".join(f"{k} AS _k{i}" for i, k in enumerate(self.keys))
-        order = ", ".join(self.keys)
-        after = ""
-        if with_cursor:
-            after = (f"WHERE ({order}) > (" + ", ".join(f"CAST(:c{i} AS {t})" for i, t in enumerate(self.types))
-                     + ")")
-        match = " AND ".join(f"{self.table}.{k} = batch._k{i}" for i, k in enumerate(self.keys))
-        last = ", ".join(f"_k{i}::text" for i in range(len(self.keys)))
-        desc = ", ".join(f"_k{i} DESC" for i in range(len(self.keys)))
-        return sa.text(
-            f"WITH batch AS (SELECT {cols} FROM {self.table} {after} ORDER BY {order} LIMIT :n), "
-            f"changed AS (UPDATE {self.table} SET {self.spec.set} FROM batch WHERE {match} "
-            f"AND ({self.spec.where}) RETURNING 1) "
-            f"SELECT (SELECT count(*) FROM changed) AS rows, (SELECT count(*) FROM batch) AS scanned, "
-            f"(SELECT ARRAY[{last}] FROM batch ORDER BY {desc} LIMIT 1) AS last"
-        )
-
-    def remaining_sql(self) -> sa.TextClause:
-        return sa.text(f"SELECT count(*) FROM {self.table} WHERE ({self.spec.where})")
-
-
-def _plan(conn, spec: Backfill) -> _Plan:
-    table = quote_name(spec.table)
-    oid = conn.execute(sa.text("SELECT CAST(to_regclass(:t) AS oid)"), {"t": table}).scalar()
-    if oid is None:
-        raise BackfillFailed(spec.name, 0, f"table {spec.table} does not exist in this database")
-    names = [_plain(k) for k in spec.key]
-    found = dict(conn.execute(sa.text(
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = :oid AND attname = ANY(:cols) AND attnum > 0 AND NOT attisdropped"),
-        {"oid": oid, "cols": names}).all())
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise BackfillFailed(spec.name, 0, f"table {spec.table} has no column {', '.join(missing)} (key)")
-    return _Plan(spec, table, oid, tuple(quote_name(f'"{n}"') for n in names), tuple(found[n] for n in names))
-
-
-def _ensure_state(conn, spec: Backfill) -> dict:
-    for ddl in _DDL:
-        conn.execute(sa.text(ddl))
-    conn.execute(sa.text("INSERT INTO dbrunbook.backfills (name, table_name, definition) VALUES (:n, :t, :d) "
-                         "ON CONFLICT (name) DO NOTHING"),
-                 {"n": spec.name, "t": spec.table, "d": _definition(spec)})
-    return dict(conn.execute(sa.text("SELECT * FROM dbrunbook.backfills WHERE name = :n FOR UPDATE"),
-                             {"n": spec.name}).mappings().one())
-
-
-def progress(engine, name: str) -> dict | None:
-    """The stored progress of backfill ``name`` in the target database (None: never run there)."""
-    with engine.connect() as conn:
-        if conn.execute(sa.text("SELECT to_regclass('dbrunbook.backfills')")).scalar() is None:
-            return None
-        row = conn.execute(sa.text("SELECT * FROM dbrunbook.backfills WHERE name = :n"), {"n": name}).mappings().first()
-        return dict(row) if row else None
-
-
 def estimate(session, spec: Backfill) -> pd.DataFrame:
     """Rows of the table and rows still to do (the planner's estimate, exact on tables under 1M rows)."""
     with session.engine.connect() as conn:
@@ -299,7 +193,8 @@ def run_backfill(session, spec: Backfill, *, batch_seconds: float = 0.5, batch_s
               f"{estimate_rows if estimate_rows is not None else '?'} row(s) of {spec.table} in batches "
               f"sized toward {batch_seconds}s.")
         return result
-    session._require_lock(f"backfill {spec.name}")
+    locking.check_deployer_lock(session.engine, session.lock, action=f"run_backfill('{spec.name}', dry_run=False)",
+                                run_id=session.run_id, target=session.target.name)
     lock_engine, lock_conn = _take_lock(session, spec.name)
     policy = locking.RetryPolicy.for_target(session.target)
     size = max(MIN_BATCH, min(int(batch_size), MAX_BATCH))
@@ -317,13 +212,13 @@ def run_backfill(session, spec: Backfill, *, batch_seconds: float = 0.5, batch_s
             conn.execute(sa.text("UPDATE dbrunbook.backfills SET run_ids = array_append(run_ids, :r) "
                                  "WHERE name = :n AND NOT :r = ANY(run_ids)"), {"n": spec.name, "r": session.run_id})
             conn.commit()
-            own = (conn.execute(sa.text("SELECT pg_backend_pid()")).scalar(),)
-            conn.rollback()
         cursor = tuple(state["cursor"]) if state["cursor"] else None
         result.resumed_from, result.status = cursor, "running"
         bar = Progress(spec.name, estimate_rows)
         started, swept = time.perf_counter(), False
         with StopSignals() as stop, session.engine.connect() as conn:
+            own = (conn.execute(sa.text("SELECT pg_backend_pid()")).scalar(), _pid(lock_conn))
+            conn.rollback()
             while not stop.reason:
                 if max_rows and result.rows >= max_rows:
                     result.stopped = f"max_rows {max_rows:,} reached"
@@ -358,6 +253,10 @@ def run_backfill(session, spec: Backfill, *, batch_seconds: float = 0.5, batch_s
     finally:
         lock_conn.close()
         lock_engine.dispose()
+
+
+def _pid(conn) -> int:
+    return conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
 
 
 def _next_size(size: int, seconds: float, target: float) -> int:

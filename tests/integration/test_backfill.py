@@ -178,6 +178,40 @@ def test_a_run_killed_mid_way_resumes_and_changes_every_row_exactly_once(project
                                                                           ["run-killed", "run-resume"])
 
 
+STOPPABLE = """
+from dbrunbook import backfill
+from dbrunbook.session import open_session
+s = open_session("local", run_id="run-stopped", lock=True, runbook="backfill")
+result = backfill.run_backfill(s, backfill.declared(s, "items_score"), batch_size=50, batch_seconds=0.01,
+                               dry_run=False)
+print(result.stopped, result.rows, len(result.batches), sep="|")
+"""
+
+
+def test_sigterm_stops_after_the_current_batch_and_the_run_ends_cleanly(project):
+    fill(project, 60000)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
+    child = subprocess.Popen([sys.executable, "-c", STOPPABLE], env=env, cwd=str(project.root),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((state := backfill.progress(project.engine, "items_score")) and state["batches"] >= 3):
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.02)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
+    stopped, rows, batches = out.strip().splitlines()[-1].split("|")
+    assert stopped == f"stopped by SIGTERM after batch {batches}"
+    assert "SIGTERM received: stopping after the current batch" in err
+    state = backfill.progress(project.engine, "items_score")
+    assert (state["status"], state["rows_changed"], state["batches"]) == ("running", int(rows), int(batches))
+    assert counts(project)["once"] == int(rows) and counts(project)["twice"] == 0
+
+
 def test_a_second_runner_is_refused_naming_the_first(project):
     fill(project, 100)
     first = session("run-first", lock=False)
