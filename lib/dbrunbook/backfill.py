@@ -269,26 +269,27 @@ def _next_size(size: int, seconds: float, target: float) -> int:
 
 def _one_batch(conn, plan: _Plan, cursor, limit: int, number: int, policy, run_id: str) -> Batch:
     """One batch and its progress row in one transaction, tried again after each lock timeout."""
-    sql = plan.batch_sql(cursor is not None)
-    params = {"n": limit, **({f"c{i}": v for i, v in enumerate(cursor)} if cursor else {})}
+    bounds, update = plan.bounds_sql(cursor is not None), plan.update_sql(cursor is not None)
+    after = {f"c{i}": v for i, v in enumerate(cursor)} if cursor else {}
     for attempt in range(policy.retries + 1):
         started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
         try:
-            row = conn.execute(sql, params).one()
-            new = tuple(row.last) if row.last else cursor
-            if row.scanned:
+            found = conn.execute(bounds, {"n": limit, **after}).first()
+            scanned, new, rows = (found.scanned, tuple(found.last), 0) if found else (0, cursor, 0)
+            if scanned:
+                rows = conn.execute(update, {**after, **{f"h{i}": v for i, v in enumerate(new)}}).rowcount
                 moved = conn.execute(sa.text(
                     "UPDATE dbrunbook.backfills SET cursor = :c, batches = batches + 1, "
                     "rows_changed = rows_changed + :r, updated_at = now() "
                     "WHERE name = :n AND cursor IS NOT DISTINCT FROM CAST(:old AS text[])"),
-                    {"c": list(new), "r": row.rows, "n": plan.spec.name,
+                    {"c": list(new), "r": rows, "n": plan.spec.name,
                      "old": list(cursor) if cursor else None}).rowcount
                 if moved != 1:
                     raise BackfillFailed(plan.spec.name, number, "its stored cursor moved under this run "
                                          "(another runner without the backfill lock?); nothing of this batch "
                                          "was committed")
             conn.commit()
-            return Batch(number, started.isoformat(), limit, row.scanned, row.rows,
+            return Batch(number, started.isoformat(), limit, scanned, rows,
                          round(time.perf_counter() - t0, 4), attempt, new)
         except sa.exc.DBAPIError as err:
             conn.rollback()

@@ -69,23 +69,30 @@ class _Plan:
     keys: tuple[str, ...]  # quoted
     types: tuple[str, ...]
 
-    def batch_sql(self, with_cursor: bool) -> sa.TextClause:
+    def _row(self, prefix: str) -> str:
+        return "(" + ", ".join(f"CAST(:{prefix}{i} AS {t})" for i, t in enumerate(self.types)) + ")"
+
+    def bounds_sql(self, with_cursor: bool) -> sa.TextClause:
+        """The next batch's last key and its number of keys: an index-only walk of at most ``:n`` keys."""
         cols = ", ".join(f"{k} AS _k{i}" for i, k in enumerate(self.keys))
         order = ", ".join(self.keys)
-        after = ""
-        if with_cursor:
-            after = (f"WHERE ({order}) > (" + ", ".join(f"CAST(:c{i} AS {t})" for i, t in enumerate(self.types))
-                     + ")")
-        match = " AND ".join(f"{self.table}.{k} = batch._k{i}" for i, k in enumerate(self.keys))
+        after = f"WHERE ({order}) > {self._row('c')}" if with_cursor else ""
         last = ", ".join(f"_k{i}::text" for i in range(len(self.keys)))
         desc = ", ".join(f"_k{i} DESC" for i in range(len(self.keys)))
-        return sa.text(
-            f"WITH batch AS (SELECT {cols} FROM {self.table} {after} ORDER BY {order} LIMIT :n), "
-            f"changed AS (UPDATE {self.table} SET {self.spec.set} FROM batch WHERE {match} "
-            f"AND ({self.spec.where}) RETURNING 1) "
-            f"SELECT (SELECT count(*) FROM changed) AS rows, (SELECT count(*) FROM batch) AS scanned, "
-            f"(SELECT ARRAY[{last}] FROM batch ORDER BY {desc} LIMIT 1) AS last"
-        )
+        return sa.text(f"SELECT ARRAY[{last}] AS last, count(*) OVER () AS scanned "
+                       f"FROM (SELECT {cols} FROM {self.table} {after} ORDER BY {order} LIMIT :n) AS batch "
+                       f"ORDER BY {desc} LIMIT 1")
+
+    def update_sql(self, with_cursor: bool) -> sa.TextClause:
+        """The UPDATE of the rows between the cursor (exclusive) and the batch's last key (inclusive).
+
+        A key range, not a join with the batch's keys: the planner then reads the range through the key's
+        index, where a join is planned as a scan of the whole table in every batch.
+        """
+        order = ", ".join(self.keys)
+        after = f"({order}) > {self._row('c')} AND " if with_cursor else ""
+        return sa.text(f"UPDATE {self.table} SET {self.spec.set} "
+                       f"WHERE {after}({order}) <= {self._row('h')} AND ({self.spec.where})")
 
     def remaining_sql(self) -> sa.TextClause:
         return sa.text(f"SELECT count(*) FROM {self.table} WHERE ({self.spec.where})")
