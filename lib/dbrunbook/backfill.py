@@ -44,8 +44,12 @@ MIN_BATCH, MAX_BATCH = 1, 200_000
 _PAUSE_POLL = 0.5  # seconds between two looks at the health signals while paused
 
 
-def declared(session, name: str, *, table: str = "", key: str = "", set: str = "", where: str = "") -> Backfill:  # noqa: A002
+def declared(session, name: str, *, table: str = "", key: str = "", set: str = "",  # noqa: A002
+             where: str = "") -> Backfill | None:
     """The backfill ``name`` of dbrunbook.toml, or one given whole by the runbook's parameters.
+
+    No name and nothing given: None, after printing the declared backfills (the runbook's defaults then only
+    list them, and each later step shows that nothing was chosen).
 
     Raises:
         BackfillNotFound: not declared, and table/key/set/where not all given.
@@ -53,6 +57,10 @@ def declared(session, name: str, *, table: str = "", key: str = "", set: str = "
     """
     given = {"table": table, "key": key, "set": set, "where": where}
     known = session.config.backfills
+    if not name and not any(given.values()):
+        print(f"No backfill chosen (-p name NAME). Declared in {session.config.path}: "
+              f"{', '.join(sorted(known)) or '(none)'}.")
+        return None
     if name in known:
         if any(given.values()):
             raise ConfigError(f"Backfill '{name}' is declared in {session.config.path}; do not also pass "
@@ -131,8 +139,18 @@ class BackfillResult:
                                    f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
 
 
-def estimate(session, spec: Backfill) -> pd.DataFrame:
-    """Rows of the table and rows still to do (the planner's estimate, exact on tables under 1M rows)."""
+def estimate(session, spec: Backfill | None) -> pd.DataFrame:
+    """Rows of the table and rows still to do (the planner's estimate, exact on tables under 1M rows).
+
+    ``spec`` None: one row per declared backfill with its stored status (nothing is counted).
+    """
+    if spec is None:
+        frame = pd.DataFrame([{"backfill": b.name, "table": b.table, "set": b.set, "where": b.where,
+                               "status": (progress(session.engine, b.name) or {}).get("status", "never run")}
+                              for b in session.config.backfills.values()],
+                             columns=["backfill", "table", "set", "where", "status"])
+        frame.attrs["rows_to_do"] = None
+        return frame
     with session.engine.connect() as conn:
         plan = _plan(conn, spec)
         total = conn.execute(sa.text("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = :o"),
@@ -176,7 +194,7 @@ def _take_lock(session, name: str):
 
 
 # --- the run ------------------------------------------------------------------------------------------------
-def run_backfill(session, spec: Backfill, *, batch_seconds: float = 0.5, batch_size: int = 1000,
+def run_backfill(session, spec: Backfill | None, *, batch_seconds: float = 0.5, batch_size: int = 1000,
                  max_rows: int = 0, dry_run: bool = True, estimate_rows: int | None = None) -> BackfillResult:
     """Run ``spec`` in batches until no key is left, ``max_rows`` rows are changed, or a stop signal arrives.
 
@@ -187,6 +205,11 @@ def run_backfill(session, spec: Backfill, *, batch_seconds: float = 0.5, batch_s
         BackfillLockHeld: another session runs this backfill.
         BackfillFailed: a batch failed (lock timeouts beyond the target's retries, or an SQL error).
     """
+    if spec is None:
+        if not dry_run:
+            raise BackfillNotFound("", sorted(session.config.backfills), str(session.config.path))
+        print("No backfill chosen: nothing to run.")
+        return BackfillResult("", "", session.run_id, dry_run, "nothing chosen")
     result = BackfillResult(spec.name, spec.table, session.run_id, dry_run, "dry run", estimate=estimate_rows)
     if dry_run:
         print(f"dry_run=True: nothing was changed; backfill '{spec.name}' would update about "
@@ -339,12 +362,14 @@ def recommended_sql(spec: Backfill) -> str:
     return "\n".join(out)
 
 
-def finish_backfill(session, spec: Backfill, result: BackfillResult) -> BackfillResult:
+def finish_backfill(session, spec: Backfill | None, result: BackfillResult) -> BackfillResult:
     """Save the run's figures (artifacts/backfill-NAME.json), then stop unless no row still matches the WHERE.
 
     Raises:
         BackfillUnfinished: rows still match (the run stopped early, or rows arrived behind the cursor).
     """
+    if spec is None:
+        return result
     session.save_artifact(f"backfill-{spec.name}.json",
                           json.dumps(result.as_dict(), indent=1, sort_keys=True, default=str) + "\n")
     if result.dry_run:

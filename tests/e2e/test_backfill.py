@@ -64,3 +64,17 @@ def test_run_backfill_dry_then_for_real_with_a_signed_record(project, capfd):
     assert sum(b["rows"] for b in figures["batches"]) == 5000 and figures["status"] == "complete"
     config = load_config(project.config_path)
     assert records.verify_record(run_dir, config.allowed_signers).status == "valid"
+
+
+@pytest.mark.e2e
+def test_run_backfill_with_its_defaults_lists_the_declared_ones_and_changes_nothing(project, capfd):
+    code = cli.main(["run", "backfill", "--json"])
+    out, err = capfd.readouterr()
+    result = json.loads(out)
+    assert (code, result["outcome"]) == (0, "succeeded"), out + err
+    notebook = json.loads((Path(result["record_dir"]) / "notebook.ipynb").read_text())
+    text = json.dumps(notebook)
+    assert "No backfill chosen (-p name NAME). Declared in " in text and "items_score" in text
+    with project.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM items WHERE score IS NULL")).scalar() == 5000
+        assert conn.execute(sa.text("SELECT to_regclass('dbrunbook.backfills')")).scalar() is None

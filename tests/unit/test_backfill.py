@@ -128,3 +128,25 @@ def test_the_batches_chart_is_deterministic():
     first, second = batches_chart(_result(), batch_seconds=0.5), batches_chart(_result(), batch_seconds=0.5)
     assert first.png == second.png and first.png.startswith(b"\x89PNG")
     assert batches_chart(BackfillResult("s", "users", "run-1", True, "dry run")).text == "no batch ran in this run"
+
+
+def test_declared_takes_the_declaration_or_parameters_but_not_both(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from dbrunbook.errors import BackfillNotFound
+
+    path = write(tmp_path, '[backfills.s]\ntable = "users"\nkey = "id"\nset = "score = 0"\nwhere = "score IS NULL"\n')
+    session = SimpleNamespace(config=load_config(path))  # declared() reads only the session's config
+    assert backfill.declared(session, "s").table == "users"
+    assert backfill.declared(session, "adhoc", table="t", key="a, b", set="x = 1", where="x IS NULL") == \
+        Backfill(name="adhoc", table="t", key=("a", "b"), set="x = 1", where="x IS NULL",
+                 description="given as parameters")
+    assert backfill.declared(session, "") is None
+    assert f"No backfill chosen (-p name NAME). Declared in {path}: s." in capsys.readouterr().out
+    with pytest.raises(ConfigError) as err:
+        backfill.declared(session, "s", where="1 = 1")
+    assert str(err.value) == (f"Backfill 's' is declared in {path}; do not also pass where. "
+                              f"Change the declaration instead.")
+    with pytest.raises(BackfillNotFound) as missing:
+        backfill.declared(session, "other", table="t")
+    assert str(missing.value).startswith(f"Unknown backfill 'other' in {path}; declared backfills: s. ")
