@@ -276,3 +276,55 @@ def test_apply_guard_refuses_set_not_null_until_the_backfill_is_complete(project
         assert (again.value.status, again.value.remaining) == ("not complete", 1)
     finally:
         s.finish()
+
+
+ALEMBIC_TOML = """
+[project]
+outputs = "outputs"
+state_dir = "state"
+
+[targets.local]
+url_env = "{url_env}"
+lock_timeout = "2s"
+
+[migration_sets.bf]
+alembic_ini = "{ini}"
+
+[backfills.items_score]
+table = "items"
+key = "id"
+set = "score = id % 7, counter = counter + 1"
+where = "score IS NULL"
+migration_set = "bf"
+revision = "0001"
+"""
+
+
+def test_apply_guard_on_real_alembic_sql_then_the_upgrade_goes_through(tmp_path, database_url, monkeypatch):
+    from dbrunbook import migrations
+
+    ini = ROOT / "tests" / "fixtures" / "alembic_projects" / "backfill_not_null" / "alembic.ini"
+    config_path = tmp_path / "dbrunbook.toml"
+    config_path.write_text(ALEMBIC_TOML.format(url_env=URL_ENV, ini=ini), encoding="utf-8")
+    monkeypatch.setenv(URL_ENV, database_url)
+    monkeypatch.setenv("DBRUNBOOK_CONFIG", str(config_path))
+    monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@dbrunbook")
+    s = session("run-alembic")
+    try:
+        migrations.upgrade(s.config.migration_set("bf"), s.engine, "0001")
+        with s.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO items (id) SELECT g FROM generate_series(1, 300) g"))
+        preview = s.preview("heads", "bf", save=False)
+        assert [step.revision for step in preview.steps["bf"]] == ["0002"]
+        with pytest.raises(BackfillNotComplete) as err:
+            require_backfills_complete(s, preview)
+        assert (err.value.table, err.value.column, err.value.remaining) == ("items", "score", 300)
+        backfill.run_backfill(s, backfill.declared(s, "items_score"), batch_size=64, dry_run=False)
+        assert require_backfills_complete(s, preview)["ok"].tolist() == [True]
+        s.upgrade("heads", "bf", dry_run=False)
+        with s.engine.connect() as conn:
+            nullable = conn.execute(sa.text("SELECT is_nullable FROM information_schema.columns "
+                                            "WHERE table_name = 'items' AND column_name = 'score'")).scalar()
+    finally:
+        s.finish()
+    assert nullable == "NO"
