@@ -328,3 +328,35 @@ def test_apply_guard_on_real_alembic_sql_then_the_upgrade_goes_through(tmp_path,
     finally:
         s.finish()
     assert nullable == "NO"
+
+
+def test_a_batch_that_times_out_on_a_row_lock_is_retried_and_applied_once(project, capsys):
+    fill(project, 400)
+    s = session("run-retry")
+    spec = backfill.declared(s, "items_score")
+    holder = project.engine.connect()
+    holder.execute(sa.text("SELECT id FROM items WHERE id = 10 FOR UPDATE"))  # idle in transaction: no waiter
+    waiting = sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                      "AND query LIKE 'UPDATE \"items\"%'")
+
+    def release_after_one_timeout() -> None:  # the batch waits (lock_timeout 2s), gives up, then the row is free
+        with project.engine.connect() as probe:
+            for want in (1, 0):
+                deadline = time.monotonic() + 30
+                while probe.execute(waiting).scalar() != want and time.monotonic() < deadline:
+                    probe.rollback()
+                    time.sleep(0.02)
+                probe.rollback()
+        holder.commit()
+
+    releaser = threading.Thread(target=release_after_one_timeout)
+    releaser.start()
+    try:
+        result = backfill.run_backfill(s, spec, batch_size=1000, dry_run=False)
+    finally:
+        s.finish()
+        releaser.join(35)
+        holder.close()
+    assert result.batches[0].retries >= 1 and result.pauses == []
+    assert "backfill 'items_score' batch 1: lock timeout, attempt 1 of 6" in capsys.readouterr().out
+    assert counts(project) == {"todo": 0, "once": 400, "twice": 0, "wrong": 0}
