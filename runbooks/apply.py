@@ -81,6 +81,14 @@ safety.require_clean(s, report, allow, dry_run=dry_run)
 safety.require_approved_preview(s, preview, approved_preview, dry_run=dry_run)
 
 # %% [markdown]
+# ### Guard: a SET NOT NULL only after its declared backfill is complete
+
+# %%
+from dbrunbook.backfill_guard import require_backfills_complete
+
+require_backfills_complete(s, preview, dry_run=dry_run)
+
+# %% [markdown]
 # ## 7. Live preflight: sessions holding the tables these migrations lock
 
 # %%

@@ -25,7 +25,9 @@ _TARGET_KEYS = {
     "url_env", "service", "embedded", "protected", "lock_timeout", "statement_timeout", "retries",
     "description", "health_url", "maintenance_command", "maintenance_flag", "backup_max_age",
     "blocker_max_age", "database",
+    "backfill_max_lag", "backfill_max_wal_backlog",
 }
+_BACKFILL_KEYS = {"table", "key", "set", "where", "migration_set", "revision", "description"}
 _SET_KEYS = {"alembic_ini", "section", "script_location", "version_table", "version_table_schema",
              "url_env", "env", "models", "description", "driver"}
 #: The drivers a migration set's env.py may be handed (``driver = ...`` on the set, or the target URL's own).
@@ -51,6 +53,8 @@ class Target:
     backup_max_age: str = "24h"
     blocker_max_age: str = "60s"
     database: str = "app"  # only for embedded targets: the database inside the embedded server
+    backfill_max_lag: str = "10s"  # a backfill pauses while a standby replays further behind than this
+    backfill_max_wal_backlog: int = 64  # ... or while more WAL segments than this wait to be archived
 
     def _repr_html_(self) -> str:
         source = "embedded" if self.embedded else (f"${self.url_env}" if self.url_env else f"service={self.service}")
@@ -85,6 +89,20 @@ class MigrationSet:
 
 
 @dataclass(frozen=True)
+class Backfill:
+    """A declared large-table backfill: ``UPDATE table SET <set> WHERE <where>``, run in keyset batches over ``key``."""
+
+    name: str
+    table: str
+    key: tuple[str, ...]
+    set: str
+    where: str
+    migration_set: str | None = None
+    revision: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of dbrunbook.toml, with paths made absolute against the file's folder."""
 
@@ -97,6 +115,7 @@ class Config:
     state_dir: Path
     allowed_signers: Path
     default_target: str = "local"
+    backfills: dict[str, Backfill] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -176,6 +195,7 @@ def load_config(path: Path | str | None = None) -> Config:
     sets = {name: _migration_set(name, raw, path, root) for name, raw in _table(data, "migration_sets", path).items()}
     if not sets:
         raise ConfigError(f"{path} defines no [migration_sets.NAME]; add one with alembic_ini = 'path/to/alembic.ini'.")
+    backfills = {name: _backfill(name, raw, path) for name, raw in _table(data, "backfills", path).items()}
     state_dir = rel(project.get("state_dir"), ".dbrunbook")
     keys_dir = rel(records.get("keys_dir"), str(state_dir / "keys"))
     default_target = project.get("default_target", "local")
@@ -195,6 +215,7 @@ def load_config(path: Path | str | None = None) -> Config:
         state_dir=state_dir,
         allowed_signers=rel(records.get("allowed_signers"), str(keys_dir / "allowed_signers")),
         default_target=default_target,
+        backfills=backfills,
     )
 
 
@@ -257,6 +278,24 @@ def _migration_set(name: str, raw: dict, path: Path, root: Path) -> MigrationSet
         raise ConfigError(f"{path}: [migration_sets.{name}] driver = {raw['driver']!r} is not one of "
                           f"{', '.join(DRIVERS)}. Set the driver the project's env.py uses.")
     return MigrationSet(name=name, **raw)
+
+
+def _backfill(name: str, raw: dict, path: Path) -> Backfill:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [backfills.{name}] must be a table.")
+    _check_keys(raw, _BACKFILL_KEYS, f"backfills.{name}", path)
+    missing = [k for k in ("table", "key", "set", "where") if not raw.get(k)]
+    if missing:
+        raise ConfigError(f"{path}: [backfills.{name}] needs {', '.join(missing)} (e.g. table = 'users', "
+                          f"key = 'id', set = 'score = 0', where = 'score IS NULL').")
+    key = raw["key"]
+    keys = [key] if isinstance(key, str) else key
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
+        raise ConfigError(f"{path}: [backfills.{name}] key must be a column name or a list of them.")
+    for k in ("table", "set", "where", "migration_set", "revision", "description"):
+        if k in raw and not isinstance(raw[k], str):
+            raise ConfigError(f"{path}: [backfills.{name}] {k} must be a string.")
+    return Backfill(name=name, **{**raw, "key": tuple(keys)})
 
 
 _DURATION_UNITS = {

@@ -21,7 +21,7 @@ from .errors import InvalidSetting
 __all__ = ["TOP_LEVEL_KEYS", "PROJECT_KEYS", "RECORDS_KEYS", "TARGET_KINDS", "SET_KINDS", "check_table",
            "check_unknown", "check_directory"]
 
-TOP_LEVEL_KEYS = {"project", "records", "targets", "migration_sets"}
+TOP_LEVEL_KEYS = {"project", "records", "targets", "migration_sets", "backfills"}
 PROJECT_KEYS = {"outputs": "path", "runbooks": "path", "state_dir": "path", "default_target": "str"}
 RECORDS_KEYS = {"keys_dir": "path", "allowed_signers": "path"}
 TARGET_KINDS = {
@@ -29,6 +29,7 @@ TARGET_KINDS = {
     "statement_timeout": "pg_duration", "retries": "int", "description": "str", "health_url": "http",
     "maintenance_command": "str", "maintenance_flag": "path", "backup_max_age": "duration",
     "blocker_max_age": "duration", "database": "str",
+    "backfill_max_lag": "duration", "backfill_max_wal_backlog": "int",
 }
 SET_KINDS = {
     "alembic_ini": "path", "section": "str", "script_location": "path", "version_table": "str",

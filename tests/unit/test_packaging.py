@@ -105,7 +105,7 @@ def test_a_built_wheel_ships_the_runbooks_and_dbrunbook_list_finds_them(tmp_path
     wheel = next(wheels.glob("dbrunbook-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"dbrunbook/runbooks/{p.name}" for p in (ROOT / "runbooks").glob("*.ipynb")}
-    assert len(expected) == 11 and expected <= names
+    assert len(expected) == 12 and expected <= names
     assert not any(n.startswith("dbrunbook/runbooks/") and n.endswith(".py") for n in names)
 
     venv = tmp_path / "venv"
@@ -129,5 +129,5 @@ def test_a_built_wheel_ships_the_runbooks_and_dbrunbook_list_finds_them(tmp_path
     listed = subprocess.run([venv / "bin" / "dbrunbook", "list"], cwd=project, env=env, capture_output=True,
                             text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
-    rows = [line.split()[0] for line in listed.stdout.splitlines()[1:12]]
+    rows = [line.split()[0] for line in listed.stdout.splitlines()[1:13]]
     assert rows == sorted(p.stem for p in (ROOT / "runbooks").glob("*.ipynb"))

@@ -1,0 +1,251 @@
+"""A large-table backfill under application load: the guide's single UPDATE against `dbrunbook run backfill`.
+
+`users` has ROWS rows whose new column `score` is NULL, plus 100,000 rows the application works on (score set
+already). pgbench runs CLIENTS clients at RATE tx/s (`-R`), each transaction a primary-key read and update of
+one of the application's rows, every transaction logged (`-l`). Scenarios, each on a fresh database:
+
+(0) baseline: the load alone, BASELINE seconds;
+(a) the guide's one `UPDATE users SET score = id % 7, counter = counter + 1 WHERE score IS NULL`;
+(b) `dbrunbook run backfill -p dry_run false` (keyset batches toward batch_seconds);
+(c) the same, killed with `kill -9` (launcher and kernel) half-way, then run again: every row must have been
+    changed exactly once (``counter = 1``).
+
+Reported: the application's p99 and max latency, seconds at zero throughput, total time and WAL bytes (the
+whole server's, the load's included). Targets (issue 13): p99 <= 2x baseline, 0 s at zero throughput,
+total time <= 2x the single UPDATE's.
+
+    .venv/bin/python bench/backfill.py [--rows 5000000] [--batch-seconds 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from _common import ROOT, admin_url, fresh_database, write_section
+from lock_stall import _pgbench, libpq_url
+
+BIN = Path(sys.executable).parent
+APP_ROWS = 100_000
+CLIENTS, RATE, BASELINE = 4, 400, 20
+DATABASE = "bench_backfill"
+
+SCRIPT = """\\set id random({lo}, {hi})
+SELECT balance FROM users WHERE id = :id;
+UPDATE users SET balance = balance + 1 WHERE id = :id;
+"""
+
+
+def make_project(folder: Path, rows: int) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "migrations").mkdir()
+    (folder / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s/migrations\n")
+    (folder / "dbrunbook.toml").write_text(f"""
+[project]
+outputs = "outputs"
+runbooks = "{ROOT / 'runbooks'}"
+state_dir = "state"
+
+[targets.bench]
+url_env = "BENCH_URL"
+lock_timeout = "1s"
+statement_timeout = "1min"
+
+[migration_sets.main]
+alembic_ini = "alembic.ini"
+
+[backfills.users_score]
+table = "users"
+key = "id"
+set = "score = id % 7, counter = counter + 1"
+where = "score IS NULL"
+""")
+    (folder / "load.sql").write_text(SCRIPT.format(lo=rows + 1, hi=rows + APP_ROWS))
+    return folder
+
+
+def fill(url: str, rows: int) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE users (id bigint PRIMARY KEY, balance bigint NOT NULL DEFAULT 0, "
+                             "note text, score int, counter int NOT NULL DEFAULT 0)"))
+        conn.execute(sa.text("INSERT INTO users (id, note) SELECT i, 'user ' || i FROM generate_series(1, :n) i"),
+                     {"n": rows})
+        conn.execute(sa.text("INSERT INTO users (id, note, score) SELECT i, 'app ' || i, 1 "
+                             "FROM generate_series(:a, :b) i"), {"a": rows + 1, "b": rows + APP_ROWS})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE users"))
+        conn.execute(sa.text("CHECKPOINT"))
+    engine.dispose()
+
+
+def wal_lsn(engine) -> str:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT pg_current_wal_lsn()::text")).scalar()
+
+
+def wal_bytes(engine, since: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), CAST(:l AS pg_lsn))"),
+                                {"l": since}).scalar())
+
+
+def state(engine) -> dict:
+    with engine.connect() as conn:
+        row = conn.execute(sa.text(
+            "SELECT count(*) FILTER (WHERE score IS NULL) AS todo, count(*) FILTER (WHERE counter = 1) AS once, "
+            "count(*) FILTER (WHERE counter > 1) AS twice FROM users")).mappings().one()
+        done = 0
+        if conn.execute(sa.text("SELECT to_regclass('dbrunbook.backfills')")).scalar():
+            done = conn.execute(sa.text("SELECT rows_changed FROM dbrunbook.backfills")).scalar() or 0
+    return {**row, "progress_rows": done}
+
+
+def run_backfill(project: Path, env: dict, batch_seconds: float, *, kill_at: int | None = None,
+                 engine=None) -> dict:
+    argv = [str(BIN / "dbrunbook"), "run", "backfill", "-t", "bench", "-p", "name", "users_score",
+            "-p", "dry_run", "false", "-p", "batch_seconds", str(batch_seconds), "--json"]
+    t0 = time.time()
+    proc = subprocess.Popen(argv, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    if kill_at is not None:
+        while state(engine)["progress_rows"] < kill_at:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its kernel, mid-batch or between two
+        proc.wait()
+        return {"killed_after": time.time() - t0}
+    out, err = proc.communicate()
+    result = json.loads(out)
+    assert result["exit_status"] == 0, (result, err[-3000:])
+    figures = json.loads((Path(result["record_dir"]) / "artifacts" / "backfill-users_score.json").read_text())
+    return {"wall": time.time() - t0, "backfill_seconds": figures["seconds"], "batches": len(figures["batches"]),
+            "pauses": len(figures["pauses"]), "pause_seconds": sum(p["seconds"] for p in figures["pauses"]),
+            "t_start": t0, "figures": figures}
+
+
+def scenario(kind: str, admin: str, workdir: Path, rows: int, batch_seconds: float) -> dict:
+    url = fresh_database(admin, DATABASE)
+    fill(url, rows)
+    project = make_project(workdir / kind, rows)
+    env = dict(os.environ, BENCH_URL=url, DBRUNBOOK_CONFIG=str(project / "dbrunbook.toml"),
+               DBRUNBOOK_OPERATOR="bench@dbrunbook")
+    engine = sa.create_engine(url)
+    load = subprocess.Popen([str(_pgbench()), "-n", "-c", str(CLIENTS), "-j", "2", "-T", "3600", "-R", str(RATE),
+                             "-f", str(project / "load.sql"), "-l", f"--log-prefix={project / 'pgbench'}",
+                             libpq_url(url)], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(3)  # the load settles
+    lsn, out = wal_lsn(engine), {"kind": kind}
+    t0 = time.time()
+    if kind == "baseline":
+        time.sleep(BASELINE)
+        window = (t0, time.time())
+    elif kind == "update":
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE users SET score = id % 7, counter = counter + 1 WHERE score IS NULL"))
+        window = (t0, time.time())
+        out["total"] = window[1] - t0
+    elif kind == "backfill":
+        run = run_backfill(project, env, batch_seconds)
+        # The window is the batches' own span (the launcher's kernel start-up before them changes nothing).
+        first = run["figures"]["batches"][0]["started_at"]
+        from datetime import datetime
+
+        begin = datetime.fromisoformat(first).timestamp()
+        window = (begin, begin + run["backfill_seconds"])
+        out |= {k: v for k, v in run.items() if k not in ("figures", "t_start")}
+        out["total"] = run["backfill_seconds"]
+    else:  # killed half-way, then resumed
+        first = run_backfill(project, env, batch_seconds, kill_at=rows // 2, engine=engine)
+        killed = state(engine)
+        second = run_backfill(project, env, batch_seconds)
+        window = (t0, time.time())
+        out |= {"killed_after": first["killed_after"], "rows_at_kill": killed["once"],
+                "progress_at_kill": killed["progress_rows"], "resumed_wall": second["wall"],
+                "total": window[1] - t0}
+    time.sleep(2)
+    out["wal_bytes"] = wal_bytes(engine, lsn)
+    load.send_signal(signal.SIGINT)
+    load.wait(30)
+    out |= state(engine)
+    out |= latencies(project, *window)
+    engine.dispose()
+    return out
+
+
+def latencies(project: Path, start: float, end: float) -> dict:
+    """p99, max and zero-throughput seconds of the transactions that ran inside [start, end]."""
+    rows = []  # (completed at, latency)
+    for path in project.glob("pgbench.*"):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 6:
+                rows.append((int(parts[4]) + int(parts[5]) / 1e6, int(parts[2]) / 1e6))
+    inside = sorted(lat for t, lat in rows if t >= start and t - lat <= end)
+    per_second: dict[int, int] = {}
+    for t, _ in rows:
+        if start <= t <= end:
+            per_second[int(t - start)] = per_second.get(int(t - start), 0) + 1
+    seconds = range(0, max(int(end - start) - 1, 0))
+    return {"transactions": len(inside), "p99": inside[int(0.99 * (len(inside) - 1))] if inside else None,
+            "max_latency": inside[-1] if inside else None, "zero_seconds": sum(1 for s in seconds if s not in per_second)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--batch-seconds", type=float, default=0.5)
+    args = parser.parse_args()
+    admin = admin_url()
+    with tempfile.TemporaryDirectory(prefix="dbrunbook-backfill-bench-") as tmp:
+        res = {k: scenario(k, admin, Path(tmp), args.rows, args.batch_seconds)
+               for k in ("baseline", "update", "backfill", "killed")}
+    from dbrunbook import db
+
+    db.drop_database(admin, DATABASE)
+    for r in res.values():
+        print(json.dumps(r, default=str))
+    base, upd, bf, kill = res["baseline"], res["update"], res["backfill"], res["killed"]
+
+    def ms(v):
+        return "—" if v is None else f"{v * 1000:.1f} ms"
+
+    size = "the full size" if args.rows == 5_000_000 else f"**reduced size** ({args.rows:,} rows instead of 5,000,000)"
+    body = f"""
+## Large-table backfill under load (`bench/backfill.py`)
+
+`users`: {args.rows:,} rows to backfill (`score IS NULL`) plus {APP_ROWS:,} rows the application works on;
+load: pgbench, {CLIENTS} clients at {RATE} tx/s (`-R`), a primary-key read and update of the application's rows,
+every transaction logged. Run at {size} on the shared 2-core machine, one run each, fresh database each.
+`dbrunbook run backfill` with batch_seconds {args.batch_seconds}; its window is its batches (the kernel's start-up
+before them changes nothing). WAL bytes are the server's, the load's included.
+
+| | load alone | one `UPDATE` (the guide) | `dbrunbook run backfill` | killed half-way, resumed |
+|---|---|---|---|---|
+| application p99 latency | {ms(base['p99'])} | {ms(upd['p99'])} | {ms(bf['p99'])} | {ms(kill['p99'])} |
+| application max latency | {ms(base['max_latency'])} | {ms(upd['max_latency'])} | {ms(bf['max_latency'])} | {ms(kill['max_latency'])} |
+| seconds at zero throughput | {base['zero_seconds']} | {upd['zero_seconds']} | {bf['zero_seconds']} | {kill['zero_seconds']} |
+| total time | — | {upd['total']:.1f} s | {bf['total']:.1f} s ({bf['batches']} batches, {bf['pauses']} pauses; whole run {bf['wall']:.1f} s) | {kill['total']:.1f} s (two runs, launcher start-ups included) |
+| WAL bytes | {base['wal_bytes']:,} | {upd['wal_bytes']:,} | {bf['wal_bytes']:,} | {kill['wal_bytes']:,} |
+| rows changed exactly once / twice / left | — | {upd['once']:,} / {upd['twice']} / {upd['todo']} | {bf['once']:,} / {bf['twice']} / {bf['todo']} | {kill['once']:,} / {kill['twice']} / {kill['todo']} |
+
+p99 ratio to the load alone: one `UPDATE` **{upd['p99'] / base['p99']:.2f}x**, backfill **{bf['p99'] / base['p99']:.2f}x**
+(target ≤ 2x). Backfill time / one `UPDATE`: **{bf['total'] / upd['total']:.2f}x** (target ≤ 2x).
+Killed run: `kill -9` of launcher and kernel after {kill['killed_after']:.1f} s with {kill['rows_at_kill']:,} rows
+changed and {kill['progress_at_kill']:,} recorded in `dbrunbook.backfills` (equal: the progress row commits with
+its batch); the second run resumed after the last committed batch and took {kill['resumed_wall']:.1f} s.
+"""
+    write_section("backfill", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
