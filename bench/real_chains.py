@@ -51,6 +51,7 @@ class Chain:
     version_locations: str = ""  # relative to package_dir, when the revisions are not in versions/
     url_env: str = ""  # the variable env.py (or the settings it imports) reads its URL from
     plain_connection: bool = False  # env.py only runs on a connection in config.attributes
+    plain_anyio_thread: bool = False  # env.py only runs inside an AnyIO worker thread
     bootstrap: str = ""  # Python run once on a fresh database before the chain (argv[1] = URL)
     head_table: str = ""  # a table the chain creates, checked after apply/deploy
     notes: str = ""
@@ -80,6 +81,7 @@ CHAINS = {
         name="prefect", requirements=("prefect", "asyncpg", "psycopg2-binary"),
         package_dir="prefect/server/database/_migrations", version_locations="versions/postgresql",
         driver="asyncpg", url_env="PREFECT_API_DATABASE_CONNECTION_URL", head_table="flow_run",
+        plain_anyio_thread=True,
         notes="async: env.py ignores sqlalchemy.url and the shared connection, reads "
               "PREFECT_API_DATABASE_CONNECTION_URL through prefect.settings when imported, and runs "
               "anyio.from_thread (run_async_from_worker_thread)"),
@@ -204,6 +206,7 @@ class Chainrun:
                         PATH=f"{venv / 'bin'}:{os.environ.get('PATH', '')}")
         self.rows: list[dict] = []
         self.graph: dict = {}
+        self.on_row = None  # called with the rows after each procedure (partial results survive a kill)
 
     # --- database helpers ----------------------------------------------------------------------------------
     def start_server(self) -> None:
@@ -247,6 +250,8 @@ class Chainrun:
         argv = [self.python, str(PLAIN), str(self.project / "alembic.ini"), self.url("plain", self.chain.driver)]
         if self.chain.plain_connection:
             argv.append("--connection")
+        if self.chain.plain_anyio_thread:
+            argv.append("--anyio-thread")
         env = dict(self.env)
         if self.chain.url_env:
             env[self.chain.url_env] = self.url("plain", self.chain.driver)
@@ -343,6 +348,8 @@ class Chainrun:
         row.update(plain_seconds=round(plain_seconds, 1) if plain_args else None, plain_exit=plain_status,
                    plain_error=plain_error, plain_state=",".join(self.versions("plain")) if plain_args else "")
         self.rows.append(row)
+        if self.on_row:
+            self.on_row(self.rows)
         self.log(f"    exit {row['exit']} in {row['seconds']}s, {row['state']}"
                  + (f" — {row['error']}" if row["error"] else "")
                  + (f"; plain {row['plain_seconds']}s exit {plain_status}" if plain_args else ""))
@@ -422,6 +429,11 @@ def run_chain(chain: Chain, dbrunbook: Path, keep: bool) -> dict:
     result = {"chain": chain.name, "driver": chain.driver, "notes": chain.notes, "rows": [],
               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dbrunbook": str(dbrunbook)}
     cr = None
+
+    def save(data: dict) -> None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / f"{chain.name}.json").write_text(json.dumps(data, indent=2))
+
     try:
         log("venv")
         venv = venv_for(chain, dbrunbook, log)
@@ -433,6 +445,7 @@ def run_chain(chain: Chain, dbrunbook: Path, keep: bool) -> dict:
         project = write_project(chain, venv, dbrunbook)
         shutil.rmtree(project / "outputs", ignore_errors=True)
         cr = Chainrun(chain, venv, project, log)
+        cr.on_row = lambda rows: save({**result, "rows": rows})
         if not (project / ".dbrunbook" / "keys").is_dir():
             run([cr.dbrunbook, "keygen"], cwd=project, env=cr.env, timeout=120)
         cr.start_server()
@@ -449,8 +462,7 @@ def run_chain(chain: Chain, dbrunbook: Path, keep: bool) -> dict:
             result["rows"] = cr.rows
             if not keep:
                 run([cr.dbrunbook, "db", "stop"], cwd=cr.project, env=cr.env, timeout=120)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{chain.name}.json").write_text(json.dumps(result, indent=2))
+    save(result)
     return result
 
 
