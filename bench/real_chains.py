@@ -297,7 +297,11 @@ class Chainrun:
                 for out in cell.get("outputs", []):
                     if out.get("output_type") == "error":
                         evalue = " ".join(str(out.get("evalue", "")).split())
-                        return f"{out.get('ename')}: {evalue}"[:500]
+                        # The deepest frame in the chain's own revision files: which revision it was.
+                        frames = re.findall(r"(versions/[\w./-]+\.py):(\d+)",
+                                            re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(out.get("traceback", []))))
+                        where = f" (in {frames[-1][0]}:{frames[-1][1]})" if frames else ""
+                        return f"{out.get('ename')}: {evalue}{where}"[:500]
             step = result.get("failing_step") or {}
             if step:
                 return f"stopped at: {step.get('title') or step}"[:500]
@@ -337,6 +341,7 @@ class Chainrun:
             p, result = self.dbr(runbook, **params)
             row.update(exit=p.status if p.status is not None else "timeout", seconds=round(p.seconds, 1),
                        outcome=result.get("outcome", ""), verified=self.verified(result),
+                       record=result.get("record_dir", ""),
                        error="" if p.status == 0 else self.record_error(result, p))
         else:  # `dbrunbook verify` of the whole archive
             p = run([self.dbrunbook, "verify", "-t", "local"], cwd=self.project, env=self.env, timeout=600)
