@@ -204,9 +204,11 @@ class Chainrun:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("DBRUNBOOK_", "VIRTUAL_ENV"))}
         self.env.update(DBRUNBOOK_CONFIG=str(project / "dbrunbook.toml"), PYTHONUNBUFFERED="1",
                         PATH=f"{venv / 'bin'}:{os.environ.get('PATH', '')}")
+        self.label = chain.name
         self.rows: list[dict] = []
         self.graph: dict = {}
         self.on_row = None  # called with the rows after each procedure (partial results survive a kill)
+        self.only: list[str] = []  # procedure names (prefixes) to run; the others are done by plain Alembic
 
     # --- database helpers ----------------------------------------------------------------------------------
     def start_server(self) -> None:
@@ -333,6 +335,15 @@ class Chainrun:
     def step(self, procedure: str, runbook: str | None, params: dict, plain_args: list[list[str]],
              expect: list[str] | None, *, check_table: bool = False, before_both=None) -> None:
         """Run one procedure through dbrunbook on `app` and its plain-Alembic equivalent on `plain`."""
+        if self.only and not any(procedure.startswith(p) for p in self.only):
+            done = {p for p in self.only for r in self.rows if r["procedure"].startswith(p)}
+            if done == set(self.only):
+                return  # nothing selected is left
+            if before_both:
+                before_both()
+            if expect and self.versions("app") != sorted(expect):  # plain Alembic does it; not timed
+                self.repair(expect, stamp=runbook == "stamp")
+            return
         self.log(f"  {procedure} ...")
         if before_both:
             before_both()
@@ -369,6 +380,7 @@ class Chainrun:
                 plain_status, plain_error = q.status if q.status is not None else "timeout", last_error_line(q.stderr)
         row.update(plain_seconds=round(plain_seconds, 1) if plain_args else None, plain_exit=plain_status,
                    plain_error=plain_error, plain_state=",".join(self.versions("plain")) if plain_args else "")
+        row["chain"] = self.label
         self.rows.append(row)
         if self.on_row:
             self.on_row(self.rows)
@@ -443,22 +455,28 @@ def render(results: list[dict]) -> str:
     return "\n".join(out)
 
 
-def load_results(names: list[str]) -> list[dict]:
-    return [json.loads((RESULTS_DIR / f"{n}.json").read_text()) for n in names
-            if (RESULTS_DIR / f"{n}.json").is_file()]
+def load_results(names: list[str] | None = None) -> list[dict]:
+    """Saved results of the named chains (with their variants), or of all."""
+    files = sorted(RESULTS_DIR.glob("*.json")) if RESULTS_DIR.is_dir() else []
+    return [json.loads(f.read_text()) for f in files
+            if names is None or f.stem.removesuffix("-exported") in names]
 
 
-def run_chain(chain: Chain, dbrunbook: Path, keep: bool) -> dict:
+def run_chain(chain: Chain, dbrunbook: Path, keep: bool, *, only: list[str] = (), export_url: bool = False) -> dict:
+    """Run the procedure list on one chain and save its results (``export_url``: the user also exports the
+    chain's url_env with the target's URL by hand, the workaround for settings read at import time)."""
+    label = chain.name + (" (url_env exported)" if export_url else "")
+    slug = chain.name + ("-exported" if export_url else "")
     def log(msg: str) -> None:
         print(f"[{chain.name} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    result = {"chain": chain.name, "driver": chain.driver, "notes": chain.notes, "rows": [],
+    result = {"chain": label, "driver": chain.driver, "notes": chain.notes, "rows": [],
               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dbrunbook": str(dbrunbook)}
     cr = None
 
     def save(data: dict) -> None:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        (RESULTS_DIR / f"{chain.name}.json").write_text(json.dumps(data, indent=2))
+        (RESULTS_DIR / f"{slug}.json").write_text(json.dumps(data, indent=2))
 
     try:
         log("venv")
@@ -472,9 +490,12 @@ def run_chain(chain: Chain, dbrunbook: Path, keep: bool) -> dict:
         shutil.rmtree(project / "outputs", ignore_errors=True)
         cr = Chainrun(chain, venv, project, log)
         cr.on_row = lambda rows: save({**result, "rows": rows})
+        cr.label, cr.only = label, list(only)
         if not (project / ".dbrunbook" / "keys").is_dir():
             run([cr.dbrunbook, "keygen"], cwd=project, env=cr.env, timeout=120)
         cr.start_server()
+        if export_url and chain.url_env:
+            cr.env[chain.url_env] = cr.url("app", chain.driver)
         cr.fresh_databases()
         cr.read_graph()
         result["graph"] = cr.graph
@@ -498,6 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="leave each chain's embedded server running")
     ap.add_argument("--dbrunbook", default=str(ROOT), help="the dbrunbook checkout to install (default: this one)")
     ap.add_argument("--report-only", action="store_true", help="render RESULTS.md from the saved results")
+    ap.add_argument("--procedures", default="", help="comma-separated procedure names (prefixes) to run through "
+                    "dbrunbook (default: all); a skipped one that changes the database is done by plain "
+                    "Alembic on `app` only, so plain timings after it are not comparable")
+    ap.add_argument("--export-url-env", action="store_true",
+                    help="also export each chain's url_env with the target's URL, as a user would by hand")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.chains.split(",") if n.strip()]
     unknown = [n for n in names if n not in CHAINS]
@@ -506,8 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     dbrunbook = Path(args.dbrunbook).resolve()
     if not args.report_only:
         for name in names:
-            run_chain(CHAINS[name], dbrunbook, args.keep)
-    body = render(load_results(list(CHAINS)))
+            run_chain(CHAINS[name], dbrunbook, args.keep, export_url=args.export_url_env,
+                      only=[p.strip() for p in args.procedures.split(",") if p.strip()])
+    body = render(load_results())
     write_section("real_chains", body)
     print(body)
     failures = sum(1 for res in load_results(names) for r in res.get("rows", []) if r["exit"] != 0)
