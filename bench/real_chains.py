@@ -457,7 +457,8 @@ def render(results: list[dict]) -> str:
 
 def load_results(names: list[str] | None = None) -> list[dict]:
     """Saved results of the named chains (with their variants), or of all."""
-    files = sorted(RESULTS_DIR.glob("*.json")) if RESULTS_DIR.is_dir() else []
+    files = sorted(RESULTS_DIR.glob("*.json"), key=lambda f: (f.stem.removesuffix("-exported"), f.stem)) \
+        if RESULTS_DIR.is_dir() else []
     return [json.loads(f.read_text()) for f in files
             if names is None or f.stem.removesuffix("-exported") in names]
 
