@@ -39,3 +39,9 @@ bench: $(DEV_STAMP)
 
 clean-db:
 	-$(BIN)/dbrunbook db stop
+
+# Every procedure on real third-party Alembic chains (mlflow, phoenix, prefect) beside plain Alembic; not part
+# of `make test` (installs take minutes; venvs are cached under bench/_work). CHAINS=mlflow,phoenix to choose.
+.PHONY: acceptance
+acceptance:
+	$(PYTHON) bench/real_chains.py $(if $(CHAINS),--chains $(CHAINS))
