@@ -37,6 +37,7 @@ FINDING_KINDS = (
     "misfiled",           # a run directory not under the date of its run id
     "unrecorded-change",  # the Alembic heads moved between two records, or since the last one
     "ledger",             # a ledger row and the records disagree
+    "tip",                # outputs/.tips.json names a newest record that is gone, or cannot be trusted
 )
 
 
@@ -68,6 +69,7 @@ class _Entry:
     heads_before: dict
     heads_after: dict
     runbook: str | None
+    seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -190,14 +192,16 @@ def _entry(run_dir: Path, statement: dict | None) -> _Entry | None:
         started_at=_moment(predicate.get("started_at")), finished_at=_moment(predicate.get("finished_at")),
         heads_before=predicate.get("heads_before") or {}, heads_after=predicate.get("heads_after") or {},
         runbook=predicate.get("runbook"),
+        seq=predicate.get("seq") if isinstance(predicate.get("seq"), int) else None,
     )
 
 
 def previous_statement(outputs_dir: Path, database: Mapping | str | None) -> str | None:
     """sha256 of the statement of the last sealed record of ``database``: what a new record's ``prev`` is.
 
-    The launcher calls this just before it builds a statement (its own run directory has no statement yet,
-    so it is not a candidate). Records are ordered by their seal time, the order ``verify_archive`` checks.
+    Read from the chain index ``outputs/.tips.json`` (worked out from the statements when it is missing),
+    so it costs the same whatever the archive's size. ``records.write_record`` sets the final link itself,
+    under the chain lock; this is the value a statement built now would get.
 
     Args:
         database: the database identity (``DatabaseIdentity.as_dict()``) or its ``database_key``; None
@@ -206,9 +210,13 @@ def previous_statement(outputs_dir: Path, database: Mapping | str | None) -> str
     key = database if isinstance(database, str) or database is None else database_key(database)
     if key is None:
         return None
-    entries = [e for e in (_entry(d, _statement(d)) for d in records.find_records(outputs_dir))
-               if e is not None and e.database == key]
-    return max(entries, key=_seal_order).sha256 if entries else None
+    from . import tips
+
+    current = tips.read_tips(outputs_dir)
+    if current is None:
+        current = tips.rebuild_tips(outputs_dir)
+    tip = current.get(key)
+    return tip.sha256 if tip else None
 
 
 # --- heads ------------------------------------------------------------------------------------------------
@@ -273,6 +281,45 @@ def _continuity_findings(chain: list[_Entry]) -> list[Finding]:
                 f"{last.run_id}) to {_show_heads(entry.heads_before)} (before {entry.run_id}) with no record "
                 f"of the change: someone ran Alembic outside dbrunbook, or a record is missing."),
                 entry.run_id, entry.database))
+    return findings
+
+
+def _tip_findings(outputs_dir: Path, allowed_signers: Path, chains: dict[str, list[_Entry]],
+                  by_sha: dict[str, _Entry]) -> list[Finding]:
+    """The signed chain index against the chains: a tip whose record is gone is a deleted newest record."""
+    from . import tips
+
+    current, problem = tips.verify_tips(outputs_dir, allowed_signers)
+    index = outputs_dir / tips.TIPS_FILE
+    if problem is not None:
+        return [Finding("tip", f"{problem} The newest record of each database cannot be checked; restore "
+                               f"{tips.TIPS_FILE} from a copy of the archive.")]
+    indexed = [key for key, chain in chains.items() if any(e.seq is not None for e in chain)]
+    if current is None:
+        if not indexed:
+            return []  # an archive sealed before the index existed: nothing anchors its newest records
+        return [Finding("tip", (
+            f"{index} is missing although records were sealed with it: whether the newest records of "
+            f"{', '.join(sorted(indexed))} were deleted cannot be told. Restore it from a copy of the archive "
+            f"(the next seal rebuilds it from what is left)."))]
+    findings = []
+    for key, tip in sorted(current.items()):
+        chain = chains.get(key, [])
+        last = chain[-1] if chain else None
+        if tip.sha256 not in by_sha:
+            findings.append(Finding("tip", (
+                f"the newest record of {key} is {tip.run_id} (number {tip.seq} of its chain, statement sha256 "
+                f"{tip.sha256[:16]}…) according to {tips.TIPS_FILE}, but it is not in the archive: it was "
+                f"deleted or moved away. Restore it from a copy of the archive."), tip.run_id, key))
+        elif last is not None and last.sha256 != tip.sha256:
+            findings.append(Finding("tip", (
+                f"{tips.TIPS_FILE} names {tip.run_id} as the newest record of {key}, but {last.run_id} was "
+                f"sealed after it: the index is an older copy, or {last.run_id} was sealed elsewhere and "
+                f"copied in."), last.run_id, key))
+    for key in sorted(set(indexed) - set(current)):
+        findings.append(Finding("tip", (
+            f"{key} has records sealed with the chain index but {tips.TIPS_FILE} does not list it: the index "
+            f"was replaced by another archive's."), chains[key][-1].run_id, key))
     return findings
 
 
@@ -411,6 +458,7 @@ def verify_archive(outputs_dir: Path, allowed_signers: Path, engines=None, *,
         chains[key] = chain
         findings += _chain_findings(chain, by_sha)
         findings += _continuity_findings(chain)
+    findings += _tip_findings(outputs_dir, Path(allowed_signers), chains, by_sha)
     ledgers = []
     by_run = {e.run_id: e for e in entries}
     for engine in _engines(engines):

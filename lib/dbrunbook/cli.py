@@ -205,10 +205,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from . import records
+    from . import records, signing, trust
 
     config = load_config(args.config)
-    key = Path(config.keys_dir) / records.OPERATOR_KEY
+    key = trust.operator_key_path(config)
     if args.force and key.exists():
         # Moved aside, never deleted: records it signed still verify (its key stays in allowed_signers).
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -216,11 +216,21 @@ def cmd_keygen(args: argparse.Namespace) -> int:
             if old.exists():
                 old.rename(old.with_name(f"{old.name}.replaced-{stamp}"))
         print(f"Moved the old key aside: {key}.replaced-{stamp}")
-    path, created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
-    if created:
-        print(f"Created signing key {path} (public key {path}.pub, trusted in {config.allowed_signers}).")
+    if key.exists():
+        print(f"Signing key {key} exists already; pass --force to replace it.")
+        if args.trust:
+            principal = trust.principal_for(records.operator_identity())
+            signing.add_allowed_signer(config.allowed_signers, principal, signing.public_key_line(key))
+            print(f"Trusted it as {principal} in {config.allowed_signers}.")
+        return 0
+    path, line = trust.create_operator_key(config.keys_dir,
+                                           allowed_signers=config.allowed_signers if args.trust else None)
+    print(f"Created signing key {path} (public key {path}.pub).")
+    if args.trust:
+        print(f"Trusted it in {config.allowed_signers}:\n  {line}")
     else:
-        print(f"Signing key {path} exists already; pass --force to replace it.")
+        print(f"Runs refuse to start until the team trusts it: add this line to {config.allowed_signers} "
+              f"(reviewed like code), or run 'dbrunbook keygen --trust' on a machine of your own:\n  {line}")
     return 0
 
 
@@ -311,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     report_.set_defaults(func=cmd_report)
 
     keygen = sub.add_parser("keygen", help="create the operator's signing key")
+    keygen.add_argument("--trust", action="store_true",
+                        help="also add the key to the project's allowed_signers (a demo or your own laptop)")
     keygen.add_argument("--force", action="store_true",
                         help="move the existing key aside and create a new one")
     keygen.set_defaults(func=cmd_keygen)

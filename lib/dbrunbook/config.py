@@ -180,7 +180,8 @@ def load_config(path: Path | str | None = None) -> Config:
         runbooks_dir=rel(project.get("runbooks"), "runbooks"),
         keys_dir=keys_dir,
         state_dir=state_dir,
-        allowed_signers=rel(records.get("allowed_signers"), str(keys_dir / "allowed_signers")),
+        # The trust file is the team's, reviewed like code: in the project, not beside the private key.
+        allowed_signers=rel(records.get("allowed_signers"), "allowed_signers"),
         default_target=default_target,
     )
 

@@ -334,8 +334,14 @@ def _make_read_only(path: Path) -> None:
     path.chmod(path.stat().st_mode & ~writable | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 
-def write_record(run_dir: Path, statement: dict, key_path: Path) -> Path:
+def write_record(run_dir: Path, statement: dict, key_path: Path, *, chain: bool = True) -> Path:
     """Write ``statement.json`` (canonical) and ``statement.json.sig``; make the record's files read-only.
+
+    With ``chain`` (the default) and a run directory filed as ``outputs/YYYY/MM/DD/<run-id>``, the chain link
+    is set here, under the archive's chain lock: ``prev`` (sha256 of the newest statement of the same
+    database) and ``seq`` come from ``outputs/.tips.json``, which is then advanced to this record, so two
+    simultaneous seals never name the same predecessor and the cost does not grow with the archive.
+    ``chain=False`` writes the statement exactly as given.
 
     Returns:
         The path of statement.json.
@@ -343,7 +349,30 @@ def write_record(run_dir: Path, statement: dict, key_path: Path) -> Path:
     Raises:
         RecordExists: the run directory already holds a statement or a signature.
         SigningKeyError: the key cannot sign (missing, encrypted, not Ed25519).
+        ChainLockTimeout: another seal held the chain lock for minutes.
     """
+    from . import archive, tips
+
+    run_dir = Path(run_dir)
+    outputs_dir = tips.archive_of(run_dir) if chain else None
+    key = archive.database_key((statement.get("predicate") or {}).get("database")) if outputs_dir else None
+    if outputs_dir is None or key is None:
+        return _write_signed(run_dir, statement, key_path)
+    with tips.locked(outputs_dir):
+        current = tips.read_tips(outputs_dir)
+        if current is None:
+            current = tips.rebuild_tips(outputs_dir)
+        tip = current.get(key)
+        statement = json.loads(canonical_json(statement))
+        statement["predicate"]["prev"] = tip.sha256 if tip else None
+        statement["predicate"]["seq"] = tip.seq + 1 if tip else 1
+        path = _write_signed(run_dir, statement, key_path)
+        current[key] = tips.Tip(run_dir.name, statement_sha256(run_dir), statement["predicate"]["seq"])
+        tips.write_tips(outputs_dir, current, key_path)
+    return path
+
+
+def _write_signed(run_dir: Path, statement: dict, key_path: Path) -> Path:
     run_dir = Path(run_dir)
     statement_path, signature_path = run_dir / STATEMENT_FILE, run_dir / SIGNATURE_FILE
     for existing in (statement_path, signature_path):
@@ -511,6 +540,11 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
         problems.append(f"the statement is for run {predicate.get('run_id')}, but sits in {run_dir.name}/.")
     if tampered:
         status = "tampered"
+    operator = predicate.get("operator")
+    if status == "valid" and principal and operator and not signing.principal_matches(principal, operator):
+        status = "untrusted"
+        problems.append(f"signed by '{principal}', but the statement names operator '{operator}': the key "
+                        f"does not vouch for the person the record names.")
     if predicate.get("mode") == "interactive-out-of-order":
         problems.append("the notebook was run interactively with cells out of order: its outputs may not "
                         "follow from its code top to bottom.")
@@ -566,22 +600,24 @@ def last_record(
 
 
 def ensure_operator_key(keys_dir: Path, allowed_signers: Path) -> tuple[Path, bool]:
-    """Return the operator's signing key ``keys_dir/operator_ed25519``, creating it on first use.
+    """Return the operator's signing key ``keys_dir/operator_ed25519``; it is never created here.
 
-    A new key is added to ``allowed_signers`` as ``operator_identity()``; an existing key is left alone,
-    never re-trusted automatically (trust is the team's decision, kept in allowed_signers).
+    Creating and trusting a key is the operator's and the team's act (``dbrunbook keygen``, see
+    ``dbrunbook.trust``), never a side effect of a run: otherwise "valid" would mean "signed by a key this
+    machine trusted itself".
 
     Returns:
-        (path of the private key, True when it was created now).
+        (path of the private key, False): the second value is kept for callers of the old signature.
+
+    Raises:
+        SigningKeyMissing: there is no key; run ``dbrunbook keygen``.
     """
+    from .errors import SigningKeyMissing
+
     key_path = Path(keys_dir) / OPERATOR_KEY
-    if key_path.exists():
-        return key_path, False
-    operator = operator_identity()
-    signing.generate_key(key_path, comment=operator)
-    principal = re.sub(r'[\s",]+', "_", operator)
-    signing.add_allowed_signer(Path(allowed_signers), principal, signing.public_key_line(key_path))
-    return key_path, True
+    if not key_path.is_file():
+        raise SigningKeyMissing(key_path, Path(allowed_signers))
+    return key_path, False
 
 
 # --- ledger ---------------------------------------------------------------------------------------------

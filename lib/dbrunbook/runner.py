@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 import nbformat
 
-from . import archive, db, migrations, protocol, records
+from . import archive, db, migrations, protocol, records, trust
 from .config import ENV_CONFIG, Config, load_config
 from .errors import (
     GUARD_ENAMES,
@@ -133,6 +133,8 @@ def _resolve_target(config: Config, info: RunbookInfo, target: str | None,
     if selected.url_env and not os.environ.get(selected.url_env):
         raise MissingSecret(selected.name, selected.url_env, str(config.path))
     _check_revision(config, values)
+    # Every run ends signed: without a key trusted as this operator, refuse before anything exists.
+    trust.require_signing_key(config)
     return values
 
 

@@ -35,6 +35,8 @@ from .protocol import SIGNATURE_NAMESPACE
 __all__ = [
     "SigningKeyError",
     "add_allowed_signer",
+    "principal_matches",
+    "trusted_principal",
     "fingerprint",
     "generate_key",
     "public_key_line",
@@ -463,9 +465,24 @@ def _parse_allowed_signers(path: Path) -> list[_AllowedSigner]:
     options a comma list such as ``namespaces="a,b"``, ``cert-authority``, ``valid-after="20240101"``.
     """
     try:
+        info = path.stat()
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    # Verifying an archive checks thousands of signatures against one file: parse it once per version.
+    stamp = (str(path), info.st_ino, info.st_size, info.st_mtime_ns, hash(text))
+    cached = _TRUST_CACHE.get(stamp[0])
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    entries = _parse_allowed_signers_text(path, text)
+    _TRUST_CACHE[stamp[0]] = (stamp, entries)
+    return entries
+
+
+_TRUST_CACHE: dict[str, tuple[tuple, list[_AllowedSigner]]] = {}
+
+
+def _parse_allowed_signers_text(path: Path, text: str) -> list[_AllowedSigner]:
     entries = []
     for number, raw_line in enumerate(text.splitlines(), start=1):
         line = raw_line.strip()
@@ -583,3 +600,18 @@ def add_allowed_signer(allowed_signers: Path, principal: str, public_key_line: s
         if existing and not existing.endswith("\n"):
             handle.write("\n")
         handle.write(line)
+
+
+def principal_matches(principals: str, name: str) -> bool:
+    """True when ``name`` (an operator) is one of an allowed_signers principals field's patterns."""
+    return bool(name) and _match_pattern_list(name, principals)
+
+
+def trusted_principal(public_key_line: str, allowed_signers: Path,
+                      namespace: str = SIGNATURE_NAMESPACE) -> str | None:
+    """The principals field that ``allowed_signers`` trusts this key under today, or None."""
+    blob = _parse_public_line(public_key_line.strip())
+    try:
+        return _trusted_principal(blob, Path(allowed_signers), namespace)
+    except SignatureInvalid:
+        return None

@@ -19,6 +19,7 @@ from nbclient import NotebookClient
 
 from dbrunbook import protocol, records
 from dbrunbook.cli import main
+from tests.projects import trust_operator
 from dbrunbook.config import load_config
 from dbrunbook.runner import (
     RunDirectoryInvalid,
@@ -58,6 +59,7 @@ def project(tmp_path, database_url, monkeypatch):
     monkeypatch.setenv(URL_ENV, database_url)
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@example.org")
     monkeypatch.delenv("DBRUNBOOK_CONFIG", raising=False)
+    trust_operator(root / "dbrunbook.toml", "tester@example.org")
     return load_config(root / "dbrunbook.toml")
 
 

@@ -14,7 +14,7 @@ from dbrunbook import errors, migrations, safety
 from dbrunbook.config import load_config
 from dbrunbook.runner import run_runbook
 from dbrunbook.session import open_session
-from tests.projects import ROOT, URL_ENV, project, write_project  # noqa: F401 - project is a fixture
+from tests.projects import ROOT, URL_ENV, project, trust_operator, write_project  # noqa: F401 - project is a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +46,7 @@ lock_timeout = "2s"
 [migration_sets.unsafe]
 alembic_ini = "{migrations_dir / 'alembic.ini'}"
 """, encoding="utf-8")
+    trust_operator(config, "reviewer@dbrunbook")
     return config
 
 
