@@ -404,6 +404,7 @@ class RecordCheck:
     problems: tuple[str, ...] = ()
     changed_cells: tuple[int, ...] = ()
     statement: dict | None = None
+    statement_sha256: str | None = None  # of statement.json as read (what the next record's prev names)
 
     @property
     def run_id(self) -> str:
@@ -435,10 +436,19 @@ class RecordCheck:
 
 
 def _files_in(run_dir: Path) -> set[str]:
-    return {
-        p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")
-        if p.is_file() and not _IGNORED_DIRS.intersection(p.relative_to(run_dir).parts)
-    }
+    # os.scandir, not Path.rglob: verifying an archive lists thousands of run directories.
+    found: set[str] = set()
+    todo = [(str(run_dir), "")]
+    while todo:
+        folder, prefix = todo.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    if entry.name not in _IGNORED_DIRS:
+                        todo.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.is_file():
+                    found.add(prefix + entry.name)
+    return found
 
 
 def _compare_cells(recorded: list[dict], nb_bytes: bytes) -> tuple[tuple[int, ...], list[str]]:
@@ -508,6 +518,7 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
     if statement is None:
         return RecordCheck(run_dir, "tampered", principal, (*problems, statement_problem))
 
+    body_sha256 = hashlib.sha256(body).hexdigest()
     changed: tuple[int, ...] = ()
     tampered = False
     subjects = statement.get("subject") or []
@@ -521,11 +532,13 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
         name = subject["name"]
         expected.add(name)
         path = run_dir / name
-        if not path.is_file():
+        try:
+            digest = sha256_file(path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             tampered = True
             problems.append(f"{name} is listed in the statement but missing.")
             continue
-        if sha256_file(path) != (subject.get("digest") or {}).get("sha256"):
+        if digest != (subject.get("digest") or {}).get("sha256"):
             tampered = True
             if name == NOTEBOOK_FILE:
                 changed, cell_problems = _compare_cells(predicate.get("cells") or [], path.read_bytes())
@@ -548,7 +561,7 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
     if predicate.get("mode") == "interactive-out-of-order":
         problems.append("the notebook was run interactively with cells out of order: its outputs may not "
                         "follow from its code top to bottom.")
-    return RecordCheck(run_dir, status, principal, tuple(problems), changed, statement)
+    return RecordCheck(run_dir, status, principal, tuple(problems), changed, statement, body_sha256)
 
 
 # --- finding records ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import logging
 import os
@@ -466,14 +467,18 @@ def _parse_allowed_signers(path: Path) -> list[_AllowedSigner]:
     """
     try:
         info = path.stat()
-        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
-    # Verifying an archive checks thousands of signatures against one file: parse it once per version.
-    stamp = (str(path), info.st_ino, info.st_size, info.st_mtime_ns, hash(text))
+    # Verifying an archive checks thousands of signatures against one file: parse it once per version
+    # (inode, size and nanosecond mtime: an edit, even of the same length, gives a new mtime).
+    stamp = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
     cached = _TRUST_CACHE.get(stamp[0])
     if cached is not None and cached[0] == stamp:
         return cached[1]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
     entries = _parse_allowed_signers_text(path, text)
     _TRUST_CACHE[stamp[0]] = (stamp, entries)
     return entries
@@ -502,9 +507,13 @@ def _parse_allowed_signers_text(path: Path, text: str) -> list[_AllowedSigner]:
     return entries
 
 
+@functools.lru_cache(maxsize=1024)
+def _pattern_regex(pattern: str) -> re.Pattern:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.DOTALL)
+
+
 def _pattern_matches(value: str, pattern: str) -> bool:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, flags=re.DOTALL) is not None
+    return _pattern_regex(pattern).fullmatch(value) is not None
 
 
 def _match_pattern_list(value: str, patterns: str) -> bool:
@@ -533,7 +542,6 @@ def _parse_time(value: str) -> datetime:
 
 
 def _trusted_principal(public_blob: bytes, allowed_signers: Path, namespace: str) -> str:
-    key_fp = fingerprint(_format_public_line(public_blob))
     near_misses = []
     now = datetime.now(timezone.utc)
     for entry in _parse_allowed_signers(allowed_signers):
@@ -561,6 +569,7 @@ def _trusted_principal(public_blob: bytes, allowed_signers: Path, namespace: str
             near_misses.append(f"{where} has an unreadable validity option ({err})")
             continue
         return entry.principals
+    key_fp = fingerprint(_format_public_line(public_blob))
     detail = "; ".join(near_misses) if near_misses else f"it is not listed in {allowed_signers}"
     raise _invalid(
         f"The signature is sound but key {key_fp} is not trusted for '{namespace}': {detail}. If you trust "
