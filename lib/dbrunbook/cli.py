@@ -234,6 +234,15 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    from .approvals import approve
+
+    path = approve(load_config(args.config), args.run_id, note=args.note or "",
+                   key_path=Path(args.key) if args.key else None)
+    print(f"Approved {args.run_id}: {path} (signed, with {path.name}.sig)")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from .db import mask_url
     from .embedded import EmbeddedServer
@@ -326,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true",
                         help="move the existing key aside and create a new one")
     keygen.set_defaults(func=cmd_keygen)
+
+    approve_ = sub.add_parser("approve", help="sign your approval of a preview record (four eyes on protected "
+                                              "targets)")
+    approve_.add_argument("run_id", metavar="RUN_ID", help="run id of the preview record you reviewed")
+    approve_.add_argument("--note", help="what you checked, kept in the approval")
+    approve_.add_argument("--key", help="your signing key (default: keys_dir/operator_ed25519)")
+    approve_.set_defaults(func=cmd_approve)
 
     db_ = sub.add_parser("db", help="the embedded PostgreSQL of this project")
     db_.add_argument("action", choices=["start", "stop", "status", "url"])

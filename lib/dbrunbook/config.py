@@ -23,7 +23,7 @@ ENV_CONFIG = "DBRUNBOOK_CONFIG"
 _TARGET_KEYS = {
     "url_env", "service", "embedded", "protected", "lock_timeout", "statement_timeout", "retries",
     "description", "health_url", "maintenance_command", "maintenance_flag", "backup_max_age",
-    "blocker_max_age", "database",
+    "blocker_max_age", "database", "approval_max_age",
 }
 _SET_KEYS = {"alembic_ini", "section", "script_location", "version_table", "version_table_schema",
              "url_env", "env", "models", "description"}
@@ -48,6 +48,7 @@ class Target:
     backup_max_age: str = "24h"
     blocker_max_age: str = "60s"
     database: str = "app"  # only for embedded targets: the database inside the embedded server
+    approval_max_age: str = "24h"  # protected targets: how old the second person's approval of a preview may be
 
     def _repr_html_(self) -> str:
         source = "embedded" if self.embedded else (f"${self.url_env}" if self.url_env else f"service={self.service}")
@@ -258,7 +259,7 @@ _DURATION_UNITS = {
     "w": 604800, "week": 604800, "weeks": 604800,
 }
 #: Policy keys of a target that are durations dbrunbook itself reads (the timeouts are PostgreSQL's to check).
-_DURATION_KEYS = ("backup_max_age", "blocker_max_age")
+_DURATION_KEYS = ("backup_max_age", "blocker_max_age", "approval_max_age")
 
 
 def parse_duration(text: str | float, *, key: str | None = None) -> float:

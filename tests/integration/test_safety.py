@@ -173,13 +173,24 @@ def test_approved_preview_must_match_what_is_applied(tmp_path, database_url, mon
     result = run_runbook("preview", target="local", config=load_config(config))
     assert (result.outcome, result.exit_status) == ("succeeded", 0)
 
+    # A second person (bob, with his own trusted key) approves the preview.
+    from dbrunbook import approvals, signing
+
+    cfg = load_config(config)
+    bob = signing.generate_key(tmp_path / "bob" / "id_ed25519", "bob@dbrunbook")
+    signing.add_allowed_signer(cfg.allowed_signers, "bob@dbrunbook", signing.public_key_line(bob))
+    approvals.approve(cfg, result.run_id, note="read the SQL", key_path=bob)
+
     s = session_for(config)
     try:
         preview = s.preview(save=False)
         frame = safety.require_approved_preview(s, preview, result.run_id)
         assert dict(zip(frame["check"], frame["result"])) == {
             "approved preview": "ok", "record signature": "valid", "same database": "ok",
-            "sha256 of the SQL": "identical"}
+            "sha256 of the SQL": "identical", "approved by a second person": "ok"}
+        assert frame["detail"].iloc[-1].startswith(
+            "previewed by reviewer@dbrunbook, approved by bob@dbrunbook at ")
+        assert frame["detail"].iloc[-1].endswith(", applied by reviewer@dbrunbook (note: read the SQL)")
 
         with pytest.raises(errors.PreviewNotApproved) as stop:
             safety.require_approved_preview(s, preview, "")
