@@ -168,8 +168,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _seal_order(entry: _Entry) -> tuple:
-    # Seal time is the order in which the launcher assigned ``prev``; the run id breaks ties.
-    return entry.finished_at or _EPOCH, entry.run_id
+    # ``seq`` is the place write_record gave the record under the chain lock: the true seal order, even when
+    # two runs that finished at nearly the same time took the lock the other way round. Records sealed
+    # before the chain index existed have none and come first, by seal time; the run id breaks ties.
+    if entry.seq is None:
+        return 0, 0, entry.finished_at or _EPOCH, entry.run_id
+    return 1, entry.seq, entry.finished_at or _EPOCH, entry.run_id
 
 
 def _statement(run_dir: Path) -> dict | None:
