@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import signing
+from . import dsse, signing
 from .errors import DbRunbookError, ParameterError, SignatureInvalid
 from .protocol import (
     ARTIFACTS_DIR,
@@ -381,6 +381,7 @@ def _write_signed(run_dir: Path, statement: dict, key_path: Path) -> Path:
     body = canonical_json(statement)
     # Sign before writing anything: a key problem must not leave a statement without its signature.
     signature = signing.sign(body, key_path)
+    envelope = dsse.envelope(body, key_path)
     try:
         with statement_path.open("xb") as handle:
             handle.write(body)
@@ -388,7 +389,9 @@ def _write_signed(run_dir: Path, statement: dict, key_path: Path) -> Path:
         raise RecordExists(statement_path) from None
     with signature_path.open("xb") as handle:
         handle.write(signature)
-    for name in [*_subject_files(run_dir), STATEMENT_FILE, SIGNATURE_FILE]:
+    with (run_dir / dsse.DSSE_FILE).open("xb") as handle:
+        handle.write(envelope)
+    for name in [*_subject_files(run_dir), STATEMENT_FILE, SIGNATURE_FILE, dsse.DSSE_FILE]:
         _make_read_only(run_dir / name)
     return statement_path
 
@@ -545,9 +548,17 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
                 problems += cell_problems
             else:
                 problems.append(f"{name} differs from the signed digest.")
-    for extra in sorted(_files_in(run_dir) - expected - {STATEMENT_FILE, SIGNATURE_FILE}):
+    for extra in sorted(_files_in(run_dir) - expected - {STATEMENT_FILE, SIGNATURE_FILE, dsse.DSSE_FILE}):
         tampered = True
         problems.append(f"{extra} is not in the signed statement (added after signing).")
+    envelope_path = run_dir / dsse.DSSE_FILE
+    if envelope_path.is_file() and status in ("valid", "untrusted"):
+        # The envelope must carry this very statement, signed by the key that made the SSH signature.
+        signer = signing._format_public_line(signing._parse_signature(signature_path.read_bytes()).public_blob)
+        envelope_problems = dsse.verify_envelope(envelope_path.read_bytes(), signer, body)
+        if envelope_problems:
+            tampered = True
+            problems += envelope_problems
     if predicate.get("run_id") not in (None, run_dir.name):
         tampered = True
         problems.append(f"the statement is for run {predicate.get('run_id')}, but sits in {run_dir.name}/.")
