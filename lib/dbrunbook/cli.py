@@ -125,9 +125,18 @@ def cmd_open(args: argparse.Namespace) -> int:
     path = prepare_runbook(args.runbook, target=args.target, parameters=_parameters(args.parameter),
                            config=load_config(args.config))
     print(path)
-    print(f"Open it with:  jupyter lab {path}")
-    print(f"Then seal it:  dbrunbook seal {path.parent}")
+    print(f"Open it with:  dbrunbook lab   (records under outputs/ are read-only there)")
+    print(f"Save it, then seal it:  dbrunbook seal {path.parent}")
     return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .interactive import lab_command
+
+    argv, env = lab_command(load_config(args.config), args.jupyter_args)
+    return subprocess.call(argv, env=env)
 
 
 def cmd_seal(args: argparse.Namespace) -> int:
@@ -312,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     open_ = sub.add_parser("open", help="prepare a run directory to run a runbook in JupyterLab")
     _add_run_options(open_)
     open_.set_defaults(func=cmd_open)
+
+    lab = sub.add_parser("lab", help="start JupyterLab on the project with the records folder read-only")
+    lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
+    lab.set_defaults(func=cmd_lab)
 
     seal_ = sub.add_parser("seal", help="sign a run directory made by 'open' once its cells have run")
     seal_.add_argument("run_dir", metavar="RUN_DIR")

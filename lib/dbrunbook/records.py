@@ -67,7 +67,7 @@ __all__ = [
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://dbrunbook.dev/run-record/v1"
-MODES = ("papermill", "interactive", "interactive-out-of-order")
+MODES = ("papermill", "interactive", "interactive-out-of-order", "interactive-edited", "interactive-unsaved")
 OPERATOR_ENV = "DBRUNBOOK_OPERATOR"
 OPERATOR_KEY = "operator_ed25519"
 STATUSES = ("valid", "untrusted", "tampered", "unsigned", "incomplete")
@@ -569,6 +569,10 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
         status = "untrusted"
         problems.append(f"signed by '{principal}', but the statement names operator '{operator}': the key "
                         f"does not vouch for the person the record names.")
+    if str(predicate.get("mode")).startswith("interactive-") and predicate.get("mode") != "interactive-out-of-order":
+        from .interactive import INTERACTIVE_ARTIFACT, record_problems
+
+        problems += record_problems(predicate, run_dir / ARTIFACTS_DIR / INTERACTIVE_ARTIFACT)
     if predicate.get("mode") == "interactive-out-of-order":
         problems.append("the notebook was run interactively with cells out of order: its outputs may not "
                         "follow from its code top to bottom.")
