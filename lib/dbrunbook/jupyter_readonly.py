@@ -21,7 +21,21 @@ from traitlets import List, Unicode
 __all__ = ["RecordsReadOnlyContentsManager"]
 
 
-class RecordsReadOnlyContentsManager(AsyncLargeFileManager):
+def _base() -> type:
+    """The default file manager, with jupytext's pairing when jupytext is installed (the dev extras).
+
+    jupytext's server extension would otherwise derive its own manager *from* this one, putting its save in
+    front of ours; it turns every error of the inner save into "500 Unexpected error". Deriving from
+    jupytext's class instead keeps the refusal first (a 403) and jupytext leaves the class alone.
+    """
+    try:
+        from jupytext.async_contentsmanager import build_async_jupytext_contents_manager_class
+    except ImportError:
+        return AsyncLargeFileManager
+    return build_async_jupytext_contents_manager_class(AsyncLargeFileManager)
+
+
+class RecordsReadOnlyContentsManager(_base()):
     """The default file contents manager, read-only under the records folders."""
 
     read_only_dirs = List(
@@ -43,7 +57,8 @@ class RecordsReadOnlyContentsManager(AsyncLargeFileManager):
             return [(root / "outputs").resolve()]
 
     def _refuse_if_record(self, path: str, action: str) -> None:
-        target = Path(self._get_os_path(path.strip("/"))).resolve()
+        path = path.strip("/")
+        target = Path(self._get_os_path(path)).resolve()
         for folder in self._protected():
             if target == folder or folder in target.parents:
                 raise web.HTTPError(403, (
