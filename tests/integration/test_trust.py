@@ -276,6 +276,14 @@ def test_interactive_and_non_preview_records_cannot_be_approved(protected):
         approvals.approve(config, status.run_id, key_path=bob)
     assert str(refused.value) == (f"Run {status.run_id} cannot be approved: it is a 'status' run, not a preview. "
                                   f"Approve a succeeded preview made with 'dbrunbook run preview'.")
+    from dbrunbook.runner import prepare_runbook, seal
+
+    working = prepare_runbook("preview", config=config)
+    sealed = seal(working.parent, config=config)
+    with pytest.raises(errors.ApprovalInvalid) as refused:
+        approvals.approve(config, sealed.run_id, key_path=bob)
+    assert "it was run in mode 'interactive-unsaved' (interactive records do not count: their cells could " \
+           "have been edited)" in str(refused.value)
 
 
 # --- 5. the scheduled verify believes only valid records of the same database -------------------------------
