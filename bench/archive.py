@@ -124,8 +124,9 @@ verify = `archive.verify_archive` of the whole archive (`dbrunbook verify output
 """)
 
 
-BEFORE_NOTE = ("Before (the chain link worked out by reading every statement, the trust file parsed per "
-               "signature): see the `before` lines in the commit message of this section; filled in below.")
+BEFORE_NOTE = ("To compare with another checkout: `PYTHONPATH=<its lib> .venv/bin/python bench/archive.py "
+               "--label before --no-write`. Wall-clock rates depend on the machine's load; the CPU-second rate "
+               "does not.")
 
 if __name__ == "__main__":
     main()

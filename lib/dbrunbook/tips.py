@@ -26,7 +26,6 @@ from typing import Iterator
 
 from . import signing
 from .errors import ChainLockTimeout, SignatureInvalid
-from .protocol import STATEMENT_FILE
 
 __all__ = ["LOCK_FILE", "TIPS_FILE", "TIPS_SIGNATURE", "ChainLockTimeout", "Tip", "archive_of", "locked",
            "read_tips", "rebuild_tips", "verify_tips", "write_tips"]
@@ -151,12 +150,3 @@ def verify_tips(outputs_dir: Path, allowed_signers: Path) -> tuple[dict[str, Tip
     except SignatureInvalid as err:
         return None, f"{path} cannot be trusted: {err}"
     return tips, None
-
-
-def statement_seq(run_dir: Path) -> int | None:
-    """The ``seq`` a statement was sealed with (None for records sealed before the index existed)."""
-    try:
-        seq = json.loads((Path(run_dir) / STATEMENT_FILE).read_bytes())["predicate"].get("seq")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return seq if isinstance(seq, int) else None
