@@ -270,21 +270,30 @@ def _chain_findings(chain: list[_Entry], by_sha: dict[str, _Entry]) -> list[Find
 
 def _continuity_findings(chain: list[_Entry]) -> list[Finding]:
     """The heads each record saw at its start must be where earlier records left the database."""
+    import bisect
+
     findings = []
-    for i, entry in enumerate(chain[1:], start=1):
-        started = entry.started_at or entry.finished_at or _EPOCH
-        # Runs that overlapped this one may have moved the heads while it started: any of their states counts.
-        finished_before = [e for e in chain[:i] if (e.finished_at or _EPOCH) <= started]
-        overlapping = [e for e in chain[:i] if (e.finished_at or _EPOCH) > started]
-        allowed = [finished_before[-1].heads_after] if finished_before else []
-        allowed += [h for e in overlapping for h in (e.heads_before, e.heads_after)]
-        if allowed and all(_heads_differ(h, entry.heads_before) for h in allowed):
-            last = finished_before[-1] if finished_before else chain[i - 1]
-            findings.append(Finding("unrecorded-change", (
-                f"the Alembic heads of {entry.database} moved from {_show_heads(last.heads_after)} (after "
-                f"{last.run_id}) to {_show_heads(entry.heads_before)} (before {entry.run_id}) with no record "
-                f"of the change: someone ran Alembic outside dbrunbook, or a record is missing."),
-                entry.run_id, entry.database))
+    # Earlier records by finish time (kept sorted as the chain is walked), so that the records still running
+    # when one started are a slice, not a scan of the whole prefix: the check stays O(N log N).
+    finishes: list[tuple[datetime, int]] = []
+    for i, entry in enumerate(chain):
+        if i:
+            started = entry.started_at or entry.finished_at or _EPOCH
+            # The last record, in seal order, that had finished when this one started (usually the one before).
+            last_before = next((chain[j] for j in range(i - 1, -1, -1)
+                                if (chain[j].finished_at or _EPOCH) <= started), None)
+            # Runs that overlapped this one may have moved the heads while it started: any of their states counts.
+            overlapping = [chain[j] for _f, j in finishes[bisect.bisect_right(finishes, (started, len(chain))):]]
+            allowed = [last_before.heads_after] if last_before else []
+            allowed += [h for e in overlapping for h in (e.heads_before, e.heads_after)]
+            if allowed and all(_heads_differ(h, entry.heads_before) for h in allowed):
+                last = last_before or chain[i - 1]
+                findings.append(Finding("unrecorded-change", (
+                    f"the Alembic heads of {entry.database} moved from {_show_heads(last.heads_after)} (after "
+                    f"{last.run_id}) to {_show_heads(entry.heads_before)} (before {entry.run_id}) with no "
+                    f"record of the change: someone ran Alembic outside dbrunbook, or a record is missing."),
+                    entry.run_id, entry.database))
+        bisect.insort(finishes, (entry.finished_at or _EPOCH, i))
     return findings
 
 

@@ -126,7 +126,7 @@ def test_reordered_record_is_out_of_order(built, copy):
     later = json.loads((built.run_dirs[2] / protocol.STATEMENT_FILE).read_bytes())["predicate"]["finished_at"]
     statement["predicate"]["finished_at"] = (datetime.fromisoformat(later) + timedelta(seconds=1)).isoformat()
     statement["predicate"]["seq"] = 4  # its place in the chain, after the last record
-    for name in (protocol.STATEMENT_FILE, protocol.SIGNATURE_FILE):
+    for name in (protocol.STATEMENT_FILE, protocol.SIGNATURE_FILE, "statement.dsse.json"):
         (run_dir / name).unlink()
     key = Path(built.config.keys_dir) / "operator_ed25519"
     records.write_record(run_dir, statement, key, chain=False)  # an attacker sets the link himself

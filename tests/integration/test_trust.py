@@ -195,7 +195,7 @@ def test_record_whose_operator_is_not_its_signer_is_untrusted(built, copy):
     run_dir = _in(copy, config, status.record_dir)
     statement = json.loads((run_dir / protocol.STATEMENT_FILE).read_bytes())
     statement["predicate"]["operator"] = "alice@example.com"  # the env var said alice; the key is tester's
-    for name in (protocol.STATEMENT_FILE, protocol.SIGNATURE_FILE):
+    for name in (protocol.STATEMENT_FILE, protocol.SIGNATURE_FILE, "statement.dsse.json"):
         (run_dir / name).unlink()
     records.write_record(run_dir, statement, Path(config.keys_dir) / records.OPERATOR_KEY, chain=False)
     check = records.verify_record(run_dir, config.allowed_signers)
@@ -305,7 +305,7 @@ def moved(project):
 def _resign(run_dir: Path, config, change) -> None:
     statement = json.loads((run_dir / protocol.STATEMENT_FILE).read_bytes())
     change(statement["predicate"])
-    for name in (protocol.STATEMENT_FILE, protocol.SIGNATURE_FILE):
+    for name in (protocol.STATEMENT_FILE, protocol.SIGNATURE_FILE, "statement.dsse.json"):
         (run_dir / name).unlink()
     records.write_record(run_dir, statement, Path(config.keys_dir) / records.OPERATOR_KEY, chain=False)
 
