@@ -40,7 +40,28 @@ class Project:
         return module.fill(self.url)
 
 
-def write_project(folder: Path, url: str, *, protected: bool = False) -> Project:
+OPERATOR = "tester@dbrunbook"
+
+
+def trust_operator(config_path: Path, operator: str = OPERATOR) -> Path:
+    """Give a project an operator key trusted as ``operator``: runs never create or trust one themselves."""
+    from dbrunbook import trust
+    from dbrunbook.config import load_config
+
+    from dbrunbook import signing
+
+    config = load_config(config_path)
+    key = trust.operator_key_path(config)
+    if key.exists():  # a key shared by several test projects: trust it in this one's file too
+        signing.add_allowed_signer(config.allowed_signers, trust.principal_for(operator),
+                                   signing.public_key_line(key))
+        return key
+    key, _line = trust.create_operator_key(config.keys_dir, operator=operator,
+                                           allowed_signers=config.allowed_signers)
+    return key
+
+
+def write_project(folder: Path, url: str, *, protected: bool = False, signing_key: bool = True) -> Project:
     """Write a dbrunbook.toml in ``folder`` that drives the repository's runbooks and sample migrations."""
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "dbrunbook.toml"
@@ -68,6 +89,8 @@ models = "{ROOT / 'migrations/ai/models.py'}:Base"
 """,
         encoding="utf-8",
     )
+    if signing_key:
+        trust_operator(config)
     return Project(root=folder, config_path=config, url=url, env={URL_ENV: url})
 
 

@@ -37,6 +37,7 @@ FINDING_KINDS = (
     "misfiled",           # a run directory not under the date of its run id
     "unrecorded-change",  # the Alembic heads moved between two records, or since the last one
     "ledger",             # a ledger row and the records disagree
+    "tip",                # outputs/.tips.json names a newest record that is gone, or cannot be trusted
 )
 
 
@@ -68,6 +69,7 @@ class _Entry:
     heads_before: dict
     heads_after: dict
     runbook: str | None
+    seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _seal_order(entry: _Entry) -> tuple:
-    # Seal time is the order in which the launcher assigned ``prev``; the run id breaks ties.
-    return entry.finished_at or _EPOCH, entry.run_id
+    # ``seq`` is the place write_record gave the record under the chain lock: the true seal order, even when
+    # two runs that finished at nearly the same time took the lock the other way round. Records sealed
+    # before the chain index existed have none and come first, by seal time; the run id breaks ties.
+    if entry.seq is None:
+        return 0, 0, entry.finished_at or _EPOCH, entry.run_id
+    return 1, entry.seq, entry.finished_at or _EPOCH, entry.run_id
 
 
 def _statement(run_dir: Path) -> dict | None:
@@ -178,26 +184,28 @@ def _statement(run_dir: Path) -> dict | None:
     return statement if isinstance(statement, dict) else None
 
 
-def _entry(run_dir: Path, statement: dict | None) -> _Entry | None:
-    if statement is None or not (run_dir / STATEMENT_FILE).is_file():
+def _entry(run_dir: Path, statement: dict | None, sha256: str | None = None) -> _Entry | None:
+    if statement is None or (sha256 is None and not (run_dir / STATEMENT_FILE).is_file()):
         return None
     predicate = statement.get("predicate") or {}
     if not isinstance(predicate, dict):
         return None
     return _Entry(
-        run_id=run_dir.name, run_dir=run_dir, sha256=records.statement_sha256(run_dir),
+        run_id=run_dir.name, run_dir=run_dir, sha256=sha256 or records.statement_sha256(run_dir),
         prev=predicate.get("prev") or None, database=database_key(predicate.get("database")),
         started_at=_moment(predicate.get("started_at")), finished_at=_moment(predicate.get("finished_at")),
         heads_before=predicate.get("heads_before") or {}, heads_after=predicate.get("heads_after") or {},
         runbook=predicate.get("runbook"),
+        seq=predicate.get("seq") if isinstance(predicate.get("seq"), int) else None,
     )
 
 
 def previous_statement(outputs_dir: Path, database: Mapping | str | None) -> str | None:
     """sha256 of the statement of the last sealed record of ``database``: what a new record's ``prev`` is.
 
-    The launcher calls this just before it builds a statement (its own run directory has no statement yet,
-    so it is not a candidate). Records are ordered by their seal time, the order ``verify_archive`` checks.
+    Read from the chain index ``outputs/.tips.json`` (worked out from the statements when it is missing),
+    so it costs the same whatever the archive's size. ``records.write_record`` sets the final link itself,
+    under the chain lock; this is the value a statement built now would get.
 
     Args:
         database: the database identity (``DatabaseIdentity.as_dict()``) or its ``database_key``; None
@@ -206,9 +214,13 @@ def previous_statement(outputs_dir: Path, database: Mapping | str | None) -> str
     key = database if isinstance(database, str) or database is None else database_key(database)
     if key is None:
         return None
-    entries = [e for e in (_entry(d, _statement(d)) for d in records.find_records(outputs_dir))
-               if e is not None and e.database == key]
-    return max(entries, key=_seal_order).sha256 if entries else None
+    from . import tips
+
+    current = tips.read_tips(outputs_dir)
+    if current is None:
+        current = tips.rebuild_tips(outputs_dir)
+    tip = current.get(key)
+    return tip.sha256 if tip else None
 
 
 # --- heads ------------------------------------------------------------------------------------------------
@@ -258,25 +270,80 @@ def _chain_findings(chain: list[_Entry], by_sha: dict[str, _Entry]) -> list[Find
 
 def _continuity_findings(chain: list[_Entry]) -> list[Finding]:
     """The heads each record saw at its start must be where earlier records left the database."""
+    import bisect
+
     findings = []
-    for i, entry in enumerate(chain[1:], start=1):
-        started = entry.started_at or entry.finished_at or _EPOCH
-        # Runs that overlapped this one may have moved the heads while it started: any of their states counts.
-        finished_before = [e for e in chain[:i] if (e.finished_at or _EPOCH) <= started]
-        overlapping = [e for e in chain[:i] if (e.finished_at or _EPOCH) > started]
-        allowed = [finished_before[-1].heads_after] if finished_before else []
-        allowed += [h for e in overlapping for h in (e.heads_before, e.heads_after)]
-        if allowed and all(_heads_differ(h, entry.heads_before) for h in allowed):
-            last = finished_before[-1] if finished_before else chain[i - 1]
-            findings.append(Finding("unrecorded-change", (
-                f"the Alembic heads of {entry.database} moved from {_show_heads(last.heads_after)} (after "
-                f"{last.run_id}) to {_show_heads(entry.heads_before)} (before {entry.run_id}) with no record "
-                f"of the change: someone ran Alembic outside dbrunbook, or a record is missing."),
-                entry.run_id, entry.database))
+    # Earlier records by finish time (kept sorted as the chain is walked), so that the records still running
+    # when one started are a slice, not a scan of the whole prefix: the check stays O(N log N).
+    finishes: list[tuple[datetime, int]] = []
+    for i, entry in enumerate(chain):
+        if i:
+            started = entry.started_at or entry.finished_at or _EPOCH
+            # The last record, in seal order, that had finished when this one started (usually the one before).
+            last_before = next((chain[j] for j in range(i - 1, -1, -1)
+                                if (chain[j].finished_at or _EPOCH) <= started), None)
+            # Runs that overlapped this one may have moved the heads while it started: any of their states counts.
+            overlapping = [chain[j] for _f, j in finishes[bisect.bisect_right(finishes, (started, len(chain))):]]
+            allowed = [last_before.heads_after] if last_before else []
+            allowed += [h for e in overlapping for h in (e.heads_before, e.heads_after)]
+            if allowed and all(_heads_differ(h, entry.heads_before) for h in allowed):
+                last = last_before or chain[i - 1]
+                findings.append(Finding("unrecorded-change", (
+                    f"the Alembic heads of {entry.database} moved from {_show_heads(last.heads_after)} (after "
+                    f"{last.run_id}) to {_show_heads(entry.heads_before)} (before {entry.run_id}) with no "
+                    f"record of the change: someone ran Alembic outside dbrunbook, or a record is missing."),
+                    entry.run_id, entry.database))
+        bisect.insort(finishes, (entry.finished_at or _EPOCH, i))
+    return findings
+
+
+def _tip_findings(outputs_dir: Path, allowed_signers: Path, chains: dict[str, list[_Entry]],
+                  by_sha: dict[str, _Entry]) -> list[Finding]:
+    """The signed chain index against the chains: a tip whose record is gone is a deleted newest record."""
+    from . import tips
+
+    current, problem = tips.verify_tips(outputs_dir, allowed_signers)
+    index = outputs_dir / tips.TIPS_FILE
+    if problem is not None:
+        return [Finding("tip", f"{problem} The newest record of each database cannot be checked; restore "
+                               f"{tips.TIPS_FILE} from a copy of the archive.")]
+    indexed = [key for key, chain in chains.items() if any(e.seq is not None for e in chain)]
+    if current is None:
+        if not indexed:
+            return []  # an archive sealed before the index existed: nothing anchors its newest records
+        return [Finding("tip", (
+            f"{index} is missing although records were sealed with it: whether the newest records of "
+            f"{', '.join(sorted(indexed))} were deleted cannot be told. Restore it from a copy of the archive "
+            f"(the next seal rebuilds it from what is left)."))]
+    findings = []
+    for key, tip in sorted(current.items()):
+        chain = chains.get(key, [])
+        last = chain[-1] if chain else None
+        if tip.sha256 not in by_sha:
+            findings.append(Finding("tip", (
+                f"the newest record of {key} is {tip.run_id} (number {tip.seq} of its chain, statement sha256 "
+                f"{tip.sha256[:16]}…) according to {tips.TIPS_FILE}, but it is not in the archive: it was "
+                f"deleted or moved away. Restore it from a copy of the archive."), tip.run_id, key))
+        elif last is not None and last.sha256 != tip.sha256:
+            findings.append(Finding("tip", (
+                f"{tips.TIPS_FILE} names {tip.run_id} as the newest record of {key}, but {last.run_id} was "
+                f"sealed after it: the index is an older copy, or {last.run_id} was sealed elsewhere and "
+                f"copied in."), last.run_id, key))
+    for key in sorted(set(indexed) - set(current)):
+        findings.append(Finding("tip", (
+            f"{key} has records sealed with the chain index but {tips.TIPS_FILE} does not list it: the index "
+            f"was replaced by another archive's."), chains[key][-1].run_id, key))
     return findings
 
 
 def _misfiled(outputs_dir: Path, run_dir: Path) -> Finding | None:
+    name = run_dir.name
+    # find_records lists outputs_dir/YYYY/MM/DD/<run id>: comparing the three folder names with the run id's
+    # date is enough (and cheap: no strptime, no resolve, for thousands of records).
+    if len(name) > 8 and name[:8].isdigit() and run_dir.parent.parent.parent.parent == outputs_dir and \
+            (run_dir.parent.parent.parent.name, run_dir.parent.parent.name, run_dir.parent.name) == \
+            (name[:4], name[4:6], name[6:8]):
+        return None
     try:
         expected = records.run_dir_for(outputs_dir, run_dir.name)
     except ValueError:
@@ -395,7 +462,8 @@ def verify_archive(outputs_dir: Path, allowed_signers: Path, engines=None, *,
                                                  .get("database"))))
         # The chain uses the statement as it is on disk: a tampered one is reported above, and its digest
         # no longer matches the next record's link, which reports it a second time as "missing".
-        entry = _entry(run_dir, check.statement if check.statement is not None else _statement(run_dir))
+        entry = (_entry(run_dir, check.statement, check.statement_sha256) if check.statement is not None
+                 else _entry(run_dir, _statement(run_dir)))
         if entry is not None:
             entries.append(entry)
         misfiled = _misfiled(outputs_dir, run_dir)
@@ -411,6 +479,7 @@ def verify_archive(outputs_dir: Path, allowed_signers: Path, engines=None, *,
         chains[key] = chain
         findings += _chain_findings(chain, by_sha)
         findings += _continuity_findings(chain)
+    findings += _tip_findings(outputs_dir, Path(allowed_signers), chains, by_sha)
     ledgers = []
     by_run = {e.run_id: e for e in entries}
     for engine in _engines(engines):

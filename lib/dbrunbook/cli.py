@@ -168,9 +168,18 @@ def cmd_open(args: argparse.Namespace) -> int:
     path = prepare_runbook(args.runbook, target=args.target, parameters=_parameters(args.parameter),
                            config=load_config(args.config))
     print(path)
-    print(f"Open it with:  jupyter lab {path}")
-    print(f"Then seal it:  dbrunbook seal {path.parent}")
+    print(f"Open it with:  dbrunbook lab   (records under outputs/ are read-only there)")
+    print(f"Save it, then seal it:  dbrunbook seal {path.parent}")
     return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .interactive import lab_command
+
+    argv, env = lab_command(load_config(args.config), args.jupyter_args)
+    return subprocess.call(argv, env=env)
 
 
 def cmd_seal(args: argparse.Namespace) -> int:
@@ -264,10 +273,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from . import records
+    from . import records, signing, trust
 
     config = load_config(args.config)
-    key = Path(config.keys_dir) / records.OPERATOR_KEY
+    key = trust.operator_key_path(config)
     if args.force and key.exists():
         # Moved aside, never deleted: records it signed still verify (its key stays in allowed_signers).
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -275,11 +284,30 @@ def cmd_keygen(args: argparse.Namespace) -> int:
             if old.exists():
                 old.rename(old.with_name(f"{old.name}.replaced-{stamp}"))
         print(f"Moved the old key aside: {key}.replaced-{stamp}")
-    path, created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
-    if created:
-        print(f"Created signing key {path} (public key {path}.pub, trusted in {config.allowed_signers}).")
+    if key.exists():
+        print(f"Signing key {key} exists already; pass --force to replace it.")
+        if args.trust:
+            principal = trust.principal_for(records.operator_identity())
+            signing.add_allowed_signer(config.allowed_signers, principal, signing.public_key_line(key))
+            print(f"Trusted it as {principal} in {config.allowed_signers}.")
+        return 0
+    path, line = trust.create_operator_key(config.keys_dir,
+                                           allowed_signers=config.allowed_signers if args.trust else None)
+    print(f"Created signing key {path} (public key {path}.pub).")
+    if args.trust:
+        print(f"Trusted it in {config.allowed_signers}:\n  {line}")
     else:
-        print(f"Signing key {path} exists already; pass --force to replace it.")
+        print(f"Runs refuse to start until the team trusts it: add this line to {config.allowed_signers} "
+              f"(reviewed like code), or run 'dbrunbook keygen --trust' on a machine of your own:\n  {line}")
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from .approvals import approve
+
+    path = approve(load_config(args.config), args.run_id, note=args.note or "",
+                   key_path=Path(args.key) if args.key else None)
+    print(f"Approved {args.run_id}: {path} (signed, with {path.name}.sig)")
     return 0
 
 
@@ -361,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(open_)
     open_.set_defaults(func=cmd_open)
 
+    lab = sub.add_parser("lab", help="start JupyterLab on the project with the records folder read-only")
+    lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
+    lab.set_defaults(func=cmd_lab)
+
     seal_ = sub.add_parser("seal", help="sign a run directory made by 'open' once its cells have run")
     seal_.add_argument("run_dir", metavar="RUN_DIR")
     seal_.set_defaults(func=cmd_seal)
@@ -378,9 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     report_.set_defaults(func=cmd_report)
 
     keygen = sub.add_parser("keygen", help="create the operator's signing key")
+    keygen.add_argument("--trust", action="store_true",
+                        help="also add the key to the project's allowed_signers (a demo or your own laptop)")
     keygen.add_argument("--force", action="store_true",
                         help="move the existing key aside and create a new one")
     keygen.set_defaults(func=cmd_keygen)
+
+    approve_ = sub.add_parser("approve", help="sign your approval of a preview record (four eyes on protected "
+                                              "targets)")
+    approve_.add_argument("run_id", metavar="RUN_ID", help="run id of the preview record you reviewed")
+    approve_.add_argument("--note", help="what you checked, kept in the approval")
+    approve_.add_argument("--key", help="your signing key (default: keys_dir/operator_ed25519)")
+    approve_.set_defaults(func=cmd_approve)
 
     db_ = sub.add_parser("db", help="the embedded PostgreSQL of this project")
     db_.add_argument("action", choices=["start", "stop", "status", "url"])

@@ -26,6 +26,7 @@ _TARGET_KEYS = {
     "description", "health_url", "maintenance_command", "maintenance_flag", "backup_max_age",
     "blocker_max_age", "database",
     "backfill_max_lag", "backfill_max_wal_backlog",
+    "approval_max_age",
 }
 _BACKFILL_KEYS = {"table", "key", "set", "where", "migration_set", "revision", "description"}
 _SET_KEYS = {"alembic_ini", "section", "script_location", "version_table", "version_table_schema",
@@ -55,6 +56,7 @@ class Target:
     database: str = "app"  # only for embedded targets: the database inside the embedded server
     backfill_max_lag: str = "10s"  # a backfill pauses while a standby replays further behind than this
     backfill_max_wal_backlog: int = 64  # ... or while more WAL segments than this wait to be archived
+    approval_max_age: str = "24h"  # protected targets: how old the second person's approval of a preview may be
 
     def _repr_html_(self) -> str:
         source = "embedded" if self.embedded else (f"${self.url_env}" if self.url_env else f"service={self.service}")
@@ -213,7 +215,8 @@ def load_config(path: Path | str | None = None) -> Config:
         runbooks_dir=rel(project.get("runbooks"), "runbooks"),
         keys_dir=keys_dir,
         state_dir=state_dir,
-        allowed_signers=rel(records.get("allowed_signers"), str(keys_dir / "allowed_signers")),
+        # The trust file is the team's, reviewed like code: in the project, not beside the private key.
+        allowed_signers=rel(records.get("allowed_signers"), "allowed_signers"),
         default_target=default_target,
         backfills=backfills,
     )

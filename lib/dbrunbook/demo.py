@@ -39,9 +39,13 @@ def run_demo(config: Config) -> list:
     """Run the demo; returns the RunResults of the runs it made."""
     from .runner import run_runbook
 
-    key, created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
-    if created:
-        _say(f"Created a local operator signing key {key} (trusted in {config.allowed_signers}).")
+    from . import trust
+
+    if not trust.operator_key_path(config).exists():
+        # The demo is the operator's own explicit act: it makes and trusts a local key, and says so.
+        key, _line = trust.create_operator_key(config.keys_dir, allowed_signers=config.allowed_signers)
+        _say(f"Created a local operator signing key {key} (trusted in {config.allowed_signers}; that is "
+             f"'dbrunbook keygen --trust').")
     target = config.target(DEMO_TARGET)
     if target.embedded:
         admin_url = EmbeddedServer.for_config(config).ensure_started()

@@ -333,6 +333,46 @@ class InvalidIndex(MigrationFailed):
                          f"IF NOT EXISTS skips it. Run {fixes}, then run the migration again")
 
 
+# --- keys, trust and the archive (records a reviewer can trust) ---------------------------------------------
+class SigningKeyMissing(ConfigError):
+    """No operator signing key: ``run`` never creates or trusts one by itself."""
+
+    def __init__(self, key_path, allowed_signers):
+        self.key_path, self.allowed_signers = key_path, allowed_signers
+        super().__init__(
+            f"No signing key at {key_path}: every run is signed, and dbrunbook does not create or trust a key "
+            f"on its own. Run 'dbrunbook keygen' (it prints the line to add to {allowed_signers}, the trust "
+            f"file reviewed like code; 'dbrunbook keygen --trust' adds it), or set [records] keys_dir to the "
+            f"folder holding your operator_ed25519 key."
+        )
+
+
+class SignerNotTrusted(ConfigError):
+    """The operator's key is not in the trust file, or is trusted under another name than the operator's."""
+
+    def __init__(self, key_path, allowed_signers, problem: str):
+        self.key_path, self.allowed_signers, self.problem = key_path, allowed_signers, problem
+        super().__init__(f"Signing key {key_path}: {problem}")
+
+
+class ChainLockTimeout(DbRunbookError):
+    """Another process held the archive's chain lock for longer than a seal can take."""
+
+    def __init__(self, lock_path, seconds: float):
+        self.lock_path, self.seconds = lock_path, seconds
+        super().__init__(
+            f"Could not take the chain lock {lock_path} within {seconds:.0f}s: another seal holds it. Look for "
+            f"a hung 'dbrunbook' process (fuser {lock_path}); the run directory stays unsealed, seal it "
+            f"afterwards with 'dbrunbook seal RUN_DIR'."
+        )
+
+
+class ApprovalInvalid(DbRunbookError):
+    """An approval that cannot be written: the record to approve is not a valid papermill preview."""
+
+    exit_status = 2
+
+
 def _guard_names() -> frozenset[str]:
     found, todo = set(), [GuardStop]
     while todo:
@@ -341,10 +381,6 @@ def _guard_names() -> frozenset[str]:
         todo.extend(cls.__subclasses__())
     return frozenset(found)
 
-
-#: Exception names (papermill's ``ename``) the launcher classifies as "stopped at a guard": every GuardStop
-#: subclass, derived from the class tree so a new guard cannot be forgotten here.
-GUARD_ENAMES = _guard_names()
 
 
 # --- records that must be finished (issue 10: no change without a record) ----------------------------------
@@ -435,4 +471,7 @@ class BackfillNotComplete(GuardStop):
         )
 
 
-GUARD_ENAMES = _guard_names()  # again: the guards above are defined after the first computation
+#: Exception names (papermill's ``ename``) the launcher classifies as "stopped at a guard": every GuardStop
+#: subclass, derived from the class tree (at the end of the module, after every class) so a new guard cannot
+#: be forgotten here.
+GUARD_ENAMES = _guard_names()

@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import signing
+from . import dsse, signing
 from .errors import DbRunbookError, ParameterError, SignatureInvalid
 from .protocol import (
     ARTIFACTS_DIR,
@@ -67,7 +67,7 @@ __all__ = [
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://dbrunbook.dev/run-record/v1"
-MODES = ("papermill", "interactive", "interactive-out-of-order")
+MODES = ("papermill", "interactive", "interactive-out-of-order", "interactive-edited", "interactive-unsaved")
 OPERATOR_ENV = "DBRUNBOOK_OPERATOR"
 OPERATOR_KEY = "operator_ed25519"
 STATUSES = ("valid", "untrusted", "tampered", "unsigned", "incomplete")
@@ -334,8 +334,14 @@ def _make_read_only(path: Path) -> None:
     path.chmod(path.stat().st_mode & ~writable | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 
-def write_record(run_dir: Path, statement: dict, key_path: Path) -> Path:
+def write_record(run_dir: Path, statement: dict, key_path: Path, *, chain: bool = True) -> Path:
     """Write ``statement.json`` (canonical) and ``statement.json.sig``; make the record's files read-only.
+
+    With ``chain`` (the default) and a run directory filed as ``outputs/YYYY/MM/DD/<run-id>``, the chain link
+    is set here, under the archive's chain lock: ``prev`` (sha256 of the newest statement of the same
+    database) and ``seq`` come from ``outputs/.tips.json``, which is then advanced to this record, so two
+    simultaneous seals never name the same predecessor and the cost does not grow with the archive.
+    ``chain=False`` writes the statement exactly as given.
 
     Returns:
         The path of statement.json.
@@ -343,7 +349,30 @@ def write_record(run_dir: Path, statement: dict, key_path: Path) -> Path:
     Raises:
         RecordExists: the run directory already holds a statement or a signature.
         SigningKeyError: the key cannot sign (missing, encrypted, not Ed25519).
+        ChainLockTimeout: another seal held the chain lock for minutes.
     """
+    from . import archive, tips
+
+    run_dir = Path(run_dir)
+    outputs_dir = tips.archive_of(run_dir) if chain else None
+    key = archive.database_key((statement.get("predicate") or {}).get("database")) if outputs_dir else None
+    if outputs_dir is None or key is None:
+        return _write_signed(run_dir, statement, key_path)
+    with tips.locked(outputs_dir):
+        current = tips.read_tips(outputs_dir)
+        if current is None:
+            current = tips.rebuild_tips(outputs_dir)
+        tip = current.get(key)
+        statement = json.loads(canonical_json(statement))
+        statement["predicate"]["prev"] = tip.sha256 if tip else None
+        statement["predicate"]["seq"] = tip.seq + 1 if tip else 1
+        path = _write_signed(run_dir, statement, key_path)
+        current[key] = tips.Tip(run_dir.name, statement_sha256(run_dir), statement["predicate"]["seq"])
+        tips.write_tips(outputs_dir, current, key_path)
+    return path
+
+
+def _write_signed(run_dir: Path, statement: dict, key_path: Path) -> Path:
     run_dir = Path(run_dir)
     statement_path, signature_path = run_dir / STATEMENT_FILE, run_dir / SIGNATURE_FILE
     for existing in (statement_path, signature_path):
@@ -352,6 +381,7 @@ def write_record(run_dir: Path, statement: dict, key_path: Path) -> Path:
     body = canonical_json(statement)
     # Sign before writing anything: a key problem must not leave a statement without its signature.
     signature = signing.sign(body, key_path)
+    envelope = dsse.envelope(body, key_path)
     try:
         with statement_path.open("xb") as handle:
             handle.write(body)
@@ -359,7 +389,9 @@ def write_record(run_dir: Path, statement: dict, key_path: Path) -> Path:
         raise RecordExists(statement_path) from None
     with signature_path.open("xb") as handle:
         handle.write(signature)
-    for name in [*_subject_files(run_dir), STATEMENT_FILE, SIGNATURE_FILE]:
+    with (run_dir / dsse.DSSE_FILE).open("xb") as handle:
+        handle.write(envelope)
+    for name in [*_subject_files(run_dir), STATEMENT_FILE, SIGNATURE_FILE, dsse.DSSE_FILE]:
         _make_read_only(run_dir / name)
     return statement_path
 
@@ -375,6 +407,7 @@ class RecordCheck:
     problems: tuple[str, ...] = ()
     changed_cells: tuple[int, ...] = ()
     statement: dict | None = None
+    statement_sha256: str | None = None  # of statement.json as read (what the next record's prev names)
 
     @property
     def run_id(self) -> str:
@@ -406,10 +439,19 @@ class RecordCheck:
 
 
 def _files_in(run_dir: Path) -> set[str]:
-    return {
-        p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")
-        if p.is_file() and not _IGNORED_DIRS.intersection(p.relative_to(run_dir).parts)
-    }
+    # os.scandir, not Path.rglob: verifying an archive lists thousands of run directories.
+    found: set[str] = set()
+    todo = [(str(run_dir), "")]
+    while todo:
+        folder, prefix = todo.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    if entry.name not in _IGNORED_DIRS:
+                        todo.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.is_file():
+                    found.add(prefix + entry.name)
+    return found
 
 
 def _compare_cells(recorded: list[dict], nb_bytes: bytes) -> tuple[tuple[int, ...], list[str]]:
@@ -479,6 +521,7 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
     if statement is None:
         return RecordCheck(run_dir, "tampered", principal, (*problems, statement_problem))
 
+    body_sha256 = hashlib.sha256(body).hexdigest()
     changed: tuple[int, ...] = ()
     tampered = False
     subjects = statement.get("subject") or []
@@ -492,29 +535,48 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
         name = subject["name"]
         expected.add(name)
         path = run_dir / name
-        if not path.is_file():
+        try:
+            digest = sha256_file(path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             tampered = True
             problems.append(f"{name} is listed in the statement but missing.")
             continue
-        if sha256_file(path) != (subject.get("digest") or {}).get("sha256"):
+        if digest != (subject.get("digest") or {}).get("sha256"):
             tampered = True
             if name == NOTEBOOK_FILE:
                 changed, cell_problems = _compare_cells(predicate.get("cells") or [], path.read_bytes())
                 problems += cell_problems
             else:
                 problems.append(f"{name} differs from the signed digest.")
-    for extra in sorted(_files_in(run_dir) - expected - {STATEMENT_FILE, SIGNATURE_FILE}):
+    for extra in sorted(_files_in(run_dir) - expected - {STATEMENT_FILE, SIGNATURE_FILE, dsse.DSSE_FILE}):
         tampered = True
         problems.append(f"{extra} is not in the signed statement (added after signing).")
+    envelope_path = run_dir / dsse.DSSE_FILE
+    if envelope_path.is_file() and status in ("valid", "untrusted"):
+        # The envelope must carry this very statement, signed by the key that made the SSH signature.
+        signer = signing._format_public_line(signing._parse_signature(signature_path.read_bytes()).public_blob)
+        envelope_problems = dsse.verify_envelope(envelope_path.read_bytes(), signer, body)
+        if envelope_problems:
+            tampered = True
+            problems += envelope_problems
     if predicate.get("run_id") not in (None, run_dir.name):
         tampered = True
         problems.append(f"the statement is for run {predicate.get('run_id')}, but sits in {run_dir.name}/.")
     if tampered:
         status = "tampered"
+    operator = predicate.get("operator")
+    if status == "valid" and principal and operator and not signing.principal_matches(principal, operator):
+        status = "untrusted"
+        problems.append(f"signed by '{principal}', but the statement names operator '{operator}': the key "
+                        f"does not vouch for the person the record names.")
+    if str(predicate.get("mode")).startswith("interactive-") and predicate.get("mode") != "interactive-out-of-order":
+        from .interactive import INTERACTIVE_ARTIFACT, record_problems
+
+        problems += record_problems(predicate, run_dir / ARTIFACTS_DIR / INTERACTIVE_ARTIFACT)
     if predicate.get("mode") == "interactive-out-of-order":
         problems.append("the notebook was run interactively with cells out of order: its outputs may not "
                         "follow from its code top to bottom.")
-    return RecordCheck(run_dir, status, principal, tuple(problems), changed, statement)
+    return RecordCheck(run_dir, status, principal, tuple(problems), changed, statement, body_sha256)
 
 
 # --- finding records ------------------------------------------------------------------------------------
@@ -566,22 +628,24 @@ def last_record(
 
 
 def ensure_operator_key(keys_dir: Path, allowed_signers: Path) -> tuple[Path, bool]:
-    """Return the operator's signing key ``keys_dir/operator_ed25519``, creating it on first use.
+    """Return the operator's signing key ``keys_dir/operator_ed25519``; it is never created here.
 
-    A new key is added to ``allowed_signers`` as ``operator_identity()``; an existing key is left alone,
-    never re-trusted automatically (trust is the team's decision, kept in allowed_signers).
+    Creating and trusting a key is the operator's and the team's act (``dbrunbook keygen``, see
+    ``dbrunbook.trust``), never a side effect of a run: otherwise "valid" would mean "signed by a key this
+    machine trusted itself".
 
     Returns:
-        (path of the private key, True when it was created now).
+        (path of the private key, False): the second value is kept for callers of the old signature.
+
+    Raises:
+        SigningKeyMissing: there is no key; run ``dbrunbook keygen``.
     """
+    from .errors import SigningKeyMissing
+
     key_path = Path(keys_dir) / OPERATOR_KEY
-    if key_path.exists():
-        return key_path, False
-    operator = operator_identity()
-    signing.generate_key(key_path, comment=operator)
-    principal = re.sub(r'[\s",]+', "_", operator)
-    signing.add_allowed_signer(Path(allowed_signers), principal, signing.public_key_line(key_path))
-    return key_path, True
+    if not key_path.is_file():
+        raise SigningKeyMissing(key_path, Path(allowed_signers))
+    return key_path, False
 
 
 # --- ledger ---------------------------------------------------------------------------------------------

@@ -39,7 +39,9 @@ STATUS_LABELS = {
     "incomplete": "incomplete (unsigned)",
 }
 #: Statuses whose notebook is rendered: its bytes match a statement whose signature is sound.
-RENDERED = ("valid", "untrusted")
+# Only a valid record (sound signature, trusted signer, every file as signed) shows its notebook: an untrusted
+# key proves nothing about who made it, so its content would be a forger's page under our banner.
+RENDERED = ("valid",)
 PAGES_DIR = "records"
 INDEX_FILE = "index.html"
 FAILED_TAG = "dbrunbook-failed"
@@ -401,13 +403,8 @@ def render_record(run_dir: Path, allowed_signers: Path, page_dir: Path | None = 
     failures, parameters_source = _prepare(nb)
     values = papermill.get("parameters") or facts.get("parameters") or {}
     header = [f'<div class="dbr-header">{_nav(entry)}']
-    if check.status == "valid":
-        header.append(f'<div class="dbr-banner valid" id="record-status">Signature valid, signed by '
-                      f"{_e(check.principal)}; every file matches the signed statement.</div>")
-    else:
-        header.append('<div class="dbr-banner untrusted" id="record-status">Signed by a key that is NOT in '
-                      "allowed_signers: the files match their statement, but nobody you trust vouches for "
-                      f"it. {_e('; '.join(check.problems))}</div>")
+    header.append(f'<div class="dbr-banner valid" id="record-status">Signature valid, signed by '
+                  f"{_e(check.principal)}; every file matches the signed statement.</div>")
     if failures:
         links = "".join(
             f'<li><a href="#{_e(f["anchor"])}">{_e(f["heading"] or "a cell")}</a>: '

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import nbformat
 
-from . import archive, db, locking, migrations, protocol, records, signing, unfinished
+from . import archive, db, locking, migrations, protocol, records, signing, trust, unfinished
 from .config import ENV_CONFIG, Config, load_config
 from .errors import (
     GUARD_ENAMES,
@@ -148,6 +148,8 @@ def _resolve_target(config: Config, info: RunbookInfo, target: str | None,
 
     export_environment(config, selected)
     _check_revision(config, values)
+    # Every run ends signed: without a key trusted as this operator, refuse before anything exists.
+    trust.require_signing_key(config)
     return values
 
 
@@ -682,34 +684,46 @@ def _write_unexecuted_notebook(info: RunbookInfo, output: Path) -> None:
 
 def prepare_runbook(name: str, *, target: str | None = None, parameters: dict[str, Any] | None = None,
                     config: Config | None = None) -> Path:
-    """Create a run directory holding the parameterised notebook for an operator to run in JupyterLab.
+    """Prepare a working copy of the parameterised notebook for an operator to run in JupyterLab.
 
-    Same validation, intent, pre-state and ledger row as ``run_runbook``; ``seal`` signs it afterwards.
-    Returns the notebook's path.
+    Same validation, intent, pre-state and ledger row as ``run_runbook``, but the run directory is a working
+    copy under ``state_dir/interactive/`` (not in ``outputs/``: JupyterLab's saves must not touch the
+    archive); the digest of every code cell is kept so that ``seal`` can name edited cells. ``seal`` signs it
+    and moves it into ``outputs/``. Returns the notebook's path.
     """
+    import dataclasses
+
     import papermill
+
+    from . import interactive
 
     config = config or load_config()
     info = find_runbook(config, name)
     values = _resolve_target(config, info, target, parameters)
     kernel = kernel_for_this_interpreter()
-    run = _begin(config, info, values, "interactive", lambda message: None)
+    work = dataclasses.replace(config, outputs_dir=interactive.working_root(config))
+    run = _begin(work, info, values, "interactive", lambda message: None)
     output = run.run_dir / protocol.NOTEBOOK_FILE
     with _quiet_papermill_inspection():
         papermill.execute_notebook(str(info.path), str(output), parameters=_papermill_parameters(run),
                                    kernel_name=kernel, prepare_only=True, progress_bar=False)
+    interactive.mark_prepared(config, output, run.run_id)
     return output
 
 
 def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
     """Sign an interactively run notebook (``dbrunbook open``): outcome from its outputs, post-state, record.
 
-    The mode says whether its code cells ran once each in order ('interactive') or not
-    ('interactive-out-of-order'): a reviewer should know when outputs may not follow from the cells above.
+    The mode says how far the record is evidence: 'interactive' (code cells ran once each, in order),
+    'interactive-out-of-order', 'interactive-edited' (a code cell or intent.json changed since ``open``; the
+    record's ``artifacts/interactive.json`` names each) or 'interactive-unsaved' (the notebook on disk never
+    ran: it was not saved). A working copy is moved into ``outputs/`` first, then sealed there.
 
     Raises:
         RunDirectoryInvalid: no intent or notebook in ``run_dir``, or it is sealed already.
     """
+    from . import interactive
+
     config = config or load_config()
     run_dir = Path(run_dir).resolve()
     intent_path = run_dir / protocol.INTENT_FILE
@@ -726,14 +740,28 @@ def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
         )
     intent = json.loads(intent_path.read_text(encoding="utf-8"))
     info = find_runbook(config, intent["runbook"])
+    trust.require_signing_key(config)
     if intent.get("mode") == "papermill":
         return _finish_launched_run(config, info, run_dir, intent)
     nb = _read_notebook(notebook)
     outcome, failing_step = _classify_outputs(nb)
+    changes, intent_edited, opened = interactive.compare_cells(config, run_dir, intent["run_id"])
+    mode = interactive.interactive_mode(nb, changes, intent_edited)
+    if opened is not None or mode != "interactive":
+        interactive.write_interactive_artifact(run_dir, mode, changes, intent_edited, opened)
+    for change in changes:
+        print(f"dbrunbook: {change.describe()}", file=sys.stderr)
+    if mode == "interactive-unsaved":
+        print(f"dbrunbook: {notebook} shows no executed cell: it was not saved before sealing (save with "
+              f"Ctrl+S, then seal). It is sealed as it is on disk.", file=sys.stderr)
+    try:
+        run_dir = interactive.move_into_archive(config, run_dir, intent["run_id"])
+    except FileExistsError as err:
+        raise RunDirectoryInvalid(f"Cannot move {run_dir} into the archive: {err}. Check the run id.") from err
     run = _Started(config, info, intent["run_id"], run_dir, intent["target"], intent["parameters"],
                    intent["started_at"], intent["runbook_sha256"], intent.get("pre_state") or {},
                    bool(intent.get("ledger")))
-    return _seal_run(run, outcome, failing_step, mode=_interactive_mode(nb), progress=lambda message: None)
+    return _seal_run(run, outcome, failing_step, mode=mode, progress=lambda message: None)
 
 
 def _launched(intent_path: Path) -> bool:

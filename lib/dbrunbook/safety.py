@@ -21,7 +21,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from . import db, errors, migrations, records, snapshots, sqlimpact, sqlparse
+from . import db, errors, migrations, records, signing, snapshots, sqlimpact, sqlparse
 from .lint_rules import (
     ABSORBED,
     CATEGORIES,
@@ -475,6 +475,11 @@ def _approved_preview(session, preview, approved_preview: str) -> pd.DataFrame:
         raise errors.PreviewNotApproved(
             f"Run {approved_preview} cannot approve this change: {'; '.join(problems)}. Pass the run id of a "
             f"succeeded preview of target '{target.name}'.")
+    if target.protected and predicate.get("mode") != "papermill":
+        raise errors.PreviewNotApproved(
+            f"Preview record {approved_preview} was run in mode '{predicate.get('mode')}': on protected target "
+            f"'{target.name}' only a preview run by 'dbrunbook run preview' counts (an interactive notebook's "
+            f"cells could have been edited). Run 'dbrunbook run preview -t {target.name}' and have it approved.")
     approved_path = run_dir / ARTIFACTS_DIR / "preview.json"
     if not approved_path.is_file():
         raise errors.PreviewNotApproved(f"Preview record {approved_preview} has no artifacts/preview.json. "
@@ -492,12 +497,55 @@ def _approved_preview(session, preview, approved_preview: str) -> pd.DataFrame:
             f"'dbrunbook run preview -t {target.name}' again and have the new SQL reviewed.")
         err.approved_sha256, err.sha256 = approved.get("sha256"), now
         raise err
-    return pd.DataFrame([
+    rows = [
         {"check": "approved preview", "result": "ok", "detail": approved_preview},
         {"check": "record signature", "result": "valid", "detail": f"signed by {check.principal}"},
         {"check": "same database", "result": "ok", "detail": f"{ident.database} (system {ident.system_identifier})"},
         {"check": "sha256 of the SQL", "result": "identical", "detail": now},
-    ])
+    ]
+    if target.protected:
+        rows += _second_person(session, approved_preview, check, now)
+    return pd.DataFrame(rows)
+
+
+def _second_person(session, approved_preview: str, check, sql_sha256: str) -> list[dict]:
+    """Four eyes: a valid approval of the preview by a trusted principal who is not the one applying it."""
+    from datetime import datetime, timezone
+
+    from . import approvals
+    from .config import parse_duration
+
+    config, target = session.config, session.target
+    operator = records.operator_identity()
+    max_age = parse_duration(target.approval_max_age, key="approval_max_age")
+    now = datetime.now(timezone.utc)
+    found = approvals.approvals_of(config.outputs_dir, approved_preview, config.allowed_signers,
+                                   check.statement_sha256)
+    refused = []
+    for approval in reversed(found):  # newest first
+        if approval.status != "valid":
+            refused.append(f"{approval.path.name} is {approval.status} ({'; '.join(approval.problems)})")
+        elif signing.principal_matches(approval.approver, operator):
+            refused.append(f"{approval.path.name} is by '{approval.approver}', who is applying it: "
+                           f"self-approval does not count")
+        elif approval.sql_sha256 != sql_sha256:
+            refused.append(f"{approval.path.name} approved SQL sha256 {approval.sql_sha256}, not {sql_sha256}")
+        elif approval.approved_at is None or (now - approval.approved_at).total_seconds() > max_age:
+            refused.append(f"{approval.path.name} is from {approval.approved_at}, older than approval_max_age "
+                           f"{target.approval_max_age}")
+        else:
+            previewed_by = ((check.statement or {}).get("predicate") or {}).get("operator")
+            return [
+                {"check": "approved by a second person", "result": "ok",
+                 "detail": f"previewed by {previewed_by}, approved by {approval.approver} at "
+                           f"{approval.approved_at:%Y-%m-%d %H:%M:%SZ}, applied by {operator}"
+                           + (f" (note: {approval.note})" if approval.note else "")},
+            ]
+    raise errors.PreviewNotApproved(
+        f"Preview record {approved_preview} has no approval that counts on protected target '{target.name}'"
+        + (f": {'; '.join(refused)}" if refused else ": nobody has approved it")
+        + f". Someone other than '{operator}' runs 'dbrunbook approve {approved_preview}' with their own key "
+          f"(within {target.approval_max_age} of this run).")
 
 
 # --- 8. rollback safety ------------------------------------------------------------------------------------

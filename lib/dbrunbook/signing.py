@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import logging
 import os
@@ -35,6 +36,8 @@ from .protocol import SIGNATURE_NAMESPACE
 __all__ = [
     "SigningKeyError",
     "add_allowed_signer",
+    "principal_matches",
+    "trusted_principal",
     "fingerprint",
     "generate_key",
     "public_key_line",
@@ -463,9 +466,28 @@ def _parse_allowed_signers(path: Path) -> list[_AllowedSigner]:
     options a comma list such as ``namespaces="a,b"``, ``cert-authority``, ``valid-after="20240101"``.
     """
     try:
+        info = path.stat()
+    except FileNotFoundError:
+        return []
+    # Verifying an archive checks thousands of signatures against one file: parse it once per version
+    # (inode, size and nanosecond mtime: an edit, even of the same length, gives a new mtime).
+    stamp = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
+    cached = _TRUST_CACHE.get(stamp[0])
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    entries = _parse_allowed_signers_text(path, text)
+    _TRUST_CACHE[stamp[0]] = (stamp, entries)
+    return entries
+
+
+_TRUST_CACHE: dict[str, tuple[tuple, list[_AllowedSigner]]] = {}
+
+
+def _parse_allowed_signers_text(path: Path, text: str) -> list[_AllowedSigner]:
     entries = []
     for number, raw_line in enumerate(text.splitlines(), start=1):
         line = raw_line.strip()
@@ -485,9 +507,13 @@ def _parse_allowed_signers(path: Path) -> list[_AllowedSigner]:
     return entries
 
 
+@functools.lru_cache(maxsize=1024)
+def _pattern_regex(pattern: str) -> re.Pattern:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.DOTALL)
+
+
 def _pattern_matches(value: str, pattern: str) -> bool:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, flags=re.DOTALL) is not None
+    return _pattern_regex(pattern).fullmatch(value) is not None
 
 
 def _match_pattern_list(value: str, patterns: str) -> bool:
@@ -516,7 +542,6 @@ def _parse_time(value: str) -> datetime:
 
 
 def _trusted_principal(public_blob: bytes, allowed_signers: Path, namespace: str) -> str:
-    key_fp = fingerprint(_format_public_line(public_blob))
     near_misses = []
     now = datetime.now(timezone.utc)
     for entry in _parse_allowed_signers(allowed_signers):
@@ -544,6 +569,7 @@ def _trusted_principal(public_blob: bytes, allowed_signers: Path, namespace: str
             near_misses.append(f"{where} has an unreadable validity option ({err})")
             continue
         return entry.principals
+    key_fp = fingerprint(_format_public_line(public_blob))
     detail = "; ".join(near_misses) if near_misses else f"it is not listed in {allowed_signers}"
     raise _invalid(
         f"The signature is sound but key {key_fp} is not trusted for '{namespace}': {detail}. If you trust "
@@ -583,3 +609,18 @@ def add_allowed_signer(allowed_signers: Path, principal: str, public_key_line: s
         if existing and not existing.endswith("\n"):
             handle.write("\n")
         handle.write(line)
+
+
+def principal_matches(principals: str, name: str) -> bool:
+    """True when ``name`` (an operator) is one of an allowed_signers principals field's patterns."""
+    return bool(name) and _match_pattern_list(name, principals)
+
+
+def trusted_principal(public_key_line: str, allowed_signers: Path,
+                      namespace: str = SIGNATURE_NAMESPACE) -> str | None:
+    """The principals field that ``allowed_signers`` trusts this key under today, or None."""
+    blob = _parse_public_line(public_key_line.strip())
+    try:
+        return _trusted_principal(blob, Path(allowed_signers), namespace)
+    except SignatureInvalid:
+        return None

@@ -77,17 +77,29 @@ def compare_with_snapshot(session, snapshot, *, tolerance: float = 0.0) -> Verif
 
 
 def _recorded_move(session, since: Path, heads_now: dict) -> bool:
-    """True if a record newer than ``since`` of the same database ends at ``heads_now``."""
+    """True if a valid, trusted record newer than ``since`` of this very database made the move to ``heads_now``.
+
+    Only a record ``records.verify_record`` finds valid counts (an unsigned, tampered or untrusted statement
+    proves nothing), and only one of the same database (``archive.database_key``: database name, cluster
+    system identifier and oid, not the system identifier alone, which every database of a server shares).
+    """
+    from . import archive
+
+    mine = archive.database_key(session.identity.as_dict())
     for run_dir in records.find_records(session.config.outputs_dir):
         if run_dir.name <= since.name or not (run_dir / STATEMENT_FILE).exists():
             continue
-        predicate = json.loads((run_dir / STATEMENT_FILE).read_text()).get("predicate", {})
-        database = predicate.get("database") or {}
-        if database.get("system_identifier") != session.identity.system_identifier:
+        try:
+            predicate = json.loads((run_dir / STATEMENT_FILE).read_bytes()).get("predicate") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if mine is None or archive.database_key(predicate.get("database")) != mine:
             continue
         # Only a record that made the move counts: a later status or dry run merely saw the moved heads.
-        before = {k: sorted(v) for k, v in (predicate.get("heads_before") or {}).items()}
-        after = {k: sorted(v) for k, v in (predicate.get("heads_after") or {}).items()}
-        if after == heads_now and before != after:
+        before = {k: sorted(v) for k, v in (predicate.get("heads_before") or {}).items() if v is not None}
+        after = {k: sorted(v) for k, v in (predicate.get("heads_after") or {}).items() if v is not None}
+        if after != heads_now or before == after:
+            continue
+        if records.verify_record(run_dir, session.config.allowed_signers).ok:
             return True
     return False

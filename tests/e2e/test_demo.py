@@ -3,6 +3,8 @@ every step a valid signed record, and the database at heads with its rows still 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dbrunbook import migrations, records, snapshots
@@ -16,6 +18,10 @@ def test_demo_deploys_the_sample_migrations_with_signed_records(project, capfd):
     with project.config_path.open("a") as f:
         f.write(f'\n[targets.demo]\nurl_env = "{URL_ENV}"\n')
     config = load_config(project.config_path)
+    # The demo is run by someone without a key: it makes one and trusts it explicitly (keygen --trust).
+    for key in Path(config.keys_dir).glob("operator_ed25519*"):
+        key.unlink()
+    config.allowed_signers.unlink()
     results = run_demo(config)
     out, err = capfd.readouterr()
 

@@ -19,6 +19,7 @@ from nbclient import NotebookClient
 
 from dbrunbook import protocol, records
 from dbrunbook.cli import main
+from tests.projects import trust_operator
 from dbrunbook.config import load_config
 from dbrunbook.runner import (
     RunDirectoryInvalid,
@@ -58,6 +59,7 @@ def project(tmp_path, database_url, monkeypatch):
     monkeypatch.setenv(URL_ENV, database_url)
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@example.org")
     monkeypatch.delenv("DBRUNBOOK_CONFIG", raising=False)
+    trust_operator(root / "dbrunbook.toml", "tester@example.org")
     return load_config(root / "dbrunbook.toml")
 
 
@@ -218,14 +220,17 @@ def test_open_then_seal(project):
     NotebookClient(nb, kernel_name=kernel_for_this_interpreter(),
                    resources={"metadata": {"path": str(project.root)}}).execute()
     nbformat.write(nb, path)
+    # The working copy is outside the archive; sealing moves it in.
+    assert project.outputs_dir not in run_dir.parents and project.state_dir in run_dir.parents
     result = seal(run_dir, config=project)
 
     assert (result.outcome, result.exit_status, result.run_id) == ("succeeded", 0, run_dir.name)
-    assert _statement(run_dir)["mode"] == "interactive"
-    _assert_valid(project, run_dir)
+    assert result.record_dir == records.run_dir_for(project.outputs_dir, run_dir.name) and not run_dir.exists()
+    assert _statement(result.record_dir)["mode"] == "interactive"
+    _assert_valid(project, result.record_dir)
     with pytest.raises(RunDirectoryInvalid) as caught:
-        seal(run_dir, config=project)
-    assert str(caught.value).startswith(f"{run_dir} is sealed already")
+        seal(result.record_dir, config=project)
+    assert str(caught.value).startswith(f"{result.record_dir} is sealed already")
 
 
 def test_seal_of_a_notebook_never_run(project):
@@ -233,7 +238,11 @@ def test_seal_of_a_notebook_never_run(project):
     result = seal(path.parent, config=project)
 
     assert (result.outcome, result.failing_step["heading"]) == ("incomplete", "## 2. Finish")
-    assert _statement(path.parent)["mode"] == "interactive-out-of-order"
+    assert _statement(result.record_dir)["mode"] == "interactive-unsaved"
+    check = records.verify_record(result.record_dir, project.allowed_signers)
+    assert check.status == "valid"
+    assert check.problems == ("the notebook was not saved before sealing: the record holds the notebook as "
+                              "'dbrunbook open' prepared it, without the outputs of the cells that ran.",)
 
 
 def test_run_directories_are_never_reused(project):

@@ -14,7 +14,7 @@ from dbrunbook import errors, migrations, safety
 from dbrunbook.config import load_config
 from dbrunbook.runner import run_runbook
 from dbrunbook.session import open_session
-from tests.projects import ROOT, URL_ENV, project, write_project  # noqa: F401 - project is a fixture
+from tests.projects import ROOT, URL_ENV, project, trust_operator, write_project  # noqa: F401 - project is a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +46,7 @@ lock_timeout = "2s"
 [migration_sets.unsafe]
 alembic_ini = "{migrations_dir / 'alembic.ini'}"
 """, encoding="utf-8")
+    trust_operator(config, "reviewer@dbrunbook")
     return config
 
 
@@ -172,13 +173,24 @@ def test_approved_preview_must_match_what_is_applied(tmp_path, database_url, mon
     result = run_runbook("preview", target="local", config=load_config(config))
     assert (result.outcome, result.exit_status) == ("succeeded", 0)
 
+    # A second person (bob, with his own trusted key) approves the preview.
+    from dbrunbook import approvals, signing
+
+    cfg = load_config(config)
+    bob = signing.generate_key(tmp_path / "bob" / "id_ed25519", "bob@dbrunbook")
+    signing.add_allowed_signer(cfg.allowed_signers, "bob@dbrunbook", signing.public_key_line(bob))
+    approvals.approve(cfg, result.run_id, note="read the SQL", key_path=bob)
+
     s = session_for(config)
     try:
         preview = s.preview(save=False)
         frame = safety.require_approved_preview(s, preview, result.run_id)
         assert dict(zip(frame["check"], frame["result"])) == {
             "approved preview": "ok", "record signature": "valid", "same database": "ok",
-            "sha256 of the SQL": "identical"}
+            "sha256 of the SQL": "identical", "approved by a second person": "ok"}
+        assert frame["detail"].iloc[-1].startswith(
+            "previewed by reviewer@dbrunbook, approved by bob@dbrunbook at ")
+        assert frame["detail"].iloc[-1].endswith(", applied by reviewer@dbrunbook (note: read the SQL)")
 
         with pytest.raises(errors.PreviewNotApproved) as stop:
             safety.require_approved_preview(s, preview, "")

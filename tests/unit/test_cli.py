@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dbrunbook.cli import main
+from tests.projects import trust_operator
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -38,6 +39,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.delenv("DBRUNBOOK_UNIT_UNSET_URL", raising=False)
     monkeypatch.delenv("DBRUNBOOK_CONFIG", raising=False)
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@example.org")
+    trust_operator(root / "dbrunbook.toml", "tester@example.org")
     return root / "dbrunbook.toml"
 
 
@@ -120,20 +122,28 @@ def test_verify_without_records_and_with_a_missing_folder(project, tmp_path, cap
 
 def test_keygen_creates_then_keeps_then_replaces(project, capsys):
     keys = project.parent / ".dbrunbook" / "keys"
+    trusted = project.parent / "allowed_signers"
+    for old in keys.glob("operator_ed25519*"):  # the fixture's key: this test makes its own
+        old.unlink()
+    trusted.unlink()
     assert _main(project, "keygen") == 0
-    assert f"Created signing key {keys / 'operator_ed25519'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"Created signing key {keys / 'operator_ed25519'}" in out
+    assert f"Runs refuse to start until the team trusts it: add this line to {trusted}" in out
+    assert not trusted.exists()
     first = (keys / "operator_ed25519.pub").read_text()
 
-    assert _main(project, "keygen") == 0
+    assert _main(project, "keygen", "--trust") == 0
     assert "exists already; pass --force to replace it" in capsys.readouterr().out
+    assert trusted.read_text().split()[0] == "tester@example.org"
 
-    assert _main(project, "keygen", "--force") == 0
+    assert _main(project, "keygen", "--force", "--trust") == 0
     assert "Moved the old key aside" in capsys.readouterr().out
     assert (keys / "operator_ed25519.pub").read_text() != first
     assert sorted(p.name.split(".replaced-")[0] for p in keys.glob("*.replaced-*")) == [
         "operator_ed25519", "operator_ed25519.pub"]
     # Both keys stay trusted: records signed with the old one still verify.
-    assert len((keys / "allowed_signers").read_text().splitlines()) == 2
+    assert len(trusted.read_text().splitlines()) == 2
 
 
 def test_run_json_reports_an_unexpected_exception_as_one_object(project, capfd, monkeypatch):
@@ -149,3 +159,25 @@ def test_run_json_reports_an_unexpected_exception_as_one_object(project, capfd, 
     assert json.loads(out) == {"error": "unexpected error: RuntimeError: boom at postgresql://app:***@db/app",
                                "error_type": "RuntimeError", "exit_status": 1}
     assert "Hunter2" not in out + err and "Traceback" in err
+
+
+
+
+def test_run_without_a_key_exits_2_before_anything_runs(project, capsys):
+    for old in (project.parent / ".dbrunbook" / "keys").glob("operator_ed25519*"):
+        old.unlink()
+    assert _main(project, "run", "succeeds") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"No signing key at {project.parent / '.dbrunbook' / 'keys' / 'operator_ed25519'}: "
+                          f"every run is signed, and dbrunbook does not create or trust a key on its own. "
+                          f"Run 'dbrunbook keygen'")
+    assert not (project.parent / "outputs").exists()  # no run directory, no intent: nothing ran
+    assert not (project.parent / ".dbrunbook" / "keys" / "operator_ed25519").exists()
+
+
+def test_run_with_a_key_trusted_as_someone_else_exits_2(project, capsys, monkeypatch):
+    monkeypatch.setenv("DBRUNBOOK_OPERATOR", "mallory@example.org")
+    assert _main(project, "run", "succeeds") == 2
+    err = capsys.readouterr().err
+    assert "trusts it as 'tester@example.org', but this run's operator is 'mallory@example.org'" in err
+    assert not (project.parent / "outputs").exists()

@@ -38,7 +38,7 @@ def test_minimal_config_gets_an_embedded_local_target_and_absolute_paths(tmp_pat
     assert config.target("local").embedded and config.target("local").database == "app"
     assert config.migration_set("main").alembic_ini == (tmp_path / "m" / "alembic.ini").resolve()
     assert config.state_dir == (tmp_path / ".dbrunbook").resolve()
-    assert config.allowed_signers == config.keys_dir / "allowed_signers"
+    assert config.allowed_signers == (tmp_path / "allowed_signers").resolve()  # the project's, not the key's
 
 
 def test_select_sets_reads_lists(tmp_path):

@@ -400,16 +400,21 @@ def test_find_records_and_last_record(outputs, key):
     assert records.last_record(outputs, database_system_identifier="1") is None
 
 
-def test_ensure_operator_key_creates_once_and_trusts_it(tmp_path, monkeypatch):
+def test_ensure_operator_key_never_creates_one_and_keygen_trusts_only_when_asked(tmp_path, monkeypatch):
+    from dbrunbook import trust
+    from dbrunbook.errors import SigningKeyMissing
+
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "carol@example.com")
     keys, allowed = tmp_path / "keys", tmp_path / "allowed_signers"
-    path, created = records.ensure_operator_key(keys, allowed)
-    assert (path, created) == (keys / "operator_ed25519", True)
-    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(SigningKeyMissing, match=r"No signing key at .*operator_ed25519: .* Run 'dbrunbook keygen'"):
+        records.ensure_operator_key(keys, allowed)
+    assert not keys.exists() and not allowed.exists()
+    path, line = trust.create_operator_key(keys)
+    assert path == keys / "operator_ed25519" and path.stat().st_mode & 0o777 == 0o600
+    assert not allowed.exists()  # created, not trusted: trusting is the team's act
     assert records.ensure_operator_key(keys, allowed) == (path, False)
-    line = signing.public_key_line(path)
-    key_type, key_base64 = line.split()[:2]
-    assert allowed.read_text() == f'carol@example.com namespaces="dbrunbook-record" {key_type} {key_base64}\n'
+    key_type, key_base64 = signing.public_key_line(path).split()[:2]
+    assert line == f'carol@example.com namespaces="dbrunbook-record" {key_type} {key_base64}'
+    signing.add_allowed_signer(allowed, "carol@example.com", f"{key_type} {key_base64}")
     data = b"record"
     assert signing.verify(data, signing.sign(data, path), allowed) == "carol@example.com"
-

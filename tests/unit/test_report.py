@@ -195,14 +195,17 @@ def test_unsigned_record_gets_a_warning_page(outputs, allowed_signers, tmp_path,
     assert soup.select(".jp-Cell") == []
 
 
-def test_untrusted_record_is_shown_with_a_banner(outputs, tmp_path):
+def test_untrusted_record_gets_the_warning_page_only(outputs, tmp_path):
     nobody = tmp_path / "nobody"
     nobody.write_text("", encoding="utf-8")
     entry, page = report.render_record(records.find_records(outputs)[0], nobody, tmp_path)
     soup = _soup(page)
     assert entry.status_label == "untrusted key"
-    assert soup.select_one("#record-status").get_text().startswith("Signed by a key that is NOT in allowed_signers")
-    assert soup.select(".jp-Cell")
+    assert soup.select_one("#record-warning").get_text().startswith("This record is UNTRUSTED KEY: its "
+                                                                     "notebook is not shown")
+    assert "is not trusted for 'dbrunbook-record'" in soup.select_one("#problems li").get_text()
+    assert soup.select(".jp-Cell") == [] and soup.select("#record-status") == []
+    assert b"s.status()" not in page.encode()  # nothing of the notebook's code
 
 
 def test_rendered_bytes_are_the_bytes_checked_against_the_statement(outputs, allowed_signers, tmp_path,
