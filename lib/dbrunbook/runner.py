@@ -606,7 +606,7 @@ def _usable_signing_key(config: Config) -> Path:
         RecordNotWritable: the key folder cannot be written.
     """
     try:
-        key, _created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
+        key, _principal = trust.require_signing_key(config)  # never creates or trusts a key by itself
     except OSError as err:
         from .errors import RecordNotWritable
 
@@ -951,10 +951,7 @@ def _sign(run: _Started, outcome: str, failing_step: dict | None, mode: str, fin
         extra=extra,
         prev=prev,
     )
-    key, created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
-    if created:
-        print(f"dbrunbook: created the operator signing key {key} (trusted in {config.allowed_signers}).",
-              file=sys.stderr)
+    key, _principal = trust.require_signing_key(config)
     return records.write_record(run.run_dir, statement, key)
 
 

@@ -19,7 +19,7 @@ from dbrunbook import locking, migrations, records
 from dbrunbook.config import load_config
 from dbrunbook.errors import DeployerLockHeld, DeployerLockRequired
 from dbrunbook.session import open_session
-from tests.projects import ROOT, URL_ENV, write_project
+from tests.projects import ROOT, URL_ENV, trust_operator, write_project
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +111,7 @@ def test_the_kernel_borrows_the_launchers_lock_for_its_run_only(proj, monkeypatc
 @pytest.mark.e2e
 def test_three_concurrent_applies_change_once_and_verify_finds_nothing(proj):
     config = load_config(proj.config_path)
-    records.ensure_operator_key(config.keys_dir, config.allowed_signers)  # one key, not three made at once
+    trust_operator(proj.config_path)  # one key, trusted before the three runs
     env = {**os.environ, "DBRUNBOOK_CONFIG": str(proj.config_path)}
     command = [sys.executable, "-m", "dbrunbook.cli", "run", "apply", "-t", "local", "-p", "dry_run", "false",
                "--json"]

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from dbrunbook import locking, protocol, records, unfinished
 from dbrunbook.config import load_config
 from dbrunbook.runner import PARTIAL_NOTEBOOK, run_runbook, seal
+from tests.projects import trust_operator
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -61,7 +62,7 @@ def project(tmp_path, database_url, monkeypatch):
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@example.org")
     monkeypatch.delenv("DBRUNBOOK_CONFIG", raising=False)
     config = load_config(_write_project(tmp_path / "project"))
-    records.ensure_operator_key(config.keys_dir, config.allowed_signers)
+    trust_operator(config.path, "tester@example.org")
     return config
 
 
@@ -175,8 +176,13 @@ def test_unusable_state_dir_refuses_the_run(tmp_path, database_url, engine, monk
     monkeypatch.setenv(URL_ENV, database_url)
     root = tmp_path / "project"
     root.mkdir()
-    (root / "blocked").write_text("a file where the state folder should be\n")
+    # A state folder blocked by a file is refused when dbrunbook.toml loads (test_config); a file where the
+    # folder's run register goes is found only by the checks before a run.
+    (root / "blocked").mkdir()
+    (root / "blocked" / "runs").write_text("a file where the run register should be\n")
     config = load_config(_write_project(root, state='state_dir = "blocked"'))
+    monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@example.org")
+    trust_operator(config.path, "tester@example.org")
 
     process = _cli(config, "run", RUNBOOK, *CHANGE, "--json")
     out, err = process.communicate(timeout=300)
@@ -186,7 +192,7 @@ def test_unusable_state_dir_refuses_the_run(tmp_path, database_url, engine, monk
     assert document["error_type"] == "RecordNotWritable"
     assert document["error"] == (
         f"Cannot finish a run's record: {root / 'blocked' / 'runs'} (the state folder's run register) cannot "
-        f"be written: Not a directory. Nothing was run. Make it a writable folder, or point dbrunbook.toml at one.")
+        f"be written: File exists. Nothing was run. Make it a writable folder, or point dbrunbook.toml at one.")
     assert (_heads(engine), _ledger_exists(engine), _run_dirs(config)) == (None, False, [])
 
 
