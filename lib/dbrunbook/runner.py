@@ -345,6 +345,7 @@ def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) 
     import asyncio
     import time
 
+    from nbclient.util import run_sync
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine, papermill_engines
     from papermill.log import logger as papermill_logger
@@ -368,6 +369,8 @@ def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) 
                 timer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await timer
+
+        execute_cell = run_sync(async_execute_cell)  # nbclient binds the base class's coroutine otherwise
 
     class ProgressEngine(NBClientEngine):
         @classmethod
