@@ -39,7 +39,7 @@ from .errors import (
     RunDirectoryInvalid,
 )
 
-from .kernel import ipc_kernel_manager, kernel_for_this_interpreter
+from .kernel import KERNEL_STARTUP_ARGUMENTS, ipc_kernel_manager, kernel_for_this_interpreter
 from .parameters import (
     Parameter,
     RunbookInfo,
@@ -427,6 +427,7 @@ def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) 
                 safe_kwargs, timeout=execution_timeout or kwargs.get("timeout"), startup_timeout=start_timeout,
                 kernel_name=kernel_name, log=papermill_logger, log_output=log_output, stdout_file=stdout_file,
                 stderr_file=stderr_file)
+            final_kwargs["extra_arguments"] = [*final_kwargs.get("extra_arguments", []), *KERNEL_STARTUP_ARGUMENTS]
             try:
                 return SavingClient(nb_man, **final_kwargs).execute()
             finally:
