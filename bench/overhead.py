@@ -129,7 +129,8 @@ def main() -> int:
     ratio = mc / (ma + mb)
     in_steps = [sum(run.values()) for run in steps]
     slowest = sorted(steps[0], key=lambda name: -median([run.get(name, 0.0) for run in steps]))[:6]
-    breakdown = "\n".join(f"| {name} | {median([run.get(name, 0.0) for run in steps]):.2f} |" for name in slowest)
+    breakdown = "\n".join(f"| {name} | {median([run.get(name, 0.0) for run in steps]):.2f} |"
+                          for name in slowest)
     write_section("overhead", f"""
 ## Overhead of a recorded apply (`bench/overhead.py`)
 

@@ -119,4 +119,5 @@ def exit_without_teardown() -> None:
 
 
 # What the launcher passes to its kernel (nbclient's extra_arguments): run exit_without_teardown first.
-KERNEL_STARTUP_ARGUMENTS = ["--IPKernelApp.exec_lines=__import__('dbrunbook.kernel').kernel.exit_without_teardown()"]
+KERNEL_STARTUP_ARGUMENTS = [
+    "--IPKernelApp.exec_lines=__import__('dbrunbook.kernel').kernel.exit_without_teardown()"]

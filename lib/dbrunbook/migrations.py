@@ -1006,7 +1006,8 @@ def _script_files(script: ScriptDirectory) -> tuple:
     for folder in script._version_locations:
         if not folder.is_dir():
             continue
-        walk = os.walk(folder) if script.recursive_version_locations else [(str(folder), [], os.listdir(folder))]
+        walk = (os.walk(folder) if script.recursive_version_locations
+                else [(str(folder), [], os.listdir(folder))])
         for root, _dirs, names in walk:
             for name in names:
                 if name.endswith((".py", ".pyc")):

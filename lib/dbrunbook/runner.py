@@ -424,10 +424,11 @@ def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) 
             kwargs = remove_args(["input_path"], **kwargs)
             safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
             final_kwargs = merge_kwargs(
-                safe_kwargs, timeout=execution_timeout or kwargs.get("timeout"), startup_timeout=start_timeout,
-                kernel_name=kernel_name, log=papermill_logger, log_output=log_output, stdout_file=stdout_file,
-                stderr_file=stderr_file)
-            final_kwargs["extra_arguments"] = [*final_kwargs.get("extra_arguments", []), *KERNEL_STARTUP_ARGUMENTS]
+                safe_kwargs, timeout=execution_timeout or kwargs.get("timeout"),
+                startup_timeout=start_timeout, kernel_name=kernel_name, log=papermill_logger,
+                log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
+            final_kwargs["extra_arguments"] = [*final_kwargs.get("extra_arguments", []),
+                                               *KERNEL_STARTUP_ARGUMENTS]
             try:
                 return SavingClient(nb_man, **final_kwargs).execute()
             finally:
@@ -1017,10 +1018,17 @@ def _keep_partial_notebook(run: _Started) -> None:
 
 
 def _fold_step_log(run: _Started) -> None:
-    """Bring the record's notebook up to date with the step log: a killed launcher saved it only so often."""
-    notebook = run.run_dir / protocol.NOTEBOOK_FILE
-    with contextlib.suppress(ValueError):  # the runbook put back by _keep_partial_notebook: nothing to fold
-        steplog.fold_file(notebook, steplog.path_for(run.run_dir))
+    """Bring the record's notebook up to date with the step log: a killed launcher saved it only so often.
+
+    Not when _keep_partial_notebook put the runbook in its place (its cells are not the run's), and a
+    notebook that cannot be rewritten is signed as it is: the failing step was read with the log folded in.
+    """
+    if (run.run_dir / protocol.ARTIFACTS_DIR / PARTIAL_NOTEBOOK).exists():
+        return
+    try:
+        steplog.fold_file(run.run_dir / protocol.NOTEBOOK_FILE, steplog.path_for(run.run_dir))
+    except (OSError, ValueError) as err:
+        log.warning("run %s: the step log could not be folded into its notebook: %s", run.run_id, err)
 
 
 def _keep_unsealed(run: _Started, outcome: str, failing_step: dict | None, mode: str, err: Exception,

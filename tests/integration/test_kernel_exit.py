@@ -1,4 +1,4 @@
-"""A launched run's kernel skips the interpreter's teardown, but every exit handler the run registered runs."""
+"""A launched run's kernel skips the interpreter's teardown; every exit handler the run registered runs."""
 
 from __future__ import annotations
 

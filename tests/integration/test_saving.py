@@ -78,8 +78,9 @@ def test_a_run_writes_its_notebook_at_start_on_the_timer_and_at_the_end(project,
     assert len(writes) == 2 + timer_saves, (writes, durations)
 
     events = steplog.read(steplog.path_for(result.record_dir))
-    assert [(e["cell"], e["event"], e.get("status")) for e in events] == [
-        (i, kind, status) for i in _code_cells(nb) for kind, status in (("start", None), ("end", "completed"))]
+    expected = [(i, kind, status) for i in _code_cells(nb)
+                for kind, status in (("start", None), ("end", "completed"))]
+    assert [(e["cell"], e["event"], e.get("status")) for e in events] == expected
     check = records.verify_record(result.record_dir, project.allowed_signers)
     assert check.status == "valid", check
     subjects = {s["name"] for s in check.statement["subject"]}

@@ -1,4 +1,7 @@
-"""One ScriptDirectory per migration set and process, built again when a revision file changes (real Alembic)."""
+"""One ScriptDirectory per migration set and process, built again when a revision file changes.
+
+Real Alembic on copies of tests/fixtures/alembic_projects/connection_attr.
+"""
 
 from __future__ import annotations
 

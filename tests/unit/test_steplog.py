@@ -33,8 +33,9 @@ def test_a_log_is_read_back_in_order(tmp_path):
 def test_a_missing_log_is_empty_and_a_torn_last_line_is_skipped(tmp_path):
     assert steplog.read(tmp_path / "none.jsonl") == []
     path = tmp_path / "steps.jsonl"
-    path.write_text(json.dumps({"cell": 3, "event": "start", "at": "2026-01-01T00:00:00+00:00"}) + '\n{"cell": 3, "ev')
-    assert steplog.read(path) == [{"cell": 3, "event": "start", "at": "2026-01-01T00:00:00+00:00"}]
+    event = {"cell": 3, "event": "start", "at": "2026-01-01T00:00:00+00:00"}
+    path.write_text(json.dumps(event) + '\n{"cell": 3, "ev')
+    assert steplog.read(path) == [event]
 
 
 @pytest.mark.parametrize("events, expected", [
@@ -58,8 +59,9 @@ def test_fold_brings_cells_up_to_date(events, expected):
 
 def test_fold_gives_a_finished_cell_its_duration():
     nb = _notebook(["pending"])
-    steplog.fold(nb, [{"cell": 0, "event": "start", "at": "2026-01-01T00:00:01+00:00"},
-                      {"cell": 0, "event": "end", "at": "2026-01-01T00:00:04.5+00:00", "status": "completed"}])
+    steplog.fold(nb, [
+        {"cell": 0, "event": "start", "at": "2026-01-01T00:00:01+00:00"},
+        {"cell": 0, "event": "end", "at": "2026-01-01T00:00:04.5+00:00", "status": "completed"}])
     meta = nb.cells[0].metadata.papermill
     assert (meta["start_time"], meta["end_time"], meta["duration"], meta["exception"]) == (
         "2026-01-01T00:00:01+00:00", "2026-01-01T00:00:04.5+00:00", 3.5, False)
