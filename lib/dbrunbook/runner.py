@@ -328,10 +328,22 @@ def _steps(nb: nbformat.NotebookNode) -> dict[int, str]:
 
 # When the engine writes the whole notebook. papermill does after every cell start and end (cells x size);
 # this one at the start, when a cell has run SAVE_AFTER seconds and then every SAVE_EVERY seconds while it
-# runs (so a watcher of the file, and a killed run, see the step that is running), when a cell fails, and
-# at the end. Each cell's start and end also go to the step log, which sealing folds into the record.
+# runs (so a watcher of the file, and a killed run, see the step that is running), when a cell fails, when
+# a cell printed SAVE_OUTPUT_BYTES or more (a full disk then stops the run at the step that filled it, before
+# any later step changes the database), and at the end. Each cell's start and end also go to the step log,
+# which sealing folds into the record.
 SAVE_AFTER = 2.0
 SAVE_EVERY = 30.0
+SAVE_OUTPUT_BYTES = 256 * 1024
+
+
+def _output_bytes(cell: nbformat.NotebookNode) -> int:
+    """Roughly how much a cell's outputs add to the notebook file (text and data, as stored)."""
+    total = 0
+    for output in cell.get("outputs", []):
+        for value in [output.get("text", ""), *output.get("data", {}).values(), *output.get("traceback", [])]:
+            total += sum(map(len, value)) if isinstance(value, list) else len(str(value))
+    return total
 
 
 def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) -> str:
@@ -415,7 +427,7 @@ def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) 
                     progress(f"  [{order[cell_index]}/{total}] {'FAILED' if failed else 'done'} in {seconds:.1f}s")
                 if log is not None and cell.get("cell_type") == "code":
                     log.end(cell_index, failed=failed)
-                if failed:
+                if failed or _output_bytes(cell) >= SAVE_OUTPUT_BYTES:
                     return cell_complete(cell, cell_index=cell_index, **kw)
                 return without_save(cell_complete, cell, cell_index=cell_index, **kw)
 
