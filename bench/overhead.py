@@ -116,11 +116,13 @@ def main() -> int:
     write_config(folder)
     a, b, c = [], [], []
     steps: list[dict[str, float]] = []
+    loads: list[float] = []
     try:
         for i in range(REPEAT):
             a.append(bare_alembic(fresh_database(admin, "bench_overhead"), folder))
             b.append(empty_papermill(folder))
             c.append(dbrunbook_apply(fresh_database(admin, "bench_overhead"), folder, steps))
+            loads.append(os.getloadavg()[0])
             print(f"run {i + 1}/{REPEAT}: alembic {a[-1]:.2f}s papermill {b[-1]:.2f}s dbrunbook {c[-1]:.2f}s",
                   file=sys.stderr)
     finally:
@@ -134,7 +136,8 @@ def main() -> int:
     write_section("overhead", f"""
 ## Overhead of a recorded apply (`bench/overhead.py`)
 
-Sample migrations (main + ai, base to heads, {REPEAT} runs on a fresh database each; median seconds).
+Sample migrations (main + ai, base to heads, {REPEAT} runs on a fresh database each; median seconds;
+1-minute load average after each run {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores).
 
 | bare `alembic upgrade heads` (both sets) | empty papermill notebook | `dbrunbook run apply` | ratio to alembic + papermill (target ≤ 1.2) |
 |---|---|---|---|
