@@ -335,8 +335,7 @@ def _forget_relative_finders() -> None:
 
 def _script(mset: MigrationSet, cfg: AlembicConfig) -> ScriptDirectory:
     try:
-        script = ScriptDirectory.from_config(cfg)
-        script.revision_map.heads  # noqa: B018 - load every script now, while the project folder is the cwd
+        script = _cached_script_directory(cfg)
     except (CommandError, RevisionError) as err:
         where = mset.alembic_ini or mset.script_location
         raise ConfigError(f"Migration set '{mset.name}': Alembic cannot read its scripts: {err}. "
@@ -1191,3 +1190,43 @@ def _split(run: _Run, *, complete: bool = True) -> list[SqlStep]:
         out.append(SqlStep(revision=rev.revision, down_revision=_to_tuple(rev.down_revision), message=rev.doc,
                            sql=text[begin:finish].strip("\n") + "\n", notes="".join(notes)))
     return out
+
+
+# --- one ScriptDirectory per migration set and process (cost) -----------------------------------------------
+# Building a ScriptDirectory executes every revision file (and whatever application code they import); one
+# apply asks for it about twenty times (status, preview, upgrade, graph, check). It is reused while none of
+# its version folders' files changed: names, sizes, mtimes and inodes. env.py still runs on every command.
+from threading import Lock as _Lock  # noqa: E402 - kept beside the cache it guards
+
+_SCRIPT_CACHE: dict[tuple, tuple[tuple, ScriptDirectory]] = {}
+_SCRIPT_CACHE_LOCK = _Lock()
+
+
+def _script_files(script: ScriptDirectory) -> tuple:
+    found = []
+    for folder in script._version_locations:
+        if not folder.is_dir():
+            continue
+        walk = (os.walk(folder) if script.recursive_version_locations
+                else [(str(folder), [], os.listdir(folder))])
+        for root, _dirs, names in walk:
+            for name in names:
+                if name.endswith((".py", ".pyc")):
+                    st = os.stat(os.path.join(root, name))
+                    found.append((root, name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(sorted(found))
+
+
+def _cached_script_directory(cfg: AlembicConfig) -> ScriptDirectory:
+    """``ScriptDirectory.from_config(cfg)`` with every script loaded, built again only when a file changed."""
+    key = (cfg.get_alembic_option("script_location"), tuple(cfg.get_version_locations_list() or ()),
+           cfg.get_alembic_option("sourceless"), cfg.get_alembic_option("recursive_version_locations"))
+    with _SCRIPT_CACHE_LOCK:
+        cached = _SCRIPT_CACHE.get(key)
+        if cached is not None and cached[0] == _script_files(cached[1]):
+            return cached[1]
+        script = ScriptDirectory.from_config(cfg)
+        files = _script_files(script)
+        script.revision_map.heads  # noqa: B018 - load every script now, while the project folder is the cwd
+        _SCRIPT_CACHE[key] = (files, script)
+        return script

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import nbformat
 
-from . import archive, db, locking, migrations, protocol, records, signing, trust, unfinished
+from . import archive, db, locking, migrations, protocol, records, signing, steplog, trust, unfinished
 from .config import ENV_CONFIG, Config, load_config
 from .errors import (
     GUARD_ENAMES,
@@ -38,7 +38,7 @@ from .errors import (
     RunDirectoryInvalid,
 )
 
-from .kernel import ipc_kernel_manager, kernel_for_this_interpreter
+from .kernel import KERNEL_STARTUP_ARGUMENTS, ipc_kernel_manager, kernel_for_this_interpreter
 from .parameters import (
     Parameter,
     RunbookInfo,
@@ -334,45 +334,126 @@ def _steps(nb: nbformat.NotebookNode) -> dict[int, str]:
     return steps
 
 
+# When the engine writes the whole notebook. papermill does after every cell start and end (cells x size);
+# this one at the start, when a cell has run SAVE_AFTER seconds and then every SAVE_EVERY seconds while it
+# runs (so a watcher of the file, and a killed run, see the step that is running), when a cell fails, when
+# a cell printed SAVE_OUTPUT_BYTES or more (a full disk then stops the run at the step that filled it, before
+# any later step changes the database), and at the end. Each cell's start and end also go to the step log,
+# which sealing folds into the record.
+SAVE_AFTER = 2.0
+SAVE_EVERY = 30.0
+SAVE_OUTPUT_BYTES = 256 * 1024
+
+
+def _output_bytes(cell: nbformat.NotebookNode) -> int:
+    """Roughly how much a cell's outputs add to the notebook file (text and data, as stored)."""
+    total = 0
+    for output in cell.get("outputs", []):
+        for value in [output.get("text", ""), *output.get("data", {}).values(), *output.get("traceback", [])]:
+            total += sum(map(len, value)) if isinstance(value, list) else len(str(value))
+    return total
+
+
 def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) -> str:
     """Register a papermill engine that reports each step as it starts and ends; returns its name.
 
     papermill's own progress bar is a tqdm over cells, which tells an operator nothing about which step of
     the procedure is running; this one prints the step's heading and how long it took, one plain line each
-    (readable in a terminal, in cron mail and in Airflow logs alike).
+    (readable in a terminal, in cron mail and in Airflow logs alike). It also saves the notebook far less
+    often than papermill (see ``SAVE_AFTER``) and keeps the step log (:mod:`dbrunbook.steplog`).
     """
+    import asyncio
     import time
 
+    from nbclient.util import run_sync
+    from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.log import logger as papermill_logger
+    from papermill.utils import merge_kwargs, remove_args
+
+    async def save_while_running(nb_man) -> None:
+        await asyncio.sleep(SAVE_AFTER)
+        while True:
+            nb_man.save()
+            await asyncio.sleep(SAVE_EVERY)
+
+    class SavingClient(PapermillNotebookClient):
+        async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+            if cell.get("cell_type") != "code":
+                return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+            # In the client's own event loop: the save never races nbclient's updates of the notebook.
+            timer = asyncio.ensure_future(save_while_running(self.nb_man))
+            try:
+                return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+            finally:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
+
+        execute_cell = run_sync(async_execute_cell)  # nbclient binds the base class's coroutine otherwise
 
     class ProgressEngine(NBClientEngine):
         @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
+                                     stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs):
             if seen is not None:  # the notebook in memory: what is left when its file could not be written
                 seen["nb"] = nb_man.nb
             steps = _steps(nb_man.nb)
             total = len(steps)
             order = {index: n for n, index in enumerate(sorted(steps), 1)}
             started: dict[int, float] = {}
-            cell_start, cell_complete = nb_man.cell_start, nb_man.cell_complete
+            cell_start, cell_complete, save = nb_man.cell_start, nb_man.cell_complete, nb_man.save
+            log = steplog.StepLog(steplog.path_for(Path(nb_man.output_path).parent)) \
+                if nb_man.output_path else None
+            quiet = [False]
+
+            def quiet_save(**kw):
+                if not quiet[0]:
+                    save(**kw)
+
+            def without_save(fn, *args, **kw):
+                quiet[0] = True
+                try:
+                    return fn(*args, **kw)
+                finally:
+                    quiet[0] = False
 
             def on_start(cell, cell_index=None, **kw):
                 if cell_index in steps:
                     started[cell_index] = time.monotonic()
                     progress(f"  [{order[cell_index]}/{total}] {steps[cell_index]} ...")
-                return cell_start(cell, cell_index, **kw)
+                if log is not None and cell.get("cell_type") == "code":
+                    log.start(cell_index)
+                return without_save(cell_start, cell, cell_index, **kw)
 
             def on_complete(cell, cell_index=None, **kw):
+                # papermill calls this from a `finally`: a dead kernel or a timeout is in flight here.
+                failed = sys.exc_info()[1] is not None or any(
+                    o.get("output_type") == "error" for o in cell.get("outputs", []))
                 if cell_index in started:
-                    # papermill calls this from a `finally`: a dead kernel or a timeout is in flight here.
-                    failed = sys.exc_info()[1] is not None or any(
-                        o.get("output_type") == "error" for o in cell.get("outputs", []))
                     seconds = time.monotonic() - started.pop(cell_index)
                     progress(f"  [{order[cell_index]}/{total}] {'FAILED' if failed else 'done'} in {seconds:.1f}s")
-                return cell_complete(cell, cell_index=cell_index, **kw)
+                if log is not None and cell.get("cell_type") == "code":
+                    log.end(cell_index, failed=failed)
+                if failed or _output_bytes(cell) >= SAVE_OUTPUT_BYTES:
+                    return cell_complete(cell, cell_index=cell_index, **kw)
+                return without_save(cell_complete, cell, cell_index=cell_index, **kw)
 
-            nb_man.cell_start, nb_man.cell_complete = on_start, on_complete
-            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+            nb_man.cell_start, nb_man.cell_complete, nb_man.save = on_start, on_complete, quiet_save
+            # NBClientEngine's own body, with the client that saves on a timer.
+            kwargs = remove_args(["input_path"], **kwargs)
+            safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
+            final_kwargs = merge_kwargs(
+                safe_kwargs, timeout=execution_timeout or kwargs.get("timeout"),
+                startup_timeout=start_timeout, kernel_name=kernel_name, log=papermill_logger,
+                log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
+            final_kwargs["extra_arguments"] = [*final_kwargs.get("extra_arguments", []),
+                                               *KERNEL_STARTUP_ARGUMENTS]
+            try:
+                return SavingClient(nb_man, **final_kwargs).execute()
+            finally:
+                if log is not None:
+                    log.close()
 
     name = f"dbrunbook-progress-{uuid.uuid4().hex[:8]}"
     papermill_engines.register(name, ProgressEngine)
@@ -388,10 +469,13 @@ def _last_started_cell(nb: nbformat.NotebookNode | None) -> int | None:
 
 
 def _load_output(path: Path) -> nbformat.NotebookNode | None:
+    """The executed notebook as last saved, with the step log folded in (the cell a kill stopped shows)."""
     try:
-        return nbformat.read(str(path), as_version=4)
+        nb = nbformat.read(str(path), as_version=4)
     except Exception:  # missing or half-written: the classification says what it can without it
         return None
+    steplog.fold(nb, steplog.read(steplog.path_for(path.parent)))
+    return nb
 
 
 def _classify(error: BaseException | None, nb: nbformat.NotebookNode | None) -> tuple[str, dict | None]:
@@ -903,6 +987,7 @@ def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: s
     database = run.pre_state.get("database") or post_state["database"]
     try:
         _keep_partial_notebook(run)
+        _fold_step_log(run)
         statement_path = _sign(run, outcome, failing_step, mode, finished, database, heads_before, heads_after,
                                extra)
     except Exception as err:  # the run happened: keep its facts where 'dbrunbook seal' finishes them
@@ -973,6 +1058,20 @@ def _keep_partial_notebook(run: _Started) -> None:
         f"are kept in `{protocol.ARTIFACTS_DIR}/{PARTIAL_NOTEBOOK}`; below is the runbook as it was run, "
         f"without outputs. The outcome and failing step of the record come from the launcher."))
     nbformat.write(nb, str(notebook))
+
+
+def _fold_step_log(run: _Started) -> None:
+    """Bring the record's notebook up to date with the step log: a killed launcher saved it only so often.
+
+    Not when _keep_partial_notebook put the runbook in its place (its cells are not the run's), and a
+    notebook that cannot be rewritten is signed as it is: the failing step was read with the log folded in.
+    """
+    if (run.run_dir / protocol.ARTIFACTS_DIR / PARTIAL_NOTEBOOK).exists():
+        return
+    try:
+        steplog.fold_file(run.run_dir / protocol.NOTEBOOK_FILE, steplog.path_for(run.run_dir))
+    except (OSError, ValueError) as err:
+        log.warning("run %s: the step log could not be folded into its notebook: %s", run.run_id, err)
 
 
 def _keep_unsealed(run: _Started, outcome: str, failing_step: dict | None, mode: str, err: Exception,
