@@ -9,6 +9,7 @@ variables its env.py reads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -282,15 +283,11 @@ def _migration_set(name: str, raw: dict, path: Path, root: Path) -> MigrationSet
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise ConfigError(f"{path}: [migration_sets.{name}] env must be a table of strings.")
     if "{" in str(raw.get("version_table_schema") or ""):
-        # A schema-per-tenant project keeps each tenant's version table in its schema: '{tenant}'.
+        # A schema-per-tenant project keeps each tenant's version table in its schema: '{tenant}', filled in
+        # from the fleet's -x for a member's run (outside a fleet it stays as written: there is no tenant).
         x = dict(item.split("=", 1) for item in os.environ.get(X_ARGUMENTS_ENV, "").split(",") if "=" in item)
-        try:
+        with contextlib.suppress(KeyError, IndexError, ValueError):
             raw["version_table_schema"] = raw["version_table_schema"].format(**x)
-        except KeyError as err:
-            raise ConfigError(
-                f"{path}: [migration_sets.{name}] version_table_schema = '{raw['version_table_schema']}' names "
-                f"{err}, which is only known inside 'dbrunbook fleet' on a schema-per-tenant group. Run it "
-                f"through 'dbrunbook fleet RUNBOOK -g GROUP'.") from None
     return MigrationSet(name=name, **raw)
 
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from .config import X_ARGUMENTS_ENV, Config, TargetGroup, Target, resolve_url
 from .errors import ConfigError, DbRunbookError
 
-__all__ = ["GroupNotFound", "Member", "group_members"]
+__all__ = ["GroupNotFound", "GroupQueryFailed", "Member", "describe", "group_members", "member_env"]
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +109,12 @@ def describe(group: TargetGroup) -> str:
     """One line saying what kind of group it is (for the roll-up record and the CLI)."""
     return {"targets": "explicit list of targets", "databases": "database per tenant",
             "schemas": f"schema per tenant in target '{group.target}' (-x {group.x_argument}=NAME)"}[group.kind]
+
+
+def member_env(config: Config, target: str | None) -> dict[str, str]:
+    """The environment a member's run needs: ``-x`` of a schema-per-tenant member, else nothing."""
+    group_name, sep, member = (target or "").partition(":")
+    group = config.groups.get(group_name)
+    if sep and member and group is not None and group.kind == "schemas":
+        return {X_ARGUMENTS_ENV: f"{group.x_argument}={member}"}
+    return {}
