@@ -25,6 +25,7 @@ from dbrunbook.config import load_config
 from dbrunbook.fleet import run_fleet
 from dbrunbook.fleet_groups import GroupNotFound, group_members
 from dbrunbook.fleet_rollup import verify_rollup
+from dbrunbook.report import build_report
 
 pytestmark = pytest.mark.integration
 
@@ -230,3 +231,10 @@ def test_schema_per_tenant(tmp_path, database_url, monkeypatch):
         assert _scalar(database_url, f"SELECT to_regclass('{schema}.account') IS NOT NULL") is True
     assert _scalar(database_url, "SELECT to_regclass('public.account')") is None
     assert verify_rollup(result.record_dir, config.allowed_signers).status == "valid"
+
+    # The HTML archive has a page for the fleet that links each target's record page.
+    built = build_report(config.outputs_dir, config.allowed_signers)
+    page = (built.out_dir / "fleets" / f"{result.fleet_id}.html").read_text(encoding="utf-8")
+    for outcome in result.outcomes:
+        assert f'href="../records/{outcome.run_id}.html"' in page
+        assert (built.out_dir / "records" / f"{outcome.run_id}.html").is_file()

@@ -96,3 +96,16 @@ def test_group_mistakes_are_refused_when_the_file_loads(tmp_path, monkeypatch, b
     monkeypatch.setenv("DBRUNBOOK_X", "tenant=a")
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, body))
+
+
+def test_cli_fleet_usage_errors_exit_2_with_the_message(tmp_path, capsys):
+    from dbrunbook.cli import main
+
+    path = write(tmp_path, '[groups.all]\ntargets = ["home"]\n')
+    assert main(["--config", str(path), "fleet", "apply", "-g", "nope"]) == 2
+    assert "Unknown group 'nope' in " in capsys.readouterr().err
+    assert main(["--config", str(path), "fleet", "apply", "-g", "all", "--max-failures", "many"]) == 2
+    assert "--max-failures many: write a count (2) or a percentage of the wave (10%)." in capsys.readouterr().err
+    assert main(["--config", str(path), "fleet", "apply", "-g", "all", "-p", "target", "x"]) == 2
+    assert "The fleet sets each run's target: drop -p target" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()
