@@ -56,7 +56,8 @@ def render_fleet_page(check: fleet_rollup.RollupCheck) -> str:
     sections = "".join(f"<h2>Wave {w}</h2>" + _wave_table([t for t in targets if t["wave"] == w]) for w in waves)
     timed = [{"revision": t["target"], "seconds": t["seconds"]} for t in targets
              if t.get("run_id") and t["outcome"] != "skipped"]
-    chart = plots.durations_chart(timed)._repr_html_()
+    chart = plots.Plots((plot,))._repr_html_() if isinstance(plot := plots.durations_chart(timed), plots.Plot) \
+        else plot._repr_html_()
     body = (f"<h1>Fleet {_e(check.fleet_id)}</h1>{banner}<table class=\"dbr-table\">{facts}</table>"
             f"{sections}<h2>Seconds per target</h2>{chart}")
     return _page(f"fleet {check.fleet_id}", body)
