@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -229,6 +230,9 @@ def _stop_on_signals() -> Iterator[list[int]]:
     def note(signum, frame):  # noqa: ANN001
         received.append(signum)
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield received
+        return
     previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield received
@@ -345,7 +349,12 @@ def _run_wave(pool: cf.ProcessPoolExecutor, config: Config, runbook: str, parame
         while queue and len(running) < parallel and not received and failures <= allowed:
             member = queue.pop(0)
             progress(f"start {member.target} (wave {number})")
-            running[pool.submit(_run_member, str(config.path), runbook, member.as_dict(), parameters)] = member
+            try:
+                future = pool.submit(_run_member, str(config.path), runbook, member.as_dict(), parameters)
+            except cf.BrokenExecutor as err:  # a worker was killed: the pool takes no more work
+                future = cf.Future()
+                future.set_exception(err)
+            running[future] = member
         finished, _ = cf.wait(running, timeout=0.5, return_when=cf.FIRST_COMPLETED)
         for future in finished:
             member = running.pop(future)
