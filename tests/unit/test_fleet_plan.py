@@ -109,3 +109,17 @@ def test_cli_fleet_usage_errors_exit_2_with_the_message(tmp_path, capsys):
     assert main(["--config", str(path), "fleet", "apply", "-g", "all", "-p", "target", "x"]) == 2
     assert "The fleet sets each run's target: drop -p target" in capsys.readouterr().err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_fleet_page_lists_failures_first_and_links_each_record():
+    from dbrunbook.fleet_report import render_fleet_page
+    from dbrunbook.fleet_rollup import RollupCheck
+
+    targets = [{"target": "g:a", "wave": 1, "outcome": "succeeded", "run_id": "r-a", "seconds": 2.0},
+               {"target": "g:b", "wave": 2, "outcome": "succeeded", "run_id": "r-b", "seconds": 1.0},
+               {"target": "g:c", "wave": 2, "outcome": "failed", "run_id": "r-c", "seconds": 3.0},
+               {"target": "g:d", "wave": 2, "outcome": "not-started"}]
+    page = render_fleet_page(RollupCheck(Path("fleets/f1"), "valid", predicate={"targets": targets}))
+    links = [page.index(f'href="../records/{run}.html"') for run in ("r-a", "r-c", "r-b")]
+    assert links == sorted(links)  # wave 1, then wave 2 with its failure first
+    assert 'href="../records/None.html"' not in page and page.count("data:image/png;base64,") == 1
