@@ -159,6 +159,7 @@ def main() -> int:
         drop_tenants(admin, names)
         shutil.rmtree(folder, ignore_errors=True)
     ratio = fleet_s / bare_s
+    load = os.getloadavg()[1]
     per_target = fleet_s * args.parallel / args.tenants
     write_section("fleet", f"""
 ## A fleet of tenant databases (`bench/fleet.py`)
@@ -171,7 +172,8 @@ def main() -> int:
 | shell loop: `xargs -P {args.parallel}` of bare `alembic upgrade heads` (both sets) | {bare_s:.1f} | {bare_s * args.parallel / args.tenants:.2f} | {bare_rss / 2**20:.0f} |
 | `dbrunbook fleet apply -p dry_run false` (a signed record each) | {fleet_s:.1f} | {per_target:.2f} | {fleet_rss / 2**20:.0f} |
 
-Ratio **{ratio:.2f}x** (target ≤ 1.5x). `dbrunbook verify` afterwards: exit {verify.returncode}.
+Ratio **{ratio:.2f}x** (target ≤ 1.5x). `dbrunbook verify` afterwards: exit {verify.returncode}. Load average
+(5 min) at the end: {load:.1f} on {os.cpu_count()} cores.
 """)
     print(f"bare {bare_s:.1f}s, fleet {fleet_s:.1f}s, ratio {ratio:.2f}, verify exit {verify.returncode}",
           file=sys.stderr)
