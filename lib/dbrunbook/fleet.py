@@ -270,6 +270,11 @@ def run_fleet(runbook: str, group: str, *, parameters: dict[str, Any] | None = N
         raise ParameterError(f"--parallel {parallel}: give at least 1.")
     limit = parse_max_failures(max_failures)
     members = group_members(config, group)
+    if config.groups[group].kind == "schemas" and parallel > 1:
+        # One database has one deployer lock: a second tenant at once would only be refused at it.
+        progress(f"group '{group}' is a schema per tenant in one database: one tenant at a time "
+                 f"(--parallel {parallel} ignored; the database's deployer lock admits one run)")
+        parallel = 1
     planned = plan_waves(members, waves)
     _wanted_values(config, runbook, parameters)  # bad -p values are refused before anything runs
     done_before = _done_before(config, runbook, {m.target for m in members}, parameters)
