@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     fleet = sub.add_parser("fleet", help="run a runbook on every target of a group, in waves (README, 'Fleets')")
-    fleet.add_argument("runbook", metavar="RUNBOOK")
+    fleet.add_argument("runbook", metavar="RUNBOOK", help="runbook name, as for run (dbrunbook list)")
     fleet.add_argument("-g", "--group", required=True, help="[groups.NAME] of dbrunbook.toml")
     fleet.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                        help="runbook parameter for every target (repeatable)")
