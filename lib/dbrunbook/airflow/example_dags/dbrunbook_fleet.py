@@ -46,26 +46,30 @@ with DAG(
     tags=["dbrunbook", "migrations", "fleet"],
 ) as dag:
 
-    @task(multiple_outputs=True)
+    @task
     def plan(params=None) -> dict:
         return fleet_plan(params["group"], WAVES, WAVE_COUNT)
 
-    members = plan()
+    @task
+    def members(planned: dict, number: int) -> list[dict]:
+        # Airflow maps over a task's return value only (not a key of it): one small task per wave.
+        return planned[f"wave_{number}"]
+
+    planned = plan()
     previous = None
     for number in range(1, WAVE_COUNT + 1):
         with TaskGroup(group_id=f"wave_{number}") as wave:
+            wave_members = members(planned, number)
             run = DbRunbookOperator.partial(
                 task_id="run", runbook="{{ params.runbook }}", parameters={"dry_run": "{{ params.dry_run }}"},
                 max_active_tis_per_dag=PARALLEL,
-            ).expand(target=members[f"wave_{number}"])
+            ).expand(target=wave_members)
 
             @task(trigger_rule="all_done")
-            def gate(results, wave_members, number=number, params=None) -> dict:
-                return wave_gate(number, params["max_failures"], list(results or []), len(wave_members))
+            def gate(results, targets, number=number, params=None) -> dict:
+                return wave_gate(number, params["max_failures"], list(results or []), len(targets))
 
-            gate(run.output, members[f"wave_{number}"])
+            gate(run.output, wave_members)
         if previous is not None:
             previous >> wave
-        else:
-            members >> wave
         previous = wave
