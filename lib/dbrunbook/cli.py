@@ -225,9 +225,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _err(f"Not a folder: {', '.join(missing)}. Pass run directories or folders that contain them.")
         return 2
     paths = [Path(p) for p in args.paths] or [config.outputs_dir]
+    status, paths = _verify_fleets(config, paths)
     single = [p for p in paths if records.is_run_dir(p)]
     folders = [p for p in paths if p not in single]
-    status = 0
     if single:  # run directories named one by one: each record on its own, no chain to follow
         checks = [records.verify_record(d, config.allowed_signers) for d in single]
         print(_table([{"run id": c.run_id, "status": c.status, "principal": c.principal or "-",
@@ -366,6 +366,34 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from .fleet import run_fleet
+
+    result = run_fleet(args.runbook, args.group, parameters=_parameters(args.parameter), waves=args.waves,
+                       parallel=args.parallel, max_failures=args.max_failures, config=load_config(args.config),
+                       progress=_err)
+    if args.json:
+        print(json.dumps(result.as_json(), sort_keys=True, default=str))
+        return result.exit_status
+    rows = [{"wave": o.wave, "target": o.target, "outcome": o.outcome, "run id": o.run_id or "-",
+             "seconds": f"{o.seconds:.1f}"} for o in result.outcomes]
+    print(_table(rows, ["wave", "target", "outcome", "run id", "seconds"]))
+    print(f"\nfleet {result.fleet_id}: {result.stopped or 'every target ran'}; roll-up {result.record_dir}")
+    return result.exit_status
+
+
+def _verify_fleets(config, paths: list[Path]) -> tuple[int, list[Path]]:
+    """Check the fleet roll-ups among ``paths`` (or under them); returns a status and the other paths."""
+    from . import fleet_rollup
+
+    checks = fleet_rollup.verify_rollups(paths, config.allowed_signers)
+    if checks:
+        print(_table([{"fleet id": c.fleet_id, "status": c.status, "problems": "; ".join(c.problems)}
+                      for c in checks], ["fleet id", "status", "problems"]))
+        print(f"\n{sum(c.ok for c in checks)} of {len(checks)} fleet roll-ups valid.\n")
+    return (1 if any(not c.ok for c in checks) else 0), [p for p in paths if not fleet_rollup.is_rollup_dir(p)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dbrunbook",
@@ -382,6 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--execution-timeout", type=float, metavar="SECONDS",
                      help="fail the run when one cell runs longer than this")
     run.set_defaults(func=cmd_run)
+
+    fleet = sub.add_parser("fleet", help="run a runbook on every target of a group, in waves (README, 'Fleets')")
+    fleet.add_argument("runbook", metavar="RUNBOOK", help="runbook name, as for run (dbrunbook list)")
+    fleet.add_argument("-g", "--group", required=True, help="[groups.NAME] of dbrunbook.toml")
+    fleet.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                       help="runbook parameter for every target (repeatable)")
+    fleet.add_argument("--waves", default="1,rest", help="wave sizes: counts, percentages, rest (default 1,rest)")
+    fleet.add_argument("--parallel", type=int, default=1, help="targets run at once within a wave (default 1)")
+    fleet.add_argument("--max-failures", default="0", metavar="K|P%",
+                       help="failures a wave after the canary may have before the fleet stops (default 0)")
+    fleet.add_argument("--json", action="store_true", help="print the fleet's result as one JSON object")
+    fleet.set_defaults(func=cmd_fleet)
 
     sub.add_parser("list", help="list runbooks and their parameters").set_defaults(func=cmd_list)
 

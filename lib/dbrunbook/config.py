@@ -9,6 +9,7 @@ variables its env.py reads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -33,6 +34,12 @@ _SET_KEYS = {"alembic_ini", "section", "script_location", "version_table", "vers
              "url_env", "env", "models", "description", "driver"}
 #: The drivers a migration set's env.py may be handed (``driver = ...`` on the set, or the target URL's own).
 DRIVERS = ("psycopg2", "psycopg", "asyncpg")
+#: [groups.NAME]: a fleet of targets (see fleet.py). The policy keys apply to every generated member.
+_GROUP_POLICY_KEYS = {"protected", "lock_timeout", "statement_timeout", "retries"}
+_GROUP_KEYS = {"targets", "url_env", "service", "embedded", "databases", "databases_query", "target", "schemas",
+               "schemas_query", "x_argument", "description"} | _GROUP_POLICY_KEYS
+#: Set by 'dbrunbook fleet' for a schema-per-tenant member: "tenant=NAME", given to env.py as ``-x``.
+X_ARGUMENTS_ENV = "DBRUNBOOK_X"
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class Target:
     backfill_max_lag: str = "10s"  # a backfill pauses while a standby replays further behind than this
     backfill_max_wal_backlog: int = 64  # ... or while more WAL segments than this wait to be archived
     approval_max_age: str = "24h"  # protected targets: how old the second person's approval of a preview may be
+    tenant_database: str | None = None  # a database-per-tenant member: this database on the group's server
 
     def _repr_html_(self) -> str:
         source = "embedded" if self.embedded else (f"${self.url_env}" if self.url_env else f"service={self.service}")
@@ -105,6 +113,26 @@ class Backfill:
 
 
 @dataclass(frozen=True)
+class TargetGroup:
+    """A fleet: an explicit list of targets, a database per tenant, or a schema per tenant."""
+
+    name: str
+    kind: str  # "targets" | "databases" | "schemas"
+    targets: tuple[str, ...] = ()
+    url_env: str | None = None
+    service: str | None = None
+    embedded: bool = False
+    databases: tuple[str, ...] = ()
+    databases_query: str | None = None
+    target: str | None = None  # schema per tenant: the one database's target
+    schemas: tuple[str, ...] = ()
+    schemas_query: str | None = None
+    x_argument: str = "tenant"
+    description: str = ""
+    policy: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of dbrunbook.toml, with paths made absolute against the file's folder."""
 
@@ -118,6 +146,7 @@ class Config:
     allowed_signers: Path
     default_target: str = "local"
     backfills: dict[str, Backfill] = field(default_factory=dict)
+    groups: dict[str, TargetGroup] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -129,6 +158,9 @@ class Config:
         try:
             return self.targets[name]
         except KeyError:
+            member = _group_member(self, name)
+            if member is not None:
+                return member
             raise TargetNotFound(name, sorted(self.targets), str(self.path)) from None
 
     def migration_set(self, name: str) -> MigrationSet:
@@ -207,6 +239,7 @@ def load_config(path: Path | str | None = None) -> Config:
     for key, table, folder in (("outputs", "project", outputs_dir), ("state_dir", "project", state_dir),
                                ("keys_dir", "records", keys_dir)):
         config_schema.check_directory(folder, key, table, path)
+    groups = {name: _group(name, raw, path, targets) for name, raw in _table(data, "groups", path).items()}
     return Config(
         path=path,
         targets=targets,
@@ -219,6 +252,7 @@ def load_config(path: Path | str | None = None) -> Config:
         allowed_signers=rel(records.get("allowed_signers"), "allowed_signers"),
         default_target=default_target,
         backfills=backfills,
+        groups=groups,
     )
 
 
@@ -299,6 +333,69 @@ def _backfill(name: str, raw: dict, path: Path) -> Backfill:
         if k in raw and not isinstance(raw[k], str):
             raise ConfigError(f"{path}: [backfills.{name}] {k} must be a string.")
     return Backfill(name=name, **{**raw, "key": tuple(keys)})
+    if "{" in str(raw.get("version_table_schema") or ""):
+        # A schema-per-tenant project keeps each tenant's version table in its schema: '{tenant}', filled in
+        # from the fleet's -x for a member's run (outside a fleet it stays as written: there is no tenant).
+        x = dict(item.split("=", 1) for item in os.environ.get(X_ARGUMENTS_ENV, "").split(",") if "=" in item)
+        with contextlib.suppress(KeyError, IndexError, ValueError):
+            raw["version_table_schema"] = raw["version_table_schema"].format(**x)
+    return MigrationSet(name=name, **raw)
+
+
+def _group(name: str, raw: dict, path: Path, targets: dict[str, Target]) -> TargetGroup:
+    where = f"groups.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [{where}] must be a table.")
+    _check_keys(raw, _GROUP_KEYS, where, path)
+    for key in ("targets", "databases", "schemas"):
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{path}: [{where}] {key} must be a list of names, like {key} = [\"a\", \"b\"].")
+    server = [k for k in ("url_env", "service") if raw.get(k)] + (["embedded"] if raw.get("embedded") else [])
+    kinds = [k for k, keys in (("targets", ("targets",)), ("databases", ("databases", "databases_query")),
+                               ("schemas", ("schemas", "schemas_query"))) if any(raw.get(x) for x in keys)]
+    if len(kinds) != 1:
+        raise ConfigError(
+            f"{path}: [{where}] needs exactly one of targets = [...], databases = [...] (or databases_query) "
+            f"or schemas = [...] (or schemas_query) (found {', '.join(kinds) or 'none'}).")
+    kind = kinds[0]
+    if kind == "databases" and len(server) != 1:
+        raise ConfigError(
+            f"{path}: [{where}] is a database per tenant: it needs exactly one of url_env (the server's URL "
+            f"variable), service or embedded = true (found {', '.join(server) or 'none'}).")
+    if kind != "databases" and server:
+        raise ConfigError(f"{path}: [{where}] has {', '.join(server)}, which only a databases group uses.")
+    if kind == "schemas" and raw.get("target") not in targets:
+        raise ConfigError(
+            f"{path}: [{where}] is a schema per tenant: set target = 'NAME' to the target of its one database "
+            f"(known: {', '.join(sorted(targets))}).")
+    unknown = sorted(set(raw.get("targets", [])) - set(targets))
+    if unknown:
+        raise ConfigError(f"{path}: [{where}] lists unknown target(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(targets))}.")
+    for key in ("databases_query", "schemas_query"):
+        if key in raw and not str(raw[key]).lstrip().lower().startswith(("select", "with", "values")):
+            raise ConfigError(f"{path}: [{where}] {key} must be a query (SELECT ...) returning one name per row.")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k not in _GROUP_POLICY_KEYS}
+    policy = {k: raw[k] for k in _GROUP_POLICY_KEYS if k in raw}
+    try:
+        return TargetGroup(name=name, kind=kind, policy=policy, **values)
+    except TypeError as err:
+        raise ConfigError(f"{path}: [{where}]: {err}.") from err
+
+
+def _group_member(config: Config, name: str) -> Target | None:
+    """The target of member ``GROUP:MEMBER`` of a databases or schemas group (membership is the fleet's check)."""
+    group_name, sep, member = name.partition(":")
+    group = config.groups.get(group_name)
+    if not sep or not member or group is None or group.kind == "targets":
+        return None
+    if group.kind == "schemas":
+        base = config.targets[group.target]
+        return Target(**{**base.__dict__, **group.policy, "name": name})
+    return Target(name=name, url_env=group.url_env, service=group.service, embedded=group.embedded,
+                  database=member, tenant_database=None if group.embedded else member,
+                  description=f"tenant database '{member}' of group '{group.name}'", **group.policy)
 
 
 _DURATION_UNITS = {
@@ -345,11 +442,17 @@ def resolve_url(target: Target, config: Config) -> str:
         db.ensure_database(admin_url, target.database)
         return db.with_database(admin_url, target.database)
     if target.service:
+        if target.tenant_database:  # libpq: an explicit dbname wins over the service file's
+            return f"postgresql+psycopg:///{target.tenant_database}?service={target.service}"
         return f"postgresql+psycopg:///?service={target.service}"
     assert target.url_env is not None
     value = os.environ.get(target.url_env)
     if not value:
         raise MissingSecret(target.name, target.url_env, str(config.path))
+    if target.tenant_database:
+        from . import db
+
+        return db.with_database(normalize_url(value), target.tenant_database)
     return normalize_url(value)
 
 

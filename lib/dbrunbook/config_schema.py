@@ -21,7 +21,7 @@ from .errors import InvalidSetting
 __all__ = ["TOP_LEVEL_KEYS", "PROJECT_KEYS", "RECORDS_KEYS", "TARGET_KINDS", "SET_KINDS", "check_table",
            "check_unknown", "check_directory"]
 
-TOP_LEVEL_KEYS = {"project", "records", "targets", "migration_sets", "backfills"}
+TOP_LEVEL_KEYS = {"project", "records", "targets", "migration_sets", "backfills", "groups"}
 PROJECT_KEYS = {"outputs": "path", "runbooks": "path", "state_dir": "path", "default_target": "str"}
 RECORDS_KEYS = {"keys_dir": "path", "allowed_signers": "path"}
 TARGET_KINDS = {

@@ -23,6 +23,7 @@ to call from several threads at once; a notebook kernel runs one cell at a time.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import datetime as dt
@@ -267,6 +268,9 @@ def alembic_config(mset: MigrationSet, url: str | None = None, connection: Conne
         cfg.set_main_option("sqlalchemy.url", _escape(url))
     if connection is not None:
         cfg.attributes["connection"] = connection
+    x_arguments = [item for item in os.environ.get("DBRUNBOOK_X", "").split(",") if "=" in item]
+    if x_arguments:  # a schema-per-tenant fleet member: env.py reads context.get_x_argument(as_dictionary=True)
+        cfg.cmd_opts = argparse.Namespace(x=x_arguments)
     # The cookbook's switch for env.py files that would otherwise call logging.config.fileConfig,
     # which disables every logger the notebook and dbrunbook already have.
     cfg.attributes["configure_logger"] = False

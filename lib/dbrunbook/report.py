@@ -488,4 +488,7 @@ def build_report(outputs_dir: Path, allowed_signers: Path, out_dir: Path | None 
             stale.unlink()
     index = out_dir / INDEX_FILE
     index.write_text(_index(entries), encoding="utf-8")
+    from .fleet_report import write_fleet_pages  # a page per fleet roll-up, linking its targets' pages
+
+    write_fleet_pages(outputs_dir, allowed_signers, out_dir)
     return Report(out_dir, index, tuple(entries))
