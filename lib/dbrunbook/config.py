@@ -314,6 +314,12 @@ def _migration_set(name: str, raw: dict, path: Path, root: Path) -> MigrationSet
     if raw.get("driver") is not None and raw["driver"] not in DRIVERS:
         raise ConfigError(f"{path}: [migration_sets.{name}] driver = {raw['driver']!r} is not one of "
                           f"{', '.join(DRIVERS)}. Set the driver the project's env.py uses.")
+    if "{" in str(raw.get("version_table_schema") or ""):
+        # A schema-per-tenant project keeps each tenant's version table in its schema: '{tenant}', filled in
+        # from the fleet's -x for a member's run (outside a fleet it stays as written: there is no tenant).
+        x = dict(item.split("=", 1) for item in os.environ.get(X_ARGUMENTS_ENV, "").split(",") if "=" in item)
+        with contextlib.suppress(KeyError, IndexError, ValueError):
+            raw["version_table_schema"] = raw["version_table_schema"].format(**x)
     return MigrationSet(name=name, **raw)
 
 
@@ -333,13 +339,6 @@ def _backfill(name: str, raw: dict, path: Path) -> Backfill:
         if k in raw and not isinstance(raw[k], str):
             raise ConfigError(f"{path}: [backfills.{name}] {k} must be a string.")
     return Backfill(name=name, **{**raw, "key": tuple(keys)})
-    if "{" in str(raw.get("version_table_schema") or ""):
-        # A schema-per-tenant project keeps each tenant's version table in its schema: '{tenant}', filled in
-        # from the fleet's -x for a member's run (outside a fleet it stays as written: there is no tenant).
-        x = dict(item.split("=", 1) for item in os.environ.get(X_ARGUMENTS_ENV, "").split(",") if "=" in item)
-        with contextlib.suppress(KeyError, IndexError, ValueError):
-            raw["version_table_schema"] = raw["version_table_schema"].format(**x)
-    return MigrationSet(name=name, **raw)
 
 
 def _group(name: str, raw: dict, path: Path, targets: dict[str, Target]) -> TargetGroup:

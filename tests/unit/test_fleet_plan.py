@@ -84,7 +84,7 @@ def test_a_tenant_placeholder_takes_the_fleet_x_argument(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(("body", "message"), [
     ('[groups.g]\ntargets = ["home"]\nurl = "x"\n', r"\[groups.g\] has 'url'; connection strings never go"),
-    ('[groups.g]\ntargets = ["home"]\nwaves = 3\n', r"unknown key\(s\) waves in \[groups.g\]"),
+    ('[groups.g]\ntargets = ["home"]\nwaves = 3\n', r"\[groups.g\] waves: unknown key"),
     ('[groups.g]\ntargets = ["nope"]\n', r"\[groups.g\] lists unknown target\(s\) nope; known: home, local"),
     ('[groups.g]\ndescription = "x"\n', r"needs exactly one of targets = \[...\], databases = \[...\]"),
     ('[groups.g]\ndatabases = ["a"]\n', r"database per tenant: it needs exactly one of url_env"),
