@@ -343,6 +343,8 @@ def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) 
 
     from papermill.engines import NBClientEngine, papermill_engines
 
+    from .progress import RetryLines
+
     class ProgressEngine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
@@ -353,8 +355,15 @@ def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) 
             order = {index: n for n, index in enumerate(sorted(steps), 1)}
             started: dict[int, float] = {}
             cell_start, cell_complete = nb_man.cell_start, nb_man.cell_complete
+            retries, autosave_cell = RetryLines(progress), nb_man.autosave_cell
+
+            def on_message():  # papermill calls this on every message of the running cell
+                if retries.cell_index is not None:
+                    retries.update(nb_man.nb.cells[retries.cell_index])
+                return autosave_cell()
 
             def on_start(cell, cell_index=None, **kw):
+                retries.start(cell_index)
                 if cell_index in steps:
                     started[cell_index] = time.monotonic()
                     progress(f"  [{order[cell_index]}/{total}] {steps[cell_index]} ...")
@@ -369,7 +378,7 @@ def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) 
                     progress(f"  [{order[cell_index]}/{total}] {'FAILED' if failed else 'done'} in {seconds:.1f}s")
                 return cell_complete(cell, cell_index=cell_index, **kw)
 
-            nb_man.cell_start, nb_man.cell_complete = on_start, on_complete
+            nb_man.cell_start, nb_man.cell_complete, nb_man.autosave_cell = on_start, on_complete, on_message
             return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
 
     name = f"dbrunbook-progress-{uuid.uuid4().hex[:8]}"
