@@ -68,7 +68,9 @@ class Preview:
     def _repr_html_(self) -> str:
         if not any(self.steps.values()):
             return "<p><b>Nothing pending</b>: every migration set is at its head.</p>"
-        parts = [f"<p>Preview sha256 <code>{self.sha256}</code></p>", self.as_frame().to_html(index=False)]
+        from .tables import frame_html
+
+        parts = [f"<p>Preview sha256 <code>{self.sha256}</code></p>", frame_html(self.as_frame())]
         for name, steps in self.steps.items():
             for s in steps:
                 sql = s.sql.replace("&", "&amp;").replace("<", "&lt;")
