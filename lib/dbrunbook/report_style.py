@@ -36,7 +36,10 @@ CSS = """
   --jp-content-font-size1: 14px;
   --jp-ui-font-size1: 13px;
 }
-pre, code, kbd, samp, tt, .jp-InputArea-editor, .jp-OutputArea-output pre, .highlight pre, .dbrunbook-sql {
+pre, code, kbd, samp, tt, .jp-InputArea-editor, .highlight pre, .dbrunbook-sql,
+.jp-Cell .jp-OutputArea-output pre, .jp-Cell .jp-OutputArea-output code {
+  /* the lab CSS has `.jp-OutputArea-output pre { font-family: inherit }`, which in an HTML output inherits the
+     proportional content font: SQL in a <pre> of a result object read like prose */
   font-family: var(--jp-code-font-family);
 }
 .jp-OutputArea-output pre, .jp-RenderedText pre { white-space: pre-wrap; overflow-wrap: anywhere; }
