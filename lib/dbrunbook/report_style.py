@@ -43,7 +43,10 @@ pre, code, kbd, samp, tt, .jp-InputArea-editor, .highlight pre, .dbrunbook-sql,
   font-family: var(--jp-code-font-family);
 }
 .jp-OutputArea-output pre, .jp-RenderedText pre { white-space: pre-wrap; overflow-wrap: anywhere; }
-.jp-RenderedHTMLCommon table td, .jp-RenderedHTMLCommon table th, table.dbrunbook-table td {
+/* the lab CSS right-aligns every cell of an output table (:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td),
+   prose and SQL included; dbrunbook's own tables right-align their numbers inline */
+.jp-Cell .jp-OutputArea-output.jp-RenderedHTMLCommon td, .jp-Cell .jp-OutputArea-output.jp-RenderedHTMLCommon th,
+.jp-Cell .jp-OutputArea-output.jp-RenderedHTMLCommon tr {
   text-align: left; vertical-align: top;
 }
 .jp-RenderedHTMLCommon table td:has(> code.dbrunbook-sql) { min-width: 30em; }

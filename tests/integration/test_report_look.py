@@ -26,7 +26,9 @@ def _style(browser: WebDriver, css: str, prop: str) -> str:
     return browser.script(f"return getComputedStyle(document.querySelector({css!r})).{prop};")
 
 
-def _shot(browser: WebDriver, name: str) -> None:
+def _shot(browser: WebDriver, name: str, scroll_to: str | None = None) -> None:
+    if scroll_to:
+        browser.script(f"document.querySelector({scroll_to!r}).scrollIntoView({{block: 'center'}});")
     browser.screenshot(ARTIFACTS / name)
 
 
@@ -71,11 +73,16 @@ def test_success_page_shows_sql_and_code_in_monospace_and_prose_left_aligned(bro
     assert sql is not None and "monospace" in sql, sql
     aligns = browser.script(
         "return Array.from(document.querySelectorAll('.jp-RenderedHTMLCommon table td'))"
-        ".filter(td => /[a-z]{4,} [a-z]{3,}/.test(td.textContent)).slice(0, 20)"
+        ".filter(td => /[A-Za-z]/.test(td.textContent) && !td.getAttribute('style'))"
         ".map(td => getComputedStyle(td).textAlign);")
     assert aligns and set(aligns) == {"left"}, aligns
     assert browser.find_all("details.dbr-traceback") == []
     _shot(browser, "report-look-success.png")
+    browser.script("Array.from(document.querySelectorAll('.jp-OutputArea-output pre'))"
+                   ".find(p => /ALTER TABLE|CREATE TABLE/.test(p.textContent)).scrollIntoView();")
+    _shot(browser, "report-look-success-sql.png")
+    browser.script("document.querySelector('.jp-RenderedHTMLCommon table td').scrollIntoView({block: 'center'});")
+    _shot(browser, "report-look-success-table.png")
 
 
 def test_guard_stop_page_is_titled_as_a_guard_stop_with_the_traceback_collapsed(browser, site):
@@ -94,6 +101,7 @@ def test_guard_stop_page_is_titled_as_a_guard_stop_with_the_traceback_collapsed(
     assert details[0][1].startswith("ConfirmationRequired: ")
     assert not browser.displayed(browser.find("details.dbr-traceback pre"))
     _shot(browser, "report-look-guard-stop.png")
+    _shot(browser, "report-look-guard-stop-cell.png", scroll_to="details.dbr-traceback")
 
 
 def test_tampered_page_stands_out(browser, site):
@@ -129,6 +137,7 @@ def test_failed_page_links_its_step_and_collapses_the_traceback(browser, tmp_pat
     assert details == [[False, "ValueError: step 2 broke on purpose"]]
     assert _style(browser, "details.dbr-traceback summary", "fontFamily").find("monospace") >= 0
     _shot(browser, "report-look-failed.png")
+    _shot(browser, "report-look-failed-cell.png", scroll_to="details.dbr-traceback")
     browser.get(built.index.as_uri())
     assert browser.script("return document.querySelector('#records .dbr-badge').className;") == \
         "dbr-badge outcome-failed"
