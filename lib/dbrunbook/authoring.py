@@ -270,10 +270,10 @@ class Lint:
     def _repr_html_(self) -> str:
         head = (f"<p>{html.escape(self.kind)} of <b>{html.escape(self.revision)}</b>: {len(self.errors)} error(s), "
                 f"{len(self.findings) - len(self.errors)} other finding(s)</p>")
-        from .tables import frame_html
+        from .tables import frame_html, sql_html
 
         body = frame_html(self.as_frame()) if self.findings else "<p>✔ nothing found</p>"
-        sql = f"<pre>{html.escape(self.text)}</pre>" if self.kind == "SQL lint" and self.text else ""
+        sql = sql_html(self.text) if self.kind == "SQL lint" and self.text else ""
         return head + body + sql
 
 

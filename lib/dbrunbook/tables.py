@@ -14,7 +14,7 @@ import numbers
 
 import pandas as pd
 
-__all__ = ["frame_html", "frame_text", "display_frame", "SQL_COLUMNS", "EMPTY"]
+__all__ = ["frame_html", "frame_text", "display_frame", "sql_html", "SQL_COLUMNS", "EMPTY"]
 
 #: Columns whose text is SQL (or a definition written in it): shown in monospace, wrapped, whitespace kept.
 SQL_COLUMNS = frozenset({"sql", "statement", "statements", "query", "definition", "ddl", "command", "source_sql"})
@@ -92,6 +92,16 @@ def frame_html(frame: pd.DataFrame, *, sql: tuple[str, ...] | None = None, empty
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return (f'<table class="dbrunbook-table" style="{_TABLE_STYLE}">{cap}<thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def sql_html(text: str) -> str:
+    """A block of SQL (or Python source) in monospace, wrapped, escaped.
+
+    JupyterLab's and nbconvert's CSS give a bare ``<pre>`` of an HTML output ``font-family: inherit``, i.e. the
+    proportional text font; the ``<code>`` inside it gets the code font there, and the inline style is for
+    pages without that CSS.
+    """
+    return (f'<pre class="dbrunbook-sql" style="{_SQL_STYLE}"><code>{html.escape(text)}</code></pre>')
 
 
 def frame_text(frame: pd.DataFrame, *, empty: str = EMPTY) -> str:

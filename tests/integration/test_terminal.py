@@ -16,7 +16,6 @@ from dbrunbook.config import load_config
 from dbrunbook.runner import run_runbook
 from tests.integration.test_locking import Blocker, _at_ea90695
 from tests.integration.test_locking import project as project  # noqa: F401 - the fixture, reused
-from tests.projects import URL_ENV  # noqa: F401 - the fixture's environment
 
 pytestmark = pytest.mark.integration
 

@@ -45,3 +45,8 @@ def test_snapshot_compare_gives_integer_counts_for_added_and_dropped_tables():
     assert pd.isna(rows["public.new"]["before"]) and rows["public.new"]["status"] == "added"
     assert pd.isna(rows["public.old"]["after"]) and rows["public.old"]["change"] == -5
     assert "20000.0" not in tables.frame_html(diff) and "NaN" not in tables.frame_html(diff)
+
+
+def test_a_block_of_sql_is_code_inside_pre_escaped():
+    assert tables.sql_html("SELECT 1 < 2;\n") == (
+        f'<pre class="dbrunbook-sql" style="{tables._SQL_STYLE}"><code>SELECT 1 &lt; 2;\n</code></pre>')
