@@ -270,8 +270,10 @@ class Lint:
     def _repr_html_(self) -> str:
         head = (f"<p>{html.escape(self.kind)} of <b>{html.escape(self.revision)}</b>: {len(self.errors)} error(s), "
                 f"{len(self.findings) - len(self.errors)} other finding(s)</p>")
-        body = self.as_frame().to_html(index=False) if self.findings else "<p>✔ nothing found</p>"
-        sql = f"<pre>{html.escape(self.text)}</pre>" if self.kind == "SQL lint" and self.text else ""
+        from .tables import frame_html, sql_html
+
+        body = frame_html(self.as_frame()) if self.findings else "<p>✔ nothing found</p>"
+        sql = sql_html(self.text) if self.kind == "SQL lint" and self.text else ""
         return head + body + sql
 
 
@@ -676,8 +678,10 @@ class Stairway:
     def _repr_html_(self) -> str:
         verdict = (f"✔ all {len(self.steps)} revisions go up, down and up again" if self.ok
                    else f"✘ {len(self.findings)} finding(s)")
+        from .tables import frame_html
+
         return f"<p>Stairway of <code>{html.escape(self.migration_set)}</code>: {verdict}</p>" + \
-            self.as_frame().to_html(index=False)
+            frame_html(self.as_frame())
 
 
 def stairway(mset: MigrationSet, engine: Engine) -> Stairway:

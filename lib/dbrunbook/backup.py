@@ -476,7 +476,9 @@ class RestoreCheck:
         problems = "".join(f"<li>{html.escape(p)}</li>" for p in self.problems)
         out = _table_html(rows) + (f"<p><b>Problems</b></p><ul>{problems}</ul>" if problems else "")
         if self.full_restore:
-            out += self.counts_frame().to_html(index=False)
+            from .tables import frame_html
+
+            out += frame_html(self.counts_frame())
         return out
 
 

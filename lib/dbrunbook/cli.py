@@ -168,7 +168,7 @@ def cmd_open(args: argparse.Namespace) -> int:
     path = prepare_runbook(args.runbook, target=args.target, parameters=_parameters(args.parameter),
                            config=load_config(args.config))
     print(path)
-    print(f"Open it with:  dbrunbook lab   (records under outputs/ are read-only there)")
+    print(f"Open it with:  {_lab_command(path)}   (records under outputs/ are read-only there)")
     print(f"Save it, then seal it:  dbrunbook seal {path.parent}")
     return 0
 
@@ -180,6 +180,22 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     argv, env = lab_command(load_config(args.config), args.jupyter_args)
     return subprocess.call(argv, env=env)
+
+
+def _lab_command(path: Path) -> str:
+    """The command that opens ``path`` in JupyterLab from this project: ``dbrunbook lab`` when this dbrunbook has
+    it, else this environment's own ``jupyter`` by absolute path (a bare ``jupyter`` may be another one or none)."""
+    if "lab" in _subcommands(build_parser()):
+        return f"dbrunbook lab {path}"
+    here = Path(sys.executable).parent / "jupyter"
+    return f"{here if here.is_file() else 'jupyter'} lab {path}"
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def cmd_seal(args: argparse.Namespace) -> int:
@@ -434,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.set_defaults(func=cmd_lab)
 
     seal_ = sub.add_parser("seal", help="sign a run directory made by 'open' once its cells have run")
-    seal_.add_argument("run_dir", metavar="RUN_DIR")
+    seal_.add_argument("run_dir", metavar="RUN_DIR",
+                       help="the run directory 'dbrunbook open' printed (outputs/<runbook>/<run id>)")
     seal_.set_defaults(func=cmd_seal)
 
     verify = sub.add_parser("verify", help="check the signatures and digests of run records")
@@ -463,8 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     approve_.add_argument("--key", help="your signing key (default: keys_dir/operator_ed25519)")
     approve_.set_defaults(func=cmd_approve)
 
-    db_ = sub.add_parser("db", help="the embedded PostgreSQL of this project")
-    db_.add_argument("action", choices=["start", "stop", "status", "url"])
+    db_ = sub.add_parser("db", help="the embedded PostgreSQL of this project",
+                         description="Start, stop or inspect the embedded PostgreSQL server of this project "
+                                     "(targets with embedded = true); its data lives under the project.")
+    db_.add_argument("action", choices=["start", "stop", "status", "url"],
+                     help="start it (if needed) and print its URL; stop it; status (exit 1 when it is not "
+                          "running); url: the libpq URL for psql, password masked")
     db_.set_defaults(func=cmd_db)
 
     demo = sub.add_parser("demo", help="deploy the sample migrations on the embedded database, with records")
@@ -486,26 +507,83 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("-o", "--output", help="where to write it (default: ./dbrunbook.toml; never overwritten)")
     init.set_defaults(func=cmd_init)
 
+    _add_epilogs(parser)
     return parser
+
+
+EXIT_STATUSES = """exit statuses:
+  0    succeeded
+  1    a step failed, a run is incomplete or interrupted, or a record is not valid
+  2    bad usage or configuration (nothing was changed)
+  3    stopped at a guard (the runbook refused to go on; nothing past the guard was changed)
+  130  interrupted (Ctrl-C), after the run's record is signed"""
+
+#: One or two example command lines per subcommand (its --help shows them).
+EXAMPLES = {
+    None: ["dbrunbook list", "dbrunbook run status -t staging",
+           "dbrunbook run apply -t staging -p migration_set main -p dry_run false"],
+    "run": ["dbrunbook run status -t staging",
+            "dbrunbook run apply -t staging -p migration_set main -p dry_run false --json"],
+    "list": ["dbrunbook list"],
+    "open": ["dbrunbook open apply -t local -p migration_set main -p dry_run false"],
+    "seal": ["dbrunbook seal outputs/apply/20261201T101500Z-1a2b3c"],
+    "verify": ["dbrunbook verify", "dbrunbook verify outputs/apply -t staging"],
+    "report": ["dbrunbook report --open"],
+    "keygen": ["dbrunbook keygen"],
+    "db": ["dbrunbook db start", "dbrunbook db status | head -2", "psql \"$(dbrunbook db url)\""],
+    "demo": ["dbrunbook demo"],
+    "new": ['dbrunbook new "Add user preferences table" -m main',
+            "dbrunbook new --merge \"Merge the ai heads\" -m ai"],
+    "init": ["dbrunbook init alembic.ini", "dbrunbook init services/*/alembic.ini -o dbrunbook.toml"],
+}
+
+
+def _add_epilogs(parser: argparse.ArgumentParser) -> None:
+    """Every --help ends with its examples and the exit statuses (kept verbatim: RawDescriptionHelpFormatter)."""
+    for name, command in [(None, parser), *_subcommands(parser).items()]:
+        examples = EXAMPLES.get(name, [])
+        text = ("examples:\n" + "".join(f"  {line}\n" for line in examples) + "\n") if examples else ""
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.epilog = text + EXIT_STATUSES
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dbrunbook`` console script; returns the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (dbrunbook db status | head -2): stop quietly, like any Unix tool. stdout is
+        # pointed at /dev/null so the interpreter's final flush cannot raise again.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse exits 2 on bad usage, 0 on --help
+        sys.stdout.flush()
         return int(exit_.code or 0)
     try:
         _notice_unfinished(args)
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then handled in main()
+        return status
     except DbRunbookError as err:
         _err(str(err))
         return err.exit_status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        result = getattr(err, "run_result", None)  # the launcher sealed the interrupted run first
+        with contextlib.suppress(BrokenPipeError):
+            if result is not None:
+                _print_result(result)
+                sys.stdout.flush()
         _err("Interrupted.")
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -63,7 +63,7 @@ def run_demo(config: Config) -> list:
 
     def run(runbook: str, **params: str):
         _say(f"--> dbrunbook run {runbook} -t {DEMO_TARGET} " + " ".join(f"-p {k} {v}" for k, v in params.items()))
-        result = run_runbook(runbook, target=DEMO_TARGET, parameters=params, config=config)
+        result = run_runbook(runbook, target=DEMO_TARGET, parameters=params, config=config, progress=_say)
         _say(f"    {result.outcome}: {result.record_dir}")
         results.append(result)
         return result

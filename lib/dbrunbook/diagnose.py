@@ -58,7 +58,9 @@ TITLES = {
 # --- value objects --------------------------------------------------------------------------------------
 def _frame_html(evidence: pd.DataFrame | str) -> str:
     if isinstance(evidence, pd.DataFrame):
-        return evidence.to_html(index=False) if not evidence.empty else "<p><i>(no rows)</i></p>"
+        from .tables import frame_html
+
+        return frame_html(evidence, empty="(no rows)")
     return f"<pre>{html.escape(str(evidence))}</pre>"
 
 

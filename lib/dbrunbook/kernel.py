@@ -42,6 +42,15 @@ def ipc_kernel_manager():
         def _default_ip(self) -> str:
             return os.path.join(_kernel_socket_dir(), f"kernel-{uuid.uuid4().hex[:8]}")
 
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts (SIGINT) every kernel it shuts down. papermill shuts the kernel down
+            # only once no cell runs, so that interrupt stops nothing and only makes an idle ipykernel log
+            # "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel." on the operator's terminal. A
+            # kernel still busy is ended by the shutdown request and, after its grace period, by SIGKILL.
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
     return IpcKernelManager
 
 

@@ -156,7 +156,9 @@ class SqlStep:
         head = f"<p><b>{html.escape(self.revision)}</b> {html.escape(self.message)}</p>"
         why = f"<p><i>{html.escape(self.problem)}</i></p>" if self.online_only else ""
         notes = f"<p><i>printed:</i> {html.escape(self.notes)}</p>" if self.notes else ""
-        return f"{head}{why}<pre>{html.escape(self.sql)}</pre>{notes}"
+        from .tables import sql_html
+
+        return f"{head}{why}{sql_html(self.sql)}{notes}"
 
 
 @dataclass(frozen=True)

@@ -235,13 +235,15 @@ class PreflightResult:
             else self.sessions
 
     def _repr_html_(self) -> str:
+        from .tables import frame_html
+
         parts = [(f"<p>Target <b>{html.escape(self.target)}</b> (protected: {self.protected}); a blocker is a "
                   f"session holding a conflicting lock for longer than {html.escape(self.blocker_max_age)}: "
                   f"<b>{len(self.blockers)}</b> found.</p>")]
         for title, frame in (("Sessions holding locks on these tables", self.sessions),
                              ("Tables the pending migrations touch", self.tables),
                              ("Statements and the locks they take", self.statements)):
-            body = frame.to_html(index=False) if len(frame) else "<p>(none)</p>"
+            body = frame_html(frame)
             parts.append(f"<h4>{title}</h4>{body}")
         return "\n".join(parts)
 

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import nbformat
 
-from . import records
+from . import records, report_style
 from .protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ tr.status-tampered td, tr.status-unsigned td, tr.status-incomplete td { backgrou
 tr.status-untrusted td { background: #fff8c5; }
 .dbr-filters label { margin-right: 1.2em; }
 code { font-size: .9em; }
-"""
+""" + report_style.CSS
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def _parameter_rows(parameters_source: str | None, values: Mapping) -> list[list
 # --- pages ------------------------------------------------------------------------------------------------
 def _nav(entry: RecordEntry) -> str:
     return (f'<p><a href="../{INDEX_FILE}">← all records</a></p>'
-            f"<h1>{_e(entry.runbook)} on {_e(entry.target)} — {_e(entry.outcome)}</h1>"
+            f"<h1>{_e(entry.runbook)} on {_e(entry.target)} — {report_style.outcome_badge(entry.outcome)}</h1>"
             f"<p><code>{_e(entry.run_id)}</code></p>")
 
 
@@ -401,15 +401,12 @@ def render_record(run_dir: Path, allowed_signers: Path, page_dir: Path | None = 
     nb = nbformat.reads(nb_bytes.decode("utf-8"), as_version=4)
     papermill = dict(nb.metadata.get("papermill") or {})
     failures, parameters_source = _prepare(nb)
+    report_style.collapse_tracebacks(nb)
     values = papermill.get("parameters") or facts.get("parameters") or {}
     header = [f'<div class="dbr-header">{_nav(entry)}']
     header.append(f'<div class="dbr-banner valid" id="record-status">Signature valid, signed by '
                   f"{_e(check.principal)}; every file matches the signed statement.</div>")
-    if failures:
-        links = "".join(
-            f'<li><a href="#{_e(f["anchor"])}">{_e(f["heading"] or "a cell")}</a>: '
-            f"{_e(f['ename'])}: {_e(f['evalue'])}</li>" for f in failures)
-        header.append(f'<div class="dbr-failed" id="failed-steps"><b>Failed step(s)</b><ul>{links}</ul></div>')
+    header.append(report_style.failure_box(failures, entry.outcome))
     notes = [p for p in check.problems if check.status == "valid"]
     if notes:
         header.append("<ul>" + "".join(f"<li>{_e(p)}</li>" for p in notes) + "</ul>")
@@ -432,16 +429,18 @@ def _index(entries: list[RecordEntry]) -> str:
         f'<label>{_e(label)} <select id="filter-{key}" data-key="{key}"><option value="">all</option>'
         f"{options[key]}</select></label>" for key, label in _FILTERS)
     rows = "".join(
-        f'<tr class="record status-{_e(e.status)}" data-target="{_e(e.target)}" data-runbook="{_e(e.runbook)}" '
+        f'<tr class="record status-{_e(e.status)} outcome-{_e(e.outcome)}" data-target="{_e(e.target)}" data-runbook="{_e(e.runbook)}" '
         f'data-outcome="{_e(e.outcome)}" data-status="{_e(e.status)}">'
         f"<td>{_e(e.when)}</td><td>{_e(e.runbook)}</td><td>{_e(e.target)}</td><td>{_e(e.operator)}</td>"
-        f"<td>{_e(e.outcome)}</td><td>{_e(e.revisions)}</td><td class=\"status\">{_e(e.status_label)}</td>"
+        f"<td>{report_style.outcome_badge(e.outcome)}</td><td>{_e(e.revisions)}</td><td class=\"status\">{_e(e.status_label)}</td>"
         f'<td><a href="{_e(e.page)}">{_e(e.run_id)}</a></td></tr>'
         for e in sorted(entries, key=lambda e: e.run_id, reverse=True))
     bad = sum(1 for e in entries if e.status != "valid")
     body = (f"<h1>dbrunbook records</h1><p>{len(entries)} records, "
             f"{bad} not valid (see the signature column).</p>"
-            f'<div class="dbr-filters">{filters}</div><p id="shown"></p>'
+            + report_style.index_summary(entries) +
+            f'<div class="dbr-filters">{filters}<label class="dbr-search">search <input id="search" '
+            'type="search"></label></div><p id="shown"></p>'
             '<table class="dbr-table" id="records"><thead><tr><th>when (UTC)</th><th>runbook</th><th>target</th>'
             "<th>operator</th><th>outcome</th><th>revisions before → after</th><th>signature</th>"
             f"<th>record</th></tr></thead><tbody>{rows}</tbody></table>")
@@ -452,7 +451,8 @@ def _index(entries: list[RecordEntry]) -> str:
   function apply() {
     var shown = 0;
     rows.forEach(function (row) {
-      var visible = selects.every(function (s) { return !s.value || row.dataset[s.dataset.key] === s.value; });
+      var visible = row.dataset.search !== 'miss' &&
+        selects.every(function (s) { return !s.value || row.dataset[s.dataset.key] === s.value; });
       row.style.display = visible ? '' : 'none';
       if (visible) { shown += 1; }
     });
@@ -462,7 +462,7 @@ def _index(entries: list[RecordEntry]) -> str:
   apply();
 })();
 """
-    return _page("dbrunbook records", body, script)
+    return _page("dbrunbook records", body, script + report_style.SORT_SCRIPT)
 
 
 def build_report(outputs_dir: Path, allowed_signers: Path, out_dir: Path | None = None) -> Report:

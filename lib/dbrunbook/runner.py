@@ -392,6 +392,8 @@ def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) 
 
         execute_cell = run_sync(async_execute_cell)  # nbclient binds the base class's coroutine otherwise
 
+    from .progress import RetryLines
+
     class ProgressEngine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
@@ -418,7 +420,15 @@ def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) 
                 finally:
                     quiet[0] = False
 
+            retries, autosave_cell = RetryLines(progress), nb_man.autosave_cell
+
+            def on_message():  # papermill calls this on every message of the running cell
+                if retries.cell_index is not None:
+                    retries.update(nb_man.nb.cells[retries.cell_index])
+                return autosave_cell()
+
             def on_start(cell, cell_index=None, **kw):
+                retries.start(cell_index)
                 if cell_index in steps:
                     started[cell_index] = time.monotonic()
                     progress(f"  [{order[cell_index]}/{total}] {steps[cell_index]} ...")
@@ -440,6 +450,7 @@ def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) 
                 return without_save(cell_complete, cell, cell_index=cell_index, **kw)
 
             nb_man.cell_start, nb_man.cell_complete, nb_man.save = on_start, on_complete, quiet_save
+            nb_man.autosave_cell = on_message
             # NBClientEngine's own body, with the client that saves on a timer.
             kwargs = remove_args(["input_path"], **kwargs)
             safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)

@@ -60,7 +60,9 @@ _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
 def _table_html(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, escape=True)
+    from .tables import frame_html
+
+    return frame_html(frame)
 
 
 # --- 4. lint -----------------------------------------------------------------------------------------------

@@ -68,14 +68,16 @@ class Preview:
     def _repr_html_(self) -> str:
         if not any(self.steps.values()):
             return "<p><b>Nothing pending</b>: every migration set is at its head.</p>"
-        parts = [f"<p>Preview sha256 <code>{self.sha256}</code></p>", self.as_frame().to_html(index=False)]
+        from .tables import frame_html, sql_html
+
+        parts = [f"<p>Preview sha256 <code>{self.sha256}</code></p>", frame_html(self.as_frame())]
         for name, steps in self.steps.items():
             for s in steps:
-                sql = s.sql.replace("&", "&amp;").replace("<", "&lt;")
+                sql = sql_html(s.sql)
                 status = getattr(s, "status", "offline")
                 why = (f"<p><i>{getattr(s, 'problem', '').replace('&', '&amp;').replace('<', '&lt;')}</i></p>"
                        if getattr(s, "online_only", False) else "")
-                parts.append(f"<h4>{name}: {s.revision} — {s.message} ({status})</h4>{why}<pre>{sql}</pre>")
+                parts.append(f"<h4>{name}: {s.revision} — {s.message} ({status})</h4>{why}{sql}")
         return "\n".join(parts)
 
 

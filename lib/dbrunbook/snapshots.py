@@ -22,6 +22,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from .tables import frame_html
+
 log = logging.getLogger(__name__)
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
@@ -87,7 +89,7 @@ class Snapshot:
     def _repr_html_(self) -> str:
         kind = "exact" if self.exact else "estimated"
         head = f"<p>{len(self.counts)} tables, {self.total_rows:,} rows ({kind}) at {self.taken_at}</p>"
-        return head + self.as_frame().to_html(index=False)
+        return head + frame_html(self.as_frame())
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -233,7 +235,10 @@ def compare(before: Snapshot, after: Snapshot) -> pd.DataFrame:
             status = "same" if before.fingerprints[t] == after.fingerprints[t] else "content changed"
         pct = (100.0 * change / b) if b else None
         rows.append({"table": t, "before": b, "after": a, "change": change, "percent": pct, "status": status})
-    return pd.DataFrame(rows, columns=["table", "before", "after", "change", "percent", "status"])
+    frame = pd.DataFrame(rows, columns=["table", "before", "after", "change", "percent", "status"])
+    # Counts are integers; a table added or dropped has no count on one side, which would make pandas show
+    # the whole column as floats (20000.0, NaN). Nullable integers keep 20000 and <NA>.
+    return frame.astype({"before": "Int64", "after": "Int64", "change": "Int64", "percent": "float64"})
 
 
 def schema_snapshot(engine: Engine, *, exclude_schemas: tuple[str, ...] = ()) -> SchemaSnapshot:

@@ -64,7 +64,7 @@ def compare_with_snapshot(session, snapshot, *, tolerance: float = 0.0) -> Verif
     for row in counts.itertuples():
         if row.status == "dropped":
             problems.append(f"table {row.table} is gone (had {row.before:,} rows)")
-        elif row.before and row.change < 0 and -row.percent > tolerance:
+        elif not pd.isna(row.before) and row.before and row.change < 0 and -row.percent > tolerance:
             problems.append(f"{row.table} lost {-row.change:,} of {row.before:,} rows ({-row.percent:.1f}% > "
                             f"tolerance {tolerance}%)")
     if heads_now != heads_then:

@@ -35,4 +35,6 @@ def test_demo_deploys_the_sample_migrations_with_signed_records(project, capfd):
     counts = snapshots.row_counts(project.engine)
     assert counts.counts["public.users"] >= 1000 and counts.total_rows > 50_000
     assert "Created a local operator signing key" in err
+    # The same per-step progress as 'dbrunbook run': a start and an end line for each step of each run.
+    assert err.count("] 1. ") >= 4 and "] done in " in err
     assert "Signed records:" in out and str(deploy.record_dir) in out
