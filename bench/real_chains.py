@@ -492,8 +492,12 @@ def run_chain(chain: Chain, dbrunbook: Path, keep: bool, *, only: list[str] = ()
         cr = Chainrun(chain, venv, project, log)
         cr.on_row = lambda rows: save({**result, "rows": rows})
         cr.label, cr.only = label, list(only)
-        if not (project / ".dbrunbook" / "keys").is_dir():
-            run([cr.dbrunbook, "keygen"], cwd=project, env=cr.env, timeout=120)
+        # As a new user would: a key of their own, trusted in the project's allowed_signers (runs never create
+        # or trust one by themselves).
+        if not (project / ".dbrunbook" / "keys" / "operator_ed25519").is_file():
+            run([cr.dbrunbook, "keygen", "--trust"], cwd=project, env=cr.env, timeout=120)
+        elif not (project / "allowed_signers").is_file():
+            run([cr.dbrunbook, "keygen", "--force", "--trust"], cwd=project, env=cr.env, timeout=120)
         cr.start_server()
         if export_url and chain.url_env:
             cr.env[chain.url_env] = cr.url("app", chain.driver)

@@ -242,7 +242,7 @@ class Scratch:
         if self._server is None:
             from . import backup
 
-            self._context = backup._scratch_server(self.session.config, f"capture-{self.session.run_id}")
+            self._context = backup.scratch_server(self.session.config, f"capture-{self.session.run_id}")
             self._server = self._context.__enter__()
         return self._server
 
