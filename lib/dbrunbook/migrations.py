@@ -333,10 +333,39 @@ def _forget_relative_finders() -> None:
         sys.path_importer_cache.pop(entry, None)
 
 
+# --- one load of the scripts per version of the files ------------------------------------------------------
+# Loading a ScriptDirectory imports every revision file (about 1.3 ms each): a status or preview step asks
+# for it several times per set, which made a 1,000-revision chain cost seconds per question. The loaded map is
+# kept per script folder and reused while the files of its version locations are unchanged (names, sizes,
+# mtimes: one stat per file, linear), so a revision written, edited or removed in between is seen at once.
+_LOADED: dict[tuple, tuple[tuple, ScriptDirectory]] = {}
+
+
+def _files_signature(script: ScriptDirectory) -> tuple:
+    found = []
+    for location in {str(script.dir), *map(str, script._version_locations)}:
+        if script.recursive_version_locations:
+            paths = [os.path.join(d, n) for d, _, names in os.walk(location) for n in names]
+        else:
+            paths = [e.path for e in os.scandir(location)] if os.path.isdir(location) else []
+        for path in paths:
+            if path.endswith((".py", ".pyc")) and os.path.isfile(path):
+                st = os.stat(path)
+                found.append((path, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(found))
+
+
 def _script(mset: MigrationSet, cfg: AlembicConfig) -> ScriptDirectory:
     try:
         script = ScriptDirectory.from_config(cfg)
+        key = (script.dir, tuple(script._version_locations), script.sourceless,
+               script.recursive_version_locations)
+        signature = _files_signature(script)
+        cached = _LOADED.get(key)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
         script.revision_map.heads  # noqa: B018 - load every script now, while the project folder is the cwd
+        _LOADED[key] = (signature, script)
     except (CommandError, RevisionError) as err:
         where = mset.alembic_ini or mset.script_location
         raise ConfigError(f"Migration set '{mset.name}': Alembic cannot read its scripts: {err}. "

@@ -60,7 +60,10 @@ _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
 def _table_html(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, escape=True)
+    from .summaries import Shown, frame_html
+
+    # Sorted by level already: the first rows are the errors; every finding is in lint.json (require_clean).
+    return frame_html(frame, Shown(artifact="lint.json"))
 
 
 # --- 4. lint -----------------------------------------------------------------------------------------------
@@ -90,6 +93,9 @@ class LintReport:
             text += (f" {self.omitted_timeouts} require-*-timeout finding(s) left out: dbrunbook runs every "
                      f"migration with {self.timeouts}.")
         return text
+
+    def __repr__(self) -> str:
+        return f"LintReport(target {self.target!r}: {self.summary()})"
 
     def _repr_html_(self) -> str:
         parts = [f"<p><b>Lint</b> (target {html.escape(self.target)}"

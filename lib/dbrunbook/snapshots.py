@@ -86,8 +86,14 @@ class Snapshot:
 
     def _repr_html_(self) -> str:
         kind = "exact" if self.exact else "estimated"
-        head = f"<p>{len(self.counts)} tables, {self.total_rows:,} rows ({kind}) at {self.taken_at}</p>"
-        return head + self.as_frame().to_html(index=False)
+        from .summaries import Shown, frame_html
+
+        return frame_html(self.as_frame(), Shown(by="rows", totals=(
+            f"{len(self.counts):,} tables, {self.total_rows:,} rows ({kind}) at {self.taken_at}")))
+
+    def __repr__(self) -> str:
+        kind = "exact" if self.exact else "estimated"
+        return f"Snapshot({len(self.counts):,} tables, {self.total_rows:,} rows, {kind}, at {self.taken_at})"
 
     def to_dict(self) -> dict:
         return asdict(self)
