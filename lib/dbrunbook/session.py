@@ -104,14 +104,6 @@ def _step_text(name: str, step) -> str:
     return f"{head}{step.sql}\n"
 
 
-def _tally(frame: pd.DataFrame, what: str, column: str) -> str:
-    """'1,000 revision(s): 990 applied, 10 pending' — the totals said before a long table."""
-    if column not in frame.columns or frame.empty:
-        return f"{len(frame):,} {what}"
-    counts = frame[column].value_counts()
-    return f"{len(frame):,} {what}: " + ", ".join(f"{n:,} {k}" for k, n in counts.items())
-
-
 def _count_statements(sql: str) -> int:
     return len(sqltext.split_statements(sql))
 
@@ -201,7 +193,7 @@ class Session:
             frame.insert(0, "migration_set", m.name)
             frames.append(frame)
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        return summaries.summarize(self, "history", frame, summaries.Shown(tail=True, totals=_tally(
+        return summaries.summarize(self, "history", frame, summaries.Shown(tail=True, totals=summaries.tally(
             frame, "revision(s)", "status")))
 
     def revision_graph(self, migration_set: str | None = "all"):
@@ -218,7 +210,7 @@ class Session:
             for m in self.sets(migration_set) for r in migrations.pending(m, self.engine, revision)
         ]
         frame = pd.DataFrame(rows, columns=["migration_set", "revision", "description", "merge", "file"])
-        return summaries.summarize(self, "pending", frame, summaries.Shown(totals=_tally(
+        return summaries.summarize(self, "pending", frame, summaries.Shown(totals=summaries.tally(
             frame, "pending revision(s)", "migration_set")))
 
     # --- preview (alembic upgrade head --sql) ---------------------------------------------------------------
@@ -269,9 +261,7 @@ class Session:
     def compare_counts(self, before: snapshots.Snapshot) -> pd.DataFrame:
         """Counts now against ``before``: one row per table that exists in either."""
         frame = snapshots.compare(before, snapshots.row_counts(self.engine, exact=before.exact))
-        return summaries.summarize(self, "counts-compared", frame, summaries.Shown(
-            by="change", absolute=True, totals=_tally(frame, "table(s)", "status")
-            + f"; rows {int(frame['before'].fillna(0).sum()):,} → {int(frame['after'].fillna(0).sum()):,}"))
+        return summaries.counts_compared(self, "counts-compared", frame)
 
     # --- change ----------------------------------------------------------------------------------------
     def upgrade(self, revision: str = "heads", migration_set: str | None = "all", *, dry_run: bool = True,

@@ -165,3 +165,20 @@ def gap(shown: set[int], i: int) -> int:
     """How many items were left out just before item ``i``."""
     before = [j for j in shown if j < i]
     return i - 1 - max(before) if before else i
+
+
+def tally(frame: pd.DataFrame, what: str, column: str) -> str:
+    """'1,000 revision(s): 990 applied, 10 pending' — the totals said before a long table."""
+    if column not in frame.columns or frame.empty:
+        return f"{len(frame):,} {what}"
+    counts = frame[column].value_counts()
+    return f"{len(frame):,} {what}: " + ", ".join(f"{n:,} {k}" for k, n in counts.items())
+
+
+def counts_compared(session, stem: str, frame: pd.DataFrame) -> SummaryFrame:
+    """A counts comparison (``snapshots.compare``) shown as its totals and the biggest changes first."""
+    totals = tally(frame, "table(s)", "status")
+    if {"before", "after"} <= set(frame.columns) and not frame.empty:
+        totals += (f"; rows {int(frame['before'].fillna(0).sum()):,} → "
+                   f"{int(frame['after'].fillna(0).sum()):,}")
+    return summarize(session, stem, frame, Shown(by="change", absolute=True, totals=totals))

@@ -1,0 +1,181 @@
+"""What dbrunbook costs as the chain gets long and the database wide, against the tools it wraps.
+
+Synthetic Alembic projects (bench/_chains.py) of 10, 100 and 1,000 trivial revisions, linear, and 1,000 with
+30 merge points, generated under bench/_work/scale/. For each: bare `alembic history`, `alembic upgrade heads
+--sql` and `alembic upgrade heads` (fresh database) against `dbrunbook run status`, `run preview` and `run
+apply -p dry_run false` (fresh database), and the size of the apply record. Then a database of 10,000 tables:
+one-by-one `count(*)` against `dbrunbook run verify`.
+
+Targets: at 1,000 revisions, apply <= 1.5 x bare upgrade + the fixed per-run cost (dbrunbook apply at 10
+revisions minus bare upgrade at 10), status and preview likewise; the apply record <= 1 MB.
+
+    BENCH_SIZES=10,100 .venv/bin/python bench/scale.py     # a quick run; default 10,100,1000 and 1000m30
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _chains import make_chain, write_config
+from _common import ROOT, WORK, admin_url, fresh_database, write_section
+
+BIN = Path(sys.executable).parent
+CASES = os.environ.get("BENCH_SIZES", "10,100,1000,1000m30").split(",")
+TABLES = int(os.environ.get("BENCH_TABLES", "10000"))
+
+
+def _timed(cmd: list[str], env: dict | None = None) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                         f"{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def _newest_record(outputs: Path) -> Path:
+    return max(outputs.rglob("notebook.ipynb"), key=lambda p: p.stat().st_mtime).parent
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _alembic_ini(folder: Path, ini: Path, url: str) -> Path:
+    """The chain's ini with a real URL for bare Alembic (dbrunbook reads its target from dbrunbook.toml)."""
+    text = ini.read_text().replace("sqlalchemy.url = postgresql+psycopg://localhost/x",
+                                   f"sqlalchemy.url = {url.replace('%', '%%')}")
+    path = folder / "bare.ini"
+    path.write_text(text)
+    return path
+
+
+def run_case(admin: str, case: str) -> dict:
+    n, _, merges = case.partition("m")
+    n, merges = int(n), int(merges or 0)
+    folder = WORK / "scale" / case
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    ini = make_chain(folder / "chain", n, merges=merges)
+    config = write_config(folder, ini, ROOT / "runbooks")
+    dbname = f"bench_scale_{case}"
+    out: dict = {"case": case, "revisions": n, "merges": merges}
+
+    url = fresh_database(admin, dbname)
+    bare = _alembic_ini(folder, ini, url)
+    alembic = [str(BIN / "alembic"), "-c", str(bare)]
+    out["alembic history"] = _timed(alembic + ["history"])
+    out["alembic upgrade --sql"] = _timed(alembic + ["upgrade", "heads", "--sql"])
+    out["alembic upgrade"] = _timed(alembic + ["upgrade", "heads"])
+
+    url = fresh_database(admin, dbname)
+    env = dict(os.environ, DBRUNBOOK_CONFIG=str(config), BENCH_TARGET_URL=url)
+    run = [str(BIN / "dbrunbook"), "run"]
+    out["dbrunbook status"] = _timed(run + ["status", "-t", "bench"], env)
+    out["dbrunbook preview"] = _timed(run + ["preview", "-t", "bench"], env)
+    out["dbrunbook apply"] = _timed(run + ["apply", "-t", "bench", "-p", "dry_run", "false"], env)
+    record = _newest_record(folder / "outputs")
+    out["notebook bytes"] = (record / "notebook.ipynb").stat().st_size
+    out["record bytes"] = _size(record)
+    print(json.dumps(out), file=sys.stderr)
+    return out
+
+
+def run_wide(admin: str) -> dict:
+    """10,000 tables of a few rows each: one-by-one count(*) against `dbrunbook run verify` (after an apply)."""
+    import sqlalchemy as sa
+
+    folder = WORK / "scale" / "wide"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    ini = make_chain(folder / "chain", 10)
+    config = write_config(folder, ini, ROOT / "runbooks")
+    url = fresh_database(admin, "bench_scale_wide")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"""
+            DO $$ BEGIN FOR i IN 1..{TABLES} LOOP
+              EXECUTE format('CREATE TABLE w%s (id int PRIMARY KEY)', i);
+              EXECUTE format('INSERT INTO w%s SELECT generate_series(1, %s)', i, i % 7);
+            END LOOP; END $$"""))
+    t0 = time.perf_counter()
+    with engine.connect() as conn:
+        names = conn.execute(sa.text(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")).scalars().all()
+        for name in names:
+            conn.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar()
+    one_by_one = time.perf_counter() - t0
+    engine.dispose()
+    env = dict(os.environ, DBRUNBOOK_CONFIG=str(config), BENCH_TARGET_URL=url)
+    run = [str(BIN / "dbrunbook"), "run"]
+    apply = _timed(run + ["apply", "-t", "bench", "-p", "dry_run", "false"], env)
+    apply_record = _newest_record(folder / "outputs")
+    verify = _timed(run + ["verify", "-t", "bench"], env)
+    record = _newest_record(folder / "outputs")
+    out = {"tables": len(names), "count(*) one by one": one_by_one, "dbrunbook apply": apply,
+           "apply notebook bytes": (apply_record / "notebook.ipynb").stat().st_size,
+           "dbrunbook verify": verify, "verify notebook bytes": (record / "notebook.ipynb").stat().st_size,
+           "verify record bytes": _size(record)}
+    print(json.dumps(out), file=sys.stderr)
+    return out
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:,.0f} KB"
+
+
+def main() -> int:
+    admin = admin_url()
+    results = [run_case(admin, case) for case in CASES]
+    wide = run_wide(admin) if TABLES else None
+    rows = []
+    for r in results:
+        label = f"{r['revisions']:,}" + (f" ({r['merges']} merges)" if r["merges"] else "")
+        rows.append(f"| {label} "
+                    f"| {r['alembic history']:.1f} / {r['dbrunbook status']:.1f} "
+                    f"| {r['alembic upgrade --sql']:.1f} / {r['dbrunbook preview']:.1f} "
+                    f"| {r['alembic upgrade']:.1f} / {r['dbrunbook apply']:.1f} "
+                    f"| {_kb(r['notebook bytes'])} / {_kb(r['record bytes'])} |")
+    body = ["## Long chains and wide databases (`bench/scale.py`)", "",
+            "One run each (2 shared cores, other engineers' jobs running: expect noise). Seconds, "
+            "bare Alembic / dbrunbook; record = the apply record's notebook.ipynb / whole folder.", "",
+            "| revisions | `history` / `run status` | `upgrade --sql` / `run preview` | `upgrade` / `run apply` "
+            "| apply record |", "|---|---|---|---|---|", *rows]
+    by = {r["case"]: r for r in results}
+    if "10" in by:
+        small = by["10"]
+        fixed = {k: small[f"dbrunbook {k}"] - small[bare] for k, bare in
+                 (("status", "alembic history"), ("preview", "alembic upgrade --sql"),
+                  ("apply", "alembic upgrade"))}
+        body += ["", f"Fixed per-run cost (dbrunbook at 10 revisions minus bare Alembic): status "
+                 f"{fixed['status']:.1f} s, preview {fixed['preview']:.1f} s, apply {fixed['apply']:.1f} s."]
+        for case in [c for c in by if c.startswith("1000")]:
+            r = by[case]
+            parts = []
+            for k, bare in (("status", "alembic history"), ("preview", "alembic upgrade --sql"),
+                            ("apply", "alembic upgrade")):
+                budget = 1.5 * r[bare] + fixed[k]
+                parts.append(f"{k} {r[f'dbrunbook {k}']:.1f} s vs budget {budget:.1f} s "
+                             f"(**{r[f'dbrunbook {k}'] / budget:.2f}x** of it)")
+            body.append(f"- {case}: " + "; ".join(parts) + f"; notebook {_kb(r['notebook bytes'])} "
+                        f"(target ≤ 1,024 KB).")
+    if wide:
+        body += ["", f"{wide['tables']:,} tables: one-by-one `count(*)` {wide['count(*) one by one']:.1f} s; "
+                 f"`run apply` {wide['dbrunbook apply']:.1f} s (notebook {_kb(wide['apply notebook bytes'])}); "
+                 f"`run verify` {wide['dbrunbook verify']:.1f} s (notebook {_kb(wide['verify notebook bytes'])}, "
+                 f"record {_kb(wide['verify record bytes'])})."]
+    write_section("scale", "\n".join(body))
+    (WORK / "scale" / "results.json").write_text(json.dumps({"chains": results, "wide": wide}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
