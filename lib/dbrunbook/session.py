@@ -79,7 +79,9 @@ class Preview:
                  summaries.frame_html(frame, summaries.Shown(by="statements", totals=(
                      f"{len(frame):,} revision(s), {int(frame['statements'].sum()):,} statement(s)")))]
         for name, steps in self.steps.items():
-            shown = summaries.steps_shown(steps, key=lambda s: len(s.sql))
+            # The first, last and biggest revisions in full, and those that need a reviewer most: online-only.
+            shown = summaries.steps_shown(steps, key=lambda s: len(s.sql)) | set(
+                [i for i, s in enumerate(steps) if getattr(s, "online_only", False)][:summaries.TOP])
             for i, s in enumerate(steps):
                 if i not in shown:
                     continue
@@ -91,9 +93,6 @@ class Preview:
                 why = (f"<p><i>{getattr(s, 'problem', '').replace('&', '&amp;').replace('<', '&lt;')}</i></p>"
                        if getattr(s, "online_only", False) else "")
                 parts.append(f"<h4>{name}: {s.revision} — {s.message} ({status})</h4>{why}<pre>{sql}</pre>")
-            if steps and len(steps) - 1 not in shown:
-                parts.append(f"<p>… {len(steps) - 1 - max(shown):,} more revision(s): their SQL is in "
-                             f"artifacts/preview-{name}.sql</p>")
         return "\n".join(parts)
 
 
