@@ -109,3 +109,33 @@ def test_steps_shown_are_the_first_the_last_and_the_biggest(n, expected):
 def test_gap_counts_what_was_left_out_before_an_item():
     assert summaries.gap({0, 1, 2, 50, 99}, 50) == 47
     assert summaries.gap({0, 1, 2, 50, 99}, 99) == 48
+
+
+def _sql_steps(n: int) -> list:
+    from dbrunbook.migrations import SqlStep
+
+    return [SqlStep(revision=f"r{i:04d}", down_revision=(f"r{i - 1:04d}",) if i else (), message=f"step {i}",
+                    sql=f"CREATE TABLE t{i:04d} (id integer);\n" + ("-- padding\n" * 400 if i == 500 else ""),
+                    online_only=i == 700, reason="reads op.get_bind()" if i == 700 else "",
+                    source="none" if i == 700 else "offline")
+            for i in range(n)]
+
+
+def test_a_preview_of_1000_revisions_shows_some_in_full_and_digests_all():
+    from dbrunbook import safety
+    from dbrunbook.session import Preview
+
+    steps = _sql_steps(1000)
+    preview = Preview({"main": steps})
+    html = preview._repr_html_()
+    shown = [i for i in range(1000) if f"CREATE TABLE t{i:04d} (id integer)" in html]
+    assert shown == [0, 1, 2, 500, 700, 997, 998, 999]  # first, biggest, online-only, last
+    assert "main: r0700 — step 700 (online-only, not captured)" in html
+    assert "… 497 more revision(s): their SQL is in artifacts/preview-main.sql" in html
+    assert "… 199 more revision(s)" in html and "… 296 more revision(s)" in html
+    assert len(html) < 20_000 and len(repr(preview)) < 200
+    # The digests a review approves still cover every revision's SQL, not what is displayed.
+    full = preview.file_text("main")
+    assert all(f"CREATE TABLE t{i:04d} (id integer)" in full for i in range(1000))
+    assert safety._preview_files(preview) == {"preview-main.sql": hashlib.sha256(full.encode()).hexdigest()}
+    assert Preview({"main": steps[:999]}).sha256 != preview.sha256
