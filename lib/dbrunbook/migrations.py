@@ -339,6 +339,7 @@ def _forget_relative_finders() -> None:
 # kept per script folder and reused while the files of its version locations are unchanged (names, sizes,
 # mtimes: one stat per file, linear), so a revision written, edited or removed in between is seen at once.
 _LOADED: dict[tuple, tuple[tuple, ScriptDirectory]] = {}
+_KEEP = 8
 
 
 def _files_signature(script: ScriptDirectory) -> tuple:
@@ -365,6 +366,9 @@ def _script(mset: MigrationSet, cfg: AlembicConfig) -> ScriptDirectory:
         if cached is not None and cached[0] == signature:
             return cached[1]
         script.revision_map.heads  # noqa: B018 - load every script now, while the project folder is the cwd
+        _LOADED.pop(key, None)
+        while len(_LOADED) >= _KEEP:  # a long test session meets hundreds of projects: keep the newest few
+            _LOADED.pop(next(iter(_LOADED)))
         _LOADED[key] = (signature, script)
     except (CommandError, RevisionError) as err:
         where = mset.alembic_ini or mset.script_location
