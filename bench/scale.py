@@ -28,7 +28,7 @@ from _common import ROOT, WORK, admin_url, fresh_database, write_section
 
 BIN = Path(sys.executable).parent
 CASES = os.environ.get("BENCH_SIZES", "10,100,1000,1000m30").split(",")
-TABLES = int(os.environ.get("BENCH_TABLES", "10000"))
+TABLES = os.environ.get("BENCH_TABLES", "5000,10000")
 
 
 def _timed(cmd: list[str], env: dict | None = None) -> float:
@@ -89,26 +89,39 @@ def run_case(admin: str, case: str) -> dict:
     return out
 
 
-def run_wide(admin: str) -> dict:
-    """10,000 tables of a few rows each: one-by-one count(*) against `dbrunbook run verify` (after an apply)."""
+def _attempt(cmd: list[str], env: dict, outputs: Path) -> tuple[float | None, str]:
+    """Seconds, or None and the failing step from the record (a 10,000-table run may fail: say where, why)."""
+    try:
+        return _timed(cmd, env), ""
+    except SystemExit:
+        statement = json.loads((_newest_record(outputs) / "statement.json").read_text())
+        step = (statement.get("predicate") or statement).get("failing_step") or {}
+        return None, f"{step.get('heading', '?')}: {step.get('ename', '?')}: " + \
+            str(step.get("evalue", "")).splitlines()[0][:120]
+
+
+def run_wide(admin: str, tables: int) -> dict:
+    """Tables of a few rows each: one-by-one count(*) against `dbrunbook run verify` (after an apply)."""
     import sqlalchemy as sa
 
-    folder = WORK / "scale" / "wide"
+    folder = WORK / "scale" / f"wide{tables}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     ini = make_chain(folder / "chain", 10)
     config = write_config(folder, ini, ROOT / "runbooks")
-    url = fresh_database(admin, "bench_scale_wide")
+    url = fresh_database(admin, f"bench_scale_wide{tables}")
     engine = sa.create_engine(url)
-    for first in range(1, TABLES + 1, 500):  # one transaction per 500 tables (max_locks_per_transaction)
+    for first in range(1, tables + 1, 500):  # one transaction per 500 tables (max_locks_per_transaction)
         with engine.begin() as conn:
             conn.execute(sa.text(f"""
-                DO $$ BEGIN FOR i IN {first}..{min(first + 499, TABLES)} LOOP
+                DO $$ BEGIN FOR i IN {first}..{min(first + 499, tables)} LOOP
                   EXECUTE format('CREATE TABLE w%s (id int PRIMARY KEY)', i);
                   EXECUTE format('INSERT INTO w%s SELECT generate_series(1, %s)', i, i % 7);
                 END LOOP; END $$"""))
     t0 = time.perf_counter()
-    with engine.connect() as conn:
+    # Each count in its own transaction: one transaction cannot hold 10,000 tables' locks on a default
+    # server (max_locks_per_transaction 64 x max_connections: "out of shared memory").
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         names = conn.execute(sa.text(
             "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
             "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")).scalars().all()
@@ -118,16 +131,22 @@ def run_wide(admin: str) -> dict:
     engine.dispose()
     env = dict(os.environ, DBRUNBOOK_CONFIG=str(config), BENCH_TARGET_URL=url)
     run = [str(BIN / "dbrunbook"), "run"]
-    apply = _timed(run + ["apply", "-t", "bench", "-p", "dry_run", "false"], env)
+    apply, apply_error = _attempt(run + ["apply", "-t", "bench", "-p", "dry_run", "false"], env,
+                                  folder / "outputs")
     apply_record = _newest_record(folder / "outputs")
-    verify = _timed(run + ["verify", "-t", "bench"], env)
+    verify, verify_error = _attempt(run + ["verify", "-t", "bench"], env, folder / "outputs")
     record = _newest_record(folder / "outputs")
     out = {"tables": len(names), "count(*) one by one": one_by_one, "dbrunbook apply": apply,
-           "apply notebook bytes": (apply_record / "notebook.ipynb").stat().st_size,
-           "dbrunbook verify": verify, "verify notebook bytes": (record / "notebook.ipynb").stat().st_size,
+           "apply error": apply_error, "apply notebook bytes": (apply_record / "notebook.ipynb").stat().st_size,
+           "dbrunbook verify": verify, "verify error": verify_error,
+           "verify notebook bytes": (record / "notebook.ipynb").stat().st_size,
            "verify record bytes": _size(record)}
     print(json.dumps(out), file=sys.stderr)
     return out
+
+
+def _secs(value: float | None, error: str) -> str:
+    return f"{value:.1f} s" if value is not None else f"**failed** ({error})"
 
 
 def _kb(n: int) -> str:
@@ -145,7 +164,7 @@ def main() -> int:
             results.append(run_case(admin, case))
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_text("".join(json.dumps(r) + "\n" for r in results))
-    wide = run_wide(admin) if TABLES else None
+    wide = [run_wide(admin, int(n)) for n in TABLES.split(",") if n.strip() and int(n)]
     rows = []
     for r in results:
         label = f"{r['revisions']:,}" + (f" ({r['merges']} merges)" if r["merges"] else "")
@@ -177,11 +196,11 @@ def main() -> int:
                              f"(**{r[f'dbrunbook {k}'] / budget:.2f}x** of it)")
             body.append(f"- {case}: " + "; ".join(parts) + f"; notebook {_kb(r['notebook bytes'])} "
                         f"(target ≤ 1,024 KB).")
-    if wide:
-        body += ["", f"{wide['tables']:,} tables: one-by-one `count(*)` {wide['count(*) one by one']:.1f} s; "
-                 f"`run apply` {wide['dbrunbook apply']:.1f} s (notebook {_kb(wide['apply notebook bytes'])}); "
-                 f"`run verify` {wide['dbrunbook verify']:.1f} s (notebook {_kb(wide['verify notebook bytes'])}, "
-                 f"record {_kb(wide['verify record bytes'])})."]
+    for w in wide:
+        body += ["", f"{w['tables']:,} tables: one-by-one `count(*)` {w['count(*) one by one']:.1f} s; "
+                 f"`run apply` {_secs(w['dbrunbook apply'], w['apply error'])} (notebook "
+                 f"{_kb(w['apply notebook bytes'])}); `run verify` {_secs(w['dbrunbook verify'], w['verify error'])} "
+                 f"(notebook {_kb(w['verify notebook bytes'])}, record {_kb(w['verify record bytes'])})."]
     write_section("scale", "\n".join(body))
     (WORK / "scale" / "results.json").write_text(json.dumps({"chains": results, "wide": wide}, indent=1))
     return 0
