@@ -293,7 +293,6 @@ def run_fleet(runbook: str, group: str, *, parameters: dict[str, Any] | None = N
             tally.skipped += 1
             progress(f"skip  {member.target}: already {SUCCEEDED} in run {run_dir.name} | {tally}")
     stopped: str | None = None
-    received: list[int] = []
     context = multiprocessing.get_context("spawn")
     with _stop_on_signals() as received, \
             cf.ProcessPoolExecutor(max_workers=parallel, mp_context=context, initializer=_warm_worker) as pool:

@@ -1206,6 +1206,7 @@ from threading import Lock as _Lock  # noqa: E402 - kept beside the cache it gua
 
 _SCRIPT_CACHE: dict[tuple, tuple[tuple, ScriptDirectory]] = {}
 _SCRIPT_CACHE_LOCK = _Lock()
+_SCRIPT_CACHE_KEEP = 8  # the newest projects' scripts are kept; older ones are loaded again when asked
 
 
 def _script_files(script: ScriptDirectory) -> tuple:
@@ -1234,5 +1235,8 @@ def _cached_script_directory(cfg: AlembicConfig) -> ScriptDirectory:
         script = ScriptDirectory.from_config(cfg)
         files = _script_files(script)
         script.revision_map.heads  # noqa: B018 - load every script now, while the project folder is the cwd
+        _SCRIPT_CACHE.pop(key, None)
+        while len(_SCRIPT_CACHE) >= _SCRIPT_CACHE_KEEP:  # a long test session meets hundreds of projects
+            _SCRIPT_CACHE.pop(next(iter(_SCRIPT_CACHE)))
         _SCRIPT_CACHE[key] = (files, script)
         return script

@@ -234,16 +234,21 @@ class PreflightResult:
         return self.sessions[self.sessions["blocker"]].reset_index(drop=True) if len(self.sessions) \
             else self.sessions
 
+    def __repr__(self) -> str:
+        return (f"PreflightResult(target {self.target!r}: {len(self.blockers)} blocker(s), {len(self.sessions)} "
+                f"session(s), {len(self.tables)} table(s), {len(self.statements)} statement(s))")
+
     def _repr_html_(self) -> str:
-        from .tables import frame_html
+        from .summaries import Shown, frame_html
 
         parts = [(f"<p>Target <b>{html.escape(self.target)}</b> (protected: {self.protected}); a blocker is a "
                   f"session holding a conflicting lock for longer than {html.escape(self.blocker_max_age)}: "
                   f"<b>{len(self.blockers)}</b> found.</p>")]
-        for title, frame in (("Sessions holding locks on these tables", self.sessions),
-                             ("Tables the pending migrations touch", self.tables),
-                             ("Statements and the locks they take", self.statements)):
-            body = frame_html(frame)
+        # 1,000 pending revisions touch 1,000 tables: the oldest sessions and the biggest tables first.
+        for title, frame, by in (("Sessions holding locks on these tables", self.sessions, "xact_age_s"),
+                                 ("Tables the pending migrations touch", self.tables, "size_bytes"),
+                                 ("Statements and the locks they take", self.statements, None)):
+            body = frame_html(frame, Shown(by=by))  # an empty table reads "none"
             parts.append(f"<h4>{title}</h4>{body}")
         return "\n".join(parts)
 

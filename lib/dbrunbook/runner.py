@@ -707,7 +707,7 @@ def _usable_signing_key(config: Config) -> Path:
 
         raise RecordNotWritable(config.keys_dir, f"(the signing key folder) cannot be written: "
                                 f"{err.strerror or err}", "Make it a writable folder (state_dir in "
-                                f"dbrunbook.toml) or run 'dbrunbook keygen' there first.") from err
+                                "dbrunbook.toml) or run 'dbrunbook keygen' there first.") from err
     signing.sign(b"dbrunbook: can this key sign?", key)
     return key
 

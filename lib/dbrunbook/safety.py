@@ -60,9 +60,16 @@ _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
 def _table_html(frame: pd.DataFrame) -> str:
-    from .tables import frame_html
+    from .summaries import Shown, frame_html
 
-    return frame_html(frame)
+    # Sorted by level already: the first rows are the errors; every finding is in lint.json (require_clean).
+    return frame_html(frame, Shown(artifact="lint.json"))
+
+
+def _few_revisions(revisions) -> str:
+    """'a, b, c … and 997 more': a rule hit in 1,000 revisions does not list them all (lint.json does)."""
+    names = sorted(set(revisions))
+    return ", ".join(names[:5]) + (f" … and {len(names) - 5:,} more" if len(names) > 5 else "")
 
 
 # --- 4. lint -----------------------------------------------------------------------------------------------
@@ -93,6 +100,9 @@ class LintReport:
                      f"migration with {self.timeouts}.")
         return text
 
+    def __repr__(self) -> str:
+        return f"LintReport(target {self.target!r}: {self.summary()})"
+
     def _repr_html_(self) -> str:
         parts = [f"<p><b>Lint</b> (target {html.escape(self.target)}"
                  f"{', protected' if self.protected else ''}): {html.escape(self.summary())}</p>"]
@@ -105,7 +115,7 @@ class LintReport:
             parts.append(f"<h4>{html.escape(category)} ({counts})</h4>")
             if category == "style":
                 grouped = (rows.groupby("rule").agg(findings=("rule", "size"),
-                                                    revisions=("revision", lambda r: ", ".join(sorted(set(r)))))
+                                                    revisions=("revision", _few_revisions))
                            .reset_index())
                 parts.append(f"<details><summary>{len(rows)} style finding(s), by rule</summary>"
                              f"{_table_html(grouped)}</details>")

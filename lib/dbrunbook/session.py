@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import db, migrations, records, snapshots, sqltext
+from . import db, migrations, records, snapshots, sqltext, summaries
 from .config import Config, MigrationSet, load_config
 from .errors import ConfirmationRequired, ConfigError, NoSnapshot, NotAtExpectedRevision
 from .protocol import ARTIFACTS_DIR, SENTINEL
@@ -65,14 +65,31 @@ class Preview:
         return pd.DataFrame(rows, columns=["migration_set", "revision", "description", "sql", "statements", "notes",
                                            "online_only"])
 
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{name}: {len(steps)}" for name, steps in self.steps.items())
+        return f"Preview({counts or 'nothing pending'}; sha256 {self.sha256})"
+
     def _repr_html_(self) -> str:
+        from . import summaries
+
         if not any(self.steps.values()):
             return "<p><b>Nothing pending</b>: every migration set is at its head.</p>"
-        from .tables import frame_html, sql_html
+        from .tables import sql_html
 
-        parts = [f"<p>Preview sha256 <code>{self.sha256}</code></p>", frame_html(self.as_frame())]
+        frame = self.as_frame()
+        parts = [f"<p>Preview sha256 <code>{self.sha256}</code></p>",
+                 summaries.frame_html(frame, summaries.Shown(by="statements", totals=(
+                     f"{len(frame):,} revision(s), {int(frame['statements'].sum()):,} statement(s)")))]
         for name, steps in self.steps.items():
-            for s in steps:
+            # The first, last and biggest revisions in full, and those that need a reviewer most: online-only.
+            shown = summaries.steps_shown(steps, key=lambda s: len(s.sql)) | set(
+                [i for i, s in enumerate(steps) if getattr(s, "online_only", False)][:summaries.TOP])
+            for i, s in enumerate(steps):
+                if i not in shown:
+                    continue
+                if i - 1 not in shown and i > 0:
+                    parts.append(f"<p>… {summaries.gap(shown, i):,} more revision(s): their SQL is in "
+                                 f"artifacts/preview-{name}.sql</p>")
                 sql = sql_html(s.sql)
                 status = getattr(s, "status", "offline")
                 why = (f"<p><i>{getattr(s, 'problem', '').replace('&', '&amp;').replace('<', '&lt;')}</i></p>"
@@ -176,7 +193,9 @@ class Session:
             frame = migrations.history_frame(m, current=migrations.current(m, self.engine))
             frame.insert(0, "migration_set", m.name)
             frames.append(frame)
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return summaries.summarize(self, "history", frame, summaries.Shown(tail=True, totals=summaries.tally(
+            frame, "revision(s)", "status")))
 
     def revision_graph(self, migration_set: str | None = "all"):
         """The revision graph of each set (branches, merges), the database's current position marked."""
@@ -191,7 +210,9 @@ class Session:
              "merge": r.is_merge, "file": r.path.name}
             for m in self.sets(migration_set) for r in migrations.pending(m, self.engine, revision)
         ]
-        return pd.DataFrame(rows, columns=["migration_set", "revision", "description", "merge", "file"])
+        frame = pd.DataFrame(rows, columns=["migration_set", "revision", "description", "merge", "file"])
+        return summaries.summarize(self, "pending", frame, summaries.Shown(totals=summaries.tally(
+            frame, "pending revision(s)", "migration_set")))
 
     # --- preview (alembic upgrade head --sql) ---------------------------------------------------------------
     def preview(self, revision: str = "heads", migration_set: str | None = "all", *, save: bool = True,
@@ -232,11 +253,16 @@ class Session:
 
     # --- counts -----------------------------------------------------------------------------------------
     def row_counts(self, *, exact: bool = True) -> snapshots.Snapshot:
-        return snapshots.row_counts(self.engine, exact=exact)
+        counts = snapshots.row_counts(self.engine, exact=exact)
+        name, digest = summaries.save_frame(self, "counts", counts.as_frame())
+        if name:
+            print(f"{len(counts.counts):,} tables: the full counts are artifacts/{name} (sha256 {digest[:12]}…)")
+        return counts
 
     def compare_counts(self, before: snapshots.Snapshot) -> pd.DataFrame:
         """Counts now against ``before``: one row per table that exists in either."""
-        return snapshots.compare(before, self.row_counts(exact=before.exact))
+        frame = snapshots.compare(before, snapshots.row_counts(self.engine, exact=before.exact))
+        return summaries.counts_compared(self, "counts-compared", frame)
 
     # --- change ----------------------------------------------------------------------------------------
     def upgrade(self, revision: str = "heads", migration_set: str | None = "all", *, dry_run: bool = True,
@@ -263,7 +289,7 @@ class Session:
             if self.target.protected:
                 self._require_covered(revision, migration_set, allow, preview, dry_run=True)
             print(f"dry_run=True: nothing was changed; {len(frame)} step(s) would run.")
-            return frame
+            return summaries.summarize(self, "steps", frame)
         self._require_lock("upgrade")
         if self.target.protected:
             self._require_covered(revision, migration_set, allow, preview, dry_run=False)
@@ -279,7 +305,8 @@ class Session:
             locking.save_attempts(self, self.lock_attempts[start:])
         frame = pd.DataFrame(rows, columns=["migration_set", "revision", "direction", "seconds", "done"])
         frame.attrs["attempts"] = locking.attempts_frame(self.lock_attempts[start:])
-        return frame
+        return summaries.summarize(self, "steps", frame, summaries.Shown(by="seconds", totals=(
+            f"{len(frame):,} step(s) in {frame['seconds'].sum():.2f} s")))
 
     def downgrade(self, revision: str = "-1", migration_set: str = "main", *, dry_run: bool = True,
                   confirm: str = "") -> pd.DataFrame:
@@ -396,7 +423,7 @@ class Session:
 
     def save_snapshot(self) -> str | None:
         """Counts + schema + heads as an artifact: what a later `verify` compares against."""
-        counts = self.row_counts()
+        counts = snapshots.row_counts(self.engine)
         schema = snapshots.schema_snapshot(self.engine)
         body = {"counts": counts.to_dict(), "schema": schema.to_dict(), "database": self.identity.as_dict(),
                 "heads": {k: list(v) for k, v in self.current().items()}}

@@ -22,7 +22,6 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .tables import frame_html
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +87,14 @@ class Snapshot:
 
     def _repr_html_(self) -> str:
         kind = "exact" if self.exact else "estimated"
-        head = f"<p>{len(self.counts)} tables, {self.total_rows:,} rows ({kind}) at {self.taken_at}</p>"
-        return head + frame_html(self.as_frame())
+        from .summaries import Shown, frame_html
+
+        return frame_html(self.as_frame(), Shown(by="rows", totals=(
+            f"{len(self.counts):,} tables, {self.total_rows:,} rows ({kind}) at {self.taken_at}")))
+
+    def __repr__(self) -> str:
+        kind = "exact" if self.exact else "estimated"
+        return f"Snapshot({len(self.counts):,} tables, {self.total_rows:,} rows, {kind}, at {self.taken_at})"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -199,20 +204,29 @@ def _count_group(engine: Engine, group: list[str], fingerprint: bool, snapshot_i
     return rows
 
 
+LOCK_BATCH = 1000  # tables counted per transaction (see _count_in_snapshot)
+
+
 def _count_in_snapshot(engine: Engine, names: list[str], sizes: dict[str, int], workers: int, fingerprint: bool):
     counts: dict[str, int] = {}
     prints: dict[str, str] = {}
-    if sum(sizes.values()) < PARALLEL_THRESHOLD or workers == 1:
+    small = sum(sizes.values()) < PARALLEL_THRESHOLD or workers == 1
+    if small and len(names) <= LOCK_BATCH:
         results = [_count_group(engine, names, fingerprint, None)]
     else:
-        groups = _deal(names, sizes, workers)
+        groups = [names] if small else _deal(names, sizes, workers)
+        # A transaction holds a lock per table it counts, and the server's lock table has room for about
+        # max_locks_per_transaction (64) x max_connections: 10,000 tables in one transaction fail with "out of
+        # shared memory". Batches of LOCK_BATCH tables, each its own transaction on the same exported
+        # snapshot, count the same instant while holding at most one batch per worker.
+        batches = [g[i:i + LOCK_BATCH] for g in groups for i in range(0, len(g), LOCK_BATCH)]
         with engine.connect() as leader:
             # The leader exports its snapshot so every worker counts the same instant of the database.
             leader.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             snapshot_id = leader.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
             try:
                 with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-                    results = list(pool.map(lambda g: _count_group(engine, g, fingerprint, snapshot_id), groups))
+                    results = list(pool.map(lambda b: _count_group(engine, b, fingerprint, snapshot_id), batches))
             finally:
                 leader.exec_driver_sql("COMMIT")
     for rows in results:

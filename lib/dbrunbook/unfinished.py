@@ -66,7 +66,7 @@ def _writable_folder(folder: Path, what: str) -> None:
             pass
     except OSError as err:
         raise RecordNotWritable(folder, f"({what}) cannot be written: {err.strerror or err}",
-                                f"Make it a writable folder, or point dbrunbook.toml at one.") from err
+                                "Make it a writable folder, or point dbrunbook.toml at one.") from err
 
 
 def _folder_size(folder: Path) -> int:

@@ -40,7 +40,9 @@ class VerifyResult:
         if not self.problems:
             return (f"<p><b>As expected</b>: counts and schema agree with the snapshot in "
                     f"<code>{self.snapshot_dir.name}</code>.</p>")
-        items = "".join(f"<li>{p}</li>" for p in self.problems)
+        items = "".join(f"<li>{p}</li>" for p in self.problems[:25])
+        if len(self.problems) > 25:
+            items += f"<li>… {len(self.problems) - 25:,} more (every row is in the counts table's artifact)</li>"
         return f"<p><b>Unexpected change</b> since <code>{self.snapshot_dir.name}</code>:</p><ul>{items}</ul>"
 
 
@@ -73,6 +75,11 @@ def compare_with_snapshot(session, snapshot, *, tolerance: float = 0.0) -> Verif
     elif not schema.empty:
         problems.append(f"schema drift with no version change: {len(schema)} difference(s), e.g. "
                         f"{schema.iloc[0]['change']} {schema.iloc[0]['object']}")
+    from . import summaries  # 10,000 tables: the biggest changes first, every row in the artifact
+
+    counts = summaries.counts_compared(session, "verify-counts", counts)
+    schema = summaries.summarize(session, "verify-schema", schema, summaries.Shown(
+        totals=summaries.tally(schema, "schema difference(s)", "change")))
     return VerifyResult(run_dir, counts, schema, heads_then, heads_now, problems)
 
 

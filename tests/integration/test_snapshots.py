@@ -25,12 +25,15 @@ def _setup(engine, n_tables=12):
         conn.exec_driver_sql("CREATE SCHEMA dbrunbook; CREATE TABLE dbrunbook.ledger (id int)")
 
 
-@pytest.mark.parametrize("parallel", [False, True], ids=["one-connection", "parallel-workers"])
-def test_exact_counts_match_count_star_for_every_table(database_url, monkeypatch, parallel):
+@pytest.mark.parametrize("parallel, batch", [(False, 1000), (True, 1000), (False, 5), (True, 2)],
+                         ids=["one-connection", "parallel-workers", "lock-batches", "parallel-lock-batches"])
+def test_exact_counts_match_count_star_for_every_table(database_url, monkeypatch, parallel, batch):
     engine = _engine(database_url)
     _setup(engine)
     if parallel:  # small test tables: lower the size threshold so the shared-snapshot workers run
         monkeypatch.setattr(snapshots, "PARALLEL_THRESHOLD", 0)
+    # 13 tables in batches of 5 (or 2): what 10,000 tables do in batches of 1,000 (one lock per table)
+    monkeypatch.setattr(snapshots, "LOCK_BATCH", batch)
     snap = snapshots.row_counts(engine, workers=3)
     assert snap.exact
     expected = {f"shop.T{i}": i * 10 for i in range(12)} | {"public.parted": 100}
