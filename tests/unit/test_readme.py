@@ -1,4 +1,4 @@
-"""README's runbook table names every runbook and exactly its operator parameters."""
+"""README's runbook table names every runbook and exactly its operator parameters; its layout names every module."""
 
 from __future__ import annotations
 
@@ -37,3 +37,11 @@ def test_readme_shows_the_two_quickstart_commands():
     text = (ROOT / "README.md").read_text()
     assert "make demo" in text and "make test" in text
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_layout_names_every_library_module():
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    modules = sorted(p.stem for p in (ROOT / "lib" / "dbrunbook").glob("*.py") if p.stem != "__init__")
+    packages = sorted(p.name for p in (ROOT / "lib" / "dbrunbook").iterdir() if (p / "__init__.py").is_file())
+    missing = [m for m in modules if f"`{m}`" not in layout] + [p for p in packages if f"`{p}/`" not in layout]
+    assert missing == []
