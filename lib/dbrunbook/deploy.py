@@ -109,7 +109,8 @@ def verify_success(session, revision: str = "heads", migration_set: str = "all",
 def require_no_vanished_rows(diff: pd.DataFrame, tolerance: float = 0.0) -> pd.DataFrame:
     """Guard of apply and deploy: no table lost more than ``tolerance`` percent of its rows during the run.
 
-    ``diff`` is ``Session.compare_counts(before)``. A table that is gone counts as all its rows lost, as in the
+    ``diff`` is ``Session.compare_counts(before)``; the migration sets' version tables it names are Alembic's
+    bookkeeping and never count (a merge removes rows there). A table that is gone counts as all its rows lost, as in the
     verify runbook; growth never counts. The same guard stops a dry run: nothing of this run deleted the rows,
     so something else did, and that is worth stopping for too.
 
@@ -120,8 +121,11 @@ def require_no_vanished_rows(diff: pd.DataFrame, tolerance: float = 0.0) -> pd.D
         RowsVanished: the tables beyond the tolerance, named with their counts (``losses``).
     """
     columns = ["table", "before", "after", "lost", "percent", "within tolerance"]
+    bookkeeping = set(diff.attrs.get("version_tables", ()))  # set by Session.compare_counts
     rows = []
     for r in diff.to_dict("records"):
+        if r.get("table") in bookkeeping:
+            continue
         before, after = r.get("before"), r.get("after")
         if before is None or pd.isna(before) or not before:
             continue

@@ -1231,6 +1231,11 @@ def _cached_script_directory(cfg: AlembicConfig) -> ScriptDirectory:
     with _SCRIPT_CACHE_LOCK:
         cached = _SCRIPT_CACHE.get(key)
         if cached is not None and cached[0] == _script_files(cached[1]):
+            # What from_config does besides building the object: env.py and the revisions import the
+            # application from the ini's prepend_sys_path (restored by _in_project afterwards).
+            prepend = cfg.get_prepend_sys_paths_list()
+            if prepend:
+                sys.path[:0] = prepend
             return cached[1]
         script = ScriptDirectory.from_config(cfg)
         files = _script_files(script)

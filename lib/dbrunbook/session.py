@@ -262,7 +262,12 @@ class Session:
     def compare_counts(self, before: snapshots.Snapshot) -> pd.DataFrame:
         """Counts now against ``before``: one row per table that exists in either."""
         frame = snapshots.compare(before, snapshots.row_counts(self.engine, exact=before.exact))
-        return summaries.counts_compared(self, "counts-compared", frame)
+        compared = summaries.counts_compared(self, "counts-compared", frame)
+        # Alembic's own bookkeeping, not data: a merge or a downgrade of a branch removes rows of a version
+        # table, which the vanished-rows guard (deploy.require_no_vanished_rows) must not count as a loss.
+        compared.attrs["version_tables"] = sorted(
+            f"{m.version_table_schema or 'public'}.{m.version_table}" for m in self.sets("all"))
+        return compared
 
     # --- change ----------------------------------------------------------------------------------------
     def upgrade(self, revision: str = "heads", migration_set: str | None = "all", *, dry_run: bool = True,

@@ -3,8 +3,9 @@ papermill, a real kernel, real PostgreSQL), each ending in a signed record that 
 
 - a deploy whose health check fails: the database is migrated, the run fails at the health check, and
   maintenance mode, turned on before the upgrade, is off again, with the record saying so;
-- a deploy to a protected target: refused without a backup, without an approved preview, without the
-  approval, then done with all three, its changelog linking the backup and preview records.
+- a deploy to a protected target: refused without a backup, without a preview, with a preview nobody else
+  approved (four eyes: `dbrunbook approve` by a second trusted principal), without the confirmation, then
+  done with all of them, its changelog linking the backup and preview records.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from dbrunbook import cli, migrations, records
+from dbrunbook import cli, migrations, records, signing
 from dbrunbook.config import load_config
 from tests.projects import project  # noqa: F401  (fixture)
 
@@ -73,9 +74,12 @@ def test_a_failed_health_check_leaves_maintenance_off_and_the_record_says_so(pro
     assert _valid(config, r) == "valid"
 
 
-def test_a_protected_deploy_needs_backup_approved_preview_and_approval(project, capfd):  # noqa: F811
+def test_a_protected_deploy_needs_backup_approved_preview_and_approval(project, tmp_path, capfd):  # noqa: F811
     project.config_path.write_text(project.config_path.read_text().replace("protected = false", "protected = true", 1))
     config = load_config(project.config_path)
+    # A second person, trusted by the project, who reviews the preview (the deployer is tester@dbrunbook).
+    reviewer = signing.generate_key(tmp_path / "reviewer" / "id_ed25519", "reviewer@example.com")
+    signing.add_allowed_signer(config.allowed_signers, "reviewer@example.com", signing.public_key_line(reviewer))
     main, ai = config.migration_set("main"), config.migration_set("ai")
     database = sa.make_url(project.url).database
 
@@ -88,6 +92,14 @@ def test_a_protected_deploy_needs_backup_approved_preview_and_approval(project, 
     assert (code, r["failing_step"]["ename"]) == (3, "PreviewNotApproved"), r
     code, preview = _run(capfd, "preview")
     assert code == 0, preview
+
+    code, r = _run(capfd, "deploy", "-p", "dry_run", "false", "-p", "approved_preview", preview["run_id"])
+    assert (code, r["failing_step"]["ename"]) == (3, "PreviewNotApproved"), r
+    assert "nobody has approved it" in r["failing_step"]["evalue"]
+    assert migrations.current(main, project.engine) == ()
+    # The reviewer (not the deployer: self-approval does not count) signs an approval of the preview.
+    assert cli.main(["approve", preview["run_id"], "--key", str(reviewer), "--note", "read the SQL"]) == 0
+    assert capfd.readouterr().out.startswith(f"Approved {preview['run_id']}: ")
 
     code, r = _run(capfd, "deploy", "-p", "dry_run", "false", "-p", "approved_preview", preview["run_id"])
     assert (code, r["failing_step"]["ename"]) == (3, "ConfirmationRequired"), r

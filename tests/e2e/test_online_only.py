@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from dbrunbook import cli, records
 from dbrunbook.config import load_config
+from tests.projects import trust_operator
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "alembic_projects" / "online_only"
@@ -45,6 +46,7 @@ version_table = "alembic_version"
     monkeypatch.setenv(URL_ENV, database_url)
     monkeypatch.setenv("DBRUNBOOK_CONFIG", str(config))
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@dbrunbook")
+    trust_operator(config, "tester@dbrunbook")
     engine = sa.create_engine(database_url)
     yield load_config(config), engine
     engine.dispose()

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dbrunbook import capture, migrations, safety
+from dbrunbook import capture, migrations, safety, signing
 from dbrunbook.errors import DataLossRefused, OnlineOnlyNotCovered
 from dbrunbook.session import open_session
+from tests.projects import trust_operator
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "alembic_projects" / "online_only"
 A1, B2, C3, D4, E5 = "a1000000own1", "b2000000cnt2", "c3000000nik3", "d4000000idx4", "e5000000pet5"
@@ -47,11 +48,11 @@ def session_for(tmp_path, embedded_root, database_url, monkeypatch):
     monkeypatch.setenv(URL_ENV, database_url)
     opened = []
 
-    def make(*, protected: bool = False):
+    def make(*, protected: bool = False, lock: bool = False):
         # Scratch servers' data outside pytest's basetemp, which other pytest sessions make 0700.
         state = embedded_root / f"state-{uuid.uuid4().hex[:8]}"
         s = open_session("local", config=write_config(tmp_path / f"p{len(opened)}", state, protected=protected),
-                         run_id=f"capture-test-{len(opened)}")
+                         run_id=f"capture-test-{len(opened)}", lock=lock)
         opened.append(s)
         return s
 
@@ -136,7 +137,7 @@ def test_a_failed_capture_is_reported_on_the_step_not_raised(session_for):
 
 
 def test_protected_target_needs_a_captured_preview_or_an_allow(session_for):
-    s = session_for(protected=True)
+    s = session_for(protected=True, lock=True)  # applying takes the deployer lock, as a deploy run does
     mset = s.config.migration_set("main")
     uncaptured = s.preview("heads", "main", save=False, capture=False)
     with pytest.raises(OnlineOnlyNotCovered) as err:
@@ -169,17 +170,24 @@ def test_downgrade_data_loss_counts_captured_sql(session_for):
         safety.require_no_data_loss(s, report)
 
 
-def test_the_approved_preview_hash_covers_the_captured_sql(session_for, monkeypatch):
+def test_the_approved_preview_hash_covers_the_captured_sql(session_for, monkeypatch, tmp_path):
+    from dbrunbook import approvals
     from dbrunbook.errors import PreviewMismatch
     from dbrunbook.runner import run_runbook
 
     s = session_for(protected=True)
-    monkeypatch.setenv("DBRUNBOOK_OPERATOR", "reviewer@dbrunbook")
+    monkeypatch.setenv("DBRUNBOOK_OPERATOR", "deployer@dbrunbook")
+    trust_operator(s.config.path, "deployer@dbrunbook")  # runs never create or trust a key by themselves
     result = run_runbook("preview", target="local", config=s.config)
     assert (result.outcome, result.exit_status) == ("succeeded", 0)
+    # Four eyes: a second trusted principal approves the preview the deployer made.
+    reviewer = signing.generate_key(tmp_path / "reviewer" / "id_ed25519", "reviewer@dbrunbook")
+    signing.add_allowed_signer(s.config.allowed_signers, "reviewer@dbrunbook", signing.public_key_line(reviewer))
+    approvals.approve(s.config, result.run_id, key_path=reviewer, note="read the captured SQL")
     captured = s.preview(save=False)
     frame = safety.require_approved_preview(s, captured, result.run_id)
-    assert dict(zip(frame["check"], frame["result"]))["sha256 of the SQL"] == "identical"
+    checks = dict(zip(frame["check"], frame["result"]))
+    assert (checks["sha256 of the SQL"], checks["approved by a second person"]) == ("identical", "ok")
     # The same revisions without their captured SQL are not what was approved.
     with pytest.raises(PreviewMismatch) as stop:
         safety.require_approved_preview(s, s.preview(save=False, capture=False), result.run_id)

@@ -26,6 +26,7 @@ from dbrunbook.fleet import run_fleet
 from dbrunbook.fleet_groups import GroupNotFound, group_members
 from dbrunbook.fleet_rollup import verify_rollup
 from dbrunbook.report import build_report
+from tests.projects import trust_operator
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +44,7 @@ def _project(root: Path, alembic_project: str, groups: str, version_table_schema
     (root / "dbrunbook.toml").write_text(
         f'[targets.home]\nurl_env = "{HOME_ENV}"\n\n{groups}\n'
         f'[migration_sets.app]\nalembic_ini = "migrations/app/alembic.ini"\n{schema}', encoding="utf-8")
+    trust_operator(root / "dbrunbook.toml", "tester@example.org")
     return root / "dbrunbook.toml"
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from dbrunbook import runner
 from dbrunbook.config import load_config
+from tests.projects import trust_operator
 
 pytestmark = [pytest.mark.integration]
 
@@ -53,6 +54,7 @@ def test_exit_handlers_of_the_run_still_run(tmp_path, database_url, monkeypatch)
     monkeypatch.setenv("EXIT_PROOF", str(proof))
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@example.org")
     monkeypatch.delenv("DBRUNBOOK_CONFIG", raising=False)
+    trust_operator(root / "dbrunbook.toml", "tester@example.org")
 
     result = runner.run_runbook("registers_exit_handler", parameters={"dry_run": "false"},
                                 config=load_config(root / "dbrunbook.toml"))

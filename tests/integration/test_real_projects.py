@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from dbrunbook import cli, db, drivers, migrations
 from dbrunbook.config import MigrationSet, load_config, normalize_url, url_driver
 from dbrunbook.errors import AmbiguousRevision, DialectMismatch, MigrationFailed, RevisionNotFound
+from tests.projects import trust_operator
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECTS = ROOT / "tests" / "fixtures" / "alembic_projects"
@@ -364,6 +365,9 @@ def fresh_importapp(monkeypatch):
     def forget():
         for name in [n for n in sys.modules if n == "importapp" or n.startswith("importapp.")]:
             del sys.modules[name]
+        # Its revision scripts not loaded yet either: a loaded ScriptDirectory is reused while its files are
+        # unchanged, and loading them is what imports the application first.
+        migrations._SCRIPT_CACHE.clear()
 
     forget()
     yield
@@ -409,6 +413,7 @@ def write_config(folder: Path, names: list[str]):
     path = folder / "dbrunbook.toml"
     path.write_text(f'[project]\noutputs = "outputs"\nrunbooks = "{ROOT / "runbooks"}"\nstate_dir = "state"\n\n'
                     f'[targets.local]\nurl_env = "{URL_ENV}"\n{sets}', encoding="utf-8")
+    trust_operator(path, "tester@dbrunbook")
     return load_config(path)
 
 

@@ -16,6 +16,7 @@ from dbrunbook.config import load_config
 from tests.integration.test_report_browser import ARTIFACTS, WebDriver, _visible_rows
 from tests.integration.test_report_browser import browser as browser  # noqa: F401 - fixtures, reused
 from tests.integration.test_report_browser import site as site  # noqa: F401
+from tests.projects import trust_operator
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +124,7 @@ def test_failed_page_links_its_step_and_collapses_the_traceback(browser, tmp_pat
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@example.org")
     monkeypatch.delenv("DBRUNBOOK_CONFIG", raising=False)
     config = load_config(root / "dbrunbook.toml")
+    trust_operator(config.path, "tester@example.org")
     failed = runner.run_runbook("fails_at_step_2", config=config)
     assert failed.outcome == "failed"
     built = report.build_report(config.outputs_dir, config.allowed_signers, tmp_path / "site")

@@ -20,6 +20,7 @@ import pytest
 
 from dbrunbook import protocol, records, runner, steplog
 from dbrunbook.config import load_config
+from tests.projects import trust_operator
 
 pytestmark = [pytest.mark.integration]
 
@@ -48,6 +49,7 @@ def project(tmp_path, database_url, monkeypatch):
     monkeypatch.setenv(URL_ENV, database_url)
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@example.org")
     monkeypatch.delenv("DBRUNBOOK_CONFIG", raising=False)
+    trust_operator(root / "dbrunbook.toml", "tester@example.org")
     return load_config(root / "dbrunbook.toml")
 
 

@@ -14,6 +14,7 @@ from dbrunbook import migrations, records
 from dbrunbook.config import load_config
 from dbrunbook.protocol import ARTIFACTS_DIR
 from dbrunbook.runner import run_runbook
+from tests.projects import trust_operator
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -32,7 +33,7 @@ def long_chain(tmp_path, database_url, monkeypatch):
     monkeypatch.delenv("DBRUNBOOK_CONFIG", raising=False)
     ini = make_chain(tmp_path / "chain", N, merges=5)
     config = load_config(write_config(tmp_path, ini, ROOT / "runbooks"))
-    records.ensure_operator_key(config.keys_dir, config.allowed_signers)
+    trust_operator(config.path, "tester@example.org")
     return config
 
 

@@ -16,6 +16,7 @@ from dbrunbook.config import load_config
 from dbrunbook.runner import run_runbook
 from tests.integration.test_locking import Blocker, _at_ea90695
 from tests.integration.test_locking import project as project  # noqa: F401 - the fixture, reused
+from tests.projects import trust_operator
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +58,7 @@ def test_a_guard_stop_prints_no_kernel_noise(tmp_path, database_url, monkeypatch
     monkeypatch.setenv("TERMINAL_TEST_URL", database_url)
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@example.org")
     monkeypatch.delenv("DBRUNBOOK_CONFIG", raising=False)
+    trust_operator(root / "dbrunbook.toml", "tester@example.org")
 
     assert main(["--config", str(root / "dbrunbook.toml"), "run", "stops_at_guard"]) == 3
     out, err = capfd.readouterr()
