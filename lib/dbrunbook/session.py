@@ -503,5 +503,7 @@ def open_session(target: str = "", *, run_id: str = "", record_dir: str = "", co
     cfg = load_config(config) if config else load_config()
     if not isinstance(target, str):
         raise ConfigError(f"target must be a target name (a string), not {target!r}.")
+    # A record is read, not skimmed: the command to run next or a revision's reason must not end in "...".
+    pd.set_option("display.max_colwidth", None)
     return Session(cfg, target or cfg.default_target, run_id=run_id, record_dir=record_dir, lock=lock,
                    runbook=runbook)
