@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
-PYTEST_ARGS ?=
+# Both cores: every test is safe in parallel (one throwaway embedded server per worker).
+PYTEST_ARGS ?= -n 2
 
 .PHONY: demo test venv dev clean-db bench lint
 
@@ -28,8 +29,13 @@ dev: $(DEV_STAMP)
 demo: $(STAMP)
 	$(BIN)/dbrunbook demo
 
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Pyflakes' checks (undefined and unused names, redefinitions) and syntax errors on the library and benches;
+# the wider rule set and mypy come with the restructuring of lib/.
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check --select F,E9 --output-format concise lib bench
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/overhead.py

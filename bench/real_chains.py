@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -162,7 +162,7 @@ def write_project(chain: Chain, venv: Path, dbrunbook: Path) -> Path:
     project = CHAINS_DIR / chain.name
     project.mkdir(parents=True, exist_ok=True)
     migrations = site_packages(venv) / chain.package_dir
-    ini = [f"[alembic]", f"script_location = {migrations}"]
+    ini = ["[alembic]", f"script_location = {migrations}"]
     if chain.version_locations:
         ini.append(f"version_locations = {migrations / chain.version_locations}")
     (project / "alembic.ini").write_text("\n".join(ini) + "\n")
