@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from _common import trust_operator_key
+
 ENV_PY = '''"""Environment of a synthetic chain: the connection dbrunbook passes, else the ini's URL."""
 from alembic import context
 from sqlalchemy import engine_from_config, pool
@@ -149,4 +151,5 @@ url_env = "BENCH_TARGET_URL"
 alembic_ini = "{ini}"
 version_table = "alembic_version"
 """)
+    trust_operator_key(path)
     return path

@@ -52,3 +52,16 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
     text = pattern.sub(block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
+
+
+def trust_operator_key(config_path: Path, operator: str | None = None) -> None:
+    """Give a bench project a signing key trusted as this machine's operator, as a new user does once:
+    ``dbrunbook keygen --trust`` (runs never create or trust a key by themselves)."""
+    import subprocess
+    import sys as _sys
+
+    env = dict(os.environ, DBRUNBOOK_CONFIG=str(config_path))
+    if operator:  # the principal the runs will name (DBRUNBOOK_OPERATOR), e.g. the scheduler's
+        env["DBRUNBOOK_OPERATOR"] = operator
+    dbrunbook = Path(_sys.executable).parent / "dbrunbook"
+    subprocess.run([str(dbrunbook), "keygen", "--trust"], env=env, check=True, capture_output=True)

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, WORK, admin_url, fresh_database, write_section
+from _common import ROOT, WORK, admin_url, fresh_database, trust_operator_key, write_section
 
 AIRFLOW_VERSION = "3.3.2"
 VENV = WORK / "airflow-venv"
@@ -102,6 +102,7 @@ version_table = "alembic_version"
 alembic_ini = "{ROOT / 'migrations/ai/alembic.ini'}"
 version_table = "alembic_version_ai"
 """, encoding="utf-8")
+    trust_operator_key(config, "airflow@bench")
     return config
 
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, WORK, admin_url, write_section
+from _common import ROOT, WORK, admin_url, trust_operator_key, write_section
 from airflow_example import AIRFLOW_VERSION, VENV, install
 
 HOME = WORK / "airflow-fleet"
@@ -62,6 +62,7 @@ version_table = "alembic_version"
 alembic_ini = "{ROOT / 'migrations/ai/alembic.ini'}"
 version_table = "alembic_version_ai"
 """, encoding="utf-8")
+    trust_operator_key(path, "airflow@bench")
     return path
 
 

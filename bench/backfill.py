@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from _common import ROOT, admin_url, fresh_database, write_section
+from _common import ROOT, admin_url, fresh_database, trust_operator_key, write_section
 from lock_stall import _pgbench, libpq_url
 
 BIN = Path(sys.executable).parent
@@ -69,6 +69,7 @@ set = "score = id % 7, counter = counter + 1"
 where = "score IS NULL"
 """)
     (folder / "load.sql").write_text(SCRIPT.format(lo=rows + 1, hi=rows + APP_ROWS))
+    trust_operator_key(folder / "dbrunbook.toml")
     return folder
 
 

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import ROOT, admin_url, write_section
+from _common import ROOT, admin_url, trust_operator_key, write_section
 
 BIN = Path(sys.executable).parent
 PREFIX = "bench_fleet_"
@@ -112,6 +112,7 @@ models = "{ROOT / 'migrations/main/models.py'}:Base"
 alembic_ini = "{ROOT / 'migrations/ai/alembic.ini'}"
 version_table = "alembic_version_ai"
 """)
+    trust_operator_key(path)
     return path
 
 

@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from _common import ROOT, admin_url, fresh_database, write_section
+from _common import ROOT, admin_url, fresh_database, trust_operator_key, write_section
 
 BIN = Path(sys.executable).parent
 ROWS = 1_000_000
@@ -115,6 +115,7 @@ retries = {RETRIES}
 alembic_ini = "alembic.ini"
 """)
     (folder / "load.sql").write_text(SCRIPT)
+    trust_operator_key(folder / "dbrunbook.toml")
     return folder
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import nbformat
 
-from _common import ROOT, admin_url, fresh_database, write_section
+from _common import ROOT, admin_url, fresh_database, trust_operator_key, write_section
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
 BIN = Path(sys.executable).parent
@@ -114,6 +114,7 @@ def main() -> int:
     admin = admin_url()
     folder = Path(tempfile.mkdtemp(prefix="dbrunbook-bench-"))
     write_config(folder)
+    trust_operator_key(folder / "dbrunbook.toml")
     a, b, c = [], [], []
     steps: list[dict[str, float]] = []
     loads: list[float] = []

@@ -181,6 +181,8 @@ def write_project(chain: Chain, venv: Path, dbrunbook: Path) -> Path:
     ]
     if chain.url_env:
         toml.append(f'url_env = "{chain.url_env}"')
+    # README "Configuration": the DBAPI the project's env.py expects (prefect hands asyncpg-only connect_args).
+    toml.append(f'driver = "{chain.driver}"')
     (project / "dbrunbook.toml").write_text("\n".join(toml) + "\n")
     return project
 
