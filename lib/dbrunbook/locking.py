@@ -30,9 +30,8 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
@@ -40,6 +39,9 @@ from sqlalchemy.pool import NullPool
 from . import db, indexes, records
 from .errors import DeployerLockHeld, DeployerLockRequired, InvalidIndex, MigrationFailed
 from .protocol import ARTIFACTS_DIR
+
+if TYPE_CHECKING:  # pandas is imported where a frame is built: the launcher never needs it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -480,6 +482,8 @@ def attempts_frame(attempts: list[Attempt]) -> pd.DataFrame:
              "applied": ", ".join(a.applied), "blocked_by": "; ".join(_blocker_text(b) for b in a.blockers),
              "pause": None if a.pause is None else round(a.pause, 3), "reason": a.reason}
             for a in attempts]
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=["migration_set", "attempt", "started_at", "seconds", "outcome", "revision",
                                        "applied", "blocked_by", "pause", "reason"])
 

@@ -43,9 +43,8 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
@@ -60,6 +59,9 @@ from . import alembic_thread, drivers
 from .config import MigrationSet
 from .db import mask_secrets, mask_url
 from .errors import AmbiguousRevision, ConfigError, DialectMismatch, MigrationFailed, RevisionNotFound
+
+if TYPE_CHECKING:  # pandas is imported where a frame is built: the launcher never needs it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,8 @@ def as_frame(items: Iterable[RevisionInfo | SqlStep | StepResult]) -> pd.DataFra
     """Return a list of value objects as a DataFrame, one row each (tuples joined with ', ')."""
     rows = [{k: (", ".join(v) if isinstance(v, tuple) else v) for k, v in asdict(item).items()}
             for item in items]
+    import pandas as pd
+
     return pd.DataFrame(rows)
 
 
@@ -455,6 +459,8 @@ def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFra
         status = "current" if info.revision in current else "applied" if info.revision in done else "pending"
         rows.append({"revision": info.revision, "parents": ", ".join(info.down_revisions),
                      "description": info.message, "date": info.create_date, "status": status})
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=["revision", "parents", "description", "date", "status"])
 
 
