@@ -25,7 +25,8 @@ def test_write_project_points_alembic_ini_and_toml_into_the_installed_package(tm
     assert toml["project"]["runbooks"] == "/src/dbrunbook/runbooks"
     assert toml["targets"]["local"] == {"embedded": True, "database": "app"}
     assert toml["migration_sets"]["prefect"] == {"alembic_ini": "alembic.ini", "version_table": "alembic_version",
-                                                 "url_env": "PREFECT_API_DATABASE_CONNECTION_URL"}
+                                                 "url_env": "PREFECT_API_DATABASE_CONNECTION_URL",
+                                                 "driver": "asyncpg"}
 
 
 @pytest.mark.parametrize(("text", "expected"), [
