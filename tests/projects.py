@@ -6,8 +6,8 @@ URL are test-local. The URL reaches dbrunbook through an environment variable, a
 
 from __future__ import annotations
 
-import importlib.util
 import contextlib
+import importlib.util
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,10 +45,8 @@ OPERATOR = "tester@dbrunbook"
 
 def trust_operator(config_path: Path, operator: str = OPERATOR) -> Path:
     """Give a project an operator key trusted as ``operator``: runs never create or trust one themselves."""
-    from dbrunbook import trust
+    from dbrunbook import signing, trust
     from dbrunbook.config import load_config
-
-    from dbrunbook import signing
 
     config = load_config(config_path)
     key = trust.operator_key_path(config)
@@ -106,7 +104,7 @@ def project(tmp_path, database_url, monkeypatch) -> Project:
 
 
 @contextlib.contextmanager
-def throwaway_project(pg_admin_url: str, folder: Path) -> Iterator[tuple[Project, "Config"]]:  # noqa: F821
+def throwaway_project(pg_admin_url: str, folder: Path) -> Iterator[tuple[Project, Config]]:  # noqa: F821
     """A test project on a fresh database, its environment set, for module-scoped fixtures; dropped after."""
     from dbrunbook import db
     from dbrunbook.config import load_config

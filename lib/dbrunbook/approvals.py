@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import records, signing
@@ -100,7 +100,7 @@ def approve(config, run_id: str, *, note: str = "", key_path: Path | None = None
     if approver is None:
         raise ApprovalInvalid(f"Key {key} is not trusted by {config.allowed_signers}: nobody could tell who "
                               f"approved. Have its public key added there first.")
-    moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
     statement = {
         "_type": records.STATEMENT_TYPE,
         "subject": [{"name": f"{run_id}/statement.json", "digest": {"sha256": check.statement_sha256}}],
@@ -126,7 +126,7 @@ def _moment(value) -> datetime | None:
         moment = datetime.fromisoformat(str(value))
     except ValueError:
         return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _check(path: Path, allowed_signers: Path, run_id: str, statement_sha256: str | None) -> Approval:

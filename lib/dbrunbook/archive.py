@@ -13,10 +13,10 @@ from __future__ import annotations
 import html
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import sqlalchemy as sa
 
@@ -26,7 +26,7 @@ from .protocol import STATEMENT_FILE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ArchiveReport", "Finding", "FINDING_KINDS", "database_key", "previous_statement", "verify_archive"]
+__all__ = ["FINDING_KINDS", "ArchiveReport", "Finding", "database_key", "previous_statement", "verify_archive"]
 
 #: What a finding can be about, in the order the summary lists them.
 FINDING_KINDS = (
@@ -161,10 +161,10 @@ def _moment(value) -> datetime | None:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _seal_order(entry: _Entry) -> tuple:

@@ -26,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -48,10 +49,27 @@ from .lint_rules import revision_issues
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Finding", "Lint", "Review", "RevisionSource", "RoundTrip", "Scratch", "StepCheck", "Stairway",
-    "check_message", "checklist", "lint_python", "lint_sql", "merge_heads", "migration_set_for", "new_revision",
+    "Finding",
+    "Lint",
+    "Review",
+    "RevisionSource",
+    "RoundTrip",
+    "Scratch",
+    "Stairway",
+    "StepCheck",
+    "check_message",
+    "checklist",
+    "lint_python",
+    "lint_sql",
+    "merge_heads",
+    "migration_set_for",
+    "new_revision",
     "require_passing",
-    "review", "revision_source", "round_trip", "scratch", "stairway",
+    "review",
+    "revision_source",
+    "round_trip",
+    "scratch",
+    "stairway",
 ]
 
 # --- messages -------------------------------------------------------------------------------------------
@@ -363,8 +381,8 @@ def lint_python(source: RevisionSource | str, revision: str = "") -> Lint:
                     call == "drop_constraint" and _const(_kw(node, "type_")) == "check"):
                 found.append(_finding("check-constraint", revision, node))
             elif call == "bulk_insert" or (call == "execute" and args and isinstance(_const(args[0]), str)
-                                           and re.match(r"\s*INSERT\b", _const(args[0]), re.I)
-                                           and not re.search(r"\bON\s+CONFLICT\b", _const(args[0]), re.I)):
+                                           and re.match(r"\s*INSERT\b", _const(args[0]), re.IGNORECASE)
+                                           and not re.search(r"\bON\s+CONFLICT\b", _const(args[0]), re.IGNORECASE)):
                 found.append(_finding("insert-without-on-conflict", revision, node))
         for table in set(dropped_cols) & set(added_cols):
             found.append(_finding("rename-as-drop-add", revision, dropped_cols[table], what=f"table {table}"))
@@ -516,7 +534,7 @@ class StepCheck:
     could_not_run: str = ""
 
     @classmethod
-    def failed_to_run(cls, revision: str, err: BaseException) -> "StepCheck":
+    def failed_to_run(cls, revision: str, err: BaseException) -> StepCheck:
         reason = CouldNotRun.of("round trip", err).reason
         log.debug("round trip of %s could not run", revision, exc_info=True)
         return cls(revision, False, None, None, None, f"could not run: {reason}", could_not_run=reason)

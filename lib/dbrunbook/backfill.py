@@ -29,22 +29,41 @@ from sqlalchemy.pool import NullPool
 from . import db, locking
 from .backfill_health import health_signals
 from .backfill_progress import Progress, StopSignals
-from .backfill_state import (_definition, _ensure_state, _Plan, _plain, _plan, progress, quote_name,
-                             set_columns)
+from .backfill_state import (
+    _definition,
+    _ensure_state,
+    _plain,
+    _Plan,
+    _plan,
+    progress,
+    quote_name,
+    set_columns,
+)
 from .config import Backfill
 from .errors import BackfillFailed, BackfillLockHeld, BackfillNotFound, BackfillUnfinished, ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BackfillResult", "Batch", "Pause", "declared", "estimate", "finish_backfill", "progress",
-           "run_backfill", "set_columns", "quote_name", "BACKFILL_LOCK_NAMESPACE"]
+__all__ = [
+    "BACKFILL_LOCK_NAMESPACE",
+    "BackfillResult",
+    "Batch",
+    "Pause",
+    "declared",
+    "estimate",
+    "finish_backfill",
+    "progress",
+    "quote_name",
+    "run_backfill",
+    "set_columns",
+]
 
 BACKFILL_LOCK_NAMESPACE = "dbrunbook-backfill:"
 MIN_BATCH, MAX_BATCH = 1, 200_000
 _PAUSE_POLL = 0.5  # seconds between two looks at the health signals while paused
 
 
-def declared(session, name: str, *, table: str = "", key: str = "", set: str = "",  # noqa: A002
+def declared(session, name: str, *, table: str = "", key: str = "", set: str = "",
              where: str = "") -> Backfill | None:
     """The backfill ``name`` of dbrunbook.toml, or one given whole by the runbook's parameters.
 

@@ -29,7 +29,7 @@ def not_null_columns(sql: str) -> list[tuple[str, str]]:
         if not flat.upper().startswith("ALTER TABLE") or not (table := lint_rules.table_of(flat)):
             continue
         for action in lint_rules._actions(flat):
-            if m := re.match(r'^ALTER (?:COLUMN )?("?[\w$]+"?) SET NOT NULL', action, re.I):
+            if m := re.match(r'^ALTER (?:COLUMN )?("?[\w$]+"?) SET NOT NULL', action, re.IGNORECASE):
                 found.append((table, lint_rules._norm(m.group(1))))
     return found
 

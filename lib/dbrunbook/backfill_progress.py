@@ -88,7 +88,7 @@ class StopSignals:
         self.reason = ""
         self._previous: dict = {}
 
-    def _note(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    def _note(self, signum, frame) -> None:
         self.reason = signal.Signals(signum).name
         print(f"{self.reason} received: stopping after the current batch", file=sys.__stderr__ or sys.stderr,
               flush=True)

@@ -85,7 +85,7 @@ _DOLLAR = re.compile(r"\$(\d+)")
 _QMARK = re.compile(r"\?")
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 _CATALOG_READ = re.compile(r"^\s*SELECT\b(?:(?!\b(?:INSERT|UPDATE|DELETE)\b).)*\bFROM\s+pg_catalog\.",
-                           re.I | re.S)
+                           re.IGNORECASE | re.DOTALL)
 
 
 def render_statement(statement: str, parameters: Any, paramstyle: str) -> str:
@@ -246,7 +246,7 @@ class Scratch:
             self._server = self._context.__enter__()
         return self._server
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._context is not None:
             context, self._context, self._server = self._context, None, None
             context.__exit__(*exc)

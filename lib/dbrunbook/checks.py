@@ -13,8 +13,9 @@ import functools
 import html
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -68,7 +69,7 @@ class CouldNotRun:
     where: str = ""
 
     @classmethod
-    def of(cls, check: str, err: BaseException) -> "CouldNotRun":
+    def of(cls, check: str, err: BaseException) -> CouldNotRun:
         return cls(check, reason_of(err), _where(err))
 
     def __str__(self) -> str:

@@ -13,9 +13,9 @@ import json
 import os
 import signal
 import sys
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 # jsonschema (imported by nbformat, so by papermill and the launcher) loads `rfc3987_syntax` when it is
 # installed (jupyter-events pulls it in), which compiles an Earley grammar at import: 2 s on every `dbrunbook`
@@ -24,11 +24,11 @@ from typing import Iterator
 # user's own process keeps its validators.
 sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
-from . import protocol  # noqa: E402
-from .config import load_config  # noqa: E402
-from .errors import DbRunbookError, ParameterError  # noqa: E402
+from . import protocol
+from .config import load_config
+from .errors import DbRunbookError, ParameterError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _err(message: str) -> None:
@@ -295,7 +295,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     key = trust.operator_key_path(config)
     if args.force and key.exists():
         # Moved aside, never deleted: records it signed still verify (its key stays in allowed_signers).
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         for old in (key, key.with_name(key.name + ".pub")):
             if old.exists():
                 old.rename(old.with_name(f"{old.name}.replaced-{stamp}"))

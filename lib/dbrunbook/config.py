@@ -433,9 +433,8 @@ def resolve_url(target: Target, config: Config) -> str:
         MissingSecret: the target's environment variable is not set.
     """
     if target.embedded:
-        from .embedded import EmbeddedServer
-
         from . import db
+        from .embedded import EmbeddedServer
 
         admin_url = EmbeddedServer.for_config(config).ensure_started()
         db.ensure_database(admin_url, target.database)

@@ -18,8 +18,16 @@ from typing import Any
 
 from .errors import InvalidSetting
 
-__all__ = ["TOP_LEVEL_KEYS", "PROJECT_KEYS", "RECORDS_KEYS", "TARGET_KINDS", "SET_KINDS", "check_table",
-           "check_unknown", "check_directory"]
+__all__ = [
+    "PROJECT_KEYS",
+    "RECORDS_KEYS",
+    "SET_KINDS",
+    "TARGET_KINDS",
+    "TOP_LEVEL_KEYS",
+    "check_directory",
+    "check_table",
+    "check_unknown",
+]
 
 TOP_LEVEL_KEYS = {"project", "records", "targets", "migration_sets", "backfills", "groups"}
 PROJECT_KEYS = {"outputs": "path", "runbooks": "path", "state_dir": "path", "default_target": "str"}

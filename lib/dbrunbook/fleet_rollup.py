@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +72,7 @@ def write_rollup(config: Config, result: FleetResult, *, parameters: dict, waves
             "operator": records.operator_identity(),
             "host": socket.gethostname(),
             "started_at": started_at.isoformat(),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
             "stopped": result.stopped,
             "exit_status": result.exit_status,
             "tally": {name: result.count(name) for name in sorted({o.outcome for o in result.outcomes})},

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INVALID_INDEXES_SQL", "invalid_indexes", "drop_invalid_indexes", "fix_command"]
+__all__ = ["INVALID_INDEXES_SQL", "drop_invalid_indexes", "fix_command", "invalid_indexes"]
 
 INVALID_INDEXES_SQL = sa.text("""
     SELECT n.nspname AS schema, i.relname AS index, t.relname AS "table", i.oid::bigint AS oid,

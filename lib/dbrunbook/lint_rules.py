@@ -155,23 +155,23 @@ def _display(stmt: Statement | None, sql: str, offset: int) -> str:
 
 _NAME = r'(?:"(?:[^"]|"")*"|[\w$]+)(?:\.(?:"(?:[^"]|"")*"|[\w$]+))?'
 _TABLE_PATTERNS = [
-    re.compile(rf"^ALTER TABLE (?:IF EXISTS )?(?:ONLY )?({_NAME})", re.I),
+    re.compile(rf"^ALTER TABLE (?:IF EXISTS )?(?:ONLY )?({_NAME})", re.IGNORECASE),
     re.compile(rf"^CREATE (?:UNIQUE )?INDEX (?:CONCURRENTLY )?(?:(?:IF NOT EXISTS )?{_NAME} )?ON (?:ONLY )?"
-               rf"({_NAME})", re.I),
-    re.compile(rf"^CREATE (?:UNLOGGED |TEMP |TEMPORARY )?TABLE (?:IF NOT EXISTS )?({_NAME})", re.I),
-    re.compile(rf"^DROP TABLE (?:IF EXISTS )?({_NAME})", re.I),
-    re.compile(rf"^UPDATE (?:ONLY )?({_NAME})", re.I),
-    re.compile(rf"^DELETE FROM (?:ONLY )?({_NAME})", re.I),
-    re.compile(rf"^INSERT INTO ({_NAME})", re.I),
-    re.compile(rf"^TRUNCATE (?:TABLE )?(?:ONLY )?({_NAME})", re.I),
-    re.compile(rf"^VACUUM (?:\([^)]*\) |FULL |FREEZE |VERBOSE |ANALYZE )*({_NAME})", re.I),
-    re.compile(rf"^CLUSTER (?:VERBOSE )?({_NAME})", re.I),
-    re.compile(rf"^REINDEX (?:\([^)]*\) )?TABLE (?:CONCURRENTLY )?({_NAME})", re.I),
+               rf"({_NAME})", re.IGNORECASE),
+    re.compile(rf"^CREATE (?:UNLOGGED |TEMP |TEMPORARY )?TABLE (?:IF NOT EXISTS )?({_NAME})", re.IGNORECASE),
+    re.compile(rf"^DROP TABLE (?:IF EXISTS )?({_NAME})", re.IGNORECASE),
+    re.compile(rf"^UPDATE (?:ONLY )?({_NAME})", re.IGNORECASE),
+    re.compile(rf"^DELETE FROM (?:ONLY )?({_NAME})", re.IGNORECASE),
+    re.compile(rf"^INSERT INTO ({_NAME})", re.IGNORECASE),
+    re.compile(rf"^TRUNCATE (?:TABLE )?(?:ONLY )?({_NAME})", re.IGNORECASE),
+    re.compile(rf"^VACUUM (?:\([^)]*\) |FULL |FREEZE |VERBOSE |ANALYZE )*({_NAME})", re.IGNORECASE),
+    re.compile(rf"^CLUSTER (?:VERBOSE )?({_NAME})", re.IGNORECASE),
+    re.compile(rf"^REINDEX (?:\([^)]*\) )?TABLE (?:CONCURRENTLY )?({_NAME})", re.IGNORECASE),
 ]
 _INDEX_PATTERNS = [
-    re.compile(rf"^DROP INDEX (?:CONCURRENTLY )?(?:IF EXISTS )?({_NAME})", re.I),
-    re.compile(rf"^ALTER INDEX (?:IF EXISTS )?({_NAME})", re.I),
-    re.compile(rf"^REINDEX (?:\([^)]*\) )?INDEX (?:CONCURRENTLY )?({_NAME})", re.I),
+    re.compile(rf"^DROP INDEX (?:CONCURRENTLY )?(?:IF EXISTS )?({_NAME})", re.IGNORECASE),
+    re.compile(rf"^ALTER INDEX (?:IF EXISTS )?({_NAME})", re.IGNORECASE),
+    re.compile(rf"^REINDEX (?:\([^)]*\) )?INDEX (?:CONCURRENTLY )?({_NAME})", re.IGNORECASE),
 ]
 
 
@@ -224,7 +224,7 @@ def _actions(flat: str) -> list[str]:
 
 #: A column or constraint name in the canonical text of an action (quoted names may hold spaces).
 _IDENT = r'("(?:[^"]|"")+"|[\w$]+)'
-_FALLBACK_KINDS = [(re.compile(p, re.I), k) for p, k in (
+_FALLBACK_KINDS = [(re.compile(p, re.IGNORECASE), k) for p, k in (
     (r"^CREATE (?:UNLOGGED |TEMP |TEMPORARY )?TABLE\b", "CREATE TABLE"), (r"^VACUUM\b.*\bFULL\b", "VACUUM FULL"),
     (r"^CLUSTER\b", "CLUSTER"), (r"^UPDATE\b", "UPDATE"), (r"^DELETE\b", "DELETE FROM"),
     (r"^ALTER TABLE\b", "ALTER TABLE"))]
@@ -240,7 +240,7 @@ def statement_kind(flat: str) -> str:
 
 
 def _split_actions(flat: str) -> list[str]:
-    m = re.match(rf"^ALTER TABLE (?:IF EXISTS )?(?:ONLY )?{_NAME} (.*?);?$", flat, re.I | re.S)
+    m = re.match(rf"^ALTER TABLE (?:IF EXISTS )?(?:ONLY )?{_NAME} (.*?);?$", flat, re.IGNORECASE | re.DOTALL)
     if not m:
         return []
     parts, depth, current = [], 0, ""
@@ -388,7 +388,7 @@ def _weigh(rule: str, size: TableSize, catalog: Catalog, message: str) -> tuple[
 # --- dbrunbook's own SQL rules -------------------------------------------------------------------------
 VOLATILE_DEFAULT = re.compile(
     r"\b(random|clock_timestamp|timeofday|gen_random_uuid|uuid_generate_v[14]\w*|nextval|txid_current)\s*\(",
-    re.I)
+    re.IGNORECASE)
 _INT_RANK = {"smallint": 1, "int2": 1, "integer": 2, "int": 2, "int4": 2, "bigint": 3, "int8": 3}
 #: squawk rules whose finding a dbrunbook rewrite finding on the same statement replaces.
 ABSORBED = frozenset({"changing-column-type", "adding-not-nullable-field", "adding-field-with-default"})
@@ -459,7 +459,7 @@ def _not_null_checks_added(flat: str, table: str) -> set[tuple[str, str]]:
     """(table, column) pairs a statement proves NOT NULL by a validated CHECK (added without NOT VALID)."""
     found = set()
     for m in re.finditer(rf'CHECK\s*\(\s*\(?\s*{_IDENT}\s+IS\s+NOT\s+NULL\s*\)?\s*\)(\s+NOT\s+VALID)?',
-                         flat, re.I):
+                         flat, re.IGNORECASE):
         if not m.group(2):
             found.add((table, _norm(m.group(1))))
     return found
@@ -508,10 +508,10 @@ def check_sql(statements: Sequence[Statement], catalog: Catalog, created: set[st
         actions = _actions(flat)
         for action in actions:
             validated |= _not_null_checks_added(action, table)
-            if m := re.match(rf'^ADD CONSTRAINT {_IDENT} CHECK .*? NOT VALID', action, re.I):
-                for col in re.findall(rf'\(\s*\(?\s*{_IDENT}\s+IS\s+NOT\s+NULL', m.group(0), re.I):
+            if m := re.match(rf'^ADD CONSTRAINT {_IDENT} CHECK .*? NOT VALID', action, re.IGNORECASE):
+                for col in re.findall(rf'\(\s*\(?\s*{_IDENT}\s+IS\s+NOT\s+NULL', m.group(0), re.IGNORECASE):
                     not_valid[_norm(m.group(1))] = (table, _norm(col))
-            for name in re.findall(rf'^VALIDATE CONSTRAINT {_IDENT}', action, re.I):
+            for name in re.findall(rf'^VALIDATE CONSTRAINT {_IDENT}', action, re.IGNORECASE):
                 if _norm(name) in not_valid:
                     validated.add(not_valid[_norm(name)])
         for action in actions:
@@ -522,7 +522,7 @@ def check_sql(statements: Sequence[Statement], catalog: Catalog, created: set[st
 def _action_issues(action: str, table: str, stmt: Statement, catalog: Catalog,
                    validated: set[tuple[str, str]]) -> list[SqlIssue]:
     up = action.upper()
-    if m := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} (?:SET DATA )?TYPE (.+)$', action, re.I):
+    if m := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} (?:SET DATA )?TYPE (.+)$', action, re.IGNORECASE):
         column, new = _norm(m.group(1)), m.group(2)
         old = catalog.column_types.get((table, column))
         rewrites, narrows = type_change(old, new)
@@ -548,7 +548,7 @@ def _action_issues(action: str, table: str, stmt: Statement, catalog: Catalog,
                              "add it without default (or a constant one), backfill in batches, then set the "
                              "default", stmt)]
         return []
-    if m := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} SET NOT NULL', action, re.I):
+    if m := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} SET NOT NULL', action, re.IGNORECASE):
         column = _norm(m.group(1))
         if (table, column) in validated or (table, column) in catalog.not_null_checks:
             return []
@@ -590,7 +590,7 @@ def _rewriting_column(action: str) -> str | None:
         return "a stored generated column"
     if re.search(r"\b(SMALL|BIG)?SERIAL\d?\b", up):
         return "a serial column"
-    default = re.search(r"\bDEFAULT (.+)$", action, re.I)
+    default = re.search(r"\bDEFAULT (.+)$", action, re.IGNORECASE)
     return "a column with a volatile DEFAULT" if default and VOLATILE_DEFAULT.search(default.group(1)) else None
 
 

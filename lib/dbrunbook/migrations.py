@@ -443,7 +443,7 @@ def _applied(script: ScriptDirectory, at: Sequence[str]) -> set[str]:
 
 
 @_absolute
-def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFrame:  # noqa: A002
+def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFrame:
     """The guide's "Migration History" table: revision, parents, description, date, status.
 
     Status is ``current`` for the revisions the database is at, ``applied`` for their ancestors and
@@ -487,7 +487,7 @@ def _heads_after(script: ScriptDirectory, steps: Sequence[Any], start: Sequence[
 
 @_absolute
 def resolve(mset: MigrationSet, revision: str,
-            current: Sequence[str] | None = None) -> tuple[str, ...]:  # noqa: A002 - Alembic's word
+            current: Sequence[str] | None = None) -> tuple[str, ...]:
     """Resolve a revision argument to full revision ids, as Alembic would.
 
     Accepts 'heads', 'head', 'base', full or partial ids, 'branch@head', comma-separated lists, and relative
@@ -622,7 +622,7 @@ class _Run:
             self.running = step
             self.notes.key = step.revision.revision if hasattr(step, "revision") else None
             position = self.buffer.tell()
-            started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+            started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
             yield step
             seconds = time.perf_counter() - t0
             self.chunks.append((step, position, self.buffer.tell()))
@@ -1175,7 +1175,7 @@ def _offline_reason(err: BaseException, step: Any, script: ScriptDirectory) -> s
     except ValueError:
         where = path.name
     line = (frame.line or "").strip()
-    line = line[len("return "):] if line.startswith("return ") else line
+    line = line.removeprefix("return ")
     if line.startswith("raise"):
         return f"it raises at {where}:{frame.lineno} ({what})"
     return f"it calls {line} at {where}:{frame.lineno} ({what})" if line else f"{what} at {where}:{frame.lineno}"
@@ -1208,7 +1208,7 @@ def _split(run: _Run, *, complete: bool = True) -> list[SqlStep]:
 # Building a ScriptDirectory executes every revision file (and whatever application code they import); one
 # apply asks for it about twenty times (status, preview, upgrade, graph, check). It is reused while none of
 # its version folders' files changed: names, sizes, mtimes and inodes. env.py still runs on every command.
-from threading import Lock as _Lock  # noqa: E402 - kept beside the cache it guards
+from threading import Lock as _Lock
 
 _SCRIPT_CACHE: dict[tuple, tuple[tuple, ScriptDirectory]] = {}
 _SCRIPT_CACHE_LOCK = _Lock()

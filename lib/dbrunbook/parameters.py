@@ -9,8 +9,8 @@ and names or values that look like secrets are refused, because parameters end u
 from __future__ import annotations
 
 import ast
-import io
 import contextlib
+import io
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +22,18 @@ from . import protocol
 from .config import Config, load_config
 from .errors import ConfigError, ParameterError, RunbookNotFound
 
-__all__ = ["Parameter", "RunbookInfo", "parse_parameters", "read_parameters", "list_runbooks", "find_runbook",
-           "installed_runbooks", "runbooks_dir",
-           "validate_parameters", "mask_secrets"]
+__all__ = [
+    "Parameter",
+    "RunbookInfo",
+    "find_runbook",
+    "installed_runbooks",
+    "list_runbooks",
+    "mask_secrets",
+    "parse_parameters",
+    "read_parameters",
+    "runbooks_dir",
+    "validate_parameters",
+]
 
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 _TRUE = {"true", "yes", "1", "on"}
@@ -237,7 +246,7 @@ def find_runbook(config: Config | None, name: str) -> RunbookInfo:
         RunbookNotFound: no such notebook; the message lists the known names.
     """
     config = config or load_config()
-    stem = name[: -len(".ipynb")] if name.endswith(".ipynb") else name
+    stem = name.removesuffix(".ipynb")
     path = runbooks_dir(config) / f"{stem}.ipynb"
     if "/" in stem or not path.is_file():
         raise RunbookNotFound(name, [p.stem for p in _runbook_paths(config)])

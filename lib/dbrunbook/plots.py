@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import matplotlib
 import matplotlib.style
@@ -141,7 +142,7 @@ class _style:
         self._rc = matplotlib.rc_context(_RC)
         self._rc.__enter__()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._rc.__exit__(*exc)
         self._style.__exit__(*exc)
 

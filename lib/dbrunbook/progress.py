@@ -10,12 +10,12 @@ as a hang.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
-__all__ = ["RetryLines", "RETRY_LINE"]
+__all__ = ["RETRY_LINE", "RetryLines"]
 
 #: The lines ``locking._note`` and its invalid-index notice write: "attempt 2/6 main: lock timeout after …".
-RETRY_LINE = re.compile(r"^attempt \d+(/\d+)? .+$", re.M)
+RETRY_LINE = re.compile(r"^attempt \d+(/\d+)? .+$", re.MULTILINE)
 
 
 class RetryLines:

@@ -24,11 +24,11 @@ from .errors import ConfigError, ConfigExists
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Environment", "EnvPyFacts", "find_environments", "read_env_py", "render_config", "write_config"]
+__all__ = ["EnvPyFacts", "Environment", "find_environments", "read_env_py", "render_config", "write_config"]
 
 DEFAULT_VERSION_TABLE = "alembic_version"
 #: A variable whose name says it holds a connection URL.
-_URLISH = re.compile(r"(URL|URI|DSN|DATABASE|(^|_)DB($|_)|CONN)", re.I)
+_URLISH = re.compile(r"(URL|URI|DSN|DATABASE|(^|_)DB($|_)|CONN)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def _q(text: str) -> str:
 
 
 def _target_name(url_env: str) -> str:
-    stripped = re.sub(r"(_?(SQLALCHEMY_)?(DATABASE|DB)?_?(URL|URI|DSN))$", "", url_env, flags=re.I)
+    stripped = re.sub(r"(_?(SQLALCHEMY_)?(DATABASE|DB)?_?(URL|URI|DSN))$", "", url_env, flags=re.IGNORECASE)
     return _slug(stripped) if stripped else "app"
 
 

@@ -18,8 +18,8 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sqlalchemy.pool import NullPool
@@ -32,7 +32,7 @@ __all__ = ["assert_round_trip", "assert_stairway", "test_dbrunbook_round_trip", 
 URL_ENV = "DBRUNBOOK_TEST_DATABASE_URL"
 
 
-def _run(alembic_ini: str | Path, url: str, check, **options):  # noqa: ANN001
+def _run(alembic_ini: str | Path, url: str, check, **options):
     mset = authoring.migration_set_for(alembic_ini, **options)
     engine = db.make_engine(normalize_url(url), poolclass=NullPool)
     try:
@@ -41,7 +41,7 @@ def _run(alembic_ini: str | Path, url: str, check, **options):  # noqa: ANN001
         engine.dispose()
 
 
-def _failure(what: str, alembic_ini: str | Path, findings) -> str:  # noqa: ANN001
+def _failure(what: str, alembic_ini: str | Path, findings) -> str:
     lines = "\n".join(f"  {f.rule} ({f.revision}): {f.message}" for f in findings)
     return f"{what} of {alembic_ini} failed:\n{lines}"
 

@@ -22,7 +22,7 @@ import secrets
 import socket
 import stat
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,9 @@ from .protocol import (
 __all__ = [
     "MODES",
     "PREDICATE_TYPE",
+    "STATEMENT_TYPE",
     "RecordCheck",
     "RecordExists",
-    "STATEMENT_TYPE",
     "build_statement",
     "canonical_json",
     "cell_digests",
@@ -90,9 +90,9 @@ class RecordExists(DbRunbookError):
 
 # --- run ids and directories ----------------------------------------------------------------------------
 def _utc(moment: datetime | None) -> datetime:
-    moment = moment or datetime.now(timezone.utc)
+    moment = moment or datetime.now(UTC)
     # A naive datetime is taken as UTC: run ids and directories must not depend on the machine's zone.
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _slug(text: str) -> str:

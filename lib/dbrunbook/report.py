@@ -16,10 +16,11 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import nbformat
 
@@ -28,7 +29,7 @@ from .protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RecordEntry", "Report", "STATUS_LABELS", "build_report", "render_record", "sanitize_html"]
+__all__ = ["STATUS_LABELS", "RecordEntry", "Report", "build_report", "render_record", "sanitize_html"]
 
 #: How each status of ``records.verify_record`` reads on a page.
 STATUS_LABELS = {
@@ -158,7 +159,7 @@ def _when(value: Any) -> str:
     except ValueError:
         return str(value or "-")
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     return f"{moment:%Y-%m-%d %H:%M:%S}"
 
 

@@ -11,10 +11,18 @@ from __future__ import annotations
 import html
 import re
 from collections import Counter
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-__all__ = ["CSS", "SORT_SCRIPT", "outcome_badge", "failure_box", "collapse_tracebacks", "index_summary",
-           "OUTCOME_CLASSES"]
+__all__ = [
+    "CSS",
+    "OUTCOME_CLASSES",
+    "SORT_SCRIPT",
+    "collapse_tracebacks",
+    "failure_box",
+    "index_summary",
+    "outcome_badge",
+]
 
 MONOSPACE = 'ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", "DejaVu Sans Mono", monospace'
 

@@ -14,15 +14,16 @@ import json
 import logging
 import os
 import re
-import uuid
 import signal
 import socket
 import sys
 import threading
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import nbformat
 
@@ -37,7 +38,6 @@ from .errors import (
     RevisionNotFound,
     RunDirectoryInvalid,
 )
-
 from .kernel import KERNEL_STARTUP_ARGUMENTS, ipc_kernel_manager, kernel_for_this_interpreter
 from .parameters import (
     Parameter,
@@ -55,9 +55,20 @@ log = logging.getLogger(__name__)
 
 # Parameters and kernels live in their own modules; re-exported because the launcher is where people look.
 __all__ = [
-    "Parameter", "RunbookInfo", "RunResult", "RunDirectoryInvalid",
-    "parse_parameters", "read_parameters", "list_runbooks", "find_runbook", "validate_parameters", "mask_secrets",
-    "run_runbook", "prepare_runbook", "seal", "kernel_for_this_interpreter",
+    "Parameter",
+    "RunDirectoryInvalid",
+    "RunResult",
+    "RunbookInfo",
+    "find_runbook",
+    "kernel_for_this_interpreter",
+    "list_runbooks",
+    "mask_secrets",
+    "parse_parameters",
+    "prepare_runbook",
+    "read_parameters",
+    "run_runbook",
+    "seal",
+    "validate_parameters",
 ]
 
 SUCCEEDED, FAILED, STOPPED_AT_GUARD, INCOMPLETE = "succeeded", "failed", "stopped-at-guard", "incomplete"
@@ -109,7 +120,7 @@ class RunResult:
 
 # --- helpers of a run -------------------------------------------------------------------------------------
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 
@@ -232,7 +243,7 @@ def _database_state(config: Config, target_name: str, run_id: str) -> dict:
     return state
 
 
-def _UNREAD_STATE() -> dict:  # noqa: N802 - a constant, fresh each time
+def _UNREAD_STATE() -> dict:
     """The state of a run refused before it could read the database under the lock: nothing claimed."""
     return {"database": None, "heads": {}, "errors": [], "read": False}
 
@@ -325,7 +336,7 @@ def _steps(nb: nbformat.NotebookNode) -> dict[int, str]:
     steps, current = {}, None
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
-            found = _STEP_HEADING.findall(cell.source) or re.findall(r"^##\s+.*$", cell.source, re.M)
+            found = _STEP_HEADING.findall(cell.source) or re.findall(r"^##\s+.*$", cell.source, re.MULTILINE)
             if found:
                 current = found[-1].strip().lstrip("#").strip()
         elif current is not None:

@@ -15,6 +15,7 @@ import re
 import secrets
 from collections import Counter
 from dataclasses import asdict, dataclass
+from datetime import UTC
 from pathlib import Path
 
 import pandas as pd
@@ -23,13 +24,13 @@ from sqlalchemy.pool import NullPool
 
 from . import db, errors, migrations, records, signing, snapshots, sqlimpact, sqlparse
 from .lint_rules import (
+    _IDENT,
     ABSORBED,
     CATEGORIES,
     INSTEAD,
     Catalog,
     Finding,
     TableSize,
-    _IDENT,
     _actions,
     _display,
     _norm,
@@ -279,7 +280,7 @@ def _no_rewrite(rule: str, flat: str, table: str, catalog: Catalog, level: str, 
 def _coercible(flat: str, table: str, catalog: Catalog, level: str, why: str) -> tuple[str, str]:
     """A type change PostgreSQL does without a rewrite (varchar widening, to text) is harmless."""
     for action in _actions(flat):
-        m = re.match(rf'^ALTER (?:COLUMN )?{_IDENT} (?:SET DATA )?TYPE (.+)$', action, re.I)
+        m = re.match(rf'^ALTER (?:COLUMN )?{_IDENT} (?:SET DATA )?TYPE (.+)$', action, re.IGNORECASE)
         if m and (old := catalog.column_types.get((table, _norm(m.group(1))))):
             rewrites, _ = type_change(old, m.group(2))
             if not rewrites:
@@ -301,7 +302,7 @@ def _catalog(engine, statements, rows_threshold: int, bytes_threshold: int) -> C
             if d.parsed:
                 columns |= {c for c in d.columns if d.kind == "ALTER TABLE"}
             for action in _actions(flat) if not d.parsed else ():
-                if c := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} ', action, re.I):
+                if c := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} ', action, re.IGNORECASE):
                     columns.add((table, _norm(c.group(1))))
     index_tables: dict[str, str] = {}
     sizes: dict[str, TableSize] = {}
@@ -322,7 +323,7 @@ def _catalog(engine, statements, rows_threshold: int, bytes_threshold: int) -> C
             for expr in conn.execute(sa.text(
                     "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = to_regclass(:t) "
                     "AND contype = 'c' AND convalidated"), {"t": table}).scalars():
-                for col in re.findall(rf'\(\s*\(?\s*{_IDENT}\s+IS\s+NOT\s+NULL\s*\)?\s*\)', expr, re.I):
+                for col in re.findall(rf'\(\s*\(?\s*{_IDENT}\s+IS\s+NOT\s+NULL\s*\)?\s*\)', expr, re.IGNORECASE):
                     checks.add((table, _norm(col)))
         for table, column in sorted(columns):
             if sizes.get(table) and sizes[table].exists:
@@ -522,7 +523,7 @@ def _approved_preview(session, preview, approved_preview: str) -> pd.DataFrame:
 
 def _second_person(session, approved_preview: str, check, sql_sha256: str) -> list[dict]:
     """Four eyes: a valid approval of the preview by a trusted principal who is not the one applying it."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from . import approvals
     from .config import parse_duration
@@ -530,7 +531,7 @@ def _second_person(session, approved_preview: str, check, sql_sha256: str) -> li
     config, target = session.config, session.target
     operator = records.operator_identity()
     max_age = parse_duration(target.approval_max_age, key="approval_max_age")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     found = approvals.approvals_of(config.outputs_dir, approved_preview, config.allowed_signers,
                                    check.statement_sha256)
     refused = []
@@ -616,15 +617,15 @@ def _loss_statements(flat: str) -> list[tuple[str, str, str | None, str | None]]
 
 def _fallback_losses(flat: str) -> list[tuple[str, str, str | None, str | None]]:
     up = flat.upper()
-    if m := re.match(r"^DROP TABLE (?:IF EXISTS )?(.+?)(?: CASCADE| RESTRICT)?;?$", flat, re.I):
+    if m := re.match(r"^DROP TABLE (?:IF EXISTS )?(.+?)(?: CASCADE| RESTRICT)?;?$", flat, re.IGNORECASE):
         return [("table", _norm(t.strip()), None, None) for t in m.group(1).split(",") if t.strip()]
     if m := re.match(r"^TRUNCATE (?:TABLE )?(?:ONLY )?(.+?)(?: RESTART IDENTITY| CONTINUE IDENTITY)?"
-                     r"(?: CASCADE| RESTRICT)?;?$", flat, re.I):
+                     r"(?: CASCADE| RESTRICT)?;?$", flat, re.IGNORECASE):
         return [("truncate", _norm(t.strip()), None, None) for t in m.group(1).split(",") if t.strip()]
     if up.startswith("ALTER TABLE") and (table := table_of(flat)):
         return [("column", table, _norm(c.group(1)), None) for a in _actions(flat)
-                if (c := re.match(rf'^DROP (?:COLUMN )?(?:IF EXISTS )?{_IDENT}', a, re.I))
-                and not re.match(r"^DROP (CONSTRAINT|DEFAULT|NOT NULL|EXPRESSION|IDENTITY)\b", a, re.I)]
+                if (c := re.match(rf'^DROP (?:COLUMN )?(?:IF EXISTS )?{_IDENT}', a, re.IGNORECASE))
+                and not re.match(r"^DROP (CONSTRAINT|DEFAULT|NOT NULL|EXPRESSION|IDENTITY)\b", a, re.IGNORECASE)]
     return []
 
 

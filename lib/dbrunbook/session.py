@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import db, migrations, records, snapshots, sqltext, summaries
 from .config import Config, MigrationSet, load_config
-from .errors import ConfirmationRequired, ConfigError, NoSnapshot, NotAtExpectedRevision
+from .errors import ConfigError, ConfirmationRequired, NoSnapshot, NotAtExpectedRevision
 from .protocol import ARTIFACTS_DIR, SENTINEL
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import re
 import secrets
 import struct
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -36,12 +36,12 @@ from .protocol import SIGNATURE_NAMESPACE
 __all__ = [
     "SigningKeyError",
     "add_allowed_signer",
-    "principal_matches",
-    "trusted_principal",
     "fingerprint",
     "generate_key",
+    "principal_matches",
     "public_key_line",
     "sign",
+    "trusted_principal",
     "verify",
 ]
 
@@ -538,12 +538,12 @@ def _parse_time(value: str) -> datetime:
     if not digits.isdigit() or len(digits) not in formats:
         raise ValueError(f"invalid time {value!r}")
     moment = datetime.strptime(digits, formats[len(digits)])
-    return moment.replace(tzinfo=timezone.utc) if utc else moment.astimezone()
+    return moment.replace(tzinfo=UTC) if utc else moment.astimezone()
 
 
 def _trusted_principal(public_blob: bytes, allowed_signers: Path, namespace: str) -> str:
     near_misses = []
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for entry in _parse_allowed_signers(allowed_signers):
         if entry.key_blob != public_blob:
             continue

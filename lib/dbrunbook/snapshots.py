@@ -15,13 +15,12 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +148,7 @@ def row_counts(
     tables = list_tables(engine, exclude_schemas=exclude_schemas)
     names = [f"{r.schema}.{r.name}" for r in tables.itertuples()]
     sizes = dict(zip(names, (int(b) for b in tables["bytes"])))
-    taken_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    taken_at = datetime.now(UTC).isoformat(timespec="seconds")
     if not exact:
         estimates = {n: (int(e) if e >= 0 else None) for n, e in zip(names, tables["estimate"])}
         return Snapshot(taken_at=taken_at, exact=False, counts=estimates, bytes=sizes)

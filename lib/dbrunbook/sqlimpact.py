@@ -128,9 +128,7 @@ def breaking(sql: str) -> list[tuple[str, str]]:
     if isinstance(node, ast.DropStmt) and node.removeType == ObjectType.OBJECT_TABLE:
         out.append(("drops a table", "code that reads it fails"))
     elif isinstance(node, ast.RenameStmt):
-        if node.renameType == ObjectType.OBJECT_COLUMN:
-            out.append(("renames a column or table", "running code that uses the old name fails"))
-        elif node.renameType == ObjectType.OBJECT_TABLE:
+        if node.renameType == ObjectType.OBJECT_COLUMN or node.renameType == ObjectType.OBJECT_TABLE:
             out.append(("renames a column or table", "running code that uses the old name fails"))
         else:
             out.append(("renames an object", "running code that uses the old name fails"))

@@ -22,7 +22,7 @@ from pglast.enums import ConstrType, ObjectType, ReindexObjectType
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
-__all__ = ["Described", "UNPARSED", "describe", "functions_called", "normalize_name", "qualified"]
+__all__ = ["UNPARSED", "Described", "describe", "functions_called", "normalize_name", "qualified"]
 # Also used by ``sqlimpact``, which reads the same trees: deparse, dml_target, dotted, drop_names, kind_of, name_of.
 
 UNPARSED = "UNPARSED"
@@ -118,7 +118,7 @@ class _Calls(visitors.Visitor):
         super().__init__()
         self.names: set[str] = set()
 
-    def visit_FuncCall(self, ancestors, node) -> None:  # noqa: N802 (pglast's visitor protocol)
+    def visit_FuncCall(self, ancestors, node) -> None:
         self.names.add(node.funcname[-1].sval.lower())
 
 

@@ -11,7 +11,7 @@ running. The log is under ``artifacts/``, so the record's signature covers it.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nbformat
@@ -29,7 +29,7 @@ def path_for(run_dir: Path) -> Path:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 class StepLog:

@@ -14,7 +14,7 @@ import numbers
 
 import pandas as pd
 
-__all__ = ["frame_html", "frame_text", "display_frame", "sql_html", "SQL_COLUMNS", "EMPTY"]
+__all__ = ["EMPTY", "SQL_COLUMNS", "display_frame", "frame_html", "frame_text", "sql_html"]
 
 #: Columns whose text is SQL (or a definition written in it): shown in monospace, wrapped, whitespace kept.
 SQL_COLUMNS = frozenset({"sql", "statement", "statements", "query", "definition", "ddl", "command", "source_sql"})

@@ -20,9 +20,9 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from . import signing
 from .errors import ChainLockTimeout, SignatureInvalid

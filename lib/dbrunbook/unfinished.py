@@ -26,8 +26,17 @@ from .protocol import ARTIFACTS_DIR, INTENT_FILE, SIGNATURE_FILE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UNSEALED_ARTIFACT", "UnfinishedRun", "check_record_can_be_written", "estimate_record_size",
-           "launcher_alive", "register", "unfinished_runs", "unregister", "notices"]
+__all__ = [
+    "UNSEALED_ARTIFACT",
+    "UnfinishedRun",
+    "check_record_can_be_written",
+    "estimate_record_size",
+    "launcher_alive",
+    "notices",
+    "register",
+    "unfinished_runs",
+    "unregister",
+]
 
 #: Written into artifacts/ when a run's record could not be signed: what ``dbrunbook seal`` finishes it from.
 UNSEALED_ARTIFACT = "launcher-unsealed.json"

@@ -40,7 +40,7 @@ def _valid(config, result: dict) -> str:
 
 
 class _Unhealthy(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         self.send_response(503)
         self.end_headers()
 

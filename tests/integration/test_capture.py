@@ -85,7 +85,7 @@ def test_preview_captures_the_online_only_revisions_and_leaves_the_target_alone(
     # b2 counted the owners of the scratch database (the target's schema, not its rows): zero, quoted safely.
     # (psycopg 3 adds casts to its placeholders, psycopg2 does not)
     assert re.search(r"^INSERT INTO owner_stats \(owners, note\) VALUES \(0(::INTEGER)?, 'owners counted: "
-                     r"it''s a data migration'(::VARCHAR)?\);$", steps[B2].sql, re.M), steps[B2].sql
+                     r"it''s a data migration'(::VARCHAR)?\);$", steps[B2].sql, re.MULTILINE), steps[B2].sql
     assert "SELECT id FROM owner;" in steps[B2].sql
     # The inspector's catalog queries are reads of pg_catalog, counted, not shown.
     assert "-- (1 catalog query of the inspector left out)" in steps[C3].sql and "pg_attribute" not in steps[C3].sql

@@ -13,8 +13,14 @@ import sqlalchemy as sa
 
 from dbrunbook import deploy
 from dbrunbook.config import load_config
-from dbrunbook.errors import (ConfirmationRequired, GuardStop, GUARD_ENAMES, HealthCheckFailed, MaintenanceFailed,
-                              RowsVanished)
+from dbrunbook.errors import (
+    GUARD_ENAMES,
+    ConfirmationRequired,
+    GuardStop,
+    HealthCheckFailed,
+    MaintenanceFailed,
+    RowsVanished,
+)
 from dbrunbook.session import Session
 from tests.projects import project  # noqa: F401  (fixture)
 
@@ -101,7 +107,7 @@ def test_a_failing_maintenance_command_names_itself_and_the_fix(project, tmp_pat
 class _App(http.server.BaseHTTPRequestHandler):
     status = 200
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         self.send_response(self.status)
         self.end_headers()
         self.wfile.write(b"{}")

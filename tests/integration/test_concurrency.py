@@ -15,7 +15,7 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from dbrunbook import locking, migrations, records
+from dbrunbook import locking, migrations
 from dbrunbook.config import load_config
 from dbrunbook.errors import DeployerLockHeld, DeployerLockRequired
 from dbrunbook.session import open_session

@@ -10,7 +10,7 @@ import json
 import shutil
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -51,7 +51,7 @@ def upgrade(proj, name: str, revision: str = "heads") -> None:
 
 
 def ledger_run(proj, run_id: str, before: dict, after: dict, files: dict) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     records.ledger_start(proj.engine, run_id=run_id, runbook="apply", operator="tester", started_at=now,
                          heads_before=before)
     records.ledger_finish(proj.engine, run_id=run_id, finished_at=now, outcome="succeeded",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -11,8 +11,8 @@ from dbrunbook import db, records
 
 pytestmark = pytest.mark.integration
 
-STARTED = datetime(2026, 11, 23, 22, 5, 1, tzinfo=timezone.utc)
-FINISHED = datetime(2026, 11, 23, 22, 6, 30, tzinfo=timezone.utc)
+STARTED = datetime(2026, 11, 23, 22, 5, 1, tzinfo=UTC)
+FINISHED = datetime(2026, 11, 23, 22, 6, 30, tzinfo=UTC)
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ def test_upgrade_downgrade_round_trip(engine):
     mset = project("connection_attr")
     steps = migrations.upgrade(mset, engine)
     assert [(s.revision, s.direction) for s in steps] == [(A, "upgrade"), (B, "upgrade"), (C, "upgrade")]
-    assert all(s.seconds >= 0 and s.started_at.tzinfo is dt.timezone.utc for s in steps)
+    assert all(s.seconds >= 0 and s.started_at.tzinfo is dt.UTC for s in steps)
     assert steps[0].started_at <= steps[1].started_at <= steps[2].started_at
     assert migrations.current(mset, engine) == (C,)
     assert columns(engine, "account") == ["id", "email", "name"]

@@ -14,8 +14,8 @@ import pytest
 from dbrunbook import report, runner
 from dbrunbook.config import load_config
 from tests.integration.test_report_browser import ARTIFACTS, WebDriver, _visible_rows
-from tests.integration.test_report_browser import browser as browser  # noqa: F401 - fixtures, reused
-from tests.integration.test_report_browser import site as site  # noqa: F401
+from tests.integration.test_report_browser import browser as browser
+from tests.integration.test_report_browser import site as site
 from tests.projects import trust_operator
 
 pytestmark = pytest.mark.integration

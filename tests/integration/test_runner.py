@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nbformat
@@ -19,7 +19,6 @@ from nbclient import NotebookClient
 
 from dbrunbook import protocol, records
 from dbrunbook.cli import main
-from tests.projects import trust_operator
 from dbrunbook.config import load_config
 from dbrunbook.runner import (
     RunDirectoryInvalid,
@@ -29,6 +28,7 @@ from dbrunbook.runner import (
     run_runbook,
     seal,
 )
+from tests.projects import trust_operator
 
 pytestmark = pytest.mark.integration
 
@@ -246,7 +246,7 @@ def test_seal_of_a_notebook_never_run(project):
 
 
 def test_run_directories_are_never_reused(project):
-    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     first = _new_run_dir(project, "succeeds", "t", moment)
     second = _new_run_dir(project, "succeeds", "t", moment)
 

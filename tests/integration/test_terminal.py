@@ -15,7 +15,7 @@ from dbrunbook.cli import main
 from dbrunbook.config import load_config
 from dbrunbook.runner import run_runbook
 from tests.integration.test_locking import Blocker, _at_ea90695
-from tests.integration.test_locking import project as project  # noqa: F401 - the fixture, reused
+from tests.integration.test_locking import project as project
 from tests.projects import trust_operator
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 from dbrunbook import errors, migrations, preflight, safety
 from dbrunbook.lint_rules import Catalog, TableSize, check_sql
-from dbrunbook.sqltext import split_statements
 from dbrunbook.session import open_session
+from dbrunbook.sqltext import split_statements
 from tests.projects import ROOT, URL_ENV
 
 pytestmark = pytest.mark.integration

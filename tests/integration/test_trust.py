@@ -7,7 +7,7 @@ import json
 import multiprocessing
 import shutil
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,7 @@ def _kinds(report) -> list[tuple[str, str | None]]:
 # --- 1. the chain under a lock ------------------------------------------------------------------------------
 def _seal_one(outputs: str, key: str, n: int, barrier) -> str:
     """One launcher's seal, in its own process: the link as the launcher computes it, then write_record."""
-    moment = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=n)
+    moment = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n)
     run_id = f"{moment:%Y%m%dT%H%M%SZ}-status-local-{n:06x}"
     run_dir = records.run_dir_for(Path(outputs), run_id)
     run_dir.mkdir(parents=True)
@@ -86,9 +86,8 @@ def test_chain_lock_is_exclusive_between_processes(tmp_path):
     holder.start()
     try:
         assert ready.wait(10)
-        with pytest.raises(errors.ChainLockTimeout) as timeout:
-            with tips.locked(outputs, timeout=0.3):
-                pass
+        with pytest.raises(errors.ChainLockTimeout) as timeout, tips.locked(outputs, timeout=0.3):
+            pass
         assert str(timeout.value).startswith(f"Could not take the chain lock {outputs / '.chain.lock'} within 0s: "
                                              f"another seal holds it.")
     finally:
@@ -239,7 +238,7 @@ def test_self_approval_is_refused_and_a_second_principal_accepted(protected):
         safety.require_approved_preview(s, sql, preview.run_id)
     assert f"{mine.name} is by '{OPERATOR}', who is applying it: self-approval does not count" in str(stop.value)
 
-    old = approvals.approve(config, preview.run_id, key_path=bob, now=datetime.now(timezone.utc) - timedelta(days=2))
+    old = approvals.approve(config, preview.run_id, key_path=bob, now=datetime.now(UTC) - timedelta(days=2))
     with pytest.raises(errors.PreviewNotApproved) as stop:
         safety.require_approved_preview(s, sql, preview.run_id)
     assert f"{old.name} is from " in str(stop.value) and "older than approval_max_age 24h" in str(stop.value)

@@ -212,6 +212,7 @@ def test_plots_show_several_pictures_as_inline_images(main_set):
     both = plots.Plots((graph, chart))
     assert list(both) == [graph, chart] and len(both) == 2
     import base64
+
     from bs4 import BeautifulSoup
 
     images = BeautifulSoup(both._repr_html_(), "html.parser").find_all("img")

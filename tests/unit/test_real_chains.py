@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import real_chains  # noqa: E402
+import real_chains
 
 
 def test_write_project_points_alembic_ini_and_toml_into_the_installed_package(tmp_path, monkeypatch):

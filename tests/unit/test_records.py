@@ -7,7 +7,7 @@ import json
 import re
 import stat
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 import nbformat
@@ -18,8 +18,8 @@ from dbrunbook.errors import ParameterError
 from dbrunbook.protocol import INTENT_FILE, NOTEBOOK_FILE, SIGNATURE_FILE, STATEMENT_FILE
 from tests.tools import needs_tool
 
-STARTED = datetime(2026, 11, 23, 22, 5, 1, tzinfo=timezone.utc)
-FINISHED = datetime(2026, 11, 23, 22, 6, 30, tzinfo=timezone.utc)
+STARTED = datetime(2026, 11, 23, 22, 5, 1, tzinfo=UTC)
+FINISHED = datetime(2026, 11, 23, 22, 6, 30, tzinfo=UTC)
 DATABASE = {"system_identifier": "7301234567890123456", "database": "app", "server_version": "15.8",
             "host": "127.0.0.1:55432"}
 
@@ -90,7 +90,7 @@ def test_run_id_shape_and_uniqueness():
 
 
 def test_run_ids_sort_by_start_time():
-    utc = timezone.utc
+    utc = UTC
     times = [datetime(2026, 1, 2, 3, 4, 5), datetime(2026, 1, 2, 3, 4, 6, tzinfo=utc),
              datetime(2026, 12, 31, 23, 59, 59, tzinfo=utc), datetime(2027, 1, 1, tzinfo=utc)]
     ids = [records.new_run_id(name, "staging", t) for name, t in zip(["zz", "aa", "mm", "bb"], times)]
@@ -150,7 +150,7 @@ def test_build_statement_subjects_and_predicate(outputs):
     statement = _statement(run_dir, extra={"lint": []}, prev="ef" * 32)
     assert statement["_type"] == "https://in-toto.io/Statement/v1"
     assert statement["predicateType"] == "https://dbrunbook.dev/run-record/v1"
-    sha = lambda p: hashlib.sha256((run_dir / p).read_bytes()).hexdigest()  # noqa: E731
+    sha = lambda p: hashlib.sha256((run_dir / p).read_bytes()).hexdigest()
     assert statement["subject"] == [
         {"name": "notebook.ipynb", "digest": {"sha256": sha("notebook.ipynb")}},
         {"name": "intent.json", "digest": {"sha256": sha("intent.json")}},
@@ -381,12 +381,12 @@ def test_find_records_and_last_record(outputs, key):
     runs = [(1, "apply", "succeeded", "app"), (2, "apply", "failed", "app"),
             (3, "rollback", "succeeded", "app"), (4, "apply", "succeeded", "other")]
     for day, runbook, outcome, database in runs:
-        now = datetime(2026, 3, day, 12, 0, 0, tzinfo=timezone.utc)
+        now = datetime(2026, 3, day, 12, 0, 0, tzinfo=UTC)
         run_dir = _make_run(outputs, runbook=runbook, now=now, artifacts=False)
         records.write_record(run_dir, _statement(run_dir, runbook_name=runbook, outcome=outcome,
                                                  database={**DATABASE, "database": database}), key)
         made.append(run_dir)
-    unfinished = _make_run(outputs, now=datetime(2026, 3, 5, tzinfo=timezone.utc), artifacts=False)
+    unfinished = _make_run(outputs, now=datetime(2026, 3, 5, tzinfo=UTC), artifacts=False)
     (unfinished / INTENT_FILE).write_text("{}\n")
     (outputs / "README.md").write_text("not a run\n")
     assert records.find_records(outputs) == [*made, unfinished]

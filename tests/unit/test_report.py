@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nbformat
@@ -14,7 +14,7 @@ from bs4 import BeautifulSoup
 
 from dbrunbook import protocol, records, report
 
-STARTED = datetime(2026, 11, 23, 22, 5, 1, tzinfo=timezone.utc)
+STARTED = datetime(2026, 11, 23, 22, 5, 1, tzinfo=UTC)
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()
 
 
