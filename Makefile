@@ -32,10 +32,10 @@ demo: $(STAMP)
 test: $(DEV_STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Pyflakes' checks (undefined and unused names, redefinitions) and syntax errors on the library and benches;
+# Pyflakes' checks (undefined and unused names, redefinitions) and syntax errors on the library, tests and benches;
 # the wider rule set and mypy come with the restructuring of lib/.
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check --select F,E9 --output-format concise lib bench
+	$(BIN)/ruff check --select F,E9 --output-format concise lib tests bench
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/overhead.py

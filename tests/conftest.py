@@ -18,6 +18,7 @@ import pytest
 
 from dbrunbook import db
 from dbrunbook.config import normalize_url
+from tests.projects import project  # noqa: F401 - the sample project fixture, for every test module
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTERNAL_URL_ENV = "DBRUNBOOK_TEST_DATABASE_URL"

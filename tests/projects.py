@@ -12,9 +12,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from dbrunbook.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 URL_ENV = "DBRUNBOOK_TEST_TARGET_URL"
@@ -104,7 +108,7 @@ def project(tmp_path, database_url, monkeypatch) -> Project:
 
 
 @contextlib.contextmanager
-def throwaway_project(pg_admin_url: str, folder: Path) -> Iterator[tuple[Project, Config]]:  # noqa: F821
+def throwaway_project(pg_admin_url: str, folder: Path) -> Iterator[tuple[Project, Config]]:
     """A test project on a fresh database, its environment set, for module-scoped fixtures; dropped after."""
     from dbrunbook import db
     from dbrunbook.config import load_config

@@ -19,7 +19,6 @@ import sqlalchemy as sa
 
 from dbrunbook import cli, migrations, records, signing
 from dbrunbook.config import load_config
-from tests.projects import project  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +47,7 @@ class _Unhealthy(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_failed_health_check_leaves_maintenance_off_and_the_record_says_so(project, tmp_path, capfd):  # noqa: F811
+def test_a_failed_health_check_leaves_maintenance_off_and_the_record_says_so(project, tmp_path, capfd):
     server = http.server.HTTPServer(("127.0.0.1", 0), _Unhealthy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     health = f"http://127.0.0.1:{server.server_address[1]}/health"
@@ -74,7 +73,7 @@ def test_a_failed_health_check_leaves_maintenance_off_and_the_record_says_so(pro
     assert _valid(config, r) == "valid"
 
 
-def test_a_protected_deploy_needs_backup_approved_preview_and_approval(project, tmp_path, capfd):  # noqa: F811
+def test_a_protected_deploy_needs_backup_approved_preview_and_approval(project, tmp_path, capfd):
     project.config_path.write_text(project.config_path.read_text().replace("protected = false", "protected = true", 1))
     config = load_config(project.config_path)
     # A second person, trusted by the project, who reviews the preview (the deployer is tester@dbrunbook).

@@ -20,7 +20,7 @@ from dbrunbook.protocol import ARTIFACTS_DIR
 from dbrunbook.pytest_plugin import assert_round_trip, assert_stairway
 from dbrunbook.runner import run_runbook
 from dbrunbook.session import Session
-from tests.projects import ROOT, URL_ENV, project, write_project  # noqa: F401  (fixture)
+from tests.projects import ROOT, URL_ENV, write_project
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alembic_projects"
 BROKEN = FIXTURES / "broken_review" / "alembic.ini"

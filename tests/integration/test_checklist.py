@@ -22,7 +22,6 @@ from dbrunbook.errors import (
     RowsVanished,
 )
 from dbrunbook.session import Session
-from tests.projects import project  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +42,7 @@ def _artifact(tmp_path, run: str, name: str) -> dict:
 
 # --- maintenance ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def switchable(project, tmp_path):  # noqa: F811
+def switchable(project, tmp_path):
     """A target with a maintenance flag file and a command that logs each switch."""
     flag, log = tmp_path / "app" / "maintenance", tmp_path / "switches.log"
     extra = (f'maintenance_flag = "{flag}"\n'
@@ -86,7 +85,7 @@ def test_the_window_turns_maintenance_off_after_a_failed_step(switchable, tmp_pa
     assert closed["failed_step_error"].startswith("HealthCheckFailed: Health check of http://app/health answered")
 
 
-def test_a_failing_maintenance_command_names_itself_and_the_fix(project, tmp_path):  # noqa: F811
+def test_a_failing_maintenance_command_names_itself_and_the_fix(project, tmp_path):
     s = _session(project, tmp_path, extra="maintenance_command = \"sh -c 'echo busy >&2; exit 4'\"\n")
     try:
         with pytest.raises(MaintenanceFailed) as err:
@@ -146,7 +145,7 @@ def test_health_check_of_an_application_that_is_down(app):
 
 
 # --- approval ---------------------------------------------------------------------------------------------------
-def test_a_protected_deploy_needs_the_live_database_name(project, tmp_path, capsys):  # noqa: F811
+def test_a_protected_deploy_needs_the_live_database_name(project, tmp_path, capsys):
     s = _session(project, tmp_path, protected=True)
     try:
         database = s.identity.database
@@ -165,7 +164,7 @@ def test_a_protected_deploy_needs_the_live_database_name(project, tmp_path, caps
 
 
 # --- rows vanished ----------------------------------------------------------------------------------------------
-def test_rows_vanished_beyond_the_tolerance_stop_naming_the_table(project, tmp_path):  # noqa: F811
+def test_rows_vanished_beyond_the_tolerance_stop_naming_the_table(project, tmp_path):
     s = _session(project, tmp_path)
     try:
         with s.engine.begin() as conn:
@@ -196,7 +195,7 @@ def test_rows_vanished_beyond_the_tolerance_stop_naming_the_table(project, tmp_p
         s.engine.dispose()
 
 
-def test_the_maintenance_command_gets_no_connection_url_and_its_output_is_masked(project, tmp_path):  # noqa: F811
+def test_the_maintenance_command_gets_no_connection_url_and_its_output_is_masked(project, tmp_path):
     from tests.projects import URL_ENV
 
     command = f"sh -c 'echo url=${{{URL_ENV}:-unset}} postgresql://app:hunter22@db/app'"

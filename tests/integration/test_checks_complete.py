@@ -20,7 +20,7 @@ from dbrunbook.config import load_config
 from dbrunbook.diagnose import DIAGNOSIS_ARTIFACT
 from dbrunbook.errors import ConfirmationRequired
 from dbrunbook.protocol import ARTIFACTS_DIR, NOTEBOOK_FILE
-from tests.projects import ROOT, project  # noqa: F401  (fixture)
+from tests.projects import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alembic_projects"
 PROVIDER_MODELS = FIXTURES / "provider_style" / "provider_models.py"

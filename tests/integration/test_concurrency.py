@@ -110,7 +110,6 @@ def test_the_kernel_borrows_the_launchers_lock_for_its_run_only(proj, monkeypatc
 # --- the launcher holds it from "before" to signing ---------------------------------------------------------
 @pytest.mark.e2e
 def test_three_concurrent_applies_change_once_and_verify_finds_nothing(proj):
-    config = load_config(proj.config_path)
     trust_operator(proj.config_path)  # one key, trusted before the three runs
     env = {**os.environ, "DBRUNBOOK_CONFIG": str(proj.config_path)}
     command = [sys.executable, "-m", "dbrunbook.cli", "run", "apply", "-t", "local", "-p", "dry_run", "false",

@@ -20,7 +20,7 @@ from dbrunbook.config import load_config
 from dbrunbook.protocol import ARTIFACTS_DIR
 from dbrunbook.runner import run_runbook
 from dbrunbook.session import Session
-from tests.projects import ROOT, URL_ENV, project  # noqa: F401  (fixture)
+from tests.projects import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alembic_projects"
 MAIN_HEAD, AI_HEAD = "b7e4f0c2d913", "cdf6709a3b1e"
@@ -169,7 +169,7 @@ def test_blocked_migration_shows_the_blocking_tree_and_ends_nothing(project):
             with waiter_engine.begin() as conn:
                 conn.execute(sa.text("ALTER TABLE users ADD COLUMN nickname text"))
             outcome["done"] = True
-        except Exception as err:  # noqa: BLE001 - reported through the assertion below
+        except Exception as err:
             outcome["error"] = err
 
     thread = threading.Thread(target=migrate)

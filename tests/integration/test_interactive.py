@@ -21,7 +21,7 @@ from nbclient import NotebookClient
 from dbrunbook import protocol, records
 from dbrunbook.config import load_config
 from dbrunbook.runner import kernel_for_this_interpreter, prepare_runbook, seal
-from tests.projects import ROOT, project  # noqa: F401  (fixture)
+from tests.projects import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from dbrunbook import db, diagnose, indexes, locking, migrations
 from dbrunbook.config import load_config
 from dbrunbook.errors import InvalidIndex, MigrationFailed
 from dbrunbook.session import Session
-from tests.projects import ROOT, project  # noqa: F401  (fixture)
+from tests.projects import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ FIX = "DROP INDEX CONCURRENTLY IF EXISTS public.ix_events_kind"
 
 
 @pytest.fixture
-def cic(project):  # noqa: F811
+def cic(project):
     """The project with its one migration set 'cic' at c1c000000001 (events exists, the index does not)."""
     text = project.config_path.read_text().split("[migration_sets.main]")[0]
     project.config_path.write_text(text + f'\n[migration_sets.cic]\nalembic_ini = "{CIC}"\n')

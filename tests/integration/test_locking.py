@@ -151,7 +151,7 @@ def test_a_blocked_migration_succeeds_after_the_blocker_ends(project, tmp_path):
     def upgrade():
         try:
             outcome["frame"] = s.upgrade("heads", "main", dry_run=False)
-        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+        except Exception as err:
             outcome["error"] = err
 
     worker = threading.Thread(target=upgrade)

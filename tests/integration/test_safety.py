@@ -14,7 +14,7 @@ from dbrunbook import errors, migrations, safety
 from dbrunbook.config import load_config
 from dbrunbook.runner import run_runbook
 from dbrunbook.session import open_session
-from tests.projects import ROOT, URL_ENV, project, trust_operator, write_project  # noqa: F401 - project is a fixture
+from tests.projects import ROOT, URL_ENV, trust_operator, write_project
 
 pytestmark = pytest.mark.integration
 
@@ -227,7 +227,7 @@ def test_approved_preview_must_match_what_is_applied(tmp_path, database_url, mon
 
 
 # --- 8. rollback safety ----------------------------------------------------------------------------------
-def test_downgrade_that_destroys_data_reports_counts_and_stops(project, tmp_path):  # noqa: F811
+def test_downgrade_that_destroys_data_reports_counts_and_stops(project, tmp_path):
     s = session_for(project.config_path, tmp_path / "run")
     try:
         migrations.upgrade(s.config.migration_set("main"), s.engine, "heads")
@@ -264,7 +264,7 @@ def test_downgrade_that_destroys_data_reports_counts_and_stops(project, tmp_path
         s.engine.dispose()
 
 
-def test_stamp_check_refuses_a_lying_stamp_and_passes_a_true_one(project, tmp_path):  # noqa: F811
+def test_stamp_check_refuses_a_lying_stamp_and_passes_a_true_one(project, tmp_path):
     s = session_for(project.config_path, tmp_path / "run")
     try:
         main = s.config.migration_set("main")

@@ -14,13 +14,13 @@ import sqlalchemy as sa
 from dbrunbook import migrations, safety
 from dbrunbook.config import load_config
 from dbrunbook.session import open_session
-from tests.projects import URL_ENV, project  # noqa: F401 - fixture
+from tests.projects import URL_ENV
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def no_createdb_url(project, monkeypatch):  # noqa: F811
+def no_createdb_url(project, monkeypatch):
     """The project's database at heads, and a URL to it as a role that owns the schema but may not CREATEDB."""
     config = load_config(project.config_path)
     for name in ("main", "ai"):
@@ -47,7 +47,7 @@ def _scratch_databases(engine) -> list[str]:
                     .scalars())
 
 
-def test_the_stamp_check_runs_without_createdb_on_the_target(project, no_createdb_url, tmp_path):  # noqa: F811
+def test_the_stamp_check_runs_without_createdb_on_the_target(project, no_createdb_url, tmp_path):
     before = _scratch_databases(project.engine)
     s = open_session("local", run_id="stamp-scratch", record_dir=str(tmp_path / "run"),
                      config=project.config_path, lock=False, runbook="stamp")

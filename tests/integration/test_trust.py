@@ -20,7 +20,7 @@ from dbrunbook.runner import run_runbook
 from dbrunbook.session import SNAPSHOT_ARTIFACT, open_session
 from dbrunbook.snapshots import load_snapshot
 from dbrunbook.verification import compare_with_snapshot
-from tests.projects import OPERATOR, project, throwaway_project, write_project  # noqa: F401 (fixture)
+from tests.projects import OPERATOR, throwaway_project, write_project
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dbrunbook import dsse, protocol, records, signing
-from tests.unit.test_records import outputs, sealed_run  # noqa: F401  (fixtures)
+from tests.unit.test_records import outputs, sealed_run  # noqa: F401 - fixtures
 
 
 def test_pae_is_the_spec_example():
@@ -37,7 +37,7 @@ def test_envelope_is_checkable_with_the_plain_ed25519_key(key):
     assert dsse.verify_envelope(dsse.envelope(body, key), line, body) == []
 
 
-def test_a_record_carries_its_envelope_and_a_swapped_one_is_tampered(sealed_run, allowed_signers, key, tmp_path):
+def test_a_record_carries_its_envelope_and_a_swapped_one_is_tampered(sealed_run, allowed_signers, key, tmp_path):  # noqa: F811 - the fixture
     envelope = sealed_run / dsse.DSSE_FILE
     body = (sealed_run / protocol.STATEMENT_FILE).read_bytes()
     assert base64.b64decode(json.loads(envelope.read_bytes())["payload"]) == body

@@ -1,1 +1,0 @@
-from tests.projects import project  # noqa: F401  (fixture)
