@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import records, signing
+from . import records, signing, trust
 from .config import Config
 from .errors import SignatureInvalid
 
@@ -80,7 +80,7 @@ def write_rollup(config: Config, result: FleetResult, *, parameters: dict, waves
         },
     }
     body = records.canonical_json(statement)
-    key, _created = records.ensure_operator_key(config.keys_dir, config.allowed_signers)
+    key, _principal = trust.require_signing_key(config)  # never creates or trusts a key by itself
     signature = signing.sign(body, key)
     (folder / ROLLUP_FILE).write_bytes(body)
     (folder / ROLLUP_SIGNATURE).write_bytes(signature)

@@ -535,12 +535,6 @@ def _classify_outputs(nb: nbformat.NotebookNode) -> tuple[str, dict | None]:
     return _classify(None, nb)
 
 
-def _interactive_mode(nb: nbformat.NotebookNode) -> str:
-    counts = [c.get("execution_count") for _, c in _code_cells(nb)]
-    in_order = counts == list(range(1, len(counts) + 1))
-    return "interactive" if in_order else "interactive-out-of-order"
-
-
 # --- running ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Started:
