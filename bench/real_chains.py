@@ -50,6 +50,7 @@ class Chain:
     driver: str  # the SQLAlchemy driver its env.py expects: psycopg2 / asyncpg
     version_locations: str = ""  # relative to package_dir, when the revisions are not in versions/
     url_env: str = ""  # the variable env.py (or the settings it imports) reads its URL from
+    baseline: str = ""  # the set's ``baseline``: the tables that predate its first revision (create_all)
     plain_connection: bool = False  # env.py only runs on a connection in config.attributes
     plain_anyio_thread: bool = False  # env.py only runs inside an AnyIO worker thread
     bootstrap: str = ""  # Python run once on a fresh database before the chain (argv[1] = URL)
@@ -70,8 +71,10 @@ CHAINS = {
     "mlflow": Chain(
         name="mlflow", requirements=("mlflow", "psycopg2-binary"), package_dir="mlflow/store/db_migrations",
         driver="psycopg2", bootstrap=_MLFLOW_BOOTSTRAP, head_table="logged_models",
+        baseline="mlflow.store.tracking.dbmodels.initial_models:Base",
         notes="env.py reads sqlalchemy.url; with config.attributes['connection'] it opens a new connection "
-              "from connection.engine; the pre-Alembic tables come from create_all"),
+              "from connection.engine; the pre-Alembic tables come from create_all (baseline = "
+              "initial_models:Base for scratch databases)"),
     "phoenix": Chain(
         name="phoenix", requirements=("arize-phoenix", "asyncpg", "psycopg2-binary"),
         package_dir="phoenix/db/migrations", driver="asyncpg", head_table="projects",
@@ -181,6 +184,8 @@ def write_project(chain: Chain, venv: Path, dbrunbook: Path) -> Path:
     ]
     if chain.url_env:
         toml.append(f'url_env = "{chain.url_env}"')
+    if chain.baseline:
+        toml.append(f'baseline = "{chain.baseline}"')
     # README "Configuration": the DBAPI the project's env.py expects (prefect hands asyncpg-only connect_args).
     toml.append(f'driver = "{chain.driver}"')
     (project / "dbrunbook.toml").write_text("\n".join(toml) + "\n")
@@ -415,6 +420,14 @@ class Chainrun:
         self.step(f"stamp {older} (row deleted first)", "stamp",
                   {"migration_set": ms, "revision": older, "dry_run": "false"}, [["stamp", older]], [older],
                   before_both=forget_version)
+        refused = self.rows[-1] if self.rows and self.rows[-1]["procedure"].startswith("stamp") else {}
+        if refused.get("exit") == 3 and "the live schema differs" in refused.get("error", ""):
+            # The truth check found that the schema the downgrades left is not the one the chain builds at
+            # `older` (a downgrade that does not undo its upgrade): refusing was right. The operator's
+            # recorded override is the next procedure.
+            self.step(f"stamp {older} -p force true (after that refusal)", "stamp",
+                      {"migration_set": ms, "revision": older, "dry_run": "false", "force": "true"}, [], [older],
+                      before_both=lambda: self.sql("app", "DELETE FROM alembic_version"))
         self.step("troubleshoot", "troubleshoot", {"migration_set": ms}, [["current"]], [older])
         self.step(f"review {below[0]}", "review", {"migration_set": ms, "revision": below[0]},
                   [["upgrade", "+1"], ["downgrade", "-1"]], [older])

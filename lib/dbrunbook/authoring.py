@@ -40,7 +40,7 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from . import db, migrations, snapshots
+from . import db, isolation, migrations, snapshots
 from .checks import CouldNotRun
 from .config import Config, MigrationSet
 from .errors import ConfigError, DbRunbookError, MigrationFailed, ParameterError, ReviewFailed
@@ -658,7 +658,7 @@ def round_trip(mset: MigrationSet, engine: Engine, revision: str = "heads") -> R
     """
     rev = migrations.resolve(mset, revision)[0] if revision else migrations.heads(mset)[0]
     info = {r.revision: r for r in migrations.history(mset)}[rev]
-    prepared = []
+    prepared = ["the baseline"] if migrations.build_baseline(mset, engine) else []
     for parent in info.down_revisions:
         try:
             migrations.upgrade(mset, engine, parent)
@@ -706,6 +706,7 @@ class Stairway:
 
 def stairway(mset: MigrationSet, engine: Engine) -> Stairway:
     """The stairway test on an empty database: each revision, in dependency order, up, down and up."""
+    migrations.build_baseline(mset, engine)
     checks, not_run = _walk(mset, engine, [r.revision for r in migrations.history(mset)])
     return Stairway(mset.name, tuple(checks), tuple(not_run))
 
@@ -728,13 +729,17 @@ class Scratch:
     def server(self) -> str:
         return db.mask_url(self._admin_url)
 
+    @property
+    def _engine_options(self) -> dict[str, Any]:
+        return {"run_id": self.run_id or None, "lock_timeout": "10s", "statement_timeout": "10min"}
+
     @contextlib.contextmanager
     def database(self) -> Iterator[Engine]:
         """A fresh empty database for one check, dropped afterwards whatever happens."""
         name = f"dbrunbook_scratch_{uuid.uuid4().hex[:10]}"
         db.create_database(self._admin_url, name)
-        engine = db.make_engine(db.with_database(self._admin_url, name), run_id=self.run_id or None,
-                                lock_timeout="10s", statement_timeout="10min", poolclass=NullPool)
+        engine = db.make_engine(db.with_database(self._admin_url, name), poolclass=NullPool,
+                                **self._engine_options)
         try:
             yield engine
         finally:
@@ -745,7 +750,8 @@ class Scratch:
         """``round_trip`` on a fresh database; whatever raises is the result ("could not run: …"), not a crash."""
         try:
             with self.database() as engine:
-                return round_trip(source.migration_set, engine, source.revision)
+                return isolation.call(round_trip, source.migration_set, engine, source.revision,
+                                      engine_options=self._engine_options)
         except Exception as err:  # the scratch database, env.py, the graph: the review goes on
             return RoundTrip(source.migration_set.name, StepCheck.failed_to_run(source.revision, err),
                              "could not run")
@@ -755,7 +761,7 @@ class Scratch:
         mset = source.migration_set if isinstance(source, RevisionSource) else source
         try:
             with self.database() as engine:
-                return stairway(mset, engine)
+                return isolation.call(stairway, mset, engine, engine_options=self._engine_options)
         except Exception as err:  # as for round_trip
             try:
                 order = [r.revision for r in migrations.history(mset)]

@@ -43,8 +43,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from . import db, migrations, records, snapshots
-from .config import parse_duration
+from . import db, isolation, migrations, records, snapshots
+from .config import MigrationSet, parse_duration
 from .embedded import EmbeddedServer, client_binary
 from .errors import BackupFailed, BackupRequired, MigrationFailed, RehearsalFailed
 from .protocol import ARTIFACTS_DIR
@@ -989,27 +989,28 @@ def _round_trip(session, engine: Engine, source: BackupSource, restore_seconds: 
     rows: dict[tuple[str, str], dict] = {}
     end: dict[str, list[str]] = {}
     error = ""
-    with _LockRecorder(engine) as recorder:
-        try:
-            for m, _, pend in plan:
-                if pend:
-                    steps = migrations.upgrade(m, engine, revision)
-                    for step, locks in zip(steps, _aligned(recorder.take(), steps)):
-                        rows[(m.name, step.revision)] = _row(m.name, step.revision, info, locks, step.seconds)
-            end = {m.name: list(migrations.current(m, engine)) for m, _, _ in plan}
-            for m, cur, pend in reversed(plan):
-                if not pend:
-                    continue
-                # Back to each starting head in turn: downgrading to one head of a branched set leaves the
-                # other branches alone.
-                for target in cur or ("base",):
-                    steps = migrations.downgrade(m, engine, target)
-                    for step, locks in zip(steps, _aligned(recorder.take(), steps)):
-                        row = rows.setdefault((m.name, step.revision), _row(m.name, step.revision, info, [], None))
-                        row["seconds_down"] = round(step.seconds, 4)
-                        row["locks_down"] = _summarize_locks(locks)
-        except MigrationFailed as err:
-            error = str(err)
+    options = {"run_id": session.run_id, "lock_timeout": session.target.lock_timeout,
+               "statement_timeout": session.target.statement_timeout}
+    try:
+        for m, _, pend in plan:
+            if pend:
+                for step, locks in isolation.call(steps_with_locks, m, engine, "upgrade", revision,
+                                                  engine_options=options):
+                    rows[(m.name, step.revision)] = _row(m.name, step.revision, info, locks, step.seconds)
+        end = {m.name: list(migrations.current(m, engine)) for m, _, _ in plan}
+        for m, cur, pend in reversed(plan):
+            if not pend:
+                continue
+            # Back to each starting head in turn: downgrading to one head of a branched set leaves the
+            # other branches alone.
+            for target in cur or ("base",):
+                for step, locks in isolation.call(steps_with_locks, m, engine, "downgrade", target,
+                                                  engine_options=options):
+                    row = rows.setdefault((m.name, step.revision), _row(m.name, step.revision, info, [], None))
+                    row["seconds_down"] = round(step.seconds, 4)
+                    row["locks_down"] = _summarize_locks(locks)
+    except MigrationFailed as err:
+        error = str(err)
     after = {m.name: list(migrations.current(m, engine)) for m, _, _ in plan}
     differences = snapshots.compare_schema(schema_before, snapshots.schema_snapshot(engine)).to_dict("records")
     differences += _catalog_diff(catalog_before, _catalog(engine))
@@ -1017,6 +1018,15 @@ def _round_trip(session, engine: Engine, source: BackupSource, restore_seconds: 
                      server_version=_server_version(engine), restore_seconds=restore_seconds, start=start,
                      end=end, revisions=tuple(rows.values()), schema_differences=tuple(differences),
                      after_downgrade=after, error=error)
+
+
+def steps_with_locks(mset: MigrationSet, engine: Engine, direction: str, revision: str
+                     ) -> list[tuple[migrations.StepResult, list[dict]]]:
+    """``upgrade``/``downgrade`` to ``revision``, each revision's result with the relation locks it held."""
+    with _LockRecorder(engine) as recorder:
+        go = migrations.upgrade if direction == "upgrade" else migrations.downgrade
+        steps = go(mset, engine, revision)
+        return list(zip(steps, _aligned(recorder.take(), steps), strict=True))
 
 
 def _server_version(engine: Engine) -> str:

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.pool import NullPool
 
-from . import db, migrations
+from . import db, isolation, migrations
 from .config import MigrationSet
 from .errors import BackupFailed, DbRunbookError, MigrationFailed
 
@@ -297,13 +297,14 @@ def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], 
             engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
             try:
                 _stamp(engine, mset, heads)
-                go = run or (migrations.upgrade if direction == "upgrade" else migrations.downgrade)
-                with recorder:
-                    go(mset, engine, revision)
+                if run is not None:
+                    recorded = recorded_run(mset, engine, revision, direction, name, run=run)
+                else:
+                    recorded = isolation.call(recorded_run, mset, engine, revision, direction, name,
+                                              engine_options={"run_id": session.run_id})
+                recorder.statements, recorder.catalog_reads, failed = recorded
             finally:
                 engine.dispose()
-        except MigrationFailed as err:
-            failed = (err.revision, f"it failed on the scratch database: {_scrub(err.reason)}")
         except (DbRunbookError, sa.exc.SQLAlchemyError) as err:
             failed = (None, _scrub((str(err).splitlines() or [""])[0]))
     except (DbRunbookError, sa.exc.SQLAlchemyError, OSError) as err:
@@ -319,13 +320,38 @@ def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], 
     return [_captured(step, recorder, failed, warning, direction) for step in steps]
 
 
+def recorded_run(mset: MigrationSet, engine: sa.Engine, revision: str, direction: str, database: str, *,
+                 run: Callable | None = None) -> tuple[dict[str, list[str]], dict[str, int], tuple | None]:
+    """Run the range on the scratch ``database`` and record what it executes.
+
+    Returns:
+        The statements and the inspector's catalog reads by revision, and (revision, reason) of a revision
+        that failed, or None; what ran before a failure is kept.
+    """
+    recorder = _Recorder(database)
+    go = run or (migrations.upgrade if direction == "upgrade" else migrations.downgrade)
+    failed = None
+    with recorder:
+        try:
+            go(mset, engine, revision)
+        except MigrationFailed as err:
+            failed = (err.revision, f"it failed on the scratch database: {_scrub(err.reason)}")
+    return recorder.statements, recorder.catalog_reads, failed
+
+
 def _build_by_chain(url: str, mset: MigrationSet, heads: Sequence[str], run_id: str) -> None:
     engine = db.make_engine(url, run_id=run_id, poolclass=NullPool)
     try:
-        for head in heads:
-            migrations.upgrade(mset, engine, head)
+        isolation.call(build_by_chain, mset, engine, tuple(heads), engine_options={"run_id": run_id})
     finally:
         engine.dispose()
+
+
+def build_by_chain(mset: MigrationSet, engine: sa.Engine, heads: Sequence[str]) -> None:
+    """On an empty database: the set's baseline, then the chain up to ``heads``."""
+    migrations.build_baseline(mset, engine)
+    for head in heads:
+        migrations.upgrade(mset, engine, head)
 
 
 def _scrub(text: str) -> str:

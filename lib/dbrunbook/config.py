@@ -31,7 +31,7 @@ _TARGET_KEYS = {
 }
 _BACKFILL_KEYS = {"table", "key", "set", "where", "migration_set", "revision", "description"}
 _SET_KEYS = {"alembic_ini", "section", "script_location", "version_table", "version_table_schema",
-             "url_env", "env", "models", "description", "driver"}
+             "url_env", "env", "models", "baseline", "description", "driver"}
 #: The drivers a migration set's env.py may be handed (``driver = ...`` on the set, or the target URL's own).
 DRIVERS = ("psycopg2", "psycopg", "asyncpg")
 #: [groups.NAME]: a fleet of targets (see fleet.py). The policy keys apply to every generated member.
@@ -86,6 +86,9 @@ class MigrationSet:
     url_env: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     models: str | None = None
+    #: "module:attr" of the tables that exist before the chain's first revision (a MetaData or declarative
+    #: Base, created with create_all; or a callable given a Connection), built on each empty scratch database
+    baseline: str | None = None
     description: str = ""
     driver: str | None = None  # the DBAPI env.py gets (psycopg2/psycopg/asyncpg); None: the target URL's
 

@@ -41,8 +41,8 @@ TARGET_KINDS = {
 }
 SET_KINDS = {
     "alembic_ini": "path", "section": "str", "script_location": "path", "version_table": "str",
-    "version_table_schema": "str", "url_env": "env", "env": "str_table", "models": "str", "description": "str",
-    "driver": "str",
+    "version_table_schema": "str", "url_env": "env", "env": "str_table", "models": "str", "baseline": "str",
+    "description": "str", "driver": "str",
 }
 
 #: The units PostgreSQL accepts for time settings (guc.c); "m" or "sec" make the server refuse to connect.

@@ -965,17 +965,23 @@ def stamp(mset: MigrationSet, engine: Engine | Connection, revision: str | Seque
 
 def _load_models(mset: MigrationSet) -> Any:
     """Import ``mset.models`` ("package.module:attr" or "path/to/file.py:attr"); return its MetaData."""
-    spec, sep, attr = (mset.models or "").rpartition(":")
+    return _metadata_of(_import_object(mset, "models"), mset, "models")
+
+
+def _import_object(mset: MigrationSet, key: str) -> Any:
+    """The object a set's ``key`` ("package.module:attr" or "path/to/file.py:attr") names, imported."""
+    value = getattr(mset, key) or ""
+    spec, sep, attr = value.rpartition(":")
     if not sep or not spec or not attr:
-        raise ConfigError(f"Migration set '{mset.name}': models = '{mset.models}' must be 'module:attribute' "
+        raise ConfigError(f"Migration set '{mset.name}': {key} = '{value}' must be 'module:attribute' "
                           f"or 'path/to/file.py:attribute'.")
     folders = [mset.base_dir.resolve(), *mset.base_dir.resolve().parents, Path.cwd()]
     if spec.endswith(".py") or "/" in spec or os.sep in spec:
         candidates = [Path(spec)] if Path(spec).is_absolute() else [folder / spec for folder in folders]
         path = next((c for c in candidates if c.is_file()), None)
         if path is None:
-            raise ConfigError(f"Migration set '{mset.name}': models file {spec} not found in {mset.base_dir} "
-                              f"or its parent folders. Fix models in dbrunbook.toml.")
+            raise ConfigError(f"Migration set '{mset.name}': {key} file {spec} not found in {mset.base_dir} "
+                              f"or its parent folders. Fix {key} in dbrunbook.toml.")
         name = "_dbrunbook_models_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         module = sys.modules.get(name)
         if module is None:
@@ -996,27 +1002,53 @@ def _load_models(mset: MigrationSet) -> Any:
         try:
             module = importlib.import_module(spec)
         except ImportError as err:
-            raise ConfigError(f"Migration set '{mset.name}': cannot import models module '{spec}': {err}. "
-                              f"Fix models in dbrunbook.toml.") from err
+            raise ConfigError(f"Migration set '{mset.name}': cannot import {key} module '{spec}': {err}. "
+                              f"Fix {key} in dbrunbook.toml.") from err
     obj: Any = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError as err:
             raise ConfigError(f"Migration set '{mset.name}': {spec} has no attribute '{attr}'. "
-                              f"Fix models in dbrunbook.toml.") from err
-    return _metadata_of(obj, mset)
+                              f"Fix {key} in dbrunbook.toml.") from err
+    return obj
 
 
-def _metadata_of(obj: Any, mset: MigrationSet) -> Any:
+def _metadata_of(obj: Any, mset: MigrationSet, key: str = "models") -> Any:
     if isinstance(obj, sa.MetaData):
         return obj
     if isinstance(getattr(obj, "metadata", None), sa.MetaData):
         return obj.metadata
     if isinstance(obj, (list, tuple)):
-        return [_metadata_of(o, mset) for o in obj]
-    raise ConfigError(f"Migration set '{mset.name}': models = '{mset.models}' is a {type(obj).__name__}, "
+        return [_metadata_of(o, mset, key) for o in obj]
+    raise ConfigError(f"Migration set '{mset.name}': {key} = '{getattr(mset, key)}' is a {type(obj).__name__}, "
                       f"not a MetaData or a declarative Base.")
+
+
+def build_baseline(mset: MigrationSet, engine: Engine | Connection) -> bool:
+    """On an empty scratch database, create the tables that predate the chain (``baseline`` on the set).
+
+    Some applications create their first tables with ``create_all`` and let Alembic change them afterwards
+    (mlflow's initial models): their chain cannot be built from an empty database without this. Returns
+    whether there was a baseline to build.
+    """
+    if not mset.baseline:
+        return False
+    with _in_project(mset):
+        obj = _import_object(mset, "baseline")
+        with _connection(engine) as conn:
+            if callable(obj) and not isinstance(getattr(obj, "metadata", None), sa.MetaData):
+                obj(conn)
+            else:
+                metadata = _metadata_of(obj, mset, "baseline")
+                for meta in metadata if isinstance(metadata, list) else [metadata]:
+                    meta.create_all(conn)
+            if conn.in_transaction():
+                conn.commit()
+    return True
+
+
+
 
 
 @_absolute
