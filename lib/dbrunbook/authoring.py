@@ -603,6 +603,19 @@ def _walk(mset: MigrationSet, engine: Engine, order: list[str]) -> tuple[list[St
     try:
         migrations._drive(mset, engine, steps, direction="upgrade")
     except Exception as err:  # any failure is a result of the walk, named by revision and phase
+        if at:
+            failed_at = dict(at)
+            confirmed = _finish_separately(mset, engine, at)
+            if confirmed is not None:
+                log.info("revision %s failed its %s in the shared env.py run and passed in runs of its own: %s",
+                         confirmed.revision, failed_at["phase"], _reason(err))
+                results.append(confirmed)
+                rest = order[order.index(confirmed.revision) + 1:]
+                if not confirmed.restored:
+                    return results, rest
+                more, not_run = _walk(mset, engine, rest)
+                return results + more, not_run
+            at = failed_at
         if not at:
             # Before the first step or between two: env.py, the graph or the connection, not a revision.
             rev = next((r for r in order if r not in {c.revision for c in results}), order[0] if order else "?")
@@ -621,6 +634,35 @@ def _walk(mset: MigrationSet, engine: Engine, order: list[str]) -> tuple[list[St
             results.append(StepCheck(at["rev"], True, True, nr.empty, False, reason, nr, changes))
     done = {r.revision for r in results}
     return results, [r for r in order if r not in done]
+
+
+def _one_step(mset: MigrationSet, engine: Engine, rev: str, direction: str) -> None:
+    """One Alembic step of ``rev`` (up or down), in an env.py run of its own."""
+    make = MigrationStep.upgrade_from_script if direction == "upgrade" else MigrationStep.downgrade_from_script
+    migrations._drive(mset, engine, lambda script, heads, ctx: [make(script.revision_map, script.get_revision(rev))],
+                      direction=direction)
+
+
+def _finish_separately(mset: MigrationSet, engine: Engine, at: dict[str, Any]) -> StepCheck | None:
+    """The phases of ``at["rev"]`` from the one that failed on, each in an env.py run of its own.
+
+    One env.py run for the whole walk is fast, but what lives as long as a run (SQLAlchemy's note that it
+    created an ENUM type, an application's cache) can fail a step that passes in the separate runs a
+    deployment makes; prefect's first revision re-creates its ``state_type`` enum only in a new run.
+    Returns the revision's check when every remaining phase passes this way, None when the failure stands.
+    """
+    rev = at["rev"]
+    try:
+        if at["phase"] == "upgrade":
+            _one_step(mset, engine, rev, "upgrade")
+            at.update(phase="downgrade", changes=_diff(at["before"], _shape(engine, mset)))
+        if at["phase"] == "downgrade":
+            _one_step(mset, engine, rev, "downgrade")
+            at.update(phase="reupgrade", not_restored=_diff(at["before"], _shape(engine, mset)))
+        _one_step(mset, engine, rev, "upgrade")
+    except Exception:  # noqa: BLE001 - the failure stands; the caller reports the first one
+        return None
+    return StepCheck(rev, True, True, at["not_restored"].empty, True, "", at["not_restored"], at["changes"])
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,26 @@ def test_assert_stairway_passes_on_the_sample_migrations(database_url):
     assert [st.revision for st in result.steps][-1] == MAIN_HEAD and result.not_run == ()
 
 
+def test_state_that_lives_one_env_py_run_does_not_fail_the_stairway(database_url, caplog):
+    """run_scoped_state: up, down, up in one run fails (its connection remembers the enum it dropped); each
+    step in a run of its own, as a deployment and a rollback run them, passes. Review reports what deploys do."""
+    ini = FIXTURES / "run_scoped_state" / "alembic.ini"
+    with caplog.at_level("INFO", logger="dbrunbook"):
+        result = assert_stairway(ini, database_url)
+    assert [(st.revision, st.ok) for st in result.steps] == [("e0000000001a", True), ("e0000000002b", True)]
+    assert "revision e0000000001a failed its reupgrade in the shared env.py run and passed in runs of its own: " \
+           "type \"mood\" does not exist" in caplog.text
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "e0000000002b"
+            assert [r[0] for r in conn.execute(sa.text(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'person' ORDER BY 1"))] == [
+                "id", "mood", "name"]
+    finally:
+        engine.dispose()
+
+
 def test_assert_round_trip_fails_on_a_downgrade_that_leaves_a_column(database_url):
     with pytest.raises(AssertionError) as err:
         assert_round_trip(BROKEN, database_url, "c0ffee000002")
