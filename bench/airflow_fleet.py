@@ -81,7 +81,7 @@ def task_states(home: Path) -> dict[str, list[str]]:
 
 def _at_heads(url: str) -> bool:
     """The tenant has both sample sets at their script heads (read from its version tables)."""
-    from dbrunbook import migrations
+    from dbrunbook.chain import migrations
     from dbrunbook.config import load_config
 
     import sqlalchemy as sa
@@ -100,7 +100,8 @@ def main() -> int:
     parser.add_argument("--reinstall", action="store_true")
     args = parser.parse_args()
 
-    from dbrunbook import db, records
+    from dbrunbook import records
+    from dbrunbook.postgres import db
     from dbrunbook.config import load_config
 
     install_seconds, venv_size = install(args.reinstall)

@@ -44,7 +44,8 @@ NOTEBOOK = _notebook()
 
 
 def _seal(outputs: Path, key: Path, n: int, prev: str | None, *, link: bool) -> Path:
-    from dbrunbook import archive, records
+    from dbrunbook import records
+    from dbrunbook.records import archive
 
     moment = START + timedelta(seconds=n)
     run_id = f"{moment:%Y%m%dT%H%M%SZ}-status-local-{n:06x}"
@@ -64,7 +65,8 @@ def _seal(outputs: Path, key: Path, n: int, prev: str | None, *, link: bool) -> 
 
 
 def measure(size: int, seals: int = 20) -> dict:
-    from dbrunbook import archive, records, signing
+    from dbrunbook import records
+    from dbrunbook.records import archive, signing
 
     work = WORK / f"archive-{size}"
     shutil.rmtree(work, ignore_errors=True)

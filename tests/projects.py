@@ -49,7 +49,7 @@ OPERATOR = "tester@dbrunbook"
 
 def trust_operator(config_path: Path, operator: str = OPERATOR) -> Path:
     """Give a project an operator key trusted as ``operator``: runs never create or trust one themselves."""
-    from dbrunbook import signing, trust
+    from dbrunbook.records import signing, trust
     from dbrunbook.config import load_config
 
     config = load_config(config_path)
@@ -110,7 +110,7 @@ def project(tmp_path, database_url, monkeypatch) -> Project:
 @contextlib.contextmanager
 def throwaway_project(pg_admin_url: str, folder: Path) -> Iterator[tuple[Project, Config]]:
     """A test project on a fresh database, its environment set, for module-scoped fixtures; dropped after."""
-    from dbrunbook import db
+    from dbrunbook.postgres import db
     from dbrunbook.config import load_config
 
     name = f"t_{uuid.uuid4().hex[:12]}"

@@ -17,7 +17,9 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from dbrunbook import cli, migrations, records, signing
+from dbrunbook import cli, records
+from dbrunbook.chain import migrations
+from dbrunbook.records import signing
 from dbrunbook.config import load_config
 
 pytestmark = pytest.mark.e2e
