@@ -195,7 +195,7 @@ def _schema_from_target(session, server, name: str) -> str:
         dump_file = Path(folder) / "schema.dump"
         env = backup.libpq_environment(session.engine.url,
                                        application_name=f"dbrunbook:{session.run_id}:pg_dump")
-        backup._run_tool([str(tool.pg_dump), "--schema-only", "--format=custom", "--no-owner",
+        backup.run_tool([str(tool.pg_dump), "--schema-only", "--format=custom", "--no-owner",
                           "--no-privileges", "--no-password", f"--lock-wait-timeout={session.target.lock_timeout}",
                           f"--file={dump_file}"], env,
                          f"pg_dump --schema-only of database '{session.identity.database}'", timeout=600)
@@ -204,8 +204,8 @@ def _schema_from_target(session, server, name: str) -> str:
         target_env = backup.libpq_environment(db.with_database(admin, name),
                                               application_name=f"dbrunbook:{session.run_id}:pg_restore")
         try:
-            backup._run_tool([str(tool.pg_restore), "--no-owner", "--no-privileges", "--no-password",
-                              f"--dbname=dbname={backup._conninfo_quote(name)}", str(dump_file)], target_env,
+            backup.run_tool([str(tool.pg_restore), "--no-owner", "--no-privileges", "--no-password",
+                              f"--dbname=dbname={backup.conninfo_quote(name)}", str(dump_file)], target_env,
                              "pg_restore of the target's schema into the scratch database", timeout=600)
         except DbRunbookError as err:
             log.warning("%s", err)

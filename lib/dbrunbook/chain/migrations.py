@@ -307,7 +307,7 @@ def _restore_logging(state: tuple) -> None:
 
 
 @contextlib.contextmanager
-def _in_project(mset: MigrationSet, url: str | None = None) -> Iterator[None]:
+def in_project(mset: MigrationSet, url: str | None = None) -> Iterator[None]:
     """Run as ``alembic`` would from the project folder, with the set's environment; restore everything after.
 
     env.py reads the environment at import time and expects the ini's folder as working folder (relative
@@ -362,7 +362,7 @@ def script_directory(mset: MigrationSet) -> ScriptDirectory:
     Raises:
         ConfigError: the configuration or the revision graph is broken (missing parent, cycle).
     """
-    with _in_project(mset):
+    with in_project(mset):
         return _script(mset, alembic_config(mset))
 
 
@@ -501,7 +501,7 @@ def resolve(mset: MigrationSet, revision: str,
     """
     script = script_directory(mset)
     try:
-        with _in_project(mset):
+        with in_project(mset):
             if current is not None:
                 _refuse_ambiguous(mset, script, revision, current)
             return _resolve(script, revision, current)
@@ -537,7 +537,7 @@ def pending(mset: MigrationSet, engine: Engine | Connection, revision: str = "he
     """
     at = current(mset, engine)
     script = script_directory(mset)
-    with _in_project(mset):
+    with in_project(mset):
         try:
             steps = script._upgrade_revs(revision, at)
         except (CommandError, RevisionError) as err:
@@ -771,7 +771,7 @@ def _reason(err: BaseException, secret: str | None) -> str:
 StepsFn = Callable[[ScriptDirectory, tuple, MigrationContext], Iterable[Any]]
 
 
-def _drive(mset: MigrationSet, engine: Engine | Connection, steps_fn: StepsFn, *, direction: str,
+def drive(mset: MigrationSet, engine: Engine | Connection, steps_fn: StepsFn, *, direction: str,
            **context_opts: Any) -> list[StepResult]:
     """Run env.py online with ``steps_fn`` as the migration function; commit each step.
 
@@ -804,7 +804,7 @@ def _drive_on(mset: MigrationSet, engine: Engine | Connection, conn: Connection,
 
     run = _Run(mset, direction, connection=conn)
     try:
-        with _in_project(mset, url):
+        with in_project(mset, url):
             cfg = alembic_config(mset, url=url, connection=conn)
             script = _script(mset, cfg)
 
@@ -872,7 +872,7 @@ def _preflight(mset: MigrationSet, engine: Engine | Connection, plan: Callable[[
     table (Alembic creates it before it calls the migration function)."""
     at = current(mset, engine)
     script = script_directory(mset)
-    with _in_project(mset):
+    with in_project(mset):
         if down:
             _refuse_ambiguous(mset, script, revision, at)
         try:
@@ -935,7 +935,7 @@ def upgrade(mset: MigrationSet, engine: Engine | Connection, revision: str = "he
             the failing one stay committed) and ``steps`` the StepResults of those revisions.
     """
     _preflight(mset, engine, lambda script, at: script._upgrade_revs(revision, at), revision)
-    return _drive(mset, engine, lambda script, rev, ctx: script._upgrade_revs(revision, rev),
+    return drive(mset, engine, lambda script, rev, ctx: script._upgrade_revs(revision, rev),
                   direction="upgrade", destination_rev=revision)
 
 
@@ -947,7 +947,7 @@ def downgrade(mset: MigrationSet, engine: Engine | Connection, revision: str) ->
         RevisionNotFound, DialectMismatch, MigrationFailed: as for ``upgrade``.
     """
     _preflight(mset, engine, lambda script, at: script._downgrade_revs(revision, at), revision, down=True)
-    return _drive(mset, engine, lambda script, rev, ctx: script._downgrade_revs(revision, rev),
+    return drive(mset, engine, lambda script, rev, ctx: script._downgrade_revs(revision, rev),
                   direction="downgrade", destination_rev=revision)
 
 
@@ -961,7 +961,7 @@ def stamp(mset: MigrationSet, engine: Engine | Connection, revision: str | Seque
     """
     targets = _to_tuple(revision)
     _preflight(mset, engine, lambda script, at: script._stamp_revs(targets, () if purge else at), revision)
-    _drive(mset, engine, lambda script, rev, ctx: script._stamp_revs(targets, rev),
+    drive(mset, engine, lambda script, rev, ctx: script._stamp_revs(targets, rev),
            direction="stamp", destination_rev=targets, purge=purge)
 
 
@@ -987,7 +987,7 @@ def _import_object(mset: MigrationSet, key: str) -> Any:
         name = "_dbrunbook_models_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         module = sys.modules.get(name)
         if module is None:
-            sys.path.insert(0, str(path.parent))  # so it can import its siblings; restored by _in_project
+            sys.path.insert(0, str(path.parent))  # so it can import its siblings; restored by in_project
             loader_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[name] = module
@@ -1036,7 +1036,7 @@ def build_baseline(mset: MigrationSet, engine: Engine | Connection) -> bool:
     """
     if not mset.baseline:
         return False
-    with _in_project(mset):
+    with in_project(mset):
         obj = _import_object(mset, "baseline")
         with _connection(engine) as conn:
             if callable(obj) and not isinstance(getattr(obj, "metadata", None), sa.MetaData):
@@ -1077,7 +1077,7 @@ def check(mset: MigrationSet, engine: Engine | Connection) -> list[tuple]:
             diffs.extend(diff if isinstance(diff, list) else [diff])
         return []
 
-    _drive(mset, engine, compare, direction="check", dont_mutate=True)
+    drive(mset, engine, compare, direction="check", dont_mutate=True)
     return diffs
 
 
@@ -1107,14 +1107,14 @@ def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, di
         raise ValueError(f"direction must be 'upgrade' or 'downgrade', not {direction!r}")
     script = script_directory(mset)
     try:
-        with _in_project(mset):
+        with in_project(mset):
             at = _resolve(script, start, None) if start and start != "base" else ()
     except (CommandError, RevisionError) as err:
         raise _not_found(mset, start, err) from err
     if direction == "downgrade" and not at:
         return []
     plan = "_upgrade_revs" if direction == "upgrade" else "_downgrade_revs"
-    with _in_project(mset):
+    with in_project(mset):
         if direction == "downgrade":
             _refuse_ambiguous(mset, script, end, at)
         try:
@@ -1159,7 +1159,7 @@ def _render_segment(mset: MigrationSet, direction: str, steps: list, heads_now: 
     """
     run = _Run(mset, direction, as_sql=True)
     try:
-        with _in_project(mset, OFFLINE_URL):
+        with in_project(mset, OFFLINE_URL):
             cfg = alembic_config(mset, url=OFFLINE_URL)
             cfg.output_buffer = run.buffer
             script = _script(mset, cfg)
@@ -1272,7 +1272,7 @@ def _cached_script_directory(cfg: AlembicConfig) -> ScriptDirectory:
         cached = _SCRIPT_CACHE.get(key)
         if cached is not None and cached[0] == _script_files(cached[1]):
             # What from_config does besides building the object: env.py and the revisions import the
-            # application from the ini's prepend_sys_path (restored by _in_project afterwards).
+            # application from the ini's prepend_sys_path (restored by in_project afterwards).
             prepend = cfg.get_prepend_sys_paths_list()
             if prepend:
                 sys.path[:0] = prepend

@@ -96,7 +96,7 @@ def compare_cells(config, run_dir: Path, run_id: str) -> tuple[list[CellChange],
     then = {d["id"]: d for d in opened.get("cells", [])}
     changes = []
     for cell_id, digest in now.items():
-        title = records.statements._cell_title(nb.cells[digest["index"]])
+        title = records.statements.cell_title(nb.cells[digest["index"]])
         if cell_id not in then:
             changes.append(CellChange("added", digest["index"], cell_id, title))
         elif then[cell_id]["sha256"] != digest["sha256"]:

@@ -77,7 +77,7 @@ class RunbookInfo:
                 f"<th>help</th></tr>{rows}</table>")
 
 
-def _read_notebook(path: Path) -> nbformat.NotebookNode:
+def read_notebook(path: Path) -> nbformat.NotebookNode:
     try:
         return nbformat.read(str(path), as_version=4)
     except FileNotFoundError:
@@ -166,7 +166,7 @@ def read_parameters(nb_path: Path) -> tuple[Parameter, ...]:
     Raises:
         ParameterError: the cell holds something other than ``name: type = literal`` lines.
     """
-    cell = _parameters_cell(_read_notebook(Path(nb_path)))
+    cell = _parameters_cell(read_notebook(Path(nb_path)))
     if cell is None:
         return ()
     return parse_parameters(cell.source, where=f"{nb_path} (parameters cell)")
@@ -195,7 +195,7 @@ def _title_and_description(nb: nbformat.NotebookNode) -> tuple[str, str]:
 
 
 def _runbook_info(path: Path) -> RunbookInfo:
-    nb = _read_notebook(path)
+    nb = read_notebook(path)
     meta = nb.metadata.get("dbrunbook", {})
     title, description = _title_and_description(nb)
     cell = _parameters_cell(nb)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 __all__ = ["RETRY_LINE", "RetryLines"]
 
-#: The lines ``locking._note`` and its invalid-index notice write: "attempt 2/6 main: lock timeout after …".
+#: The lines ``locking.note_attempt`` and its invalid-index notice write: "attempt 2/6 main: lock timeout after …".
 RETRY_LINE = re.compile(r"^attempt \d+(/\d+)? .+$", re.MULTILINE)
 
 

@@ -42,7 +42,7 @@ from dbrunbook.execution.kernel import (
     KERNEL_STARTUP_ARGUMENTS, ipc_kernel_manager, kernel_for_this_interpreter,
 )
 from dbrunbook.execution.parameters import (
-    Parameter, RunbookInfo, _read_notebook, find_runbook, list_runbooks, mask_secrets, parse_parameters,
+    Parameter, RunbookInfo, read_notebook, find_runbook, list_runbooks, mask_secrets, parse_parameters,
     read_parameters, validate_parameters,
 )
 
@@ -838,7 +838,7 @@ def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
     trust.require_signing_key(config)
     if intent.get("mode") == "papermill":
         return _finish_launched_run(config, info, run_dir, intent)
-    nb = _read_notebook(notebook)
+    nb = read_notebook(notebook)
     outcome, failing_step = _classify_outputs(nb)
     changes, intent_edited, opened = interactive.compare_cells(config, run_dir, intent["run_id"])
     mode = interactive.interactive_mode(nb, changes, intent_edited)
@@ -962,7 +962,7 @@ def _migration_files(config: Config, heads_before: dict, heads_after: dict) -> d
     return files
 
 
-def _directory_digest(config: Config) -> str | None:
+def migrations_digest(config: Config) -> str | None:
     try:
         return migrations.directory_digest(list(config.migration_sets.values()))
     except Exception as err:  # a missing scripts folder must not keep the run from being signed
@@ -1042,7 +1042,7 @@ def _sign(run: _Started, outcome: str, failing_step: dict | None, mode: str, fin
         database=database,
         heads_before=heads_before,
         heads_after=heads_after,
-        migrations_sha256=_directory_digest(config),
+        migrations_sha256=migrations_digest(config),
         mode=mode,
         extra=extra,
         prev=prev,

@@ -3,7 +3,7 @@
 Every connection dbrunbook opens names itself (``application_name=dbrunbook:<run-id>``, visible in
 pg_stat_activity to whoever is watching production) and carries the target's ``lock_timeout`` and
 ``statement_timeout``, so that a migration waiting on a lock fails fast instead of queueing every query behind
-it. Nothing here ever prints a password: URLs go through ``mask_url`` and driver errors through ``_scrub``.
+it. Nothing here ever prints a password: URLs go through ``mask_url`` and driver errors through ``scrub_driver_message``.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def _secrets_of(url: str) -> list[str]:
     return sorted({s for s in found if s}, key=len, reverse=True)
 
 
-def _scrub(message: str, url: str) -> str:
+def scrub_driver_message(message: str, url: str) -> str:
     """Remove the URL's passwords from a driver message (libpq may echo parts of a conninfo string)."""
     return mask_secrets(message, env={}, secrets=_secrets_of(url))
 
@@ -404,7 +404,7 @@ def check_connection(engine: Engine, target_name: str) -> None:
 def _reason(err: sqlalchemy.exc.DBAPIError, engine: Engine) -> str:
     # SQLAlchemy's str() appends SQL and a link; the driver's message is what a human needs.
     message = " ".join(str(err.orig if err.orig is not None else err).split())
-    return _scrub(message, _full_url(engine)).rstrip(".?")
+    return scrub_driver_message(message, _full_url(engine)).rstrip(".?")
 
 
 def connect_target(config, target_name: str | None = None, run_id: str | None = None) -> tuple[Any, Engine]:

@@ -186,7 +186,7 @@ def _count_sql(name: str, fingerprint: bool) -> str:
             f"FROM (SELECT md5(t::text) AS h FROM {_quote(name)} t) s")
 
 
-def _count_group(engine: Engine, group: list[str], fingerprint: bool, snapshot_id: str | None) -> list[tuple]:
+def count_group(engine: Engine, group: list[str], fingerprint: bool, snapshot_id: str | None) -> list[tuple]:
     with engine.connect() as conn:
         conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         if snapshot_id:
@@ -211,7 +211,7 @@ def _count_in_snapshot(engine: Engine, names: list[str], sizes: dict[str, int], 
     prints: dict[str, str] = {}
     small = sum(sizes.values()) < PARALLEL_THRESHOLD or workers == 1
     if small and len(names) <= LOCK_BATCH:
-        results = [_count_group(engine, names, fingerprint, None)]
+        results = [count_group(engine, names, fingerprint, None)]
     else:
         groups = [names] if small else _deal(names, sizes, workers)
         # A transaction holds a lock per table it counts, and the server's lock table has room for about
@@ -225,7 +225,7 @@ def _count_in_snapshot(engine: Engine, names: list[str], sizes: dict[str, int], 
             snapshot_id = leader.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
             try:
                 with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-                    results = list(pool.map(lambda b: _count_group(engine, b, fingerprint, snapshot_id), batches))
+                    results = list(pool.map(lambda b: count_group(engine, b, fingerprint, snapshot_id), batches))
             finally:
                 leader.exec_driver_sql("COMMIT")
     for rows in results:

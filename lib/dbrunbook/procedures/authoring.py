@@ -158,7 +158,7 @@ def new_revision(config: Config, message: str, migration_set: str = "main", auto
             f"Migration set '{mset.name}' has {len(heads)} heads ({', '.join(heads)}): a new revision would not "
             f"know which to follow. Merge them first: dbrunbook new \"merge heads\" --merge -m {mset.name}")
     if not autogenerate:
-        with migrations._in_project(mset):
+        with migrations.in_project(mset):
             try:
                 script = command.revision(migrations.alembic_config(mset), message=text)
             except CommandError as err:
@@ -166,7 +166,7 @@ def new_revision(config: Config, message: str, migration_set: str = "main", auto
         return _script_path(mset, script)
     _target, engine = db.connect_target(config, target)
     try:
-        with migrations._in_project(mset):
+        with migrations.in_project(mset):
             cfg = migrations.alembic_config(mset)
             directory = migrations.script_directory(mset)
         context = RevisionContext(cfg, directory, {
@@ -178,9 +178,9 @@ def new_revision(config: Config, message: str, migration_set: str = "main", auto
             return []
 
         # The project's env.py runs online on our connection, read-only (as for ``alembic check``).
-        migrations._drive(mset, engine, compare, direction="check", dont_mutate=True,
+        migrations.drive(mset, engine, compare, direction="check", dont_mutate=True,
                           template_args=context.template_args, revision_context=context)
-        with migrations._in_project(mset):
+        with migrations.in_project(mset):
             scripts = list(context.generate_scripts())
     finally:
         engine.dispose()
@@ -198,7 +198,7 @@ def merge_heads(config: Config, migration_set: str = "main", message: str = "mer
     heads = migrations.heads(mset)
     if len(heads) < 2:
         raise ParameterError(f"Migration set '{mset.name}' has one head ({', '.join(heads)}): nothing to merge.")
-    with migrations._in_project(mset):
+    with migrations.in_project(mset):
         try:
             script = command.merge(migrations.alembic_config(mset), list(heads), message=text)
         except CommandError as err:
@@ -602,7 +602,7 @@ def _walk(mset: MigrationSet, engine: Engine, order: list[str]) -> tuple[list[St
                 return
 
     try:
-        migrations._drive(mset, engine, steps, direction="upgrade")
+        migrations.drive(mset, engine, steps, direction="upgrade")
     except Exception as err:  # any failure is a result of the walk, named by revision and phase
         if not at:
             # Before the first step or between two: env.py, the graph or the connection, not a revision.

@@ -31,7 +31,7 @@ from dbrunbook.safety import locking
 from dbrunbook.procedures.backfill_health import health_signals
 from dbrunbook.procedures.backfill_progress import Progress, StopSignals
 from dbrunbook.procedures.backfill_state import (
-    _definition, _ensure_state, _plain, _Plan, _plan, progress, quote_name, set_columns,
+    spec_definition, ensure_state, plain_name, Plan, make_plan, progress, quote_name, set_columns,
 )
 from dbrunbook.config import Backfill
 from dbrunbook.errors import (
@@ -167,7 +167,7 @@ def estimate(session, spec: Backfill | None) -> pd.DataFrame:
         frame.attrs["rows_to_do"] = None
         return frame
     with session.engine.connect() as conn:
-        plan = _plan(conn, spec)
+        plan = make_plan(conn, spec)
         total = conn.execute(sa.text("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = :o"),
                              {"o": plan.oid}).scalar()
         if total < 1_000_000:
@@ -238,14 +238,14 @@ def run_backfill(session, spec: Backfill | None, *, batch_seconds: float = 0.5, 
     size = max(MIN_BATCH, min(int(batch_size), MAX_BATCH))
     try:
         with session.engine.connect() as conn:
-            plan = _plan(conn, spec)
-            state = _ensure_state(conn, spec)
-            if state["definition"] != _definition(spec) or state["status"] in ("complete", "incomplete"):
+            plan = make_plan(conn, spec)
+            state = ensure_state(conn, spec)
+            if state["definition"] != spec_definition(spec) or state["status"] in ("complete", "incomplete"):
                 print(f"backfill '{spec.name}': a new pass from the start of {spec.table} "
-                      f"({'its definition changed' if state['definition'] != _definition(spec) else 'the last pass ended'}).")
+                      f"({'its definition changed' if state['definition'] != spec_definition(spec) else 'the last pass ended'}).")
                 conn.execute(sa.text("UPDATE dbrunbook.backfills SET cursor = NULL, passes = passes + 1, "
                                      "status = 'running', definition = :d, finished_at = NULL WHERE name = :n"),
-                             {"n": spec.name, "d": _definition(spec)})
+                             {"n": spec.name, "d": spec_definition(spec)})
                 state["cursor"] = None
             conn.execute(sa.text("UPDATE dbrunbook.backfills SET run_ids = array_append(run_ids, :r) "
                                  "WHERE name = :n AND NOT :r = ANY(run_ids)"), {"n": spec.name, "r": session.run_id})
@@ -305,7 +305,7 @@ def _next_size(size: int, seconds: float, target: float) -> int:
     return max(MIN_BATCH, min(int(size * factor), MAX_BATCH))
 
 
-def _one_batch(conn, plan: _Plan, cursor, limit: int, number: int, policy, run_id: str) -> Batch:
+def _one_batch(conn, plan: Plan, cursor, limit: int, number: int, policy, run_id: str) -> Batch:
     """One batch and its progress row in one transaction, tried again after each lock timeout."""
     bounds, update = plan.bounds_sql(cursor is not None), plan.update_sql(cursor is not None)
     after = {f"c{i}": v for i, v in enumerate(cursor)} if cursor else {}
@@ -332,7 +332,7 @@ def _one_batch(conn, plan: _Plan, cursor, limit: int, number: int, policy, run_i
         except sa.exc.DBAPIError as err:
             conn.rollback()
             if not locking.is_lock_timeout(err) or attempt == policy.retries:
-                reason = db._scrub(str(err.orig).strip(), conn.engine.url.render_as_string(hide_password=False))
+                reason = db.scrub_driver_message(str(err.orig).strip(), conn.engine.url.render_as_string(hide_password=False))
                 raise BackfillFailed(plan.spec.name, number, f"{reason} (attempt {attempt + 1} of "
                                      f"{policy.retries + 1})") from err
             pause = policy.delay(attempt + 1, random.random())
@@ -342,7 +342,7 @@ def _one_batch(conn, plan: _Plan, cursor, limit: int, number: int, policy, run_i
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _pause_while_unhealthy(session, conn, plan: _Plan, own, result: BackfillResult, stop) -> None:
+def _pause_while_unhealthy(session, conn, plan: Plan, own, result: BackfillResult, stop) -> None:
     signals = health_signals(conn, plan.oid, session.target, own_pids=own)
     conn.rollback()
     if not signals:
@@ -364,7 +364,7 @@ def _pause_while_unhealthy(session, conn, plan: _Plan, own, result: BackfillResu
 def recommended_sql(spec: Backfill) -> str:
     """The guide's third step in its safe form, for each column the backfill sets."""
     table = quote_name(spec.table)
-    base = _plain(spec.table.split(".")[-1])
+    base = plain_name(spec.table.split(".")[-1])
     out = []
     for col in set_columns(spec.set):
         check = quote_name(f'"{base}_{col}_not_null"')
@@ -392,7 +392,7 @@ def finish_backfill(session, spec: Backfill | None, result: BackfillResult) -> B
         return result
     if result.remaining is None:
         with session.engine.connect() as conn:
-            result.remaining = conn.execute(_plan(conn, spec).remaining_sql()).scalar()
+            result.remaining = conn.execute(make_plan(conn, spec).remaining_sql()).scalar()
     if result.remaining:
         why = result.stopped or "rows arrived behind the cursor during the run; a new pass picks them up"
         raise BackfillUnfinished(spec.name, spec.table, result.remaining, why)

@@ -36,7 +36,7 @@ def quote_name(name: str) -> str:
     return ".".join(p if p.startswith('"') else '"' + p.strip().lower().replace('"', '""') + '"' for p in parts)
 
 
-def _plain(name: str) -> str:
+def plain_name(name: str) -> str:
     return name[1:-1].replace('""', '"') if name.startswith('"') else name.strip().lower()
 
 
@@ -52,17 +52,17 @@ def set_columns(set_sql: str) -> list[str]:
         else:
             current += ch
     parts.append(current)
-    return [_plain(m.group(1)) for p in parts if (m := re.match(r'\s*("(?:[^"]|"")*"|[\w$]+)\s*=', p))]
+    return [plain_name(m.group(1)) for p in parts if (m := re.match(r'\s*("(?:[^"]|"")*"|[\w$]+)\s*=', p))]
 
 
-def _definition(spec: Backfill) -> str:
+def spec_definition(spec: Backfill) -> str:
     return json.dumps({"table": spec.table, "key": list(spec.key), "set": spec.set, "where": spec.where},
                       sort_keys=True)
 
 
 # --- SQL --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Plan:
+class Plan:
     spec: Backfill
     table: str  # quoted
     oid: int
@@ -98,12 +98,12 @@ class _Plan:
         return sa.text(f"SELECT count(*) FROM {self.table} WHERE ({self.spec.where})")
 
 
-def _plan(conn, spec: Backfill) -> _Plan:
+def make_plan(conn, spec: Backfill) -> Plan:
     table = quote_name(spec.table)
     oid = conn.execute(sa.text("SELECT CAST(to_regclass(:t) AS oid)"), {"t": table}).scalar()
     if oid is None:
         raise BackfillFailed(spec.name, 0, f"table {spec.table} does not exist in this database")
-    names = [_plain(k) for k in spec.key]
+    names = [plain_name(k) for k in spec.key]
     found = dict(conn.execute(sa.text(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = :oid AND attname = ANY(:cols) AND attnum > 0 AND NOT attisdropped"),
@@ -111,15 +111,15 @@ def _plan(conn, spec: Backfill) -> _Plan:
     missing = [n for n in names if n not in found]
     if missing:
         raise BackfillFailed(spec.name, 0, f"table {spec.table} has no column {', '.join(missing)} (key)")
-    return _Plan(spec, table, oid, tuple(quote_name(f'"{n}"') for n in names), tuple(found[n] for n in names))
+    return Plan(spec, table, oid, tuple(quote_name(f'"{n}"') for n in names), tuple(found[n] for n in names))
 
 
-def _ensure_state(conn, spec: Backfill) -> dict:
+def ensure_state(conn, spec: Backfill) -> dict:
     for ddl in _DDL:
         conn.execute(sa.text(ddl))
     conn.execute(sa.text("INSERT INTO dbrunbook.backfills (name, table_name, definition) VALUES (:n, :t, :d) "
                          "ON CONFLICT (name) DO NOTHING"),
-                 {"n": spec.name, "t": spec.table, "d": _definition(spec)})
+                 {"n": spec.name, "t": spec.table, "d": spec_definition(spec)})
     return dict(conn.execute(sa.text("SELECT * FROM dbrunbook.backfills WHERE name = :n FOR UPDATE"),
                              {"n": spec.name}).mappings().one())
 

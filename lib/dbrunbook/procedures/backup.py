@@ -327,7 +327,7 @@ def _counts_in_snapshot(engine: Engine, snapshot_id: str) -> snapshots.Snapshot:
     names = [f"{r.schema}.{r.name}" for r in tables.itertuples()]
     taken_at = _now().isoformat(timespec="seconds")
     # snapshots.row_counts takes its own snapshot; its per-group counter accepts an imported one.
-    rows = snapshots._count_group(engine, names, False, snapshot_id) if names else []
+    rows = snapshots.count_group(engine, names, False, snapshot_id) if names else []
     return snapshots.Snapshot(taken_at=taken_at, exact=True, counts={n: int(c) for n, c, _ in rows},
                               bytes=dict(zip(names, (int(b) for b in tables["bytes"]))))
 
@@ -338,7 +338,7 @@ def _backup_folder(session) -> Path:
     return Path(session.config.state_dir) / "backups" / name
 
 
-def _run_tool(cmd: list[str], env: dict[str, str], what: str, *, timeout: float | None = None) -> str:
+def run_tool(cmd: list[str], env: dict[str, str], what: str, *, timeout: float | None = None) -> str:
     try:
         done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout, check=False)
@@ -385,7 +385,7 @@ def dump(session, *, jobs: int = DEFAULT_JOBS, compression: str = DEFAULT_COMPRE
                "--no-password", f"--file={folder}"]
         started, t0 = _now(), time.perf_counter()
         try:
-            _run_tool(cmd, env, f"pg_dump of database '{session.identity.database}'")
+            run_tool(cmd, env, f"pg_dump of database '{session.identity.database}'")
         except BackupFailed:
             shutil.rmtree(folder, ignore_errors=True)  # half a dump must never pass for a backup
             raise
@@ -418,7 +418,7 @@ def scratch_server(config, purpose: str) -> Iterator[EmbeddedServer]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _conninfo_quote(value: str) -> str:
+def conninfo_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -430,9 +430,9 @@ def _restore_into(server: EmbeddedServer, dump_path: Path, database: str, *, job
     env = libpq_environment(url, application_name=f"dbrunbook:{run_id}:pg_restore")
     # Roles and grants of the source do not exist on the scratch server; the rows and the schema matter.
     cmd = [str(client_binary("pg_restore")), f"--jobs={max(1, jobs)}", "--no-owner", "--no-privileges",
-           "--exit-on-error", "--no-password", f"--dbname=dbname={_conninfo_quote(database)}", str(dump_path)]
+           "--exit-on-error", "--no-password", f"--dbname=dbname={conninfo_quote(database)}", str(dump_path)]
     t0 = time.perf_counter()
-    _run_tool(cmd, env, f"pg_restore of {dump_path} into a scratch database")
+    run_tool(cmd, env, f"pg_restore of {dump_path} into a scratch database")
     return url, time.perf_counter() - t0
 
 
@@ -486,7 +486,7 @@ class RestoreCheck:
 
 def _read_toc(tool: DumpTool, result: DumpResult) -> tuple[str, list[str]]:
     env = dict(os.environ)  # --list reads the folder only; it never connects
-    out = _run_tool([str(tool.pg_restore), "--list", str(result.path)], env, f"pg_restore --list {result.path}")
+    out = run_tool([str(tool.pg_restore), "--list", str(result.path)], env, f"pg_restore --list {result.path}")
     return out, out.splitlines()
 
 

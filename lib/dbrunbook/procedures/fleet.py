@@ -164,10 +164,10 @@ def _wanted_values(config: Config, runbook: str, parameters: dict) -> dict:
 
 def _done_before(config: Config, runbook: str, targets: set[str], parameters: dict) -> dict[str, Path]:
     """Targets whose newest valid record of ``runbook`` succeeded with these parameters and these scripts."""
-    from dbrunbook.execution.runner import _directory_digest
+    from dbrunbook.execution.runner import migrations_digest
 
     wanted = {k: v for k, v in _wanted_values(config, runbook, parameters).items() if k in parameters}
-    digest = _directory_digest(config)
+    digest = migrations_digest(config)
     found: dict[str, Path] = {}
     decided: set[str] = set()
     for run_dir in reversed(records.find_records(config.outputs_dir)):

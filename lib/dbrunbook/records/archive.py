@@ -169,7 +169,7 @@ def _moment(value) -> datetime | None:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _seal_order(entry: _Entry) -> tuple:
+def seal_order(entry: _Entry) -> tuple:
     # ``seq`` is the place write_record gave the record under the chain lock: the true seal order, even when
     # two runs that finished at nearly the same time took the lock the other way round. Records sealed
     # before the chain index existed have none and come first, by seal time; the run id breaks ties.
@@ -178,7 +178,7 @@ def _seal_order(entry: _Entry) -> tuple:
     return 1, entry.seq, entry.finished_at or _EPOCH, entry.run_id
 
 
-def _statement(run_dir: Path) -> dict | None:
+def read_statement(run_dir: Path) -> dict | None:
     try:
         statement = json.loads((run_dir / STATEMENT_FILE).read_bytes())
     except (OSError, ValueError):
@@ -186,7 +186,7 @@ def _statement(run_dir: Path) -> dict | None:
     return statement if isinstance(statement, dict) else None
 
 
-def _entry(run_dir: Path, statement: dict | None, sha256: str | None = None) -> _Entry | None:
+def archive_entry(run_dir: Path, statement: dict | None, sha256: str | None = None) -> _Entry | None:
     if statement is None or (sha256 is None and not (run_dir / STATEMENT_FILE).is_file()):
         return None
     predicate = statement.get("predicate") or {}
@@ -371,7 +371,7 @@ def _ledger_findings(engine: sa.Engine, entries: list[_Entry], by_run: dict[str,
                      migration_sets: Iterable[MigrationSet]) -> tuple[str, list[Finding]]:
     key = database_key(db.identity(engine).as_dict())
     rows = records.ledger_rows(engine)
-    mine = sorted((e for e in entries if e.database == key), key=_seal_order)
+    mine = sorted((e for e in entries if e.database == key), key=seal_order)
     findings: list[Finding] = []
     in_ledger = set()
     for row in rows:
@@ -464,8 +464,8 @@ def verify_archive(outputs_dir: Path, allowed_signers: Path, engines=None, *,
                                                  .get("database"))))
         # The chain uses the statement as it is on disk: a tampered one is reported above, and its digest
         # no longer matches the next record's link, which reports it a second time as "missing".
-        entry = (_entry(run_dir, check.statement, check.statement_sha256) if check.statement is not None
-                 else _entry(run_dir, _statement(run_dir)))
+        entry = (archive_entry(run_dir, check.statement, check.statement_sha256) if check.statement is not None
+                 else archive_entry(run_dir, read_statement(run_dir)))
         if entry is not None:
             entries.append(entry)
         misfiled = _misfiled(outputs_dir, run_dir)
@@ -477,7 +477,7 @@ def verify_archive(outputs_dir: Path, allowed_signers: Path, engines=None, *,
         if entry.database is not None:
             chains.setdefault(entry.database, []).append(entry)
     for key in sorted(chains):
-        chain = sorted(chains[key], key=_seal_order)
+        chain = sorted(chains[key], key=seal_order)
         chains[key] = chain
         findings += _chain_findings(chain, by_sha)
         findings += _continuity_findings(chain)

@@ -40,9 +40,9 @@ def envelope(payload: bytes, key_path: Path, payload_type: str = PAYLOAD_TYPE) -
     Raises:
         SigningKeyError: the key cannot sign.
     """
-    key = signing._load_key(Path(key_path))
+    key = signing.load_key(Path(key_path))
     signature = key.private_key.sign(pae(payload_type, payload))
-    keyid = signing.fingerprint(signing._format_public_line(key.public_blob))
+    keyid = signing.fingerprint(signing.format_public_line(key.public_blob))
     document = {"payloadType": payload_type, "payload": base64.b64encode(payload).decode("ascii"),
                 "signatures": [{"keyid": keyid, "sig": base64.b64encode(signature).decode("ascii")}]}
     return (json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
@@ -65,7 +65,7 @@ def verify_envelope(data: bytes, public_key_line: str, expected_payload: bytes |
         problems.append(f"{DSSE_FILE} has payloadType {payload_type!r}, not {PAYLOAD_TYPE!r}.")
     if expected_payload is not None and payload != expected_payload:
         problems.append(f"{DSSE_FILE} carries another statement than statement.json.")
-    public_key = signing._ed25519_from_blob(signing._parse_public_line(public_key_line))
+    public_key = signing.ed25519_from_blob(signing.parse_public_line(public_key_line))
     keyid = signing.fingerprint(public_key_line)
     for entry in signatures if isinstance(signatures, list) else []:
         try:

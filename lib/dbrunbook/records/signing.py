@@ -124,7 +124,7 @@ def _public_blob(public_key: Ed25519PublicKey) -> bytes:
     return _string(_KEY_TYPE) + _string(raw)
 
 
-def _ed25519_from_blob(blob: bytes) -> Ed25519PublicKey:
+def ed25519_from_blob(blob: bytes) -> Ed25519PublicKey:
     reader = _Reader(blob)
     key_type = reader.text()
     if key_type != _KEY_TYPE:
@@ -164,7 +164,7 @@ def _encode_private_key(private_key: Ed25519PrivateKey, comment: str) -> bytes:
     return _armor(blob, _KEY_BEGIN, _KEY_END)
 
 
-def _load_key(key_path: Path) -> _KeyFile:
+def load_key(key_path: Path) -> _KeyFile:
     """Read an unencrypted OpenSSH Ed25519 private key file.
 
     Raises:
@@ -252,12 +252,12 @@ def generate_key(path: Path, comment: str) -> Path:
     with os.fdopen(fd, "wb") as handle:
         handle.write(encoded)
     blob = _public_blob(private_key.public_key())
-    pub_path.write_text(_format_public_line(blob, comment) + "\n", encoding="utf-8")
-    log.info("created signing key %s (%s)", path, fingerprint(_format_public_line(blob, comment)))
+    pub_path.write_text(format_public_line(blob, comment) + "\n", encoding="utf-8")
+    log.info("created signing key %s (%s)", path, fingerprint(format_public_line(blob, comment)))
     return path
 
 
-def _format_public_line(blob: bytes, comment: str = "") -> str:
+def format_public_line(blob: bytes, comment: str = "") -> str:
     line = f"{_KEY_TYPE} {base64.b64encode(blob).decode('ascii')}"
     return f"{line} {comment}" if comment else line
 
@@ -270,13 +270,13 @@ def public_key_line(key_path: Path) -> str:
     except FileNotFoundError:
         raise SigningKeyError(key_path, "no such file") from None
     if text.startswith(_KEY_TYPE + " "):
-        _parse_public_line(text.splitlines()[0])  # validates
+        parse_public_line(text.splitlines()[0])  # validates
         return text.splitlines()[0].strip()
-    key = _load_key(key_path)
-    return _format_public_line(key.public_blob, key.comment)
+    key = load_key(key_path)
+    return format_public_line(key.public_blob, key.comment)
 
 
-def _parse_public_line(line: str) -> bytes:
+def parse_public_line(line: str) -> bytes:
     """Return the key blob of ``type base64 [comment]``; ValueError when it is not one."""
     parts = line.split()
     if len(parts) < 2:
@@ -293,7 +293,7 @@ def _parse_public_line(line: str) -> bytes:
 
 def fingerprint(public_key_line: str) -> str:
     """Return the ``SHA256:...`` fingerprint of a public key line, exactly as ``ssh-keygen -l`` prints it."""
-    blob = _parse_public_line(public_key_line.strip())
+    blob = parse_public_line(public_key_line.strip())
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
 
 
@@ -310,7 +310,7 @@ def sign(data: bytes, key_path: Path, namespace: str = SIGNATURE_NAMESPACE) -> b
     """
     if not namespace:
         raise ValueError("namespace must not be empty (SSHSIG requires one)")
-    key = _load_key(Path(key_path))
+    key = load_key(Path(key_path))
     digest = hashlib.sha512(data).digest()
     raw_signature = key.private_key.sign(_signed_data(namespace, "sha512", digest))
     blob = (
@@ -329,7 +329,7 @@ class _Signature:
     signature: bytes
 
 
-def _parse_signature(signature: bytes) -> _Signature:
+def parse_signature(signature: bytes) -> _Signature:
     try:
         reader = _Reader(_dearmor(signature, _SIG_BEGIN, _SIG_END))
         if reader.take(6) != _SIG_MAGIC:
@@ -365,7 +365,7 @@ def verify(data: bytes, signature: bytes, allowed_signers: Path,
         SignatureInvalid: with ``.status`` "malformed" (not an SSH signature, wrong namespace, unsupported key
             or hash), "tampered" (the signature does not match the data) or "untrusted"; ``.reason`` explains.
     """
-    parsed = _parse_signature(signature)
+    parsed = parse_signature(signature)
     if parsed.namespace != namespace:
         raise _invalid(
             f"The signature was made for namespace '{parsed.namespace}', not '{namespace}'; it does not "
@@ -375,7 +375,7 @@ def verify(data: bytes, signature: bytes, allowed_signers: Path,
         raise _invalid(f"The signature uses hash '{parsed.hash_algorithm}'; only sha512 and sha256 exist in "
                        f"SSHSIG.", "malformed")
     try:
-        public_key = _ed25519_from_blob(parsed.public_blob)
+        public_key = ed25519_from_blob(parsed.public_blob)
     except ValueError as err:
         raise _invalid(f"The signing key cannot be checked: {err}. Re-sign with an Ed25519 key.",
                        "malformed") from err
@@ -386,7 +386,7 @@ def verify(data: bytes, signature: bytes, allowed_signers: Path,
     try:
         public_key.verify(parsed.signature, _signed_data(namespace, parsed.hash_algorithm, digest))
     except InvalidSignature:
-        key_fp = fingerprint(_format_public_line(parsed.public_blob))
+        key_fp = fingerprint(format_public_line(parsed.public_blob))
         raise _invalid(
             f"The signature by key {key_fp} does not match the signed file: the file or the signature was "
             f"changed after signing.", "tampered",
@@ -456,7 +456,7 @@ def _read_key_field(rest: str) -> bytes:
     parts = rest.split()
     if len(parts) < 2 or not parts[0].startswith(_KEY_TYPE_PREFIXES):
         raise ValueError("no public key")
-    return _parse_public_line(f"{parts[0]} {parts[1]}")
+    return parse_public_line(f"{parts[0]} {parts[1]}")
 
 
 def _parse_allowed_signers(path: Path) -> list[_AllowedSigner]:
@@ -569,7 +569,7 @@ def _trusted_principal(public_blob: bytes, allowed_signers: Path, namespace: str
             near_misses.append(f"{where} has an unreadable validity option ({err})")
             continue
         return entry.principals
-    key_fp = fingerprint(_format_public_line(public_blob))
+    key_fp = fingerprint(format_public_line(public_blob))
     detail = "; ".join(near_misses) if near_misses else f"it is not listed in {allowed_signers}"
     raise _invalid(
         f"The signature is sound but key {key_fp} is not trusted for '{namespace}': {detail}. If you trust "
@@ -592,7 +592,7 @@ def add_allowed_signer(allowed_signers: Path, principal: str, public_key_line: s
             f"commas, such as alice@example.com."
         )
     allowed_signers = Path(allowed_signers)
-    blob = _parse_public_line(public_key_line.strip())
+    blob = parse_public_line(public_key_line.strip())
     for entry in _parse_allowed_signers(allowed_signers):
         namespaces = entry.options.get("namespaces")
         if (
@@ -604,7 +604,7 @@ def add_allowed_signer(allowed_signers: Path, principal: str, public_key_line: s
             return
     allowed_signers.parent.mkdir(parents=True, exist_ok=True)
     existing = allowed_signers.read_text(encoding="utf-8") if allowed_signers.exists() else ""
-    line = f'{principal} namespaces="{SIGNATURE_NAMESPACE}" {_format_public_line(blob)}\n'
+    line = f'{principal} namespaces="{SIGNATURE_NAMESPACE}" {format_public_line(blob)}\n'
     with allowed_signers.open("a", encoding="utf-8") as handle:
         if existing and not existing.endswith("\n"):
             handle.write("\n")
@@ -619,7 +619,7 @@ def principal_matches(principals: str, name: str) -> bool:
 def trusted_principal(public_key_line: str, allowed_signers: Path,
                       namespace: str = SIGNATURE_NAMESPACE) -> str | None:
     """The principals field that ``allowed_signers`` trusts this key under today, or None."""
-    blob = _parse_public_line(public_key_line.strip())
+    blob = parse_public_line(public_key_line.strip())
     try:
         return _trusted_principal(blob, Path(allowed_signers), namespace)
     except SignatureInvalid:

@@ -211,7 +211,7 @@ def cell_digests(nb_bytes: bytes) -> list[dict]:
     return digests
 
 
-def _cell_title(cell: dict) -> str:
+def cell_title(cell: dict) -> str:
     """A cell's first heading (markdown) or first non-blank line, to name it in a message."""
     lines = [ln.strip() for ln in str(_joined(cell.get("source", ""))).splitlines() if ln.strip()]
     headings = [ln for ln in lines if ln.startswith("#")] if cell.get("cell_type") == "markdown" else []
@@ -471,9 +471,9 @@ def _compare_cells(recorded: list[dict], nb_bytes: bytes) -> tuple[tuple[int, ..
         if new is None:
             problems.append(f"cell {index} was removed from {NOTEBOOK_FILE}.")
         elif index >= len(recorded):
-            problems.append(f"cell {index} ({_cell_title(cells[index])}) was added to {NOTEBOOK_FILE}.")
+            problems.append(f"cell {index} ({cell_title(cells[index])}) was added to {NOTEBOOK_FILE}.")
         else:
-            problems.append(f"cell {index} ({_cell_title(cells[index])}) differs from the signed record.")
+            problems.append(f"cell {index} ({cell_title(cells[index])}) differs from the signed record.")
     if not changed:
         problems.append(f"{NOTEBOOK_FILE} differs outside cell sources and outputs "
                         f"(metadata or execution counts).")
@@ -553,7 +553,7 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
     envelope_path = run_dir / dsse.DSSE_FILE
     if envelope_path.is_file() and status in ("valid", "untrusted"):
         # The envelope must carry this very statement, signed by the key that made the SSH signature.
-        signer = signing._format_public_line(signing._parse_signature(signature_path.read_bytes()).public_blob)
+        signer = signing.format_public_line(signing.parse_signature(signature_path.read_bytes()).public_blob)
         envelope_problems = dsse.verify_envelope(envelope_path.read_bytes(), signer, body)
         if envelope_problems:
             tampered = True

@@ -118,12 +118,12 @@ def rebuild_tips(outputs_dir: Path) -> dict[str, Tip]:
 
     chains: dict[str, list] = {}
     for run_dir in records.find_records(outputs_dir):
-        entry = archive._entry(run_dir, archive._statement(run_dir))
+        entry = archive.archive_entry(run_dir, archive.read_statement(run_dir))
         if entry is not None and entry.database is not None:
             chains.setdefault(entry.database, []).append(entry)
     tips = {}
     for key, entries in chains.items():
-        last = max(entries, key=archive._seal_order)
+        last = max(entries, key=archive.seal_order)
         tips[key] = Tip(last.run_id, last.sha256, max(len(entries), last.seq or 0))
     return tips
 

@@ -70,7 +70,7 @@ def require_signing_key(config, operator: str | None = None) -> tuple[Path, str]
     if not key.is_file():
         raise SigningKeyMissing(key, allowed)
     line = signing.public_key_line(key)
-    signing._load_key(key)  # fails now, not at the end of the run, when the key cannot sign
+    signing.load_key(key)  # fails now, not at the end of the run, when the key cannot sign
     principal = signing.trusted_principal(line, allowed)
     key_type, key_base64 = line.split()[:2]
     operator = operator or records.operator_identity()

@@ -69,7 +69,7 @@ def approve(config, run_id: str, *, note: str = "", key_path: Path | None = None
     from dbrunbook import safety
     from dbrunbook.records import trust
 
-    run_dir = safety.guards._find_run(config.outputs_dir, run_id)
+    run_dir = safety.guards.find_run(config.outputs_dir, run_id)
     if run_dir is None:
         raise ApprovalInvalid(f"No record of run '{run_id}' under {config.outputs_dir}; pass the run id of a "
                               f"preview record (see 'dbrunbook verify').")

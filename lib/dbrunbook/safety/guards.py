@@ -27,8 +27,8 @@ from dbrunbook.chain import migrations
 from dbrunbook.postgres import db, snapshots, sqlimpact, sqlparse
 from dbrunbook.records import signing
 from dbrunbook.safety.lint_rules import (
-    _IDENT, ABSORBED, CATEGORIES, INSTEAD, Catalog, Finding, TableSize, _actions, _display, _norm, _offset,
-    _statement_at, check_sql, classify_squawk, heads_finding, revision_file_findings, run_squawk,
+    IDENT, ABSORBED, CATEGORIES, INSTEAD, Catalog, Finding, TableSize, alter_actions, display_statement, normalize_name, squawk_offset,
+    statement_at, check_sql, classify_squawk, heads_finding, revision_file_findings, run_squawk,
     split_statements, table_of, type_change, weigh_issue,
 )
 from dbrunbook.execution.protocol import ARTIFACTS_DIR
@@ -203,13 +203,13 @@ def lint_sql(steps: dict[str, list], catalog: Catalog, *, protected: bool = Fals
         for issue in issues:
             level, why = weigh_issue(issue, catalog, created, protected)
             findings.append(Finding(issue.rule, level, issue.category, name, step.revision,
-                                    _display(issue.statement, step.sql, issue.statement.start), why,
+                                    display_statement(issue.statement, step.sql, issue.statement.start), why,
                                     issue.instead, "dbrunbook"))
         seen: set[tuple] = set()
         for item in items:
             rule = item.get("rule_name", "")
-            offset = _offset(step.sql, int(item.get("line", 0)), int(item.get("column", 0)))
-            stmt = _statement_at(stmts, offset)
+            offset = squawk_offset(step.sql, int(item.get("line", 0)), int(item.get("column", 0)))
+            stmt = statement_at(stmts, offset)
             if stmt is not None and _bookkeeping(stmt.flat, version_tables):
                 continue
             if rule in ABSORBED and stmt is not None and stmt.start in rewritten:
@@ -224,7 +224,7 @@ def lint_sql(steps: dict[str, list], catalog: Catalog, *, protected: bool = Fals
             category, level, why = classified
             if rule in ABSORBED and stmt is not None and size is not None and size.exists:
                 level, why = _no_rewrite(rule, stmt.flat, table, catalog, level, why)
-            statement = _display(stmt, step.sql, offset)
+            statement = display_statement(stmt, step.sql, offset)
             if (rule, statement) in seen:
                 continue
             seen.add((rule, statement))
@@ -264,9 +264,9 @@ def _no_rewrite(rule: str, flat: str, table: str, catalog: Catalog, level: str, 
 
 def _coercible(flat: str, table: str, catalog: Catalog, level: str, why: str) -> tuple[str, str]:
     """A type change PostgreSQL does without a rewrite (varchar widening, to text) is harmless."""
-    for action in _actions(flat):
-        m = re.match(rf'^ALTER (?:COLUMN )?{_IDENT} (?:SET DATA )?TYPE (.+)$', action, re.IGNORECASE)
-        if m and (old := catalog.column_types.get((table, _norm(m.group(1))))):
+    for action in alter_actions(flat):
+        m = re.match(rf'^ALTER (?:COLUMN )?{IDENT} (?:SET DATA )?TYPE (.+)$', action, re.IGNORECASE)
+        if m and (old := catalog.column_types.get((table, normalize_name(m.group(1))))):
             rewrites, _ = type_change(old, m.group(2))
             if not rewrites:
                 return "info", f"{why}; harmless here: {old} to {m.group(2)} needs no rewrite"
@@ -286,9 +286,9 @@ def _catalog(engine, statements, rows_threshold: int, bytes_threshold: int) -> C
             tables.add(table)
             if d.parsed:
                 columns |= {c for c in d.columns if d.kind == "ALTER TABLE"}
-            for action in _actions(flat) if not d.parsed else ():
-                if c := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} ', action, re.IGNORECASE):
-                    columns.add((table, _norm(c.group(1))))
+            for action in alter_actions(flat) if not d.parsed else ():
+                if c := re.match(rf'^ALTER (?:COLUMN )?{IDENT} ', action, re.IGNORECASE):
+                    columns.add((table, normalize_name(c.group(1))))
     index_tables: dict[str, str] = {}
     sizes: dict[str, TableSize] = {}
     types: dict[tuple[str, str], str] = {}
@@ -299,8 +299,8 @@ def _catalog(engine, statements, rows_threshold: int, bytes_threshold: int) -> C
                 "SELECT x.indrelid::regclass::text FROM pg_index x WHERE x.indexrelid = to_regclass(:i)"),
                 {"i": index}).scalar()
             if owner:
-                index_tables[index] = _norm(owner)
-                tables.add(_norm(owner))
+                index_tables[index] = normalize_name(owner)
+                tables.add(normalize_name(owner))
         for table in sorted(tables):
             sizes[table] = _table_size(conn, table, rows_threshold)
             if not sizes[table].exists:
@@ -308,8 +308,8 @@ def _catalog(engine, statements, rows_threshold: int, bytes_threshold: int) -> C
             for expr in conn.execute(sa.text(
                     "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = to_regclass(:t) "
                     "AND contype = 'c' AND convalidated"), {"t": table}).scalars():
-                for col in re.findall(rf'\(\s*\(?\s*{_IDENT}\s+IS\s+NOT\s+NULL\s*\)?\s*\)', expr, re.IGNORECASE):
-                    checks.add((table, _norm(col)))
+                for col in re.findall(rf'\(\s*\(?\s*{IDENT}\s+IS\s+NOT\s+NULL\s*\)?\s*\)', expr, re.IGNORECASE):
+                    checks.add((table, normalize_name(col)))
         for table, column in sorted(columns):
             if sizes.get(table) and sizes[table].exists:
                 found = conn.execute(sa.text(
@@ -401,7 +401,7 @@ def _preview_files(preview) -> dict[str, str]:
     return out
 
 
-def _find_run(outputs_dir: Path, run_id: str) -> Path | None:
+def find_run(outputs_dir: Path, run_id: str) -> Path | None:
     try:
         candidate = records.run_dir_for(outputs_dir, run_id)
         if candidate.is_dir():
@@ -445,7 +445,7 @@ def _approved_preview(session, preview, approved_preview: str) -> pd.DataFrame:
                 f"-p approved_preview RUN_ID (the preview's run id).")
         return pd.DataFrame([{"check": "approved preview", "result": "not required",
                               "detail": f"target '{target.name}' is not protected; sha256 now {now}"}])
-    run_dir = _find_run(session.config.outputs_dir, approved_preview)
+    run_dir = find_run(session.config.outputs_dir, approved_preview)
     if run_dir is None:
         raise errors.PreviewNotApproved(
             f"No record of run '{approved_preview}' under {session.config.outputs_dir}. Pass the run id of a "
@@ -603,13 +603,13 @@ def _loss_statements(flat: str) -> list[tuple[str, str, str | None, str | None]]
 def _fallback_losses(flat: str) -> list[tuple[str, str, str | None, str | None]]:
     up = flat.upper()
     if m := re.match(r"^DROP TABLE (?:IF EXISTS )?(.+?)(?: CASCADE| RESTRICT)?;?$", flat, re.IGNORECASE):
-        return [("table", _norm(t.strip()), None, None) for t in m.group(1).split(",") if t.strip()]
+        return [("table", normalize_name(t.strip()), None, None) for t in m.group(1).split(",") if t.strip()]
     if m := re.match(r"^TRUNCATE (?:TABLE )?(?:ONLY )?(.+?)(?: RESTART IDENTITY| CONTINUE IDENTITY)?"
                      r"(?: CASCADE| RESTRICT)?;?$", flat, re.IGNORECASE):
-        return [("truncate", _norm(t.strip()), None, None) for t in m.group(1).split(",") if t.strip()]
+        return [("truncate", normalize_name(t.strip()), None, None) for t in m.group(1).split(",") if t.strip()]
     if up.startswith("ALTER TABLE") and (table := table_of(flat)):
-        return [("column", table, _norm(c.group(1)), None) for a in _actions(flat)
-                if (c := re.match(rf'^DROP (?:COLUMN )?(?:IF EXISTS )?{_IDENT}', a, re.IGNORECASE))
+        return [("column", table, normalize_name(c.group(1)), None) for a in alter_actions(flat)
+                if (c := re.match(rf'^DROP (?:COLUMN )?(?:IF EXISTS )?{IDENT}', a, re.IGNORECASE))
                 and not re.match(r"^DROP (CONSTRAINT|DEFAULT|NOT NULL|EXPRESSION|IDENTITY)\b", a, re.IGNORECASE)]
     return []
 

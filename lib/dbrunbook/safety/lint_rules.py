@@ -96,7 +96,7 @@ class Catalog:
     def size(self, table: str | None) -> TableSize | None:
         if table is None:
             return None
-        return self.tables.get(_norm(table)) or TableSize(_norm(table), exists=False)
+        return self.tables.get(normalize_name(table)) or TableSize(normalize_name(table), exists=False)
 
     def is_big(self, size: TableSize) -> bool:
         return size.exists and (size.rows >= self.rows_threshold or size.bytes >= self.bytes_threshold)
@@ -110,7 +110,7 @@ def _human_bytes(n: int) -> str:
     return str(n)
 
 
-def _norm(name: str) -> str:
+def normalize_name(name: str) -> str:
     """A name as written in SQL in canonical spelling: ``My_Table`` is ``my_table``, ``"my table"`` keeps its
     quotes, ``public.`` is dropped (the way ``regclass::text`` spells it; see ``sqlparse.normalize_name``)."""
     return sqlparse.normalize_name(name)
@@ -123,13 +123,13 @@ def _split_name(name: str) -> list[str]:
 # --- statements: see sqltext ---------------------------------------------------------------------------
 
 
-def _offset(sql: str, line: int, column: int) -> int:
+def squawk_offset(sql: str, line: int, column: int) -> int:
     """Offset of squawk's 0-based line and column in ``sql``."""
     lines = sql.splitlines(keepends=True)
     return sum(len(x) for x in lines[:line]) + min(column, len(lines[line]) if line < len(lines) else 0)
 
 
-def _statement_at(statements: Sequence[Statement], offset: int) -> Statement | None:
+def statement_at(statements: Sequence[Statement], offset: int) -> Statement | None:
     for s in statements:
         if s.start <= offset < s.end:
             return s
@@ -137,7 +137,7 @@ def _statement_at(statements: Sequence[Statement], offset: int) -> Statement | N
     return following[0] if following else (statements[-1] if statements else None)
 
 
-def _display(stmt: Statement | None, sql: str, offset: int) -> str:
+def display_statement(stmt: Statement | None, sql: str, offset: int) -> str:
     """The statement, shortened: its head and, for a long one, the line the finding points at."""
     if stmt is None:
         return ""
@@ -191,17 +191,17 @@ def table_of(flat: str, catalog: Catalog | None = None) -> str | None:
         return None
     for pattern in _TABLE_PATTERNS:
         if m := pattern.match(flat):
-            return _norm(m.group(1))
+            return normalize_name(m.group(1))
     for pattern in _INDEX_PATTERNS:
         if (m := pattern.match(flat)) and catalog is not None:
-            return catalog.index_tables.get(_norm(m.group(1)), _norm(m.group(1)))
+            return catalog.index_tables.get(normalize_name(m.group(1)), normalize_name(m.group(1)))
     return None
 
 
 _ANY_TABLE = sqlparse.ast.RangeVar(relname="x", inh=True, relpersistence="p")
 
 
-def _actions(flat: str) -> list[str]:
+def alter_actions(flat: str) -> list[str]:
     """The actions of an ALTER TABLE, each as PostgreSQL's grammar reads it, printed canonically.
 
     ``alter x type int`` comes back as ``ALTER COLUMN x TYPE integer``, names quoted where needed: the rules
@@ -223,7 +223,7 @@ def _actions(flat: str) -> list[str]:
 
 
 #: A column or constraint name in the canonical text of an action (quoted names may hold spaces).
-_IDENT = r'("(?:[^"]|"")+"|[\w$]+)'
+IDENT = r'("(?:[^"]|"")+"|[\w$]+)'
 _FALLBACK_KINDS = [(re.compile(p, re.IGNORECASE), k) for p, k in (
     (r"^CREATE (?:UNLOGGED |TEMP |TEMPORARY )?TABLE\b", "CREATE TABLE"), (r"^VACUUM\b.*\bFULL\b", "VACUUM FULL"),
     (r"^CLUSTER\b", "CLUSTER"), (r"^UPDATE\b", "UPDATE"), (r"^DELETE\b", "DELETE FROM"),
@@ -458,10 +458,10 @@ def type_change(old: str | None, new: str) -> tuple[bool, bool]:
 def _not_null_checks_added(flat: str, table: str) -> set[tuple[str, str]]:
     """(table, column) pairs a statement proves NOT NULL by a validated CHECK (added without NOT VALID)."""
     found = set()
-    for m in re.finditer(rf'CHECK\s*\(\s*\(?\s*{_IDENT}\s+IS\s+NOT\s+NULL\s*\)?\s*\)(\s+NOT\s+VALID)?',
+    for m in re.finditer(rf'CHECK\s*\(\s*\(?\s*{IDENT}\s+IS\s+NOT\s+NULL\s*\)?\s*\)(\s+NOT\s+VALID)?',
                          flat, re.IGNORECASE):
         if not m.group(2):
-            found.add((table, _norm(m.group(1))))
+            found.add((table, normalize_name(m.group(1))))
     return found
 
 
@@ -505,15 +505,15 @@ def check_sql(statements: Sequence[Statement], catalog: Catalog, created: set[st
         if kind != "ALTER TABLE" or not table:
             continue
         locked.add(table)
-        actions = _actions(flat)
+        actions = alter_actions(flat)
         for action in actions:
             validated |= _not_null_checks_added(action, table)
-            if m := re.match(rf'^ADD CONSTRAINT {_IDENT} CHECK .*? NOT VALID', action, re.IGNORECASE):
-                for col in re.findall(rf'\(\s*\(?\s*{_IDENT}\s+IS\s+NOT\s+NULL', m.group(0), re.IGNORECASE):
-                    not_valid[_norm(m.group(1))] = (table, _norm(col))
-            for name in re.findall(rf'^VALIDATE CONSTRAINT {_IDENT}', action, re.IGNORECASE):
-                if _norm(name) in not_valid:
-                    validated.add(not_valid[_norm(name)])
+            if m := re.match(rf'^ADD CONSTRAINT {IDENT} CHECK .*? NOT VALID', action, re.IGNORECASE):
+                for col in re.findall(rf'\(\s*\(?\s*{IDENT}\s+IS\s+NOT\s+NULL', m.group(0), re.IGNORECASE):
+                    not_valid[normalize_name(m.group(1))] = (table, normalize_name(col))
+            for name in re.findall(rf'^VALIDATE CONSTRAINT {IDENT}', action, re.IGNORECASE):
+                if normalize_name(name) in not_valid:
+                    validated.add(not_valid[normalize_name(name)])
         for action in actions:
             issues += _action_issues(action, table, stmt, catalog, validated)
     return issues
@@ -522,8 +522,8 @@ def check_sql(statements: Sequence[Statement], catalog: Catalog, created: set[st
 def _action_issues(action: str, table: str, stmt: Statement, catalog: Catalog,
                    validated: set[tuple[str, str]]) -> list[SqlIssue]:
     up = action.upper()
-    if m := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} (?:SET DATA )?TYPE (.+)$', action, re.IGNORECASE):
-        column, new = _norm(m.group(1)), m.group(2)
+    if m := re.match(rf'^ALTER (?:COLUMN )?{IDENT} (?:SET DATA )?TYPE (.+)$', action, re.IGNORECASE):
+        column, new = normalize_name(m.group(1)), m.group(2)
         old = catalog.column_types.get((table, column))
         rewrites, narrows = type_change(old, new)
         out = []
@@ -548,8 +548,8 @@ def _action_issues(action: str, table: str, stmt: Statement, catalog: Catalog,
                              "add it without default (or a constant one), backfill in batches, then set the "
                              "default", stmt)]
         return []
-    if m := re.match(rf'^ALTER (?:COLUMN )?{_IDENT} SET NOT NULL', action, re.IGNORECASE):
-        column = _norm(m.group(1))
+    if m := re.match(rf'^ALTER (?:COLUMN )?{IDENT} SET NOT NULL', action, re.IGNORECASE):
+        column = normalize_name(m.group(1))
         if (table, column) in validated or (table, column) in catalog.not_null_checks:
             return []
         return [SqlIssue("not-null-scan", table,

@@ -613,7 +613,7 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
             applied = tuple(getattr(s, "revision", str(s)) for s in (result or []))
             attempt = Attempt(migration_set, number, started, seconds, "succeeded",
                               applied[-1] if applied else None, applied, "", blockers)
-            _note(attempts, mine, attempt, report, total)
+            note_attempt(attempts, mine, attempt, report, total)
             steps = committed + list(result) if isinstance(result, list) else committed
             # Every invalid index, not only this run's: a CIC with IF NOT EXISTS skips one an earlier run left.
             left = indexes.invalid_indexes(engine) if steps else []
@@ -629,7 +629,7 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
         attempt = Attempt(migration_set, number, started, seconds, "lock timeout" if timed_out else "failed",
                           getattr(error, "revision", None), _applied_in(error),
                           getattr(error, "reason", None) or str(error), blockers, pause)
-        _note(attempts, mine, attempt, report, total)
+        note_attempt(attempts, mine, attempt, report, total)
         committed += list(getattr(error, "steps", None) or [])
         if not timed_out:
             error.attempts = list(mine)
@@ -660,7 +660,7 @@ def _invalid(migration_set: str, revision: str | None, completed: tuple, steps: 
     return failed
 
 
-def _note(attempts: list[Attempt], mine: list[Attempt], attempt: Attempt, report: Callable | None,
+def note_attempt(attempts: list[Attempt], mine: list[Attempt], attempt: Attempt, report: Callable | None,
           total: int) -> None:
     attempts.append(attempt)
     mine.append(attempt)

@@ -6,7 +6,7 @@ the wall clock, so the picture depends on the recorded figures only.
 
 from __future__ import annotations
 
-from dbrunbook.views.plots import Note, Plot, _figure, _render, _style
+from dbrunbook.views.plots import Note, Plot, new_figure, render_plot, plot_style
 
 __all__ = ["batches_chart"]
 
@@ -17,8 +17,8 @@ def batches_chart(result, *, batch_seconds: float | None = None) -> Plot | Note:
     if not result.batches:
         return Note(title, "no batch ran in this run")
     numbers = [b.number for b in result.batches]
-    with _style():
-        fig = _figure(8.0, 4.2)
+    with plot_style():
+        fig = new_figure(8.0, 4.2)
         rows_ax, secs_ax = fig.subplots(2, 1, sharex=True)
         rows_ax.bar(numbers, [b.rows for b in result.batches], width=0.8, color="#4c72b0")
         rows_ax.set_ylabel("rows changed")
@@ -40,4 +40,4 @@ def batches_chart(result, *, batch_seconds: float | None = None) -> Plot | Note:
         rows_ax.set_title(f"{total:,} rows in {len(numbers):,} batches, {len(result.pauses)} pause(s)",
                           fontsize=9)
         fig.tight_layout()
-        return _render(fig, title)
+        return render_plot(fig, title)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dbrunbook.procedures import fleet_rollup
 from dbrunbook.views import plots
-from dbrunbook.views.report import PAGES_DIR, _page
+from dbrunbook.views.report import PAGES_DIR, page_html
 
 __all__ = ["FLEET_PAGES_DIR", "write_fleet_pages"]
 
@@ -61,7 +61,7 @@ def render_fleet_page(check: fleet_rollup.RollupCheck) -> str:
         else plot._repr_html_()
     body = (f"<h1>Fleet {_e(check.fleet_id)}</h1>{banner}<table class=\"dbr-table\">{facts}</table>"
             f"{sections}<h2>Seconds per target</h2>{chart}")
-    return _page(f"fleet {check.fleet_id}", body)
+    return page_html(f"fleet {check.fleet_id}", body)
 
 
 def write_fleet_pages(outputs_dir: Path, allowed_signers: Path, out_dir: Path) -> list[Path]:

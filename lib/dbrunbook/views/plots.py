@@ -119,21 +119,21 @@ class Plots:
         return f"Plots({', '.join(repr(p) for p in self.plots)})"
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     # A bare Figure, not pyplot: the kernel's inline backend does not show it a second time or keep it alive.
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _render(fig: Figure, title: str) -> Plot:
+def render_plot(fig: Figure, title: str) -> Plot:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
     width, height = (int(round(v)) for v in fig.get_size_inches() * DPI)
     return Plot(title=title, png=buffer.getvalue(), width=width, height=height)
 
 
-class _style:
+class plot_style:
     """matplotlib's default style plus our fixed settings, for the duration of one drawing."""
 
     def __enter__(self) -> None:
@@ -266,12 +266,12 @@ def revision_graph(mset: MigrationSet | Iterable[migrations.RevisionInfo], curre
     """
     name, history = _history_of(mset)
     title = f"revision graph{' of ' + name if name else ''}"
-    with _style():
-        return _render(_graph_figure(history, tuple(current or ())), title)
+    with plot_style():
+        return render_plot(_graph_figure(history, tuple(current or ())), title)
 
 
 def _graph_figure(history: list[migrations.RevisionInfo], current: tuple[str, ...]) -> Figure:
-    """The revision graph's figure (drawn inside ``_style()``); kept apart so tests can measure its layout."""
+    """The revision graph's figure (drawn inside ``plot_style()``); kept apart so tests can measure its layout."""
     by_revision = {r.revision: r for r in history}
     applied: set[str] = set()
     stack = [c for c in current if c in by_revision]
@@ -291,7 +291,7 @@ def _graph_figure(history: list[migrations.RevisionInfo], current: tuple[str, ..
     left, right = min(xs) - 0.15, max(xs) + 1.0
     legend_inches = 0.35
     height = max(2.0, 0.9 + 0.55 * n_rows) + legend_inches
-    fig = _figure(max(6.0, 3.0 * (right - left)), height)
+    fig = new_figure(max(6.0, 3.0 * (right - left)), height)
     ax = fig.add_axes((0.02, 0.02, 0.96, 0.96 - legend_inches / height))
     ax.set_axis_off()
     if not history:
@@ -390,8 +390,8 @@ def counts_chart(diff_frame: Any) -> Plot | Note:
     more = rows[MAX_BARS:]
     rows = rows[:MAX_BARS]
     n_rows = len(rows) + (1 if more else 0)
-    with _style():
-        fig = _figure(8.0, max(1.6, 0.9 + 0.42 * n_rows))
+    with plot_style():
+        fig = new_figure(8.0, max(1.6, 0.9 + 0.42 * n_rows))
         ax = _bar_axes(fig, n_rows)
         labels = [f"{_short(r['table'], 34)} ({r.get('status', '')})" for r in rows]
         ys = list(range(len(rows)))
@@ -415,7 +415,7 @@ def counts_chart(diff_frame: Any) -> Plot | Note:
         ax.margins(x=0.12)  # room for the change labels right of the bars
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
-        return _render(fig, title)
+        return render_plot(fig, title)
 
 
 # --- durations ------------------------------------------------------------------------------------------
@@ -465,8 +465,8 @@ def durations_chart(steps: Any, rehearsal: Any = None) -> Plot | Note:
         keep, more = set(ranked[:MAX_BARS]), ranked[MAX_BARS:]
         labels = [label for label in labels if label in keep]
     n_rows = len(labels) + (1 if more else 0)
-    with _style():
-        fig = _figure(8.0, max(1.6, 0.9 + 0.42 * n_rows))
+    with plot_style():
+        fig = new_figure(8.0, max(1.6, 0.9 + 0.42 * n_rows))
         ax = _bar_axes(fig, n_rows)
         ys = list(range(len(labels)))
         both = bool(rehearsed) and bool(applied)
@@ -494,4 +494,4 @@ def durations_chart(steps: Any, rehearsal: Any = None) -> Plot | Note:
         if both:
             ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
-        return _render(fig, title)
+        return render_plot(fig, title)

@@ -124,7 +124,7 @@ def _grid(columns: list[str], rows: list[list[Any]]) -> str:
     return f'<table class="dbr-table"><tr>{head}</tr>{body}</table>'
 
 
-def _page(title: str, body: str, script: str = "") -> str:
+def page_html(title: str, body: str, script: str = "") -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{_CSS}</style></head><body class=\"dbr\">{body}"
             + (f"<script>{script}</script>" if script else "") + "</body></html>\n")
@@ -296,7 +296,7 @@ def _warning_page(entry: RecordEntry, facts: Mapping, check: records.RecordCheck
             f"what was signed.</div><h2>Problems</h2><ul id=\"problems\">{problems}</ul>"
             f"<h2>What the record claims (not verified)</h2>{claimed}"
             f"<p>Check it with <code>dbrunbook verify {_e(check.run_dir)}</code>.</p></div>")
-    return _page(f"{entry.status_label.upper()}: {entry.run_id}", body)
+    return page_html(f"{entry.status_label.upper()}: {entry.run_id}", body)
 
 
 # nbconvert's own clean_html (what --sanitize-html uses) allows so few tags that it escapes headings,
@@ -464,7 +464,7 @@ def _index(entries: list[RecordEntry]) -> str:
   apply();
 })();
 """
-    return _page("dbrunbook records", body, script + report_style.SORT_SCRIPT)
+    return page_html("dbrunbook records", body, script + report_style.SORT_SCRIPT)
 
 
 def build_report(outputs_dir: Path, allowed_signers: Path, out_dir: Path | None = None) -> Report:

@@ -200,7 +200,7 @@ def test_plain_alembic_cannot_run_the_async_template_inside_a_running_loop(engin
     cfg = migrations.alembic_config(mset, url=engine.url.render_as_string(hide_password=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # env.py's coroutine, never awaited: asyncio.run refused it
-        with migrations._in_project(mset), pytest.raises(RuntimeError) as err:
+        with migrations.in_project(mset), pytest.raises(RuntimeError) as err:
             in_running_loop(command.upgrade, cfg, "heads")
         message = str(err.value)
         err.value.__traceback__ = None  # the coroutine lives in the traceback's frames
@@ -232,7 +232,7 @@ def test_anyio_env_py_fails_outside_a_worker_thread(engine):
 
     mset = project("anyio_worker")
     cfg = migrations.alembic_config(mset, url=engine.url.render_as_string(hide_password=False))
-    with migrations._in_project(mset), pytest.raises(Exception) as err:
+    with migrations.in_project(mset), pytest.raises(Exception) as err:
         command.upgrade(cfg, "heads")
     assert type(err.value).__name__ == "NoEventLoopError"
     assert tables(engine) == set()

@@ -91,7 +91,7 @@ def test_with_database_round_trips_through_sqlalchemy():
     ("see postgresql://u:zz@h/d", "postgresql://u@h/d", "see postgresql://u:***@h/d"),
 ])
 def test_scrub_removes_passwords_from_driver_messages(message, url, expected):
-    assert db._scrub(message, url) == expected
+    assert db.scrub_driver_message(message, url) == expected
 
 
 def test_make_engine_hides_parameters_and_switches_to_psycopg():
@@ -172,7 +172,7 @@ def test_the_other_maskers_are_the_one():
     expected = "postgresql://u:***@h/d?password=*** host=x password=***"
     assert parameters.mask_secrets(text) == expected
     assert backup._scrubbed(text + " pgpw9", {"PGPASSWORD": "pgpw9"}) == expected + " ***"
-    assert db._scrub(text, "postgresql://u@h/d") == expected
+    assert db.scrub_driver_message(text, "postgresql://u@h/d") == expected
 
 
 def test_the_launcher_refuses_an_unparsable_url_before_anything_runs(tmp_path, monkeypatch, capfd):

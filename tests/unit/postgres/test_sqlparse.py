@@ -11,7 +11,7 @@ import pytest
 from dbrunbook.postgres import sqlimpact, sqlparse
 from dbrunbook.procedures import deploy
 from dbrunbook.safety import preflight
-from dbrunbook.safety.lint_rules import Catalog, TableSize, _norm, check_sql, table_of
+from dbrunbook.safety.lint_rules import Catalog, TableSize, normalize_name, check_sql, table_of
 from dbrunbook.chain.migrations import SqlStep
 from dbrunbook.safety.guards import _loss_statements, lint_sql
 from dbrunbook.postgres.sqltext import split_statements
@@ -104,7 +104,7 @@ def test_tricky_sql(sql, kind, locks, table, losses, breaks):
     ('Crm."Order"', 'crm."Order"'), ('"user"', '"user"'), ('"a""b"', '"a""b"'),
 ])
 def test_names_are_canonical_like_regclass_text(written, canonical):
-    assert _norm(written) == canonical
+    assert normalize_name(written) == canonical
 
 
 # --- splitting ---------------------------------------------------------------------------------------------

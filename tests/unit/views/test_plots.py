@@ -168,7 +168,7 @@ def _chain(n: int, merges: int = 0) -> list[migrations.RevisionInfo]:
 def test_revision_graph_size_is_bounded_and_labels_do_not_overlap(n, merges):
     history = _chain(n, merges)
     current = (history[len(history) // 3].revision,)   # far from the heads on long chains
-    with plots._style():
+    with plots.plot_style():
         fig = plots._graph_figure(history, current)
         renderer = fig.canvas.get_renderer()
         ax = fig.axes[0]
