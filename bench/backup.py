@@ -20,10 +20,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from _common import ROOT, WORK, admin_url, fresh_database, write_section
 
-from dbrunbook.postgres import db
-from dbrunbook.procedures import backup
 from dbrunbook.config import load_config
 from dbrunbook.execution.session import Session
+from dbrunbook.postgres import db
+from dbrunbook.procedures import backup
 
 TABLES, ROWS, ROUNDS = 5, 1_200_000, 2
 URL_ENV = "DBRUNBOOK_BENCH_BACKUP_URL"

@@ -11,8 +11,8 @@ import sys
 import time
 
 import sqlalchemy as sa
-
 from _common import admin_url, fresh_database, median_seconds, write_section
+
 from dbrunbook.postgres import snapshots
 
 

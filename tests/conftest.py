@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dbrunbook.postgres import db
 from dbrunbook.config import normalize_url
+from dbrunbook.postgres import db
 from tests.projects import project  # noqa: F401 - the sample project fixture, for every test module
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,9 +24,9 @@ from pathlib import Path
 # user's own process keeps its validators.
 sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
-from dbrunbook.execution import protocol
 from dbrunbook.config import load_config
 from dbrunbook.errors import DbRunbookError, ParameterError
+from dbrunbook.execution import protocol
 
 __all__ = ["build_parser", "main"]
 

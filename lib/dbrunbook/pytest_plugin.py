@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.pool import NullPool
 
+from dbrunbook.config import normalize_url
 from dbrunbook.postgres import db
 from dbrunbook.procedures import authoring
-from dbrunbook.config import normalize_url
 
 __all__ = ["assert_round_trip", "assert_stairway", "test_dbrunbook_round_trip", "test_dbrunbook_stairway"]
 

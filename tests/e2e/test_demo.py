@@ -9,9 +9,9 @@ import pytest
 
 from dbrunbook import records
 from dbrunbook.chain import migrations
-from dbrunbook.postgres import snapshots
 from dbrunbook.config import load_config
 from dbrunbook.demo import run_demo
+from dbrunbook.postgres import snapshots
 from tests.projects import URL_ENV
 
 

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from dbrunbook import cli, records
 from dbrunbook.chain import migrations
-from dbrunbook.records import signing
 from dbrunbook.config import load_config
+from dbrunbook.records import signing
 
 pytestmark = pytest.mark.e2e
 

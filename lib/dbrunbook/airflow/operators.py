@@ -57,10 +57,10 @@ class DbRunbookOperator(PapermillOperator):
     def execute(self, context: Any) -> dict:
         import os
 
-        from dbrunbook.execution import protocol
         from dbrunbook.config import X_ARGUMENTS_ENV, load_config
-        from dbrunbook.procedures.fleet_groups import member_env
+        from dbrunbook.execution import protocol
         from dbrunbook.execution.runner import find_runbook, run_runbook
+        from dbrunbook.procedures.fleet_groups import member_env
 
         target = self.target
         if isinstance(target, dict):  # a fleet member from fleet_plan: {"target": ..., "env": {...}}

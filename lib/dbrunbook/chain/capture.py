@@ -34,9 +34,9 @@ from sqlalchemy import event
 from sqlalchemy.pool import NullPool
 
 from dbrunbook.chain import isolation, migrations
-from dbrunbook.postgres import db
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import BackupFailed, DbRunbookError, MigrationFailed
+from dbrunbook.postgres import db
 
 log = logging.getLogger(__name__)
 
@@ -422,10 +422,8 @@ def require_covered(session, steps: dict[str, list[migrations.SqlStep]], allow: 
                 "steps": [{"migration_set": name, "revision": st.revision, "source": st.source,
                            "reason": st.reason, "capture_error": st.capture_error,
                            "allowed": _allowed(entries, st.revision)} for name, st in online]}
-        try:
+        with contextlib.suppress(FileExistsError):
             session.save_artifact(f"online-only-{direction}.json", json.dumps(body, indent=1, sort_keys=True) + "\n")
-        except FileExistsError:
-            pass
     if not uncovered:
         return []
     if protected and blocking:

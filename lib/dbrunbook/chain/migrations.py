@@ -57,10 +57,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from dbrunbook.chain import alembic_thread, drivers
 from dbrunbook.config import MigrationSet
-from dbrunbook.postgres.db import mask_secrets, mask_url
 from dbrunbook.errors import (
-    AmbiguousRevision, ConfigError, DialectMismatch, MigrationFailed, RevisionNotFound,
+    AmbiguousRevision,
+    ConfigError,
+    DialectMismatch,
+    MigrationFailed,
+    RevisionNotFound,
 )
+from dbrunbook.postgres.db import mask_secrets, mask_url
 
 if TYPE_CHECKING:  # pandas is imported where a frame is built: the launcher never needs it
     import pandas as pd

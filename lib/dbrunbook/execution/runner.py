@@ -29,22 +29,36 @@ import nbformat
 
 from dbrunbook import records
 from dbrunbook.chain import migrations
+from dbrunbook.config import ENV_CONFIG, Config, load_config
+from dbrunbook.errors import (
+    GUARD_ENAMES,
+    DatabaseUnavailable,
+    DeployerLockHeld,
+    MissingSecret,
+    ParameterError,
+    RevisionNotFound,
+    RunDirectoryInvalid,
+)
 from dbrunbook.execution import protocol, steplog, unfinished
+from dbrunbook.execution.kernel import (
+    KERNEL_STARTUP_ARGUMENTS,
+    ipc_kernel_manager,
+    kernel_for_this_interpreter,
+)
+from dbrunbook.execution.parameters import (
+    Parameter,
+    RunbookInfo,
+    find_runbook,
+    list_runbooks,
+    mask_secrets,
+    parse_parameters,
+    read_notebook,
+    read_parameters,
+    validate_parameters,
+)
 from dbrunbook.postgres import db
 from dbrunbook.records import archive, signing, trust
 from dbrunbook.safety import locking
-from dbrunbook.config import ENV_CONFIG, Config, load_config
-from dbrunbook.errors import (
-    GUARD_ENAMES, DatabaseUnavailable, DeployerLockHeld, MissingSecret, ParameterError, RevisionNotFound,
-    RunDirectoryInvalid,
-)
-from dbrunbook.execution.kernel import (
-    KERNEL_STARTUP_ARGUMENTS, ipc_kernel_manager, kernel_for_this_interpreter,
-)
-from dbrunbook.execution.parameters import (
-    Parameter, RunbookInfo, read_notebook, find_runbook, list_runbooks, mask_secrets, parse_parameters,
-    read_parameters, validate_parameters,
-)
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import pandas as pd
 
 from dbrunbook import records
 from dbrunbook.chain import migrations
-from dbrunbook.postgres import db, snapshots, sqltext
-from dbrunbook.views import summaries
 from dbrunbook.config import Config, MigrationSet, load_config
 from dbrunbook.errors import ConfigError, ConfirmationRequired, NoSnapshot, NotAtExpectedRevision
 from dbrunbook.execution.protocol import ARTIFACTS_DIR, SENTINEL
+from dbrunbook.postgres import db, snapshots, sqltext
+from dbrunbook.views import summaries
 
 log = logging.getLogger(__name__)
 

@@ -564,10 +564,8 @@ def _wait_gone(pid: int, timeout: float) -> None:
 
 def _ensure_private_dir(path: Path, uid: int, gid: int) -> None:
     """Create ``path`` owned by uid with mode 0700, refusing a folder someone else planted in /tmp."""
-    try:
+    with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode):
         raise EmbeddedServerError(f"{path} exists and is not a folder. Remove it, then start again.")

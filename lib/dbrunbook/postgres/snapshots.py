@@ -147,10 +147,10 @@ def row_counts(
     """
     tables = list_tables(engine, exclude_schemas=exclude_schemas)
     names = [f"{r.schema}.{r.name}" for r in tables.itertuples()]
-    sizes = dict(zip(names, (int(b) for b in tables["bytes"])))
+    sizes = dict(zip(names, (int(b) for b in tables["bytes"]), strict=False))
     taken_at = datetime.now(UTC).isoformat(timespec="seconds")
     if not exact:
-        estimates = {n: (int(e) if e >= 0 else None) for n, e in zip(names, tables["estimate"])}
+        estimates = {n: (int(e) if e >= 0 else None) for n, e in zip(names, tables["estimate"], strict=False)}
         return Snapshot(taken_at=taken_at, exact=False, counts=estimates, bytes=sizes)
     if not names:
         return Snapshot(taken_at=taken_at, exact=True, counts={}, bytes={})
@@ -198,7 +198,7 @@ def count_group(engine: Engine, group: list[str], fingerprint: bool, snapshot_id
                 cur = raw.cursor()
                 cur.execute(_count_sql(name, fingerprint))
                 cursors.append(cur)
-        rows = [(name, *cur.fetchone()) for name, cur in zip(group, cursors)]
+        rows = [(name, *cur.fetchone()) for name, cur in zip(group, cursors, strict=False)]
         conn.exec_driver_sql("COMMIT")
     return rows
 

@@ -41,10 +41,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from dbrunbook.chain import isolation, migrations
-from dbrunbook.postgres import db, snapshots
-from dbrunbook.procedures.checks import CouldNotRun
 from dbrunbook.config import Config, MigrationSet
 from dbrunbook.errors import ConfigError, DbRunbookError, MigrationFailed, ParameterError, ReviewFailed
+from dbrunbook.postgres import db, snapshots
+from dbrunbook.procedures.checks import CouldNotRun
 from dbrunbook.safety.lint_rules import revision_issues
 
 log = logging.getLogger(__name__)

@@ -26,17 +26,28 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
+from dbrunbook.config import Backfill
+from dbrunbook.errors import (
+    BackfillFailed,
+    BackfillLockHeld,
+    BackfillNotFound,
+    BackfillUnfinished,
+    ConfigError,
+)
 from dbrunbook.postgres import db
-from dbrunbook.safety import locking
 from dbrunbook.procedures.backfill_health import health_signals
 from dbrunbook.procedures.backfill_progress import Progress, StopSignals
 from dbrunbook.procedures.backfill_state import (
-    spec_definition, ensure_state, plain_name, Plan, make_plan, progress, quote_name, set_columns,
+    Plan,
+    ensure_state,
+    make_plan,
+    plain_name,
+    progress,
+    quote_name,
+    set_columns,
+    spec_definition,
 )
-from dbrunbook.config import Backfill
-from dbrunbook.errors import (
-    BackfillFailed, BackfillLockHeld, BackfillNotFound, BackfillUnfinished, ConfigError,
-)
+from dbrunbook.safety import locking
 
 log = logging.getLogger(__name__)
 

@@ -45,11 +45,11 @@ from sqlalchemy.pool import NullPool
 
 from dbrunbook import records
 from dbrunbook.chain import isolation, migrations
-from dbrunbook.postgres import db, snapshots
 from dbrunbook.config import MigrationSet, parse_duration
-from dbrunbook.postgres.embedded import EmbeddedServer, client_binary
 from dbrunbook.errors import BackupFailed, BackupRequired, MigrationFailed, RehearsalFailed
 from dbrunbook.execution.protocol import ARTIFACTS_DIR
+from dbrunbook.postgres import db, snapshots
+from dbrunbook.postgres.embedded import EmbeddedServer, client_binary
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ def _counts_in_snapshot(engine: Engine, snapshot_id: str) -> snapshots.Snapshot:
     # snapshots.row_counts takes its own snapshot; its per-group counter accepts an imported one.
     rows = snapshots.count_group(engine, names, False, snapshot_id) if names else []
     return snapshots.Snapshot(taken_at=taken_at, exact=True, counts={n: int(c) for n, c, _ in rows},
-                              bytes=dict(zip(names, (int(b) for b in tables["bytes"]))))
+                              bytes=dict(zip(names, (int(b) for b in tables["bytes"]), strict=False)))
 
 
 def _backup_folder(session) -> Path:

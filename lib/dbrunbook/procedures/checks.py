@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from dbrunbook.postgres.db import mask_url
 from dbrunbook.errors import DbRunbookError, GuardStop, MigrationFailed
+from dbrunbook.postgres.db import mask_url
 
 log = logging.getLogger(__name__)
 

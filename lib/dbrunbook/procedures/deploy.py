@@ -16,11 +16,15 @@ import pandas as pd
 import sqlalchemy as sa
 
 from dbrunbook.chain import migrations
+from dbrunbook.errors import (
+    ConfirmationRequired,
+    HealthCheckFailed,
+    MaintenanceFailed,
+    MigrationFailed,
+    RowsVanished,
+)
 from dbrunbook.postgres import sqlimpact, sqlparse, sqltext
 from dbrunbook.postgres.db import mask_secrets
-from dbrunbook.errors import (
-    ConfirmationRequired, HealthCheckFailed, MaintenanceFailed, MigrationFailed, RowsVanished,
-)
 
 
 def breaking_changes(preview) -> pd.DataFrame:

@@ -28,11 +28,11 @@ from sqlalchemy.engine import Connection
 
 from dbrunbook import records
 from dbrunbook.chain import migrations
-from dbrunbook.postgres import sqlimpact, sqltext
-from dbrunbook.procedures.checks import CouldNotRun
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import ConfigError, DbRunbookError, GuardStop
 from dbrunbook.execution.protocol import STATEMENT_FILE
+from dbrunbook.postgres import sqlimpact, sqltext
+from dbrunbook.procedures.checks import CouldNotRun
 
 log = logging.getLogger(__name__)
 
@@ -677,9 +677,9 @@ def check_duplicate_keys(s: Any, migration_set: str = "all") -> CheckResult:
                         if not set(key.columns) <= set(ins["columns"]):
                             continue
                         checked += 1
-                        cols = ", ".join(f"v.{_quote_ident(c)}::{t}" for c, t in zip(key.columns, key.types))
+                        cols = ", ".join(f"v.{_quote_ident(c)}::{t}" for c, t in zip(key.columns, key.types, strict=False))
                         on = " AND ".join(f"t.{_quote_ident(c)} = v.{_quote_ident(c)}::{t}"
-                                          for c, t in zip(key.columns, key.types))
+                                          for c, t in zip(key.columns, key.types, strict=False))
                         source = f"(VALUES {ins['values']}) AS v({alias})"
                         existing = (f"SELECT DISTINCT {cols} FROM {source} JOIN {ins['table']} t ON {on}")
                         twice = f"SELECT {cols} FROM {source} GROUP BY {cols} HAVING count(*) > 1"

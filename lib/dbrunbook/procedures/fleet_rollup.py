@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dbrunbook import records
-from dbrunbook.records import signing, trust
 from dbrunbook.config import Config
 from dbrunbook.errors import SignatureInvalid
+from dbrunbook.records import signing, trust
 
 if TYPE_CHECKING:
     from dbrunbook.procedures.fleet import FleetResult

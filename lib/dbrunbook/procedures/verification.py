@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from dbrunbook import records
-from dbrunbook.postgres import snapshots
 from dbrunbook.errors import UnexpectedChange
 from dbrunbook.execution.protocol import STATEMENT_FILE
+from dbrunbook.postgres import snapshots
 
 
 @dataclass

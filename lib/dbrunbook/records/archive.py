@@ -22,9 +22,9 @@ import sqlalchemy as sa
 
 from dbrunbook import records
 from dbrunbook.chain import migrations
-from dbrunbook.postgres import db
 from dbrunbook.config import MigrationSet
 from dbrunbook.execution.protocol import STATEMENT_FILE
+from dbrunbook.postgres import db
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +413,7 @@ def _ledger_findings(engine: sa.Engine, entries: list[_Entry], by_run: dict[str,
                 f"{_show_heads(entry.heads_after)}) but the ledger there has no row for it: the ledger was "
                 f"edited, or the database was restored from an older backup."), entry.run_id, key))
     finished = [r for r in rows if r["outcome"] != "running" and r["heads_after"] is not None]
-    for earlier, later in zip(finished, finished[1:]):
+    for earlier, later in zip(finished, finished[1:], strict=False):
         if _heads_differ(earlier["heads_after"], later["heads_before"]):
             findings.append(Finding("unrecorded-change", (
                 f"the ledger of {key}: run {earlier['run_id']} left {_show_heads(earlier['heads_after'])}, "

@@ -28,12 +28,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dbrunbook.records import dsse, signing
 from dbrunbook.errors import DbRunbookError, ParameterError, SignatureInvalid
 from dbrunbook.execution.protocol import (
-    ARTIFACTS_DIR, INTENT_FILE, LEDGER_SCHEMA, LEDGER_TABLE, NOTEBOOK_FILE, SECRET_WORDS, SIGNATURE_FILE,
+    ARTIFACTS_DIR,
+    INTENT_FILE,
+    LEDGER_SCHEMA,
+    LEDGER_TABLE,
+    NOTEBOOK_FILE,
+    SECRET_WORDS,
+    SIGNATURE_FILE,
     STATEMENT_FILE,
 )
+from dbrunbook.records import dsse, signing
 
 __all__ = [
     "MODES",

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dbrunbook.records import signing
 from dbrunbook.errors import ChainLockTimeout, SignatureInvalid
+from dbrunbook.records import signing
 
 __all__ = ["LOCK_FILE", "TIPS_FILE", "TIPS_SIGNATURE", "ChainLockTimeout", "Tip", "archive_of", "locked",
            "read_tips", "rebuild_tips", "verify_tips", "write_tips"]

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 from dbrunbook import records
-from dbrunbook.records import signing
 from dbrunbook.errors import SignerNotTrusted, SigningKeyMissing
+from dbrunbook.records import signing
 
 __all__ = ["create_operator_key", "operator_key_path", "principal_for", "require_signing_key"]
 

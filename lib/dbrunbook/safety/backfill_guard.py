@@ -12,10 +12,10 @@ import re
 import pandas as pd
 import sqlalchemy as sa
 
-from dbrunbook.postgres import sqltext
-from dbrunbook.safety import lint_rules
-from dbrunbook.procedures.backfill import progress, quote_name, set_columns
 from dbrunbook.errors import BackfillNotComplete
+from dbrunbook.postgres import sqltext
+from dbrunbook.procedures.backfill import progress, quote_name, set_columns
+from dbrunbook.safety import lint_rules
 
 __all__ = ["not_null_columns", "require_backfills_complete"]
 

@@ -24,14 +24,32 @@ from sqlalchemy.pool import NullPool
 
 from dbrunbook import errors, records
 from dbrunbook.chain import migrations
+from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.postgres import db, snapshots, sqlimpact, sqlparse
 from dbrunbook.records import signing
 from dbrunbook.safety.lint_rules import (
-    IDENT, ABSORBED, CATEGORIES, INSTEAD, Catalog, Finding, TableSize, alter_actions, display_statement, normalize_name, squawk_offset,
-    statement_at, check_sql, classify_squawk, heads_finding, revision_file_findings, run_squawk,
-    split_statements, table_of, type_change, weigh_issue,
+    ABSORBED,
+    CATEGORIES,
+    IDENT,
+    INSTEAD,
+    Catalog,
+    Finding,
+    TableSize,
+    alter_actions,
+    check_sql,
+    classify_squawk,
+    display_statement,
+    heads_finding,
+    normalize_name,
+    revision_file_findings,
+    run_squawk,
+    split_statements,
+    squawk_offset,
+    statement_at,
+    table_of,
+    type_change,
+    weigh_issue,
 )
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +206,7 @@ def lint_sql(steps: dict[str, list], catalog: Catalog, *, protected: bool = Fals
     created: set[str] = set()
     validated: set[tuple[str, str]] = set()
     omitted = 0
-    for (name, step, stmts), items in zip(parsed, results):
+    for (name, step, stmts), items in zip(parsed, results, strict=False):
         if step.notes.strip():
             first = " ".join(step.notes.split())[:120]
             findings.append(Finding(
@@ -358,7 +376,7 @@ def require_clean(session, report: LintReport, allow: str = "", *, dry_run: bool
     """
     entries = _allow_entries(allow)
     allowed = [any(f.matches(e) for e in entries) for f in report.findings]
-    blocking = [f for f, ok in zip(report.findings, allowed) if f.level == "error" and not ok]
+    blocking = [f for f, ok in zip(report.findings, allowed, strict=False) if f.level == "error" and not ok]
     unused = [e for e in entries if not any(f.matches(e) for f in report.findings)]
     frame = report.as_frame()
     frame.insert(2, "allowed", allowed)
@@ -366,7 +384,7 @@ def require_clean(session, report: LintReport, allow: str = "", *, dry_run: bool
     session.save_artifact("lint.json", json.dumps({
         "target": report.target, "protected": report.protected, "allow": entries, "unused_allow": unused,
         "omitted_timeouts": report.omitted_timeouts, "stopped": stops and not dry_run,
-        "findings": [{**asdict(f), "allowed": ok} for f, ok in zip(report.findings, allowed)],
+        "findings": [{**asdict(f), "allowed": ok} for f, ok in zip(report.findings, allowed, strict=False)],
     }, indent=1, sort_keys=True) + "\n")
     if unused:
         print(f"allow entries that match no finding (check the spelling): {', '.join(unused)}")
@@ -510,8 +528,8 @@ def _second_person(session, approved_preview: str, check, sql_sha256: str) -> li
     """Four eyes: a valid approval of the preview by a trusted principal who is not the one applying it."""
     from datetime import datetime
 
-    from dbrunbook.safety import approvals
     from dbrunbook.config import parse_duration
+    from dbrunbook.safety import approvals
 
     config, target = session.config, session.target
     operator = records.operator_identity()

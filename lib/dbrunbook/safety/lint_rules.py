@@ -28,8 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dbrunbook.postgres import sqlparse
 from dbrunbook.errors import ConfigError
+from dbrunbook.postgres import sqlparse
 from dbrunbook.postgres.sqltext import Statement, split_statements
 
 __all__ = [

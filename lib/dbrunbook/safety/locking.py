@@ -17,6 +17,7 @@ records who was in its way.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import html
@@ -37,9 +38,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from dbrunbook import records
-from dbrunbook.postgres import db, indexes
 from dbrunbook.errors import DeployerLockHeld, DeployerLockRequired, InvalidIndex, MigrationFailed
 from dbrunbook.execution.protocol import ARTIFACTS_DIR
+from dbrunbook.postgres import db, indexes
 
 if TYPE_CHECKING:  # pandas is imported where a frame is built: the launcher never needs it
     import pandas as pd
@@ -282,10 +283,8 @@ class DeployerLock:
 
 
 def _close(engine: Engine, conn: Connection) -> None:
-    try:
+    with contextlib.suppress(sa.exc.SQLAlchemyError):
         conn.close()
-    except sa.exc.SQLAlchemyError:
-        pass
     engine.dispose()
 
 

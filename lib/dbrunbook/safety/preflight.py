@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from dbrunbook.postgres import sqlparse, sqltext
 from dbrunbook.config import parse_duration
 from dbrunbook.errors import BlockersPresent
+from dbrunbook.postgres import sqlparse, sqltext
 
 __all__ = [
     "LOCK_MODES", "PreflightResult", "StatementLock", "conflicts", "live_preflight",

@@ -400,7 +400,7 @@ def counts_chart(diff_frame: Any) -> Plot | Note:
         # The y axis is inverted below (first table on top), so "before" at y - 0.2 is drawn above "after".
         ax.barh([y - 0.2 for y in ys], before, height=0.38, color=_BEFORE, label="before")
         ax.barh([y + 0.2 for y in ys], after, height=0.38, color=_AFTER, label="after")
-        for y, b, a in zip(ys, before, after):
+        for y, b, a in zip(ys, before, after, strict=False):
             ax.annotate(f"{a - b:+,.0f}", (max(a, b), y), xytext=(4, 0), textcoords="offset points",
                         va="center", fontsize=7)
         if more:
@@ -477,7 +477,7 @@ def durations_chart(steps: Any, rehearsal: Any = None) -> Plot | Note:
         if applied:
             ax.barh([y + (0.2 if both else 0) for y in ys], [seconds.get(k, 0.0) for k in labels],
                     height=height, color=_AFTER, label="apply")
-        for y, label in zip(ys, labels):
+        for y, label in zip(ys, labels, strict=False):
             value = slowest(label)
             ax.annotate(f"{value:.2f} s", (value, y), xytext=(4, 0), textcoords="offset points", va="center",
                         fontsize=7)

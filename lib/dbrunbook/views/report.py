@@ -25,8 +25,8 @@ from typing import Any
 import nbformat
 
 from dbrunbook import records
-from dbrunbook.views import report_style
 from dbrunbook.execution.protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE
+from dbrunbook.views import report_style
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,9 @@ def _prepare(nb: nbformat.NotebookNode) -> tuple[list[dict], str | None]:
 
 
 def _parameter_rows(parameters_source: str | None, values: Mapping) -> list[list[Any]]:
-    from dbrunbook.execution.runner import parse_parameters  # the launcher's own reading of a parameters cell (ast, no exec)
+    from dbrunbook.execution.runner import (
+        parse_parameters,  # the launcher's own reading of a parameters cell (ast, no exec)
+    )
 
     declared = {}
     if parameters_source:

@@ -85,7 +85,7 @@ def frame_html(frame: pd.DataFrame, *, sql: tuple[str, ...] | None = None, empty
     rows = []
     for record in frame.itertuples(index=False, name=None):
         cells = []
-        for column, value in zip(frame.columns, record):
+        for column, value in zip(frame.columns, record, strict=False):
             text, number = _cell(value, sql=str(column).lower() in sql_columns)
             cells.append(f'<td style="{_NUMBER_STYLE if number else _CELL_STYLE}">{text}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 
 from dbrunbook import safety
 from dbrunbook.chain import capture, migrations
-from dbrunbook.records import signing
 from dbrunbook.errors import DataLossRefused, OnlineOnlyNotCovered
 from dbrunbook.execution.session import open_session
+from dbrunbook.records import signing
 from tests.projects import trust_operator
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "alembic_projects" / "online_only"
@@ -173,9 +173,9 @@ def test_downgrade_data_loss_counts_captured_sql(session_for):
 
 
 def test_the_approved_preview_hash_covers_the_captured_sql(session_for, monkeypatch, tmp_path):
-    from dbrunbook.safety import approvals
     from dbrunbook.errors import PreviewMismatch
     from dbrunbook.execution.runner import run_runbook
+    from dbrunbook.safety import approvals
 
     s = session_for(protected=True)
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "deployer@dbrunbook")
@@ -188,7 +188,7 @@ def test_the_approved_preview_hash_covers_the_captured_sql(session_for, monkeypa
     approvals.approve(s.config, result.run_id, key_path=reviewer, note="read the captured SQL")
     captured = s.preview(save=False)
     frame = safety.require_approved_preview(s, captured, result.run_id)
-    checks = dict(zip(frame["check"], frame["result"]))
+    checks = dict(zip(frame["check"], frame["result"], strict=False))
     assert (checks["sha256 of the SQL"], checks["approved by a second person"]) == ("identical", "ok")
     # The same revisions without their captured SQL are not what was approved.
     with pytest.raises(PreviewMismatch) as stop:
@@ -208,8 +208,8 @@ def test_rollback_plan_lists_online_only_downgrades_instead_of_calling_them_no_o
 
 
 def test_without_a_usable_pg_dump_the_chain_builds_the_scratch_schema(session_for, monkeypatch):
-    from dbrunbook.procedures import backup
     from dbrunbook.errors import BackupFailed
+    from dbrunbook.procedures import backup
 
     def no_dump(session):
         raise BackupFailed("No pg_dump for PostgreSQL 99 (server 99.0)")

@@ -21,11 +21,11 @@ from sqlalchemy.pool import NullPool
 
 from dbrunbook import safety
 from dbrunbook.chain import capture, isolation, migrations
-from dbrunbook.postgres import db
-from dbrunbook.procedures import authoring
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import ConfigError, DialectMismatch, MigrationFailed, RevisionNotFound
 from dbrunbook.execution.session import open_session
+from dbrunbook.postgres import db
+from dbrunbook.procedures import authoring
 from tests.integration.chain import test_real_projects as real
 from tests.integration.chain.test_real_projects import project, run, write_config
 

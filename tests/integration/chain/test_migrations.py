@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 
 from dbrunbook.chain import migrations
-from dbrunbook.postgres import db
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import DialectMismatch, MigrationFailed, RevisionNotFound
+from dbrunbook.postgres import db
 
 PROJECTS = Path(__file__).resolve().parents[2] / "fixtures" / "alembic_projects"
 

@@ -28,9 +28,9 @@ import sqlalchemy as sa
 
 from dbrunbook import cli
 from dbrunbook.chain import drivers, migrations
-from dbrunbook.postgres import db
 from dbrunbook.config import MigrationSet, load_config, normalize_url, url_driver
 from dbrunbook.errors import AmbiguousRevision, DialectMismatch, MigrationFailed, RevisionNotFound
+from dbrunbook.postgres import db
 from tests.projects import trust_operator
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -8,6 +8,7 @@ runbook ``upgrades_then_lingers`` upgrades the database in step 1, then prints `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -22,10 +23,10 @@ import pytest
 import sqlalchemy as sa
 
 from dbrunbook import records
-from dbrunbook.execution import protocol, unfinished
-from dbrunbook.safety import locking
 from dbrunbook.config import load_config
+from dbrunbook.execution import protocol, unfinished
 from dbrunbook.execution.runner import PARTIAL_NOTEBOOK, run_runbook, seal
+from dbrunbook.safety import locking
 from tests.projects import trust_operator
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -153,10 +154,8 @@ def _wait_for_no_lock(engine, limit: float = 60) -> None:
 
 def _end(pids: list[int]) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # --- before the change: refused, nothing changed ------------------------------------------------------------

@@ -8,8 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dbrunbook.execution import runner
 from dbrunbook.config import load_config
+from dbrunbook.execution import runner
 from tests.projects import trust_operator
 
 pytestmark = [pytest.mark.integration]

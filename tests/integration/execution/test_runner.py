@@ -18,11 +18,16 @@ import sqlalchemy as sa
 from nbclient import NotebookClient
 
 from dbrunbook import records
-from dbrunbook.execution import protocol
 from dbrunbook.cli import main
 from dbrunbook.config import load_config
+from dbrunbook.execution import protocol
 from dbrunbook.execution.runner import (
-    RunDirectoryInvalid, _new_run_dir, kernel_for_this_interpreter, prepare_runbook, run_runbook, seal,
+    RunDirectoryInvalid,
+    _new_run_dir,
+    kernel_for_this_interpreter,
+    prepare_runbook,
+    run_runbook,
+    seal,
 )
 from tests.projects import trust_operator
 

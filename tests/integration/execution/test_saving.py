@@ -6,6 +6,7 @@ upgrades the database in step 1 and waits ``seconds`` in step 3.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,8 +20,8 @@ import nbformat
 import pytest
 
 from dbrunbook import records
-from dbrunbook.execution import protocol, runner, steplog
 from dbrunbook.config import load_config
+from dbrunbook.execution import protocol, runner, steplog
 from tests.projects import trust_operator
 
 pytestmark = [pytest.mark.integration]
@@ -134,10 +135,8 @@ def test_kill_9_of_the_launcher_leaves_the_step_log_and_seal_records_the_running
         if process.poll() is None:
             process.kill()
         for pid in kernels:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     assert process.returncode == -signal.SIGKILL
     # What the kill left: the intent, the notebook of the last save (step 3 not yet saved as running: the
     # timer saves after SAVE_AFTER seconds), and the step log that ends with step 3's start.

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy
 from sqlalchemy import text
 
-from dbrunbook.postgres import db
 from dbrunbook.config import load_config
 from dbrunbook.errors import DatabaseUnavailable
+from dbrunbook.postgres import db
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def _settings(engine) -> dict[str, str]:
             "current_setting('client_connection_check_interval') "
             "FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()"
         )).one()
-    return dict(zip(["application_name", "lock_timeout", "statement_timeout", "check_interval"], row))
+    return dict(zip(["application_name", "lock_timeout", "statement_timeout", "check_interval"], row, strict=False))
 
 
 def test_make_engine_names_the_run_and_sets_timeouts(database_url):

@@ -20,10 +20,10 @@ import pytest
 import sqlalchemy
 from sqlalchemy import text
 
-from dbrunbook.postgres import db, embedded
 from dbrunbook.config import load_config
-from dbrunbook.postgres.embedded import EmbeddedServer, client_binary, socket_dir_for
 from dbrunbook.errors import EmbeddedServerError
+from dbrunbook.postgres import db, embedded
+from dbrunbook.postgres.embedded import EmbeddedServer, client_binary, socket_dir_for
 
 pytestmark = pytest.mark.integration
 

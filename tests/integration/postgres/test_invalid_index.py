@@ -11,12 +11,12 @@ import pytest
 import sqlalchemy as sa
 
 from dbrunbook.chain import migrations
-from dbrunbook.postgres import db, indexes
-from dbrunbook.procedures import diagnose
-from dbrunbook.safety import locking
 from dbrunbook.config import load_config
 from dbrunbook.errors import InvalidIndex, MigrationFailed
 from dbrunbook.execution.session import Session
+from dbrunbook.postgres import db, indexes
+from dbrunbook.procedures import diagnose
+from dbrunbook.safety import locking
 from tests.projects import ROOT
 
 pytestmark = pytest.mark.integration

@@ -93,7 +93,7 @@ def test_schema_snapshot_and_compare(database_url, tmp_path):
         conn.exec_driver_sql('CREATE INDEX ix_t0_v ON shop."T0" (v)')
     after = snapshots.schema_snapshot(engine)
     changes = snapshots.compare_schema(before, after)
-    got = set(zip(changes["object"], changes["change"]))
+    got = set(zip(changes["object"], changes["change"], strict=False))
     assert got == {("shop.T1.v", "column dropped"), ("shop.T1.w", "column added"), ("shop.T0", "index added")}
     path = snapshots.save_snapshot(tmp_path / "s.json", snapshots.row_counts(engine), after, database="x")
     counts, schema, meta = snapshots.load_snapshot(path)

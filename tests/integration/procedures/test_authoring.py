@@ -14,13 +14,13 @@ import pytest
 import sqlalchemy as sa
 
 from dbrunbook.chain import migrations
-from dbrunbook.procedures import authoring
 from dbrunbook.config import load_config
 from dbrunbook.errors import ParameterError, UnsafeMigration
 from dbrunbook.execution.protocol import ARTIFACTS_DIR
-from dbrunbook.pytest_plugin import assert_round_trip, assert_stairway
 from dbrunbook.execution.runner import run_runbook
 from dbrunbook.execution.session import Session
+from dbrunbook.procedures import authoring
+from dbrunbook.pytest_plugin import assert_round_trip, assert_stairway
 from tests.projects import ROOT, URL_ENV, write_project
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alembic_projects"

@@ -11,12 +11,17 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from dbrunbook.procedures import deploy
 from dbrunbook.config import load_config
 from dbrunbook.errors import (
-    GUARD_ENAMES, ConfirmationRequired, GuardStop, HealthCheckFailed, MaintenanceFailed, RowsVanished,
+    GUARD_ENAMES,
+    ConfirmationRequired,
+    GuardStop,
+    HealthCheckFailed,
+    MaintenanceFailed,
+    RowsVanished,
 )
 from dbrunbook.execution.session import Session
+from dbrunbook.procedures import deploy
 
 pytestmark = pytest.mark.integration
 
@@ -70,10 +75,9 @@ def test_a_dry_run_switches_nothing(switchable, tmp_path):
 
 def test_the_window_turns_maintenance_off_after_a_failed_step(switchable, tmp_path):
     s, flag, log = switchable
-    with pytest.raises(HealthCheckFailed):
-        with deploy.maintenance_window(s, dry_run=False):
-            assert flag.exists()
-            raise HealthCheckFailed("Health check of http://app/health answered HTTP 503. Check the application logs.")
+    with pytest.raises(HealthCheckFailed), deploy.maintenance_window(s, dry_run=False):
+        assert flag.exists()
+        raise HealthCheckFailed("Health check of http://app/health answered HTTP 503. Check the application logs.")
     assert not flag.exists() and log.read_text() == "on\noff\n"
     closed = _artifact(tmp_path, "run", "maintenance_off.json")
     assert (closed["state"], closed["after_failure"]) == ("off", True)

@@ -20,10 +20,10 @@ import pytest
 import sqlalchemy as sa
 
 from dbrunbook import records
-from dbrunbook.execution import protocol
-from dbrunbook.postgres import db
 from dbrunbook.cli import main
 from dbrunbook.config import load_config
+from dbrunbook.execution import protocol
+from dbrunbook.postgres import db
 from dbrunbook.procedures.fleet import run_fleet
 from dbrunbook.procedures.fleet_groups import GroupNotFound, group_members
 from dbrunbook.procedures.fleet_rollup import verify_rollup
@@ -114,7 +114,7 @@ def test_waves_in_order_records_rollup_and_resume(tenants):
     assert {o.outcome for o in result.outcomes} == {"succeeded"}
     assert [_version(admin, n) for n in names] == [HEAD] * len(names)
     # Waves in order: every run of a wave started after every run of the wave before had finished.
-    for earlier, later in zip(result.waves, result.waves[1:]):
+    for earlier, later in zip(result.waves, result.waves[1:], strict=False):
         last_end = max(_predicate(o.record_dir)["finished_at"] for o in earlier)
         first_start = min(_predicate(o.record_dir)["started_at"] for o in later)
         assert last_end < first_start

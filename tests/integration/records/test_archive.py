@@ -15,10 +15,10 @@ import sqlalchemy as sa
 
 from dbrunbook import records
 from dbrunbook.chain import migrations
+from dbrunbook.config import Config
 from dbrunbook.execution import protocol, runner
 from dbrunbook.postgres import db
 from dbrunbook.records import archive
-from dbrunbook.config import Config
 from tests.projects import throwaway_project
 
 pytestmark = pytest.mark.integration

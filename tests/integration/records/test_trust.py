@@ -14,16 +14,16 @@ import pytest
 import sqlalchemy as sa
 
 from dbrunbook import errors, records, safety
-from dbrunbook.execution import protocol
-from dbrunbook.postgres import db, snapshots
-from dbrunbook.records import archive, signing, tips
-from dbrunbook.safety import approvals
 from dbrunbook.cli import main
 from dbrunbook.config import load_config
+from dbrunbook.execution import protocol
 from dbrunbook.execution.runner import run_runbook
 from dbrunbook.execution.session import SNAPSHOT_ARTIFACT, open_session
+from dbrunbook.postgres import db, snapshots
 from dbrunbook.postgres.snapshots import load_snapshot
 from dbrunbook.procedures.verification import compare_with_snapshot
+from dbrunbook.records import archive, signing, tips
+from dbrunbook.safety import approvals
 from tests.projects import OPERATOR, throwaway_project, write_project
 
 pytestmark = pytest.mark.integration
@@ -73,7 +73,7 @@ def test_simultaneous_seals_never_fork_the_chain(tmp_path, key, allowed_signers)
     assert sorted(p["seq"] for p in predicates) == list(range(1, workers + 1))
     assert len({p["prev"] for p in predicates}) == workers  # nobody shares a predecessor
     [tip] = tips.read_tips(outputs).values()
-    assert tip.seq == workers and tip.run_id == next(r for r, p in zip(run_ids, predicates) if p["seq"] == workers)
+    assert tip.seq == workers and tip.run_id == next(r for r, p in zip(run_ids, predicates, strict=False) if p["seq"] == workers)
 
 
 def test_chain_lock_is_exclusive_between_processes(tmp_path):

@@ -16,10 +16,10 @@ import pytest
 import sqlalchemy as sa
 
 from dbrunbook.chain import migrations
-from dbrunbook.safety import locking
 from dbrunbook.config import load_config
 from dbrunbook.errors import DeployerLockHeld, DeployerLockRequired
 from dbrunbook.execution.session import open_session
+from dbrunbook.safety import locking
 from tests.projects import ROOT, URL_ENV, trust_operator, write_project
 
 pytestmark = pytest.mark.integration

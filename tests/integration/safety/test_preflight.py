@@ -6,10 +6,10 @@ import pytest
 import sqlalchemy as sa
 
 from dbrunbook.chain import migrations
-from dbrunbook.safety import preflight
 from dbrunbook.config import load_config
 from dbrunbook.errors import BlockersPresent
 from dbrunbook.execution.session import open_session
+from dbrunbook.safety import preflight
 from tests.projects import URL_ENV, write_project
 
 pytestmark = pytest.mark.integration

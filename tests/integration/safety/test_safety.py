@@ -187,7 +187,7 @@ def test_approved_preview_must_match_what_is_applied(tmp_path, database_url, mon
     try:
         preview = s.preview(save=False)
         frame = safety.require_approved_preview(s, preview, result.run_id)
-        assert dict(zip(frame["check"], frame["result"])) == {
+        assert dict(zip(frame["check"], frame["result"], strict=False)) == {
             "approved preview": "ok", "record signature": "valid", "same database": "ok",
             "sha256 of the SQL": "identical", "approved by a second person": "ok"}
         assert frame["detail"].iloc[-1].startswith(

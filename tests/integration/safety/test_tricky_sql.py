@@ -16,10 +16,10 @@ import sqlalchemy as sa
 
 from dbrunbook import errors, safety
 from dbrunbook.chain import migrations
-from dbrunbook.safety import preflight
-from dbrunbook.safety.lint_rules import Catalog, TableSize, check_sql
 from dbrunbook.execution.session import open_session
 from dbrunbook.postgres.sqltext import split_statements
+from dbrunbook.safety import preflight
+from dbrunbook.safety.lint_rules import Catalog, TableSize, check_sql
 from tests.projects import ROOT, URL_ENV
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from dbrunbook.config import load_config
 from dbrunbook.execution import runner
 from dbrunbook.views import report
-from dbrunbook.config import load_config
 from tests.integration.views.test_report_browser import ARTIFACTS, WebDriver, _visible_rows
 from tests.integration.views.test_report_browser import browser as browser
 from tests.integration.views.test_report_browser import site as site

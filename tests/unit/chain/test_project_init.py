@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from dbrunbook import cli
+from dbrunbook.chain.project_init import read_env_py, write_config
 from dbrunbook.config import load_config
 from dbrunbook.errors import ConfigError, ConfigExists
-from dbrunbook.chain.project_init import read_env_py, write_config
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures" / "alembic_projects"

@@ -10,7 +10,12 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from dbrunbook.errors import ParameterError, RunbookNotFound
 from dbrunbook.execution.runner import (
-    Parameter, find_runbook, list_runbooks, mask_secrets, parse_parameters, read_parameters,
+    Parameter,
+    find_runbook,
+    list_runbooks,
+    mask_secrets,
+    parse_parameters,
+    read_parameters,
     validate_parameters,
 )
 

@@ -12,7 +12,7 @@ from dbrunbook.execution import steplog
 
 def _notebook(statuses: list[str]) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"x = {i}") for i in range(len(statuses))])
-    for cell, status in zip(nb.cells, statuses):
+    for cell, status in zip(nb.cells, statuses, strict=False):
         cell.metadata.papermill = {"status": status, "start_time": None, "end_time": None, "duration": None,
                                    "exception": None}
     return nb

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from dbrunbook.execution import unfinished
 from dbrunbook.config import load_config
 from dbrunbook.errors import RecordNotWritable
+from dbrunbook.execution import unfinished
 from dbrunbook.execution.protocol import ARTIFACTS_DIR, INTENT_FILE, SIGNATURE_FILE
 
 MIB = 1024 * 1024

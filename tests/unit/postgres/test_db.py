@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from dbrunbook.postgres import db
 from dbrunbook.errors import InvalidUrl
+from dbrunbook.postgres import db
 
 MASK_CASES = [
     # (url, masked)

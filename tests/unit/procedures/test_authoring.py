@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from dbrunbook.errors import ParameterError
 from dbrunbook.procedures import authoring, diagnose
 from dbrunbook.safety import lint_rules
-from dbrunbook.errors import ParameterError
 
 # --- messages: one row per rule ------------------------------------------------------------------------
 GOOD = ["Add user preferences table", "Add indexes to bookings table", "Change booking status enum values",

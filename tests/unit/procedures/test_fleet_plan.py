@@ -112,8 +112,8 @@ def test_cli_fleet_usage_errors_exit_2_with_the_message(tmp_path, capsys):
 
 
 def test_fleet_page_lists_failures_first_and_links_each_record():
-    from dbrunbook.views.fleet_report import render_fleet_page
     from dbrunbook.procedures.fleet_rollup import RollupCheck
+    from dbrunbook.views.fleet_report import render_fleet_page
 
     targets = [{"target": "g:a", "wave": 1, "outcome": "succeeded", "run_id": "r-a", "seconds": 2.0},
                {"target": "g:b", "wave": 2, "outcome": "succeeded", "run_id": "r-b", "seconds": 1.0},

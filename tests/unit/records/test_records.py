@@ -14,9 +14,9 @@ import nbformat
 import pytest
 
 from dbrunbook import records
-from dbrunbook.records import signing
 from dbrunbook.errors import ParameterError
 from dbrunbook.execution.protocol import INTENT_FILE, NOTEBOOK_FILE, SIGNATURE_FILE, STATEMENT_FILE
+from dbrunbook.records import signing
 from tests.tools import needs_tool
 
 STARTED = datetime(2026, 11, 23, 22, 5, 1, tzinfo=UTC)
@@ -94,7 +94,7 @@ def test_run_ids_sort_by_start_time():
     utc = UTC
     times = [datetime(2026, 1, 2, 3, 4, 5), datetime(2026, 1, 2, 3, 4, 6, tzinfo=utc),
              datetime(2026, 12, 31, 23, 59, 59, tzinfo=utc), datetime(2027, 1, 1, tzinfo=utc)]
-    ids = [records.new_run_id(name, "staging", t) for name, t in zip(["zz", "aa", "mm", "bb"], times)]
+    ids = [records.new_run_id(name, "staging", t) for name, t in zip(["zz", "aa", "mm", "bb"], times, strict=False)]
     assert sorted(ids) == ids
 
 
@@ -139,7 +139,7 @@ def test_cell_digests_ignore_line_splitting_but_not_content():
     assert records.cell_digests(json.dumps(split, indent=4).encode()) == digests
     split["cells"][3]["outputs"][0]["text"] = "upgraded to ff0000\n"
     changed = records.cell_digests(json.dumps(split).encode())
-    assert [a["sha256"] == b["sha256"] for a, b in zip(digests, changed)] == [True, True, True, False]
+    assert [a["sha256"] == b["sha256"] for a, b in zip(digests, changed, strict=False)] == [True, True, True, False]
 
 
 # --- statements -----------------------------------------------------------------------------------------
@@ -402,8 +402,8 @@ def test_find_records_and_last_record(outputs, key):
 
 
 def test_ensure_operator_key_never_creates_one_and_keygen_trusts_only_when_asked(tmp_path, monkeypatch):
-    from dbrunbook.records import trust
     from dbrunbook.errors import SigningKeyMissing
+    from dbrunbook.records import trust
 
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "carol@example.com")
     keys, allowed = tmp_path / "keys", tmp_path / "allowed_signers"

@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from dbrunbook.records import signing
 from dbrunbook.errors import ConfigError, SignatureInvalid
 from dbrunbook.execution.protocol import SIGNATURE_NAMESPACE
+from dbrunbook.records import signing
 from tests.tools import needs_tool
 
 SSH_KEYGEN = shutil.which("ssh-keygen")

@@ -8,8 +8,8 @@ import psycopg.errors
 import pytest
 import sqlalchemy.exc
 
-from dbrunbook.safety import locking, preflight
 from dbrunbook.errors import MigrationFailed
+from dbrunbook.safety import locking, preflight
 
 
 # --- application_name ---------------------------------------------------------------------------------------
@@ -47,8 +47,8 @@ def test_lock_comment_round_trips_names_that_would_end_a_comment_or_look_like_bi
 
 
 def test_deployer_lock_key_is_fixed_and_positive():
-    assert locking.DEPLOYER_LOCK_KEY == int.from_bytes(
-        __import__("hashlib").sha256(b"dbrunbook-deployer").digest()[:8], "big") & (2**63 - 1)
+    assert int.from_bytes(
+        __import__("hashlib").sha256(b"dbrunbook-deployer").digest()[:8], "big") & (2**63 - 1) == locking.DEPLOYER_LOCK_KEY
     high, low = locking._key_parts(locking.DEPLOYER_LOCK_KEY)
     assert (high << 32) | low == locking.DEPLOYER_LOCK_KEY
 

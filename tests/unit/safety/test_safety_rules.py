@@ -8,12 +8,18 @@ import textwrap
 
 import pytest
 
-from dbrunbook.safety.lint_rules import (
-    Catalog, Finding, TableSize, _weigh, heads_finding, revision_file_findings, split_statements,
-    type_change,
-)
 from dbrunbook.chain.migrations import SqlStep
 from dbrunbook.safety.guards import LintReport, _loss_statements, lint_sql
+from dbrunbook.safety.lint_rules import (
+    Catalog,
+    Finding,
+    TableSize,
+    _weigh,
+    heads_finding,
+    revision_file_findings,
+    split_statements,
+    type_change,
+)
 
 BIG = TableSize("users", True, rows=50_000, rows_at_least=True, bytes=8_000_000)
 SMALL = TableSize("users", True, rows=120, bytes=16_384)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from dbrunbook.procedures.deploy import require_no_vanished_rows
 from dbrunbook.errors import RowsVanished
+from dbrunbook.procedures.deploy import require_no_vanished_rows
 
 
 def _diff(rows: list[tuple[str, int | None, int | None]], version_tables: tuple[str, ...] = ()) -> pd.DataFrame:

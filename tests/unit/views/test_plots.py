@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from dbrunbook.chain import migrations
-from dbrunbook.views import plots
 from dbrunbook.config import MigrationSet
+from dbrunbook.views import plots
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -186,7 +186,7 @@ def test_revision_graph_size_is_bounded_and_labels_do_not_overlap(n, merges):
     else:
         assert not any("collapsed" in text for text in labels)
     # Labels of different revisions do not overlap each other.
-    boxes = [box for box, text in zip(texts, labels) if "collapsed" not in text]
+    boxes = [box for box, text in zip(texts, labels, strict=False) if "collapsed" not in text]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dbrunbook.views import summaries
 from dbrunbook.execution.protocol import ARTIFACTS_DIR
+from dbrunbook.views import summaries
 from dbrunbook.views.summaries import Shown
 
 
