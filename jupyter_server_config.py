@@ -3,5 +3,5 @@
 # reviewer merely opened cannot turn it into a "tampered" one. Interactive runs are edited in the working copy
 # `dbrunbook open` prints (under .dbrunbook/, a dot folder, hence allow_hidden).
 c = get_config()  # noqa: F821 (provided by Jupyter when it loads this file)
-c.ServerApp.contents_manager_class = "dbrunbook.jupyter_readonly.RecordsReadOnlyContentsManager"
+c.ServerApp.contents_manager_class = "dbrunbook.execution.jupyter_readonly.RecordsReadOnlyContentsManager"
 c.ContentsManager.allow_hidden = True

@@ -2,7 +2,7 @@
 
 The top-level ``runbooks/`` folder stays where it is (operators open it, tests run it); a build copies its
 notebooks into the package so that ``pip install dbrunbook`` brings them. An editable install reads the
-checkout's folder instead (``dbrunbook.parameters.installed_runbooks``).
+checkout's folder instead (``dbrunbook.execution.parameters.installed_runbooks``).
 """
 import shutil
 from pathlib import Path

@@ -17,7 +17,7 @@ WORK = BENCH / "_work"
 def admin_url() -> str:
     """A server to measure on: $DBRUNBOOK_BENCH_DATABASE_URL, else an embedded one under bench/_work."""
     from dbrunbook.config import normalize_url
-    from dbrunbook.embedded import EmbeddedServer
+    from dbrunbook.postgres.embedded import EmbeddedServer
 
     external = os.environ.get("DBRUNBOOK_BENCH_DATABASE_URL")
     if external:
@@ -27,7 +27,7 @@ def admin_url() -> str:
 
 
 def fresh_database(admin: str, name: str) -> str:
-    from dbrunbook import db
+    from dbrunbook.postgres import db
 
     db.drop_database(admin, name)
     db.create_database(admin, name)

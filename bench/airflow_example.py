@@ -136,7 +136,7 @@ def main() -> int:
 
     from dbrunbook import records
     from dbrunbook.config import load_config
-    from dbrunbook.db import mask_url
+    from dbrunbook.postgres.db import mask_url
 
     install_seconds, venv_size = install(args.reinstall)
     if HOME.exists():

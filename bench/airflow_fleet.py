@@ -81,10 +81,10 @@ def task_states(home: Path) -> dict[str, list[str]]:
 
 def _at_heads(url: str) -> bool:
     """The tenant has both sample sets at their script heads (read from its version tables)."""
-    from dbrunbook import migrations
-    from dbrunbook.config import load_config
-
     import sqlalchemy as sa
+
+    from dbrunbook.chain import migrations
+    from dbrunbook.config import load_config
 
     config = load_config(ROOT / "dbrunbook.toml")
     engine = sa.create_engine(url)
@@ -100,8 +100,9 @@ def main() -> int:
     parser.add_argument("--reinstall", action="store_true")
     args = parser.parse_args()
 
-    from dbrunbook import db, records
+    from dbrunbook import records
     from dbrunbook.config import load_config
+    from dbrunbook.postgres import db
 
     install_seconds, venv_size = install(args.reinstall)
     admin = admin_url()

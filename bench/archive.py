@@ -18,7 +18,7 @@ import shutil
 import statistics
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import WORK, write_section  # noqa: E402
 
 DATABASE = {"database": "app", "system_identifier": "7301234567890123456", "oid": 16384}
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _notebook() -> bytes:
@@ -44,7 +44,8 @@ NOTEBOOK = _notebook()
 
 
 def _seal(outputs: Path, key: Path, n: int, prev: str | None, *, link: bool) -> Path:
-    from dbrunbook import archive, records
+    from dbrunbook import records
+    from dbrunbook.records import archive
 
     moment = START + timedelta(seconds=n)
     run_id = f"{moment:%Y%m%dT%H%M%SZ}-status-local-{n:06x}"
@@ -64,7 +65,8 @@ def _seal(outputs: Path, key: Path, n: int, prev: str | None, *, link: bool) -> 
 
 
 def measure(size: int, seals: int = 20) -> dict:
-    from dbrunbook import archive, records, signing
+    from dbrunbook import records
+    from dbrunbook.records import archive, signing
 
     work = WORK / f"archive-{size}"
     shutil.rmtree(work, ignore_errors=True)

@@ -209,7 +209,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dbrunbook-backfill-bench-") as tmp:
         res = {k: scenario(k, admin, Path(tmp), args.rows, args.batch_seconds)
                for k in ("baseline", "update", "backfill", "killed")}
-    from dbrunbook import db
+    from dbrunbook.postgres import db
 
     db.drop_database(admin, DATABASE)
     for r in res.values():

@@ -2,7 +2,7 @@
 
 Five tables of 1,200,000 rows each (ids, amounts, timestamps, short repetitive text and md5 text: about as
 compressible as application data). First the pg_dump variants are measured (format, jobs, compression),
-which is how the runbook's defaults were chosen; then ``dbrunbook.backup.dump`` itself (what the runbook
+which is how the runbook's defaults were chosen; then ``dbrunbook.procedures.backup.dump`` itself (what the runbook
 calls, with its default options, sha256 of the dump folder included) against `pg_dump -Fc`. The restore
 check is in neither. Target: at least 1.5x faster than `pg_dump -Fc`.
 """
@@ -20,9 +20,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from _common import ROOT, WORK, admin_url, fresh_database, write_section
 
-from dbrunbook import backup, db
 from dbrunbook.config import load_config
-from dbrunbook.session import Session
+from dbrunbook.execution.session import Session
+from dbrunbook.postgres import db
+from dbrunbook.procedures import backup
 
 TABLES, ROWS, ROUNDS = 5, 1_200_000, 2
 URL_ENV = "DBRUNBOOK_BENCH_BACKUP_URL"

@@ -11,9 +11,9 @@ import sys
 import time
 
 import sqlalchemy as sa
-
 from _common import admin_url, fresh_database, median_seconds, write_section
-from dbrunbook import snapshots
+
+from dbrunbook.postgres import snapshots
 
 
 def make_many_tables(url: str, n: int = 1000, rows: int = 50) -> None:

@@ -75,7 +75,7 @@ def measured(command: list[str], env: dict, shell: bool = False) -> tuple[float,
 
 
 def fresh_tenants(admin: str, count: int) -> list[str]:
-    from dbrunbook import db
+    from dbrunbook.postgres import db
 
     names = [f"{PREFIX}{i:04d}" for i in range(1, count + 1)]
     for name in names:
@@ -85,7 +85,7 @@ def fresh_tenants(admin: str, count: int) -> list[str]:
 
 
 def drop_tenants(admin: str, names: list[str]) -> None:
-    from dbrunbook import db
+    from dbrunbook.postgres import db
 
     for name in names:
         db.drop_database(admin, name)
@@ -121,7 +121,7 @@ def bare_loop_script(admin: str, names: list[str], folder: Path, parallel: int) 
 
     The sample env.py files take ``-x url=`` (the URL may carry a password: this is a benchmark, not a record).
     """
-    from dbrunbook import db
+    from dbrunbook.postgres import db
 
     (folder / "tenants.txt").write_text("".join(f"{db.with_database(admin, n)}\n" for n in names))
     one = " && ".join(f'"{BIN / "alembic"}" -c "{ROOT / "migrations" / s / "alembic.ini"}" -x "url=$0" '

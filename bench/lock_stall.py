@@ -199,7 +199,7 @@ def run_scenario(kind: str, admin: str, workdir: Path) -> dict:
 
 
 def _pgbench() -> Path:
-    from dbrunbook.embedded import client_binary
+    from dbrunbook.postgres.embedded import client_binary
 
     return client_binary("pgbench")
 
@@ -233,7 +233,7 @@ def main() -> None:
     admin = admin_url()
     with tempfile.TemporaryDirectory(prefix="dbrunbook-lock-stall-") as tmp:
         results = {kind: run_scenario(kind, admin, Path(tmp)) for kind in ("alembic", "dbrunbook")}
-    from dbrunbook import db
+    from dbrunbook.postgres import db
 
     db.drop_database(admin, DATABASE)
     a, b = results["alembic"], results["dbrunbook"]

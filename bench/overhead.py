@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import nbformat
-
 from _common import ROOT, admin_url, fresh_database, trust_operator_key, write_section
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))

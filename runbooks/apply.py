@@ -41,7 +41,7 @@ record_dir: str = ""  # set by the launcher: where this run's record and artifac
 # ## 1. Connect to the target (and take the deployer lock unless dry run)
 
 # %%
-from dbrunbook.session import open_session
+from dbrunbook.execution.session import open_session
 
 s = open_session(target, run_id=run_id, record_dir=record_dir, lock=not dry_run, runbook="apply")
 s
@@ -84,7 +84,7 @@ safety.require_approved_preview(s, preview, approved_preview, dry_run=dry_run)
 # ### Guard: a SET NOT NULL only after its declared backfill is complete
 
 # %%
-from dbrunbook.backfill_guard import require_backfills_complete
+from dbrunbook.safety.backfill_guard import require_backfills_complete
 
 require_backfills_complete(s, preview, dry_run=dry_run)
 
@@ -92,7 +92,7 @@ require_backfills_complete(s, preview, dry_run=dry_run)
 # ## 7. Live preflight: sessions holding the tables these migrations lock
 
 # %%
-from dbrunbook import preflight
+from dbrunbook.safety import preflight
 
 check = preflight.live_preflight(s, preview)
 check
@@ -107,7 +107,7 @@ preflight.require_no_blockers(s, check, ignore_blockers)
 # ## 9. Guard: a verified recent backup of this database (protected targets)
 
 # %%
-from dbrunbook.backup import require_recent_backup
+from dbrunbook.procedures.backup import require_recent_backup
 
 require_recent_backup(s)
 
@@ -122,7 +122,7 @@ before
 # ## 11. Upgrade (alembic upgrade)
 
 # %%
-from dbrunbook import plots
+from dbrunbook.views import plots
 
 steps = s.upgrade(revision, migration_set, dry_run=dry_run, allow=allow)
 steps
@@ -141,7 +141,7 @@ diff
 plots.counts_chart(diff)
 
 # %%
-from dbrunbook import deploy
+from dbrunbook.procedures import deploy
 
 deploy.require_no_vanished_rows(diff, tolerance)
 
@@ -158,7 +158,7 @@ s.revision_graph(migration_set)
 # ## 14. Schema check: models against the database (alembic check)
 
 # %%
-from dbrunbook import checks
+from dbrunbook.procedures import checks
 
 checks.attempt("alembic check", s.check, migration_set)
 

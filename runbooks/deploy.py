@@ -45,7 +45,7 @@ record_dir: str = ""  # set by the launcher: where this run's record and artifac
 # ## 1. Connect to the target (and take the deployer lock unless dry run)
 
 # %%
-from dbrunbook.session import open_session
+from dbrunbook.execution.session import open_session
 
 s = open_session(target, run_id=run_id, record_dir=record_dir, lock=not dry_run, runbook="deploy")
 s
@@ -63,7 +63,7 @@ s.revision_graph(migration_set)
 # ## 3. Pre-deployment: backup database (a verified backup record, recent enough)
 
 # %%
-from dbrunbook.backup import latest_rehearsal, require_recent_backup
+from dbrunbook.procedures.backup import latest_rehearsal, require_recent_backup
 
 backup = require_recent_backup(s)
 backup
@@ -100,7 +100,7 @@ safety.require_approved_preview(s, preview, approved_preview, dry_run=dry_run)
 # ## 8. Pre-deployment: check for breaking changes
 
 # %%
-from dbrunbook import checks, deploy
+from dbrunbook.procedures import checks, deploy
 
 checks.attempt("breaking changes", deploy.breaking_changes, preview)
 
@@ -121,7 +121,7 @@ checks.attempt("rollback plan", deploy.rollback_plan, s, revision, migration_set
 # ## 11. Pre-deployment: live preflight (sessions holding the tables these migrations lock)
 
 # %%
-from dbrunbook import preflight
+from dbrunbook.safety import preflight
 
 check = preflight.live_preflight(s, preview)
 check
@@ -155,7 +155,7 @@ deploy.maintenance(s, True, dry_run=dry_run)
 # ## 16. Deployment: apply migrations (alembic upgrade)
 
 # %%
-from dbrunbook import plots
+from dbrunbook.views import plots
 
 steps = s.upgrade(revision, migration_set, dry_run=dry_run, allow=allow)
 steps

@@ -35,7 +35,7 @@ record_dir: str = ""  # set by the launcher: where this run's record and artifac
 # ## 1. Connect to the target
 
 # %%
-from dbrunbook.session import open_session
+from dbrunbook.execution.session import open_session
 
 s = open_session(target, run_id=run_id, record_dir=record_dir)
 s

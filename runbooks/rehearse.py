@@ -38,7 +38,7 @@ record_dir: str = ""  # set by the launcher: where this run's record and artifac
 # ## 1. Connect to the target
 
 # %%
-from dbrunbook.session import open_session
+from dbrunbook.execution.session import open_session
 
 s = open_session(target, run_id=run_id, record_dir=record_dir)
 s
@@ -53,7 +53,7 @@ s.status(migration_set)
 # ## 3. The backup to restore
 
 # %%
-from dbrunbook.backup import backup_for_rehearsal, rehearse, save_rehearsal
+from dbrunbook.procedures.backup import backup_for_rehearsal, rehearse, save_rehearsal
 
 source = backup_for_rehearsal(s, backup_run)
 source

@@ -39,7 +39,7 @@ record_dir: str = ""  # set by the launcher: where this run's record and artifac
 # ## 1. Connect to the target (and take the deployer lock unless dry run)
 
 # %%
-from dbrunbook.session import open_session
+from dbrunbook.execution.session import open_session
 
 s = open_session(target, run_id=run_id, record_dir=record_dir, lock=not dry_run, runbook="rollback")
 s
@@ -75,7 +75,7 @@ safety.require_no_data_loss(s, loss, allow_data_loss, dry_run=dry_run)
 # ## 6. Guard: a verified recent backup of this database (protected targets)
 
 # %%
-from dbrunbook.backup import require_recent_backup
+from dbrunbook.procedures.backup import require_recent_backup
 
 require_recent_backup(s)
 

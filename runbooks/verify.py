@@ -33,7 +33,7 @@ record_dir: str = ""  # set by the launcher: where this run's record and artifac
 # ## 1. Connect to the target
 
 # %%
-from dbrunbook.session import open_session
+from dbrunbook.execution.session import open_session
 
 s = open_session(target, run_id=run_id, record_dir=record_dir)
 s
@@ -55,7 +55,7 @@ snapshot and snapshot[0]
 # ## 4. Row counts now, compared with the snapshot
 
 # %%
-from dbrunbook.verification import compare_with_snapshot
+from dbrunbook.procedures.verification import compare_with_snapshot
 
 result = compare_with_snapshot(s, snapshot, tolerance=tolerance)
 result.counts

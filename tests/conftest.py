@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dbrunbook import db
 from dbrunbook.config import normalize_url
+from dbrunbook.postgres import db
 from tests.projects import project  # noqa: F401 - the sample project fixture, for every test module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def pg_admin_url(embedded_root) -> Iterator[str]:
     if external:
         yield normalize_url(external)
         return
-    from dbrunbook.embedded import EmbeddedServer
+    from dbrunbook.postgres.embedded import EmbeddedServer
 
     # A throwaway server per process (each xdist worker has its own folder, hence its own socket).
     server = EmbeddedServer(embedded_root / "session" / "data", durable=False)
@@ -70,7 +70,7 @@ def database_url(pg_admin_url) -> str:
 @pytest.fixture
 def key(tmp_path) -> Path:
     """An operator signing key (Ed25519, OpenSSH format) for alice@example.com."""
-    from dbrunbook import signing
+    from dbrunbook.records import signing
 
     return signing.generate_key(tmp_path / "keys" / "operator_ed25519", "alice@example.com")
 
@@ -78,7 +78,7 @@ def key(tmp_path) -> Path:
 @pytest.fixture
 def allowed_signers(tmp_path, key) -> Path:
     """A trust file that trusts ``key`` as alice@example.com."""
-    from dbrunbook import signing
+    from dbrunbook.records import signing
 
     path = tmp_path / "allowed_signers"
     signing.add_allowed_signer(path, "alice@example.com", signing.public_key_line(key))

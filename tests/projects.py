@@ -49,8 +49,8 @@ OPERATOR = "tester@dbrunbook"
 
 def trust_operator(config_path: Path, operator: str = OPERATOR) -> Path:
     """Give a project an operator key trusted as ``operator``: runs never create or trust one themselves."""
-    from dbrunbook import signing, trust
     from dbrunbook.config import load_config
+    from dbrunbook.records import signing, trust
 
     config = load_config(config_path)
     key = trust.operator_key_path(config)
@@ -110,8 +110,8 @@ def project(tmp_path, database_url, monkeypatch) -> Project:
 @contextlib.contextmanager
 def throwaway_project(pg_admin_url: str, folder: Path) -> Iterator[tuple[Project, Config]]:
     """A test project on a fresh database, its environment set, for module-scoped fixtures; dropped after."""
-    from dbrunbook import db
     from dbrunbook.config import load_config
+    from dbrunbook.postgres import db
 
     name = f"t_{uuid.uuid4().hex[:12]}"
     db.create_database(pg_admin_url, name)

@@ -24,9 +24,9 @@ from pathlib import Path
 # user's own process keeps its validators.
 sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
-from . import protocol
-from .config import load_config
-from .errors import DbRunbookError, ParameterError
+from dbrunbook.config import load_config
+from dbrunbook.errors import DbRunbookError, ParameterError
+from dbrunbook.execution import protocol
 
 __all__ = ["build_parser", "main"]
 
@@ -84,7 +84,7 @@ def _print_result(result) -> None:
 
 # --- commands ---------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run_runbook
+    from dbrunbook.execution.runner import run_runbook
 
     def run():
         return run_runbook(args.runbook, target=args.target, parameters=_parameters(args.parameter),
@@ -121,7 +121,7 @@ def _sigterm_as_exit():
 
 def _run_document(run) -> dict:
     """The one JSON object ``run --json`` prints, whatever happened: a result, an error, or a signal."""
-    from .parameters import mask_secrets
+    from dbrunbook.execution.parameters import mask_secrets
 
     try:
         return run().as_json()
@@ -145,7 +145,7 @@ def _run_document(run) -> dict:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .runner import list_runbooks
+    from dbrunbook.execution.runner import list_runbooks
 
     runbooks = list_runbooks(load_config(args.config))
     if not runbooks:
@@ -163,7 +163,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_open(args: argparse.Namespace) -> int:
-    from .runner import prepare_runbook
+    from dbrunbook.execution.runner import prepare_runbook
 
     path = prepare_runbook(args.runbook, target=args.target, parameters=_parameters(args.parameter),
                            config=load_config(args.config))
@@ -176,7 +176,7 @@ def cmd_open(args: argparse.Namespace) -> int:
 def cmd_lab(args: argparse.Namespace) -> int:
     import subprocess
 
-    from .interactive import lab_command
+    from dbrunbook.execution.interactive import lab_command
 
     argv, env = lab_command(load_config(args.config), args.jupyter_args)
     return subprocess.call(argv, env=env)
@@ -199,7 +199,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 
 def cmd_seal(args: argparse.Namespace) -> int:
-    from .runner import seal
+    from dbrunbook.execution.runner import seal
 
     result = seal(Path(args.run_dir), config=load_config(args.config))
     _print_result(result)
@@ -214,7 +214,7 @@ def _notice_unfinished(args: argparse.Namespace) -> None:
     if args.command not in _NOTICING:
         return
     try:
-        from .unfinished import notices
+        from dbrunbook.execution.unfinished import notices
 
         for line in notices(load_config(args.config)):
             _err(line)
@@ -223,7 +223,7 @@ def _notice_unfinished(args: argparse.Namespace) -> None:
 
 
 def _run_dirs(path: Path) -> list[Path]:
-    from . import records
+    from dbrunbook import records
 
     markers = (protocol.STATEMENT_FILE, protocol.INTENT_FILE, protocol.NOTEBOOK_FILE)
     if any((path / m).is_file() for m in markers):
@@ -232,7 +232,9 @@ def _run_dirs(path: Path) -> list[Path]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from . import archive, db, records
+    from dbrunbook import records
+    from dbrunbook.postgres import db
+    from dbrunbook.records import archive
 
     config = load_config(args.config)
     # The default outputs/ not existing yet just means no runs; a folder the user named must exist.
@@ -275,7 +277,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from dbrunbook.views.report import build_report
 
     config = load_config(args.config)
     built = build_report(config.outputs_dir, config.allowed_signers, Path(args.out) if args.out else None)
@@ -289,7 +291,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from . import records, signing, trust
+    from dbrunbook import records
+    from dbrunbook.records import signing, trust
 
     config = load_config(args.config)
     key = trust.operator_key_path(config)
@@ -319,7 +322,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from .approvals import approve
+    from dbrunbook.safety.approvals import approve
 
     path = approve(load_config(args.config), args.run_id, note=args.note or "",
                    key_path=Path(args.key) if args.key else None)
@@ -328,8 +331,8 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from .db import mask_url
-    from .embedded import EmbeddedServer
+    from dbrunbook.postgres.db import mask_url
+    from dbrunbook.postgres.embedded import EmbeddedServer
 
     server = EmbeddedServer.for_config(load_config(args.config))
     if args.action == "start":
@@ -347,7 +350,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from dbrunbook.demo import run_demo
 
     results = run_demo(load_config(args.config))
     return max((r.exit_status for r in results), default=0)
@@ -362,7 +365,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="set a runbook parameter (repeatable); see 'dbrunbook list'")
 
 def cmd_new(args: argparse.Namespace) -> int:
-    from .authoring import merge_heads, new_revision
+    from dbrunbook.procedures.authoring import merge_heads, new_revision
 
     config = load_config(args.config)
     if args.merge:
@@ -375,7 +378,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .project_init import write_config
+    from dbrunbook.chain.project_init import write_config
 
     path = write_config([Path(p) for p in args.alembic_ini], Path(args.output) if args.output else None)
     print(f"Wrote {path}. Check it, then: dbrunbook list; dbrunbook run status")
@@ -383,7 +386,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from .fleet import run_fleet
+    from dbrunbook.procedures.fleet import run_fleet
 
     result = run_fleet(args.runbook, args.group, parameters=_parameters(args.parameter), waves=args.waves,
                        parallel=args.parallel, max_failures=args.max_failures, config=load_config(args.config),
@@ -400,7 +403,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 def _verify_fleets(config, paths: list[Path]) -> tuple[int, list[Path]]:
     """Check the fleet roll-ups among ``paths`` (or under them); returns a status and the other paths."""
-    from . import fleet_rollup
+    from dbrunbook.procedures import fleet_rollup
 
     checks = fleet_rollup.verify_rollups(paths, config.allowed_signers)
     if checks:

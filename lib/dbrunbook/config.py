@@ -16,8 +16,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config_schema
-from .errors import ConfigError, MigrationSetNotFound, MissingSecret, TargetNotFound
+from dbrunbook import config_schema
+from dbrunbook.errors import ConfigError, MigrationSetNotFound, MissingSecret, TargetNotFound
 
 CONFIG_NAME = "dbrunbook.toml"
 ENV_CONFIG = "DBRUNBOOK_CONFIG"
@@ -430,14 +430,14 @@ def resolve_url(target: Target, config: Config) -> str:
     """Return the SQLAlchemy URL (psycopg 3 driver) of a target, starting the embedded server if needed.
 
     The result may carry a password taken from the environment: never print or record it; use
-    ``dbrunbook.db.mask_url`` for anything a human or a record sees.
+    ``dbrunbook.postgres.db.mask_url`` for anything a human or a record sees.
 
     Raises:
         MissingSecret: the target's environment variable is not set.
     """
     if target.embedded:
-        from . import db
-        from .embedded import EmbeddedServer
+        from dbrunbook.postgres import db
+        from dbrunbook.postgres.embedded import EmbeddedServer
 
         admin_url = EmbeddedServer.for_config(config).ensure_started()
         db.ensure_database(admin_url, target.database)
@@ -451,7 +451,7 @@ def resolve_url(target: Target, config: Config) -> str:
     if not value:
         raise MissingSecret(target.name, target.url_env, str(config.path))
     if target.tenant_database:
-        from . import db
+        from dbrunbook.postgres import db
 
         return db.with_database(normalize_url(value), target.tenant_database)
     return normalize_url(value)

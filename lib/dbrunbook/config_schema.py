@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidSetting
+from dbrunbook.errors import InvalidSetting
 
 __all__ = [
     "PROJECT_KEYS",
@@ -54,7 +54,7 @@ def _shown(value: Any) -> str:
     """The value as it would be written in TOML, secrets masked (a URL pasted in the wrong key is not echoed)."""
     if isinstance(value, str):
         if "://" in value or "=" in value:  # only then can it hold a password (and need db's masker)
-            from .db import mask_secrets
+            from dbrunbook.postgres.db import mask_secrets
 
             value = mask_secrets(value)
         return '"' + value + '"'
@@ -87,8 +87,8 @@ def _problem(key: str, value: Any, kind: str) -> str | None:
                 return None
             return (f"{key} = {shown} is not a duration PostgreSQL accepts: write a number and one of the units "
                     f"us, ms, s, min, h, d, e.g. {key} = \"2s\" or \"15min\".")
-        from .config import parse_duration
-        from .errors import ConfigError
+        from dbrunbook.config import parse_duration
+        from dbrunbook.errors import ConfigError
 
         if re.fullmatch(r"\s*\d+(\.\d+)?\s*", value) and float(value) != 0:
             return f"{key} = {shown} is ambiguous without a unit; write e.g. {key} = \"{value.strip()}s\"."

@@ -13,9 +13,10 @@ import sys
 
 import sqlalchemy as sa
 
-from . import db, records
-from .config import Config, resolve_url
-from .embedded import EmbeddedServer
+from dbrunbook import records
+from dbrunbook.config import Config, resolve_url
+from dbrunbook.postgres import db
+from dbrunbook.postgres.embedded import EmbeddedServer
 
 DEMO_TARGET = "demo"
 #: Where the demo database starts: main before its last two revisions, ai at its first revision.
@@ -37,8 +38,8 @@ def _load_demo_data(config: Config):
 
 def run_demo(config: Config) -> list:
     """Run the demo; returns the RunResults of the runs it made."""
-    from . import trust
-    from .runner import run_runbook
+    from dbrunbook.execution.runner import run_runbook
+    from dbrunbook.records import trust
 
     if not trust.operator_key_path(config).exists():
         # The demo is the operator's own explicit act: it makes and trusts a local key, and says so.

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.pool import NullPool
 
-from . import authoring, db
-from .config import normalize_url
+from dbrunbook.config import normalize_url
+from dbrunbook.postgres import db
+from dbrunbook.procedures import authoring
 
 __all__ = ["assert_round_trip", "assert_stairway", "test_dbrunbook_round_trip", "test_dbrunbook_stairway"]
 
@@ -92,7 +93,7 @@ def dbrunbook_server_url() -> Iterator[str]:
     if external:
         yield normalize_url(external)
         return
-    from .embedded import EmbeddedServer
+    from dbrunbook.postgres.embedded import EmbeddedServer
 
     folder = Path(tempfile.mkdtemp(prefix="dbrunbook-pytest-"))
     server = EmbeddedServer(folder / "data", durable=False)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dbrunbook import migrations, records, snapshots
+from dbrunbook import records
+from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
 from dbrunbook.demo import run_demo
+from dbrunbook.postgres import snapshots
 from tests.projects import URL_ENV
 
 

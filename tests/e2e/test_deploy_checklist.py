@@ -17,8 +17,10 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from dbrunbook import cli, migrations, records, signing
+from dbrunbook import cli, records
+from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
+from dbrunbook.records import signing
 
 pytestmark = pytest.mark.e2e
 

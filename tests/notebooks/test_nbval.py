@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 
-from dbrunbook import migrations
+from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
 
 from ..conftest import ROOT

@@ -147,7 +147,7 @@ def test_keygen_creates_then_keeps_then_replaces(project, capsys):
 
 
 def test_run_json_reports_an_unexpected_exception_as_one_object(project, capfd, monkeypatch):
-    from dbrunbook import runner
+    from dbrunbook.execution import runner
 
     def broken(*args, **kwargs):  # a bug in the launcher, with a secret in its message
         raise RuntimeError("boom at postgresql://app:Hunter2@db/app")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from dbrunbook import protocol
 from dbrunbook.cli import build_parser
 from dbrunbook.config import load_config
-from dbrunbook.parameters import find_runbook, read_parameters, validate_parameters
+from dbrunbook.execution import protocol
+from dbrunbook.execution.parameters import find_runbook, read_parameters, validate_parameters
 from tests.tools import needs_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,7 +235,7 @@ def test_operator_subclasses_papermill_and_runs_the_launcher():
     assert [b.id for b in operator.bases] == ["PapermillOperator"]
     imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert ("airflow.providers.papermill.operators.papermill", "PapermillOperator") in imports
-    assert ("dbrunbook.runner", "run_runbook") in imports
+    assert ("dbrunbook.execution.runner", "run_runbook") in imports
     calls = {getattr(c.func, "id", getattr(c.func, "attr", "")) for c in ast.walk(operator)
              if isinstance(c, ast.Call)}
     assert {"run_runbook", "xcom_push", "AirflowException"} <= calls

@@ -2,7 +2,7 @@
 
 It subclasses the papermill provider's ``PapermillOperator`` so Airflow shows it as what it is, a notebook
 task (its rendered fields name the runbook notebook and the executed copy), but ``execute`` calls
-``dbrunbook.runner.run_runbook`` instead of papermill directly: the launcher checks the parameters, reads the
+``dbrunbook.execution.runner.run_runbook`` instead of papermill directly: the launcher checks the parameters, reads the
 database's identity and Alembic heads before and after over its own connection, writes the ledger row and
 signs the record exactly as ``dbrunbook run`` does. A plain papermill run would leave an unsigned notebook.
 
@@ -61,9 +61,9 @@ class DbRunbookOperator(PapermillOperator):
         self.config_path = config_path
 
     def execute(self, context: Any) -> dict:
-        from dbrunbook import protocol
+        from dbrunbook.execution import protocol
         from dbrunbook.config import load_config
-        from dbrunbook.runner import find_runbook, run_runbook
+        from dbrunbook.execution.runner import find_runbook, run_runbook
 
         config = load_config(self.config_path or None)
         info = find_runbook(config, self.runbook)

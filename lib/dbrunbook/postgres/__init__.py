@@ -1,0 +1,3 @@
+"""PostgreSQL itself: the embedded server, connections and identity, SQL read by PostgreSQL's grammar,
+row counts and schema snapshots, invalid indexes.
+"""

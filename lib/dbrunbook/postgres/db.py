@@ -1,0 +1,489 @@
+"""Connections to PostgreSQL: engines with dbrunbook's session settings, masked URLs, database identity.
+
+Every connection dbrunbook opens names itself (``application_name=dbrunbook:<run-id>``, visible in
+pg_stat_activity to whoever is watching production) and carries the target's ``lock_timeout`` and
+``statement_timeout``, so that a migration waiting on a lock fails fast instead of queueing every query behind
+it. Nothing here ever prints a password: URLs go through ``mask_url`` and driver errors through ``scrub_driver_message``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import quote, unquote
+
+import sqlalchemy
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from dbrunbook.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+MASK = "***"
+
+#: Session settings that only newer servers know; an unknown setting in ``options`` makes the server refuse
+#: the connection, so these are dropped (once per engine) when the server rejects them.
+OPTIONAL_SETTINGS: dict[str, str] = {
+    # PG14+: notice a vanished client during a long statement instead of running it to the end.
+    "client_connection_check_interval": "5s",
+}
+
+
+# --- URLs -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _UrlParts:
+    scheme: str  # "postgresql+psycopg://"
+    userinfo: str | None  # "user:password" (without "@"), None when absent
+    hosts: str  # "h1:5432,h2" or "" for a unix socket / default
+    path: str  # "/dbname" or ""
+    tail: str  # "?query#fragment" or ""
+
+    def render(self) -> str:
+        user = f"{self.userinfo}@" if self.userinfo is not None else ""
+        return f"{self.scheme}{user}{self.hosts}{self.path}{self.tail}"
+
+
+def _split_url(url: str) -> _UrlParts | None:
+    """Split a libpq or SQLAlchemy URL without decoding it; None for a keyword/value conninfo string.
+
+    Passwords are often pasted unencoded, with ``/ ? # :`` or even ``@`` in them, so the user information is
+    taken up to the last ``@`` that comes before the query string, the query string starting at the first
+    ``?`` after the first ``@``. Masking errs on the side of hiding too much.
+    """
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*://)", url)
+    if not match:
+        return None
+    scheme, rest = match.group(1), url[match.end():]
+    userinfo = None
+    first_at = rest.find("@")
+    if first_at >= 0:
+        query_start = rest.find("?", first_at)
+        last_at = rest.rfind("@", 0, query_start if query_start >= 0 else len(rest))
+        userinfo, rest = rest[:last_at], rest[last_at + 1:]
+    end = len(rest)
+    for sep in "/?#":
+        i = rest.find(sep)
+        if i >= 0:
+            end = min(end, i)
+    hosts, rest = rest[:end], rest[end:]
+    tail_start = len(rest)
+    for sep in "?#":
+        i = rest.find(sep)
+        if i >= 0:
+            tail_start = min(tail_start, i)
+    return _UrlParts(scheme, userinfo, hosts, rest[:tail_start], rest[tail_start:])
+
+
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:ssl)?password=)[^&#]*")
+_CONNINFO_SECRET = re.compile(r"(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)")
+
+
+def mask_url(url: str | sqlalchemy.URL) -> str:
+    """Return the URL with every password replaced by ``***``: user information, ``?password=``, conninfo.
+
+    Works on libpq URLs (``postgresql://u:pw@h1,h2/db``), SQLAlchemy URLs (``postgresql+psycopg://...``)
+    and libpq keyword/value strings (``host=h password=pw``). The result is safe to print and to record.
+    """
+    if isinstance(url, sqlalchemy.URL):
+        return url.render_as_string(hide_password=True)
+    parts = _split_url(url)
+    if parts is None:
+        return _CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, url)
+    userinfo = parts.userinfo
+    if userinfo is not None and ":" in userinfo:
+        user, password = userinfo.split(":", 1)
+        userinfo = f"{user}:{MASK}" if password else userinfo
+    tail = _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, parts.tail)
+    return _UrlParts(parts.scheme, userinfo, parts.hosts, parts.path, tail).render()
+
+
+def check_url(url: str) -> str:
+    """Return ``url`` unchanged when libpq and SQLAlchemy will read it as written.
+
+    A password pasted unencoded (``postgresql://u:p@ss/w0rd@host/db``) is split at the wrong ``@`` or ``/``
+    by both parsers, and their errors then quote a piece of it (``invalid literal for int(): 'w'``).
+
+    Raises:
+        InvalidUrl: the message shows the URL masked as dbrunbook reads it, never any part of the password.
+    """
+    parts = _split_url(url)
+    if parts is None:
+        return url  # a libpq keyword/value string: nothing here parses it
+    userinfo = parts.userinfo or ""
+    # SQLAlchemy reads the password up to the first "@" and the user name up to the first "/" or ":".
+    if "@" in userinfo or "/" in userinfo.split(":", 1)[0]:
+        from dbrunbook.errors import InvalidUrl
+
+        raise InvalidUrl(mask_url(url), "its user name or password holds an '@' (or the user name a '/'), "
+                                        "which must be percent-encoded. Encode it, e.g. with python3 -c \"import "
+                                        "urllib.parse,getpass; print(urllib.parse.quote(getpass.getpass(), "
+                                        "safe=''))\", or keep the password in ~/.pgpass or PGPASSWORD.")
+    from dbrunbook.config import normalize_url
+
+    parse_url(normalize_url(url))
+    return url
+
+
+def parse_url(url: str) -> sqlalchemy.URL:
+    """``sqlalchemy.make_url`` whose errors never quote the URL (they may hold a piece of its password).
+
+    Raises:
+        InvalidUrl: SQLAlchemy cannot read the URL.
+    """
+    try:
+        return sqlalchemy.make_url(url)
+    except Exception as err:  # noqa: BLE001 - ArgumentError, ValueError (a port that is not a number)...
+        from dbrunbook.errors import InvalidUrl
+
+        problem = type(err).__name__
+        raise InvalidUrl(mask_url(url), f"SQLAlchemy cannot parse it ({problem}). Check the host, port and "
+                                        f"database parts, and percent-encode special characters.") from None
+
+
+def with_database(url: str, database: str) -> str:
+    """Return the URL pointing at another database of the same server (everything else unchanged)."""
+    parts = _split_url(url)
+    if parts is None:
+        conninfo = re.sub(r"(?i)\bdbname\s*=\s*('(?:[^'\\]|\\.)*'|\S*)\s*", "", url).strip()
+        quoted = database.replace("\\", "\\\\").replace("'", "\\'")
+        return f"{conninfo} dbname='{quoted}'".strip()
+    # A dbname in the query string would win over the path: drop it.
+    tail = re.sub(r"(?i)([?&])dbname=[^&#]*(&|(?=#)|$)", lambda m: m.group(1) if m.group(2) else "",
+                  parts.tail)
+    tail = re.sub(r"[?&](?=#|$)", "", tail)
+    return _UrlParts(parts.scheme, parts.userinfo, parts.hosts, "/" + quote(database, safe=""), tail).render()
+
+
+def _secrets_of(url: str) -> list[str]:
+    """Every spelling of the passwords a URL carries, to scrub them from error messages."""
+    found: list[str] = []
+    parts = _split_url(url)
+    if parts is not None:
+        if parts.userinfo and ":" in parts.userinfo:
+            found.append(parts.userinfo.split(":", 1)[1])
+        found += re.findall(r"(?i)[?&](?:ssl)?password=([^&#]*)", parts.tail)
+    else:
+        found += [m.group(2).strip("'") for m in _CONNINFO_SECRET.finditer(url)]
+    found += [unquote(s) for s in found]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def scrub_driver_message(message: str, url: str) -> str:
+    """Remove the URL's passwords from a driver message (libpq may echo parts of a conninfo string)."""
+    return mask_secrets(message, env={}, secrets=_secrets_of(url))
+
+
+# --- the one secret masker ------------------------------------------------------------------------------
+#: Environment variables whose values are secrets as a whole (PGPASSWORD, API_TOKEN, AWS_SECRET_ACCESS_KEY…).
+_SECRET_NAME = re.compile(r"(?i)(PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL)")
+#: A URL inside free text: a scheme, then everything up to white space or a quote.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+_MIN_SECRET = 4  # shorter values ("1", "on") would mask unrelated text everywhere
+
+
+def secret_values(env: dict[str, str] | None = None) -> list[str]:
+    """The secrets an environment holds: values of variables named like secrets, passwords inside URL values.
+
+    Longest first, with their percent-decoded and -encoded spellings, so that replacing them in order never
+    leaves part of one behind.
+    """
+    import os
+
+    env = os.environ if env is None else env
+    found: list[str] = []
+    for name, value in env.items():
+        if not value:
+            continue
+        if _SECRET_NAME.search(name):
+            found.append(value)
+        if "://" in value or "password" in value.lower():
+            found += _secrets_of(value)
+    spelled = found + [unquote(s) for s in found] + [quote(s, safe="") for s in found]
+    return sorted({s for s in spelled if len(s) >= _MIN_SECRET}, key=len, reverse=True)
+
+
+def mask_secrets(text: str, *, env: dict[str, str] | None = None, secrets: list[str] | tuple = ()) -> str:
+    """Return ``text`` with every secret replaced by ``***``; the one masker every output of dbrunbook uses.
+
+    Masks, wherever they appear in the text: the password of every URL (libpq ``postgresql://``, SQLAlchemy
+    ``postgresql+psycopg2://``, ``+asyncpg``, unencoded ``@ / ? #`` in the password), ``?password=`` and
+    ``sslpassword=`` query parameters, ``password=`` in libpq keyword/value strings, the given ``secrets``,
+    and the values of environment variables named like secrets (``env``; default ``os.environ``, ``{}`` for
+    none).
+    """
+    if not text:
+        return text
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    # An environment value is masked as a whole word only: PGPASSWORD=postgres must not turn every
+    # "postgresql://" into "***ql://" (and with it defeat the URL masking below).
+    for secret in secret_values(env):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", MASK, text)
+    out, last = [], 0
+    for match in _URL_IN_TEXT.finditer(text):
+        out.append(_CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, text[last:match.start()]))
+        out.append(mask_url(match.group(0)))
+        last = match.end()
+    out.append(_CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, text[last:]))
+    return "".join(out)
+
+
+def contains_secret(text: str) -> bool:
+    """True when ``text`` holds a password the masker would hide (URL, query or keyword; not the environment)."""
+    return mask_secrets(text, env={}) != text
+
+
+def _full_url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def _display_url(engine: Engine) -> str:
+    # Decoded after masking, so "host=/tmp/x" reads as typed and no password can reappear.
+    return unquote(mask_url(_full_url(engine)))
+
+
+# --- engines --------------------------------------------------------------------------------------------
+def _escape_option(value: str) -> str:
+    # libpq splits ``options`` on spaces; a backslash escapes the next character.
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+def _options(settings: dict[str, str]) -> str:
+    return " ".join(f"-c {name}={_escape_option(value)}" for name, value in settings.items())
+
+
+def make_engine(url: str, *, run_id: str | None = None, lock_timeout: str | None = None,
+                statement_timeout: str | None = None, poolclass: Any = None) -> Engine:
+    """Return a SQLAlchemy engine whose every connection names dbrunbook and carries its timeouts.
+
+    Args:
+        url: a SQLAlchemy or libpq URL (``postgresql://`` is switched to the psycopg 3 driver).
+        run_id: shown as ``application_name=dbrunbook:<run_id>`` in pg_stat_activity.
+        lock_timeout: e.g. "2s"; a migration that waits longer for a lock fails instead of blocking others.
+        statement_timeout: e.g. "15min".
+        poolclass: a SQLAlchemy pool class, e.g. ``NullPool`` for short-lived engines.
+
+    The connection is not opened here; ``check_connection`` does that.
+    """
+    from dbrunbook.config import normalize_url
+
+    sa_url = parse_url(normalize_url(check_url(url)))
+    settings: dict[str, str] = {}
+    if lock_timeout is not None:
+        settings["lock_timeout"] = lock_timeout
+    if statement_timeout is not None:
+        settings["statement_timeout"] = statement_timeout
+    settings.update(OPTIONAL_SETTINGS)
+    # Options already in the URL (?options=-csearch_path%3Dapp) are kept and come first, ours win.
+    user_options = sa_url.query.get("options")
+    if isinstance(user_options, tuple):
+        user_options = " ".join(user_options)
+    sa_url = sa_url.difference_update_query(["options", "application_name"])
+    connect_args = {"application_name": f"dbrunbook:{run_id}" if run_id else "dbrunbook"}
+    kwargs: dict[str, Any] = {"hide_parameters": True, "connect_args": connect_args}
+    if poolclass is not None:
+        kwargs["poolclass"] = poolclass
+    engine = sqlalchemy.create_engine(sa_url, **kwargs)
+    _install_settings(engine, settings, user_options)
+    return engine
+
+
+def _install_settings(engine: Engine, settings: dict[str, str], user_options: str | None) -> None:
+    """Pass ``settings`` as startup options, dropping an optional one for good if the server rejects it."""
+    state = {"settings": dict(settings)}
+    guard = threading.Lock()
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, conn_rec, cargs, cparams):
+        while True:
+            with guard:
+                current = dict(state["settings"])
+            cparams["options"] = " ".join(filter(None, [user_options, _options(current)]))
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.Error as err:
+                rejected = _rejected_setting(str(err), current)
+                if rejected is None:
+                    raise
+                log.info("Server does not know setting %s; connecting without it", rejected)
+                with guard:
+                    state["settings"].pop(rejected, None)
+
+
+def _rejected_setting(message: str, settings: dict[str, str]) -> str | None:
+    match = re.search(r'unrecognized configuration parameter "([^"]+)"', message)
+    if match and match.group(1) in OPTIONAL_SETTINGS and match.group(1) in settings:
+        return match.group(1)
+    return None
+
+
+# --- identity -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatabaseIdentity:
+    """Which database this is: the cluster's system identifier survives renames, DNS and failover aliases."""
+
+    system_identifier: str
+    database: str
+    server_version: str
+    server_version_num: int
+    host: str
+    port: int | None
+    user: str
+    note: str = ""
+    #: pg_database.oid: a database dropped and created again under the same name is another database.
+    oid: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def _repr_html_(self) -> str:
+        rows = [(k, v) for k, v in self.as_dict().items() if k != "note" or v]
+        return "<table>" + "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+        ) + "</table>"
+
+
+def identity(engine: Engine) -> DatabaseIdentity:
+    """Return the identity of the database the engine connects to.
+
+    ``pg_control_system()`` may be refused to unprivileged roles; the identifier is then "unknown" and
+    ``note`` says why and what grant would fix it.
+    """
+    with engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT current_database(), current_setting('server_version'), "
+            "current_setting('server_version_num')::int, current_user, "
+            "(SELECT oid::bigint FROM pg_database WHERE datname = current_database())"
+        )).one()
+        info = conn.connection.dbapi_connection.info
+        host, port = info.host, info.port
+        note = ""
+        try:
+            with conn.begin_nested():
+                system_identifier = str(conn.execute(
+                    text("SELECT system_identifier FROM pg_control_system()")).scalar_one())
+        except sqlalchemy.exc.DBAPIError as err:
+            system_identifier = "unknown"
+            first_line = str(getattr(err, "orig", err)).splitlines()[0]
+            note = (f"pg_control_system() failed for user {row[3]}: {first_line}. Grant EXECUTE ON FUNCTION "
+                    f"pg_control_system() (or role pg_monitor) to identify the server.")
+        conn.rollback()
+    return DatabaseIdentity(
+        system_identifier=system_identifier,
+        database=row[0],
+        server_version=row[1],
+        server_version_num=int(row[2]),
+        host=host or "",
+        port=int(port) if port else None,
+        user=row[3],
+        note=note,
+        oid=int(row[4]) if row[4] is not None else None,
+    )
+
+
+# --- connecting -----------------------------------------------------------------------------------------
+def check_connection(engine: Engine, target_name: str) -> None:
+    """Open one connection and run ``SELECT 1``.
+
+    Raises:
+        DatabaseUnavailable: the server refused or could not be reached; URL and reason without password.
+    """
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except sqlalchemy.exc.DBAPIError as err:
+        raise DatabaseUnavailable(target_name, _display_url(engine), _reason(err, engine)) from err
+
+
+def _reason(err: sqlalchemy.exc.DBAPIError, engine: Engine) -> str:
+    # SQLAlchemy's str() appends SQL and a link; the driver's message is what a human needs.
+    message = " ".join(str(err.orig if err.orig is not None else err).split())
+    return scrub_driver_message(message, _full_url(engine)).rstrip(".?")
+
+
+def connect_target(config, target_name: str | None = None, run_id: str | None = None) -> tuple[Any, Engine]:
+    """Resolve a target of dbrunbook.toml, make its engine and check that it answers.
+
+    Returns:
+        (Target, Engine): the engine carries the target's lock and statement timeouts.
+
+    Raises:
+        TargetNotFound, MissingSecret: configuration problems.
+        DatabaseUnavailable: the database does not accept connections.
+    """
+    from dbrunbook.config import resolve_url
+
+    target = config.target(target_name)
+    url = resolve_url(target, config)
+    engine = make_engine(url, run_id=run_id, lock_timeout=target.lock_timeout,
+                         statement_timeout=target.statement_timeout)
+    from dbrunbook.config import target_driver  # the driver the project's env.py gets (dbrunbook.chain.drivers)
+
+    if driver := target_driver(target):
+        engine.update_execution_options(dbrunbook_driver=driver)
+    try:
+        check_connection(engine, target.name)
+    except DatabaseUnavailable:
+        engine.dispose()
+        raise
+    return target, engine
+
+
+# --- databases ------------------------------------------------------------------------------------------
+def _run_admin(admin_url: str, work) -> None:
+    """Run ``work(connection)`` in AUTOCOMMIT (CREATE/DROP DATABASE cannot run in a transaction)."""
+    engine = make_engine(admin_url, poolclass=NullPool).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        try:
+            conn = engine.connect()
+        except sqlalchemy.exc.DBAPIError as err:
+            raise DatabaseUnavailable("admin", mask_url(admin_url), _reason(err, engine)) from err
+        with conn:
+            work(conn)
+    finally:
+        engine.dispose()
+
+
+def create_database(admin_url: str, name: str) -> None:
+    """Create an empty database ``name`` on the server of ``admin_url``."""
+    def work(conn) -> None:
+        conn.execute(text(f"CREATE DATABASE {conn.dialect.identifier_preparer.quote_identifier(name)}"))
+
+    _run_admin(admin_url, work)
+
+
+def ensure_database(admin_url: str, name: str) -> bool:
+    """Create database ``name`` unless it exists; True when it was created."""
+    created = []
+
+    def work(conn) -> None:
+        if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
+            conn.execute(text(f"CREATE DATABASE {conn.dialect.identifier_preparer.quote_identifier(name)}"))
+            created.append(name)
+
+    _run_admin(admin_url, work)
+    return bool(created)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop database ``name`` if it exists, disconnecting its sessions first."""
+    def work(conn) -> None:
+        quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+        if int(conn.execute(text("SHOW server_version_num")).scalar_one()) >= 130000:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+            return
+        # Before PG13: refuse new sessions, end the current ones, then drop.
+        if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
+            return
+        conn.execute(text(f"ALTER DATABASE {quoted} ALLOW_CONNECTIONS false"))
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
+        conn.execute(text(f"DROP DATABASE IF EXISTS {quoted}"))
+
+    _run_admin(admin_url, work)

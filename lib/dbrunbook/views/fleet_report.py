@@ -1,0 +1,76 @@
+"""The fleet pages of the HTML archive: one page per roll-up, a table per wave (failures first), durations.
+
+Built from the verified roll-up only (``fleet_rollup.verify_rollup``): the banner says whether the roll-up
+and every child record it names check out; each target links to its record's page in ``records/``.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from dbrunbook.procedures import fleet_rollup
+from dbrunbook.views import plots
+from dbrunbook.views.report import PAGES_DIR, page_html
+
+__all__ = ["FLEET_PAGES_DIR", "write_fleet_pages"]
+
+FLEET_PAGES_DIR = "fleets"
+
+
+def _e(value: object) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _heads(before: dict | None, after: dict | None) -> str:
+    names = sorted(set(before or {}) | set(after or {}))
+    return "; ".join(f"{n}: {','.join((before or {}).get(n) or []) or 'base'} → "
+                     f"{','.join((after or {}).get(n) or []) or 'base'}" for n in names)
+
+
+def _wave_table(entries: list[dict]) -> str:
+    ordered = sorted(entries, key=lambda t: (t["outcome"] in ("succeeded", "skipped", "not-started"),
+                                             t["outcome"] != "not-started"))
+    rows = []
+    for t in ordered:
+        run = (f'<a href="../{PAGES_DIR}/{_e(t["run_id"])}.html">{_e(t["run_id"])}</a>'
+               if t.get("run_id") else "-")
+        rows.append(f"<tr><td>{_e(t['target'])}</td><td>{_e(t['outcome'])}</td><td>{run}</td>"
+                    f"<td>{float(t.get('seconds') or 0):.1f}</td>"
+                    f"<td>{_e(_heads(t.get('heads_before'), t.get('heads_after')))}</td>"
+                    f"<td>{_e(t.get('error') or '')}</td></tr>")
+    head = "".join(f"<th>{c}</th>" for c in ("target", "outcome", "run", "seconds", "heads before → after",
+                                             "error"))
+    return f'<table class="dbr-table"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def render_fleet_page(check: fleet_rollup.RollupCheck) -> str:
+    """The HTML page of one checked roll-up."""
+    p = check.predicate or {}
+    targets = p.get("targets") or []
+    banner = (f'<div class="dbr-banner {"valid" if check.ok else "tampered"}">roll-up {_e(check.status)}'
+              + "".join(f"<br>{_e(problem)}" for problem in check.problems) + "</div>")
+    facts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(p.get(k))}</td></tr>" for k in (
+        "runbook", "group", "group_kind", "parameters", "waves", "parallel", "max_failures", "operator",
+        "started_at", "finished_at", "stopped", "tally"))
+    waves = sorted({t["wave"] for t in targets})
+    sections = "".join(f"<h2>Wave {w}</h2>" + _wave_table([t for t in targets if t["wave"] == w]) for w in waves)
+    timed = [{"revision": t["target"], "seconds": t["seconds"]} for t in targets
+             if t.get("run_id") and t["outcome"] != "skipped"]
+    chart = plots.Plots((plot,))._repr_html_() if isinstance(plot := plots.durations_chart(timed), plots.Plot) \
+        else plot._repr_html_()
+    body = (f"<h1>Fleet {_e(check.fleet_id)}</h1>{banner}<table class=\"dbr-table\">{facts}</table>"
+            f"{sections}<h2>Seconds per target</h2>{chart}")
+    return page_html(f"fleet {check.fleet_id}", body)
+
+
+def write_fleet_pages(outputs_dir: Path, allowed_signers: Path, out_dir: Path) -> list[Path]:
+    """Write ``out_dir/fleets/<fleet-id>.html`` for every roll-up under ``outputs_dir``; returns the pages."""
+    pages = []
+    folder = Path(out_dir) / FLEET_PAGES_DIR
+    for rollup in fleet_rollup.find_rollups(outputs_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        page = folder / f"{rollup.name}.html"
+        page.write_text(render_fleet_page(fleet_rollup.verify_rollup(rollup, allowed_signers)), encoding="utf-8")
+        pages.append(page)
+    return pages
