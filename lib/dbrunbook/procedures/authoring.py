@@ -640,7 +640,7 @@ def _walk(mset: MigrationSet, engine: Engine, order: list[str]) -> tuple[list[St
 def _one_step(mset: MigrationSet, engine: Engine, rev: str, direction: str) -> None:
     """One Alembic step of ``rev`` (up or down), in an env.py run of its own."""
     make = MigrationStep.upgrade_from_script if direction == "upgrade" else MigrationStep.downgrade_from_script
-    migrations._drive(mset, engine, lambda script, heads, ctx: [make(script.revision_map, script.get_revision(rev))],
+    migrations.drive(mset, engine, lambda script, heads, ctx: [make(script.revision_map, script.get_revision(rev))],
                       direction=direction)
 
 
