@@ -32,7 +32,8 @@ def test_every_runbook_runs_with_its_defaults(project, database_url):
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", proc.stdout).group(1))
-    code_cells = sum(1 for p in (ROOT / "runbooks").glob("*.ipynb") for _ in re.finditer('"cell_type": "code"', p.read_text()))
+    code_cells = sum(1 for p in (ROOT / "runbooks").glob("*.ipynb")
+                     for _ in re.finditer('"cell_type": "code"', p.read_text()))
     assert passed == code_cells
     # defaults are safe: nothing was applied by the dry runs
     assert migrations.current(config.migration_set("main"), engine) == ("ea90695",)
