@@ -24,7 +24,7 @@ from dbrunbook.errors import BackupFailed
 from dbrunbook.postgres import db
 from dbrunbook.postgres.embedded import EmbeddedServer, client_binary
 
-__all__ = ["DumpTool", "conninfo_quote", "dump_tool", "libpq_environment", "run_tool"]
+__all__ = ["DumpTool", "conninfo_quote", "dump_tool", "fields_html", "libpq_environment", "restore_into", "run_tool"]
 
 # libpq URL query keys and the environment variables that carry them (libpq "Environment Variables").
 _QUERY_ENV = {
@@ -39,7 +39,8 @@ _QUERY_ENV = {
 }
 
 
-def _table_html(rows: list[tuple[str, Any]]) -> str:
+def fields_html(rows: list[tuple[str, Any]]) -> str:
+    """A two-column HTML table of (field, value) rows, both escaped: the ``_repr_html_`` of a result object."""
     return "<table>" + "".join(
         f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in rows) + "</table>"
@@ -112,7 +113,7 @@ class DumpTool:
                 "source": self.source, "server_major": self.server_major, "reason": self.reason}
 
     def _repr_html_(self) -> str:
-        return _table_html([("pg_dump", self.pg_dump), ("version", self.version), ("from", self.source),
+        return fields_html([("pg_dump", self.pg_dump), ("version", self.version), ("from", self.source),
                             ("server major version", self.server_major), ("why", self.reason)])
 
 
@@ -188,7 +189,7 @@ def conninfo_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _restore_into(server: EmbeddedServer, dump_path: Path, database: str, *, jobs: int, run_id: str) -> tuple[str, float]:
+def restore_into(server: EmbeddedServer, dump_path: Path, database: str, *, jobs: int, run_id: str) -> tuple[str, float]:
     """Create ``database`` on the scratch server and pg_restore the dump into it; returns (url, seconds)."""
     admin = server.url("postgres")
     db.create_database(admin, database)

@@ -34,7 +34,6 @@ from dbrunbook.procedures.backup_dump import (
     DEFAULT_JOBS,
     FORMAT,
     DumpResult,
-    _now,
     dump,
     dump_digest,
 )
@@ -178,7 +177,7 @@ def require_recent_backup(session, *, now: dt.datetime | None = None, rehash: bo
     if not target.protected:
         return pd.DataFrame([{"check": "backup required", "ok": True,
                               "detail": f"target '{target.name}' is not protected: no backup required"}])
-    now = now or _now()
+    now = now or dt.datetime.now(dt.UTC)
     limit = dt.timedelta(seconds=parse_duration(target.backup_max_age, key="backup_max_age"))
     command = f"dbrunbook run backup -t {target.name}"
     found = latest_backup(session)

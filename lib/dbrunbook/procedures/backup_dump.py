@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 
 from dbrunbook.errors import BackupFailed
 from dbrunbook.postgres import snapshots
-from dbrunbook.postgres.dump import DumpTool, _table_html, dump_tool, libpq_environment, run_tool
+from dbrunbook.postgres.dump import DumpTool, dump_tool, fields_html, libpq_environment, run_tool
 
 __all__ = ["DEFAULT_COMPRESSION", "DEFAULT_JOBS", "FORMAT", "DumpResult", "dump", "dump_digest"]
 
@@ -105,7 +105,7 @@ class DumpResult:
     source_counts: snapshots.Snapshot | None = None
 
     def _repr_html_(self) -> str:
-        return _table_html([
+        return fields_html([
             ("folder", self.path), ("sha256", self.sha256),
             ("size", f"{_human(self.size_bytes)} ({self.size_bytes:,} bytes, {self.files} files)"),
             ("seconds", f"{self.seconds:.2f}"), ("started at", self.started_at),

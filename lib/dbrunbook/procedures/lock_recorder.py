@@ -18,7 +18,7 @@ from dbrunbook.config import MigrationSet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["steps_with_locks"]
+__all__ = ["lock_strength", "steps_with_locks", "summarize_locks"]
 
 
 _BLOCKS = {"AccessShareLock": "nothing but ACCESS EXCLUSIVE", "RowShareLock": "EXCLUSIVE locks",
@@ -97,14 +97,19 @@ class _LockRecorder:
         self.commits.append(locks)
 
 
-def _summarize_locks(locks: list[dict]) -> list[dict]:
+def lock_strength(mode: str) -> int:
+    """Rank of a lock mode from weakest (0) to ACCESS EXCLUSIVE; -1 for a mode that is not a table lock's."""
+    return _STRENGTH.index(mode) if mode in _STRENGTH else -1
+
+
+def summarize_locks(locks: list[dict]) -> list[dict]:
     """One entry per relation: every mode held, the strongest, and what that mode blocks."""
     by_relation: dict[tuple[str, str], set[str]] = {}
     for lock in locks:
         by_relation.setdefault((lock["relation"], lock["kind"]), set()).add(lock["mode"])
     out = []
     for (relation, kind), modes in sorted(by_relation.items()):
-        ordered = sorted(modes, key=lambda m: _STRENGTH.index(m) if m in _STRENGTH else -1)
+        ordered = sorted(modes, key=lock_strength)
         strongest = ordered[-1]
         out.append({"relation": relation, "kind": kind, "modes": ordered, "strongest": strongest,
                     "blocks": _BLOCKS.get(strongest, "")})

@@ -19,10 +19,10 @@ from sqlalchemy.engine import Engine
 from dbrunbook.chain import isolation, migrations
 from dbrunbook.errors import MigrationFailed, RehearsalFailed
 from dbrunbook.postgres import db, snapshots
-from dbrunbook.postgres.dump import _restore_into, _table_html
+from dbrunbook.postgres.dump import fields_html, restore_into
 from dbrunbook.postgres.scratch import scratch_server
 from dbrunbook.procedures.backup_dump import DEFAULT_JOBS
-from dbrunbook.procedures.lock_recorder import _STRENGTH, _summarize_locks, steps_with_locks
+from dbrunbook.procedures.lock_recorder import lock_strength, steps_with_locks, summarize_locks
 
 __all__ = ["REHEARSAL_ARTIFACT", "BackupSource", "Rehearsal", "rehearse", "save_rehearsal"]
 
@@ -42,7 +42,7 @@ class BackupSource:
 
     def _repr_html_(self) -> str:
         origin = "taken now by this run" if self.taken_now else f"backup run {self.run_id}"
-        return _table_html([("dump", self.path), ("sha256", self.sha256), ("of the data at", self.started_at),
+        return fields_html([("dump", self.path), ("sha256", self.sha256), ("of the data at", self.started_at),
                             ("from", origin)])
 
 
@@ -144,7 +144,7 @@ class Rehearsal:
                 ("schema equal after round trip", self.schema_equal), ("ok", self.ok)]
         if self.error:
             rows.append(("error", self.error))
-        return _table_html(rows)
+        return fields_html(rows)
 
 
 def _plan(session, migration_set: str, revision: str, engine: Engine) -> list[tuple]:
@@ -162,7 +162,7 @@ def rehearse(session, source: BackupSource, *, revision: str = "heads", migratio
     """
     name = session.identity.database
     with scratch_server(session.config, f"rehearse-{session.run_id}") as server:
-        url, restore_seconds = _restore_into(server, source.path, name, jobs=source.jobs, run_id=session.run_id)
+        url, restore_seconds = restore_into(server, source.path, name, jobs=source.jobs, run_id=session.run_id)
         engine = db.make_engine(url, run_id=session.run_id, lock_timeout=session.target.lock_timeout,
                                 statement_timeout=session.target.statement_timeout)
         try:
@@ -199,7 +199,7 @@ def _round_trip(session, engine: Engine, source: BackupSource, restore_seconds: 
                                                   engine_options=options):
                     row = rows.setdefault((m.name, step.revision), _row(m.name, step.revision, info, [], None))
                     row["seconds_down"] = round(step.seconds, 4)
-                    row["locks_down"] = _summarize_locks(locks)
+                    row["locks_down"] = summarize_locks(locks)
     except MigrationFailed as err:
         error = str(err)
     after = {m.name: list(migrations.current(m, engine)) for m, _, _ in plan}
@@ -217,9 +217,9 @@ def _server_version(engine: Engine) -> str:
 
 
 def _row(set_name: str, revision: str, info: dict, locks: list[dict], seconds: float | None) -> dict:
-    summary = _summarize_locks(locks)
+    summary = summarize_locks(locks)
     strongest = max((lock["strongest"] for lock in summary if lock["kind"] != "index"),
-                    key=lambda m: _STRENGTH.index(m) if m in _STRENGTH else -1, default=None)
+                    key=lock_strength, default=None)
     return {"migration_set": set_name, "revision": revision,
             "description": getattr(info.get((set_name, revision)), "message", ""),
             "seconds_up": round(seconds, 4) if seconds is not None else None, "seconds_down": None,

@@ -18,7 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from dbrunbook.errors import BackupFailed
 from dbrunbook.postgres import db, snapshots
-from dbrunbook.postgres.dump import DumpTool, _restore_into, _table_html, run_tool
+from dbrunbook.postgres.dump import DumpTool, fields_html, restore_into, run_tool
 from dbrunbook.postgres.scratch import scratch_server
 from dbrunbook.procedures.backup_dump import DumpResult
 
@@ -63,7 +63,7 @@ class RestoreCheck:
                 ("full restore", f"{self.restore_seconds:.2f} s, {len(self.counts)} tables compared"
                  if self.full_restore else "not requested (full_restore = false)")]
         problems = "".join(f"<li>{html.escape(p)}</li>" for p in self.problems)
-        out = _table_html(rows) + (f"<p><b>Problems</b></p><ul>{problems}</ul>" if problems else "")
+        out = fields_html(rows) + (f"<p><b>Problems</b></p><ul>{problems}</ul>" if problems else "")
         if self.full_restore:
             from dbrunbook.views.tables import frame_html
 
@@ -121,7 +121,7 @@ def restore_check(session, result: DumpResult, *, full_restore: bool = False) ->
         raise BackupFailed("A full restore check compares row counts taken in the dump's snapshot: call "
                            "dump(..., counts=True) before restore_check(..., full_restore=True).")
     with scratch_server(session.config, f"restore-{session.run_id}") as server:
-        url, seconds = _restore_into(server, result.path, result.database["database"], jobs=result.jobs,
+        url, seconds = restore_into(server, result.path, result.database["database"], jobs=result.jobs,
                                      run_id=session.run_id)
         engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
         try:
