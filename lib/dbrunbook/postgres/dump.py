@@ -189,7 +189,8 @@ def conninfo_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def restore_into(server: EmbeddedServer, dump_path: Path, database: str, *, jobs: int, run_id: str) -> tuple[str, float]:
+def restore_into(server: EmbeddedServer, dump_path: Path, database: str, *, jobs: int,
+                 run_id: str) -> tuple[str, float]:
     """Create ``database`` on the scratch server and pg_restore the dump into it; returns (url, seconds)."""
     admin = server.url("postgres")
     db.create_database(admin, database)

@@ -128,7 +128,8 @@ def _load_backup(session, run_dir: Path) -> BackupRecord:
     if body is None:
         return BackupRecord(run_dir, None, "no artifact", f"record {run_dir.name} has no readable {BACKUP_ARTIFACT}")
     if body.get("verified") is not True:
-        return BackupRecord(run_dir, body, "unverified", f"the backup of record {run_dir.name} failed its restore check")
+        return BackupRecord(run_dir, body, "unverified",
+                            f"the backup of record {run_dir.name} failed its restore check")
     return BackupRecord(run_dir, body, "valid")
 
 
