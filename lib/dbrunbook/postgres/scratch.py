@@ -12,14 +12,18 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dbrunbook.postgres.embedded import EmbeddedServer
+
+if TYPE_CHECKING:
+    from dbrunbook.config import Config
 
 __all__ = ["scratch_server"]
 
 
 @contextlib.contextmanager
-def scratch_server(config, purpose: str) -> Iterator[EmbeddedServer]:
+def scratch_server(config: Config, purpose: str) -> Iterator[EmbeddedServer]:
     """A throwaway embedded server under ``<state_dir>/scratch``, stopped and removed on the way out."""
     root = Path(config.state_dir) / "scratch" / f"{purpose}-{uuid.uuid4().hex[:8]}"
     server = EmbeddedServer(root / "pg", durable=False)

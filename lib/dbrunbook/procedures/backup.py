@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 
@@ -40,6 +41,7 @@ from dbrunbook.procedures.backup_dump import (
 from dbrunbook.procedures.lock_recorder import steps_with_locks
 from dbrunbook.procedures.rehearsal import REHEARSAL_ARTIFACT, BackupSource, Rehearsal, rehearse, save_rehearsal
 from dbrunbook.procedures.restore_check import RestoreCheck, restore_check
+from dbrunbook.protocols import SessionLike
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def _backup_body(result: DumpResult, check: RestoreCheck) -> dict:
     }
 
 
-def save_backup(session, result: DumpResult, check: RestoreCheck) -> pd.DataFrame:
+def save_backup(session: SessionLike, result: DumpResult, check: RestoreCheck) -> pd.DataFrame:
     """Write ``backup.json`` into the run's record, then stop the run if the restore check failed.
 
     Raises:
@@ -99,7 +101,7 @@ class BackupRecord:
     problem: str = ""
 
 
-def _backup_records(session, runbook: str = "backup") -> Iterator[Path]:
+def _backup_records(session: SessionLike, runbook: str = "backup") -> Iterator[Path]:
     """Record folders of ``runbook`` on this database, newest first (statements read, not verified)."""
     ident = session.identity
     for run_dir in reversed(records.find_records(session.config.outputs_dir)):
@@ -116,7 +118,7 @@ def _backup_records(session, runbook: str = "backup") -> Iterator[Path]:
             yield run_dir
 
 
-def _load_backup(session, run_dir: Path) -> BackupRecord:
+def _load_backup(session: SessionLike, run_dir: Path) -> BackupRecord:
     check = records.verify_record(run_dir, session.config.allowed_signers)
     path = run_dir / ARTIFACTS_DIR / BACKUP_ARTIFACT
     body = None
@@ -133,7 +135,7 @@ def _load_backup(session, run_dir: Path) -> BackupRecord:
     return BackupRecord(run_dir, body, "valid")
 
 
-def latest_backup(session) -> BackupRecord | None:
+def latest_backup(session: SessionLike) -> BackupRecord | None:
     """The newest succeeded backup record of the session's database, checked (status 'valid' or why not)."""
     for run_dir in _backup_records(session):
         return _load_backup(session, run_dir)
@@ -156,7 +158,7 @@ def _dump_problem(body: dict, rehash: bool) -> str:
     return ""
 
 
-def require_recent_backup(session, *, now: dt.datetime | None = None, rehash: bool = True) -> pd.DataFrame:
+def require_recent_backup(session: SessionLike, *, now: dt.datetime | None = None, rehash: bool = True) -> pd.DataFrame:
     """Guard of apply/rollback/deploy on a protected target: a verified backup younger than backup_max_age.
 
     Checks the newest succeeded ``backup`` record of the same database (same system identifier and name):
@@ -190,7 +192,7 @@ def require_recent_backup(session, *, now: dt.datetime | None = None, rehash: bo
     if found.status != "valid":
         raise BackupRequired(f"Target '{target.name}': the newest backup is not usable: {found.problem}. "
                              f"Run '{command}' for a new one.")
-    body = found.body
+    body = cast(dict, found.body)  # a valid record has its backup.json
     age = now - _parse_time(body["started_at"])
     future = age < -_CLOCK_SKEW
     fresh = not future and age <= limit
@@ -224,7 +226,9 @@ def _age_text(age: dt.timedelta) -> str:
         return f"{-seconds}s in the future"
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-def backup_for_rehearsal(session, backup_run: str = "") -> BackupSource:
+
+
+def backup_for_rehearsal(session: SessionLike, backup_run: str = "") -> BackupSource:
     """The dump to rehearse on: ``backup_run``'s, else the newest verified backup, else a new one now.
 
     A dump taken now is restore-checked (``pg_restore --list``) and saved as this run's ``backup.json``.
@@ -232,6 +236,7 @@ def backup_for_rehearsal(session, backup_run: str = "") -> BackupSource:
     Raises:
         BackupRequired: ``backup_run`` is not a valid, verified backup of this database with its dump intact.
     """
+    found: BackupRecord | None
     if backup_run:
         run_dirs = [d for d in _backup_records(session) if d.name == backup_run]
         if not run_dirs:
@@ -243,12 +248,13 @@ def backup_for_rehearsal(session, backup_run: str = "") -> BackupSource:
         found = next((f for f in (_load_backup(session, d) for d in _backup_records(session))
                       if f.status == "valid"), None)
     if found is not None:
-        problem = found.problem or _dump_problem(found.body, rehash=True)
+        # Every record that is not valid says why; a valid one has its backup.json.
+        problem = found.problem or _dump_problem(cast(dict, found.body), rehash=True)
         if problem:
             raise BackupRequired(f"Backup {found.run_dir.name} cannot be rehearsed on: {problem}. Run "
                                  f"'dbrunbook run backup -t {session.target.name}', or rehearse with an "
                                  f"empty backup_run to take one now.")
-        body = found.body
+        body = cast(dict, found.body)
         return BackupSource(Path(body["path"]), body["sha256"], body["started_at"], found.run_dir.name, False,
                             int(body.get("jobs") or DEFAULT_JOBS))
     print("No verified backup of this database: taking one now.")
@@ -257,7 +263,7 @@ def backup_for_rehearsal(session, backup_run: str = "") -> BackupSource:
     return BackupSource(result.path, result.sha256, result.started_at, session.run_id, True, result.jobs)
 
 
-def latest_rehearsal(session) -> dict | None:
+def latest_rehearsal(session: SessionLike) -> dict | None:
     """The newest valid, succeeded ``rehearse`` record of this database: its rehearsal.json plus where it is.
 
     Returns None when there is none. The dict has the artifact's fields and ``run_id``, ``run_dir``,

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from dbrunbook.errors import BackupFailed
 from dbrunbook.postgres import snapshots
 from dbrunbook.postgres.dump import DumpTool, dump_tool, fields_html, libpq_environment, run_tool
+from dbrunbook.protocols import SessionLike
 
 __all__ = ["DEFAULT_COMPRESSION", "DEFAULT_JOBS", "FORMAT", "DumpResult", "dump", "dump_digest"]
 
@@ -146,14 +147,14 @@ def _counts_in_snapshot(engine: Engine, snapshot_id: str) -> snapshots.Snapshot:
                               bytes=dict(zip(names, (int(b) for b in tables["bytes"]), strict=False)))
 
 
-def _backup_folder(session) -> Path:
+def _backup_folder(session: SessionLike) -> Path:
     name = session.run_id if session.record_dir is not None else (
         f"{session.run_id}-{_now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}")
     return Path(session.config.state_dir) / "backups" / name
 
 
-def dump(session, *, jobs: int = DEFAULT_JOBS, compression: str = DEFAULT_COMPRESSION, tool: DumpTool | None = None,
-         counts: bool = False, folder: Path | None = None) -> DumpResult:
+def dump(session: SessionLike, *, jobs: int = DEFAULT_JOBS, compression: str = DEFAULT_COMPRESSION,
+         tool: DumpTool | None = None, counts: bool = False, folder: Path | None = None) -> DumpResult:
     """pg_dump the session's database into ``<state_dir>/backups/<run-id>`` (directory format, parallel).
 
     The dump reads a snapshot exported by a transaction held here, which also lists the tables then present

@@ -23,6 +23,7 @@ from dbrunbook.postgres.dump import fields_html, restore_into
 from dbrunbook.postgres.scratch import scratch_server
 from dbrunbook.procedures.backup_dump import DEFAULT_JOBS
 from dbrunbook.procedures.lock_recorder import lock_strength, steps_with_locks, summarize_locks
+from dbrunbook.protocols import SessionLike
 
 __all__ = ["REHEARSAL_ARTIFACT", "BackupSource", "Rehearsal", "rehearse", "save_rehearsal"]
 
@@ -147,12 +148,13 @@ class Rehearsal:
         return fields_html(rows)
 
 
-def _plan(session, migration_set: str, revision: str, engine: Engine) -> list[tuple]:
+def _plan(session: SessionLike, migration_set: str, revision: str, engine: Engine) -> list[tuple]:
     return [(m, migrations.current(m, engine), migrations.pending(m, engine, revision))
             for m in session.sets(migration_set)]
 
 
-def rehearse(session, source: BackupSource, *, revision: str = "heads", migration_set: str = "all") -> Rehearsal:
+def rehearse(session: SessionLike, source: BackupSource, *, revision: str = "heads",
+             migration_set: str = "all") -> Rehearsal:
     """Restore ``source`` into a scratch server, upgrade to ``revision``, downgrade back, compare schemas.
 
     The migrations run with the target's lock_timeout and statement_timeout, so a statement that would
@@ -171,7 +173,7 @@ def rehearse(session, source: BackupSource, *, revision: str = "heads", migratio
             engine.dispose()
 
 
-def _round_trip(session, engine: Engine, source: BackupSource, restore_seconds: float, revision: str,
+def _round_trip(session: SessionLike, engine: Engine, source: BackupSource, restore_seconds: float, revision: str,
                 migration_set: str) -> Rehearsal:
     plan = _plan(session, migration_set, revision, engine)
     start = {m.name: list(cur) for m, cur, _ in plan}
@@ -226,7 +228,7 @@ def _row(set_name: str, revision: str, info: dict, locks: list[dict], seconds: f
             "strongest_lock": strongest, "locks_up": summary, "locks_down": []}
 
 
-def save_rehearsal(session, rehearsal: Rehearsal) -> str | None:
+def save_rehearsal(session: SessionLike, rehearsal: Rehearsal) -> str | None:
     """Write ``rehearsal.json`` into the record (what the deploy record links), then stop if it failed.
 
     Raises:

@@ -21,6 +21,7 @@ from dbrunbook.postgres import db, snapshots
 from dbrunbook.postgres.dump import DumpTool, fields_html, restore_into, run_tool
 from dbrunbook.postgres.scratch import scratch_server
 from dbrunbook.procedures.backup_dump import DumpResult
+from dbrunbook.protocols import SessionLike
 
 __all__ = ["RestoreCheck", "restore_check"]
 
@@ -77,7 +78,7 @@ def _read_toc(tool: DumpTool, result: DumpResult) -> tuple[str, list[str]]:
     return out, out.splitlines()
 
 
-def restore_check(session, result: DumpResult, *, full_restore: bool = False) -> RestoreCheck:
+def restore_check(session: SessionLike, result: DumpResult, *, full_restore: bool = False) -> RestoreCheck:
     """Read the archive back; with ``full_restore``, restore it into a scratch server and compare counts.
 
     ``pg_restore --list`` must read the table of contents; every TABLE DATA entry must have its data file;
@@ -130,7 +131,7 @@ def restore_check(session, result: DumpResult, *, full_restore: bool = False) ->
             engine.dispose()
     frame = snapshots.compare(result.source_counts, restored)
     rows = tuple({k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records"))
-    differ = [r["table"] for r in rows if r["status"] != "same"]
+    differ = [str(r["table"]) for r in rows if r["status"] != "same"]
     if differ:
         problems.append(f"row counts of {len(differ)} table(s) differ after the restore: {', '.join(differ[:10])}")
     return RestoreCheck(listed, len(entries), len(data), dumped_from, dbname, tuple(problems), True, seconds, rows)
