@@ -7,6 +7,7 @@ from; a full restore into a throwaway server compares the row counts with those 
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import os
 import re
@@ -86,12 +87,28 @@ def restore_check(session: SessionLike, result: DumpResult, *, full_restore: boo
     database and server version. The full restore (``result.source_counts`` needed: ``dump(counts=True)``)
     runs on a throwaway embedded server under ``<state_dir>/scratch``, stopped and removed afterwards.
     """
-    problems: list[str] = []
     try:
         _, lines = _read_toc(result.tool, result)
-        listed = True
     except BackupFailed as err:
         return RestoreCheck(False, 0, 0, "", "", (str(err),))
+    check = _listing_check(result, lines)
+    if not full_restore:
+        return check
+    if result.source_counts is None:
+        raise BackupFailed("A full restore check compares row counts taken in the dump's snapshot: call "
+                           "dump(..., counts=True) before restore_check(..., full_restore=True).")
+    seconds, rows = _restored_counts(session, result, result.source_counts)
+    problems = list(check.problems)
+    differ = [str(r["table"]) for r in rows if r["status"] != "same"]
+    if differ:
+        problems.append(f"row counts of {len(differ)} table(s) differ after the restore: {', '.join(differ[:10])}")
+    return dataclasses.replace(check, problems=tuple(problems), full_restore=True, restore_seconds=seconds,
+                               counts=rows)
+
+
+def _listing_check(result: DumpResult, lines: list[str]) -> RestoreCheck:
+    """What the table of contents says: data files present, every table's data there, the right source."""
+    problems: list[str] = []
     header = {m.group(1).strip(): m.group(2).strip()
               for m in (re.match(r"^;\s+([^:]+):\s*(.*)$", line) for line in lines) if m}
     entries = [m.groups() for m in (_TOC_LINE.match(line) for line in lines) if m]
@@ -115,23 +132,20 @@ def restore_check(session: SessionLike, result: DumpResult, *, full_restore: boo
     if dumped_from.split()[:1] != str(result.database.get("server_version", "")).split()[:1]:
         problems.append(f"the archive was dumped from server {dumped_from}, the session's server is "
                         f"{result.database.get('server_version')}")
-    check = RestoreCheck(listed, len(entries), len(data), dumped_from, dbname, tuple(problems))
-    if not full_restore:
-        return check
-    if result.source_counts is None:
-        raise BackupFailed("A full restore check compares row counts taken in the dump's snapshot: call "
-                           "dump(..., counts=True) before restore_check(..., full_restore=True).")
+    return RestoreCheck(True, len(entries), len(data), dumped_from, dbname, tuple(problems))
+
+
+def _restored_counts(session: SessionLike, result: DumpResult,
+                     source_counts: snapshots.Snapshot) -> tuple[float, tuple[dict, ...]]:
+    """Restore the dump on a scratch server; the seconds it took and its row counts against the source's."""
     with scratch_server(session.config, f"restore-{session.run_id}") as server:
         url, seconds = restore_into(server, result.path, result.database["database"], jobs=result.jobs,
-                                     run_id=session.run_id)
+                                    run_id=session.run_id)
         engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
         try:
             restored = snapshots.row_counts(engine)
         finally:
             engine.dispose()
-    frame = snapshots.compare(result.source_counts, restored)
+    frame = snapshots.compare(source_counts, restored)
     rows = tuple({k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records"))
-    differ = [str(r["table"]) for r in rows if r["status"] != "same"]
-    if differ:
-        problems.append(f"row counts of {len(differ)} table(s) differ after the restore: {', '.join(differ[:10])}")
-    return RestoreCheck(listed, len(entries), len(data), dumped_from, dbname, tuple(problems), True, seconds, rows)
+    return seconds, rows
