@@ -27,7 +27,7 @@ from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.execution.runner import run_runbook
 from dbrunbook.execution.session import Session
 from dbrunbook.postgres import db
-from dbrunbook.procedures import backup
+from dbrunbook.procedures import backup, backup_dump
 from tests.projects import URL_ENV, write_project
 
 
@@ -258,29 +258,14 @@ def test_unprotected_target_needs_no_backup(sample_db, embedded_root):
 
 
 # --- connection and options, no server needed ------------------------------------------------------------
-def test_libpq_environment_carries_the_connection_outside_argv():
-    env = backup.libpq_environment("postgresql+psycopg://app:s3cr%40t@db.example:6543/shop?sslmode=require",
-                                   application_name="dbrunbook:r1", base={"PATH": "/bin"})
-    assert env == {"PATH": "/bin", "PGHOST": "db.example", "PGPORT": "6543", "PGUSER": "app",
-                   "PGPASSWORD": "s3cr@t", "PGDATABASE": "shop", "PGSSLMODE": "require",
-                   "PGAPPNAME": "dbrunbook:r1"}
-    socket = backup.libpq_environment("postgresql+psycopg://postgres@/app?host=/tmp/dbrunbook-0-abc&port=5433",
-                                      base={})
-    assert socket == {"PGHOST": "/tmp/dbrunbook-0-abc", "PGPORT": "5433", "PGUSER": "postgres",
-                      "PGDATABASE": "app"}
-    with pytest.raises(BackupFailed) as err:
-        backup.libpq_environment("postgresql+psycopg://u@h/d?frobnicate=1", base={})
-    assert str(err.value).startswith("The target URL has option(s) frobnicate that pg_dump cannot be given")
-
-
 def test_compression_follows_the_tool_version():
     old = backup.DumpTool(Path("pg_dump"), Path("pg_restore"), "15.18", 15, "system", 15, "")
     new = dataclasses.replace(old, version="18.6", major=18)
-    assert [backup._compression_argument(old, c) for c in ("gzip:1", "none", "5")] == ["1", "0", "5"]
-    assert [backup._compression_argument(new, c) for c in ("gzip:1", "none", "zstd:3")] == ["gzip:1", "none",
-                                                                                             "zstd:3"]
+    assert [backup_dump._compression_argument(old, c) for c in ("gzip:1", "none", "5")] == ["1", "0", "5"]
+    assert [backup_dump._compression_argument(new, c) for c in ("gzip:1", "none", "zstd:3")] == ["gzip:1", "none",
+                                                                                                  "zstd:3"]
     with pytest.raises(BackupFailed) as err:
-        backup._compression_argument(old, "lz4")
+        backup_dump._compression_argument(old, "lz4")
     assert str(err.value) == ("pg_dump 15.18 compresses with gzip only; use -p compression gzip:1 (lz4 and "
                               "zstd need pg_dump 16 or later).")
 

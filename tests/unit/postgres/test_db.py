@@ -166,12 +166,12 @@ def test_a_url_sqlalchemy_cannot_parse_is_refused_masked():
 
 def test_the_other_maskers_are_the_one():
     from dbrunbook.execution import parameters
-    from dbrunbook.procedures import backup
+    from dbrunbook.postgres import dump
 
     text = "postgresql://u:p/w@h/d?password=q host=x password=y"
     expected = "postgresql://u:***@h/d?password=*** host=x password=***"
     assert parameters.mask_secrets(text) == expected
-    assert backup._scrubbed(text + " pgpw9", {"PGPASSWORD": "pgpw9"}) == expected + " ***"
+    assert dump._scrubbed(text + " pgpw9", {"PGPASSWORD": "pgpw9"}) == expected + " ***"
     assert db.scrub_driver_message(text, "postgresql://u@h/d") == expected
 
 
