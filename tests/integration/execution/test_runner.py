@@ -21,9 +21,9 @@ from dbrunbook import records
 from dbrunbook.cli import main
 from dbrunbook.config import load_config
 from dbrunbook.execution import protocol
+from dbrunbook.execution.launch import _new_run_dir
 from dbrunbook.execution.runner import (
     RunDirectoryInvalid,
-    _new_run_dir,
     kernel_for_this_interpreter,
     prepare_runbook,
     run_runbook,
