@@ -20,7 +20,7 @@ import nbformat
 
 from dbrunbook.execution import steplog
 from dbrunbook.execution.kernel import KERNEL_STARTUP_ARGUMENTS
-from dbrunbook.execution.outcome import _STEP_HEADING
+from dbrunbook.execution.outcome import STEP_HEADING
 
 
 class _PapermillInspectionFilter(logging.Filter):
@@ -34,7 +34,7 @@ class _PapermillInspectionFilter(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_papermill_inspection() -> Iterator[None]:
+def quiet_papermill_inspection() -> Iterator[None]:
     loggers = [logging.getLogger("papermill"), logging.getLogger("papermill.translators")]
     quiet = _PapermillInspectionFilter()
     for logger in loggers:
@@ -51,7 +51,7 @@ def _steps(nb: nbformat.NotebookNode) -> dict[int, str]:
     steps, current = {}, None
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
-            found = _STEP_HEADING.findall(cell.source) or re.findall(r"^##\s+.*$", cell.source, re.MULTILINE)
+            found = STEP_HEADING.findall(cell.source) or re.findall(r"^##\s+.*$", cell.source, re.MULTILINE)
             if found:
                 current = found[-1].strip().lstrip("#").strip()
         elif current is not None:
@@ -80,7 +80,7 @@ def _output_bytes(cell: nbformat.NotebookNode) -> int:
     return total
 
 
-def _progress_engine(progress: Callable[[str], None], seen: dict | None = None) -> str:
+def progress_engine(progress: Callable[[str], None], seen: dict | None = None) -> str:
     """Register a papermill engine that reports each step as it starts and ends; returns its name.
 
     papermill's own progress bar is a tqdm over cells, which tells an operator nothing about which step of

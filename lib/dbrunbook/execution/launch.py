@@ -2,7 +2,7 @@
 
 Everything a run needs to end with a signed record is checked before anything exists (target and secrets,
 revision, signing key), so that a usage error is exit status 2 with nothing changed. Once the run directory
-and its intent are written, whatever happens next is a fact of the run: ``_Started`` holds what sealing needs.
+and its intent are written, whatever happens next is a fact of the run: ``StartedRun`` holds what sealing needs.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dbrunbook.errors import (
     RunDirectoryInvalid,
 )
 from dbrunbook.execution import protocol, unfinished
-from dbrunbook.execution.ledger_rows import _ledger_start
+from dbrunbook.execution.ledger_rows import open_ledger_row
 from dbrunbook.execution.parameters import RunbookInfo, mask_secrets, validate_parameters
 from dbrunbook.postgres import db
 from dbrunbook.records import signing, trust
@@ -40,13 +40,13 @@ def _now() -> datetime:
 
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _resolve_target(config: Config, info: RunbookInfo, target: str | None,
+def resolve_target(config: Config, info: RunbookInfo, target: str | None,
                     parameters: dict[str, Any] | None) -> dict[str, object]:
     raw = dict(parameters or {})
     if target is not None:
@@ -110,7 +110,7 @@ def _check_revision(config: Config, values: dict[str, object]) -> None:
         )
 
 
-def _new_run_dir(config: Config, runbook: str, target: str, started: datetime,
+def new_run_dir(config: Config, runbook: str, target: str, started: datetime,
                  run_id: str | None = None) -> tuple[str, Path]:
     """Create the run directory of a new run id (or of ``run_id``); an existing directory is never reused."""
     tries = 20 if run_id is None else 1
@@ -128,7 +128,7 @@ def _new_run_dir(config: Config, runbook: str, target: str, started: datetime,
                               f"id(s) were taken. Check the clock and records.new_run_id.")
 
 
-def _database_state(config: Config, target_name: str, run_id: str) -> dict:
+def database_state(config: Config, target_name: str, run_id: str) -> dict:
     """Identity and Alembic heads of the target, over a connection of the launcher's own.
 
     Never raises: a database that is down is a fact of the run, recorded as ``database: None`` with the
@@ -159,14 +159,14 @@ def _database_state(config: Config, target_name: str, run_id: str) -> dict:
     return state
 
 
-def _UNREAD_STATE() -> dict:
+def unread_state() -> dict:
     """The state of a run refused before it could read the database under the lock: nothing claimed."""
     return {"database": None, "heads": {}, "errors": [], "read": False}
 
 
 # --- running ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Started:
+class StartedRun:
     """What exists once a run has begun: enough to seal it whatever happens next."""
 
     config: Config
@@ -181,9 +181,9 @@ class _Started:
     ledger: bool
 
 
-def _begin(config: Config, info: RunbookInfo, values: dict, mode: str,
+def begin_run(config: Config, info: RunbookInfo, values: dict, mode: str,
            progress: Callable[[str], None], *, started: datetime | None = None, run_id: str | None = None,
-           read_state: bool = True) -> _Started:
+           read_state: bool = True) -> StartedRun:
     """Create the run directory, write the intent, read the pre-state, open the ledger row.
 
     ``read_state`` False (a run the launcher refused, e.g. at the deployer lock) reads nothing of the
@@ -192,7 +192,7 @@ def _begin(config: Config, info: RunbookInfo, values: dict, mode: str,
     started = started or _now()
     runbook_sha256 = records.sha256_file(info.path)
     target = str(values["target"])
-    run_id, run_dir = _new_run_dir(config, info.name, target, started, run_id)
+    run_id, run_dir = new_run_dir(config, info.name, target, started, run_id)
     intent = {
         "run_id": run_id,
         "runbook": info.name,
@@ -207,30 +207,30 @@ def _begin(config: Config, info: RunbookInfo, values: dict, mode: str,
         "mode": mode,
     }
     # Written before anything touches the database: a run killed at any later point leaves this trace.
-    _write_json(run_dir / protocol.INTENT_FILE, intent)
+    write_json(run_dir / protocol.INTENT_FILE, intent)
     if mode == "papermill":  # until its record is signed, the next dbrunbook command can say it is unfinished
         unfinished.register(config, run_id=run_id, run_dir=run_dir, runbook=info.name, target=target,
                             started_at=started.isoformat())
     if read_state:
         progress(f"run {run_id}: reading the state of target '{target}'")
-        pre_state = _database_state(config, target, run_id)
+        pre_state = database_state(config, target, run_id)
     else:
-        pre_state = _UNREAD_STATE()
+        pre_state = unread_state()
     ledger = bool(info.changes_database and not values.get("dry_run", False) and pre_state["database"])
     if ledger:
-        ledger = _ledger_start(config, target, run_id, info, values, started, pre_state)
+        ledger = open_ledger_row(config, target, run_id, info, values, started, pre_state)
     intent["pre_state"] = pre_state
     intent["ledger"] = ledger
-    _write_json(run_dir / protocol.INTENT_FILE, intent)
-    return _Started(config, info, run_id, run_dir, target, values, started.isoformat(), runbook_sha256,
+    write_json(run_dir / protocol.INTENT_FILE, intent)
+    return StartedRun(config, info, run_id, run_dir, target, values, started.isoformat(), runbook_sha256,
                     pre_state, ledger)
 
 
-def _papermill_parameters(run: _Started) -> dict:
+def papermill_parameters(run: StartedRun) -> dict:
     return {**run.values, "run_id": run.run_id, "record_dir": str(run.run_dir)}
 
 
-def _usable_signing_key(config: Config) -> Path:
+def usable_signing_key(config: Config) -> Path:
     """The signing key, proven to sign before anything runs (a key found unusable after a change is too late).
 
     Raises:

@@ -20,11 +20,11 @@ from dbrunbook.execution.parameters import RunbookInfo, mask_secrets
 from dbrunbook.postgres import db
 
 if TYPE_CHECKING:
-    from dbrunbook.execution.launch import _Started
+    from dbrunbook.execution.launch import StartedRun
 
 log = logging.getLogger(__name__)
 
-def _ledger_start(config: Config, target: str, run_id: str, info: RunbookInfo, values: dict,
+def open_ledger_row(config: Config, target: str, run_id: str, info: RunbookInfo, values: dict,
                   started: datetime, pre_state: dict) -> bool:
     """Insert the 'running' ledger row over the launcher's own connection; False (why: pre_state) if not."""
     try:
@@ -76,7 +76,7 @@ def _migration_files(config: Config, heads_before: dict, heads_after: dict) -> d
     return files
 
 
-def _ledger_finish(run: _Started, outcome: str, finished: datetime, heads_before: dict,
+def complete_ledger_row(run: StartedRun, outcome: str, finished: datetime, heads_before: dict,
                    heads_after: dict, error: str | None = None) -> None:
     try:
         files = _migration_files(run.config, heads_before, heads_after)

@@ -23,7 +23,7 @@ SUCCEEDED, FAILED, STOPPED_AT_GUARD, INCOMPLETE = "succeeded", "failed", "stoppe
 INTERRUPTED = "interrupted"
 EXIT_STATUS = {SUCCEEDED: 0, FAILED: 1, STOPPED_AT_GUARD: 3, INCOMPLETE: 1, INTERRUPTED: 1}
 
-_STEP_HEADING = re.compile(r"^##\s+\d+\.\s*.*$", re.MULTILINE)
+STEP_HEADING = re.compile(r"^##\s+\d+\.\s*.*$", re.MULTILINE)
 
 
 # --- results ----------------------------------------------------------------------------------------------
@@ -82,19 +82,19 @@ def _has_sentinel(nb: nbformat.NotebookNode) -> bool:
     return bool(cells) and any(protocol.SENTINEL in _text_of(o) for o in cells[-1][1].get("outputs", []))
 
 
-def _step_heading(nb: nbformat.NotebookNode | None, cell_index: int | None) -> str | None:
+def step_heading(nb: nbformat.NotebookNode | None, cell_index: int | None) -> str | None:
     """The nearest ``## N. ...`` markdown heading at or before a cell: the step an operator reads."""
     if nb is None or cell_index is None:
         return None
     for cell in reversed(nb.cells[: cell_index + 1]):
         if cell.cell_type == "markdown":
-            found = _STEP_HEADING.findall(cell.source)
+            found = STEP_HEADING.findall(cell.source)
             if found:
                 return found[-1].strip()
     return None
 
 
-def _last_started_cell(nb: nbformat.NotebookNode | None) -> int | None:
+def last_started_cell(nb: nbformat.NotebookNode | None) -> int | None:
     """The last code cell papermill started: where a dead kernel or a timeout stopped the run."""
     if nb is None:
         return None
@@ -102,7 +102,7 @@ def _last_started_cell(nb: nbformat.NotebookNode | None) -> int | None:
     return started[-1] if started else None
 
 
-def _load_output(path: Path) -> nbformat.NotebookNode | None:
+def load_output(path: Path) -> nbformat.NotebookNode | None:
     """The executed notebook as last saved, with the step log folded in (the cell a kill stopped shows)."""
     try:
         nb = nbformat.read(str(path), as_version=4)
@@ -112,41 +112,41 @@ def _load_output(path: Path) -> nbformat.NotebookNode | None:
     return nb
 
 
-def _classify(error: BaseException | None, nb: nbformat.NotebookNode | None) -> tuple[str, dict | None]:
+def classify(error: BaseException | None, nb: nbformat.NotebookNode | None) -> tuple[str, dict | None]:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(error, PapermillExecutionError):
         outcome = STOPPED_AT_GUARD if error.ename in GUARD_ENAMES else FAILED
-        return outcome, {"cell": error.cell_index, "heading": _step_heading(nb, error.cell_index),
+        return outcome, {"cell": error.cell_index, "heading": step_heading(nb, error.cell_index),
                          "ename": error.ename, "evalue": mask_secrets(str(error.evalue))}
     if error is not None:
-        cell = _last_started_cell(nb)
+        cell = last_started_cell(nb)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             ename, evalue = type(error).__name__, "the launcher was interrupted or terminated"
         else:
             lines = str(error).strip().splitlines()
             ename, evalue = type(error).__name__, mask_secrets(lines[0] if lines else "")
-        return FAILED, {"cell": cell, "heading": _step_heading(nb, cell), "ename": ename, "evalue": evalue}
+        return FAILED, {"cell": cell, "heading": step_heading(nb, cell), "ename": ename, "evalue": evalue}
     if nb is None or not _has_sentinel(nb):
         cells = _code_cells(nb) if nb is not None else []
         cell = cells[-1][0] if cells else None
-        return INCOMPLETE, {"cell": cell, "heading": _step_heading(nb, cell), "ename": None,
+        return INCOMPLETE, {"cell": cell, "heading": step_heading(nb, cell), "ename": None,
                             "evalue": f"the last code cell did not print '{protocol.SENTINEL}'"}
     return SUCCEEDED, None
 
 
-def _classify_outputs(nb: nbformat.NotebookNode) -> tuple[str, dict | None]:
+def classify_outputs(nb: nbformat.NotebookNode) -> tuple[str, dict | None]:
     """Outcome of an interactively executed notebook, from what its cells show."""
     for index, cell in _code_cells(nb):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
                 ename = output.get("ename", "")
                 outcome = STOPPED_AT_GUARD if ename in GUARD_ENAMES else FAILED
-                return outcome, {"cell": index, "heading": _step_heading(nb, index), "ename": ename,
+                return outcome, {"cell": index, "heading": step_heading(nb, index), "ename": ename,
                                  "evalue": mask_secrets(str(output.get("evalue", "")))}
-    return _classify(None, nb)
+    return classify(None, nb)
 
 
-def _launcher_step(heading: str, ename: str, evalue: str) -> dict:
+def launcher_step(heading: str, ename: str, evalue: str) -> dict:
     """The failing step of a run the launcher stopped before its notebook ran (no cell of it started)."""
     return {"cell": None, "heading": f"launcher: {heading}", "ename": ename, "evalue": mask_secrets(evalue)}

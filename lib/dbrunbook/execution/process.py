@@ -19,7 +19,7 @@ from dbrunbook.safety import locking
 
 
 @contextlib.contextmanager
-def _config_for_kernel(config: Config) -> Iterator[None]:
+def config_for_kernel(config: Config) -> Iterator[None]:
     """Point the kernel's ``load_config()`` at the launcher's dbrunbook.toml (the kernel inherits the env)."""
     before = os.environ.get(ENV_CONFIG)
     os.environ[ENV_CONFIG] = str(config.path)
@@ -33,7 +33,7 @@ def _config_for_kernel(config: Config) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
+def sigterm_as_exit() -> Iterator[None]:
     """Turn SIGTERM into SystemExit while papermill runs, so the run is sealed before the process ends."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -50,7 +50,7 @@ def _sigterm_as_exit() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _lock_for_kernel(lock: locking.DeployerLock | None) -> Iterator[None]:
+def lock_for_kernel(lock: locking.DeployerLock | None) -> Iterator[None]:
     """Tell the kernel (through its environment) which session holds this run's lock, so it borrows it."""
     if lock is None:
         yield
@@ -67,7 +67,7 @@ def _lock_for_kernel(lock: locking.DeployerLock | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[list[int]]:
+def signals_deferred() -> Iterator[list[int]]:
     """Hold SIGTERM and SIGINT until the block ends; yields the signals received meanwhile."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():

@@ -22,11 +22,11 @@ from dbrunbook.execution.engine import (
     SAVE_AFTER,
     SAVE_EVERY,
     SAVE_OUTPUT_BYTES,
-    _progress_engine,
-    _quiet_papermill_inspection,
+    progress_engine,
+    quiet_papermill_inspection,
 )
 from dbrunbook.execution.kernel import ipc_kernel_manager, kernel_for_this_interpreter
-from dbrunbook.execution.launch import _begin, _now, _papermill_parameters, _resolve_target, _usable_signing_key
+from dbrunbook.execution.launch import _now, begin_run, papermill_parameters, resolve_target, usable_signing_key
 from dbrunbook.execution.outcome import (
     EXIT_STATUS,
     FAILED,
@@ -35,9 +35,9 @@ from dbrunbook.execution.outcome import (
     STOPPED_AT_GUARD,
     SUCCEEDED,
     RunResult,
-    _classify,
-    _launcher_step,
-    _load_output,
+    classify,
+    launcher_step,
+    load_output,
 )
 from dbrunbook.execution.parameters import (
     Parameter,
@@ -49,8 +49,8 @@ from dbrunbook.execution.parameters import (
     read_parameters,
     validate_parameters,
 )
-from dbrunbook.execution.process import _config_for_kernel, _lock_for_kernel, _signals_deferred, _sigterm_as_exit
-from dbrunbook.execution.seal import PARTIAL_NOTEBOOK, _seal_run, migrations_digest, seal
+from dbrunbook.execution.process import config_for_kernel, lock_for_kernel, signals_deferred, sigterm_as_exit
+from dbrunbook.execution.seal import PARTIAL_NOTEBOOK, migrations_digest, seal, seal_run
 from dbrunbook.postgres import db
 from dbrunbook.safety import locking
 
@@ -119,11 +119,11 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     progress = progress or (lambda message: None)
     config = config or load_config()
     info = find_runbook(config, name)
-    values = _resolve_target(config, info, target, parameters)
+    values = resolve_target(config, info, target, parameters)
     kernel = kernel_name or kernel_for_this_interpreter()
     # Everything sealing needs is checked before anything runs: a problem here is exit 2, nothing changed.
     unfinished.check_record_can_be_written(config, info.path, info.name)
-    _usable_signing_key(config)
+    usable_signing_key(config)
     target_name = str(values["target"])
     changing = bool(info.changes_database and not values.get("dry_run", False))
     started = _now()
@@ -133,7 +133,7 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
         progress(f"run {run_id}: taking the deployer lock of target '{target_name}'")
         lock, stop = _take_deployer_lock(config, target_name, run_id, info.name)
     try:
-        run = _begin(config, info, values, "papermill", progress, started=started, run_id=run_id,
+        run = begin_run(config, info, values, "papermill", progress, started=started, run_id=run_id,
                      read_state=stop is None)
     except BaseException:
         if lock is not None:
@@ -142,7 +142,7 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     if changing and stop is None and not run.ledger:
         # No ledger row, no change: the row is what 'verify -t' and the next run trust.
         problem = "; ".join(run.pre_state.get("errors") or []) or "the target's identity could not be read"
-        stop = FAILED, _launcher_step("ledger row", "LedgerUnavailable",
+        stop = FAILED, launcher_step("ledger row", "LedgerUnavailable",
                                       f"the run was stopped before its notebook ran: {problem}")
     output = run.run_dir / protocol.NOTEBOOK_FILE
     error: BaseException | None = None
@@ -151,13 +151,13 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     try:
         if stop is None:
             progress(f"run {run.run_id}: executing {info.path.name} on target '{run.target}'")
-            with _config_for_kernel(config), _lock_for_kernel(lock), _quiet_papermill_inspection(), \
-                    _sigterm_as_exit():
+            with config_for_kernel(config), lock_for_kernel(lock), quiet_papermill_inspection(), \
+                    sigterm_as_exit():
                 papermill.execute_notebook(
-                    str(info.path), str(output), parameters=_papermill_parameters(run), kernel_name=kernel,
+                    str(info.path), str(output), parameters=papermill_parameters(run), kernel_name=kernel,
                     cwd=str(config.root), progress_bar=False, log_output=False,
                     request_save_on_cell_execute=True, execution_timeout=execution_timeout,
-                    kernel_manager_class=ipc_kernel_manager(), engine_name=_progress_engine(progress, seen),
+                    kernel_manager_class=ipc_kernel_manager(), engine_name=progress_engine(progress, seen),
                 )
         else:
             _write_unexecuted_notebook(info, output)
@@ -166,11 +166,11 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     except BaseException as err:  # KeyboardInterrupt, SIGTERM: seal what exists, then let it go on
         error = interrupted = err
     # Sealing is not interrupted: a second Ctrl-C or SIGTERM waits until the record is signed.
-    with _signals_deferred() as received:
+    with signals_deferred() as received:
         try:
-            nb = _load_output(output) or seen.get("nb")
-            outcome, failing_step = stop or _classify(error, nb)
-            result = _seal_run(run, outcome, failing_step, mode="papermill", progress=progress)
+            nb = load_output(output) or seen.get("nb")
+            outcome, failing_step = stop or classify(error, nb)
+            result = seal_run(run, outcome, failing_step, mode="papermill", progress=progress)
         finally:
             if lock is not None:
                 lock.release()
@@ -188,13 +188,13 @@ def _take_deployer_lock(config: Config, target: str, run_id: str, runbook: str
     try:
         _target, engine = db.connect_target(config, target, run_id=run_id)
     except DatabaseUnavailable as err:
-        return None, (FAILED, _launcher_step("deployer lock", type(err).__name__, str(err)))
+        return None, (FAILED, launcher_step("deployer lock", type(err).__name__, str(err)))
     try:
         return locking.acquire_deployer_lock(engine, run_id=run_id, runbook=runbook, target=target), None
     except DeployerLockHeld as err:
-        return None, (STOPPED_AT_GUARD, _launcher_step("deployer lock", type(err).__name__, str(err)))
+        return None, (STOPPED_AT_GUARD, launcher_step("deployer lock", type(err).__name__, str(err)))
     except DatabaseUnavailable as err:
-        return None, (FAILED, _launcher_step("deployer lock", type(err).__name__, str(err)))
+        return None, (FAILED, launcher_step("deployer lock", type(err).__name__, str(err)))
     finally:
         engine.dispose()
 
@@ -223,13 +223,13 @@ def prepare_runbook(name: str, *, target: str | None = None, parameters: dict[st
 
     config = config or load_config()
     info = find_runbook(config, name)
-    values = _resolve_target(config, info, target, parameters)
+    values = resolve_target(config, info, target, parameters)
     kernel = kernel_for_this_interpreter()
     work = dataclasses.replace(config, outputs_dir=interactive.working_root(config))
-    run = _begin(work, info, values, "interactive", lambda message: None)
+    run = begin_run(work, info, values, "interactive", lambda message: None)
     output = run.run_dir / protocol.NOTEBOOK_FILE
-    with _quiet_papermill_inspection():
-        papermill.execute_notebook(str(info.path), str(output), parameters=_papermill_parameters(run),
+    with quiet_papermill_inspection():
+        papermill.execute_notebook(str(info.path), str(output), parameters=papermill_parameters(run),
                                    kernel_name=kernel, prepare_only=True, progress_bar=False)
     interactive.mark_prepared(config, output, run.run_id)
     return output

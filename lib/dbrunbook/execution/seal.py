@@ -23,16 +23,16 @@ from dbrunbook.chain import migrations
 from dbrunbook.config import Config, load_config
 from dbrunbook.errors import RunDirectoryInvalid
 from dbrunbook.execution import protocol, steplog, unfinished
-from dbrunbook.execution.launch import _UNREAD_STATE, _database_state, _now, _Started, _write_json
-from dbrunbook.execution.ledger_rows import _ledger_finish
+from dbrunbook.execution.launch import StartedRun, _now, database_state, unread_state, write_json
+from dbrunbook.execution.ledger_rows import complete_ledger_row
 from dbrunbook.execution.outcome import (
     EXIT_STATUS,
     INTERRUPTED,
     RunResult,
-    _classify_outputs,
-    _last_started_cell,
-    _load_output,
-    _step_heading,
+    classify_outputs,
+    last_started_cell,
+    load_output,
+    step_heading,
 )
 from dbrunbook.execution.parameters import RunbookInfo, find_runbook, mask_secrets, read_notebook
 from dbrunbook.postgres import db
@@ -74,7 +74,7 @@ def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
     if intent.get("mode") == "papermill":
         return _finish_launched_run(config, info, run_dir, intent)
     nb = read_notebook(notebook)
-    outcome, failing_step = _classify_outputs(nb)
+    outcome, failing_step = classify_outputs(nb)
     changes, intent_edited, opened = interactive.compare_cells(config, run_dir, intent["run_id"])
     mode = interactive.interactive_mode(nb, changes, intent_edited)
     if opened is not None or mode != "interactive":
@@ -88,10 +88,10 @@ def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
         run_dir = interactive.move_into_archive(config, run_dir, intent["run_id"])
     except FileExistsError as err:
         raise RunDirectoryInvalid(f"Cannot move {run_dir} into the archive: {err}. Check the run id.") from err
-    run = _Started(config, info, intent["run_id"], run_dir, intent["target"], intent["parameters"],
+    run = StartedRun(config, info, intent["run_id"], run_dir, intent["target"], intent["parameters"],
                    intent["started_at"], intent["runbook_sha256"], intent.get("pre_state") or {},
                    bool(intent.get("ledger")))
-    return _seal_run(run, outcome, failing_step, mode=mode, progress=lambda message: None)
+    return seal_run(run, outcome, failing_step, mode=mode, progress=lambda message: None)
 
 
 def _launched(intent_path: Path) -> bool:
@@ -121,13 +121,13 @@ def _finish_launched_run(config: Config, info: RunbookInfo, run_dir: Path, inten
             raise RunDirectoryInvalid(
                 f"Run {run_id} is still running: its launcher (pid {intent.get('pid')} on "
                 f"{intent.get('host')}) is alive and will seal the record itself. Wait for it to end.")
-        nb = _load_output(run_dir / protocol.NOTEBOOK_FILE)
-        cell = _last_started_cell(nb)
+        nb = load_output(run_dir / protocol.NOTEBOOK_FILE)
+        cell = last_started_cell(nb)
         outcome, failing_step = INTERRUPTED, {
-            "cell": cell, "heading": _step_heading(nb, cell), "ename": None,
+            "cell": cell, "heading": step_heading(nb, cell), "ename": None,
             "evalue": f"the launcher (pid {intent.get('pid')}) ended before it sealed the run: killed, crashed, "
                       f"or its machine went down; sealed later by 'dbrunbook seal'"}
-    run = _Started(config, info, run_id, run_dir, intent["target"], intent["parameters"], intent["started_at"],
+    run = StartedRun(config, info, run_id, run_dir, intent["target"], intent["parameters"], intent["started_at"],
                    intent["runbook_sha256"], intent.get("pre_state") or {}, bool(intent.get("ledger")))
     lock = None
     if run.ledger and post_state is None:
@@ -137,7 +137,7 @@ def _finish_launched_run(config: Config, info: RunbookInfo, run_dir: Path, inten
         finally:
             engine.dispose()
     try:
-        return _seal_run(run, outcome, failing_step, mode="papermill", progress=lambda message: None,
+        return seal_run(run, outcome, failing_step, mode="papermill", progress=lambda message: None,
                          post_state=post_state)
     finally:
         if lock is not None:
@@ -152,7 +152,7 @@ def migrations_digest(config: Config) -> str | None:
         return None
 
 
-def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: str,
+def seal_run(run: StartedRun, outcome: str, failing_step: dict | None, *, mode: str,
               progress: Callable[[str], None], post_state: dict | None = None) -> RunResult:
     """Read the post-state, build, sign and write the statement, complete the ledger row.
 
@@ -164,7 +164,7 @@ def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: s
     if post_state is None:
         # A run refused at the lock reads nothing after either: another run may be changing the database now.
         unread = run.pre_state.get("read") is False
-        post_state = _UNREAD_STATE() if unread else _database_state(config, run.target, run.run_id)
+        post_state = unread_state() if unread else database_state(config, run.target, run.run_id)
     heads_before = run.pre_state.get("heads") or {}
     heads_after = post_state["heads"]
     finished = _now()
@@ -187,7 +187,7 @@ def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: s
         return _keep_unsealed(run, outcome, failing_step, mode, err, finished, heads_before, heads_after,
                               post_state, progress)
     if run.ledger:
-        _ledger_finish(run, outcome, finished, heads_before, heads_after)
+        complete_ledger_row(run, outcome, finished, heads_before, heads_after)
     unfinished.unregister(config, run.run_id)
     return RunResult(
         run_id=run.run_id,
@@ -203,7 +203,7 @@ def _seal_run(run: _Started, outcome: str, failing_step: dict | None, *, mode: s
     )
 
 
-def _sign(run: _Started, outcome: str, failing_step: dict | None, mode: str, finished: datetime,
+def _sign(run: StartedRun, outcome: str, failing_step: dict | None, mode: str, finished: datetime,
           database: dict | None, heads_before: dict, heads_after: dict, extra: dict) -> Path:
     config = run.config
     exit_status = EXIT_STATUS[outcome]
@@ -236,11 +236,11 @@ def _sign(run: _Started, outcome: str, failing_step: dict | None, mode: str, fin
 PARTIAL_NOTEBOOK = "notebook.ipynb.partial"
 
 
-def _keep_partial_notebook(run: _Started) -> None:
+def _keep_partial_notebook(run: StartedRun) -> None:
     """A notebook file cut short (disk full, a kill during a save) is kept as an artifact, the record's
     notebook then being the runbook with a note saying so: a record must not depend on a whole notebook."""
     notebook = run.run_dir / protocol.NOTEBOOK_FILE
-    if notebook.is_file() and _load_output(notebook) is not None:
+    if notebook.is_file() and load_output(notebook) is not None:
         return
     size = notebook.stat().st_size if notebook.is_file() else 0
     if notebook.exists():
@@ -253,7 +253,7 @@ def _keep_partial_notebook(run: _Started) -> None:
     nbformat.write(nb, str(notebook))
 
 
-def _fold_step_log(run: _Started) -> None:
+def _fold_step_log(run: StartedRun) -> None:
     """Bring the record's notebook up to date with the step log: a killed launcher saved it only so often.
 
     Not when _keep_partial_notebook put the runbook in its place (its cells are not the run's), and a
@@ -267,7 +267,7 @@ def _fold_step_log(run: _Started) -> None:
         log.warning("run %s: the step log could not be folded into its notebook: %s", run.run_id, err)
 
 
-def _keep_unsealed(run: _Started, outcome: str, failing_step: dict | None, mode: str, err: Exception,
+def _keep_unsealed(run: StartedRun, outcome: str, failing_step: dict | None, mode: str, err: Exception,
                    finished: datetime, heads_before: dict, heads_after: dict, post_state: dict,
                    progress: Callable[[str], None]) -> RunResult:
     error = mask_secrets(f"{type(err).__name__}: {err}")
@@ -275,11 +275,11 @@ def _keep_unsealed(run: _Started, outcome: str, failing_step: dict | None, mode:
     saved = {"outcome": outcome, "failing_step": failing_step, "mode": mode, "finished_at": finished.isoformat(),
              "error": error, "post_state": post_state, "launcher_pid": os.getpid()}
     try:
-        _write_json(run.run_dir / protocol.ARTIFACTS_DIR / unfinished.UNSEALED_ARTIFACT, saved)
+        write_json(run.run_dir / protocol.ARTIFACTS_DIR / unfinished.UNSEALED_ARTIFACT, saved)
     except OSError as write_err:  # the intent and the ledger row remain; seal then records it as interrupted
         log.warning("could not keep the unsealed facts of run %s: %s", run.run_id, write_err)
     if run.ledger:
-        _ledger_finish(run, outcome, finished, heads_before, heads_after, error=f"record not sealed: {error}")
+        complete_ledger_row(run, outcome, finished, heads_before, heads_after, error=f"record not sealed: {error}")
     message = (f"dbrunbook: run {run.run_id} ended '{outcome}' but its record could not be signed: {error}. "
                f"Its evidence is kept in {run.run_dir}; fix the cause, then finish the record with "
                f"'dbrunbook seal {run.run_dir}'.")
