@@ -13,7 +13,7 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,7 @@ from dbrunbook.execution.parameters import RunbookInfo, mask_secrets, validate_p
 from dbrunbook.postgres import db
 from dbrunbook.records import signing, trust
 
-
 # --- helpers of a run -------------------------------------------------------------------------------------
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -189,7 +184,7 @@ def begin_run(config: Config, info: RunbookInfo, values: dict, mode: str,
     ``read_state`` False (a run the launcher refused, e.g. at the deployer lock) reads nothing of the
     database: its record claims no heads it did not see under the lock.
     """
-    started = started or _now()
+    started = started or protocol.now()
     runbook_sha256 = records.sha256_file(info.path)
     target = str(values["target"])
     run_id, run_dir = new_run_dir(config, info.name, target, started, run_id)

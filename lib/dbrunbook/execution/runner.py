@@ -26,7 +26,7 @@ from dbrunbook.execution.engine import (
     quiet_papermill_inspection,
 )
 from dbrunbook.execution.kernel import ipc_kernel_manager, kernel_for_this_interpreter
-from dbrunbook.execution.launch import _now, begin_run, papermill_parameters, resolve_target, usable_signing_key
+from dbrunbook.execution.launch import begin_run, papermill_parameters, resolve_target, usable_signing_key
 from dbrunbook.execution.outcome import (
     EXIT_STATUS,
     FAILED,
@@ -126,7 +126,7 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     usable_signing_key(config)
     target_name = str(values["target"])
     changing = bool(info.changes_database and not values.get("dry_run", False))
-    started = _now()
+    started = protocol.now()
     run_id = records.new_run_id(info.name, target_name, started)
     lock, stop = None, None
     if changing:

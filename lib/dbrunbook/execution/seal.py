@@ -23,7 +23,7 @@ from dbrunbook.chain import migrations
 from dbrunbook.config import Config, load_config
 from dbrunbook.errors import RunDirectoryInvalid
 from dbrunbook.execution import protocol, steplog, unfinished
-from dbrunbook.execution.launch import StartedRun, _now, database_state, unread_state, write_json
+from dbrunbook.execution.launch import StartedRun, database_state, unread_state, write_json
 from dbrunbook.execution.ledger_rows import complete_ledger_row
 from dbrunbook.execution.outcome import (
     EXIT_STATUS,
@@ -167,7 +167,7 @@ def seal_run(run: StartedRun, outcome: str, failing_step: dict | None, *, mode: 
         post_state = unread_state() if unread else database_state(config, run.target, run.run_id)
     heads_before = run.pre_state.get("heads") or {}
     heads_after = post_state["heads"]
-    finished = _now()
+    finished = protocol.now()
     exit_status = EXIT_STATUS[outcome]
     extra = {
         "target": run.target,
