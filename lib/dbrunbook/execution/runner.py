@@ -177,7 +177,8 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     if interrupted is None and received:
         interrupted = KeyboardInterrupt() if received[0] == signal.SIGINT else SystemExit(128 + received[0])
     if interrupted is not None:
-        interrupted.run_result = result  # the CLI still prints the run's object with --json
+        # The CLI still prints the run's object with --json; an exception of Python's own has no field for it.
+        interrupted.run_result = result  # type: ignore[attr-defined]
         raise interrupted
     return result
 

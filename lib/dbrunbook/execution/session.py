@@ -9,8 +9,10 @@ change it are here.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -20,6 +22,9 @@ from dbrunbook.errors import ConfigError, ConfirmationRequired, NotAtExpectedRev
 from dbrunbook.execution.preview import Preview
 from dbrunbook.execution.session_base import SNAPSHOT_ARTIFACT, SessionBase
 from dbrunbook.views import summaries
+
+if TYPE_CHECKING:
+    from dbrunbook.protocols import SessionLike
 
 __all__ = ["SNAPSHOT_ARTIFACT", "Preview", "Session", "open_session"]
 
@@ -95,7 +100,7 @@ class Session(SessionBase):
         policy, start = locking.RetryPolicy.for_target(self.target), len(self.lock_attempts)
         try:
             for m in self.sets(migration_set):
-                done = locking.with_lock_retries(lambda conn, m=m: migrations.upgrade(m, conn, revision),
+                done = locking.with_lock_retries(functools.partial(migrations.upgrade, m, revision=revision),
                                                  self.engine, policy=policy, migration_set=m.name,
                                                  attempts=self.lock_attempts)
                 rows += [{"migration_set": m.name, "revision": step.revision, "direction": step.direction,
@@ -229,3 +234,10 @@ def open_session(target: str = "", *, run_id: str = "", record_dir: str = "", co
     pd.set_option("display.max_colwidth", None)
     return Session(cfg, target or cfg.default_target, run_id=run_id, record_dir=record_dir, lock=lock,
                    runbook=runbook)
+
+
+if TYPE_CHECKING:
+
+    def _is_session_like(session: Session) -> SessionLike:
+        """Never called: mypy proves here that a ``Session`` is what guards and procedures take."""
+        return session

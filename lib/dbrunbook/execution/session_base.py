@@ -79,7 +79,7 @@ class SessionBase:
         return self.config.select_sets(migration_set)
 
     # --- artifacts ---------------------------------------------------------------------------------------
-    def save_artifact(self, name: str, content: str | bytes) -> str | None:
+    def save_artifact(self, name: str, content: str | bytes) -> str:
         """Write a file into the run's artifacts/ (covered by the record's signature); returns its sha256."""
         data = content.encode("utf-8") if isinstance(content, str) else content
         digest = hashlib.sha256(data).hexdigest()
@@ -140,7 +140,7 @@ class SessionBase:
     def row_counts(self, *, exact: bool = True) -> snapshots.Snapshot:
         counts = snapshots.row_counts(self.engine, exact=exact)
         name, digest = summaries.save_frame(self, "counts", counts.as_frame())
-        if name:
+        if name and digest:
             print(f"{len(counts.counts):,} tables: the full counts are artifacts/{name} (sha256 {digest[:12]}…)")
         return counts
 
@@ -168,7 +168,7 @@ class SessionBase:
             print("Models and database schema agree.")
         return frame
 
-    def save_snapshot(self) -> str | None:
+    def save_snapshot(self) -> str:
         """Counts + schema + heads as an artifact: what a later `verify` compares against."""
         counts = snapshots.row_counts(self.engine)
         schema = snapshots.schema_snapshot(self.engine)
