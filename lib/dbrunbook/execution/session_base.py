@@ -162,7 +162,8 @@ class SessionBase:
             if not m.models:
                 rows.append({"migration_set": m.name, "difference": "(no models configured: skipped)"})
                 continue
-            rows += [{"migration_set": m.name, "difference": _describe_diff(d)} for d in migrations.check(m, self.engine)]
+            rows += [{"migration_set": m.name, "difference": _describe_diff(d)}
+                     for d in migrations.check(m, self.engine)]
         frame = pd.DataFrame(rows, columns=["migration_set", "difference"])
         if frame.empty:
             print("Models and database schema agree.")

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from dbrunbook.execution import protocol
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
+from dbrunbook.execution.protocol import ARTIFACTS_DIR, now
 
 STEP_LOG = "steps.jsonl"
 
@@ -46,10 +45,10 @@ class StepLog:
         self._file.flush()
 
     def start(self, cell_index: int) -> None:
-        self._append({"cell": cell_index, "event": "start", "at": protocol.now().isoformat()})
+        self._append({"cell": cell_index, "event": "start", "at": now().isoformat()})
 
     def end(self, cell_index: int, *, failed: bool) -> None:
-        self._append({"cell": cell_index, "event": "end", "at": protocol.now().isoformat(),
+        self._append({"cell": cell_index, "event": "end", "at": now().isoformat(),
                       "status": "failed" if failed else "completed"})
 
     def close(self) -> None:
