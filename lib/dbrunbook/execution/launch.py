@@ -35,6 +35,7 @@ from dbrunbook.records import signing, trust
 
 # --- helpers of a run -------------------------------------------------------------------------------------
 
+
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
@@ -42,7 +43,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def resolve_target(config: Config, info: RunbookInfo, target: str | None,
-                    parameters: dict[str, Any] | None) -> dict[str, object]:
+                   parameters: dict[str, Any] | None) -> dict[str, object]:
     raw = dict(parameters or {})
     if target is not None:
         if "target" in raw and raw["target"] != target:
@@ -106,7 +107,7 @@ def _check_revision(config: Config, values: dict[str, object]) -> None:
 
 
 def new_run_dir(config: Config, runbook: str, target: str, started: datetime,
-                 run_id: str | None = None) -> tuple[str, Path]:
+                run_id: str | None = None) -> tuple[str, Path]:
     """Create the run directory of a new run id (or of ``run_id``); an existing directory is never reused."""
     tries = 20 if run_id is None else 1
     for _ in range(tries):
@@ -177,8 +178,8 @@ class StartedRun:
 
 
 def begin_run(config: Config, info: RunbookInfo, values: dict, mode: str,
-           progress: Callable[[str], None], *, started: datetime | None = None, run_id: str | None = None,
-           read_state: bool = True) -> StartedRun:
+              progress: Callable[[str], None], *, started: datetime | None = None, run_id: str | None = None,
+              read_state: bool = True) -> StartedRun:
     """Create the run directory, write the intent, read the pre-state, open the ledger row.
 
     ``read_state`` False (a run the launcher refused, e.g. at the deployer lock) reads nothing of the
@@ -218,7 +219,7 @@ def begin_run(config: Config, info: RunbookInfo, values: dict, mode: str,
     intent["ledger"] = ledger
     write_json(run_dir / protocol.INTENT_FILE, intent)
     return StartedRun(config, info, run_id, run_dir, target, values, started.isoformat(), runbook_sha256,
-                    pre_state, ledger)
+                      pre_state, ledger)
 
 
 def papermill_parameters(run: StartedRun) -> dict:

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 def open_ledger_row(config: Config, target: str, run_id: str, info: RunbookInfo, values: dict,
-                  started: datetime, pre_state: dict) -> bool:
+                    started: datetime, pre_state: dict) -> bool:
     """Insert the 'running' ledger row over the launcher's own connection; False (why: pre_state) if not."""
     try:
         _target, engine = db.connect_target(config, target, run_id=run_id)
@@ -77,7 +78,7 @@ def _migration_files(config: Config, heads_before: dict, heads_after: dict) -> d
 
 
 def complete_ledger_row(run: StartedRun, outcome: str, finished: datetime, heads_before: dict,
-                   heads_after: dict, error: str | None = None) -> None:
+                        heads_after: dict, error: str | None = None) -> None:
     try:
         files = _migration_files(run.config, heads_before, heads_after)
         _target, engine = db.connect_target(run.config, run.target, run_id=run.run_id)

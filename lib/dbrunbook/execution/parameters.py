@@ -39,6 +39,7 @@ _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
+
 @dataclass(frozen=True)
 class Parameter:
     """One line of a runbook's ``parameters`` cell: ``name: type = default  # help``."""

@@ -134,7 +134,7 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
         lock, stop = _take_deployer_lock(config, target_name, run_id, info.name)
     try:
         run = begin_run(config, info, values, "papermill", progress, started=started, run_id=run_id,
-                     read_state=stop is None)
+                        read_state=stop is None)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -143,7 +143,7 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
         # No ledger row, no change: the row is what 'verify -t' and the next run trust.
         problem = "; ".join(run.pre_state.get("errors") or []) or "the target's identity could not be read"
         stop = FAILED, launcher_step("ledger row", "LedgerUnavailable",
-                                      f"the run was stopped before its notebook ran: {problem}")
+                                     f"the run was stopped before its notebook ran: {problem}")
     output = run.run_dir / protocol.NOTEBOOK_FILE
     error: BaseException | None = None
     interrupted: BaseException | None = None

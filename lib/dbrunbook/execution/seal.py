@@ -41,6 +41,7 @@ from dbrunbook.safety import locking
 
 log = logging.getLogger(__name__)
 
+
 def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
     """Sign an interactively run notebook (``dbrunbook open``): outcome from its outputs, post-state, record.
 
@@ -89,8 +90,8 @@ def seal(run_dir: Path, *, config: Config | None = None) -> RunResult:
     except FileExistsError as err:
         raise RunDirectoryInvalid(f"Cannot move {run_dir} into the archive: {err}. Check the run id.") from err
     run = StartedRun(config, info, intent["run_id"], run_dir, intent["target"], intent["parameters"],
-                   intent["started_at"], intent["runbook_sha256"], intent.get("pre_state") or {},
-                   bool(intent.get("ledger")))
+                     intent["started_at"], intent["runbook_sha256"], intent.get("pre_state") or {},
+                     bool(intent.get("ledger")))
     return seal_run(run, outcome, failing_step, mode=mode, progress=lambda message: None)
 
 
@@ -128,7 +129,7 @@ def _finish_launched_run(config: Config, info: RunbookInfo, run_dir: Path, inten
             "evalue": f"the launcher (pid {intent.get('pid')}) ended before it sealed the run: killed, crashed, "
                       f"or its machine went down; sealed later by 'dbrunbook seal'"}
     run = StartedRun(config, info, run_id, run_dir, intent["target"], intent["parameters"], intent["started_at"],
-                   intent["runbook_sha256"], intent.get("pre_state") or {}, bool(intent.get("ledger")))
+                     intent["runbook_sha256"], intent.get("pre_state") or {}, bool(intent.get("ledger")))
     lock = None
     if run.ledger and post_state is None:
         _target, engine = db.connect_target(config, run.target, run_id=run_id)
@@ -138,7 +139,7 @@ def _finish_launched_run(config: Config, info: RunbookInfo, run_dir: Path, inten
             engine.dispose()
     try:
         return seal_run(run, outcome, failing_step, mode="papermill", progress=lambda message: None,
-                         post_state=post_state)
+                        post_state=post_state)
     finally:
         if lock is not None:
             lock.release()
@@ -153,7 +154,7 @@ def migrations_digest(config: Config) -> str | None:
 
 
 def seal_run(run: StartedRun, outcome: str, failing_step: dict | None, *, mode: str,
-              progress: Callable[[str], None], post_state: dict | None = None) -> RunResult:
+             progress: Callable[[str], None], post_state: dict | None = None) -> RunResult:
     """Read the post-state, build, sign and write the statement, complete the ledger row.
 
     When signing fails the run is not lost: the ledger row is completed with the outcome and the error, the

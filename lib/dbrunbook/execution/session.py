@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SNAPSHOT_ARTIFACT", "Preview", "Session", "open_session"]
 
+
 class Session(SessionBase):
     """A runbook's connection to one target, with the steps of the guide as methods."""
 
