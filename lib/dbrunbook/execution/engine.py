@@ -12,6 +12,7 @@ import contextlib
 import logging
 import re
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import nbformat
 from dbrunbook.execution import steplog
 from dbrunbook.execution.kernel import KERNEL_STARTUP_ARGUMENTS
 from dbrunbook.execution.outcome import STEP_HEADING
+from dbrunbook.execution.progress import RetryLines
 
 
 class _PapermillInspectionFilter(logging.Filter):
@@ -80,22 +82,12 @@ def _output_bytes(cell: nbformat.NotebookNode) -> int:
     return total
 
 
-def progress_engine(progress: Callable[[str], None], seen: dict | None = None) -> str:
-    """Register a papermill engine that reports each step as it starts and ends; returns its name.
-
-    papermill's own progress bar is a tqdm over cells, which tells an operator nothing about which step of
-    the procedure is running; this one prints the step's heading and how long it took, one plain line each
-    (readable in a terminal, in cron mail and in Airflow logs alike). It also saves the notebook far less
-    often than papermill (see ``SAVE_AFTER``) and keeps the step log (:mod:`dbrunbook.execution.steplog`).
-    """
+def _saving_client() -> type:
+    """papermill's notebook client, saving the notebook on a timer while a code cell runs (see ``SAVE_AFTER``)."""
     import asyncio
-    import time
 
     from nbclient.util import run_sync
     from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine, papermill_engines
-    from papermill.log import logger as papermill_logger
-    from papermill.utils import merge_kwargs, remove_args
 
     async def save_while_running(nb_man) -> None:
         await asyncio.sleep(SAVE_AFTER)
@@ -118,7 +110,76 @@ def progress_engine(progress: Callable[[str], None], seen: dict | None = None) -
 
         execute_cell = run_sync(async_execute_cell)  # nbclient binds the base class's coroutine otherwise
 
-    from dbrunbook.execution.progress import RetryLines
+    return SavingClient
+
+
+def _watch_steps(nb_man, progress: Callable[[str], None], log: steplog.StepLog | None) -> None:
+    """Hook papermill's notebook manager: a progress line and a step log entry as each cell starts and ends,
+    and the notebook saved only when a cell fails or printed ``SAVE_OUTPUT_BYTES`` (the timer does the rest)."""
+    steps = _steps(nb_man.nb)
+    total = len(steps)
+    order = {index: n for n, index in enumerate(sorted(steps), 1)}
+    started: dict[int, float] = {}
+    cell_start, cell_complete, save = nb_man.cell_start, nb_man.cell_complete, nb_man.save
+    quiet = [False]
+
+    def quiet_save(**kw):
+        if not quiet[0]:
+            save(**kw)
+
+    def without_save(fn, *args, **kw):
+        quiet[0] = True
+        try:
+            return fn(*args, **kw)
+        finally:
+            quiet[0] = False
+
+    retries, autosave_cell = RetryLines(progress), nb_man.autosave_cell
+
+    def on_message():  # papermill calls this on every message of the running cell
+        if retries.cell_index is not None:
+            retries.update(nb_man.nb.cells[retries.cell_index])
+        return autosave_cell()
+
+    def on_start(cell, cell_index=None, **kw):
+        retries.start(cell_index)
+        if cell_index in steps:
+            started[cell_index] = time.monotonic()
+            progress(f"  [{order[cell_index]}/{total}] {steps[cell_index]} ...")
+        if log is not None and cell.get("cell_type") == "code":
+            log.start(cell_index)
+        return without_save(cell_start, cell, cell_index, **kw)
+
+    def on_complete(cell, cell_index=None, **kw):
+        # papermill calls this from a `finally`: a dead kernel or a timeout is in flight here.
+        failed = sys.exc_info()[1] is not None or any(
+            o.get("output_type") == "error" for o in cell.get("outputs", []))
+        if cell_index in started:
+            seconds = time.monotonic() - started.pop(cell_index)
+            progress(f"  [{order[cell_index]}/{total}] {'FAILED' if failed else 'done'} in {seconds:.1f}s")
+        if log is not None and cell.get("cell_type") == "code":
+            log.end(cell_index, failed=failed)
+        if failed or _output_bytes(cell) >= SAVE_OUTPUT_BYTES:
+            return cell_complete(cell, cell_index=cell_index, **kw)
+        return without_save(cell_complete, cell, cell_index=cell_index, **kw)
+
+    nb_man.cell_start, nb_man.cell_complete, nb_man.save = on_start, on_complete, quiet_save
+    nb_man.autosave_cell = on_message
+
+
+def progress_engine(progress: Callable[[str], None], seen: dict | None = None) -> str:
+    """Register a papermill engine that reports each step as it starts and ends; returns its name.
+
+    papermill's own progress bar is a tqdm over cells, which tells an operator nothing about which step of
+    the procedure is running; this one prints the step's heading and how long it took, one plain line each
+    (readable in a terminal, in cron mail and in Airflow logs alike). It also saves the notebook far less
+    often than papermill (see ``SAVE_AFTER``) and keeps the step log (:mod:`dbrunbook.execution.steplog`).
+    """
+    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.log import logger as papermill_logger
+    from papermill.utils import merge_kwargs, remove_args
+
+    saving_client = _saving_client()
 
     class ProgressEngine(NBClientEngine):
         @classmethod
@@ -126,57 +187,9 @@ def progress_engine(progress: Callable[[str], None], seen: dict | None = None) -
                                      stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs):
             if seen is not None:  # the notebook in memory: what is left when its file could not be written
                 seen["nb"] = nb_man.nb
-            steps = _steps(nb_man.nb)
-            total = len(steps)
-            order = {index: n for n, index in enumerate(sorted(steps), 1)}
-            started: dict[int, float] = {}
-            cell_start, cell_complete, save = nb_man.cell_start, nb_man.cell_complete, nb_man.save
             log = steplog.StepLog(steplog.path_for(Path(nb_man.output_path).parent)) \
                 if nb_man.output_path else None
-            quiet = [False]
-
-            def quiet_save(**kw):
-                if not quiet[0]:
-                    save(**kw)
-
-            def without_save(fn, *args, **kw):
-                quiet[0] = True
-                try:
-                    return fn(*args, **kw)
-                finally:
-                    quiet[0] = False
-
-            retries, autosave_cell = RetryLines(progress), nb_man.autosave_cell
-
-            def on_message():  # papermill calls this on every message of the running cell
-                if retries.cell_index is not None:
-                    retries.update(nb_man.nb.cells[retries.cell_index])
-                return autosave_cell()
-
-            def on_start(cell, cell_index=None, **kw):
-                retries.start(cell_index)
-                if cell_index in steps:
-                    started[cell_index] = time.monotonic()
-                    progress(f"  [{order[cell_index]}/{total}] {steps[cell_index]} ...")
-                if log is not None and cell.get("cell_type") == "code":
-                    log.start(cell_index)
-                return without_save(cell_start, cell, cell_index, **kw)
-
-            def on_complete(cell, cell_index=None, **kw):
-                # papermill calls this from a `finally`: a dead kernel or a timeout is in flight here.
-                failed = sys.exc_info()[1] is not None or any(
-                    o.get("output_type") == "error" for o in cell.get("outputs", []))
-                if cell_index in started:
-                    seconds = time.monotonic() - started.pop(cell_index)
-                    progress(f"  [{order[cell_index]}/{total}] {'FAILED' if failed else 'done'} in {seconds:.1f}s")
-                if log is not None and cell.get("cell_type") == "code":
-                    log.end(cell_index, failed=failed)
-                if failed or _output_bytes(cell) >= SAVE_OUTPUT_BYTES:
-                    return cell_complete(cell, cell_index=cell_index, **kw)
-                return without_save(cell_complete, cell, cell_index=cell_index, **kw)
-
-            nb_man.cell_start, nb_man.cell_complete, nb_man.save = on_start, on_complete, quiet_save
-            nb_man.autosave_cell = on_message
+            _watch_steps(nb_man, progress, log)
             # NBClientEngine's own body, with the client that saves on a timer.
             kwargs = remove_args(["input_path"], **kwargs)
             safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
@@ -187,7 +200,7 @@ def progress_engine(progress: Callable[[str], None], seen: dict | None = None) -
             final_kwargs["extra_arguments"] = [*final_kwargs.get("extra_arguments", []),
                                                *KERNEL_STARTUP_ARGUMENTS]
             try:
-                return SavingClient(nb_man, **final_kwargs).execute()
+                return saving_client(nb_man, **final_kwargs).execute()
             finally:
                 if log is not None:
                     log.close()

@@ -33,8 +33,6 @@ from dbrunbook.execution.parameters import RunbookInfo, mask_secrets, validate_p
 from dbrunbook.postgres import db
 from dbrunbook.records import signing, trust
 
-# --- helpers of a run -------------------------------------------------------------------------------------
-
 
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -160,7 +158,6 @@ def unread_state() -> dict:
     return {"database": None, "heads": {}, "errors": [], "read": False}
 
 
-# --- running ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StartedRun:
     """What exists once a run has begun: enough to seal it whatever happens next."""

@@ -26,7 +26,6 @@ EXIT_STATUS = {SUCCEEDED: 0, FAILED: 1, STOPPED_AT_GUARD: 3, INCOMPLETE: 1, INTE
 STEP_HEADING = re.compile(r"^##\s+\d+\.\s*.*$", re.MULTILINE)
 
 
-# --- results ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunResult:
     """What a run came to; the same facts are in the signed statement of ``record_dir``."""

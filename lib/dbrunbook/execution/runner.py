@@ -26,7 +26,7 @@ from dbrunbook.execution.engine import (
     quiet_papermill_inspection,
 )
 from dbrunbook.execution.kernel import ipc_kernel_manager, kernel_for_this_interpreter
-from dbrunbook.execution.launch import begin_run, papermill_parameters, resolve_target, usable_signing_key
+from dbrunbook.execution.launch import StartedRun, begin_run, papermill_parameters, resolve_target, usable_signing_key
 from dbrunbook.execution.outcome import (
     EXIT_STATUS,
     FAILED,
@@ -114,8 +114,6 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
         KeyboardInterrupt, SystemExit: re-raised after the interrupted run is sealed as failed; the
             exception's ``run_result`` is the sealed run's ``RunResult``.
     """
-    import papermill
-
     progress = progress or (lambda message: None)
     config = config or load_config()
     info = find_runbook(config, name)
@@ -124,41 +122,14 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     # Everything sealing needs is checked before anything runs: a problem here is exit 2, nothing changed.
     unfinished.check_record_can_be_written(config, info.path, info.name)
     usable_signing_key(config)
-    target_name = str(values["target"])
-    changing = bool(info.changes_database and not values.get("dry_run", False))
-    started = protocol.now()
-    run_id = records.new_run_id(info.name, target_name, started)
-    lock, stop = None, None
-    if changing:
-        progress(f"run {run_id}: taking the deployer lock of target '{target_name}'")
-        lock, stop = _take_deployer_lock(config, target_name, run_id, info.name)
-    try:
-        run = begin_run(config, info, values, "papermill", progress, started=started, run_id=run_id,
-                        read_state=stop is None)
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    if changing and stop is None and not run.ledger:
-        # No ledger row, no change: the row is what 'verify -t' and the next run trust.
-        problem = "; ".join(run.pre_state.get("errors") or []) or "the target's identity could not be read"
-        stop = FAILED, launcher_step("ledger row", "LedgerUnavailable",
-                                     f"the run was stopped before its notebook ran: {problem}")
+    run, lock, stop = _start(config, info, values, progress)
     output = run.run_dir / protocol.NOTEBOOK_FILE
     error: BaseException | None = None
     interrupted: BaseException | None = None
     seen: dict = {}
     try:
         if stop is None:
-            progress(f"run {run.run_id}: executing {info.path.name} on target '{run.target}'")
-            with config_for_kernel(config), lock_for_kernel(lock), quiet_papermill_inspection(), \
-                    sigterm_as_exit():
-                papermill.execute_notebook(
-                    str(info.path), str(output), parameters=papermill_parameters(run), kernel_name=kernel,
-                    cwd=str(config.root), progress_bar=False, log_output=False,
-                    request_save_on_cell_execute=True, execution_timeout=execution_timeout,
-                    kernel_manager_class=ipc_kernel_manager(), engine_name=progress_engine(progress, seen),
-                )
+            _execute(run, kernel, lock, progress, execution_timeout, seen)
         else:
             _write_unexecuted_notebook(info, output)
     except Exception as err:
@@ -181,6 +152,51 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
         interrupted.run_result = result  # type: ignore[attr-defined]
         raise interrupted
     return result
+
+
+def _start(config: Config, info: RunbookInfo, values: dict, progress: Callable[[str], None]
+           ) -> tuple[StartedRun, locking.DeployerLock | None, tuple[str, dict] | None]:
+    """Take a changing run's deployer lock, then begin the run: (run, lock, stop).
+
+    ``stop`` is the outcome and failing step of a run whose notebook must not run: the lock is held by
+    another run or cannot be taken, or a changing run has no ledger row.
+    """
+    target_name = str(values["target"])
+    changing = bool(info.changes_database and not values.get("dry_run", False))
+    started = protocol.now()
+    run_id = records.new_run_id(info.name, target_name, started)
+    lock, stop = None, None
+    if changing:
+        progress(f"run {run_id}: taking the deployer lock of target '{target_name}'")
+        lock, stop = _take_deployer_lock(config, target_name, run_id, info.name)
+    try:
+        run = begin_run(config, info, values, "papermill", progress, started=started, run_id=run_id,
+                        read_state=stop is None)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if changing and stop is None and not run.ledger:
+        # No ledger row, no change: the row is what 'verify -t' and the next run trust.
+        problem = "; ".join(run.pre_state.get("errors") or []) or "the target's identity could not be read"
+        stop = FAILED, launcher_step("ledger row", "LedgerUnavailable",
+                                     f"the run was stopped before its notebook ran: {problem}")
+    return run, lock, stop
+
+
+def _execute(run: StartedRun, kernel: str, lock: locking.DeployerLock | None, progress: Callable[[str], None],
+             execution_timeout: float | None, seen: dict) -> None:
+    """Execute the runbook with papermill into the run's notebook; the kernel borrows the run's lock."""
+    import papermill
+
+    progress(f"run {run.run_id}: executing {run.info.path.name} on target '{run.target}'")
+    with config_for_kernel(run.config), lock_for_kernel(lock), quiet_papermill_inspection(), sigterm_as_exit():
+        papermill.execute_notebook(
+            str(run.info.path), str(run.run_dir / protocol.NOTEBOOK_FILE), parameters=papermill_parameters(run),
+            kernel_name=kernel, cwd=str(run.config.root), progress_bar=False, log_output=False,
+            request_save_on_cell_execute=True, execution_timeout=execution_timeout,
+            kernel_manager_class=ipc_kernel_manager(), engine_name=progress_engine(progress, seen),
+        )
 
 
 def _take_deployer_lock(config: Config, target: str, run_id: str, runbook: str
