@@ -35,7 +35,7 @@ def _base() -> type:
     return build_async_jupytext_contents_manager_class(AsyncLargeFileManager)
 
 
-class RecordsReadOnlyContentsManager(_base()):
+class RecordsReadOnlyContentsManager(_base()):  # type: ignore[misc]  # base chosen at import: jupytext's if any
     """The default file contents manager, read-only under the records folders."""
 
     read_only_dirs = List(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -18,7 +19,7 @@ def _runs_this_interpreter(argv: list[str]) -> bool:
     if not argv:
         return False
     # jupyter_client replaces a bare 'python'/'python3'/'python3.X' by sys.executable when it starts a kernel.
-    bare = {"python", f"python{sys.version_info[0]}", "python%i.%i" % sys.version_info[:2]}
+    bare = {"python", f"python{sys.version_info[0]}", f"python{sys.version_info[0]}.{sys.version_info[1]}"}
     # abspath, not resolve: every venv's python is a symlink to the same base interpreter.
     return argv[0] in bare or os.path.abspath(argv[0]) == os.path.abspath(sys.executable)
 
@@ -118,10 +119,8 @@ def exit_without_teardown() -> None:
 
     def _exit() -> None:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(Exception):  # closed by now; nothing left to say
                 stream.flush()
-            except Exception:  # noqa: BLE001 - closed by now; nothing left to say
-                pass
         os._exit(0)
 
     atexit.register(_exit)

@@ -14,7 +14,7 @@ import io
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nbformat
 
@@ -38,6 +38,7 @@ __all__ = [
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
+
 
 @dataclass(frozen=True)
 class Parameter:
@@ -127,21 +128,21 @@ def parse_parameters(source: str, where: str = "parameters cell") -> tuple[Param
             continue
         line = ast.get_source_segment(source, node) or ""
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-            name = node.target.id
+            name, value = node.target.id, node.value
             type_name = ast.unparse(node.annotation)
         elif isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name]:
-            name, type_name = node.targets[0].id, ""
+            name, type_name, value = cast(ast.Name, node.targets[0]).id, "", node.value
         else:
             raise ParameterError(
                 f"{where}, line {node.lineno}: '{line}' is not a parameter. Write one parameter per line as "
                 f"name: str|int|float|bool = value  # help."
             )
         try:
-            default = ast.literal_eval(node.value)
+            default = ast.literal_eval(value)
         except ValueError as err:
             raise ParameterError(
                 f"{where}, line {node.lineno}: the default of '{name}' must be a literal, not "
-                f"'{ast.unparse(node.value)}'."
+                f"'{ast.unparse(value)}'."
             ) from err
         type_name = type_name or type(default).__name__
         if type_name not in _TYPES:
@@ -156,7 +157,7 @@ def parse_parameters(source: str, where: str = "parameters cell") -> tuple[Param
                 f"{where}, line {node.lineno}: the default of '{name}' is {default!r}, not "
                 f"{_article(type_name)} {type_name}."
             )
-        params.append(Parameter(name, type_name, default, comments.get(node.end_lineno, "")))
+        params.append(Parameter(name, type_name, default, comments.get(node.end_lineno or node.lineno, "")))
     return tuple(params)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 #: Printed by the last cell of every runbook (``Session.finish``). The launcher treats a run without it as
 #: incomplete: papermill alone reports success for a kernel that died or timed out.
 SENTINEL = "dbrunbook: runbook completed"
@@ -25,3 +27,8 @@ LEDGER_TABLE = "ledger"
 
 #: Parameter names refused by the launcher because they look like secrets.
 SECRET_WORDS = ("password", "passwd", "secret", "token", "apikey", "api_key", "credential", "private_key", "dsn")
+
+
+def now() -> datetime:
+    """The one clock of a run: an aware UTC datetime (its intent, step log, statement and ledger row)."""
+    return datetime.now(UTC)

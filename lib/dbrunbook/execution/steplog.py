@@ -11,12 +11,12 @@ running. The log is under ``artifacts/``, so the record's signature covers it.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
 
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
+from dbrunbook.execution.protocol import ARTIFACTS_DIR, now
 
 STEP_LOG = "steps.jsonl"
 
@@ -26,10 +26,6 @@ _FINISHED = ("completed", "failed")
 def path_for(run_dir: Path) -> Path:
     """Where the step log of the run in ``run_dir`` lives."""
     return Path(run_dir) / ARTIFACTS_DIR / STEP_LOG
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 class StepLog:
@@ -49,10 +45,10 @@ class StepLog:
         self._file.flush()
 
     def start(self, cell_index: int) -> None:
-        self._append({"cell": cell_index, "event": "start", "at": _now()})
+        self._append({"cell": cell_index, "event": "start", "at": now().isoformat()})
 
     def end(self, cell_index: int, *, failed: bool) -> None:
-        self._append({"cell": cell_index, "event": "end", "at": _now(),
+        self._append({"cell": cell_index, "event": "end", "at": now().isoformat(),
                       "status": "failed" if failed else "completed"})
 
     def close(self) -> None:

@@ -35,9 +35,10 @@ class Jupyter:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.token = secrets.token_hex(16)
-        self.log = open(root.parent / "jupyter.log", "wb")
+        self.log = open(root.parent / "jupyter.log", "wb")  # noqa: SIM115 - open for the server's life; stop() closes it
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", f"--port={self.port}", "--ip=127.0.0.1", "--no-browser", "--allow-root",
+            [sys.executable, "-m", "jupyter_server", f"--port={self.port}", "--ip=127.0.0.1", "--no-browser",
+             "--allow-root",
              f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}",
              "--ServerApp.contents_manager_class=dbrunbook.execution.jupyter_readonly.RecordsReadOnlyContentsManager",
              "--ContentsManager.allow_hidden=True"],
@@ -47,10 +48,11 @@ class Jupyter:
             try:
                 self.request("GET", "/api/status")
                 return
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError) as err:
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     self.stop()
-                    raise RuntimeError(f"jupyter server did not start: {(root.parent / 'jupyter.log').read_text()}")
+                    raise RuntimeError(
+                        f"jupyter server did not start: {(root.parent / 'jupyter.log').read_text()}") from err
                 time.sleep(0.5)
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:

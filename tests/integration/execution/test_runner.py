@@ -21,9 +21,9 @@ from dbrunbook import records
 from dbrunbook.cli import main
 from dbrunbook.config import load_config
 from dbrunbook.execution import protocol
+from dbrunbook.execution.launch import new_run_dir
 from dbrunbook.execution.runner import (
     RunDirectoryInvalid,
-    _new_run_dir,
     kernel_for_this_interpreter,
     prepare_runbook,
     run_runbook,
@@ -248,8 +248,8 @@ def test_seal_of_a_notebook_never_run(project):
 
 def test_run_directories_are_never_reused(project):
     moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    first = _new_run_dir(project, "succeeds", "t", moment)
-    second = _new_run_dir(project, "succeeds", "t", moment)
+    first = new_run_dir(project, "succeeds", "t", moment)
+    second = new_run_dir(project, "succeeds", "t", moment)
 
     assert first[0] != second[0] and first[1] != second[1]
     assert first[1].parent == second[1].parent == project.outputs_dir / "2026" / "01" / "02"
