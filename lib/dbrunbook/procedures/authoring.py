@@ -482,13 +482,15 @@ _OBJECTS = sa.text("""
 
 
 @dataclass(frozen=True)
-class _Shape:
+class SchemaShape:
+    """What a round trip compares: columns and indexes, constraints, schemas and types (enums, domains)."""
+
     schema: snapshots.SchemaSnapshot
     constraints: dict[str, list[str]]
     objects: list[tuple[str, str]]
 
 
-def _shape(engine: Engine, mset: MigrationSet) -> _Shape:
+def read_shape(engine: Engine, mset: MigrationSet) -> SchemaShape:
     """The schema, without the set's version table (Alembic creates it with the first revision, keeps it)."""
     version = f"{mset.version_table_schema or 'public'}.{mset.version_table}"
     full = snapshots.schema_snapshot(engine)
@@ -501,10 +503,10 @@ def _shape(engine: Engine, mset: MigrationSet) -> _Shape:
                 constraints.setdefault(table, []).append(definition)
         objects = [tuple(r) for r in conn.execute(_OBJECTS, {"excluded": _EXCLUDED})]
         conn.rollback()
-    return _Shape(schema, constraints, objects)
+    return SchemaShape(schema, constraints, objects)
 
 
-def _diff(before: _Shape, after: _Shape) -> pd.DataFrame:
+def compare_shapes(before: SchemaShape, after: SchemaShape) -> pd.DataFrame:
     """Schema differences: columns and indexes (snapshots.compare_schema), constraints, schemas and types."""
     rows = snapshots.compare_schema(before.schema, after.schema).to_dict("records")
     for table in sorted(set(before.constraints) | set(after.constraints)):
@@ -589,11 +591,11 @@ def _walk(mset: MigrationSet, engine: Engine, order: list[str]) -> tuple[list[St
     def steps(script: Any, heads: tuple, ctx: Any) -> Iterator[Any]:
         for rev in order:
             revision = script.get_revision(rev)
-            at.update(rev=rev, phase="upgrade", before=_shape(engine, mset), changes=None, not_restored=None)
+            at.update(rev=rev, phase="upgrade", before=read_shape(engine, mset), changes=None, not_restored=None)
             yield MigrationStep.upgrade_from_script(script.revision_map, revision)
-            at.update(phase="downgrade", changes=_diff(at["before"], _shape(engine, mset)))
+            at.update(phase="downgrade", changes=compare_shapes(at["before"], read_shape(engine, mset)))
             yield MigrationStep.downgrade_from_script(script.revision_map, revision)
-            at.update(phase="reupgrade", not_restored=_diff(at["before"], _shape(engine, mset)))
+            at.update(phase="reupgrade", not_restored=compare_shapes(at["before"], read_shape(engine, mset)))
             yield MigrationStep.upgrade_from_script(script.revision_map, revision)
             restored = at["not_restored"].empty
             results.append(StepCheck(rev, True, True, restored, True, "", at["not_restored"], at["changes"]))
@@ -656,10 +658,10 @@ def _finish_separately(mset: MigrationSet, engine: Engine, at: dict[str, Any]) -
     try:
         if at["phase"] == "upgrade":
             _one_step(mset, engine, rev, "upgrade")
-            at.update(phase="downgrade", changes=_diff(at["before"], _shape(engine, mset)))
+            at.update(phase="downgrade", changes=compare_shapes(at["before"], read_shape(engine, mset)))
         if at["phase"] == "downgrade":
             _one_step(mset, engine, rev, "downgrade")
-            at.update(phase="reupgrade", not_restored=_diff(at["before"], _shape(engine, mset)))
+            at.update(phase="reupgrade", not_restored=compare_shapes(at["before"], read_shape(engine, mset)))
         _one_step(mset, engine, rev, "upgrade")
     except Exception:  # noqa: BLE001 - the failure stands; the caller reports the first one
         return None
