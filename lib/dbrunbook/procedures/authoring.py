@@ -266,7 +266,8 @@ class Finding:
         return dataclasses.asdict(self)
 
 
-def _findings_frame(findings: tuple[Finding, ...]) -> pd.DataFrame:
+def findings_frame(findings: tuple[Finding, ...]) -> pd.DataFrame:
+    """Findings as a table, one row each, in the columns a reviewer reads them by."""
     return pd.DataFrame([f.as_dict() for f in findings], columns=["rule", "level", "revision", "line", "message"])
 
 
@@ -284,7 +285,7 @@ class Lint:
         return tuple(f for f in self.findings if f.level == "error")
 
     def as_frame(self) -> pd.DataFrame:
-        return _findings_frame(self.findings)
+        return findings_frame(self.findings)
 
     def _repr_html_(self) -> str:
         head = (f"<p>{html.escape(self.kind)} of <b>{html.escape(self.revision)}</b>: {len(self.errors)} error(s), "
@@ -883,7 +884,7 @@ class Review:
 
     def _repr_html_(self) -> str:
         verdict = ("✔ passes review" if self.passed else f"✘ fails review: {len(self.errors)} error(s)")
-        errors = _findings_frame(self.errors).to_html(index=False) if self.errors else ""
+        errors = findings_frame(self.errors).to_html(index=False) if self.errors else ""
         return (f"<p><b>{html.escape(self.revision)}</b> {verdict}</p>{self.checklist.to_html(index=False)}"
                 f"{errors}")
 
