@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import html
 import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import sqlalchemy as sa
@@ -37,6 +35,7 @@ from dbrunbook.errors import (
 from dbrunbook.postgres import db
 from dbrunbook.procedures.backfill_health import health_signals
 from dbrunbook.procedures.backfill_progress import Progress, StopSignals
+from dbrunbook.procedures.backfill_result import BackfillResult, Batch, Pause
 from dbrunbook.procedures.backfill_state import (
     Plan,
     ensure_state,
@@ -96,73 +95,6 @@ def declared(session, name: str, *, table: str = "", key: str = "", set: str = "
         raise BackfillNotFound(name, sorted(known), str(session.config.path))
     keys = tuple(k.strip() for k in key.split(",") if k.strip())
     return Backfill(name=name, table=table, key=keys, set=set, where=where, description="given as parameters")
-
-
-# --- value objects ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Batch:
-    """One committed batch: its size limit, rows changed, seconds, lock-timeout retries, the key it ended at."""
-
-    number: int
-    started_at: str
-    size: int
-    scanned: int
-    rows: int
-    seconds: float
-    retries: int
-    cursor: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Pause:
-    """A wait between two batches while health signals were bad, and why."""
-
-    before_batch: int
-    started_at: str
-    seconds: float
-    reasons: tuple[str, ...]
-
-
-@dataclass
-class BackfillResult:
-    """What one run of a backfill did (this run's batches and pauses) and where the backfill stands."""
-
-    name: str
-    table: str
-    run_id: str
-    dry_run: bool
-    status: str  # running (resumable), complete, incomplete (swept, rows still match), dry run
-    estimate: int | None = None
-    rows: int = 0
-    total_rows: int = 0
-    total_batches: int = 0
-    seconds: float = 0.0
-    stopped: str = ""  # why the run ended before the end of the table: a signal, max_rows
-    resumed_from: tuple[str, ...] | None = None
-    remaining: int | None = None
-    batches: list[Batch] = field(default_factory=list)
-    pauses: list[Pause] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def batches_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([asdict(b) for b in self.batches],
-                            columns=["number", "started_at", "size", "scanned", "rows", "seconds", "retries",
-                                     "cursor"])
-
-    def _repr_html_(self) -> str:
-        rate = self.rows / self.seconds if self.seconds else 0
-        rows = [("backfill", self.name), ("table", self.table), ("status", self.status),
-                ("rows changed by this run", f"{self.rows:,}"), ("batches of this run", len(self.batches)),
-                ("seconds", f"{self.seconds:.1f}"), ("rows/s", f"{rate:,.0f}"),
-                ("pauses", f"{len(self.pauses)} ({sum(p.seconds for p in self.pauses):.1f} s)"),
-                ("resumed after key", ", ".join(self.resumed_from) if self.resumed_from else "(start)"),
-                ("stopped", self.stopped or "—"),
-                ("all runs: rows, batches", f"{self.total_rows:,}, {self.total_batches:,}"),
-                ("rows still matching WHERE", "—" if self.remaining is None else f"{self.remaining:,}")]
-        return "<table>" + "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
-                                   f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
 
 
 def estimate(session, spec: Backfill | None) -> pd.DataFrame:
