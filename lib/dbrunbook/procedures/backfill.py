@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import time
+from typing import cast
 
 import pandas as pd
 import sqlalchemy as sa
@@ -182,18 +183,7 @@ def run_backfill(session, spec: Backfill | None, *, batch_seconds: float = 0.5, 
     try:
         with session.engine.connect() as conn:
             plan = make_plan(conn, spec)
-            state = ensure_state(conn, spec)
-            if state["definition"] != spec_definition(spec) or state["status"] in ("complete", "incomplete"):
-                print(f"backfill '{spec.name}': a new pass from the start of {spec.table} "
-                      f"({'its definition changed' if state['definition'] != spec_definition(spec) else 'the last pass ended'}).")
-                conn.execute(sa.text("UPDATE dbrunbook.backfills SET cursor = NULL, passes = passes + 1, "
-                                     "status = 'running', definition = :d, finished_at = NULL WHERE name = :n"),
-                             {"n": spec.name, "d": spec_definition(spec)})
-                state["cursor"] = None
-            conn.execute(sa.text("UPDATE dbrunbook.backfills SET run_ids = array_append(run_ids, :r) "
-                                 "WHERE name = :n AND NOT :r = ANY(run_ids)"), {"n": spec.name, "r": session.run_id})
-            conn.commit()
-        cursor = tuple(state["cursor"]) if state["cursor"] else None
+            cursor = _begin_pass(conn, spec, session.run_id)
         result.resumed_from, result.status = cursor, "running"
         bar = Progress(spec.name, estimate_rows)
         started, swept = time.perf_counter(), False
@@ -228,12 +218,32 @@ def run_backfill(session, spec: Backfill | None, *, batch_seconds: float = 0.5, 
                              {"s": result.status, "r": result.remaining, "n": spec.name})
                 conn.commit()
             bar.done(result.rows, len(result.batches), result.seconds, result.status)
-        row = progress(session.engine, spec.name)
+        row = cast(dict, progress(session.engine, spec.name))  # ensure_state made the row
         result.total_rows, result.total_batches = row["rows_changed"], row["batches"]
         return result
     finally:
         lock_conn.close()
         lock_engine.dispose()
+
+
+def _begin_pass(conn, spec: Backfill, run_id: str) -> tuple[str, ...] | None:
+    """The key this run resumes after, None for the start: a new pass when the definition changed or one ended.
+
+    The run's id joins the backfill's runs in the same committed transaction, before the first batch.
+    """
+    state = ensure_state(conn, spec)
+    changed = state["definition"] != spec_definition(spec)
+    if changed or state["status"] in ("complete", "incomplete"):
+        why = "its definition changed" if changed else "the last pass ended"
+        print(f"backfill '{spec.name}': a new pass from the start of {spec.table} ({why}).")
+        conn.execute(sa.text("UPDATE dbrunbook.backfills SET cursor = NULL, passes = passes + 1, "
+                             "status = 'running', definition = :d, finished_at = NULL WHERE name = :n"),
+                     {"n": spec.name, "d": spec_definition(spec)})
+        state["cursor"] = None
+    conn.execute(sa.text("UPDATE dbrunbook.backfills SET run_ids = array_append(run_ids, :r) "
+                         "WHERE name = :n AND NOT :r = ANY(run_ids)"), {"n": spec.name, "r": run_id})
+    conn.commit()
+    return tuple(state["cursor"]) if state["cursor"] else None
 
 
 def _pid(conn) -> int:
@@ -275,7 +285,8 @@ def _one_batch(conn, plan: Plan, cursor, limit: int, number: int, policy, run_id
         except sa.exc.DBAPIError as err:
             conn.rollback()
             if not locking.is_lock_timeout(err) or attempt == policy.retries:
-                reason = db.scrub_driver_message(str(err.orig).strip(), conn.engine.url.render_as_string(hide_password=False))
+                url = conn.engine.url.render_as_string(hide_password=False)
+                reason = db.scrub_driver_message(str(err.orig).strip(), url)
                 raise BackfillFailed(plan.spec.name, number, f"{reason} (attempt {attempt + 1} of "
                                      f"{policy.retries + 1})") from err
             pause = policy.delay(attempt + 1, random.random())
