@@ -116,7 +116,8 @@ def check_message(message: str) -> str:
     """
     text = " ".join((message or "").split())
     words = re.findall(r"[A-Za-z0-9_]+", text.lower())
-    rule, extra = None, {}
+    rule: str | None = None
+    extra: dict[str, Any] = {}
     if not text:
         rule = "empty"
     elif len(words) >= 2 and all(w in GENERIC_VERBS or w in _FILLERS for w in words):
@@ -136,7 +137,7 @@ def check_message(message: str) -> str:
         f"Migration message {message!r} is too vague: {MESSAGE_RULES[rule].format(**extra)}. Name the change "
         f"and its object, e.g. \"Add user preferences table\" or \"Add indexes to bookings table\"."
     )
-    err.rule = rule
+    err.rule = rule  # type: ignore[attr-defined]  # the rule is this raise's data; ParameterError declares none
     raise err
 
 

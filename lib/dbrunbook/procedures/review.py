@@ -27,6 +27,7 @@ from dbrunbook.procedures.revision_lint import (
 )
 from dbrunbook.procedures.roundtrip import RoundTrip, Stairway
 from dbrunbook.procedures.scratch import scratch
+from dbrunbook.protocols import SessionLike
 
 __all__ = ["Review", "checklist", "require_passing", "review"]
 
@@ -72,7 +73,7 @@ def _answer(status: str, evidence: list[str], empty: str) -> tuple[str, str]:
 
 
 def checklist(source: RevisionSource, python: Lint, sql: Lint, trip: RoundTrip, stairs: Stairway,
-              s: Any = None) -> Review:
+              s: SessionLike | None = None) -> Review:
     """Answer the guide's five review questions from the evidence; with a session, save artifacts/review.json.
 
     1. column types, 2. nullability, 3. foreign keys, 4. indexes, 5. downgrade. Each row says ok, warning or
@@ -151,7 +152,7 @@ def require_passing(review: Review) -> None:
     )
 
 
-def review(s: Any, revision: str = "", migration_set: str = "main") -> Review:
+def review(s: SessionLike, revision: str = "", migration_set: str = "main") -> Review:
     """Everything the review runbook does, in one call (for scripts and tests); saves no artifact itself."""
     source = revision_source(s, revision, migration_set)
     place = scratch(s)

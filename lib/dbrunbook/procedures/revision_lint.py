@@ -23,8 +23,9 @@ from typing import Any
 import pandas as pd
 
 from dbrunbook.chain import migrations
-from dbrunbook.config import MigrationSet
+from dbrunbook.config import Config, MigrationSet
 from dbrunbook.errors import ParameterError
+from dbrunbook.protocols import SessionLike
 from dbrunbook.safety.lint_rules import revision_issues
 
 __all__ = [
@@ -63,7 +64,7 @@ class RevisionSource:
                 f"<code>{html.escape(str(i.path))}</code></p><pre>{html.escape(self.text)}</pre>")
 
 
-def revision_source(s: Any, revision: str = "", migration_set: str = "main") -> RevisionSource:
+def revision_source(s: SessionLike | Config, revision: str = "", migration_set: str = "main") -> RevisionSource:
     """The revision to review: ``revision`` (id or prefix), or the newest head when empty.
 
     Raises:
@@ -193,7 +194,10 @@ def lint_python(source: RevisionSource | str, revision: str = "") -> Lint:
         fn = functions.get(name)
         if fn is None:
             continue
-        dropped_cols, added_cols, dropped_tables, created_tables = {}, {}, {}, {}
+        dropped_cols: dict[Any, ast.Call] = {}
+        added_cols: dict[Any, ast.Call] = {}
+        dropped_tables: dict[Any, ast.Call] = {}
+        created_tables: dict[Any, ast.Call] = {}
         for node in ast.walk(fn):
             if not isinstance(node, ast.Call):
                 continue
@@ -207,8 +211,9 @@ def lint_python(source: RevisionSource | str, revision: str = "") -> Lint:
                     nullable, default = _kw(column, "nullable"), _kw(column, "server_default")
                     primary = _const(_kw(column, "primary_key")) is True
                     if _const(nullable) is False and default is None and not primary:
+                        column_name = _const(column.args[0]) if column.args else "?"
                         found.append(_finding("not-null-without-default", revision, node,
-                                              what=f"{_const(args[0])}.{_const(column.args[0]) if column.args else '?'}"))
+                                              what=f"{_const(args[0])}.{column_name}"))
             elif call == "drop_table" and args:
                 dropped_tables.setdefault(_const(args[0]), node)
             elif call == "create_table" and args:
@@ -253,7 +258,7 @@ def _offline_step(mset: MigrationSet, info: migrations.RevisionInfo) -> migratio
     return step
 
 
-def lint_sql(source: RevisionSource, s: Any = None) -> Lint:
+def lint_sql(source: RevisionSource, s: SessionLike | None = None) -> Lint:
     """Render the revision's upgrade SQL offline and run ``squawk --reporter json`` on it.
 
     With a session ``s``, the SQL is saved as artifact ``review-REVISION.sql`` of the run and squawk is told
@@ -288,12 +293,12 @@ def _squawk(sql: str, revision: str, pg_version: str | None = None) -> list[Find
         return [Finding("squawk-failed", "info", revision,
                         f"squawk exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}")]
     # One finding per rule, with how often and where: squawk repeats itself for every column of a table.
-    grouped: dict[str, list[dict]] = {}
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for r in reports:
         grouped.setdefault(str(r.get("rule_name")), []).append(r)
     out = []
     for rule, hits in grouped.items():
-        lines = sorted({h.get("line") for h in hits if h.get("line") is not None})
+        lines = sorted({h["line"] for h in hits if h.get("line") is not None})
         where = f" ({len(hits)} times, lines {', '.join(map(str, lines))})" if len(hits) > 1 else ""
         out.append(Finding(f"squawk:{rule}", "warning", revision,
                            f"{hits[0].get('message')} {hits[0].get('help') or ''}".strip() + where,

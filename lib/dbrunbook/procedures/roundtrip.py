@@ -68,8 +68,9 @@ class StepCheck:
         elif self.downgrade_ok is False:
             out.append(Finding(f"{prefix}:downgrade-failed", "error", self.revision, f"downgrade failed: {self.error}"))
         if self.restored is False:
-            what = "; ".join(f"{r['change']} {r['object']}" + (f" ({r['after'] or r['before']})"
-                                                                  if r["change"].startswith(("index", "constraint")) else "")
+            what = "; ".join(f"{r['change']} {r['object']}"
+                             + (f" ({r['after'] or r['before']})" if r["change"].startswith(("index", "constraint"))
+                                else "")
                              for r in self.not_restored.to_dict("records"))
             out.append(Finding(f"{prefix}:schema-not-restored", "error", self.revision,
                                f"the schema after downgrade differs from before upgrade: {what}"))

@@ -66,7 +66,9 @@ def compare_shapes(before: SchemaShape, after: SchemaShape) -> pd.DataFrame:
         b, a = set(before.constraints.get(table, [])), set(after.constraints.get(table, []))
         rows += [{"object": table, "change": "constraint dropped", "before": d, "after": None} for d in sorted(b - a)]
         rows += [{"object": table, "change": "constraint added", "before": None, "after": d} for d in sorted(a - b)]
-    b, a = set(before.objects), set(after.objects)
-    rows += [{"object": name, "change": f"{kind} dropped", "before": name, "after": None} for kind, name in sorted(b - a)]
-    rows += [{"object": name, "change": f"{kind} added", "before": None, "after": name} for kind, name in sorted(a - b)]
+    old, new = set(before.objects), set(after.objects)
+    rows += [{"object": name, "change": f"{kind} dropped", "before": name, "after": None}
+             for kind, name in sorted(old - new)]
+    rows += [{"object": name, "change": f"{kind} added", "before": None, "after": name}
+             for kind, name in sorted(new - old)]
     return pd.DataFrame(rows, columns=["object", "change", "before", "after"])

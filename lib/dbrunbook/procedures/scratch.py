@@ -27,6 +27,7 @@ from dbrunbook.errors import DbRunbookError
 from dbrunbook.postgres import db
 from dbrunbook.procedures.revision_lint import RevisionSource
 from dbrunbook.procedures.roundtrip import RoundTrip, Stairway, StepCheck, round_trip, stairway
+from dbrunbook.protocols import SessionLike
 
 __all__ = ["Scratch", "scratch"]
 
@@ -106,7 +107,7 @@ class Scratch:
                 f"dropped afterwards; the target is never migrated.</p>")
 
 
-def scratch(s: Any) -> Scratch:
+def scratch(s: SessionLike) -> Scratch:
     """Choose where review runs: the target's server unless it is protected or we may not create databases."""
     reason = ""
     if s.target.protected:
