@@ -13,20 +13,17 @@ import dataclasses
 import html
 import json
 import re
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from dbrunbook.chain import migrations
 from dbrunbook.config import Config, MigrationSet
-from dbrunbook.errors import ParameterError
+from dbrunbook.errors import ConfigError, ParameterError
 from dbrunbook.protocols import SessionLike
-from dbrunbook.safety.lint_rules import revision_issues
+from dbrunbook.safety.lint_rules import LEVELS, revision_issues, squawk_binary
 
 __all__ = [
     "LEVELS",
@@ -86,9 +83,6 @@ def revision_source(s: SessionLike | Config, revision: str = "", migration_set: 
 
 
 # --- findings -------------------------------------------------------------------------------------------
-LEVELS = ("error", "warning", "info")
-
-
 @dataclass(frozen=True)
 class Finding:
     """One thing review found: ``error`` fails the review, ``warning`` and ``info`` are for the reviewer."""
@@ -244,8 +238,11 @@ SQUAWK_EXCLUDED = ("require-timeout-settings",)
 
 
 def _squawk_binary() -> str | None:
-    local = Path(sys.executable).with_name("squawk")
-    return str(local) if local.exists() else shutil.which("squawk")
+    """The deploy lint's squawk (next to this interpreter or on PATH); None when it is not installed."""
+    try:
+        return str(squawk_binary())
+    except ConfigError:
+        return None
 
 
 def _offline_step(mset: MigrationSet, info: migrations.RevisionInfo) -> migrations.SqlStep:
