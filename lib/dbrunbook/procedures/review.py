@@ -72,6 +72,21 @@ def _answer(status: str, evidence: list[str], empty: str) -> tuple[str, str]:
     return status, "; ".join(evidence) if evidence else empty
 
 
+def _unindexed_foreign_keys(fks: list[str], index_rows: list[dict[str, Any]], new_tables: set[str]) -> list[str]:
+    """Foreign keys (``table: definition``) of tables this revision creates whose first column has no index."""
+    unindexed = []
+    for fk in fks:
+        table, definition = fk.split(": ", 1)
+        m = re.search(r"FOREIGN KEY \(([^)]+)\)", definition)
+        first = m.group(1).split(",")[0].strip() if m else ""
+        covered = any(r["object"] == table and re.search(rf"USING \w+ \({re.escape(first)}[,)]", r["after"])
+                      for r in index_rows)
+        # Only a table this revision creates has all its indexes in the diff; older tables may have one already.
+        if first and not covered and table in new_tables:
+            unindexed.append(f"{table}.{first}: foreign key without an index (joins and ON DELETE scan the table)")
+    return unindexed
+
+
 def checklist(source: RevisionSource, python: Lint, sql: Lint, trip: RoundTrip, stairs: Stairway,
               s: SessionLike | None = None) -> Review:
     """Answer the guide's five review questions from the evidence; with a session, save artifacts/review.json.
@@ -106,16 +121,7 @@ def checklist(source: RevisionSource, python: Lint, sql: Lint, trip: RoundTrip, 
     indexes = changes[changes["change"] == "index added"] if not changes.empty else changes
     index_rows = indexes.to_dict("records") if not indexes.empty else []
     new_tables = set(changes[changes["change"] == "table added"]["object"]) if not changes.empty else set()
-    unindexed = []
-    for fk in fks:
-        table, definition = fk.split(": ", 1)
-        m = re.search(r"FOREIGN KEY \(([^)]+)\)", definition)
-        first = m.group(1).split(",")[0].strip() if m else ""
-        covered = any(r["object"] == table and re.search(rf"USING \w+ \({re.escape(first)}[,)]", r["after"])
-                      for r in index_rows)
-        # Only a table this revision creates has all its indexes in the diff; older tables may have one already.
-        if first and not covered and table in new_tables:
-            unindexed.append(f"{table}.{first}: foreign key without an index (joins and ON DELETE scan the table)")
+    unindexed = _unindexed_foreign_keys(fks, index_rows, new_tables)
     slow = [f"squawk: {f.message}" for f in sql.findings if f.rule == "squawk:require-concurrent-index-creation"]
     status, text = _answer("warning" if unindexed else "ok",
                            unindexed + [r["after"] for r in index_rows] + slow, "no index added")

@@ -170,6 +170,52 @@ def _kw(node: ast.Call, name: str) -> ast.AST | None:
     return next((k.value for k in node.keywords if k.arg == name), None)
 
 
+def _function_findings(fn: ast.FunctionDef, name: str, revision: str) -> list[Finding]:
+    """Review's own ``PYTHON_RULES`` on one of the revision's functions (``upgrade`` or ``downgrade``)."""
+    found: list[Finding] = []
+    dropped_cols: dict[Any, ast.Call] = {}
+    added_cols: dict[Any, ast.Call] = {}
+    dropped_tables: dict[Any, ast.Call] = {}
+    created_tables: dict[Any, ast.Call] = {}
+    for node in ast.walk(fn):
+        if not isinstance(node, ast.Call):
+            continue
+        call, args = _call_name(node), node.args
+        if call == "drop_column" and len(args) >= 2:
+            dropped_cols.setdefault(_const(args[0]), node)
+        elif call == "add_column" and args:
+            added_cols.setdefault(_const(args[0]), node)
+            column = args[1] if len(args) > 1 else None
+            if isinstance(column, ast.Call) and _call_name(column) == "Column":
+                nullable, default = _kw(column, "nullable"), _kw(column, "server_default")
+                primary = _const(_kw(column, "primary_key")) is True
+                if _const(nullable) is False and default is None and not primary:
+                    column_name = _const(column.args[0]) if column.args else "?"
+                    found.append(_finding("not-null-without-default", revision, node,
+                                          what=f"{_const(args[0])}.{column_name}"))
+        elif call == "drop_table" and args:
+            dropped_tables.setdefault(_const(args[0]), node)
+        elif call == "create_table" and args:
+            created_tables.setdefault(_const(args[0]), node)
+        elif call == "alter_column" and _kw(node, "server_default") is not None:
+            found.append(_finding("server-default-change", revision, node))
+        elif call == "create_check_constraint" or (
+                call == "drop_constraint" and _const(_kw(node, "type_")) == "check"):
+            found.append(_finding("check-constraint", revision, node))
+        elif call == "bulk_insert" or (call == "execute" and args and isinstance(_const(args[0]), str)
+                                       and re.match(r"\s*INSERT\b", _const(args[0]), re.IGNORECASE)
+                                       and not re.search(r"\bON\s+CONFLICT\b", _const(args[0]), re.IGNORECASE)):
+            found.append(_finding("insert-without-on-conflict", revision, node))
+    for table in set(dropped_cols) & set(added_cols):
+        found.append(_finding("rename-as-drop-add", revision, dropped_cols[table], what=f"table {table}"))
+    if dropped_tables and created_tables and name == "upgrade":
+        node = next(iter(dropped_tables.values()))
+        found.append(_finding("rename-as-drop-add", revision, node,
+                              what=f"tables {', '.join(map(str, dropped_tables))} -> "
+                                   f"{', '.join(map(str, created_tables))}"))
+    return found
+
+
 def lint_python(source: RevisionSource | str, revision: str = "") -> Lint:
     """Lint a revision's Python for what the guide says autogenerate and offline rendering cannot handle.
 
@@ -186,48 +232,8 @@ def lint_python(source: RevisionSource | str, revision: str = "") -> Lint:
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     for name in ("upgrade", "downgrade"):
         fn = functions.get(name)
-        if fn is None:
-            continue
-        dropped_cols: dict[Any, ast.Call] = {}
-        added_cols: dict[Any, ast.Call] = {}
-        dropped_tables: dict[Any, ast.Call] = {}
-        created_tables: dict[Any, ast.Call] = {}
-        for node in ast.walk(fn):
-            if not isinstance(node, ast.Call):
-                continue
-            call, args = _call_name(node), node.args
-            if call == "drop_column" and len(args) >= 2:
-                dropped_cols.setdefault(_const(args[0]), node)
-            elif call == "add_column" and args:
-                added_cols.setdefault(_const(args[0]), node)
-                column = args[1] if len(args) > 1 else None
-                if isinstance(column, ast.Call) and _call_name(column) == "Column":
-                    nullable, default = _kw(column, "nullable"), _kw(column, "server_default")
-                    primary = _const(_kw(column, "primary_key")) is True
-                    if _const(nullable) is False and default is None and not primary:
-                        column_name = _const(column.args[0]) if column.args else "?"
-                        found.append(_finding("not-null-without-default", revision, node,
-                                              what=f"{_const(args[0])}.{column_name}"))
-            elif call == "drop_table" and args:
-                dropped_tables.setdefault(_const(args[0]), node)
-            elif call == "create_table" and args:
-                created_tables.setdefault(_const(args[0]), node)
-            elif call == "alter_column" and _kw(node, "server_default") is not None:
-                found.append(_finding("server-default-change", revision, node))
-            elif call == "create_check_constraint" or (
-                    call == "drop_constraint" and _const(_kw(node, "type_")) == "check"):
-                found.append(_finding("check-constraint", revision, node))
-            elif call == "bulk_insert" or (call == "execute" and args and isinstance(_const(args[0]), str)
-                                           and re.match(r"\s*INSERT\b", _const(args[0]), re.IGNORECASE)
-                                           and not re.search(r"\bON\s+CONFLICT\b", _const(args[0]), re.IGNORECASE)):
-                found.append(_finding("insert-without-on-conflict", revision, node))
-        for table in set(dropped_cols) & set(added_cols):
-            found.append(_finding("rename-as-drop-add", revision, dropped_cols[table], what=f"table {table}"))
-        if dropped_tables and created_tables and name == "upgrade":
-            node = next(iter(dropped_tables.values()))
-            found.append(_finding("rename-as-drop-add", revision, node,
-                                  what=f"tables {', '.join(map(str, dropped_tables))} -> "
-                                       f"{', '.join(map(str, created_tables))}"))
+        if fn is not None:
+            found += _function_findings(fn, name, revision)
     return Lint("Python lint", revision, tuple(found), text)
 
 
