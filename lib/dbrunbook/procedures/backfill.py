@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import html
 import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import pandas as pd
 import sqlalchemy as sa
@@ -37,6 +36,7 @@ from dbrunbook.errors import (
 from dbrunbook.postgres import db
 from dbrunbook.procedures.backfill_health import health_signals
 from dbrunbook.procedures.backfill_progress import Progress, StopSignals
+from dbrunbook.procedures.backfill_result import BackfillResult, Batch, Pause
 from dbrunbook.procedures.backfill_state import (
     Plan,
     ensure_state,
@@ -96,73 +96,6 @@ def declared(session, name: str, *, table: str = "", key: str = "", set: str = "
         raise BackfillNotFound(name, sorted(known), str(session.config.path))
     keys = tuple(k.strip() for k in key.split(",") if k.strip())
     return Backfill(name=name, table=table, key=keys, set=set, where=where, description="given as parameters")
-
-
-# --- value objects ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Batch:
-    """One committed batch: its size limit, rows changed, seconds, lock-timeout retries, the key it ended at."""
-
-    number: int
-    started_at: str
-    size: int
-    scanned: int
-    rows: int
-    seconds: float
-    retries: int
-    cursor: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Pause:
-    """A wait between two batches while health signals were bad, and why."""
-
-    before_batch: int
-    started_at: str
-    seconds: float
-    reasons: tuple[str, ...]
-
-
-@dataclass
-class BackfillResult:
-    """What one run of a backfill did (this run's batches and pauses) and where the backfill stands."""
-
-    name: str
-    table: str
-    run_id: str
-    dry_run: bool
-    status: str  # running (resumable), complete, incomplete (swept, rows still match), dry run
-    estimate: int | None = None
-    rows: int = 0
-    total_rows: int = 0
-    total_batches: int = 0
-    seconds: float = 0.0
-    stopped: str = ""  # why the run ended before the end of the table: a signal, max_rows
-    resumed_from: tuple[str, ...] | None = None
-    remaining: int | None = None
-    batches: list[Batch] = field(default_factory=list)
-    pauses: list[Pause] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def batches_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([asdict(b) for b in self.batches],
-                            columns=["number", "started_at", "size", "scanned", "rows", "seconds", "retries",
-                                     "cursor"])
-
-    def _repr_html_(self) -> str:
-        rate = self.rows / self.seconds if self.seconds else 0
-        rows = [("backfill", self.name), ("table", self.table), ("status", self.status),
-                ("rows changed by this run", f"{self.rows:,}"), ("batches of this run", len(self.batches)),
-                ("seconds", f"{self.seconds:.1f}"), ("rows/s", f"{rate:,.0f}"),
-                ("pauses", f"{len(self.pauses)} ({sum(p.seconds for p in self.pauses):.1f} s)"),
-                ("resumed after key", ", ".join(self.resumed_from) if self.resumed_from else "(start)"),
-                ("stopped", self.stopped or "—"),
-                ("all runs: rows, batches", f"{self.total_rows:,}, {self.total_batches:,}"),
-                ("rows still matching WHERE", "—" if self.remaining is None else f"{self.remaining:,}")]
-        return "<table>" + "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
-                                   f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
 
 
 def estimate(session, spec: Backfill | None) -> pd.DataFrame:
@@ -250,18 +183,7 @@ def run_backfill(session, spec: Backfill | None, *, batch_seconds: float = 0.5, 
     try:
         with session.engine.connect() as conn:
             plan = make_plan(conn, spec)
-            state = ensure_state(conn, spec)
-            if state["definition"] != spec_definition(spec) or state["status"] in ("complete", "incomplete"):
-                print(f"backfill '{spec.name}': a new pass from the start of {spec.table} "
-                      f"({'its definition changed' if state['definition'] != spec_definition(spec) else 'the last pass ended'}).")
-                conn.execute(sa.text("UPDATE dbrunbook.backfills SET cursor = NULL, passes = passes + 1, "
-                                     "status = 'running', definition = :d, finished_at = NULL WHERE name = :n"),
-                             {"n": spec.name, "d": spec_definition(spec)})
-                state["cursor"] = None
-            conn.execute(sa.text("UPDATE dbrunbook.backfills SET run_ids = array_append(run_ids, :r) "
-                                 "WHERE name = :n AND NOT :r = ANY(run_ids)"), {"n": spec.name, "r": session.run_id})
-            conn.commit()
-        cursor = tuple(state["cursor"]) if state["cursor"] else None
+            cursor = _begin_pass(conn, spec, session.run_id)
         result.resumed_from, result.status = cursor, "running"
         bar = Progress(spec.name, estimate_rows)
         started, swept = time.perf_counter(), False
@@ -296,12 +218,32 @@ def run_backfill(session, spec: Backfill | None, *, batch_seconds: float = 0.5, 
                              {"s": result.status, "r": result.remaining, "n": spec.name})
                 conn.commit()
             bar.done(result.rows, len(result.batches), result.seconds, result.status)
-        row = progress(session.engine, spec.name)
+        row = cast(dict, progress(session.engine, spec.name))  # ensure_state made the row
         result.total_rows, result.total_batches = row["rows_changed"], row["batches"]
         return result
     finally:
         lock_conn.close()
         lock_engine.dispose()
+
+
+def _begin_pass(conn, spec: Backfill, run_id: str) -> tuple[str, ...] | None:
+    """The key this run resumes after, None for the start: a new pass when the definition changed or one ended.
+
+    The run's id joins the backfill's runs in the same committed transaction, before the first batch.
+    """
+    state = ensure_state(conn, spec)
+    changed = state["definition"] != spec_definition(spec)
+    if changed or state["status"] in ("complete", "incomplete"):
+        why = "its definition changed" if changed else "the last pass ended"
+        print(f"backfill '{spec.name}': a new pass from the start of {spec.table} ({why}).")
+        conn.execute(sa.text("UPDATE dbrunbook.backfills SET cursor = NULL, passes = passes + 1, "
+                             "status = 'running', definition = :d, finished_at = NULL WHERE name = :n"),
+                     {"n": spec.name, "d": spec_definition(spec)})
+        state["cursor"] = None
+    conn.execute(sa.text("UPDATE dbrunbook.backfills SET run_ids = array_append(run_ids, :r) "
+                         "WHERE name = :n AND NOT :r = ANY(run_ids)"), {"n": spec.name, "r": run_id})
+    conn.commit()
+    return tuple(state["cursor"]) if state["cursor"] else None
 
 
 def _pid(conn) -> int:
@@ -343,7 +285,8 @@ def _one_batch(conn, plan: Plan, cursor, limit: int, number: int, policy, run_id
         except sa.exc.DBAPIError as err:
             conn.rollback()
             if not locking.is_lock_timeout(err) or attempt == policy.retries:
-                reason = db.scrub_driver_message(str(err.orig).strip(), conn.engine.url.render_as_string(hide_password=False))
+                url = conn.engine.url.render_as_string(hide_password=False)
+                reason = db.scrub_driver_message(str(err.orig).strip(), url)
                 raise BackfillFailed(plan.spec.name, number, f"{reason} (attempt {attempt + 1} of "
                                      f"{policy.retries + 1})") from err
             pause = policy.delay(attempt + 1, random.random())

@@ -118,8 +118,8 @@ def plan_waves(members: list[Any], spec: str = "1,rest") -> list[list[Any]]:
             break
         if part == "rest":
             size = len(left)
-        elif part.endswith("%") and _number(part[:-1]) is not None and 0 < _number(part[:-1]) <= 100:
-            size = max(1, math.ceil(len(members) * _number(part[:-1]) / 100))
+        elif part.endswith("%") and (percent := _number(part[:-1])) is not None and 0 < percent <= 100:
+            size = max(1, math.ceil(len(members) * percent / 100))
         elif part.isdigit() and int(part) > 0:
             size = int(part)
         else:
@@ -146,8 +146,7 @@ def parse_max_failures(text: str | int | None) -> Callable[[int], int]:
         ParameterError: neither a count nor a percentage.
     """
     value = str(0 if text is None else text).strip()
-    if value.endswith("%") and _number(value[:-1]) is not None and 0 <= _number(value[:-1]) <= 100:
-        percent = _number(value[:-1])
+    if value.endswith("%") and (percent := _number(value[:-1])) is not None and 0 <= percent <= 100:
         return lambda size: math.floor(size * percent / 100)
     if value.isdigit():
         return lambda size: int(value)
@@ -368,10 +367,11 @@ def _run_wave(pool: cf.ProcessPoolExecutor, config: Config, runbook: str, parame
             except Exception as err:  # the worker process itself died
                 facts = {"outcome": "failed", "error": f"worker died: {type(err).__name__}: {err}"}
             record_dir = facts.get("record_dir")
-            sealed = bool(record_dir) and (Path(record_dir) / records.STATEMENT_FILE).is_file()
+            sealed = bool(record_dir and (Path(record_dir) / records.STATEMENT_FILE).is_file())
             outcome = TargetOutcome(
                 member.target, number, facts["outcome"], facts.get("run_id"), record_dir,
-                records.statement_sha256(Path(record_dir)) if sealed else None, facts.get("heads_before") or {},
+                records.statement_sha256(Path(record_dir)) if sealed and record_dir else None,
+                facts.get("heads_before") or {},
                 facts.get("heads_after") or {}, round(float(facts.get("seconds") or 0.0), 3), facts.get("error"))
             outcomes[member.target] = outcome
             if outcome.failed:

@@ -49,9 +49,9 @@ def write_rollup(config: Config, result: FleetResult, *, parameters: dict, waves
     for outcome in result.outcomes:
         entry = outcome.as_dict()
         if outcome.record_dir and outcome.statement_sha256:
-            statement = Path(outcome.record_dir).resolve() / records.STATEMENT_FILE
-            entry["record"] = str(statement.parent.relative_to(outputs))
-            subject.append({"name": str(statement.relative_to(outputs)),
+            statement_path = Path(outcome.record_dir).resolve() / records.STATEMENT_FILE
+            entry["record"] = str(statement_path.parent.relative_to(outputs))
+            subject.append({"name": str(statement_path.relative_to(outputs)),
                             "digest": {"sha256": outcome.statement_sha256}})
         entry.pop("record_dir")
         targets.append(entry)

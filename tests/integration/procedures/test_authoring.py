@@ -114,7 +114,8 @@ def test_a_broken_revision_fails_review_with_the_right_findings(project):
     column = authoring.review(s, "c0ffee000002", "main")
     assert not column.passed
     rules = {(f.rule, f.revision) for f in column.errors}
-    assert rules == {("round-trip:schema-not-restored", "c0ffee000002"), ("round-trip:reupgrade-failed", "c0ffee000002"),
+    assert rules == {("round-trip:schema-not-restored", "c0ffee000002"),
+                     ("round-trip:reupgrade-failed", "c0ffee000002"),
                      ("stairway:schema-not-restored", "c0ffee000002"), ("stairway:reupgrade-failed", "c0ffee000002")}
     restored = next(f for f in column.errors if f.rule == "round-trip:schema-not-restored")
     assert restored.message == ("the schema after downgrade differs from before upgrade: "

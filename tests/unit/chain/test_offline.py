@@ -99,10 +99,10 @@ def test_render_statement(statement, params, style, rendered):
 
 
 def test_review_lint_of_an_online_only_revision_gets_its_reason_as_sql_comment():
-    from dbrunbook.procedures import authoring
+    from dbrunbook.procedures import revision_lint
 
     info = next(i for i in migrations.history(MSET) if i.revision == D4)
-    step = authoring._offline_step(MSET, info)
+    step = revision_lint._offline_step(MSET, info)
     assert step.sql == (f"-- revision {D4} (index owner name) cannot be rendered offline: it raises at "
                         f"versions/d4000000idx4_index_owner_name.py:18 (NotImplementedError: index owner name "
                         f"requires an online migration); its SQL was not captured\n")

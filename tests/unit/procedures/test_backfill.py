@@ -55,7 +55,8 @@ def test_a_malformed_backfill_is_refused_naming_the_key(tmp_path, body, message)
 def test_the_target_limits_have_defaults_and_are_checked(tmp_path):
     config = load_config(write(tmp_path, ""))
     assert (config.target().backfill_max_lag, config.target().backfill_max_wal_backlog) == ("10s", 64)
-    with pytest.raises(ConfigError, match=r'\[targets.t\] backfill_max_lag: backfill_max_lag = "soon" is not a duration'):
+    with pytest.raises(ConfigError,
+                       match=r'\[targets.t\] backfill_max_lag: backfill_max_lag = "soon" is not a duration'):
         load_config(write(tmp_path, '[targets.t]\nurl_env = "X"\nbackfill_max_lag = "soon"\n'))
 
 
