@@ -1,0 +1,72 @@
+"""What the troubleshoot checks read of a migration set: its revisions, current heads, pending offline SQL.
+
+Several families of checks start from the same facts (which revisions the scripts know, which the version
+table names, what ``upgrade heads`` would run): one home for those reads keeps the checks in agreement.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from dbrunbook.chain import migrations
+from dbrunbook.config import MigrationSet
+from dbrunbook.errors import DbRunbookError
+from dbrunbook.procedures.troubleshoot.sqlread import _IDENT, _column_name
+
+
+def _version_query(mset: MigrationSet) -> str:
+    table = f"{mset.version_table_schema}.{mset.version_table}" if mset.version_table_schema else mset.version_table
+    return f"SELECT version_num FROM {table}"
+
+
+def _known(mset: MigrationSet) -> dict[str, migrations.RevisionInfo]:
+    return {r.revision: r for r in migrations.history(mset)}
+
+
+def _ancestry(known: dict[str, migrations.RevisionInfo], revisions: Iterable[str]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(revisions)
+    while stack:
+        rev = stack.pop()
+        if rev in seen or rev not in known:
+            continue
+        seen.add(rev)
+        stack.extend(known[rev].down_revisions)
+    return seen
+
+
+def _state(s: Any, mset: MigrationSet) -> tuple[tuple[str, ...], dict[str, migrations.RevisionInfo]]:
+    return migrations.current(mset, s.engine), _known(mset)
+
+
+def _pending_steps(s: Any, mset: MigrationSet) -> tuple[list[migrations.SqlStep], str]:
+    """The offline SQL of what ``upgrade heads`` would run, or ``[]`` and why not."""
+    cur, known = _state(s, mset)
+    if any(c not in known for c in cur):
+        return [], f"{mset.name}: skipped, the version table names an unknown revision (check 2)"
+    if not migrations.pending(mset, s.engine):
+        return [], f"{mset.name}: nothing pending"
+    try:
+        return migrations.offline_sql(mset, ",".join(cur) or None, "heads"), ""
+    except DbRunbookError as err:
+        return [], f"{mset.name}: the pending SQL could not be rendered offline ({err})"
+
+
+def _is_version_table(mset: MigrationSet, name: str) -> bool:
+    """Alembic creates and fills the version table itself: not an object or a row a revision adds."""
+    return _column_name(re.findall(_IDENT, name)[-1]) == mset.version_table.lower()
+
+
+def _raw_rows(conn: Connection, sql: str) -> list[tuple]:
+    """Run SQL taken verbatim from a rendered migration: no bind-parameter parsing of its ':' and '%'."""
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(sql)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
