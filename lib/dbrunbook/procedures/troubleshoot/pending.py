@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, _command, _completes
-from dbrunbook.procedures.troubleshoot.sqlread import _column_name, created_objects, parse_inserts
-from dbrunbook.procedures.troubleshoot.state import _is_version_table, _pending_steps, _raw_rows
+from dbrunbook.procedures.troubleshoot.sqlread import _column_name, _is_version_table, created_objects, parse_inserts
+from dbrunbook.procedures.troubleshoot.state import _pending_steps
 
 
 # --- 3. objects already exist ---------------------------------------------------------------------------
@@ -108,6 +108,16 @@ def check_objects_exist(s: Any, migration_set: str = "all") -> CheckResult:
                      "AND conname = :name"),
         ))
     return CheckResult("already_exists", TITLES["already_exists"], tuple(problems), "; ".join(notes))
+
+
+def _raw_rows(conn: Connection, sql: str) -> list[tuple]:
+    """Run SQL taken verbatim from a rendered migration: no bind-parameter parsing of its ':' and '%'."""
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(sql)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
 
 
 # --- 4. duplicate keys in a data migration --------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dbrunbook.config import MigrationSet
 from dbrunbook.postgres import sqlimpact, sqltext
 
 _IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
@@ -43,6 +44,11 @@ _ALTER = re.compile(rf"^ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(?P<table
 _ADD_COLUMN = re.compile(rf"^ADD\s+(?:COLUMN\s+)?(?!IF\s+NOT\s+EXISTS|CONSTRAINT\b)(?P<col>{_IDENT})\s+(?P<type>.+)$",
                          re.IGNORECASE | re.DOTALL)
 _ADD_CONSTRAINT = re.compile(rf"^ADD\s+CONSTRAINT\s+(?P<name>{_IDENT})\s+(?P<def>.+)$", re.IGNORECASE | re.DOTALL)
+
+
+def _is_version_table(mset: MigrationSet, name: str) -> bool:
+    """Alembic creates and fills the version table itself: not an object or a row a revision adds."""
+    return _column_name(re.findall(_IDENT, name)[-1]) == mset.version_table.lower()
 
 
 def created_objects(sql: str) -> list[dict[str, str]]:

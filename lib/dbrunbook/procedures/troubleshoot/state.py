@@ -6,16 +6,12 @@ table names, what ``upgrade heads`` would run): one home for those reads keeps t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
-
-from sqlalchemy.engine import Connection
 
 from dbrunbook.chain import migrations
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import DbRunbookError
-from dbrunbook.procedures.troubleshoot.sqlread import _IDENT, _column_name
 
 
 def _version_query(mset: MigrationSet) -> str:
@@ -54,19 +50,3 @@ def _pending_steps(s: Any, mset: MigrationSet) -> tuple[list[migrations.SqlStep]
         return migrations.offline_sql(mset, ",".join(cur) or None, "heads"), ""
     except DbRunbookError as err:
         return [], f"{mset.name}: the pending SQL could not be rendered offline ({err})"
-
-
-def _is_version_table(mset: MigrationSet, name: str) -> bool:
-    """Alembic creates and fills the version table itself: not an object or a row a revision adds."""
-    return _column_name(re.findall(_IDENT, name)[-1]) == mset.version_table.lower()
-
-
-def _raw_rows(conn: Connection, sql: str) -> list[tuple]:
-    """Run SQL taken verbatim from a rendered migration: no bind-parameter parsing of its ':' and '%'."""
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.execute(sql)
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
