@@ -13,8 +13,8 @@ import pandas as pd
 from dbrunbook import records
 from dbrunbook.chain import migrations
 from dbrunbook.errors import ConfigError
-from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, _completes
-from dbrunbook.procedures.troubleshoot.state import _known, _state
+from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes
+from dbrunbook.procedures.troubleshoot.state import known_revisions, set_state
 
 
 # --- 7. drift -------------------------------------------------------------------------------------------
@@ -46,12 +46,12 @@ def describe_diff(diff: tuple) -> dict[str, str]:
     return {"change": kind, "object": _name_of(target), "detail": ""}
 
 
-@_completes("drift", TITLES["drift"])
+@completes("drift", TITLES["drift"])
 def check_drift(s: Any, migration_set: str = "all") -> CheckResult:
     """``alembic check`` at head: the live schema against the models, one row per differing object."""
     problems, notes = [], []
     for m in s.sets(migration_set):
-        cur, known = _state(s, m)
+        cur, known = set_state(s, m)
         if set(cur) != set(migrations.heads(m)):
             notes.append(f"{m.name}: skipped, not at head (the models describe the head)")
             continue
@@ -77,7 +77,7 @@ def check_drift(s: Any, migration_set: str = "all") -> CheckResult:
 
 
 # --- 8. edited applied migrations -----------------------------------------------------------------------
-@_completes("edited_migration", TITLES["edited_migration"])
+@completes("edited_migration", TITLES["edited_migration"])
 def check_edited_migrations(s: Any, migration_set: str = "all") -> CheckResult:
     """The guide's *Never edit applied migrations*: a script whose sha256 changed since a run applied it.
 
@@ -96,7 +96,7 @@ def check_edited_migrations(s: Any, migration_set: str = "all") -> CheckResult:
             notes.append(f"{m.name}: no applied file recorded in dbrunbook.ledger")
             continue
         now = migrations.file_digests(m)
-        known = _known(m)
+        known = known_revisions(m)
         rows = []
         for rev, was in applied.items():
             if now.get(rev) == was["sha256"]:

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, _command, _completes
+from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
 
 # --- 5. blocked / long-running --------------------------------------------------------------------------
 _ACTIVITY = sa.text("""
@@ -28,7 +28,7 @@ _ACTIVITY = sa.text("""
 """)
 
 
-@_completes("blocked", TITLES["blocked"])
+@completes("blocked", TITLES["blocked"])
 def check_blocking(s: Any, max_age: str | None = None) -> CheckResult:
     """The guide's *Migration takes too long*: the blocking tree, long transactions, idle-in-transaction sessions.
 
@@ -80,7 +80,7 @@ def check_blocking(s: Any, max_age: str | None = None) -> CheckResult:
              f"CREATE INDEX CONCURRENTLY, add columns in several steps, a maintenance window.")
     return CheckResult("blocked", TITLES["blocked"], (Problem(
         code="blocked", title=TITLES["blocked"], migration_set=None, evidence=evidence, cause=cause,
-        next_step=_command(s, "troubleshoot") + "  (again, once the sessions are gone)",
+        next_step=run_command(s, "troubleshoot") + "  (again, once the sessions are gone)",
         queries=(str(_ACTIVITY).strip(),),
     ),), checked)
 

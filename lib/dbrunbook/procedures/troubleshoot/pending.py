@@ -12,9 +12,9 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, _command, _completes
-from dbrunbook.procedures.troubleshoot.sqlread import _column_name, _is_version_table, created_objects, parse_inserts
-from dbrunbook.procedures.troubleshoot.state import _pending_steps
+from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
+from dbrunbook.procedures.troubleshoot.sqlread import _column_name, created_objects, is_version_table, parse_inserts
+from dbrunbook.procedures.troubleshoot.state import pending_steps
 
 
 # --- 3. objects already exist ---------------------------------------------------------------------------
@@ -41,7 +41,7 @@ def _live(conn: Connection, obj: dict[str, str]) -> str | None:
     return row[0] if row else None
 
 
-@_completes("already_exists", TITLES["already_exists"])
+@completes("already_exists", TITLES["already_exists"])
 def check_objects_exist(s: Any, migration_set: str = "all") -> CheckResult:
     """The guide's *Column already exists*: pending revisions create objects the live schema already has.
 
@@ -51,7 +51,7 @@ def check_objects_exist(s: Any, migration_set: str = "all") -> CheckResult:
     """
     problems, notes = [], []
     for m in s.sets(migration_set):
-        steps, why = _pending_steps(s, m)
+        steps, why = pending_steps(s, m)
         if not steps:
             notes.append(why)
             continue
@@ -59,7 +59,7 @@ def check_objects_exist(s: Any, migration_set: str = "all") -> CheckResult:
         with s.engine.connect() as conn:
             for step in steps:
                 for obj in created_objects(step.sql):
-                    if obj["kind"] == "table" and _is_version_table(m, obj["name"]):
+                    if obj["kind"] == "table" and is_version_table(m, obj["name"]):
                         continue
                     live = _live(conn, obj)
                     rows.append({"revision": step.revision, "kind": obj["kind"],
@@ -96,8 +96,8 @@ def check_objects_exist(s: Any, migration_set: str = "all") -> CheckResult:
                      f"table was moved back. "
                      + (f"Every object up to '{stamp_to}' exists (compare the 'live' and 'migration_creates' "
                         f"columns): stamping to it is safe, then upgrade the rest." if stamp_to else ""))
-        next_step = (_command(s, "stamp", migration_set=m.name, revision=stamp_to, dry_run=False) if stamp_to
-                     else _command(s, "status", migration_set=m.name))
+        next_step = (run_command(s, "stamp", migration_set=m.name, revision=stamp_to, dry_run=False) if stamp_to
+                     else run_command(s, "status", migration_set=m.name))
         problems.append(Problem(
             code="already_exists", title=TITLES["already_exists"], migration_set=m.name, evidence=evidence,
             cause=cause, next_step=next_step,
@@ -137,7 +137,7 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-@_completes("duplicate_key", TITLES["duplicate_key"])
+@completes("duplicate_key", TITLES["duplicate_key"])
 def check_duplicate_keys(s: Any, migration_set: str = "all") -> CheckResult:
     """The guide's *Duplicate key value violates unique constraint*, found before the data migration runs.
 
@@ -146,7 +146,7 @@ def check_duplicate_keys(s: Any, migration_set: str = "all") -> CheckResult:
     """
     problems, notes = [], []
     for m in s.sets(migration_set):
-        steps, why = _pending_steps(s, m)
+        steps, why = pending_steps(s, m)
         if not steps:
             notes.append(why)
             continue
@@ -155,7 +155,7 @@ def check_duplicate_keys(s: Any, migration_set: str = "all") -> CheckResult:
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             for step in steps:
                 for ins in parse_inserts(step.sql):
-                    if _is_version_table(m, ins["table"]):
+                    if is_version_table(m, ins["table"]):
                         continue
                     if ins["on_conflict"]:
                         skipped.append(f"{step.revision}: INSERT INTO {ins['table']} has ON CONFLICT")
@@ -201,7 +201,7 @@ def check_duplicate_keys(s: Any, migration_set: str = "all") -> CheckResult:
                    f"\"{first['constraint']}\"' and roll back. Make the insert idempotent, the guide's fix: "
                    f"INSERT INTO {first['table']} (...) VALUES (...) ON CONFLICT ({first['key']}) DO NOTHING "
                    f"(or DO UPDATE), in that revision if no database has applied it, else in a new one."),
-            next_step=_command(s, "review", migration_set=m.name, revision=first["revision"]),
+            next_step=run_command(s, "review", migration_set=m.name, revision=first["revision"]),
             queries=tuple(dict.fromkeys(queries)),
         ))
     return CheckResult("duplicate_key", TITLES["duplicate_key"], tuple(problems), "; ".join(notes))

@@ -1,7 +1,7 @@
 """What a troubleshoot check returns: ``Problem``, ``CheckResult``, ``Diagnosis``, and the "could not run" wrapper.
 
 Every check returns a ``CheckResult`` (its problems, or a line saying what it looked at); ``Diagnosis``
-gathers them. A check that raises on a project must not end the diagnosis: ``_completes`` turns the error
+gathers them. A check that raises on a project must not end the diagnosis: ``completes`` turns the error
 into a result saying "could not run: <reason>", set by set when only some migration sets fail.
 """
 
@@ -148,7 +148,7 @@ def _again(target: str) -> str:
     return f"dbrunbook run troubleshoot -t {target}"
 
 
-def _completes(code: str, title: str) -> Callable[[Callable[..., CheckResult]], Callable[..., CheckResult]]:
+def completes(code: str, title: str) -> Callable[[Callable[..., CheckResult]], Callable[..., CheckResult]]:
     """A check that raises returns "could not run: <reason>" instead; the diagnosis goes on.
 
     When the check covers several migration sets and fails, it is run again set by set, so the sets it can
@@ -192,7 +192,8 @@ def _completes(code: str, title: str) -> Callable[[Callable[..., CheckResult]], 
     return wrap
 
 
-def _command(s: Any, runbook: str, **parameters: Any) -> str:
+def run_command(s: Any, runbook: str, **parameters: Any) -> str:
+    """The ``dbrunbook run RUNBOOK -t TARGET -p NAME VALUE ...`` line a problem names as its next step."""
     parts = [f"dbrunbook run {runbook} -t {s.target.name}"]
     for name, value in parameters.items():
         if isinstance(value, bool):

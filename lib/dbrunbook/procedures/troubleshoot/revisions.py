@@ -15,17 +15,17 @@ from dbrunbook import records
 from dbrunbook.chain import migrations
 from dbrunbook.config import MigrationSet
 from dbrunbook.execution.protocol import STATEMENT_FILE
-from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, _command, _completes
-from dbrunbook.procedures.troubleshoot.state import _ancestry, _known, _state, _version_query
+from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
+from dbrunbook.procedures.troubleshoot.state import ancestry, known_revisions, set_state, version_query
 
 
 # --- 1. not up to date ----------------------------------------------------------------------------------
-@_completes("not_up_to_date", TITLES["not_up_to_date"])
+@completes("not_up_to_date", TITLES["not_up_to_date"])
 def check_up_to_date(s: Any, migration_set: str = "all") -> CheckResult:
     """The guide's *Target database is not up to date*: ``alembic current`` differs from ``alembic heads``."""
     problems, notes = [], []
     for m in s.sets(migration_set):
-        cur, known = _state(s, m)
+        cur, known = set_state(s, m)
         hd = migrations.heads(m)
         if any(c not in known for c in cur):
             notes.append(f"{m.name}: skipped, unknown revision in the version table (check 2)")
@@ -45,9 +45,9 @@ def check_up_to_date(s: Any, migration_set: str = "all") -> CheckResult:
             code="not_up_to_date", title=TITLES["not_up_to_date"], migration_set=m.name, evidence=evidence,
             cause=(f"alembic current is {', '.join(cur) or '(base)'}; alembic heads is {', '.join(hd)}: "
                    f"{len(pend)} revision(s) are pending. {several}Review them with "
-                   f"'{_command(s, 'preview', migration_set=m.name)}' before applying."),
-            next_step=_command(s, runbook, migration_set=m.name, dry_run=False),
-            queries=(_version_query(m),),
+                   f"'{run_command(s, 'preview', migration_set=m.name)}' before applying."),
+            next_step=run_command(s, runbook, migration_set=m.name, dry_run=False),
+            queries=(version_query(m),),
         ))
     return CheckResult("not_up_to_date", TITLES["not_up_to_date"], tuple(problems), "; ".join(notes))
 
@@ -102,7 +102,7 @@ def _nearest_known(revision: str, sightings: list[dict], known: dict) -> str | N
     return None
 
 
-@_completes("unknown_revision", "Can't locate revision")
+@completes("unknown_revision", "Can't locate revision")
 def check_unknown_revision(s: Any, migration_set: str = "all") -> CheckResult:
     """The guide's *Can't locate revision identified by …*: the version table names a revision no script has.
 
@@ -111,7 +111,7 @@ def check_unknown_revision(s: Any, migration_set: str = "all") -> CheckResult:
     """
     problems, notes = [], []
     for m in s.sets(migration_set):
-        cur, known = _state(s, m)
+        cur, known = set_state(s, m)
         unknown = [c for c in cur if c not in known]
         if not unknown:
             notes.append(f"{m.name}: every id in {m.version_table} has a script")
@@ -127,7 +127,7 @@ def check_unknown_revision(s: Any, migration_set: str = "all") -> CheckResult:
             where = m.alembic_ini.parent if m.alembic_ini else m.script_location
             if ancestor:
                 stamp_to = ",".join(sorted(set(others) | {ancestor}))
-                later = [r for r in _known(m) if r not in _ancestry(known, [ancestor, *others])]
+                later = [r for r in known_revisions(m) if r not in ancestry(known, [ancestor, *others])]
                 cause = (f"The version table {m.version_table} says '{rev}', which no script under {where} "
                          f"defines: a rolled-back application or a deleted file. Run "
                          f"'{seen[-1]['run_id'] if seen else '?'}' put it there on top of '{ancestor}'. "
@@ -136,27 +136,27 @@ def check_unknown_revision(s: Any, migration_set: str = "all") -> CheckResult:
                          f"the next upgrade would run {len(later)} revision(s)"
                          f"{': ' + ', '.join(later) if later else ''}. First restore the file (git log "
                          f"--all -- '*{rev}*'); stamp only if it is gone for good.")
-                next_step = _command(s, "stamp", migration_set=m.name, revision=stamp_to, dry_run=False)
+                next_step = run_command(s, "stamp", migration_set=m.name, revision=stamp_to, dry_run=False)
             else:
                 cause = (f"The version table {m.version_table} says '{rev}', which no script under {where} "
                          f"defines, and no ledger row or record of this database mentions it: the migration "
                          f"file is missing from this checkout (pull the branch that has it), or the database "
                          f"was migrated by another tool. Stamp only once you know which revision the schema "
                          f"really matches (compare with the drift check).")
-                next_step = _command(s, "status", migration_set=m.name)
+                next_step = run_command(s, "status", migration_set=m.name)
             problems.append(Problem(
                 code="unknown_revision", title=TITLES["unknown_revision"].format(revision=rev),
                 migration_set=m.name, evidence=evidence if not evidence.empty else
-                f"{_version_query(m)} -> {', '.join(cur)}; '{rev}' appears in no ledger row or record.",
+                f"{version_query(m)} -> {', '.join(cur)}; '{rev}' appears in no ledger row or record.",
                 cause=cause, next_step=next_step,
-                queries=(_version_query(m), "SELECT run_id, runbook, heads_before, heads_after FROM dbrunbook.ledger"),
+                queries=(version_query(m), "SELECT run_id, runbook, heads_before, heads_after FROM dbrunbook.ledger"),
             ))
     return CheckResult("unknown_revision", "Can't locate revision", tuple(problems), "; ".join(notes))
 
 
 
 # --- 6. multiple heads ----------------------------------------------------------------------------------
-@_completes("multiple_heads", TITLES["multiple_heads"])
+@completes("multiple_heads", TITLES["multiple_heads"])
 def check_multiple_heads(s: Any, migration_set: str = "all") -> CheckResult:
     """More than one head: two lines of development never merged; ``upgrade head`` refuses to choose."""
     problems, notes = [], []
@@ -165,11 +165,11 @@ def check_multiple_heads(s: Any, migration_set: str = "all") -> CheckResult:
         if len(hd) < 2:
             notes.append(f"{m.name}: one head ({', '.join(hd)})")
             continue
-        known = _known(m)
-        lines = {h: _ancestry(known, [h]) for h in hd}
+        known = known_revisions(m)
+        lines = {h: ancestry(known, [h]) for h in hd}
         common = set.intersection(*lines.values())
         cur = set(migrations.current(m, s.engine))
-        applied = _ancestry(known, cur)
+        applied = ancestry(known, cur)
         order = list(known)
         evidence = pd.DataFrame([
             {"head": h, "description": known[h].message,

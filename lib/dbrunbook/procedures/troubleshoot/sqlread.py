@@ -46,7 +46,7 @@ _ADD_COLUMN = re.compile(rf"^ADD\s+(?:COLUMN\s+)?(?!IF\s+NOT\s+EXISTS|CONSTRAINT
 _ADD_CONSTRAINT = re.compile(rf"^ADD\s+CONSTRAINT\s+(?P<name>{_IDENT})\s+(?P<def>.+)$", re.IGNORECASE | re.DOTALL)
 
 
-def _is_version_table(mset: MigrationSet, name: str) -> bool:
+def is_version_table(mset: MigrationSet, name: str) -> bool:
     """Alembic creates and fills the version table itself: not an object or a row a revision adds."""
     return _column_name(re.findall(_IDENT, name)[-1]) == mset.version_table.lower()
 

@@ -14,16 +14,19 @@ from dbrunbook.config import MigrationSet
 from dbrunbook.errors import DbRunbookError
 
 
-def _version_query(mset: MigrationSet) -> str:
+def version_query(mset: MigrationSet) -> str:
+    """The query that reads the set's version table, shown as evidence of what ``alembic current`` says."""
     table = f"{mset.version_table_schema}.{mset.version_table}" if mset.version_table_schema else mset.version_table
     return f"SELECT version_num FROM {table}"
 
 
-def _known(mset: MigrationSet) -> dict[str, migrations.RevisionInfo]:
+def known_revisions(mset: MigrationSet) -> dict[str, migrations.RevisionInfo]:
+    """Every revision the set's scripts define, by id, in history order."""
     return {r.revision: r for r in migrations.history(mset)}
 
 
-def _ancestry(known: dict[str, migrations.RevisionInfo], revisions: Iterable[str]) -> set[str]:
+def ancestry(known: dict[str, migrations.RevisionInfo], revisions: Iterable[str]) -> set[str]:
+    """``revisions`` and every known revision below them (ids no script defines are left out)."""
     seen: set[str] = set()
     stack = list(revisions)
     while stack:
@@ -35,13 +38,14 @@ def _ancestry(known: dict[str, migrations.RevisionInfo], revisions: Iterable[str
     return seen
 
 
-def _state(s: Any, mset: MigrationSet) -> tuple[tuple[str, ...], dict[str, migrations.RevisionInfo]]:
-    return migrations.current(mset, s.engine), _known(mset)
+def set_state(s: Any, mset: MigrationSet) -> tuple[tuple[str, ...], dict[str, migrations.RevisionInfo]]:
+    """The set's current revisions (``alembic current``) and the revisions its scripts know."""
+    return migrations.current(mset, s.engine), known_revisions(mset)
 
 
-def _pending_steps(s: Any, mset: MigrationSet) -> tuple[list[migrations.SqlStep], str]:
+def pending_steps(s: Any, mset: MigrationSet) -> tuple[list[migrations.SqlStep], str]:
     """The offline SQL of what ``upgrade heads`` would run, or ``[]`` and why not."""
-    cur, known = _state(s, mset)
+    cur, known = set_state(s, mset)
     if any(c not in known for c in cur):
         return [], f"{mset.name}: skipped, the version table names an unknown revision (check 2)"
     if not migrations.pending(mset, s.engine):
