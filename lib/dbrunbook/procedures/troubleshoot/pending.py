@@ -12,8 +12,9 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dbrunbook.procedures.backfill_state import plain_name
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
-from dbrunbook.procedures.troubleshoot.sqlread import _column_name, created_objects, is_version_table, parse_inserts
+from dbrunbook.procedures.troubleshoot.sqlread import created_objects, is_version_table, parse_inserts
 from dbrunbook.procedures.troubleshoot.state import pending_steps
 
 
@@ -23,7 +24,7 @@ def _live(conn: Connection, obj: dict[str, str]) -> str | None:
     kind, name, table = obj["kind"], obj["name"], obj["table"]
     if kind == "schema":
         found = conn.execute(sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :n"),
-                             {"n": _column_name(name)}).first()
+                             {"n": plain_name(name)}).first()
         return "schema" if found else None
     if kind == "type":
         return conn.execute(sa.text("SELECT to_regtype(:n)::text"), {"n": name}).scalar()
@@ -33,11 +34,11 @@ def _live(conn: Connection, obj: dict[str, str]) -> str | None:
         row = conn.execute(sa.text(
             "SELECT format_type(atttypid, atttypmod) || CASE WHEN attnotnull THEN ' NOT NULL' ELSE '' END "
             "FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attname = :c AND NOT attisdropped"),
-            {"t": table, "c": _column_name(name)}).first()
+            {"t": table, "c": plain_name(name)}).first()
         return row[0] if row else None
     row = conn.execute(sa.text("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
                                "WHERE conrelid = to_regclass(:t) AND conname = :c"),
-                       {"t": table, "c": _column_name(name)}).first()
+                       {"t": table, "c": plain_name(name)}).first()
     return row[0] if row else None
 
 

@@ -11,23 +11,24 @@ from typing import Any
 
 from dbrunbook.config import MigrationSet
 from dbrunbook.postgres import sqlimpact, sqltext
+from dbrunbook.procedures.backfill_state import plain_name
 
 _IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][\w$]*)'
 _NAME = rf"{_IDENT}(?:\s*\.\s*{_IDENT})?"
 
 
 def split_statements(sql: str) -> list[str]:
-    """The statements of a SQL script, comments dropped, literals kept as written (see ``sqltext``)."""
+    """The statements of a SQL script, comments dropped, literals kept as written: ``sqltext``'s splitter.
+
+    The code of each ``sqltext.Statement``, for callers that want text (a runbook cell, a test); the checks
+    here read the Statements themselves.
+    """
     return [statement.code for statement in sqltext.split_statements(sql)]
 
 
 def _schema_of(name: str) -> str | None:
     parts = re.findall(_IDENT, name)
     return parts[0] if len(parts) == 2 else None
-
-
-def _column_name(ident: str) -> str:
-    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident.lower()
 
 
 _CREATED = [
@@ -48,7 +49,7 @@ _ADD_CONSTRAINT = re.compile(rf"^ADD\s+CONSTRAINT\s+(?P<name>{_IDENT})\s+(?P<def
 
 def is_version_table(mset: MigrationSet, name: str) -> bool:
     """Alembic creates and fills the version table itself: not an object or a row a revision adds."""
-    return _column_name(re.findall(_IDENT, name)[-1]) == mset.version_table.lower()
+    return plain_name(re.findall(_IDENT, name)[-1]) == mset.version_table.lower()
 
 
 def created_objects(sql: str) -> list[dict[str, str]]:
@@ -57,7 +58,7 @@ def created_objects(sql: str) -> list[dict[str, str]]:
     Only statements that would fail when the object exists are listed (``IF NOT EXISTS`` ones are not).
     """
     found: list[dict[str, str]] = []
-    for statement in split_statements(sql):
+    for statement in (st.code for st in sqltext.split_statements(sql)):
         parsed = sqlimpact.creates(statement)
         if parsed is not None:  # read by PostgreSQL's parser; the patterns below only for text it rejects
             found += parsed
@@ -122,7 +123,7 @@ def parse_inserts(sql: str) -> list[dict[str, Any]]:
     and INSERT without a column list are not listed (their rows cannot be known without running them).
     """
     found = []
-    for statement in split_statements(sql):
+    for statement in (st.code for st in sqltext.split_statements(sql)):
         if sqlimpact.describe(statement).parsed:  # read by PostgreSQL's parser; the pattern only as fallback
             if (row := sqlimpact.inserted_rows(statement)) is not None:
                 found.append(row)
@@ -134,7 +135,7 @@ def parse_inserts(sql: str) -> list[dict[str, Any]]:
         on_conflict = re.search(r"\bON\s+CONFLICT\b", values, re.IGNORECASE)
         values = values[:on_conflict.start()] if on_conflict else values
         values = re.split(r"\bRETURNING\b", values, flags=re.IGNORECASE)[0].strip()
-        found.append({"table": m.group("table"), "columns": [_column_name(c.strip()) for c in m.group("cols").split(",")],
+        found.append({"table": m.group("table"), "columns": [plain_name(c.strip()) for c in m.group("cols").split(",")],
                       "values": values, "on_conflict": bool(on_conflict)})
     return found
 
