@@ -20,6 +20,7 @@ from dbrunbook.errors import (
 from dbrunbook.postgres import sqlimpact, sqlparse, sqltext
 from dbrunbook.postgres.db import mask_secrets
 from dbrunbook.procedures.maintenance import maintenance, maintenance_window
+from dbrunbook.protocols import SessionLike
 
 __all__ = [
     "activity", "breaking_changes", "changelog_entry", "health_check", "maintenance", "maintenance_window",
@@ -55,7 +56,7 @@ def _statements(sql: str) -> list[str]:
     return [statement.flat for statement in sqltext.split_statements(sql)]
 
 
-def rollback_plan(session, revision: str = "heads", migration_set: str = "all") -> pd.DataFrame:
+def rollback_plan(session: SessionLike, revision: str = "heads", migration_set: str = "all") -> pd.DataFrame:
     """For each set with pending steps: the downgrade command and whether every pending step can be undone.
 
     A downgrade that cannot be rendered offline (online-only) is not judged a no-op: it is listed with its
@@ -97,7 +98,7 @@ def _strip_version_updates(sql: str) -> str:
     return "\n".join(kept)
 
 
-def verify_success(session, revision: str = "heads", migration_set: str = "all", *, dry_run: bool = True
+def verify_success(session: SessionLike, revision: str = "heads", migration_set: str = "all", *, dry_run: bool = True
                    ) -> pd.DataFrame:
     """The guide's "alembic current  # Check version": each set is at the revision it was deployed to."""
     rows = []
@@ -171,7 +172,7 @@ def health_check(url: str | None, *, timeout: float = 10.0) -> pd.DataFrame:
     return pd.DataFrame([{"url": mask_secrets(url), "status": status, "ok": True}])
 
 
-def activity(session) -> pd.DataFrame:
+def activity(session: SessionLike) -> pd.DataFrame:
     """The guide's `SELECT * FROM pg_stat_activity WHERE state = 'active'`, without the query texts' secrets."""
     sql = sa.text(
         """SELECT pid, usename AS user, application_name, state, wait_event_type, wait_event,
@@ -184,7 +185,7 @@ def activity(session) -> pd.DataFrame:
         return pd.DataFrame(conn.execute(sql).mappings().all())
 
 
-def require_approval(session, approve: str, *, dry_run: bool = True) -> pd.DataFrame:
+def require_approval(session: SessionLike, approve: str, *, dry_run: bool = True) -> pd.DataFrame:
     """Guard: a protected target's deploy needs ``approve`` equal to the live database's name.
 
     The approval is a parameter because ``input()`` cannot work under papermill; naming the database (read

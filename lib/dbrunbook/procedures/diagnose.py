@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
 from dbrunbook.procedures.troubleshoot.drift import check_drift, check_edited_migrations, describe_diff
 from dbrunbook.procedures.troubleshoot.live import check_blocking, check_invalid_indexes
@@ -27,6 +26,7 @@ from dbrunbook.procedures.troubleshoot.revisions import (
     check_up_to_date,
 )
 from dbrunbook.procedures.troubleshoot.sqlread import created_objects, parse_inserts, split_statements
+from dbrunbook.protocols import SessionLike
 
 __all__ = [
     "CHECKS", "DIAGNOSIS_ARTIFACT", "TITLES", "CheckResult", "Diagnosis", "Problem", "check_blocking", "check_drift", "check_duplicate_keys",
@@ -44,7 +44,7 @@ CHECKS: tuple[Callable[..., CheckResult], ...] = (
 )
 
 
-def summary(s: Any, *checks: CheckResult, save: bool = True) -> Diagnosis:
+def summary(s: SessionLike, *checks: CheckResult, save: bool = True) -> Diagnosis:
     """Gather check results into a Diagnosis; save it as artifacts/diagnosis.json of the run's record."""
     result = Diagnosis(target=s.target.name, checks=tuple(checks))
     if save:
@@ -53,7 +53,7 @@ def summary(s: Any, *checks: CheckResult, save: bool = True) -> Diagnosis:
     return result
 
 
-def diagnose(s: Any, migration_set: str = "all") -> Diagnosis:
+def diagnose(s: SessionLike, migration_set: str = "all") -> Diagnosis:
     """Run every check on the session's target (nothing saved)."""
     results = [check(s) if check is check_blocking else check(s, migration_set) for check in CHECKS]
     return summary(s, *results, save=False)

@@ -19,9 +19,10 @@ import pandas as pd
 
 from dbrunbook.errors import MaintenanceFailed
 from dbrunbook.postgres.db import mask_secrets
+from dbrunbook.protocols import SessionLike
 
 
-def maintenance(session, on: bool, *, dry_run: bool = True) -> pd.DataFrame:
+def maintenance(session: SessionLike, on: bool, *, dry_run: bool = True) -> pd.DataFrame:
     """Put the application in maintenance mode or take it out (the guide's `touch .../maintenance`).
 
     Per target, ``maintenance_flag`` names a file to create/remove and ``maintenance_command`` a command run
@@ -49,7 +50,7 @@ def maintenance(session, on: bool, *, dry_run: bool = True) -> pd.DataFrame:
 
 
 @contextlib.contextmanager
-def maintenance_window(session, *, dry_run: bool = True):
+def maintenance_window(session: SessionLike, *, dry_run: bool = True):
     """``with maintenance_window(s, dry_run=False): ...`` — on for the block, off after it, also after an error."""
     maintenance(session, True, dry_run=dry_run)
     try:
@@ -72,14 +73,14 @@ class _Window:
     hook = None
 
     @classmethod
-    def open(cls, session) -> None:
+    def open(cls, session: SessionLike) -> None:
         cls.session = session
         _save(session, "maintenance_on.json", {"state": "on", "target": session.target.name})
         if cls.hook is None:
             cls.hook = _install_hook()
 
     @classmethod
-    def close(cls, session, *, after_failure: str | None) -> None:
+    def close(cls, session: SessionLike, *, after_failure: str | None) -> None:
         if cls.session is None:
             return
         cls.session = None
@@ -96,7 +97,7 @@ class _Window:
         _save(session, "maintenance_off.json", body)
 
 
-def _save(session, name: str, body: dict) -> None:
+def _save(session: SessionLike, name: str, body: dict) -> None:
     from datetime import datetime as _dt
 
     body = {**body, "when": _dt.now(UTC).isoformat(timespec="seconds")}
@@ -126,7 +127,7 @@ def _install_hook():
     return after_cell
 
 
-def _switch(session, on: bool, *, dry_run: bool = True) -> pd.DataFrame:
+def _switch(session: SessionLike, on: bool, *, dry_run: bool = True) -> pd.DataFrame:
     """Switch maintenance as configured for the target; the table of what was done."""
     target, state = session.target, "on" if on else "off"
     rows = []

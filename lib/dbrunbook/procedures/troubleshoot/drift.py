@@ -15,6 +15,7 @@ from dbrunbook.chain import migrations
 from dbrunbook.errors import ConfigError
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes
 from dbrunbook.procedures.troubleshoot.state import known_revisions, set_state
+from dbrunbook.protocols import SessionLike
 
 
 # --- 7. drift -------------------------------------------------------------------------------------------
@@ -47,7 +48,7 @@ def describe_diff(diff: tuple) -> dict[str, str]:
 
 
 @completes("drift", TITLES["drift"])
-def check_drift(s: Any, migration_set: str = "all") -> CheckResult:
+def check_drift(s: SessionLike, migration_set: str = "all") -> CheckResult:
     """``alembic check`` at head: the live schema against the models, one row per differing object."""
     problems, notes = [], []
     for m in s.sets(migration_set):
@@ -78,7 +79,7 @@ def check_drift(s: Any, migration_set: str = "all") -> CheckResult:
 
 # --- 8. edited applied migrations -----------------------------------------------------------------------
 @completes("edited_migration", TITLES["edited_migration"])
-def check_edited_migrations(s: Any, migration_set: str = "all") -> CheckResult:
+def check_edited_migrations(s: SessionLike, migration_set: str = "all") -> CheckResult:
     """The guide's *Never edit applied migrations*: a script whose sha256 changed since a run applied it.
 
     The launcher stores, in ``dbrunbook.ledger.migration_files``, the sha256 of each migration file a run

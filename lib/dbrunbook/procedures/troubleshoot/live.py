@@ -6,12 +6,11 @@ database, and name what an operator may end or drop; dbrunbook never does either
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 import sqlalchemy as sa
 
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
+from dbrunbook.protocols import SessionLike
 
 # --- 5. blocked / long-running --------------------------------------------------------------------------
 _ACTIVITY = sa.text("""
@@ -29,7 +28,7 @@ _ACTIVITY = sa.text("""
 
 
 @completes("blocked", TITLES["blocked"])
-def check_blocking(s: Any, max_age: str | None = None) -> CheckResult:
+def check_blocking(s: SessionLike, max_age: str | None = None) -> CheckResult:
     """The guide's *Migration takes too long*: the blocking tree, long transactions, idle-in-transaction sessions.
 
     Reads pg_stat_activity and pg_locks (pg_blocking_pids) of the target database. Lists the pids an operator
@@ -38,7 +37,8 @@ def check_blocking(s: Any, max_age: str | None = None) -> CheckResult:
     """
     max_age = max_age or s.target.blocker_max_age
     with s.engine.connect() as conn:
-        limit = float(conn.execute(sa.text("SELECT extract(epoch FROM CAST(:a AS interval))"), {"a": max_age}).scalar())
+        seconds = sa.text("SELECT extract(epoch FROM CAST(:a AS interval))")
+        limit = float(conn.execute(seconds, {"a": max_age}).scalar_one())
         sessions = [dict(r) for r in conn.execute(_ACTIVITY).mappings()]
         conn.rollback()
     blockers = {p for r in sessions for p in (r["blocked_by"] or [])}
@@ -87,7 +87,7 @@ def check_blocking(s: Any, max_age: str | None = None) -> CheckResult:
 
 
 # --- 9. invalid indexes ---------------------------------------------------------------------------------
-def check_invalid_indexes(s: Any, migration_set: str = "all") -> CheckResult:
+def check_invalid_indexes(s: SessionLike, migration_set: str = "all") -> CheckResult:
     """Indexes marked invalid (``pg_index.indisvalid = false``), typically a ``CREATE INDEX CONCURRENTLY`` that
     timed out or failed: unused by queries, still maintained by writes, skipped by ``IF NOT EXISTS``.
 

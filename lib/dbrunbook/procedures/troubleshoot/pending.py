@@ -6,8 +6,6 @@ and rows already hold, so the failure is found before the upgrade runs into it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -16,6 +14,7 @@ from dbrunbook.procedures.backfill_state import plain_name
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
 from dbrunbook.procedures.troubleshoot.sqlread import created_objects, is_version_table, parse_inserts
 from dbrunbook.procedures.troubleshoot.state import pending_steps
+from dbrunbook.protocols import SessionLike
 
 
 # --- 3. objects already exist ---------------------------------------------------------------------------
@@ -43,7 +42,7 @@ def _live(conn: Connection, obj: dict[str, str]) -> str | None:
 
 
 @completes("already_exists", TITLES["already_exists"])
-def check_objects_exist(s: Any, migration_set: str = "all") -> CheckResult:
+def check_objects_exist(s: SessionLike, migration_set: str = "all") -> CheckResult:
     """The guide's *Column already exists*: pending revisions create objects the live schema already has.
 
     The database is then ahead of its version pointer. Each pending revision is classed as present (all its
@@ -113,7 +112,8 @@ def check_objects_exist(s: Any, migration_set: str = "all") -> CheckResult:
 
 def _raw_rows(conn: Connection, sql: str) -> list[tuple]:
     """Run SQL taken verbatim from a rendered migration: no bind-parameter parsing of its ':' and '%'."""
-    cursor = conn.connection.driver_connection.cursor()
+    # A connection checked out of the pool always has its driver connection; the type allows None.
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql)
         return cursor.fetchall()
@@ -139,7 +139,7 @@ def _quote_ident(name: str) -> str:
 
 
 @completes("duplicate_key", TITLES["duplicate_key"])
-def check_duplicate_keys(s: Any, migration_set: str = "all") -> CheckResult:
+def check_duplicate_keys(s: SessionLike, migration_set: str = "all") -> CheckResult:
     """The guide's *Duplicate key value violates unique constraint*, found before the data migration runs.
 
     The INSERT … VALUES statements of the pending revisions' offline SQL are matched against the target

@@ -18,6 +18,7 @@ import pandas as pd
 
 from dbrunbook.errors import GuardStop
 from dbrunbook.procedures.checks import CouldNotRun
+from dbrunbook.protocols import SessionLike
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def completes(code: str, title: str) -> Callable[[Callable[..., CheckResult]], C
     """
     def wrap(fn: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
         @functools.wraps(fn)
-        def inner(s: Any, *args: Any, **kwargs: Any) -> CheckResult:
+        def inner(s: SessionLike, *args: Any, **kwargs: Any) -> CheckResult:
             try:
                 return fn(s, *args, **kwargs)
             except GuardStop:
@@ -192,7 +193,7 @@ def completes(code: str, title: str) -> Callable[[Callable[..., CheckResult]], C
     return wrap
 
 
-def run_command(s: Any, runbook: str, **parameters: Any) -> str:
+def run_command(s: SessionLike, runbook: str, **parameters: Any) -> str:
     """The ``dbrunbook run RUNBOOK -t TARGET -p NAME VALUE ...`` line a problem names as its next step."""
     parts = [f"dbrunbook run {runbook} -t {s.target.name}"]
     for name, value in parameters.items():

@@ -17,11 +17,12 @@ from dbrunbook.config import MigrationSet
 from dbrunbook.execution.protocol import STATEMENT_FILE
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
 from dbrunbook.procedures.troubleshoot.state import ancestry, known_revisions, set_state, version_query
+from dbrunbook.protocols import SessionLike
 
 
 # --- 1. not up to date ----------------------------------------------------------------------------------
 @completes("not_up_to_date", TITLES["not_up_to_date"])
-def check_up_to_date(s: Any, migration_set: str = "all") -> CheckResult:
+def check_up_to_date(s: SessionLike, migration_set: str = "all") -> CheckResult:
     """The guide's *Target database is not up to date*: ``alembic current`` differs from ``alembic heads``."""
     problems, notes = [], []
     for m in s.sets(migration_set):
@@ -53,7 +54,7 @@ def check_up_to_date(s: Any, migration_set: str = "all") -> CheckResult:
 
 
 # --- 2. unknown revision --------------------------------------------------------------------------------
-def _sightings(s: Any, mset: MigrationSet) -> list[dict[str, Any]]:
+def _sightings(s: SessionLike, mset: MigrationSet) -> list[dict[str, Any]]:
     """Every run (ledger rows of this database, records under outputs/) that moved this set's heads."""
     rows = []
     for row in records.ledger_rows(s.engine):
@@ -103,7 +104,7 @@ def _nearest_known(revision: str, sightings: list[dict], known: dict) -> str | N
 
 
 @completes("unknown_revision", "Can't locate revision")
-def check_unknown_revision(s: Any, migration_set: str = "all") -> CheckResult:
+def check_unknown_revision(s: SessionLike, migration_set: str = "all") -> CheckResult:
     """The guide's *Can't locate revision identified by …*: the version table names a revision no script has.
 
     The ledger and the signed records say which run put the unknown id there and from which heads, so the
@@ -157,7 +158,7 @@ def check_unknown_revision(s: Any, migration_set: str = "all") -> CheckResult:
 
 # --- 6. multiple heads ----------------------------------------------------------------------------------
 @completes("multiple_heads", TITLES["multiple_heads"])
-def check_multiple_heads(s: Any, migration_set: str = "all") -> CheckResult:
+def check_multiple_heads(s: SessionLike, migration_set: str = "all") -> CheckResult:
     """More than one head: two lines of development never merged; ``upgrade head`` refuses to choose."""
     problems, notes = [], []
     for m in s.sets(migration_set):

@@ -91,7 +91,9 @@ def created_objects(sql: str) -> list[dict[str, str]]:
 
 
 def _top_level_split(text: str) -> list[str]:
-    parts, depth, buf, quote = [], 0, [], None
+    parts: list[str] = []
+    buf: list[str] = []
+    depth, quote = 0, None
     for ch in text:
         if quote:
             buf.append(ch)

@@ -7,11 +7,11 @@ table names, what ``upgrade heads`` would run): one home for those reads keeps t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from dbrunbook.chain import migrations
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import DbRunbookError
+from dbrunbook.protocols import SessionLike
 
 
 def version_query(mset: MigrationSet) -> str:
@@ -38,12 +38,12 @@ def ancestry(known: dict[str, migrations.RevisionInfo], revisions: Iterable[str]
     return seen
 
 
-def set_state(s: Any, mset: MigrationSet) -> tuple[tuple[str, ...], dict[str, migrations.RevisionInfo]]:
+def set_state(s: SessionLike, mset: MigrationSet) -> tuple[tuple[str, ...], dict[str, migrations.RevisionInfo]]:
     """The set's current revisions (``alembic current``) and the revisions its scripts know."""
     return migrations.current(mset, s.engine), known_revisions(mset)
 
 
-def pending_steps(s: Any, mset: MigrationSet) -> tuple[list[migrations.SqlStep], str]:
+def pending_steps(s: SessionLike, mset: MigrationSet) -> tuple[list[migrations.SqlStep], str]:
     """The offline SQL of what ``upgrade heads`` would run, or ``[]`` and why not."""
     cur, known = set_state(s, mset)
     if any(c not in known for c in cur):
