@@ -119,8 +119,8 @@ def require_no_vanished_rows(diff: pd.DataFrame, tolerance: float = 0.0) -> pd.D
     """Guard of apply and deploy: no table lost more than ``tolerance`` percent of its rows during the run.
 
     ``diff`` is ``Session.compare_counts(before)``; the migration sets' version tables it names are Alembic's
-    bookkeeping and never count (a merge removes rows there). A table that is gone counts as all its rows lost, as in the
-    verify runbook; growth never counts. The same guard stops a dry run: nothing of this run deleted the rows,
+    bookkeeping and never count (a merge removes rows there). A table that is gone counts as all its rows lost, as
+    in the verify runbook; growth never counts. The same guard stops a dry run: nothing of this run deleted the rows,
     so something else did, and that is worth stopping for too.
 
     Returns:

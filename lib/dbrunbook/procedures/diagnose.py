@@ -29,9 +29,10 @@ from dbrunbook.procedures.troubleshoot.sqlread import created_objects, parse_ins
 from dbrunbook.protocols import SessionLike
 
 __all__ = [
-    "CHECKS", "DIAGNOSIS_ARTIFACT", "TITLES", "CheckResult", "Diagnosis", "Problem", "check_blocking", "check_drift", "check_duplicate_keys",
-    "check_edited_migrations", "check_invalid_indexes", "check_multiple_heads", "check_objects_exist", "check_unknown_revision",
-    "check_up_to_date", "created_objects", "describe_diff", "diagnose", "parse_inserts", "split_statements", "summary",
+    "CHECKS", "DIAGNOSIS_ARTIFACT", "TITLES", "CheckResult", "Diagnosis", "Problem", "check_blocking", "check_drift",
+    "check_duplicate_keys", "check_edited_migrations", "check_invalid_indexes", "check_multiple_heads",
+    "check_objects_exist", "check_unknown_revision", "check_up_to_date", "created_objects", "describe_diff", "diagnose",
+    "parse_inserts", "split_statements", "summary",
 ]
 
 DIAGNOSIS_ARTIFACT = "diagnosis.json"

@@ -170,7 +170,8 @@ def check_duplicate_keys(s: SessionLike, migration_set: str = "all") -> CheckRes
                         if not set(key.columns) <= set(ins["columns"]):
                             continue
                         checked += 1
-                        cols = ", ".join(f"v.{_quote_ident(c)}::{t}" for c, t in zip(key.columns, key.types, strict=False))
+                        cols = ", ".join(f"v.{_quote_ident(c)}::{t}"
+                                         for c, t in zip(key.columns, key.types, strict=False))
                         on = " AND ".join(f"t.{_quote_ident(c)} = v.{_quote_ident(c)}::{t}"
                                           for c, t in zip(key.columns, key.types, strict=False))
                         source = f"(VALUES {ins['values']}) AS v({alias})"

@@ -32,8 +32,10 @@ def _schema_of(name: str) -> str | None:
 
 
 _CREATED = [
-    ("table", re.compile(rf"^CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_NAME})", re.IGNORECASE)),
-    ("view", re.compile(rf"^CREATE\s+(?:MATERIALIZED\s+)?VIEW\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_NAME})", re.IGNORECASE)),
+    ("table", re.compile(rf"^CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_NAME})",
+                         re.IGNORECASE)),
+    ("view", re.compile(rf"^CREATE\s+(?:MATERIALIZED\s+)?VIEW\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_NAME})",
+                        re.IGNORECASE)),
     ("sequence", re.compile(rf"^CREATE\s+SEQUENCE\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_NAME})", re.IGNORECASE)),
     ("schema", re.compile(rf"^CREATE\s+SCHEMA\s+(?!IF\s+NOT\s+EXISTS)(?P<name>{_IDENT})", re.IGNORECASE)),
     ("type", re.compile(rf"^CREATE\s+TYPE\s+(?P<name>{_NAME})", re.IGNORECASE)),
