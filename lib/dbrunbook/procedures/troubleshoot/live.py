@@ -6,6 +6,8 @@ database, and name what an operator may end or drop; dbrunbook never does either
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import sqlalchemy as sa
 
@@ -27,22 +29,10 @@ _ACTIVITY = sa.text("""
 """)
 
 
-@completes("blocked", TITLES["blocked"])
-def check_blocking(s: SessionLike, max_age: str | None = None) -> CheckResult:
-    """The guide's *Migration takes too long*: the blocking tree, long transactions, idle-in-transaction sessions.
-
-    Reads pg_stat_activity and pg_locks (pg_blocking_pids) of the target database. Lists the pids an operator
-    could end (root blockers, idle-in-transaction sessions older than ``max_age``, default the target's
-    ``blocker_max_age``); dbrunbook never ends a session itself.
-    """
-    max_age = max_age or s.target.blocker_max_age
-    with s.engine.connect() as conn:
-        seconds = sa.text("SELECT extract(epoch FROM CAST(:a AS interval))")
-        limit = float(conn.execute(seconds, {"a": max_age}).scalar_one())
-        sessions = [dict(r) for r in conn.execute(_ACTIVITY).mappings()]
-        conn.rollback()
-    blockers = {p for r in sessions for p in (r["blocked_by"] or [])}
-    blocked = {r["pid"] for r in sessions if r["blocked_by"]}
+def _blocking_rows(sessions: list[dict[str, Any]], blockers: set[int], blocked: set[int], limit: float
+                   ) -> list[dict[str, Any]]:
+    """The sessions worth a row: blocked, blocking, in a transaction open longer than ``limit`` seconds, or
+    idle in one; with their roles and whether an operator could end them."""
     rows = []
     for r in sessions:
         idle_tx = (r["state"] or "").startswith("idle in transaction")
@@ -65,6 +55,26 @@ def check_blocking(s: SessionLike, max_age: str | None = None) -> CheckResult:
                      "application_name": r["application_name"], "state": r["state"],
                      "waiting_for": r["waiting_for"], "transaction_seconds": r["transaction_seconds"],
                      "query": r["query"]})
+    return rows
+
+
+@completes("blocked", TITLES["blocked"])
+def check_blocking(s: SessionLike, max_age: str | None = None) -> CheckResult:
+    """The guide's *Migration takes too long*: the blocking tree, long transactions, idle-in-transaction sessions.
+
+    Reads pg_stat_activity and pg_locks (pg_blocking_pids) of the target database. Lists the pids an operator
+    could end (root blockers, idle-in-transaction sessions older than ``max_age``, default the target's
+    ``blocker_max_age``); dbrunbook never ends a session itself.
+    """
+    max_age = max_age or s.target.blocker_max_age
+    with s.engine.connect() as conn:
+        seconds = sa.text("SELECT extract(epoch FROM CAST(:a AS interval))")
+        limit = float(conn.execute(seconds, {"a": max_age}).scalar_one())
+        sessions = [dict(r) for r in conn.execute(_ACTIVITY).mappings()]
+        conn.rollback()
+    blockers = {p for r in sessions for p in (r["blocked_by"] or [])}
+    blocked = {r["pid"] for r in sessions if r["blocked_by"]}
+    rows = _blocking_rows(sessions, blockers, blocked, limit)
     checked = f"{len(sessions)} other session(s) on database '{s.identity.database}', limit {max_age}"
     if not rows:
         return CheckResult("blocked", TITLES["blocked"], (), checked)

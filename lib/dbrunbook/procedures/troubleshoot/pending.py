@@ -6,10 +6,14 @@ and rows already hold, so the failure is found before the upgrade runs into it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dbrunbook.chain import migrations
+from dbrunbook.config import MigrationSet
 from dbrunbook.procedures.backfill_state import plain_name
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
 from dbrunbook.procedures.troubleshoot.sqlread import created_objects, is_version_table, parse_inserts
@@ -41,6 +45,43 @@ def _live(conn: Connection, obj: dict[str, str]) -> str | None:
     return row[0] if row else None
 
 
+def _created_rows(s: SessionLike, mset: MigrationSet, steps: list[migrations.SqlStep]) -> list[dict[str, Any]]:
+    """One row per object the pending steps create (the version table aside), with what the live database has."""
+    rows = []
+    with s.engine.connect() as conn:
+        for step in steps:
+            for obj in created_objects(step.sql):
+                if obj["kind"] == "table" and is_version_table(mset, obj["name"]):
+                    continue
+                live = _live(conn, obj)
+                rows.append({"revision": step.revision, "kind": obj["kind"],
+                             "object": f"{obj['table']}.{obj['name']}" if obj["kind"] in ("column", "constraint")
+                             else obj["name"], "exists": live is not None, "live": live,
+                             "migration_creates": obj["expected"]})
+        conn.rollback()
+    return rows
+
+
+def _stamp_point(steps: list[migrations.SqlStep], evidence: pd.DataFrame
+                 ) -> tuple[dict[str, str], str | None, str | None]:
+    """Each pending revision's state (present, absent, partial, no objects); the last revision of the unbroken
+    run of present ones (safe to stamp to); the partly applied revision that ends the run, if one does."""
+    status = {}
+    for step in steps:
+        mine = evidence[evidence["revision"] == step.revision]["exists"]
+        status[step.revision] = ("no objects" if mine.empty else "present" if mine.all()
+                                 else "absent" if not mine.any() else "partial")
+    stamp_to, blocked_by = None, None
+    for step in steps:
+        state = status[step.revision]
+        if state == "present":
+            stamp_to = step.revision
+        elif state != "no objects":
+            blocked_by = step.revision if state == "partial" else None
+            break
+    return status, stamp_to, blocked_by
+
+
 @completes("already_exists", TITLES["already_exists"])
 def check_objects_exist(s: SessionLike, migration_set: str = "all") -> CheckResult:
     """The guide's *Column already exists*: pending revisions create objects the live schema already has.
@@ -55,35 +96,12 @@ def check_objects_exist(s: SessionLike, migration_set: str = "all") -> CheckResu
         if not steps:
             notes.append(why)
             continue
-        rows = []
-        with s.engine.connect() as conn:
-            for step in steps:
-                for obj in created_objects(step.sql):
-                    if obj["kind"] == "table" and is_version_table(m, obj["name"]):
-                        continue
-                    live = _live(conn, obj)
-                    rows.append({"revision": step.revision, "kind": obj["kind"],
-                                 "object": f"{obj['table']}.{obj['name']}" if obj["kind"] in ("column", "constraint")
-                                 else obj["name"], "exists": live is not None, "live": live,
-                                 "migration_creates": obj["expected"]})
-            conn.rollback()
-        evidence = pd.DataFrame(rows, columns=["revision", "kind", "object", "exists", "live", "migration_creates"])
+        evidence = pd.DataFrame(_created_rows(s, m, steps),
+                                columns=["revision", "kind", "object", "exists", "live", "migration_creates"])
         if evidence.empty or not evidence["exists"].any():
             notes.append(f"{m.name}: none of the {len(evidence)} object(s) pending revisions create exists yet")
             continue
-        status = {}
-        for step in steps:
-            mine = evidence[evidence["revision"] == step.revision]["exists"]
-            status[step.revision] = ("no objects" if mine.empty else "present" if mine.all()
-                                     else "absent" if not mine.any() else "partial")
-        stamp_to, blocked_by = None, None
-        for step in steps:
-            state = status[step.revision]
-            if state == "present":
-                stamp_to = step.revision
-            elif state != "no objects":
-                blocked_by = step.revision if state == "partial" else None
-                break
+        status, stamp_to, blocked_by = _stamp_point(steps, evidence)
         summary_ = ", ".join(f"{rev}: {state}" for rev, state in status.items())
         existing = int(evidence["exists"].sum())
         if blocked_by:
@@ -138,6 +156,60 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _key_queries(ins: dict[str, Any], key: Any) -> tuple[str, str]:
+    """The two queries of one unique key against an INSERT's rows: keys already in the table, keys it repeats."""
+    alias = ", ".join(_quote_ident(c) for c in ins["columns"])
+    cols = ", ".join(f"v.{_quote_ident(c)}::{t}" for c, t in zip(key.columns, key.types, strict=False))
+    on = " AND ".join(f"t.{_quote_ident(c)} = v.{_quote_ident(c)}::{t}"
+                      for c, t in zip(key.columns, key.types, strict=False))
+    source = f"(VALUES {ins['values']}) AS v({alias})"
+    existing = (f"SELECT DISTINCT {cols} FROM {source} JOIN {ins['table']} t ON {on}")
+    twice = f"SELECT {cols} FROM {source} GROUP BY {cols} HAVING count(*) > 1"
+    return existing, twice
+
+
+def _conflicts(s: SessionLike, mset: MigrationSet, steps: list[migrations.SqlStep]
+               ) -> tuple[list[dict[str, Any]], list[str], list[str], int]:
+    """The pending INSERTs' rows whose unique key is taken or repeated, read-only; with the INSERTs skipped and
+    why, the queries run, and how many unique keys were checked."""
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    queries: list[str] = []
+    checked = 0
+    with s.engine.connect() as conn:
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        for step in steps:
+            for ins in parse_inserts(step.sql):
+                if is_version_table(mset, ins["table"]):
+                    continue
+                if ins["on_conflict"]:
+                    skipped.append(f"{step.revision}: INSERT INTO {ins['table']} has ON CONFLICT")
+                    continue
+                keys = conn.execute(_UNIQUE_KEYS, {"t": ins["table"]}).all()
+                if not keys:
+                    skipped.append(f"{step.revision}: {ins['table']} does not exist yet or has no unique key")
+                    continue
+                for key in keys:
+                    if not set(key.columns) <= set(ins["columns"]):
+                        continue
+                    checked += 1
+                    existing, twice = _key_queries(ins, key)
+                    queries += [existing, twice]
+                    try:
+                        with conn.begin_nested():
+                            found = [(r, "already in the table") for r in _raw_rows(conn, existing)]
+                            found += [(r, "twice in this INSERT") for r in _raw_rows(conn, twice)]
+                    except sa.exc.DBAPIError as err:
+                        skipped.append(f"{step.revision}: could not check {ins['table']}: "
+                                       f"{str(err.orig).splitlines()[0]}")
+                        continue
+                    rows += [{"revision": step.revision, "table": ins["table"], "constraint": key.name,
+                              "key": ", ".join(key.columns),
+                              "value": ", ".join(map(str, r)), "conflict": why} for r, why in found]
+        conn.rollback()
+    return rows, skipped, queries, checked
+
+
 @completes("duplicate_key", TITLES["duplicate_key"])
 def check_duplicate_keys(s: SessionLike, migration_set: str = "all") -> CheckResult:
     """The guide's *Duplicate key value violates unique constraint*, found before the data migration runs.
@@ -151,45 +223,7 @@ def check_duplicate_keys(s: SessionLike, migration_set: str = "all") -> CheckRes
         if not steps:
             notes.append(why)
             continue
-        rows, skipped, queries, checked = [], [], [], 0
-        with s.engine.connect() as conn:
-            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-            for step in steps:
-                for ins in parse_inserts(step.sql):
-                    if is_version_table(m, ins["table"]):
-                        continue
-                    if ins["on_conflict"]:
-                        skipped.append(f"{step.revision}: INSERT INTO {ins['table']} has ON CONFLICT")
-                        continue
-                    keys = conn.execute(_UNIQUE_KEYS, {"t": ins["table"]}).all()
-                    if not keys:
-                        skipped.append(f"{step.revision}: {ins['table']} does not exist yet or has no unique key")
-                        continue
-                    alias = ", ".join(_quote_ident(c) for c in ins["columns"])
-                    for key in keys:
-                        if not set(key.columns) <= set(ins["columns"]):
-                            continue
-                        checked += 1
-                        cols = ", ".join(f"v.{_quote_ident(c)}::{t}"
-                                         for c, t in zip(key.columns, key.types, strict=False))
-                        on = " AND ".join(f"t.{_quote_ident(c)} = v.{_quote_ident(c)}::{t}"
-                                          for c, t in zip(key.columns, key.types, strict=False))
-                        source = f"(VALUES {ins['values']}) AS v({alias})"
-                        existing = (f"SELECT DISTINCT {cols} FROM {source} JOIN {ins['table']} t ON {on}")
-                        twice = f"SELECT {cols} FROM {source} GROUP BY {cols} HAVING count(*) > 1"
-                        queries += [existing, twice]
-                        try:
-                            with conn.begin_nested():
-                                found = [(r, "already in the table") for r in _raw_rows(conn, existing)]
-                                found += [(r, "twice in this INSERT") for r in _raw_rows(conn, twice)]
-                        except sa.exc.DBAPIError as err:
-                            skipped.append(f"{step.revision}: could not check {ins['table']}: "
-                                           f"{str(err.orig).splitlines()[0]}")
-                            continue
-                        rows += [{"revision": step.revision, "table": ins["table"], "constraint": key.name,
-                                  "key": ", ".join(key.columns),
-                                  "value": ", ".join(map(str, r)), "conflict": why_} for r, why_ in found]
-            conn.rollback()
+        rows, skipped, queries, checked = _conflicts(s, m, steps)
         if not rows:
             notes.append(f"{m.name}: {checked} unique key(s) checked against pending INSERTs, no conflict"
                          + (f" ({'; '.join(skipped)})" if skipped else ""))
