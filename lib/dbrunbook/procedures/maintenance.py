@@ -12,7 +12,7 @@ import contextlib
 import json
 import shlex
 import subprocess
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -98,9 +98,7 @@ class _Window:
 
 
 def _save(session: SessionLike, name: str, body: dict) -> None:
-    from datetime import datetime as _dt
-
-    body = {**body, "when": _dt.now(UTC).isoformat(timespec="seconds")}
+    body = {**body, "when": datetime.now(UTC).isoformat(timespec="seconds")}
     with contextlib.suppress(FileExistsError):  # a second window in one run: the first one's files stay
         session.save_artifact(name, json.dumps(body, indent=1, sort_keys=True) + "\n")
 
