@@ -9,6 +9,9 @@ session: the troubleshoot runbook reads, the operator decides. ``diagnose(sessio
 A check that raises on a project (an env.py or models module that needs something, SQL that cannot be
 rendered) does not end the diagnosis: its result says "could not run: <reason>" (per migration set when
 only one set fails) and the other checks still run.
+
+The checks live in ``procedures/troubleshoot/``, one module per family; this module is what runbooks import:
+it holds the order of the checks (``CHECKS``), ``summary`` and ``diagnose``, and re-exports the rest.
 """
 
 from __future__ import annotations
