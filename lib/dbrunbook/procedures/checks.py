@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from dbrunbook.errors import DbRunbookError, GuardStop, MigrationFailed
-from dbrunbook.postgres.db import mask_url
+from dbrunbook.postgres.db import mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,8 @@ def reason_of(err: BaseException) -> str:
     else:
         text = (str(err).strip().splitlines() or [""])[0]
         text = text if isinstance(err, DbRunbookError) else f"{type(err).__name__}: {text}".rstrip(": ")
-    return _mask(text)
-
-
-def _mask(text: str) -> str:
     # A driver's message may quote a URL or a conninfo string; never show its password.
-    text = " ".join(mask_url(w) if "://" in w else w for w in text.split(" "))
-    return mask_url(text) if "password" in text.lower() and "://" not in text else text
+    return mask_secrets(text)
 
 
 def _where(err: BaseException) -> str:

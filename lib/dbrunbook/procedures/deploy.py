@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
-import shlex
-import subprocess
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
@@ -19,12 +14,18 @@ from dbrunbook.chain import migrations
 from dbrunbook.errors import (
     ConfirmationRequired,
     HealthCheckFailed,
-    MaintenanceFailed,
     MigrationFailed,
     RowsVanished,
 )
 from dbrunbook.postgres import sqlimpact, sqlparse, sqltext
 from dbrunbook.postgres.db import mask_secrets
+from dbrunbook.procedures.maintenance import maintenance, maintenance_window
+from dbrunbook.protocols import SessionLike
+
+__all__ = [
+    "activity", "breaking_changes", "changelog_entry", "health_check", "maintenance", "maintenance_window",
+    "rehearsal_estimate", "require_approval", "require_no_vanished_rows", "rollback_plan", "verify_success",
+]
 
 
 def breaking_changes(preview) -> pd.DataFrame:
@@ -55,7 +56,7 @@ def _statements(sql: str) -> list[str]:
     return [statement.flat for statement in sqltext.split_statements(sql)]
 
 
-def rollback_plan(session, revision: str = "heads", migration_set: str = "all") -> pd.DataFrame:
+def rollback_plan(session: SessionLike, revision: str = "heads", migration_set: str = "all") -> pd.DataFrame:
     """For each set with pending steps: the downgrade command and whether every pending step can be undone.
 
     A downgrade that cannot be rendered offline (online-only) is not judged a no-op: it is listed with its
@@ -97,7 +98,7 @@ def _strip_version_updates(sql: str) -> str:
     return "\n".join(kept)
 
 
-def verify_success(session, revision: str = "heads", migration_set: str = "all", *, dry_run: bool = True
+def verify_success(session: SessionLike, revision: str = "heads", migration_set: str = "all", *, dry_run: bool = True
                    ) -> pd.DataFrame:
     """The guide's "alembic current  # Check version": each set is at the revision it was deployed to."""
     rows = []
@@ -118,8 +119,8 @@ def require_no_vanished_rows(diff: pd.DataFrame, tolerance: float = 0.0) -> pd.D
     """Guard of apply and deploy: no table lost more than ``tolerance`` percent of its rows during the run.
 
     ``diff`` is ``Session.compare_counts(before)``; the migration sets' version tables it names are Alembic's
-    bookkeeping and never count (a merge removes rows there). A table that is gone counts as all its rows lost, as in the
-    verify runbook; growth never counts. The same guard stops a dry run: nothing of this run deleted the rows,
+    bookkeeping and never count (a merge removes rows there). A table that is gone counts as all its rows lost, as
+    in the verify runbook; growth never counts. The same guard stops a dry run: nothing of this run deleted the rows,
     so something else did, and that is worth stopping for too.
 
     Returns:
@@ -171,7 +172,7 @@ def health_check(url: str | None, *, timeout: float = 10.0) -> pd.DataFrame:
     return pd.DataFrame([{"url": mask_secrets(url), "status": status, "ok": True}])
 
 
-def activity(session) -> pd.DataFrame:
+def activity(session: SessionLike) -> pd.DataFrame:
     """The guide's `SELECT * FROM pg_stat_activity WHERE state = 'active'`, without the query texts' secrets."""
     sql = sa.text(
         """SELECT pid, usename AS user, application_name, state, wait_event_type, wait_event,
@@ -184,7 +185,7 @@ def activity(session) -> pd.DataFrame:
         return pd.DataFrame(conn.execute(sql).mappings().all())
 
 
-def require_approval(session, approve: str, *, dry_run: bool = True) -> pd.DataFrame:
+def require_approval(session: SessionLike, approve: str, *, dry_run: bool = True) -> pd.DataFrame:
     """Guard: a protected target's deploy needs ``approve`` equal to the live database's name.
 
     The approval is a parameter because ``input()`` cannot work under papermill; naming the database (read
@@ -202,148 +203,6 @@ def require_approval(session, approve: str, *, dry_run: bool = True) -> pd.DataF
             return pd.DataFrame([{"check": "approval", "required": True, "ok": False, "detail": message}])
         raise ConfirmationRequired(message)
     return pd.DataFrame([{"check": "approval", "required": True, "ok": True, "detail": f"approved for {database}"}])
-
-
-def maintenance(session, on: bool, *, dry_run: bool = True) -> pd.DataFrame:
-    """Put the application in maintenance mode or take it out (the guide's `touch .../maintenance`).
-
-    Per target, ``maintenance_flag`` names a file to create/remove and ``maintenance_command`` a command run
-    with ``{state}`` replaced by on/off (no shell). Neither configured: say so and go on.
-
-    Turning it on opens a maintenance window that closes itself: in a notebook, a step that fails while the
-    window is open turns maintenance off right after it (an IPython ``post_run_cell`` hook, so it happens
-    before papermill stops the run), and so does the end of the process. The record says what happened
-    either way: ``artifacts/maintenance_on.json`` when it went on, ``artifacts/maintenance_off.json`` when it
-    went off (``after_failure`` and the failed step's error when the window closed itself, ``still_on`` when
-    even that failed). An ``on`` without an ``off`` in a record means it may still be on.
-    """
-    window = not dry_run and _configured(session.target)
-    if window and on:
-        _Window.open(session)  # before switching: a half-done switch (flag made, command failed) is closed too
-    try:
-        frame = _switch(session, on, dry_run=dry_run)
-    except Exception as err:
-        if window and on:  # undo a half-done switch at once, whoever called
-            _Window.close(session, after_failure=f"{type(err).__name__}: {err}")
-        raise
-    if window and not on:
-        _Window.close(session, after_failure=None)
-    return frame
-
-
-@contextlib.contextmanager
-def maintenance_window(session, *, dry_run: bool = True):
-    """``with maintenance_window(s, dry_run=False): ...`` — on for the block, off after it, also after an error."""
-    maintenance(session, True, dry_run=dry_run)
-    try:
-        yield
-    except BaseException as err:
-        if not dry_run and _configured(session.target):
-            _Window.close(session, after_failure=f"{type(err).__name__}: {err}")
-        raise
-    maintenance(session, False, dry_run=dry_run)
-
-
-def _configured(target) -> bool:
-    return bool(target.maintenance_flag or target.maintenance_command)
-
-
-class _Window:
-    """The one open maintenance window of this process (a runbook deploys to one target)."""
-
-    session = None
-    hook = None
-
-    @classmethod
-    def open(cls, session) -> None:
-        cls.session = session
-        _save(session, "maintenance_on.json", {"state": "on", "target": session.target.name})
-        if cls.hook is None:
-            cls.hook = _install_hook()
-
-    @classmethod
-    def close(cls, session, *, after_failure: str | None) -> None:
-        if cls.session is None:
-            return
-        cls.session = None
-        body = {"state": "off", "target": session.target.name, "after_failure": after_failure is not None}
-        if after_failure is not None:
-            body["failed_step_error"] = after_failure
-            try:
-                _switch(session, False, dry_run=False)
-                print(f"Maintenance mode turned off after the failed step ({after_failure[:200]}).")
-            except Exception as err:  # noqa: BLE001 - recorded and shown; the step's own failure stays the error
-                body.update(state="still on", error=f"{type(err).__name__}: {err}")
-                print(f"MAINTENANCE MODE IS STILL ON for target '{session.target.name}': turning it off after the "
-                      f"failed step failed too ({err}). Switch it off by hand.")
-        _save(session, "maintenance_off.json", body)
-
-
-def _save(session, name: str, body: dict) -> None:
-    from datetime import datetime as _dt
-
-    body = {**body, "when": _dt.now(UTC).isoformat(timespec="seconds")}
-    with contextlib.suppress(FileExistsError):  # a second window in one run: the first one's files stay
-        session.save_artifact(name, json.dumps(body, indent=1, sort_keys=True) + "\n")
-
-
-def _install_hook():
-    """Close the window after any failed cell (papermill runs no further cells after one); and at exit."""
-    def after_cell(result) -> None:
-        error = getattr(result, "error_in_exec", None) or getattr(result, "error_before_exec", None)
-        if error is not None and _Window.session is not None:
-            _Window.close(_Window.session, after_failure=f"{type(error).__name__}: {error}")
-
-    def at_exit() -> None:
-        if _Window.session is not None:
-            _Window.close(_Window.session, after_failure="the process ended with maintenance on")
-
-    atexit.register(at_exit)
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython is a dependency of the kernel
-        return at_exit
-    shell = get_ipython()
-    if shell is not None:
-        shell.events.register("post_run_cell", after_cell)
-    return after_cell
-
-
-def _switch(session, on: bool, *, dry_run: bool = True) -> pd.DataFrame:
-    """Switch maintenance as configured for the target; the table of what was done."""
-    target, state = session.target, "on" if on else "off"
-    rows = []
-    if not target.maintenance_flag and not target.maintenance_command:
-        print(f"No maintenance_flag or maintenance_command for target '{target.name}': maintenance {state} skipped.")
-        return pd.DataFrame(columns=["action", "state", "done", "output"])
-    if target.maintenance_flag:
-        flag = Path(target.maintenance_flag).expanduser()
-        if not dry_run:
-            if on:
-                flag.parent.mkdir(parents=True, exist_ok=True)
-                flag.touch()
-            else:
-                flag.unlink(missing_ok=True)
-        rows.append({"action": f"flag file {flag}", "state": state, "done": not dry_run,
-                     "output": "exists" if flag.exists() else "absent"})
-    if target.maintenance_command:
-        argv = [part.replace("{state}", state) for part in shlex.split(target.maintenance_command)]
-        output = "(dry run: not run)"
-        if not dry_run:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=_command_env(target))
-            output = mask_secrets((proc.stdout + proc.stderr).strip())[-500:]
-            if proc.returncode != 0:
-                raise MaintenanceFailed(f"Maintenance {state} command {argv[0]} exited {proc.returncode}: {output}. "
-                                        f"Fix it, or switch maintenance {state} by hand before going on.")
-        rows.append({"action": f"command {' '.join(argv)}", "state": state, "done": not dry_run, "output": output})
-    return pd.DataFrame(rows, columns=["action", "state", "done", "output"])
-
-
-def _command_env(target) -> dict[str, str]:
-    """The maintenance command's environment: ours without the target's connection URL and PGPASSWORD."""
-    import os
-
-    return {k: v for k, v in os.environ.items() if k not in {target.url_env, "PGPASSWORD"}}
 
 
 def rehearsal_estimate(rehearsal: dict | None) -> pd.DataFrame:

@@ -91,7 +91,8 @@ def test_troubleshoot_reports_the_check_that_could_not_run_and_runs_the_others(p
     drift = next(c for c in body["checks"] if c["code"] == "drift")
     # The provider's models cannot be imported; the ai set's drift check still ran.
     assert drift["could_not_run"] == "provider: KeyError: 'PROVIDER_HOST_SETTINGS'"
-    assert drift["checked"] == "provider: could not run: KeyError: 'PROVIDER_HOST_SETTINGS'; ai: models and schema agree"
+    assert drift["checked"] == ("provider: could not run: KeyError: 'PROVIDER_HOST_SETTINGS'; "
+                                "ai: models and schema agree")
     assert body["could_not_run"] == ["drift"] and body["all_clear"] is False
     others = [c for c in body["checks"] if c["code"] != "drift"]
     assert len(others) == len(diagnose.CHECKS) - 1  # every other check ran
