@@ -20,15 +20,16 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from dbrunbook.errors import ChainLockTimeout, SignatureInvalid
 from dbrunbook.records import signing
+from dbrunbook.records.archive_entries import database_key
 
 __all__ = ["LOCK_FILE", "TIPS_FILE", "TIPS_SIGNATURE", "ChainLockTimeout", "Tip", "archive_of", "locked",
-           "read_tips", "rebuild_tips", "verify_tips", "write_tips"]
+           "previous_statement", "read_tips", "rebuild_tips", "verify_tips", "write_tips"]
 
 TIPS_FILE = ".tips.json"
 TIPS_SIGNATURE = ".tips.json.sig"
@@ -126,6 +127,28 @@ def rebuild_tips(outputs_dir: Path) -> dict[str, Tip]:
         last = max(entries, key=archive.seal_order)
         tips[key] = Tip(last.run_id, last.sha256, max(len(entries), last.seq or 0))
     return tips
+
+
+def previous_statement(outputs_dir: Path, database: Mapping | str | None) -> str | None:
+    """sha256 of the statement of the last sealed record of ``database``: what a new record's ``prev`` is.
+
+    Read from the chain index ``outputs/.tips.json`` (worked out from the statements when it is missing),
+    so it costs the same whatever the archive's size. ``records.write_record`` sets the final link itself,
+    under the chain lock; this is the value a statement built now would get.
+
+    Args:
+        database: the database identity (``DatabaseIdentity.as_dict()``) or its ``database_key``; None
+            (the database could not be reached) gives None.
+    """
+    key = database if isinstance(database, str) or database is None else database_key(database)
+    if key is None:
+        return None
+    current = read_tips(outputs_dir)
+    if current is None:
+        current = rebuild_tips(outputs_dir)
+    tip = current.get(key)
+    return tip.sha256 if tip else None
+
 
 
 def verify_tips(outputs_dir: Path, allowed_signers: Path) -> tuple[dict[str, Tip] | None, str | None]:

@@ -17,7 +17,10 @@ from dbrunbook import records
 from dbrunbook.errors import SignerNotTrusted, SigningKeyMissing
 from dbrunbook.records import signing
 
-__all__ = ["create_operator_key", "operator_key_path", "principal_for", "require_signing_key"]
+__all__ = ["OPERATOR_KEY", "create_operator_key", "ensure_operator_key", "operator_key_path", "principal_for",
+           "require_signing_key"]
+
+OPERATOR_KEY = "operator_ed25519"
 
 
 def operator_key_path(config) -> Path:
@@ -85,3 +88,24 @@ def require_signing_key(config, operator: str | None = None) -> tuple[Path, str]
             f"(from $DBRUNBOOK_OPERATOR or user@host); the record would name someone its key does not. Set "
             f"DBRUNBOOK_OPERATOR={principal.split(',')[0]} or sign with the key of '{operator}'."))
     return key, principal
+
+
+def ensure_operator_key(keys_dir: Path, allowed_signers: Path) -> tuple[Path, bool]:
+    """Return the operator's signing key ``keys_dir/operator_ed25519``; it is never created here.
+
+    Creating and trusting a key is the operator's and the team's act (``dbrunbook keygen``, see
+    ``dbrunbook.records.trust``), never a side effect of a run: otherwise "valid" would mean "signed by a key this
+    machine trusted itself".
+
+    Returns:
+        (path of the private key, False): the second value is kept for callers of the old signature.
+
+    Raises:
+        SigningKeyMissing: there is no key; run ``dbrunbook keygen``.
+    """
+    from dbrunbook.errors import SigningKeyMissing
+
+    key_path = Path(keys_dir) / OPERATOR_KEY
+    if not key_path.is_file():
+        raise SigningKeyMissing(key_path, Path(allowed_signers))
+    return key_path, False

@@ -1,0 +1,216 @@
+"""The archive's checks across records: the hash chain, the heads' continuity, the tips, the ledgers.
+
+Each check takes the entries of the records (``archive_entries``) and returns findings; ``verify_archive``
+runs them per database. One record proves what happened in one run; these prove that nothing is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from dbrunbook import records
+from dbrunbook.chain import migrations
+from dbrunbook.config import MigrationSet
+from dbrunbook.postgres import db
+from dbrunbook.records.archive_entries import (
+    _EPOCH,
+    _Entry,
+    _heads_differ,
+    _normal_heads,
+    _show_heads,
+    database_key,
+    seal_order,
+)
+from dbrunbook.records.archive_report import Finding
+
+log = logging.getLogger(__name__)
+
+
+# --- checks -----------------------------------------------------------------------------------------------
+def _chain_findings(chain: list[_Entry], by_sha: dict[str, _Entry]) -> list[Finding]:
+    findings = []
+    for i, entry in enumerate(chain):
+        before = chain[i - 1] if i else None
+        expected = before.sha256 if before else None
+        if entry.prev == expected:
+            continue
+        if entry.prev is None:
+            findings.append(Finding("unlinked", (
+                f"{entry.run_id} does not link to the record sealed before it on {entry.database} "
+                f"({before.run_id}): it was sealed before records were chained, or re-signed without 'prev'. "
+                f"Check how it was made."), entry.run_id, entry.database))
+        elif entry.prev not in by_sha:
+            findings.append(Finding("missing", (
+                f"the record sealed before {entry.run_id} on {entry.database} (statement sha256 "
+                f"{entry.prev[:16]}…) is not in the archive: it was deleted, moved away, or its statement "
+                f"was changed. Restore it from a copy of the archive."), entry.run_id, entry.database))
+        else:
+            named = by_sha[entry.prev]
+            actual = f"{before.run_id} was sealed just before it" if before else "it is the first by seal time"
+            findings.append(Finding("out-of-order", (
+                f"{entry.run_id} names {named.run_id} as the record sealed before it on {entry.database}, "
+                f"but {actual}: records were re-signed with other times, or two runs were sealed at once. "
+                f"Compare their statements."), entry.run_id, entry.database))
+    return findings
+
+
+def _continuity_findings(chain: list[_Entry]) -> list[Finding]:
+    """The heads each record saw at its start must be where earlier records left the database."""
+    import bisect
+
+    findings = []
+    # Earlier records by finish time (kept sorted as the chain is walked), so that the records still running
+    # when one started are a slice, not a scan of the whole prefix: the check stays O(N log N).
+    finishes: list[tuple[datetime, int]] = []
+    for i, entry in enumerate(chain):
+        if i:
+            started = entry.started_at or entry.finished_at or _EPOCH
+            # The last record, in seal order, that had finished when this one started (usually the one before).
+            last_before = next((chain[j] for j in range(i - 1, -1, -1)
+                                if (chain[j].finished_at or _EPOCH) <= started), None)
+            # Runs that overlapped this one may have moved the heads while it started: any of their states counts.
+            overlapping = [chain[j] for _f, j in finishes[bisect.bisect_right(finishes, (started, len(chain))):]]
+            allowed = [last_before.heads_after] if last_before else []
+            allowed += [h for e in overlapping for h in (e.heads_before, e.heads_after)]
+            if allowed and all(_heads_differ(h, entry.heads_before) for h in allowed):
+                last = last_before or chain[i - 1]
+                findings.append(Finding("unrecorded-change", (
+                    f"the Alembic heads of {entry.database} moved from {_show_heads(last.heads_after)} (after "
+                    f"{last.run_id}) to {_show_heads(entry.heads_before)} (before {entry.run_id}) with no "
+                    f"record of the change: someone ran Alembic outside dbrunbook, or a record is missing."),
+                    entry.run_id, entry.database))
+        bisect.insort(finishes, (entry.finished_at or _EPOCH, i))
+    return findings
+
+
+def _tip_findings(outputs_dir: Path, allowed_signers: Path, chains: dict[str, list[_Entry]],
+                  by_sha: dict[str, _Entry]) -> list[Finding]:
+    """The signed chain index against the chains: a tip whose record is gone is a deleted newest record."""
+    from dbrunbook.records import tips
+
+    current, problem = tips.verify_tips(outputs_dir, allowed_signers)
+    index = outputs_dir / tips.TIPS_FILE
+    if problem is not None:
+        return [Finding("tip", f"{problem} The newest record of each database cannot be checked; restore "
+                               f"{tips.TIPS_FILE} from a copy of the archive.")]
+    indexed = [key for key, chain in chains.items() if any(e.seq is not None for e in chain)]
+    if current is None:
+        if not indexed:
+            return []  # an archive sealed before the index existed: nothing anchors its newest records
+        return [Finding("tip", (
+            f"{index} is missing although records were sealed with it: whether the newest records of "
+            f"{', '.join(sorted(indexed))} were deleted cannot be told. Restore it from a copy of the archive "
+            f"(the next seal rebuilds it from what is left)."))]
+    findings = []
+    for key, tip in sorted(current.items()):
+        chain = chains.get(key, [])
+        last = chain[-1] if chain else None
+        if tip.sha256 not in by_sha:
+            findings.append(Finding("tip", (
+                f"the newest record of {key} is {tip.run_id} (number {tip.seq} of its chain, statement sha256 "
+                f"{tip.sha256[:16]}…) according to {tips.TIPS_FILE}, but it is not in the archive: it was "
+                f"deleted or moved away. Restore it from a copy of the archive."), tip.run_id, key))
+        elif last is not None and last.sha256 != tip.sha256:
+            findings.append(Finding("tip", (
+                f"{tips.TIPS_FILE} names {tip.run_id} as the newest record of {key}, but {last.run_id} was "
+                f"sealed after it: the index is an older copy, or {last.run_id} was sealed elsewhere and "
+                f"copied in."), last.run_id, key))
+    for key in sorted(set(indexed) - set(current)):
+        findings.append(Finding("tip", (
+            f"{key} has records sealed with the chain index but {tips.TIPS_FILE} does not list it: the index "
+            f"was replaced by another archive's."), chains[key][-1].run_id, key))
+    return findings
+
+
+def _misfiled(outputs_dir: Path, run_dir: Path) -> Finding | None:
+    name = run_dir.name
+    # find_records lists outputs_dir/YYYY/MM/DD/<run id>: comparing the three folder names with the run id's
+    # date is enough (and cheap: no strptime, no resolve, for thousands of records).
+    if len(name) > 8 and name[:8].isdigit() and run_dir.parent.parent.parent.parent == outputs_dir and \
+            (run_dir.parent.parent.parent.name, run_dir.parent.parent.name, run_dir.parent.name) == \
+            (name[:4], name[4:6], name[6:8]):
+        return None
+    try:
+        expected = records.run_dir_for(outputs_dir, run_dir.name)
+    except ValueError:
+        return None  # a run id without a timestamp: nothing to compare its place with
+    if expected.resolve() != run_dir.resolve():
+        return Finding("misfiled", (
+            f"{run_dir.name} sits in {run_dir.parent}, not under the date of its run id "
+            f"({expected.parent}): it was moved. Move it back."), run_dir.name)
+    return None
+
+
+def _ledger_findings(engine: sa.Engine, entries: list[_Entry], by_run: dict[str, _Entry],
+                     migration_sets: Iterable[MigrationSet]) -> tuple[str, list[Finding]]:
+    key = database_key(db.identity(engine).as_dict())
+    rows = records.ledger_rows(engine)
+    mine = sorted((e for e in entries if e.database == key), key=seal_order)
+    findings: list[Finding] = []
+    in_ledger = set()
+    for row in rows:
+        run_id = row["run_id"]
+        in_ledger.add(run_id)
+        entry = by_run.get(run_id)
+        if row["outcome"] == "running":
+            if entry is None:
+                findings.append(Finding("ledger", (
+                    f"the ledger of {key} shows run {run_id} ({row['runbook']}) still 'running' since "
+                    f"{row['started_at']} and the archive has no signed record of it: the run was killed or "
+                    f"is still going. Check it, then seal its run directory with 'dbrunbook seal'."),
+                    run_id, key))
+            else:
+                findings.append(Finding("ledger", (
+                    f"run {run_id} is signed but its ledger row in {key} was never completed (still "
+                    f"'running'): the launcher lost the database at the end of the run."), run_id, key))
+            continue
+        if entry is None:
+            findings.append(Finding("ledger", (
+                f"the ledger of {key} has run {run_id} ({row['runbook']}, {row['outcome']}, "
+                f"{_show_heads(row['heads_before'])} → {_show_heads(row['heads_after'])}) but the archive has "
+                f"no record of it: it was deleted or is kept elsewhere."), run_id, key))
+            continue
+        if row["statement_sha256"] != entry.sha256:
+            findings.append(Finding("ledger", (
+                f"run {run_id}: the ledger of {key} holds statement sha256 {str(row['statement_sha256'])[:16]}…, "
+                f"the record's statement is {entry.sha256[:16]}…: one of them was replaced."), run_id, key))
+        for side in ("heads_before", "heads_after"):
+            if _heads_differ(row[side], getattr(entry, side)) or (
+                    _normal_heads(row[side]) and not _normal_heads(getattr(entry, side))):
+                findings.append(Finding("ledger", (
+                    f"run {run_id}: {side} is {_show_heads(row[side])} in the ledger of {key} but "
+                    f"{_show_heads(getattr(entry, side))} in the record."), run_id, key))
+    for entry in mine:
+        if entry.run_id not in in_ledger and _heads_differ(entry.heads_before, entry.heads_after):
+            findings.append(Finding("ledger", (
+                f"run {entry.run_id} changed {key} ({_show_heads(entry.heads_before)} → "
+                f"{_show_heads(entry.heads_after)}) but the ledger there has no row for it: the ledger was "
+                f"edited, or the database was restored from an older backup."), entry.run_id, key))
+    finished = [r for r in rows if r["outcome"] != "running" and r["heads_after"] is not None]
+    for earlier, later in zip(finished, finished[1:], strict=False):
+        if _heads_differ(earlier["heads_after"], later["heads_before"]):
+            findings.append(Finding("unrecorded-change", (
+                f"the ledger of {key}: run {earlier['run_id']} left {_show_heads(earlier['heads_after'])}, "
+                f"run {later['run_id']} found {_show_heads(later['heads_before'])}: a change with no record "
+                f"in between."), later["run_id"], key))
+    sets = list(migration_sets)
+    if sets and mine:
+        last = mine[-1]
+        live = {}
+        for mset in sets:
+            try:
+                live[mset.name] = list(migrations.current(mset, engine))
+            except Exception as err:  # one unreadable set must not hide what the others show
+                log.warning("Cannot read the heads of migration set %s on %s: %s", mset.name, key, err)
+        if _heads_differ(last.heads_after, live):
+            findings.append(Finding("unrecorded-change", (
+                f"{key} is at {_show_heads(live)} now, but its last record {last.run_id} left it at "
+                f"{_show_heads(last.heads_after)}: a change with no record (Alembic run by hand, a restore). "
+                f"Run 'dbrunbook run status' to record where it is, and find out who changed it."),
+                None, key))
+    return key, findings
