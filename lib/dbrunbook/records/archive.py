@@ -18,13 +18,13 @@ import sqlalchemy as sa
 from dbrunbook import records
 from dbrunbook.config import MigrationSet
 from dbrunbook.records.archive_checks import (
-    _chain_findings,
-    _continuity_findings,
-    _ledger_findings,
-    _misfiled,
-    _tip_findings,
+    chain_findings,
+    continuity_findings,
+    ledger_findings,
+    misfiled_finding,
+    tip_findings,
 )
-from dbrunbook.records.archive_entries import _Entry, archive_entry, database_key, read_statement, seal_order
+from dbrunbook.records.archive_entries import ArchiveEntry, archive_entry, database_key, read_statement, seal_order
 from dbrunbook.records.archive_report import FINDING_KINDS, ArchiveReport, Finding
 from dbrunbook.records.tips import previous_statement
 
@@ -73,24 +73,24 @@ def verify_archive(outputs_dir: Path, allowed_signers: Path, engines=None, *,
                  else archive_entry(run_dir, read_statement(run_dir)))
         if entry is not None:
             entries.append(entry)
-        misfiled = _misfiled(outputs_dir, run_dir)
+        misfiled = misfiled_finding(outputs_dir, run_dir)
         if misfiled is not None:
             findings.append(misfiled)
     by_sha = {e.sha256: e for e in entries}
-    chains: dict[str, list[_Entry]] = {}
+    chains: dict[str, list[ArchiveEntry]] = {}
     for entry in entries:
         if entry.database is not None:
             chains.setdefault(entry.database, []).append(entry)
     for key in sorted(chains):
         chain = sorted(chains[key], key=seal_order)
         chains[key] = chain
-        findings += _chain_findings(chain, by_sha)
-        findings += _continuity_findings(chain)
-    findings += _tip_findings(outputs_dir, Path(allowed_signers), chains, by_sha)
+        findings += chain_findings(chain, by_sha)
+        findings += continuity_findings(chain)
+    findings += tip_findings(outputs_dir, Path(allowed_signers), chains, by_sha)
     ledgers = []
     by_run = {e.run_id: e for e in entries}
     for engine in _engines(engines):
-        key, found = _ledger_findings(engine, entries, by_run, migration_sets)
+        key, found = ledger_findings(engine, entries, by_run, migration_sets)
         ledgers.append(key)
         findings += found
     return ArchiveReport(outputs_dir, tuple(checks), tuple(findings), tuple(sorted(chains)), tuple(ledgers),

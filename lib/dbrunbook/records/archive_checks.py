@@ -18,13 +18,13 @@ from dbrunbook.chain import migrations
 from dbrunbook.config import MigrationSet
 from dbrunbook.postgres import db
 from dbrunbook.records.archive_entries import (
-    _EPOCH,
-    _Entry,
-    _heads_differ,
-    _normal_heads,
-    _show_heads,
+    EPOCH,
+    ArchiveEntry,
     database_key,
+    heads_differ,
+    normal_heads,
     seal_order,
+    show_heads,
 )
 from dbrunbook.records.archive_report import Finding
 
@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 # --- checks -----------------------------------------------------------------------------------------------
-def _chain_findings(chain: list[_Entry], by_sha: dict[str, _Entry]) -> list[Finding]:
+def chain_findings(chain: list[ArchiveEntry], by_sha: dict[str, ArchiveEntry]) -> list[Finding]:
+    """Each record of one database's chain (in seal order) must name the one sealed just before it."""
     findings = []
     for i, entry in enumerate(chain):
         before = chain[i - 1] if i else None
@@ -59,7 +60,7 @@ def _chain_findings(chain: list[_Entry], by_sha: dict[str, _Entry]) -> list[Find
     return findings
 
 
-def _continuity_findings(chain: list[_Entry]) -> list[Finding]:
+def continuity_findings(chain: list[ArchiveEntry]) -> list[Finding]:
     """The heads each record saw at its start must be where earlier records left the database."""
     import bisect
 
@@ -69,27 +70,27 @@ def _continuity_findings(chain: list[_Entry]) -> list[Finding]:
     finishes: list[tuple[datetime, int]] = []
     for i, entry in enumerate(chain):
         if i:
-            started = entry.started_at or entry.finished_at or _EPOCH
+            started = entry.started_at or entry.finished_at or EPOCH
             # The last record, in seal order, that had finished when this one started (usually the one before).
             last_before = next((chain[j] for j in range(i - 1, -1, -1)
-                                if (chain[j].finished_at or _EPOCH) <= started), None)
+                                if (chain[j].finished_at or EPOCH) <= started), None)
             # Runs that overlapped this one may have moved the heads while it started: any of their states counts.
             overlapping = [chain[j] for _f, j in finishes[bisect.bisect_right(finishes, (started, len(chain))):]]
             allowed = [last_before.heads_after] if last_before else []
             allowed += [h for e in overlapping for h in (e.heads_before, e.heads_after)]
-            if allowed and all(_heads_differ(h, entry.heads_before) for h in allowed):
+            if allowed and all(heads_differ(h, entry.heads_before) for h in allowed):
                 last = last_before or chain[i - 1]
                 findings.append(Finding("unrecorded-change", (
-                    f"the Alembic heads of {entry.database} moved from {_show_heads(last.heads_after)} (after "
-                    f"{last.run_id}) to {_show_heads(entry.heads_before)} (before {entry.run_id}) with no "
+                    f"the Alembic heads of {entry.database} moved from {show_heads(last.heads_after)} (after "
+                    f"{last.run_id}) to {show_heads(entry.heads_before)} (before {entry.run_id}) with no "
                     f"record of the change: someone ran Alembic outside dbrunbook, or a record is missing."),
                     entry.run_id, entry.database))
-        bisect.insort(finishes, (entry.finished_at or _EPOCH, i))
+        bisect.insort(finishes, (entry.finished_at or EPOCH, i))
     return findings
 
 
-def _tip_findings(outputs_dir: Path, allowed_signers: Path, chains: dict[str, list[_Entry]],
-                  by_sha: dict[str, _Entry]) -> list[Finding]:
+def tip_findings(outputs_dir: Path, allowed_signers: Path, chains: dict[str, list[ArchiveEntry]],
+                  by_sha: dict[str, ArchiveEntry]) -> list[Finding]:
     """The signed chain index against the chains: a tip whose record is gone is a deleted newest record."""
     from dbrunbook.records import tips
 
@@ -127,7 +128,8 @@ def _tip_findings(outputs_dir: Path, allowed_signers: Path, chains: dict[str, li
     return findings
 
 
-def _misfiled(outputs_dir: Path, run_dir: Path) -> Finding | None:
+def misfiled_finding(outputs_dir: Path, run_dir: Path) -> Finding | None:
+    """A run directory that is not filed under the date of its run id (it was moved), or None."""
     name = run_dir.name
     # find_records lists outputs_dir/YYYY/MM/DD/<run id>: comparing the three folder names with the run id's
     # date is enough (and cheap: no strptime, no resolve, for thousands of records).
@@ -146,8 +148,9 @@ def _misfiled(outputs_dir: Path, run_dir: Path) -> Finding | None:
     return None
 
 
-def _ledger_findings(engine: sa.Engine, entries: list[_Entry], by_run: dict[str, _Entry],
+def ledger_findings(engine: sa.Engine, entries: list[ArchiveEntry], by_run: dict[str, ArchiveEntry],
                      migration_sets: Iterable[MigrationSet]) -> tuple[str, list[Finding]]:
+    """One database's ledger against the records, and its current heads against its last record."""
     key = database_key(db.identity(engine).as_dict())
     rows = records.ledger_rows(engine)
     mine = sorted((e for e in entries if e.database == key), key=seal_order)
@@ -172,7 +175,7 @@ def _ledger_findings(engine: sa.Engine, entries: list[_Entry], by_run: dict[str,
         if entry is None:
             findings.append(Finding("ledger", (
                 f"the ledger of {key} has run {run_id} ({row['runbook']}, {row['outcome']}, "
-                f"{_show_heads(row['heads_before'])} → {_show_heads(row['heads_after'])}) but the archive has "
+                f"{show_heads(row['heads_before'])} → {show_heads(row['heads_after'])}) but the archive has "
                 f"no record of it: it was deleted or is kept elsewhere."), run_id, key))
             continue
         if row["statement_sha256"] != entry.sha256:
@@ -180,23 +183,23 @@ def _ledger_findings(engine: sa.Engine, entries: list[_Entry], by_run: dict[str,
                 f"run {run_id}: the ledger of {key} holds statement sha256 {str(row['statement_sha256'])[:16]}…, "
                 f"the record's statement is {entry.sha256[:16]}…: one of them was replaced."), run_id, key))
         for side in ("heads_before", "heads_after"):
-            if _heads_differ(row[side], getattr(entry, side)) or (
-                    _normal_heads(row[side]) and not _normal_heads(getattr(entry, side))):
+            if heads_differ(row[side], getattr(entry, side)) or (
+                    normal_heads(row[side]) and not normal_heads(getattr(entry, side))):
                 findings.append(Finding("ledger", (
-                    f"run {run_id}: {side} is {_show_heads(row[side])} in the ledger of {key} but "
-                    f"{_show_heads(getattr(entry, side))} in the record."), run_id, key))
+                    f"run {run_id}: {side} is {show_heads(row[side])} in the ledger of {key} but "
+                    f"{show_heads(getattr(entry, side))} in the record."), run_id, key))
     for entry in mine:
-        if entry.run_id not in in_ledger and _heads_differ(entry.heads_before, entry.heads_after):
+        if entry.run_id not in in_ledger and heads_differ(entry.heads_before, entry.heads_after):
             findings.append(Finding("ledger", (
-                f"run {entry.run_id} changed {key} ({_show_heads(entry.heads_before)} → "
-                f"{_show_heads(entry.heads_after)}) but the ledger there has no row for it: the ledger was "
+                f"run {entry.run_id} changed {key} ({show_heads(entry.heads_before)} → "
+                f"{show_heads(entry.heads_after)}) but the ledger there has no row for it: the ledger was "
                 f"edited, or the database was restored from an older backup."), entry.run_id, key))
     finished = [r for r in rows if r["outcome"] != "running" and r["heads_after"] is not None]
     for earlier, later in zip(finished, finished[1:], strict=False):
-        if _heads_differ(earlier["heads_after"], later["heads_before"]):
+        if heads_differ(earlier["heads_after"], later["heads_before"]):
             findings.append(Finding("unrecorded-change", (
-                f"the ledger of {key}: run {earlier['run_id']} left {_show_heads(earlier['heads_after'])}, "
-                f"run {later['run_id']} found {_show_heads(later['heads_before'])}: a change with no record "
+                f"the ledger of {key}: run {earlier['run_id']} left {show_heads(earlier['heads_after'])}, "
+                f"run {later['run_id']} found {show_heads(later['heads_before'])}: a change with no record "
                 f"in between."), later["run_id"], key))
     sets = list(migration_sets)
     if sets and mine:
@@ -207,10 +210,10 @@ def _ledger_findings(engine: sa.Engine, entries: list[_Entry], by_run: dict[str,
                 live[mset.name] = list(migrations.current(mset, engine))
             except Exception as err:  # one unreadable set must not hide what the others show
                 log.warning("Cannot read the heads of migration set %s on %s: %s", mset.name, key, err)
-        if _heads_differ(last.heads_after, live):
+        if heads_differ(last.heads_after, live):
             findings.append(Finding("unrecorded-change", (
-                f"{key} is at {_show_heads(live)} now, but its last record {last.run_id} left it at "
-                f"{_show_heads(last.heads_after)}: a change with no record (Alembic run by hand, a restore). "
+                f"{key} is at {show_heads(live)} now, but its last record {last.run_id} left it at "
+                f"{show_heads(last.heads_after)}: a change with no record (Alembic run by hand, a restore). "
                 f"Run 'dbrunbook run status' to record where it is, and find out who changed it."),
                 None, key))
     return key, findings

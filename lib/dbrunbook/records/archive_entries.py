@@ -19,7 +19,7 @@ __all__ = ["archive_entry", "database_key", "read_statement", "seal_order"]
 
 
 @dataclass(frozen=True)
-class _Entry:
+class ArchiveEntry:
     """A record with a readable statement, as the chain and ledger checks see it."""
 
     run_id: str
@@ -58,16 +58,17 @@ def _moment(value) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The time of a record that gives none: it sorts first.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def seal_order(entry: _Entry) -> tuple:
+def seal_order(entry: ArchiveEntry) -> tuple:
     # ``seq`` is the place write_record gave the record under the chain lock: the true seal order, even when
     # two runs that finished at nearly the same time took the lock the other way round. Records sealed
     # before the chain index existed have none and come first, by seal time; the run id breaks ties.
     if entry.seq is None:
-        return 0, 0, entry.finished_at or _EPOCH, entry.run_id
-    return 1, entry.seq, entry.finished_at or _EPOCH, entry.run_id
+        return 0, 0, entry.finished_at or EPOCH, entry.run_id
+    return 1, entry.seq, entry.finished_at or EPOCH, entry.run_id
 
 
 def read_statement(run_dir: Path) -> dict | None:
@@ -78,13 +79,13 @@ def read_statement(run_dir: Path) -> dict | None:
     return statement if isinstance(statement, dict) else None
 
 
-def archive_entry(run_dir: Path, statement: dict | None, sha256: str | None = None) -> _Entry | None:
+def archive_entry(run_dir: Path, statement: dict | None, sha256: str | None = None) -> ArchiveEntry | None:
     if statement is None or (sha256 is None and not (run_dir / STATEMENT_FILE).is_file()):
         return None
     predicate = statement.get("predicate") or {}
     if not isinstance(predicate, dict):
         return None
-    return _Entry(
+    return ArchiveEntry(
         run_id=run_dir.name, run_dir=run_dir, sha256=sha256 or records.statement_sha256(run_dir),
         prev=predicate.get("prev") or None, database=database_key(predicate.get("database")),
         started_at=_moment(predicate.get("started_at")), finished_at=_moment(predicate.get("finished_at")),
@@ -95,17 +96,18 @@ def archive_entry(run_dir: Path, statement: dict | None, sha256: str | None = No
 
 
 # --- heads ------------------------------------------------------------------------------------------------
-def _normal_heads(heads: Mapping | None) -> dict[str, tuple[str, ...]]:
+def normal_heads(heads: Mapping | None) -> dict[str, tuple[str, ...]]:
     """``{set: sorted revisions}``, leaving out sets whose heads were unknown (None)."""
     return {name: tuple(sorted(revs)) for name, revs in (heads or {}).items() if revs is not None}
 
 
-def _show_heads(heads: Mapping | None) -> str:
-    normal = _normal_heads(heads)
+def show_heads(heads: Mapping | None) -> str:
+    """Heads for a message: ``main: ab12+cd34, ai: base``."""
+    normal = normal_heads(heads)
     return ", ".join(f"{k}: {'+'.join(v) or 'base'}" for k, v in sorted(normal.items())) or "(unknown)"
 
 
-def _heads_differ(earlier: Mapping | None, later: Mapping | None) -> bool:
+def heads_differ(earlier: Mapping | None, later: Mapping | None) -> bool:
     """True when a set known on both sides is at different revisions (unknown sets prove nothing)."""
-    a, b = _normal_heads(earlier), _normal_heads(later)
+    a, b = normal_heads(earlier), normal_heads(later)
     return any(a[name] != b[name] for name in set(a) & set(b))

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from dbrunbook.execution.protocol import STATEMENT_FILE
-from dbrunbook.records.runs import _utc
+from dbrunbook.records.runs import as_utc
 
 __all__ = ["canonical_json", "cell_digests", "cell_title", "sha256_file", "statement_sha256"]
 
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
-        return _utc(value).isoformat() if value.tzinfo else value.isoformat()
+        return as_utc(value).isoformat() if value.tzinfo else value.isoformat()
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Path):

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from dbrunbook.errors import ConfigError
-from dbrunbook.records.wire import _KEY_TYPE, _armor, _dearmor, _public_blob, _Reader, _string
+from dbrunbook.records.wire import KEY_TYPE, Reader, armor, dearmor, ed25519_blob, ssh_string
 
 __all__ = ["SigningKeyError", "fingerprint", "format_public_line", "generate_key", "load_key", "parse_public_line",
            "public_key_line"]
@@ -51,7 +51,7 @@ class _KeyFile:
 
     @property
     def public_blob(self) -> bytes:
-        return _public_blob(self.private_key.public_key())
+        return ed25519_blob(self.private_key.public_key())
 
 
 def _encode_private_key(private_key: Ed25519PrivateKey, comment: str) -> bytes:
@@ -60,16 +60,16 @@ def _encode_private_key(private_key: Ed25519PrivateKey, comment: str) -> bytes:
     public_raw = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     check = secrets.token_bytes(4)
     private_section = (
-        check + check + _string(_KEY_TYPE) + _string(public_raw) + _string(seed + public_raw)
-        + _string(comment)
+        check + check + ssh_string(KEY_TYPE) + ssh_string(public_raw) + ssh_string(seed + public_raw)
+        + ssh_string(comment)
     )
     # Padding 1, 2, 3, ... up to the cipher block size (8 for "none"), as ssh-keygen writes it.
     private_section += bytes(range(1, 1 + (-len(private_section)) % 8))
     blob = (
-        _KEY_MAGIC + _string("none") + _string("none") + _string(b"") + struct.pack(">I", 1)
-        + _string(_public_blob(private_key.public_key())) + _string(private_section)
+        _KEY_MAGIC + ssh_string("none") + ssh_string("none") + ssh_string(b"") + struct.pack(">I", 1)
+        + ssh_string(ed25519_blob(private_key.public_key())) + ssh_string(private_section)
     )
-    return _armor(blob, _KEY_BEGIN, _KEY_END)
+    return armor(blob, _KEY_BEGIN, _KEY_END)
 
 
 def load_key(key_path: Path) -> _KeyFile:
@@ -92,7 +92,7 @@ def load_key(key_path: Path) -> _KeyFile:
             kind = "a public key (pass the private key file, without .pub)"
         raise SigningKeyError(key_path, f"is not an OpenSSH private key (found {kind})")
     try:
-        reader = _Reader(_dearmor(data, _KEY_BEGIN, _KEY_END))
+        reader = Reader(dearmor(data, _KEY_BEGIN, _KEY_END))
         if reader.take(len(_KEY_MAGIC)) != _KEY_MAGIC:
             raise ValueError("bad magic")
         cipher, kdf = reader.text(), reader.text()
@@ -108,11 +108,11 @@ def load_key(key_path: Path) -> _KeyFile:
         if reader.uint32() != 1:
             raise ValueError("more than one key in the file")
         reader.string()  # public key, repeated inside the private section
-        private = _Reader(reader.string())
+        private = Reader(reader.string())
         if private.uint32() != private.uint32():
             raise ValueError("check integers differ")
         key_type = private.text()
-        if key_type != _KEY_TYPE:
+        if key_type != KEY_TYPE:
             raise SigningKeyError(key_path, f"is a {key_type} key; dbrunbook signs with Ed25519 keys only")
         public_raw = private.string()
         secret = private.string()
@@ -159,14 +159,14 @@ def generate_key(path: Path, comment: str) -> Path:
                               "Use that key, or move it away first") from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(encoded)
-    blob = _public_blob(private_key.public_key())
+    blob = ed25519_blob(private_key.public_key())
     pub_path.write_text(format_public_line(blob, comment) + "\n", encoding="utf-8")
     log.info("created signing key %s (%s)", path, fingerprint(format_public_line(blob, comment)))
     return path
 
 
 def format_public_line(blob: bytes, comment: str = "") -> str:
-    line = f"{_KEY_TYPE} {base64.b64encode(blob).decode('ascii')}"
+    line = f"{KEY_TYPE} {base64.b64encode(blob).decode('ascii')}"
     return f"{line} {comment}" if comment else line
 
 
@@ -177,7 +177,7 @@ def public_key_line(key_path: Path) -> str:
         text = key_path.read_text(encoding="utf-8", errors="replace").strip()
     except FileNotFoundError:
         raise SigningKeyError(key_path, "no such file") from None
-    if text.startswith(_KEY_TYPE + " "):
+    if text.startswith(KEY_TYPE + " "):
         parse_public_line(text.splitlines()[0])  # validates
         return text.splitlines()[0].strip()
     key = load_key(key_path)
@@ -191,7 +191,7 @@ def parse_public_line(line: str) -> bytes:
         raise ValueError(f"not a public key line: {line[:40]!r}")
     try:
         blob = base64.b64decode(parts[1], validate=True)
-        declared = _Reader(blob).text()
+        declared = Reader(blob).text()
     except (binascii.Error, ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"not a public key line: {line[:40]!r}") from err
     if declared != parts[0]:

@@ -23,7 +23,7 @@ from dbrunbook.execution.protocol import (
 )
 from dbrunbook.records import dsse, signing
 from dbrunbook.records.digests import cell_digests, cell_title, sha256_file
-from dbrunbook.records.runs import _IGNORED_DIRS
+from dbrunbook.records.runs import IGNORED_DIRS
 
 __all__ = ["STATUSES", "RecordCheck", "verify_record"]
 
@@ -80,7 +80,7 @@ def _files_in(run_dir: Path) -> set[str]:
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.is_dir():
-                    if entry.name not in _IGNORED_DIRS:
+                    if entry.name not in IGNORED_DIRS:
                         todo.append((entry.path, f"{prefix}{entry.name}/"))
                 elif entry.is_file():
                     found.add(prefix + entry.name)

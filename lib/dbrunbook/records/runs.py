@@ -24,12 +24,13 @@ __all__ = ["find_records", "is_run_dir", "last_record", "new_run_id", "operator_
 OPERATOR_ENV = "DBRUNBOOK_OPERATOR"
 
 # Folders tools create next to a notebook without changing the record (JupyterLab autosave checkpoints).
-_IGNORED_DIRS = frozenset({".ipynb_checkpoints"})
+IGNORED_DIRS = frozenset({".ipynb_checkpoints"})
 _RUN_ID = re.compile(r"^(\d{8}T\d{6}Z)-")
 
 
 # --- run ids and directories ----------------------------------------------------------------------------
-def _utc(moment: datetime | None) -> datetime:
+def as_utc(moment: datetime | None) -> datetime:
+    """``moment`` in UTC (now when None); a naive datetime is taken as UTC."""
     moment = moment or datetime.now(UTC)
     # A naive datetime is taken as UTC: run ids and directories must not depend on the machine's zone.
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
@@ -46,7 +47,7 @@ def new_run_id(runbook: str, target: str, now: datetime | None = None) -> str:
     started in the same second apart. Characters other than letters, digits, ``_`` and ``.`` in the runbook
     and target names become ``_`` so that ``-`` stays the separator.
     """
-    return f"{_utc(now):%Y%m%dT%H%M%SZ}-{_slug(runbook)}-{_slug(target)}-{secrets.token_hex(3)}"
+    return f"{as_utc(now):%Y%m%dT%H%M%SZ}-{_slug(runbook)}-{_slug(target)}-{secrets.token_hex(3)}"
 
 
 def run_dir_for(outputs_dir: Path, run_id: str, now: datetime | None = None) -> Path:
@@ -57,7 +58,7 @@ def run_dir_for(outputs_dir: Path, run_id: str, now: datetime | None = None) -> 
             raise ValueError(f"Run id {run_id!r} does not start with a UTC timestamp; pass now= explicitly.")
         moment = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ")
     else:
-        moment = _utc(now)
+        moment = as_utc(now)
     return Path(outputs_dir) / f"{moment:%Y}" / f"{moment:%m}" / f"{moment:%d}" / run_id
 
 

@@ -23,10 +23,6 @@ __all__ = ["add_allowed_signer", "principal_matches", "trusted_principal"]
 log = logging.getLogger(__name__)
 
 
-def _invalid(reason: str, status: str) -> SignatureInvalid:
-    return SignatureInvalid(reason, status)
-
-
 # --- allowed_signers ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _AllowedSigner:
@@ -174,7 +170,12 @@ def _parse_time(value: str) -> datetime:
     return moment.replace(tzinfo=UTC) if utc else moment.astimezone()
 
 
-def _trusted_principal(public_blob: bytes, allowed_signers: Path, namespace: str) -> str:
+def check_trusted(public_blob: bytes, allowed_signers: Path, namespace: str) -> str:
+    """The principals field of the first allowed_signers line that trusts the key for ``namespace`` today.
+
+    Raises:
+        SignatureInvalid: status "untrusted", naming the lines that list the key but do not trust it here.
+    """
     near_misses = []
     now = datetime.now(UTC)
     for entry in _parse_allowed_signers(allowed_signers):
@@ -204,7 +205,7 @@ def _trusted_principal(public_blob: bytes, allowed_signers: Path, namespace: str
         return entry.principals
     key_fp = fingerprint(format_public_line(public_blob))
     detail = "; ".join(near_misses) if near_misses else f"it is not listed in {allowed_signers}"
-    raise _invalid(
+    raise SignatureInvalid(
         f"The signature is sound but key {key_fp} is not trusted for '{namespace}': {detail}. If you trust "
         f"this signer, add 'PRINCIPAL namespaces=\"{namespace}\" <public key>' to {allowed_signers}.",
         "untrusted",
@@ -254,6 +255,6 @@ def trusted_principal(public_key_line: str, allowed_signers: Path,
     """The principals field that ``allowed_signers`` trusts this key under today, or None."""
     blob = parse_public_line(public_key_line.strip())
     try:
-        return _trusted_principal(blob, Path(allowed_signers), namespace)
+        return check_trusted(blob, Path(allowed_signers), namespace)
     except SignatureInvalid:
         return None

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
+from dbrunbook.errors import SignatureInvalid
 from dbrunbook.execution.protocol import SIGNATURE_NAMESPACE
 from dbrunbook.records.keys import fingerprint, format_public_line, load_key
-from dbrunbook.records.signers import _invalid, _trusted_principal
-from dbrunbook.records.wire import _KEY_TYPE, _armor, _dearmor, _Reader, _string, ed25519_from_blob
+from dbrunbook.records.signers import check_trusted
+from dbrunbook.records.wire import KEY_TYPE, Reader, armor, dearmor, ed25519_from_blob, ssh_string
 
 __all__ = ["parse_signature", "sign", "verify"]
 
@@ -31,7 +32,7 @@ _HASHES = {"sha512": hashlib.sha512, "sha256": hashlib.sha256}
 
 # --- signatures -----------------------------------------------------------------------------------------
 def _signed_data(namespace: str, hash_algorithm: str, digest: bytes) -> bytes:
-    return _SIG_MAGIC + _string(namespace) + _string(b"") + _string(hash_algorithm) + _string(digest)
+    return _SIG_MAGIC + ssh_string(namespace) + ssh_string(b"") + ssh_string(hash_algorithm) + ssh_string(digest)
 
 
 def sign(data: bytes, key_path: Path, namespace: str = SIGNATURE_NAMESPACE) -> bytes:
@@ -46,10 +47,10 @@ def sign(data: bytes, key_path: Path, namespace: str = SIGNATURE_NAMESPACE) -> b
     digest = hashlib.sha512(data).digest()
     raw_signature = key.private_key.sign(_signed_data(namespace, "sha512", digest))
     blob = (
-        _SIG_MAGIC + struct.pack(">I", _SIG_VERSION) + _string(key.public_blob) + _string(namespace)
-        + _string(b"") + _string("sha512") + _string(_string(_KEY_TYPE) + _string(raw_signature))
+        _SIG_MAGIC + struct.pack(">I", _SIG_VERSION) + ssh_string(key.public_blob) + ssh_string(namespace)
+        + ssh_string(b"") + ssh_string("sha512") + ssh_string(ssh_string(KEY_TYPE) + ssh_string(raw_signature))
     )
-    return _armor(blob, _SIG_BEGIN, _SIG_END)
+    return armor(blob, _SIG_BEGIN, _SIG_END)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class _Signature:
 
 def parse_signature(signature: bytes) -> _Signature:
     try:
-        reader = _Reader(_dearmor(signature, _SIG_BEGIN, _SIG_END))
+        reader = Reader(dearmor(signature, _SIG_BEGIN, _SIG_END))
         if reader.take(6) != _SIG_MAGIC:
             raise ValueError("missing SSHSIG magic")
         version = reader.uint32()
@@ -72,12 +73,12 @@ def parse_signature(signature: bytes) -> _Signature:
         public_blob, namespace = reader.string(), reader.text()
         reader.string()  # reserved
         hash_algorithm = reader.text()
-        inner = _Reader(reader.string())
+        inner = Reader(reader.string())
         signature_type, raw = inner.text(), inner.string()
         if not reader.done() or not inner.done():
             raise ValueError("trailing bytes")
     except (ValueError, binascii.Error, UnicodeDecodeError) as err:
-        raise _invalid(f"The signature is not a valid SSH signature ({err}).", "malformed") from err
+        raise SignatureInvalid(f"The signature is not a valid SSH signature ({err}).", "malformed") from err
     return _Signature(public_blob, namespace, hash_algorithm, signature_type, raw)
 
 
@@ -99,28 +100,28 @@ def verify(data: bytes, signature: bytes, allowed_signers: Path,
     """
     parsed = parse_signature(signature)
     if parsed.namespace != namespace:
-        raise _invalid(
+        raise SignatureInvalid(
             f"The signature was made for namespace '{parsed.namespace}', not '{namespace}'; it does not "
             f"sign a record. Sign with namespace '{namespace}'.", "malformed",
         )
     if parsed.hash_algorithm not in _HASHES:
-        raise _invalid(f"The signature uses hash '{parsed.hash_algorithm}'; only sha512 and sha256 exist in "
+        raise SignatureInvalid(f"The signature uses hash '{parsed.hash_algorithm}'; only sha512 and sha256 exist in "
                        f"SSHSIG.", "malformed")
     try:
         public_key = ed25519_from_blob(parsed.public_blob)
     except ValueError as err:
-        raise _invalid(f"The signing key cannot be checked: {err}. Re-sign with an Ed25519 key.",
+        raise SignatureInvalid(f"The signing key cannot be checked: {err}. Re-sign with an Ed25519 key.",
                        "malformed") from err
-    if parsed.signature_type != _KEY_TYPE:
-        raise _invalid(f"The signature type {parsed.signature_type} does not match the ssh-ed25519 key.",
+    if parsed.signature_type != KEY_TYPE:
+        raise SignatureInvalid(f"The signature type {parsed.signature_type} does not match the ssh-ed25519 key.",
                        "malformed")
     digest = _HASHES[parsed.hash_algorithm](data).digest()
     try:
         public_key.verify(parsed.signature, _signed_data(namespace, parsed.hash_algorithm, digest))
     except InvalidSignature:
         key_fp = fingerprint(format_public_line(parsed.public_blob))
-        raise _invalid(
+        raise SignatureInvalid(
             f"The signature by key {key_fp} does not match the signed file: the file or the signature was "
             f"changed after signing.", "tampered",
         ) from None
-    return _trusted_principal(parsed.public_blob, Path(allowed_signers), namespace)
+    return check_trusted(parsed.public_blob, Path(allowed_signers), namespace)

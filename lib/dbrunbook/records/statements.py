@@ -38,7 +38,7 @@ from dbrunbook.records.digests import (
 from dbrunbook.records.ledger import ensure_ledger, ledger_finish, ledger_rows, ledger_start
 from dbrunbook.records.record_check import STATUSES, RecordCheck, verify_record
 from dbrunbook.records.runs import (
-    _IGNORED_DIRS,
+    IGNORED_DIRS,
     find_records,
     is_run_dir,
     last_record,
@@ -102,7 +102,7 @@ def _subject_files(run_dir: Path) -> list[str]:
     if artifacts.is_dir():
         names += sorted(
             p.relative_to(run_dir).as_posix() for p in artifacts.rglob("*")
-            if p.is_file() and not _IGNORED_DIRS.intersection(p.relative_to(run_dir).parts)
+            if p.is_file() and not IGNORED_DIRS.intersection(p.relative_to(run_dir).parts)
         )
     return names
 

@@ -14,17 +14,18 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 __all__ = ["ed25519_from_blob"]
 
-_KEY_TYPE = "ssh-ed25519"
+KEY_TYPE = "ssh-ed25519"
 
 
 # --- SSH wire encoding (RFC 4251 string/uint32) ---------------------------------------------------------
-def _string(value: bytes | str) -> bytes:
+def ssh_string(value: bytes | str) -> bytes:
+    """An SSH ``string``: uint32 length, then the bytes (text as UTF-8)."""
     if isinstance(value, str):
         value = value.encode("utf-8")
     return struct.pack(">I", len(value)) + value
 
 
-class _Reader:
+class Reader:
     """Reads SSH wire values; any overrun raises ValueError, which callers turn into their own error."""
 
     def __init__(self, data: bytes):
@@ -50,13 +51,15 @@ class _Reader:
         return self.pos == len(self.data)
 
 
-def _armor(blob: bytes, begin: str, end: str) -> bytes:
+def armor(blob: bytes, begin: str, end: str) -> bytes:
+    """``blob`` in base64 lines of 70 between ``begin`` and ``end``, as OpenSSH writes its files."""
     text = base64.b64encode(blob).decode("ascii")
     lines = [text[i:i + 70] for i in range(0, len(text), 70)]
     return ("\n".join([begin, *lines, end]) + "\n").encode("ascii")
 
 
-def _dearmor(data: bytes, begin: str, end: str) -> bytes:
+def dearmor(data: bytes, begin: str, end: str) -> bytes:
+    """The blob inside an armored file; ValueError when it is not enclosed in ``begin`` ... ``end``."""
     text = data.decode("ascii", errors="replace").strip()
     if not text.startswith(begin) or not text.endswith(end):
         raise ValueError(f"not enclosed in {begin} ... {end}")
@@ -64,15 +67,17 @@ def _dearmor(data: bytes, begin: str, end: str) -> bytes:
     return base64.b64decode(body, validate=True)
 
 
-def _public_blob(public_key: Ed25519PublicKey) -> bytes:
+def ed25519_blob(public_key: Ed25519PublicKey) -> bytes:
+    """The SSH wire blob of an Ed25519 public key (what public key lines and signatures carry)."""
     raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return _string(_KEY_TYPE) + _string(raw)
+    return ssh_string(KEY_TYPE) + ssh_string(raw)
 
 
 def ed25519_from_blob(blob: bytes) -> Ed25519PublicKey:
-    reader = _Reader(blob)
+    """The Ed25519 public key of an SSH wire blob; ValueError for another key type or a bad length."""
+    reader = Reader(blob)
     key_type = reader.text()
-    if key_type != _KEY_TYPE:
+    if key_type != KEY_TYPE:
         raise ValueError(f"key type {key_type} is not supported (dbrunbook handles ssh-ed25519 only)")
     raw = reader.string()
     if len(raw) != 32 or not reader.done():
