@@ -15,7 +15,6 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from dbrunbook import records
 from dbrunbook.config import MigrationSet
 from dbrunbook.records.archive_checks import (
     chain_findings,
@@ -26,6 +25,8 @@ from dbrunbook.records.archive_checks import (
 )
 from dbrunbook.records.archive_entries import ArchiveEntry, archive_entry, database_key, read_statement, seal_order
 from dbrunbook.records.archive_report import FINDING_KINDS, ArchiveReport, Finding
+from dbrunbook.records.record_check import verify_record
+from dbrunbook.records.runs import find_records
 from dbrunbook.records.tips import previous_statement
 
 __all__ = ["FINDING_KINDS", "ArchiveReport", "Finding", "archive_entry", "database_key", "previous_statement",
@@ -58,10 +59,10 @@ def verify_archive(outputs_dir: Path, allowed_signers: Path, engines=None, *,
         migration_sets: the sets whose current heads to compare with the last record of each database.
     """
     outputs_dir = Path(outputs_dir)
-    run_dirs = records.find_records(outputs_dir)
+    run_dirs = find_records(outputs_dir)
     checks, entries, findings = [], [], []
     for run_dir in run_dirs:
-        check = records.verify_record(run_dir, Path(allowed_signers))
+        check = verify_record(run_dir, Path(allowed_signers))
         checks.append(check)
         if not check.ok:
             findings.append(Finding(check.status, "; ".join(check.problems) or check.status, check.run_id,

@@ -6,6 +6,7 @@ runs them per database. One record proves what happened in one run; these prove 
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Iterable
 from datetime import datetime
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from dbrunbook import records
 from dbrunbook.chain import migrations
 from dbrunbook.config import MigrationSet
 from dbrunbook.postgres import db
+from dbrunbook.records import tips
 from dbrunbook.records.archive_entries import (
     EPOCH,
     ArchiveEntry,
@@ -27,6 +28,8 @@ from dbrunbook.records.archive_entries import (
     show_heads,
 )
 from dbrunbook.records.archive_report import Finding
+from dbrunbook.records.ledger import ledger_rows
+from dbrunbook.records.runs import run_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,6 @@ def chain_findings(chain: list[ArchiveEntry], by_sha: dict[str, ArchiveEntry]) -
 
 def continuity_findings(chain: list[ArchiveEntry]) -> list[Finding]:
     """The heads each record saw at its start must be where earlier records left the database."""
-    import bisect
-
     findings = []
     # Earlier records by finish time (kept sorted as the chain is walked), so that the records still running
     # when one started are a slice, not a scan of the whole prefix: the check stays O(N log N).
@@ -92,8 +93,6 @@ def continuity_findings(chain: list[ArchiveEntry]) -> list[Finding]:
 def tip_findings(outputs_dir: Path, allowed_signers: Path, chains: dict[str, list[ArchiveEntry]],
                   by_sha: dict[str, ArchiveEntry]) -> list[Finding]:
     """The signed chain index against the chains: a tip whose record is gone is a deleted newest record."""
-    from dbrunbook.records import tips
-
     current, problem = tips.verify_tips(outputs_dir, allowed_signers)
     index = outputs_dir / tips.TIPS_FILE
     if problem is not None:
@@ -138,7 +137,7 @@ def misfiled_finding(outputs_dir: Path, run_dir: Path) -> Finding | None:
             (name[:4], name[4:6], name[6:8]):
         return None
     try:
-        expected = records.run_dir_for(outputs_dir, run_dir.name)
+        expected = run_dir_for(outputs_dir, run_dir.name)
     except ValueError:
         return None  # a run id without a timestamp: nothing to compare its place with
     if expected.resolve() != run_dir.resolve():
@@ -152,7 +151,7 @@ def ledger_findings(engine: sa.Engine, entries: list[ArchiveEntry], by_run: dict
                      migration_sets: Iterable[MigrationSet]) -> tuple[str, list[Finding]]:
     """One database's ledger against the records, and its current heads against its last record."""
     key = database_key(db.identity(engine).as_dict())
-    rows = records.ledger_rows(engine)
+    rows = ledger_rows(engine)
     mine = sorted((e for e in entries if e.database == key), key=seal_order)
     findings: list[Finding] = []
     in_ledger = set()

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dbrunbook import records
 from dbrunbook.execution.protocol import STATEMENT_FILE
+from dbrunbook.records.digests import statement_sha256
 
 __all__ = ["archive_entry", "database_key", "read_statement", "seal_order"]
 
@@ -86,7 +86,7 @@ def archive_entry(run_dir: Path, statement: dict | None, sha256: str | None = No
     if not isinstance(predicate, dict):
         return None
     return ArchiveEntry(
-        run_id=run_dir.name, run_dir=run_dir, sha256=sha256 or records.statement_sha256(run_dir),
+        run_id=run_dir.name, run_dir=run_dir, sha256=sha256 or statement_sha256(run_dir),
         prev=predicate.get("prev") or None, database=database_key(predicate.get("database")),
         started_at=_moment(predicate.get("started_at")), finished_at=_moment(predicate.get("finished_at")),
         heads_before=predicate.get("heads_before") or {}, heads_after=predicate.get("heads_after") or {},

@@ -10,8 +10,8 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dbrunbook import records
 from dbrunbook.records.archive_entries import database_key
+from dbrunbook.records.record_check import STATUSES, RecordCheck
 
 __all__ = ["FINDING_KINDS", "ArchiveReport", "Finding"]
 
@@ -48,7 +48,7 @@ class ArchiveReport:
     """What ``verify_archive`` found: one check per record, and every finding across records and ledgers."""
 
     outputs_dir: Path
-    checks: tuple[records.RecordCheck, ...]
+    checks: tuple[RecordCheck, ...]
     findings: tuple[Finding, ...]
     databases: tuple[str, ...] = ()   # databases that have records
     ledgers: tuple[str, ...] = ()     # databases whose ledger was cross-checked
@@ -85,7 +85,7 @@ class ArchiveReport:
                 "status": check.status,
                 "chain": ", ".join(chain) or ("ok" if check.statement else "-"),
                 "problems": "; ".join([*check.problems,
-                                       *(f.message for f in found if f.kind not in records.STATUSES)]),
+                                       *(f.message for f in found if f.kind not in STATUSES)]),
             })
         return rows
 
@@ -97,7 +97,7 @@ class ArchiveReport:
     def summary(self) -> str:
         valid = sum(1 for c in self.checks if c.ok)
         parts = [f"{valid} of {len(self.checks)} records valid"]
-        parts += [f"{n} {kind}" for kind, n in self.kinds().items() if kind not in records.STATUSES]
+        parts += [f"{n} {kind}" for kind, n in self.kinds().items() if kind not in STATUSES]
         if self.ledgers:
             parts.append(f"ledger cross-checked for {len(self.ledgers)} database(s)")
         return "; ".join(parts) + "."

@@ -21,7 +21,7 @@ from dbrunbook.execution.protocol import (
     SIGNATURE_FILE,
     STATEMENT_FILE,
 )
-from dbrunbook.records import dsse, signing
+from dbrunbook.records import dsse, keys, signers, sshsig
 from dbrunbook.records.digests import cell_digests, cell_title, sha256_file
 from dbrunbook.records.runs import IGNORED_DIRS
 
@@ -146,7 +146,7 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
 
     status, principal, problems = "valid", None, []
     try:
-        principal = signing.verify(body, signature_path.read_bytes(), Path(allowed_signers))
+        principal = sshsig.verify(body, signature_path.read_bytes(), Path(allowed_signers))
     except SignatureInvalid as err:
         # A malformed signature file is an altered record as far as a reviewer is concerned.
         status = "untrusted" if getattr(err, "status", "") == "untrusted" else "tampered"
@@ -187,7 +187,7 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
     envelope_path = run_dir / dsse.DSSE_FILE
     if envelope_path.is_file() and status in ("valid", "untrusted"):
         # The envelope must carry this very statement, signed by the key that made the SSH signature.
-        signer = signing.format_public_line(signing.parse_signature(signature_path.read_bytes()).public_blob)
+        signer = keys.format_public_line(sshsig.parse_signature(signature_path.read_bytes()).public_blob)
         envelope_problems = dsse.verify_envelope(envelope_path.read_bytes(), signer, body)
         if envelope_problems:
             tampered = True
@@ -198,7 +198,7 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
     if tampered:
         status = "tampered"
     operator = predicate.get("operator")
-    if status == "valid" and principal and operator and not signing.principal_matches(principal, operator):
+    if status == "valid" and principal and operator and not signers.principal_matches(principal, operator):
         status = "untrusted"
         problems.append(f"signed by '{principal}', but the statement names operator '{operator}': the key "
                         f"does not vouch for the person the record names.")

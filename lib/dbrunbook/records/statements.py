@@ -27,7 +27,8 @@ from dbrunbook.execution.protocol import (
     SIGNATURE_FILE,
     STATEMENT_FILE,
 )
-from dbrunbook.records import dsse, signing
+from dbrunbook.records import dsse, sshsig, tips
+from dbrunbook.records.archive_entries import database_key
 from dbrunbook.records.digests import (
     canonical_json,
     cell_digests,
@@ -225,11 +226,9 @@ def write_record(run_dir: Path, statement: dict, key_path: Path, *, chain: bool 
         SigningKeyError: the key cannot sign (missing, encrypted, not Ed25519).
         ChainLockTimeout: another seal held the chain lock for minutes.
     """
-    from dbrunbook.records import archive, tips
-
     run_dir = Path(run_dir)
     outputs_dir = tips.archive_of(run_dir) if chain else None
-    key = archive.database_key((statement.get("predicate") or {}).get("database")) if outputs_dir else None
+    key = database_key((statement.get("predicate") or {}).get("database")) if outputs_dir else None
     if outputs_dir is None or key is None:
         return _write_signed(run_dir, statement, key_path)
     with tips.locked(outputs_dir):
@@ -254,7 +253,7 @@ def _write_signed(run_dir: Path, statement: dict, key_path: Path) -> Path:
             raise RecordExists(existing)
     body = canonical_json(statement)
     # Sign before writing anything: a key problem must not leave a statement without its signature.
-    signature = signing.sign(body, key_path)
+    signature = sshsig.sign(body, key_path)
     envelope = dsse.envelope(body, key_path)
     try:
         with statement_path.open("xb") as handle:
