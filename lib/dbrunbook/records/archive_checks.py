@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import sqlalchemy as sa
 
@@ -44,6 +45,7 @@ def chain_findings(chain: list[ArchiveEntry], by_sha: dict[str, ArchiveEntry]) -
         if entry.prev == expected:
             continue
         if entry.prev is None:
+            assert before is not None  # a first record with no prev is expected: it continued above
             findings.append(Finding("unlinked", (
                 f"{entry.run_id} does not link to the record sealed before it on {entry.database} "
                 f"({before.run_id}): it was sealed before records were chained, or re-signed without 'prev'. "
@@ -150,7 +152,8 @@ def misfiled_finding(outputs_dir: Path, run_dir: Path) -> Finding | None:
 def ledger_findings(engine: sa.Engine, entries: list[ArchiveEntry], by_run: dict[str, ArchiveEntry],
                      migration_sets: Iterable[MigrationSet]) -> tuple[str, list[Finding]]:
     """One database's ledger against the records, and its current heads against its last record."""
-    key = database_key(db.identity(engine).as_dict())
+    # A live database's identity always has its name and system identifier, so it always has a key.
+    key = cast(str, database_key(db.identity(engine).as_dict()))
     rows = ledger_rows(engine)
     mine = sorted((e for e in entries if e.database == key), key=seal_order)
     findings: list[Finding] = []

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from dbrunbook.errors import SignatureInvalid
 from dbrunbook.execution.protocol import (
@@ -93,18 +94,18 @@ def _compare_cells(recorded: list[dict], nb_bytes: bytes) -> tuple[tuple[int, ..
         current = cell_digests(nb_bytes)
     except (ValueError, AttributeError, TypeError) as err:
         return (), [f"{NOTEBOOK_FILE} is no longer a readable notebook ({err})."]
-    recorded = [d.get("sha256") if isinstance(d, dict) else None for d in recorded]
+    signed = [d.get("sha256") if isinstance(d, dict) else None for d in recorded]
     cells = notebook.get("cells", [])
     changed, problems = [], []
-    for index in range(max(len(recorded), len(current))):
-        old = recorded[index] if index < len(recorded) else None
+    for index in range(max(len(signed), len(current))):
+        old = signed[index] if index < len(signed) else None
         new = current[index]["sha256"] if index < len(current) else None
         if old == new:
             continue
         changed.append(index)
         if new is None:
             problems.append(f"cell {index} was removed from {NOTEBOOK_FILE}.")
-        elif index >= len(recorded):
+        elif index >= len(signed):
             problems.append(f"cell {index} ({cell_title(cells[index])}) was added to {NOTEBOOK_FILE}.")
         else:
             problems.append(f"cell {index} ({cell_title(cells[index])}) differs from the signed record.")
@@ -137,7 +138,7 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
             raise ValueError("not a JSON object")
     except ValueError as err:
         statement = None
-        statement_problem = f"{STATEMENT_FILE} is not valid JSON ({err})."
+        statement_problem: str | None = f"{STATEMENT_FILE} is not valid JSON ({err})."
     else:
         statement_problem = None
     if not signature_path.is_file():
@@ -151,8 +152,8 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
         # A malformed signature file is an altered record as far as a reviewer is concerned.
         status = "untrusted" if getattr(err, "status", "") == "untrusted" else "tampered"
         problems.append(str(err))
-    if statement is None:
-        return RecordCheck(run_dir, "tampered", principal, (*problems, statement_problem))
+    if statement is None:  # then statement_problem says why
+        return RecordCheck(run_dir, "tampered", principal, (*problems, cast(str, statement_problem)))
 
     body_sha256 = hashlib.sha256(body).hexdigest()
     changed: tuple[int, ...] = ()
