@@ -232,9 +232,7 @@ def write_record(run_dir: Path, statement: dict, key_path: Path, *, chain: bool 
     if outputs_dir is None or key is None:
         return _write_signed(run_dir, statement, key_path)
     with tips.locked(outputs_dir):
-        current = tips.read_tips(outputs_dir)
-        if current is None:
-            current = tips.rebuild_tips(outputs_dir)
+        current = tips.current_tips(outputs_dir)
         tip = current.get(key)
         statement = json.loads(canonical_json(statement))
         statement["predicate"]["prev"] = tip.sha256 if tip else None

@@ -29,8 +29,8 @@ from dbrunbook.records import sshsig
 from dbrunbook.records.archive_entries import archive_entry, database_key, read_statement, seal_order
 from dbrunbook.records.runs import find_records
 
-__all__ = ["LOCK_FILE", "TIPS_FILE", "TIPS_SIGNATURE", "ChainLockTimeout", "Tip", "archive_of", "locked",
-           "previous_statement", "read_tips", "rebuild_tips", "verify_tips", "write_tips"]
+__all__ = ["LOCK_FILE", "TIPS_FILE", "TIPS_SIGNATURE", "ChainLockTimeout", "Tip", "archive_of", "current_tips",
+           "locked", "previous_statement", "read_tips", "rebuild_tips", "verify_tips", "write_tips"]
 
 TIPS_FILE = ".tips.json"
 TIPS_SIGNATURE = ".tips.json.sig"
@@ -127,6 +127,12 @@ def rebuild_tips(outputs_dir: Path) -> dict[str, Tip]:
     return tips
 
 
+def current_tips(outputs_dir: Path) -> dict[str, Tip]:
+    """The index as it is on disk (not verified), or worked out from the statements when there is none."""
+    current = read_tips(outputs_dir)
+    return rebuild_tips(outputs_dir) if current is None else current
+
+
 def previous_statement(outputs_dir: Path, database: Mapping | str | None) -> str | None:
     """sha256 of the statement of the last sealed record of ``database``: what a new record's ``prev`` is.
 
@@ -141,10 +147,7 @@ def previous_statement(outputs_dir: Path, database: Mapping | str | None) -> str
     key = database if isinstance(database, str) or database is None else database_key(database)
     if key is None:
         return None
-    current = read_tips(outputs_dir)
-    if current is None:
-        current = rebuild_tips(outputs_dir)
-    tip = current.get(key)
+    tip = current_tips(outputs_dir).get(key)
     return tip.sha256 if tip else None
 
 
