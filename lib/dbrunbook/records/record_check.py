@@ -115,6 +115,63 @@ def _compare_cells(recorded: list[dict], nb_bytes: bytes) -> tuple[tuple[int, ..
     return tuple(changed), problems
 
 
+def _parse_statement(body: bytes) -> tuple[dict | None, str | None]:
+    """The statement as a JSON object, or None and what is wrong with it."""
+    try:
+        statement = json.loads(body)
+        if not isinstance(statement, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:
+        return None, f"{STATEMENT_FILE} is not valid JSON ({err})."
+    return statement, None
+
+
+def _file_problems(run_dir: Path, statement: dict) -> tuple[tuple[int, ...], list[str]]:
+    """Every file against the statement's subjects: (changed notebook cells, problems); [] when all match.
+
+    A problem here always means tampering: a subject that is unreadable, missing or changed, or a file that
+    is not a subject (added after signing).
+    """
+    changed: tuple[int, ...] = ()
+    problems: list[str] = []
+    predicate = statement.get("predicate") or {}
+    expected = set()
+    for subject in statement.get("subject") or []:
+        if not isinstance(subject, dict) or not isinstance(subject.get("name"), str):
+            problems.append(f"the statement has an unreadable subject entry: {str(subject)[:80]}")
+            continue
+        name = subject["name"]
+        expected.add(name)
+        path = run_dir / name
+        try:
+            digest = sha256_file(path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            problems.append(f"{name} is listed in the statement but missing.")
+            continue
+        if digest != (subject.get("digest") or {}).get("sha256"):
+            if name == NOTEBOOK_FILE:
+                changed, cell_problems = _compare_cells(predicate.get("cells") or [], path.read_bytes())
+                problems += cell_problems
+            else:
+                problems.append(f"{name} differs from the signed digest.")
+    for extra in sorted(_files_in(run_dir) - expected - {STATEMENT_FILE, SIGNATURE_FILE, dsse.DSSE_FILE}):
+        problems.append(f"{extra} is not in the signed statement (added after signing).")
+    return changed, problems
+
+
+def _mode_problems(predicate: dict, run_dir: Path) -> list[str]:
+    """What a reviewer must know of a record run interactively (none for a papermill run)."""
+    problems: list[str] = []
+    if str(predicate.get("mode")).startswith("interactive-") and predicate.get("mode") != "interactive-out-of-order":
+        from dbrunbook.execution.interactive import INTERACTIVE_ARTIFACT, record_problems
+
+        problems += record_problems(predicate, run_dir / ARTIFACTS_DIR / INTERACTIVE_ARTIFACT)
+    if predicate.get("mode") == "interactive-out-of-order":
+        problems.append("the notebook was run interactively with cells out of order: its outputs may not "
+                        "follow from its code top to bottom.")
+    return problems
+
+
 def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
     """Check a run directory: the signature over statement.json, then every file against the statement.
 
@@ -132,15 +189,7 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
                 f"still running. Check the ledger of its database; 'dbrunbook seal' records what it left.",))
         return RecordCheck(run_dir, "unsigned", problems=(f"no {STATEMENT_FILE} in {run_dir}.",))
     body = statement_path.read_bytes()
-    try:
-        statement = json.loads(body)
-        if not isinstance(statement, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as err:
-        statement = None
-        statement_problem: str | None = f"{STATEMENT_FILE} is not valid JSON ({err})."
-    else:
-        statement_problem = None
+    statement, statement_problem = _parse_statement(body)
     if not signature_path.is_file():
         return RecordCheck(run_dir, "unsigned", problems=(f"no {SIGNATURE_FILE} next to {STATEMENT_FILE}.",),
                            statement=statement)
@@ -156,35 +205,10 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
         return RecordCheck(run_dir, "tampered", principal, (*problems, cast(str, statement_problem)))
 
     body_sha256 = hashlib.sha256(body).hexdigest()
-    changed: tuple[int, ...] = ()
-    tampered = False
-    subjects = statement.get("subject") or []
     predicate = statement.get("predicate") or {}
-    expected = set()
-    for subject in subjects:
-        if not isinstance(subject, dict) or not isinstance(subject.get("name"), str):
-            tampered = True
-            problems.append(f"the statement has an unreadable subject entry: {str(subject)[:80]}")
-            continue
-        name = subject["name"]
-        expected.add(name)
-        path = run_dir / name
-        try:
-            digest = sha256_file(path)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            tampered = True
-            problems.append(f"{name} is listed in the statement but missing.")
-            continue
-        if digest != (subject.get("digest") or {}).get("sha256"):
-            tampered = True
-            if name == NOTEBOOK_FILE:
-                changed, cell_problems = _compare_cells(predicate.get("cells") or [], path.read_bytes())
-                problems += cell_problems
-            else:
-                problems.append(f"{name} differs from the signed digest.")
-    for extra in sorted(_files_in(run_dir) - expected - {STATEMENT_FILE, SIGNATURE_FILE, dsse.DSSE_FILE}):
-        tampered = True
-        problems.append(f"{extra} is not in the signed statement (added after signing).")
+    changed, file_problems = _file_problems(run_dir, statement)
+    tampered = bool(file_problems)
+    problems += file_problems
     envelope_path = run_dir / dsse.DSSE_FILE
     if envelope_path.is_file() and status in ("valid", "untrusted"):
         # The envelope must carry this very statement, signed by the key that made the SSH signature.
@@ -203,11 +227,5 @@ def verify_record(run_dir: Path, allowed_signers: Path) -> RecordCheck:
         status = "untrusted"
         problems.append(f"signed by '{principal}', but the statement names operator '{operator}': the key "
                         f"does not vouch for the person the record names.")
-    if str(predicate.get("mode")).startswith("interactive-") and predicate.get("mode") != "interactive-out-of-order":
-        from dbrunbook.execution.interactive import INTERACTIVE_ARTIFACT, record_problems
-
-        problems += record_problems(predicate, run_dir / ARTIFACTS_DIR / INTERACTIVE_ARTIFACT)
-    if predicate.get("mode") == "interactive-out-of-order":
-        problems.append("the notebook was run interactively with cells out of order: its outputs may not "
-                        "follow from its code top to bottom.")
+    problems += _mode_problems(predicate, run_dir)
     return RecordCheck(run_dir, status, principal, tuple(problems), changed, statement, body_sha256)
