@@ -149,53 +149,41 @@ def misfiled_finding(outputs_dir: Path, run_dir: Path) -> Finding | None:
     return None
 
 
-def ledger_findings(engine: sa.Engine, entries: list[ArchiveEntry], by_run: dict[str, ArchiveEntry],
-                     migration_sets: Iterable[MigrationSet]) -> tuple[str, list[Finding]]:
-    """One database's ledger against the records, and its current heads against its last record."""
-    # A live database's identity always has its name and system identifier, so it always has a key.
-    key = cast(str, database_key(db.identity(engine).as_dict()))
-    rows = ledger_rows(engine)
-    mine = sorted((e for e in entries if e.database == key), key=seal_order)
-    findings: list[Finding] = []
-    in_ledger = set()
-    for row in rows:
-        run_id = row["run_id"]
-        in_ledger.add(run_id)
-        entry = by_run.get(run_id)
-        if row["outcome"] == "running":
-            if entry is None:
-                findings.append(Finding("ledger", (
-                    f"the ledger of {key} shows run {run_id} ({row['runbook']}) still 'running' since "
-                    f"{row['started_at']} and the archive has no signed record of it: the run was killed or "
-                    f"is still going. Check it, then seal its run directory with 'dbrunbook seal'."),
-                    run_id, key))
-            else:
-                findings.append(Finding("ledger", (
-                    f"run {run_id} is signed but its ledger row in {key} was never completed (still "
-                    f"'running'): the launcher lost the database at the end of the run."), run_id, key))
-            continue
+def _row_findings(key: str, row: dict, entry: ArchiveEntry | None) -> list[Finding]:
+    """One ledger row against the record of its run (None: the archive has none)."""
+    run_id = row["run_id"]
+    if row["outcome"] == "running":
         if entry is None:
+            return [Finding("ledger", (
+                f"the ledger of {key} shows run {run_id} ({row['runbook']}) still 'running' since "
+                f"{row['started_at']} and the archive has no signed record of it: the run was killed or "
+                f"is still going. Check it, then seal its run directory with 'dbrunbook seal'."),
+                run_id, key)]
+        return [Finding("ledger", (
+            f"run {run_id} is signed but its ledger row in {key} was never completed (still "
+            f"'running'): the launcher lost the database at the end of the run."), run_id, key)]
+    if entry is None:
+        return [Finding("ledger", (
+            f"the ledger of {key} has run {run_id} ({row['runbook']}, {row['outcome']}, "
+            f"{show_heads(row['heads_before'])} → {show_heads(row['heads_after'])}) but the archive has "
+            f"no record of it: it was deleted or is kept elsewhere."), run_id, key)]
+    findings = []
+    if row["statement_sha256"] != entry.sha256:
+        findings.append(Finding("ledger", (
+            f"run {run_id}: the ledger of {key} holds statement sha256 {str(row['statement_sha256'])[:16]}…, "
+            f"the record's statement is {entry.sha256[:16]}…: one of them was replaced."), run_id, key))
+    for side in ("heads_before", "heads_after"):
+        if heads_differ(row[side], getattr(entry, side)) or (
+                normal_heads(row[side]) and not normal_heads(getattr(entry, side))):
             findings.append(Finding("ledger", (
-                f"the ledger of {key} has run {run_id} ({row['runbook']}, {row['outcome']}, "
-                f"{show_heads(row['heads_before'])} → {show_heads(row['heads_after'])}) but the archive has "
-                f"no record of it: it was deleted or is kept elsewhere."), run_id, key))
-            continue
-        if row["statement_sha256"] != entry.sha256:
-            findings.append(Finding("ledger", (
-                f"run {run_id}: the ledger of {key} holds statement sha256 {str(row['statement_sha256'])[:16]}…, "
-                f"the record's statement is {entry.sha256[:16]}…: one of them was replaced."), run_id, key))
-        for side in ("heads_before", "heads_after"):
-            if heads_differ(row[side], getattr(entry, side)) or (
-                    normal_heads(row[side]) and not normal_heads(getattr(entry, side))):
-                findings.append(Finding("ledger", (
-                    f"run {run_id}: {side} is {show_heads(row[side])} in the ledger of {key} but "
-                    f"{show_heads(getattr(entry, side))} in the record."), run_id, key))
-    for entry in mine:
-        if entry.run_id not in in_ledger and heads_differ(entry.heads_before, entry.heads_after):
-            findings.append(Finding("ledger", (
-                f"run {entry.run_id} changed {key} ({show_heads(entry.heads_before)} → "
-                f"{show_heads(entry.heads_after)}) but the ledger there has no row for it: the ledger was "
-                f"edited, or the database was restored from an older backup."), entry.run_id, key))
+                f"run {run_id}: {side} is {show_heads(row[side])} in the ledger of {key} but "
+                f"{show_heads(getattr(entry, side))} in the record."), run_id, key))
+    return findings
+
+
+def _gap_findings(key: str, rows: list[dict]) -> list[Finding]:
+    """Heads that moved between two finished runs of the ledger: a change with no run in between."""
+    findings = []
     finished = [r for r in rows if r["outcome"] != "running" and r["heads_after"] is not None]
     for earlier, later in zip(finished, finished[1:], strict=False):
         if heads_differ(earlier["heads_after"], later["heads_before"]):
@@ -203,19 +191,45 @@ def ledger_findings(engine: sa.Engine, entries: list[ArchiveEntry], by_run: dict
                 f"the ledger of {key}: run {earlier['run_id']} left {show_heads(earlier['heads_after'])}, "
                 f"run {later['run_id']} found {show_heads(later['heads_before'])}: a change with no record "
                 f"in between."), later["run_id"], key))
+    return findings
+
+
+def _live_findings(key: str, engine: sa.Engine, last: ArchiveEntry, sets: list[MigrationSet]) -> list[Finding]:
+    """The database's current heads against where its last record left it."""
+    live = {}
+    for mset in sets:
+        try:
+            live[mset.name] = list(migrations.current(mset, engine))
+        except Exception as err:  # one unreadable set must not hide what the others show
+            log.warning("Cannot read the heads of migration set %s on %s: %s", mset.name, key, err)
+    if not heads_differ(last.heads_after, live):
+        return []
+    return [Finding("unrecorded-change", (
+        f"{key} is at {show_heads(live)} now, but its last record {last.run_id} left it at "
+        f"{show_heads(last.heads_after)}: a change with no record (Alembic run by hand, a restore). "
+        f"Run 'dbrunbook run status' to record where it is, and find out who changed it."),
+        None, key)]
+
+
+def ledger_findings(engine: sa.Engine, entries: list[ArchiveEntry], by_run: dict[str, ArchiveEntry],
+                    migration_sets: Iterable[MigrationSet]) -> tuple[str, list[Finding]]:
+    """One database's ledger against the records, and its current heads against its last record."""
+    # A live database's identity always has its name and system identifier, so it always has a key.
+    key = cast(str, database_key(db.identity(engine).as_dict()))
+    rows = ledger_rows(engine)
+    mine = sorted((e for e in entries if e.database == key), key=seal_order)
+    findings: list[Finding] = []
+    for row in rows:
+        findings += _row_findings(key, row, by_run.get(row["run_id"]))
+    in_ledger = {row["run_id"] for row in rows}
+    for entry in mine:
+        if entry.run_id not in in_ledger and heads_differ(entry.heads_before, entry.heads_after):
+            findings.append(Finding("ledger", (
+                f"run {entry.run_id} changed {key} ({show_heads(entry.heads_before)} → "
+                f"{show_heads(entry.heads_after)}) but the ledger there has no row for it: the ledger was "
+                f"edited, or the database was restored from an older backup."), entry.run_id, key))
+    findings += _gap_findings(key, rows)
     sets = list(migration_sets)
     if sets and mine:
-        last = mine[-1]
-        live = {}
-        for mset in sets:
-            try:
-                live[mset.name] = list(migrations.current(mset, engine))
-            except Exception as err:  # one unreadable set must not hide what the others show
-                log.warning("Cannot read the heads of migration set %s on %s: %s", mset.name, key, err)
-        if heads_differ(last.heads_after, live):
-            findings.append(Finding("unrecorded-change", (
-                f"{key} is at {show_heads(live)} now, but its last record {last.run_id} left it at "
-                f"{show_heads(last.heads_after)}: a change with no record (Alembic run by hand, a restore). "
-                f"Run 'dbrunbook run status' to record where it is, and find out who changed it."),
-                None, key))
+        findings += _live_findings(key, engine, mine[-1], sets)
     return key, findings
