@@ -6,6 +6,9 @@ deleted record leaves a dangling link and a re-signed or moved one breaks the or
 record saw before and after must follow on from one record to the next: a jump is a change made outside
 dbrunbook. With a connection to a database, its ``dbrunbook.ledger`` rows and its current heads are checked
 against the records too: every version change there has a record, every record that claims one matches.
+
+``verify_archive`` runs the checks of ``archive_checks`` over the entries of ``archive_entries`` and returns an
+``archive_report.ArchiveReport``; this module re-exports their public names (``archive.Finding``).
 """
 
 from __future__ import annotations

@@ -23,8 +23,16 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from dbrunbook.errors import ConfigError
 from dbrunbook.records.wire import KEY_TYPE, Reader, armor, dearmor, ed25519_blob, ssh_string
 
-__all__ = ["SigningKeyError", "fingerprint", "format_public_line", "generate_key", "load_key", "parse_public_line",
-           "public_key_line"]
+__all__ = [
+    "KeyFile",
+    "SigningKeyError",
+    "fingerprint",
+    "format_public_line",
+    "generate_key",
+    "load_key",
+    "parse_public_line",
+    "public_key_line",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +53,9 @@ class SigningKeyError(ConfigError):
 
 # --- key files ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _KeyFile:
+class KeyFile:
+    """An unencrypted Ed25519 private key read from an OpenSSH key file, with the file's comment."""
+
     private_key: Ed25519PrivateKey
     comment: str
 
@@ -72,7 +82,7 @@ def _encode_private_key(private_key: Ed25519PrivateKey, comment: str) -> bytes:
     return armor(blob, _KEY_BEGIN, _KEY_END)
 
 
-def load_key(key_path: Path) -> _KeyFile:
+def load_key(key_path: Path) -> KeyFile:
     """Read an unencrypted OpenSSH Ed25519 private key file.
 
     Raises:
@@ -123,7 +133,7 @@ def load_key(key_path: Path) -> _KeyFile:
         raise SigningKeyError(key_path, f"is not a valid OpenSSH private key ({err})") from err
     if len(secret) != 64 or secret[32:] != public_raw:
         raise SigningKeyError(key_path, "holds an inconsistent Ed25519 key (public half does not match)")
-    return _KeyFile(Ed25519PrivateKey.from_private_bytes(secret[:32]), comment)
+    return KeyFile(Ed25519PrivateKey.from_private_bytes(secret[:32]), comment)
 
 
 def generate_key(path: Path, comment: str) -> Path:

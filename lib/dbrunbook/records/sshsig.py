@@ -21,7 +21,7 @@ from dbrunbook.records.keys import fingerprint, format_public_line, load_key
 from dbrunbook.records.signers import check_trusted
 from dbrunbook.records.wire import KEY_TYPE, Reader, armor, dearmor, ed25519_from_blob, ssh_string
 
-__all__ = ["parse_signature", "sign", "verify"]
+__all__ = ["Signature", "parse_signature", "sign", "verify"]
 
 _SIG_MAGIC = b"SSHSIG"
 _SIG_VERSION = 1
@@ -54,7 +54,9 @@ def sign(data: bytes, key_path: Path, namespace: str = SIGNATURE_NAMESPACE) -> b
 
 
 @dataclass(frozen=True)
-class _Signature:
+class Signature:
+    """An SSHSIG signature, parsed: the signer's public key blob, namespace, hash and the raw signature."""
+
     public_blob: bytes
     namespace: str
     hash_algorithm: str
@@ -62,7 +64,7 @@ class _Signature:
     signature: bytes
 
 
-def parse_signature(signature: bytes) -> _Signature:
+def parse_signature(signature: bytes) -> Signature:
     try:
         reader = Reader(dearmor(signature, _SIG_BEGIN, _SIG_END))
         if reader.take(6) != _SIG_MAGIC:
@@ -79,7 +81,7 @@ def parse_signature(signature: bytes) -> _Signature:
             raise ValueError("trailing bytes")
     except (ValueError, binascii.Error, UnicodeDecodeError) as err:
         raise SignatureInvalid(f"The signature is not a valid SSH signature ({err}).", "malformed") from err
-    return _Signature(public_blob, namespace, hash_algorithm, signature_type, raw)
+    return Signature(public_blob, namespace, hash_algorithm, signature_type, raw)
 
 
 def verify(data: bytes, signature: bytes, allowed_signers: Path,
