@@ -159,7 +159,7 @@ def _match_pattern_list(value: str, patterns: str) -> bool:
     return matched
 
 
-def _parse_time(value: str) -> datetime:
+def _parse_keygen_time(value: str) -> datetime:
     """ssh-keygen's YYYYMMDD[HHMM[SS]][Z]: UTC with a trailing Z, local time otherwise."""
     utc = value.upper().endswith("Z")
     digits = value[:-1] if utc else value
@@ -193,10 +193,10 @@ def check_trusted(public_blob: bytes, allowed_signers: Path, namespace: str) -> 
         try:
             after = entry.options.get("valid-after")
             before = entry.options.get("valid-before")
-            if isinstance(after, str) and now < _parse_time(after):
+            if isinstance(after, str) and now < _parse_keygen_time(after):
                 near_misses.append(f"{where} trusts it only from {after}")
                 continue
-            if isinstance(before, str) and now > _parse_time(before):
+            if isinstance(before, str) and now > _parse_keygen_time(before):
                 near_misses.append(f"{where} trusted it only until {before}")
                 continue
         except ValueError as err:
