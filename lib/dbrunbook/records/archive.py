@@ -28,7 +28,7 @@ from dbrunbook.records.archive_checks import (
 )
 from dbrunbook.records.archive_entries import ArchiveEntry, archive_entry, database_key, read_statement, seal_order
 from dbrunbook.records.archive_report import FINDING_KINDS, ArchiveReport, Finding
-from dbrunbook.records.record_check import verify_record
+from dbrunbook.records.record_check import RecordCheck, verify_record
 from dbrunbook.records.runs import find_records
 from dbrunbook.records.tips import previous_statement
 
@@ -62,10 +62,29 @@ def verify_archive(outputs_dir: Path, allowed_signers: Path, engines=None, *,
         migration_sets: the sets whose current heads to compare with the last record of each database.
     """
     outputs_dir = Path(outputs_dir)
-    run_dirs = find_records(outputs_dir)
+    checks, entries, findings = _read_records(outputs_dir, Path(allowed_signers))
+    chains = _chains(entries)
+    by_sha = {e.sha256: e for e in entries}
+    for key in sorted(chains):
+        findings += chain_findings(chains[key], by_sha)
+        findings += continuity_findings(chains[key])
+    findings += tip_findings(outputs_dir, Path(allowed_signers), chains, by_sha)
+    ledgers = []
+    by_run = {e.run_id: e for e in entries}
+    for engine in _engines(engines):
+        key, found = ledger_findings(engine, entries, by_run, migration_sets)
+        ledgers.append(key)
+        findings += found
+    return ArchiveReport(outputs_dir, tuple(checks), tuple(findings), tuple(sorted(chains)), tuple(ledgers),
+                         {k: tuple(e.run_id for e in v) for k, v in chains.items()})
+
+
+def _read_records(outputs_dir: Path, allowed_signers: Path) -> tuple[list[RecordCheck], list[ArchiveEntry],
+                                                                    list[Finding]]:
+    """Each record's check, its entry when its statement is readable, and the findings about it alone."""
     checks, entries, findings = [], [], []
-    for run_dir in run_dirs:
-        check = verify_record(run_dir, Path(allowed_signers))
+    for run_dir in find_records(outputs_dir):
+        check = verify_record(run_dir, allowed_signers)
         checks.append(check)
         if not check.ok:
             findings.append(Finding(check.status, "; ".join(check.problems) or check.status, check.run_id,
@@ -80,22 +99,13 @@ def verify_archive(outputs_dir: Path, allowed_signers: Path, engines=None, *,
         misfiled = misfiled_finding(outputs_dir, run_dir)
         if misfiled is not None:
             findings.append(misfiled)
-    by_sha = {e.sha256: e for e in entries}
+    return checks, entries, findings
+
+
+def _chains(entries: list[ArchiveEntry]) -> dict[str, list[ArchiveEntry]]:
+    """``{database key: its entries in seal order}`` (entries of no known database belong to no chain)."""
     chains: dict[str, list[ArchiveEntry]] = {}
     for entry in entries:
         if entry.database is not None:
             chains.setdefault(entry.database, []).append(entry)
-    for key in sorted(chains):
-        chain = sorted(chains[key], key=seal_order)
-        chains[key] = chain
-        findings += chain_findings(chain, by_sha)
-        findings += continuity_findings(chain)
-    findings += tip_findings(outputs_dir, Path(allowed_signers), chains, by_sha)
-    ledgers = []
-    by_run = {e.run_id: e for e in entries}
-    for engine in _engines(engines):
-        key, found = ledger_findings(engine, entries, by_run, migration_sets)
-        ledgers.append(key)
-        findings += found
-    return ArchiveReport(outputs_dir, tuple(checks), tuple(findings), tuple(sorted(chains)), tuple(ledgers),
-                         {k: tuple(e.run_id for e in v) for k, v in chains.items()})
+    return {key: sorted(chain, key=seal_order) for key, chain in chains.items()}
