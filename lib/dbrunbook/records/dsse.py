@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
-from dbrunbook.records import signing
+from dbrunbook.records import keys, wire
 
 __all__ = ["DSSE_FILE", "PAYLOAD_TYPE", "envelope", "pae", "verify_envelope"]
 
@@ -40,9 +40,9 @@ def envelope(payload: bytes, key_path: Path, payload_type: str = PAYLOAD_TYPE) -
     Raises:
         SigningKeyError: the key cannot sign.
     """
-    key = signing.load_key(Path(key_path))
+    key = keys.load_key(Path(key_path))
     signature = key.private_key.sign(pae(payload_type, payload))
-    keyid = signing.fingerprint(signing.format_public_line(key.public_blob))
+    keyid = keys.fingerprint(keys.format_public_line(key.public_blob))
     document = {"payloadType": payload_type, "payload": base64.b64encode(payload).decode("ascii"),
                 "signatures": [{"keyid": keyid, "sig": base64.b64encode(signature).decode("ascii")}]}
     return (json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
@@ -65,8 +65,8 @@ def verify_envelope(data: bytes, public_key_line: str, expected_payload: bytes |
         problems.append(f"{DSSE_FILE} has payloadType {payload_type!r}, not {PAYLOAD_TYPE!r}.")
     if expected_payload is not None and payload != expected_payload:
         problems.append(f"{DSSE_FILE} carries another statement than statement.json.")
-    public_key = signing.ed25519_from_blob(signing.parse_public_line(public_key_line))
-    keyid = signing.fingerprint(public_key_line)
+    public_key = wire.ed25519_from_blob(keys.parse_public_line(public_key_line))
+    keyid = keys.fingerprint(public_key_line)
     for entry in signatures if isinstance(signatures, list) else []:
         try:
             public_key.verify(base64.b64decode(entry["sig"], validate=True), pae(payload_type, payload))

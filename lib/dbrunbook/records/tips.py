@@ -20,15 +20,17 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from dbrunbook.errors import ChainLockTimeout, SignatureInvalid
-from dbrunbook.records import signing
+from dbrunbook.records import sshsig
+from dbrunbook.records.archive_entries import archive_entry, database_key, read_statement, seal_order
+from dbrunbook.records.runs import find_records
 
-__all__ = ["LOCK_FILE", "TIPS_FILE", "TIPS_SIGNATURE", "ChainLockTimeout", "Tip", "archive_of", "locked",
-           "read_tips", "rebuild_tips", "verify_tips", "write_tips"]
+__all__ = ["LOCK_FILE", "TIPS_FILE", "TIPS_SIGNATURE", "ChainLockTimeout", "Tip", "archive_of", "current_tips",
+           "locked", "previous_statement", "read_tips", "rebuild_tips", "verify_tips", "write_tips"]
 
 TIPS_FILE = ".tips.json"
 TIPS_SIGNATURE = ".tips.json.sig"
@@ -104,7 +106,7 @@ def write_tips(outputs_dir: Path, tips: dict[str, Tip], key_path: Path) -> None:
     """Write the index and its signature (each atomically, by rename). Call it under ``locked``."""
     outputs_dir = Path(outputs_dir)
     body = _body(tips)
-    signature = signing.sign(body, key_path)
+    signature = sshsig.sign(body, key_path)
     for name, data in ((TIPS_FILE, body), (TIPS_SIGNATURE, signature)):
         tmp = outputs_dir / f"{name}.{os.getpid()}.tmp"
         tmp.write_bytes(data)
@@ -113,19 +115,41 @@ def write_tips(outputs_dir: Path, tips: dict[str, Tip], key_path: Path) -> None:
 
 def rebuild_tips(outputs_dir: Path) -> dict[str, Tip]:
     """Work the index out from the statements (the slow way: every statement is read once)."""
-    from dbrunbook import records
-    from dbrunbook.records import archive
-
     chains: dict[str, list] = {}
-    for run_dir in records.find_records(outputs_dir):
-        entry = archive.archive_entry(run_dir, archive.read_statement(run_dir))
+    for run_dir in find_records(outputs_dir):
+        entry = archive_entry(run_dir, read_statement(run_dir))
         if entry is not None and entry.database is not None:
             chains.setdefault(entry.database, []).append(entry)
     tips = {}
     for key, entries in chains.items():
-        last = max(entries, key=archive.seal_order)
+        last = max(entries, key=seal_order)
         tips[key] = Tip(last.run_id, last.sha256, max(len(entries), last.seq or 0))
     return tips
+
+
+def current_tips(outputs_dir: Path) -> dict[str, Tip]:
+    """The index as it is on disk (not verified), or worked out from the statements when there is none."""
+    current = read_tips(outputs_dir)
+    return rebuild_tips(outputs_dir) if current is None else current
+
+
+def previous_statement(outputs_dir: Path, database: Mapping | str | None) -> str | None:
+    """sha256 of the statement of the last sealed record of ``database``: what a new record's ``prev`` is.
+
+    Read from the chain index ``outputs/.tips.json`` (worked out from the statements when it is missing),
+    so it costs the same whatever the archive's size. ``records.write_record`` sets the final link itself,
+    under the chain lock; this is the value a statement built now would get.
+
+    Args:
+        database: the database identity (``DatabaseIdentity.as_dict()``) or its ``database_key``; None
+            (the database could not be reached) gives None.
+    """
+    key = database if isinstance(database, str) or database is None else database_key(database)
+    if key is None:
+        return None
+    tip = current_tips(outputs_dir).get(key)
+    return tip.sha256 if tip else None
+
 
 
 def verify_tips(outputs_dir: Path, allowed_signers: Path) -> tuple[dict[str, Tip] | None, str | None]:
@@ -147,7 +171,7 @@ def verify_tips(outputs_dir: Path, allowed_signers: Path) -> tuple[dict[str, Tip
     except OSError:
         return None, f"{path} has no signature {TIPS_SIGNATURE}: it was not written by a seal."
     try:
-        signing.verify(body, signature, Path(allowed_signers))
+        sshsig.verify(body, signature, Path(allowed_signers))
     except SignatureInvalid as err:
         return None, f"{path} cannot be trusted: {err}"
     return tips, None

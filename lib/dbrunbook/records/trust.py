@@ -13,16 +13,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dbrunbook import records
 from dbrunbook.errors import SignerNotTrusted, SigningKeyMissing
-from dbrunbook.records import signing
+from dbrunbook.execution.protocol import SIGNATURE_NAMESPACE
+from dbrunbook.records import keys, signers
+from dbrunbook.records.runs import operator_identity
 
-__all__ = ["create_operator_key", "operator_key_path", "principal_for", "require_signing_key"]
+__all__ = ["OPERATOR_KEY", "create_operator_key", "ensure_operator_key", "operator_key_path", "principal_for",
+           "require_signing_key"]
+
+OPERATOR_KEY = "operator_ed25519"
 
 
 def operator_key_path(config) -> Path:
     """``keys_dir/operator_ed25519``: the key every run of this operator is signed with."""
-    return Path(config.keys_dir) / records.OPERATOR_KEY
+    return Path(config.keys_dir) / OPERATOR_KEY
 
 
 def principal_for(operator: str) -> str:
@@ -32,7 +36,7 @@ def principal_for(operator: str) -> str:
 
 def create_operator_key(keys_dir: Path, *, operator: str | None = None,
                         allowed_signers: Path | None = None) -> tuple[Path, str]:
-    """Create ``keys_dir/operator_ed25519`` for ``operator`` (default ``records.operator_identity()``).
+    """Create ``keys_dir/operator_ed25519`` for ``operator`` (default ``operator_identity()``).
 
     With ``allowed_signers`` the public key is also trusted there (what ``keygen --trust`` does); without,
     nothing is trusted and the caller shows the returned line for the team to add.
@@ -43,13 +47,13 @@ def create_operator_key(keys_dir: Path, *, operator: str | None = None,
     Raises:
         SigningKeyError: a key exists already at that path.
     """
-    operator = operator or records.operator_identity()
-    path = signing.generate_key(Path(keys_dir) / records.OPERATOR_KEY, comment=operator)
+    operator = operator or operator_identity()
+    path = keys.generate_key(Path(keys_dir) / OPERATOR_KEY, comment=operator)
     principal = principal_for(operator)
-    key_type, key_base64 = signing.public_key_line(path).split()[:2]
-    line = f'{principal} namespaces="{signing.SIGNATURE_NAMESPACE}" {key_type} {key_base64}'
+    key_type, key_base64 = keys.public_key_line(path).split()[:2]
+    line = f'{principal} namespaces="{SIGNATURE_NAMESPACE}" {key_type} {key_base64}'
     if allowed_signers is not None:
-        signing.add_allowed_signer(Path(allowed_signers), principal, f"{key_type} {key_base64}")
+        signers.add_allowed_signer(Path(allowed_signers), principal, f"{key_type} {key_base64}")
     return path, line
 
 
@@ -63,25 +67,44 @@ def require_signing_key(config, operator: str | None = None) -> tuple[Path, str]
         SigningKeyMissing: there is no key (run ``dbrunbook keygen``).
         SigningKeyError: the key file cannot sign (encrypted, not Ed25519, damaged).
         SignerNotTrusted: ``allowed_signers`` does not trust the key, or trusts it under another name than
-            ``operator`` (default ``records.operator_identity()``): the record would not verify.
+            ``operator`` (default ``operator_identity()``): the record would not verify.
     """
     key = operator_key_path(config)
     allowed = Path(config.allowed_signers)
     if not key.is_file():
         raise SigningKeyMissing(key, allowed)
-    line = signing.public_key_line(key)
-    signing.load_key(key)  # fails now, not at the end of the run, when the key cannot sign
-    principal = signing.trusted_principal(line, allowed)
+    line = keys.public_key_line(key)
+    keys.load_key(key)  # fails now, not at the end of the run, when the key cannot sign
+    principal = signers.trusted_principal(line, allowed)
     key_type, key_base64 = line.split()[:2]
-    operator = operator or records.operator_identity()
+    operator = operator or operator_identity()
     if principal is None:
         raise SignerNotTrusted(key, allowed, (
-            f"{signing.fingerprint(line)} is not trusted by {allowed}, so its records would not verify. Have "
+            f"{keys.fingerprint(line)} is not trusted by {allowed}, so its records would not verify. Have "
             f"this line added to {allowed} (reviewed like code): "
-            f'{principal_for(operator)} namespaces="{signing.SIGNATURE_NAMESPACE}" {key_type} {key_base64}'))
-    if not signing.principal_matches(principal, operator):
+            f'{principal_for(operator)} namespaces="{SIGNATURE_NAMESPACE}" {key_type} {key_base64}'))
+    if not signers.principal_matches(principal, operator):
         raise SignerNotTrusted(key, allowed, (
             f"{allowed} trusts it as '{principal}', but this run's operator is '{operator}' "
             f"(from $DBRUNBOOK_OPERATOR or user@host); the record would name someone its key does not. Set "
             f"DBRUNBOOK_OPERATOR={principal.split(',')[0]} or sign with the key of '{operator}'."))
     return key, principal
+
+
+def ensure_operator_key(keys_dir: Path, allowed_signers: Path) -> tuple[Path, bool]:
+    """Return the operator's signing key ``keys_dir/operator_ed25519``; it is never created here.
+
+    Creating and trusting a key is the operator's and the team's act (``dbrunbook keygen``, see
+    ``dbrunbook.records.trust``), never a side effect of a run: otherwise "valid" would mean "signed by a key this
+    machine trusted itself".
+
+    Returns:
+        (path of the private key, False): the second value is kept for callers of the old signature.
+
+    Raises:
+        SigningKeyMissing: there is no key; run ``dbrunbook keygen``.
+    """
+    key_path = Path(keys_dir) / OPERATOR_KEY
+    if not key_path.is_file():
+        raise SigningKeyMissing(key_path, Path(allowed_signers))
+    return key_path, False

@@ -73,7 +73,8 @@ def test_simultaneous_seals_never_fork_the_chain(tmp_path, key, allowed_signers)
     assert sorted(p["seq"] for p in predicates) == list(range(1, workers + 1))
     assert len({p["prev"] for p in predicates}) == workers  # nobody shares a predecessor
     [tip] = tips.read_tips(outputs).values()
-    assert tip.seq == workers and tip.run_id == next(r for r, p in zip(run_ids, predicates, strict=False) if p["seq"] == workers)
+    assert tip.seq == workers and tip.run_id == next(r for r, p in zip(run_ids, predicates, strict=False)
+                                                     if p["seq"] == workers)
 
 
 def test_chain_lock_is_exclusive_between_processes(tmp_path):

@@ -151,7 +151,10 @@ def test_build_statement_subjects_and_predicate(outputs):
     statement = _statement(run_dir, extra={"lint": []}, prev="ef" * 32)
     assert statement["_type"] == "https://in-toto.io/Statement/v1"
     assert statement["predicateType"] == "https://dbrunbook.dev/run-record/v1"
-    sha = lambda p: hashlib.sha256((run_dir / p).read_bytes()).hexdigest()
+
+    def sha(p):
+        return hashlib.sha256((run_dir / p).read_bytes()).hexdigest()
+
     assert statement["subject"] == [
         {"name": "notebook.ipynb", "digest": {"sha256": sha("notebook.ipynb")}},
         {"name": "intent.json", "digest": {"sha256": sha("intent.json")}},
