@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
-import hashlib
 import json
 import logging
 import os
@@ -25,131 +23,53 @@ import stat
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from dbrunbook.errors import EmbeddedServerError
+from dbrunbook.postgres.bundle import (
+    _START_TIMEOUT,
+    DATABASE_USER,
+    DEFAULT_PORT,
+    LOG_FILE,
+    SERVER_USER,
+    SETTINGS_FILE,
+    _bin_dir,
+    _settings_text,
+    client_binary,
+    initdb_command,
+    pg_ctl_command,
+    server_account,
+    server_settings,
+    socket_dir_for,
+    subprocess_options,
+)
+from dbrunbook.postgres.postmaster import (
+    _bundled_major,
+    _ensure_private_dir,
+    _first_int,
+    _is_postmaster_of,
+    _make_url,
+    _pid_alive,
+    _read_pid_file,
+    _server_version,
+    _wait_gone,
+)
+
+__all__ = [
+    "DATABASE_USER", "DEFAULT_PORT", "LOCK_FILE", "LOG_FILE", "SERVER_USER", "SETTINGS_FILE", "STATE_FILE",
+    "EmbeddedServer", "ServerStatus", "client_binary", "initdb_command", "pg_ctl_command", "server_account",
+    "server_settings", "socket_dir_for", "subprocess_options"
+]
 
 log = logging.getLogger(__name__)
 
-SERVER_USER = "embedded_postgres"
-"""System user the server runs as when dbrunbook runs as root."""
 
-DATABASE_USER = "postgres"
-DEFAULT_PORT = 5432
 STATE_FILE = "dbrunbook-server.json"
 LOCK_FILE = "dbrunbook-server.lock"
-LOG_FILE = "server.log"
-SETTINGS_FILE = "dbrunbook.conf"
 _INCLUDE_LINE = f"include_if_exists = '{SETTINGS_FILE}'"
-_CONNECT_TIMEOUT = 3  # seconds; libpq's minimum is 2
-_START_TIMEOUT = 60
-
-
-@functools.cache
-def _bin_dir() -> Path:
-    # Imported lazily: importing dbrunbook must not require the package's binaries. The package's
-    # __init__ also imports its server class, which warns about XDG_RUNTIME_DIR that we never use.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return Path(POSTGRES_BIN_PATH)
-
-
-def client_binary(name: str) -> Path:
-    """Return the path of a bundled PostgreSQL client program (pg_dump, pg_restore, psql, pgbench, ...).
-
-    Raises:
-        EmbeddedServerError: the bundle has no program of that name.
-    """
-    path = _bin_dir() / name
-    if not path.is_file():
-        known = sorted(p.name for p in _bin_dir().iterdir())
-        raise EmbeddedServerError(
-            f"No program '{name}' among the bundled PostgreSQL binaries in {_bin_dir()}; "
-            f"available: {', '.join(known)}."
-        )
-    return path
-
-
-def server_account(euid: int | None = None) -> str | None:
-    """Return the system user the server must run as: None (the current user) unless running as root."""
-    euid = os.geteuid() if euid is None else euid
-    return SERVER_USER if euid == 0 else None
-
-
-def socket_dir_for(data_dir: Path, uid: int | None = None) -> Path:
-    """Return the unix-socket folder of a data directory: short, without spaces, distinct per data directory.
-
-    A socket path is limited to ~107 bytes and postgres splits ``-k`` on spaces, so the socket cannot live
-    in the data directory itself.
-    """
-    uid = os.getuid() if uid is None else uid
-    digest = hashlib.sha1(str(Path(data_dir).expanduser().resolve()).encode()).hexdigest()[:10]
-    # Not tempfile.gettempdir(): $TMPDIR may be long or contain spaces, the very things avoided here.
-    return Path("/tmp") / f"dbrunbook-{uid}-{digest}"
-
-
-def _conf_quote(value: str) -> str:
-    """Quote a value for postgresql.conf."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def server_settings(socket_dir: Path, port: int, durable: bool = True) -> dict[str, str]:
-    """Return the settings dbrunbook writes into the data directory before each start."""
-    settings = {
-        # TCP off: two projects' servers never collide, and nothing outside this machine can connect.
-        "listen_addresses": "",
-        "port": str(port),
-        "unix_socket_directories": str(socket_dir),
-        "unix_socket_permissions": "0700",
-    }
-    if not durable:
-        # Throwaway test servers: losing data on a crash is fine, waiting for disks is not.
-        settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
-    return settings
-
-
-def _settings_text(settings: dict[str, str]) -> str:
-    lines = ["# Written by dbrunbook before each start; edits are overwritten."]
-    lines += [f"{k} = {_conf_quote(v)}" for k, v in settings.items()]
-    return "\n".join(lines) + "\n"
-
-
-def initdb_command(data_dir: Path, durable: bool = True) -> list[str]:
-    """Return the initdb command line for a new data directory (trust auth: the socket is private)."""
-    cmd = [str(_bin_dir() / "initdb"), "-D", str(data_dir), "-U", DATABASE_USER, "--auth=trust",
-           "--encoding=UTF8", "--locale=C"]
-    if not durable:
-        cmd.append("--no-sync")
-    return cmd
-
-
-def pg_ctl_command(data_dir: Path, action: str, *, timeout: float = _START_TIMEOUT) -> list[str]:
-    """Return a pg_ctl command line; paths go as separate arguments, settings live in the data directory."""
-    cmd = [str(_bin_dir() / "pg_ctl"), "-D", str(data_dir), "-w", "-t", str(max(1, int(timeout)))]
-    if action == "start":
-        cmd += ["-l", str(data_dir / LOG_FILE)]
-    elif action == "stop":
-        cmd += ["-m", "fast"]
-    return cmd + [action]
-
-
-def subprocess_options(account: str | None, cwd: Path) -> dict[str, Any]:
-    """Return ``subprocess.run`` options that run a PostgreSQL program as ``account`` (None: as we are)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    options: dict[str, Any] = {"env": env, "cwd": str(cwd), "start_new_session": True}
-    if account is not None:
-        import pwd
-
-        entry = pwd.getpwnam(account)
-        options.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
-        env.update(HOME=entry.pw_dir or "/", USER=account, LOGNAME=account)
-    return options
 
 
 @dataclass(frozen=True)
@@ -471,120 +391,3 @@ class EmbeddedServer:
         return ("\nServer log (last lines):\n" + "\n".join(tail)) if tail else ""
 
 
-# --- helpers ------------------------------------------------------------------------------------------------
-def _make_url(socket_dir: Path, port: int, database: str) -> str:
-    from urllib.parse import quote
-
-    return (f"postgresql+psycopg://{DATABASE_USER}@/{quote(database, safe='')}"
-            f"?host={quote(str(socket_dir), safe='/')}&port={port}")
-
-
-def _connect(socket_dir: Path, port: int):
-    import psycopg
-
-    return psycopg.connect(host=str(socket_dir), port=port, user=DATABASE_USER, dbname="postgres",
-                           connect_timeout=_CONNECT_TIMEOUT, application_name="dbrunbook:health")
-
-
-def _server_version(socket_dir: Path, port: int, data_dir: Path) -> str | None:
-    """The server's version if it accepts a real connection and serves ``data_dir``, else None."""
-    if not (socket_dir / f".s.PGSQL.{port}").exists():
-        return None
-    try:
-        with _connect(socket_dir, port) as conn:
-            version, served = conn.execute(
-                "SELECT current_setting('server_version'), current_setting('data_directory')"
-            ).fetchone()
-    except Exception as err:  # any failure means "not usable"; the caller decides what to do
-        log.debug("No connection on %s port %s: %s", socket_dir, port, err)
-        return None
-    return version if Path(served).resolve() == data_dir else None
-
-
-def _first_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split("\n", 1)[0].strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _read_pid_file(data_dir: Path) -> dict[str, Any] | None:
-    """Parse postmaster.pid: pid, data dir, start time, port, socket dir, listen address, shmem, status."""
-    try:
-        lines = (data_dir / "postmaster.pid").read_text().splitlines()
-    except OSError:
-        return None
-    try:
-        info: dict[str, Any] = {"pid": int(lines[0].strip())}
-    except (IndexError, ValueError):
-        return {"pid": -1}
-    if len(lines) > 3 and lines[3].strip().isdigit():
-        info["port"] = int(lines[3].strip())
-    if len(lines) > 4 and lines[4].strip():
-        info["socket_dir"] = lines[4].strip()
-    if len(lines) > 7:
-        info["status"] = lines[7].strip()
-    return info
-
-
-def _pid_alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
-    """True if ``pid`` is a live postgres postmaster serving ``data_dir`` (not a process reusing the pid)."""
-    import psutil
-
-    if pid <= 0:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE or proc.name() != "postgres":
-            return False
-        try:
-            return Path(proc.cwd()).resolve() == data_dir  # the postmaster chdirs into its data directory
-        except psutil.AccessDenied:
-            cmdline = proc.cmdline()
-            i = cmdline.index("-D") if "-D" in cmdline else -1
-            return 0 <= i < len(cmdline) - 1 and Path(cmdline[i + 1]).resolve() == data_dir
-    except psutil.Error:
-        return False
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-def _ensure_private_dir(path: Path, uid: int, gid: int) -> None:
-    """Create ``path`` owned by uid with mode 0700, refusing a folder someone else planted in /tmp."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    st = path.lstat()
-    if not stat.S_ISDIR(st.st_mode):
-        raise EmbeddedServerError(f"{path} exists and is not a folder. Remove it, then start again.")
-    if st.st_uid != uid:
-        if os.geteuid() != 0:
-            raise EmbeddedServerError(
-                f"The socket folder {path} belongs to uid {st.st_uid}, not to the server's uid {uid}. "
-                f"Remove it (it holds no data), then start again."
-            )
-        os.chown(path, uid, gid)
-    path.chmod(0o700)
-
-
-@functools.cache
-def _bundled_major() -> str | None:
-    try:
-        out = subprocess.run([str(_bin_dir() / "pg_config"), "--version"], capture_output=True, text=True,
-                             check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    # "PostgreSQL 18.1" -> "18"
-    return out.split()[-1].split(".")[0] if out.strip() else None
