@@ -11,7 +11,8 @@ from pathlib import Path
 
 from dbrunbook.procedures import fleet_rollup
 from dbrunbook.views import plots
-from dbrunbook.views.report import PAGES_DIR, page_html
+from dbrunbook.views.record_page import PAGES_DIR
+from dbrunbook.views.report_style import page_html
 
 __all__ = ["FLEET_PAGES_DIR", "write_fleet_pages"]
 

@@ -194,3 +194,31 @@ def index_summary(entries: Iterable) -> str:
     return ('<div class="dbr-summary" id="summary">' + grid("records by outcome", outcomes, "by-outcome")
             + grid("records by target", targets, "by-target")
             + grid("last change per database", changes, "last-change") + "</div>")
+
+
+_CSS = """
+body.dbr { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em; color: #1b1f24; }
+.dbr-header { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 70em;
+              margin: 1em auto 2em auto; padding: 0 1em; }
+.dbr table.dbr-table, .dbr-header table.dbr-table { border-collapse: collapse; margin: .5em 0 1em 0; }
+table.dbr-table th, table.dbr-table td { border: 1px solid #d0d7de; padding: .25em .6em; text-align: left;
+                                         vertical-align: top; font-size: .9em; }
+table.dbr-table th { background: #f6f8fa; }
+.dbr-banner { padding: .7em 1em; border-radius: 4px; margin: .5em 0 1em 0; font-weight: 600; }
+.dbr-banner.valid { background: #dafbe1; border: 1px solid #1a7f37; }
+.dbr-banner.untrusted { background: #fff8c5; border: 2px solid #9a6700; }
+.dbr-banner.tampered, .dbr-banner.unsigned, .dbr-banner.incomplete {
+  background: #ffebe9; border: 3px solid #cf222e; font-size: 1.2em; }
+.dbr-failed { background: #ffebe9; border-left: 6px solid #cf222e; padding: .5em 1em; margin: .5em 0; }
+.celltag_dbrunbook-failed { border-left: 6px solid #cf222e !important; background: #fff5f5; }
+tr.status-tampered td, tr.status-unsigned td, tr.status-incomplete td { background: #ffebe9; }
+tr.status-untrusted td { background: #fff8c5; }
+.dbr-filters label { margin-right: 1.2em; }
+code { font-size: .9em; }
+""" + CSS
+
+
+def page_html(title: str, body: str, script: str = "") -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{_CSS}</style></head><body class=\"dbr\">{body}"
+            + (f"<script>{script}</script>" if script else "") + "</body></html>\n")

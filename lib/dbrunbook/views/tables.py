@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import math
 import numbers
+from typing import Any
 
 import pandas as pd
 
@@ -109,3 +110,21 @@ def frame_text(frame: pd.DataFrame, *, empty: str = EMPTY) -> str:
     if frame is None or len(frame) == 0:
         return empty
     return display_frame(frame).to_string(index=False, na_rep="")
+
+
+# --- small HTML helpers -----------------------------------------------------------------------------------
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _table(rows: list[tuple[str, Any]], raw: frozenset[str] = frozenset()) -> str:
+    cells = "".join(
+        f"<tr><th>{_e(k)}</th><td>{v if k in raw else _e(v)}</td></tr>" for k, v in rows
+    )
+    return f'<table class="dbr-table">{cells}</table>'
+
+
+def _grid(columns: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table class="dbr-table"><tr>{head}</tr>{body}</table>'
