@@ -21,7 +21,7 @@ from pathlib import Path
 # user's own process keeps its validators.
 sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
-from dbrunbook.cli_output import _err, _parameters, _print_result
+from dbrunbook.cli_output import parameter_values, print_err, print_result
 from dbrunbook.cli_records import cmd_approve, cmd_fleet, cmd_keygen, cmd_report, cmd_verify
 from dbrunbook.cli_run import cmd_lab, cmd_list, cmd_run, cmd_seal
 from dbrunbook.config import load_config
@@ -33,7 +33,7 @@ __all__ = ["build_parser", "main"]
 def cmd_open(args: argparse.Namespace) -> int:
     from dbrunbook.execution.runner import prepare_runbook
 
-    path = prepare_runbook(args.runbook, target=args.target, parameters=_parameters(args.parameter),
+    path = prepare_runbook(args.runbook, target=args.target, parameters=parameter_values(args.parameter),
                            config=load_config(args.config))
     print(path)
     print(f"Open it with:  {_lab_command(path)}   (records under outputs/ are read-only there)")
@@ -68,7 +68,7 @@ def _notice_unfinished(args: argparse.Namespace) -> None:
         from dbrunbook.execution.unfinished import notices
 
         for line in notices(load_config(args.config)):
-            _err(line)
+            print_err(line)
     except DbRunbookError:  # a broken config is reported by the command itself
         pass
 
@@ -292,15 +292,15 @@ def _main(argv: list[str] | None) -> int:
         sys.stdout.flush()  # here, not at exit: a closed pipe is then handled in main()
         return status
     except DbRunbookError as err:
-        _err(str(err))
+        print_err(str(err))
         return err.exit_status
     except KeyboardInterrupt as err:
         result = getattr(err, "run_result", None)  # the launcher sealed the interrupted run first
         with contextlib.suppress(BrokenPipeError):
             if result is not None:
-                _print_result(result)
+                print_result(result)
                 sys.stdout.flush()
-        _err("Interrupted.")
+        print_err("Interrupted.")
         return 130
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from dbrunbook.errors import ParameterError
 
 
-def _err(message: str) -> None:
+def print_err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _parameters(pairs: list[list[str]] | None) -> dict[str, str]:
+def parameter_values(pairs: list[list[str]] | None) -> dict[str, str]:
     values: dict[str, str] = {}
     for name, value in pairs or []:
         if name in values:
@@ -27,7 +27,7 @@ def _parameters(pairs: list[list[str]] | None) -> dict[str, str]:
     return values
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
+def text_table(rows: list[dict], columns: list[str]) -> str:
     widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns).rstrip()]
     lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip() for r in rows]
@@ -35,7 +35,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[int]:
+def stdout_to_stderr() -> Iterator[int]:
     """Send everything written to file descriptor 1 (this process, kernels it starts) to stderr.
 
     Yields a duplicate of the real stdout, so ``--json`` can print exactly one object there at the end.
@@ -51,7 +51,7 @@ def _stdout_to_stderr() -> Iterator[int]:
         os.close(saved)
 
 
-def _print_result(result) -> None:
+def print_result(result) -> None:
     print(f"run id:     {result.run_id}")
     print(f"outcome:    {result.outcome}")
     if result.failing_step:

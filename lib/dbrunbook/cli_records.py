@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dbrunbook.cli_output import _err, _parameters, _table
+from dbrunbook.cli_output import parameter_values, print_err, text_table
 from dbrunbook.config import load_config
 from dbrunbook.execution import protocol
 
@@ -34,7 +34,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     # The default outputs/ not existing yet just means no runs; a folder the user named must exist.
     missing = [str(p) for p in args.paths if not Path(p).is_dir()]
     if missing:
-        _err(f"Not a folder: {', '.join(missing)}. Pass run directories or folders that contain them.")
+        print_err(f"Not a folder: {', '.join(missing)}. Pass run directories or folders that contain them.")
         return 2
     paths = [Path(p) for p in args.paths] or [config.outputs_dir]
     status, paths = _verify_fleets(config, paths)
@@ -42,7 +42,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     folders = [p for p in paths if p not in single]
     if single:  # run directories named one by one: each record on its own, no chain to follow
         checks = [records.verify_record(d, config.allowed_signers) for d in single]
-        print(_table([{"run id": c.run_id, "status": c.status, "principal": c.principal or "-",
+        print(text_table([{"run id": c.run_id, "status": c.status, "principal": c.principal or "-",
                        "problems": "; ".join(c.problems)} for c in checks],
                      ["run id", "status", "principal", "problems"]))
         bad = [c for c in checks if not c.ok]
@@ -59,7 +59,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 print(f"No run records under {folder}.")
                 continue
             if report.checks:
-                print(_table(report.rows(), ["run_id", "database", "runbook", "status", "chain", "problems"]))
+                print(text_table(report.rows(), ["run_id", "database", "runbook", "status", "chain", "problems"]))
             for finding in report.orphan_findings():
                 print(f"{finding.kind}: {finding.message}")
             print(f"\n{report.summary()}")
@@ -127,15 +127,15 @@ def cmd_approve(args: argparse.Namespace) -> int:
 def cmd_fleet(args: argparse.Namespace) -> int:
     from dbrunbook.procedures.fleet import run_fleet
 
-    result = run_fleet(args.runbook, args.group, parameters=_parameters(args.parameter), waves=args.waves,
+    result = run_fleet(args.runbook, args.group, parameters=parameter_values(args.parameter), waves=args.waves,
                        parallel=args.parallel, max_failures=args.max_failures, config=load_config(args.config),
-                       progress=_err)
+                       progress=print_err)
     if args.json:
         print(json.dumps(result.as_json(), sort_keys=True, default=str))
         return result.exit_status
     rows = [{"wave": o.wave, "target": o.target, "outcome": o.outcome, "run id": o.run_id or "-",
              "seconds": f"{o.seconds:.1f}"} for o in result.outcomes]
-    print(_table(rows, ["wave", "target", "outcome", "run id", "seconds"]))
+    print(text_table(rows, ["wave", "target", "outcome", "run id", "seconds"]))
     print(f"\nfleet {result.fleet_id}: {result.stopped or 'every target ran'}; roll-up {result.record_dir}")
     return result.exit_status
 
@@ -146,7 +146,7 @@ def _verify_fleets(config, paths: list[Path]) -> tuple[int, list[Path]]:
 
     checks = fleet_rollup.verify_rollups(paths, config.allowed_signers)
     if checks:
-        print(_table([{"fleet id": c.fleet_id, "status": c.status, "problems": "; ".join(c.problems)}
+        print(text_table([{"fleet id": c.fleet_id, "status": c.status, "problems": "; ".join(c.problems)}
                       for c in checks], ["fleet id", "status", "problems"]))
         print(f"\n{sum(c.ok for c in checks)} of {len(checks)} fleet roll-ups valid.\n")
     return (1 if any(not c.ok for c in checks) else 0), [p for p in paths if not fleet_rollup.is_rollup_dir(p)]

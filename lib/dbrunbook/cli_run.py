@@ -13,7 +13,7 @@ import os
 import signal
 from pathlib import Path
 
-from dbrunbook.cli_output import _err, _parameters, _print_result, _stdout_to_stderr, _table
+from dbrunbook.cli_output import parameter_values, print_err, print_result, stdout_to_stderr, text_table
 from dbrunbook.config import load_config
 from dbrunbook.errors import DbRunbookError
 
@@ -22,17 +22,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dbrunbook.execution.runner import run_runbook
 
     def run():
-        return run_runbook(args.runbook, target=args.target, parameters=_parameters(args.parameter),
-                           config=load_config(args.config), progress=_err,
+        return run_runbook(args.runbook, target=args.target, parameters=parameter_values(args.parameter),
+                           config=load_config(args.config), progress=print_err,
                            execution_timeout=args.execution_timeout)
 
     previous = _sigterm_as_exit()
     try:
         if not args.json:
             result = run()
-            _print_result(result)
+            print_result(result)
             return result.exit_status
-        with _stdout_to_stderr() as real_stdout:
+        with stdout_to_stderr() as real_stdout:
             document = _run_document(run)
             os.write(real_stdout, (json.dumps(document, sort_keys=True, default=str) + "\n").encode("utf-8"))
         return document["exit_status"]
@@ -61,7 +61,7 @@ def _run_document(run) -> dict:
     try:
         return run().as_json()
     except DbRunbookError as err:
-        _err(str(err))
+        print_err(str(err))
         return {"error": str(err), "error_type": type(err).__name__, "exit_status": err.exit_status}
     except (KeyboardInterrupt, SystemExit) as err:
         status = 130 if isinstance(err, KeyboardInterrupt) else (err.code if isinstance(err.code, int) else 1)
@@ -69,12 +69,12 @@ def _run_document(run) -> dict:
         document = result.as_json() if result is not None else {
             "error": "interrupted before the run's notebook started: nothing was changed", "error_type": type(err).__name__}
         document.update(interrupted=type(err).__name__, exit_status=status)
-        _err("Interrupted." if status == 130 else f"Terminated (exit {status}).")
+        print_err("Interrupted." if status == 130 else f"Terminated (exit {status}).")
         return document
     except Exception as err:  # noqa: BLE001 - one object for every outcome, a bug included
         import traceback
 
-        _err(mask_secrets("".join(traceback.format_exception(err))).rstrip())  # for the bug report, no secret
+        print_err(mask_secrets("".join(traceback.format_exception(err))).rstrip())  # for the bug report, no secret
         message = mask_secrets(f"{type(err).__name__}: {err}")
         return {"error": f"unexpected error: {message}", "error_type": type(err).__name__, "exit_status": 1}
 
@@ -86,14 +86,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not runbooks:
         print("No runbooks found.")
         return 0
-    print(_table([{"runbook": r.name, "changes database": "yes" if r.changes_database else "no",
+    print(text_table([{"runbook": r.name, "changes database": "yes" if r.changes_database else "no",
                    "title": r.title} for r in runbooks], ["runbook", "changes database", "title"]))
     for r in runbooks:
         print(f"\n{r.name}: {r.description}".rstrip())
         rows = [{"parameter": p.name, "type": p.type, "default": repr(p.default), "help": p.help}
                 for p in r.operator_parameters]
         if rows:
-            print("  " + _table(rows, ["parameter", "type", "default", "help"]).replace("\n", "\n  "))
+            print("  " + text_table(rows, ["parameter", "type", "default", "help"]).replace("\n", "\n  "))
     return 0
 
 
@@ -110,5 +110,5 @@ def cmd_seal(args: argparse.Namespace) -> int:
     from dbrunbook.execution.runner import seal
 
     result = seal(Path(args.run_dir), config=load_config(args.config))
-    _print_result(result)
+    print_result(result)
     return result.exit_status

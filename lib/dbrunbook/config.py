@@ -19,11 +19,11 @@ from dbrunbook.config_model import Backfill, Config, MigrationSet, Target, Targe
 from dbrunbook.config_tables import (
     DRIVERS,
     X_ARGUMENTS_ENV,
-    _backfill,
-    _group,
-    _migration_set,
-    _table,
-    _target,
+    read_backfill,
+    read_group,
+    read_migration_set,
+    read_table,
+    read_target,
 )
 from dbrunbook.errors import ConfigError, MissingSecret, TargetNotFound
 
@@ -71,8 +71,8 @@ def load_config(path: Path | str | None = None) -> Config:
         raise ConfigError(f"{path} is not valid TOML: {err}. Fix the line it names.") from err
     root = path.parent
     config_schema.check_unknown(data, config_schema.TOP_LEVEL_KEYS, "", path)
-    project = _table(data, "project", path)
-    records = _table(data, "records", path)
+    project = read_table(data, "project", path)
+    records = read_table(data, "records", path)
     for table, raw, kinds in (("project", project, config_schema.PROJECT_KEYS),
                               ("records", records, config_schema.RECORDS_KEYS)):
         config_schema.check_unknown(raw, kinds, table, path)
@@ -82,13 +82,13 @@ def load_config(path: Path | str | None = None) -> Config:
         p = Path(value or default).expanduser()
         return p if p.is_absolute() else (root / p).resolve()
 
-    targets = {name: _target(name, raw, path) for name, raw in _table(data, "targets", path).items()}
+    targets = {name: read_target(name, raw, path) for name, raw in read_table(data, "targets", path).items()}
     if "local" not in targets:
         targets["local"] = Target(name="local", embedded=True, description="the embedded PostgreSQL")
-    sets = {name: _migration_set(name, raw, path, root) for name, raw in _table(data, "migration_sets", path).items()}
+    sets = {name: read_migration_set(name, raw, path, root) for name, raw in read_table(data, "migration_sets", path).items()}
     if not sets:
         raise ConfigError(f"{path} defines no [migration_sets.NAME]; add one with alembic_ini = 'path/to/alembic.ini'.")
-    backfills = {name: _backfill(name, raw, path) for name, raw in _table(data, "backfills", path).items()}
+    backfills = {name: read_backfill(name, raw, path) for name, raw in read_table(data, "backfills", path).items()}
     state_dir = rel(project.get("state_dir"), ".dbrunbook")
     keys_dir = rel(records.get("keys_dir"), str(state_dir / "keys"))
     default_target = project.get("default_target", "local")
@@ -98,7 +98,7 @@ def load_config(path: Path | str | None = None) -> Config:
     for key, table, folder in (("outputs", "project", outputs_dir), ("state_dir", "project", state_dir),
                                ("keys_dir", "records", keys_dir)):
         config_schema.check_directory(folder, key, table, path)
-    groups = {name: _group(name, raw, path, targets) for name, raw in _table(data, "groups", path).items()}
+    groups = {name: read_group(name, raw, path, targets) for name, raw in read_table(data, "groups", path).items()}
     return Config(
         path=path,
         targets=targets,

@@ -35,7 +35,7 @@ _GROUP_KEYS = {"targets", "url_env", "service", "embedded", "databases", "databa
 X_ARGUMENTS_ENV = "DBRUNBOOK_X"
 
 
-def _table(data: dict, key: str, path: Path) -> dict:
+def read_table(data: dict, key: str, path: Path) -> dict:
     value = data.get(key, {})
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: '{key}' must be a table ([{key}]), not {type(value).__name__}.")
@@ -52,7 +52,7 @@ def _check_keys(raw: dict, allowed: set[str], where: str, path: Path) -> None:
     config_schema.check_unknown(raw, allowed, where, path)
 
 
-def _target(name: str, raw: dict, path: Path) -> Target:
+def read_target(name: str, raw: dict, path: Path) -> Target:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: [targets.{name}] must be a table.")
     _check_keys(raw, _TARGET_KEYS, f"targets.{name}", path)
@@ -69,7 +69,7 @@ def _target(name: str, raw: dict, path: Path) -> Target:
         raise ConfigError(f"{path}: [targets.{name}]: {err}.") from err
 
 
-def _migration_set(name: str, raw: dict, path: Path, root: Path) -> MigrationSet:
+def read_migration_set(name: str, raw: dict, path: Path, root: Path) -> MigrationSet:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: [migration_sets.{name}] must be a table.")
     _check_keys(raw, _SET_KEYS, f"migration_sets.{name}", path)
@@ -102,7 +102,7 @@ def _migration_set(name: str, raw: dict, path: Path, root: Path) -> MigrationSet
     return MigrationSet(name=name, **raw)
 
 
-def _backfill(name: str, raw: dict, path: Path) -> Backfill:
+def read_backfill(name: str, raw: dict, path: Path) -> Backfill:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: [backfills.{name}] must be a table.")
     _check_keys(raw, _BACKFILL_KEYS, f"backfills.{name}", path)
@@ -120,7 +120,7 @@ def _backfill(name: str, raw: dict, path: Path) -> Backfill:
     return Backfill(name=name, **{**raw, "key": tuple(keys)})
 
 
-def _group(name: str, raw: dict, path: Path, targets: dict[str, Target]) -> TargetGroup:
+def read_group(name: str, raw: dict, path: Path, targets: dict[str, Target]) -> TargetGroup:
     where = f"groups.{name}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: [{where}] must be a table.")

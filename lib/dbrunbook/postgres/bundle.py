@@ -24,11 +24,11 @@ DATABASE_USER = "postgres"
 DEFAULT_PORT = 5432
 LOG_FILE = "server.log"
 SETTINGS_FILE = "dbrunbook.conf"
-_START_TIMEOUT = 60
+START_TIMEOUT = 60
 
 
 @functools.cache
-def _bin_dir() -> Path:
+def bin_dir() -> Path:
     # Imported lazily: importing dbrunbook must not require the package's binaries. The package's
     # __init__ also imports its server class, which warns about XDG_RUNTIME_DIR that we never use.
     with warnings.catch_warnings():
@@ -44,11 +44,11 @@ def client_binary(name: str) -> Path:
     Raises:
         EmbeddedServerError: the bundle has no program of that name.
     """
-    path = _bin_dir() / name
+    path = bin_dir() / name
     if not path.is_file():
-        known = sorted(p.name for p in _bin_dir().iterdir())
+        known = sorted(p.name for p in bin_dir().iterdir())
         raise EmbeddedServerError(
-            f"No program '{name}' among the bundled PostgreSQL binaries in {_bin_dir()}; "
+            f"No program '{name}' among the bundled PostgreSQL binaries in {bin_dir()}; "
             f"available: {', '.join(known)}."
         )
     return path
@@ -92,7 +92,7 @@ def server_settings(socket_dir: Path, port: int, durable: bool = True) -> dict[s
     return settings
 
 
-def _settings_text(settings: dict[str, str]) -> str:
+def settings_text(settings: dict[str, str]) -> str:
     lines = ["# Written by dbrunbook before each start; edits are overwritten."]
     lines += [f"{k} = {_conf_quote(v)}" for k, v in settings.items()]
     return "\n".join(lines) + "\n"
@@ -100,16 +100,16 @@ def _settings_text(settings: dict[str, str]) -> str:
 
 def initdb_command(data_dir: Path, durable: bool = True) -> list[str]:
     """Return the initdb command line for a new data directory (trust auth: the socket is private)."""
-    cmd = [str(_bin_dir() / "initdb"), "-D", str(data_dir), "-U", DATABASE_USER, "--auth=trust",
+    cmd = [str(bin_dir() / "initdb"), "-D", str(data_dir), "-U", DATABASE_USER, "--auth=trust",
            "--encoding=UTF8", "--locale=C"]
     if not durable:
         cmd.append("--no-sync")
     return cmd
 
 
-def pg_ctl_command(data_dir: Path, action: str, *, timeout: float = _START_TIMEOUT) -> list[str]:
+def pg_ctl_command(data_dir: Path, action: str, *, timeout: float = START_TIMEOUT) -> list[str]:
     """Return a pg_ctl command line; paths go as separate arguments, settings live in the data directory."""
-    cmd = [str(_bin_dir() / "pg_ctl"), "-D", str(data_dir), "-w", "-t", str(max(1, int(timeout)))]
+    cmd = [str(bin_dir() / "pg_ctl"), "-D", str(data_dir), "-w", "-t", str(max(1, int(timeout)))]
     if action == "start":
         cmd += ["-l", str(data_dir / LOG_FILE)]
     elif action == "stop":

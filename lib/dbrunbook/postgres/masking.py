@@ -11,19 +11,19 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote
 
-from dbrunbook.postgres.urls import _CONNINFO_SECRET, MASK, _split_url, mask_url
+from dbrunbook.postgres.urls import CONNINFO_SECRET, MASK, mask_url, split_url
 
 
 def _secrets_of(url: str) -> list[str]:
     """Every spelling of the passwords a URL carries, to scrub them from error messages."""
     found: list[str] = []
-    parts = _split_url(url)
+    parts = split_url(url)
     if parts is not None:
         if parts.userinfo and ":" in parts.userinfo:
             found.append(parts.userinfo.split(":", 1)[1])
         found += re.findall(r"(?i)[?&](?:ssl)?password=([^&#]*)", parts.tail)
     else:
-        found += [m.group(2).strip("'") for m in _CONNINFO_SECRET.finditer(url)]
+        found += [m.group(2).strip("'") for m in CONNINFO_SECRET.finditer(url)]
     found += [unquote(s) for s in found]
     return sorted({s for s in found if s}, key=len, reverse=True)
 
@@ -84,10 +84,10 @@ def mask_secrets(text: str, *, env: dict[str, str] | None = None, secrets: list[
         text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", MASK, text)
     out, last = [], 0
     for match in _URL_IN_TEXT.finditer(text):
-        out.append(_CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, text[last:match.start()]))
+        out.append(CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, text[last:match.start()]))
         out.append(mask_url(match.group(0)))
         last = match.end()
-    out.append(_CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, text[last:]))
+    out.append(CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, text[last:]))
     return "".join(out)
 
 

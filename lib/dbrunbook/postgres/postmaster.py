@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from dbrunbook.errors import EmbeddedServerError
-from dbrunbook.postgres.bundle import DATABASE_USER, _bin_dir
+from dbrunbook.postgres.bundle import DATABASE_USER, bin_dir
 
 log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT = 3  # seconds; libpq's minimum is 2
 
 
-def _make_url(socket_dir: Path, port: int, database: str) -> str:
+def socket_url(socket_dir: Path, port: int, database: str) -> str:
     from urllib.parse import quote
 
     return (f"postgresql+psycopg://{DATABASE_USER}@/{quote(database, safe='')}"
@@ -39,7 +39,7 @@ def _connect(socket_dir: Path, port: int):
                            connect_timeout=_CONNECT_TIMEOUT, application_name="dbrunbook:health")
 
 
-def _server_version(socket_dir: Path, port: int, data_dir: Path) -> str | None:
+def server_version(socket_dir: Path, port: int, data_dir: Path) -> str | None:
     """The server's version if it accepts a real connection and serves ``data_dir``, else None."""
     if not (socket_dir / f".s.PGSQL.{port}").exists():
         return None
@@ -54,14 +54,14 @@ def _server_version(socket_dir: Path, port: int, data_dir: Path) -> str | None:
     return version if Path(served).resolve() == data_dir else None
 
 
-def _first_int(path: Path) -> int | None:
+def lock_file_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().split("\n", 1)[0].strip())
     except (OSError, ValueError):
         return None
 
 
-def _read_pid_file(data_dir: Path) -> dict[str, Any] | None:
+def read_pid_file(data_dir: Path) -> dict[str, Any] | None:
     """Parse postmaster.pid: pid, data dir, start time, port, socket dir, listen address, shmem, status."""
     try:
         lines = (data_dir / "postmaster.pid").read_text().splitlines()
@@ -80,7 +80,7 @@ def _read_pid_file(data_dir: Path) -> dict[str, Any] | None:
     return info
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     import psutil
 
     try:
@@ -89,7 +89,7 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
+def is_postmaster_of(pid: int, data_dir: Path) -> bool:
     """True if ``pid`` is a live postgres postmaster serving ``data_dir`` (not a process reusing the pid)."""
     import psutil
 
@@ -109,13 +109,13 @@ def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
         return False
 
 
-def _wait_gone(pid: int, timeout: float) -> None:
+def wait_gone(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
-def _ensure_private_dir(path: Path, uid: int, gid: int) -> None:
+def ensure_private_dir(path: Path, uid: int, gid: int) -> None:
     """Create ``path`` owned by uid with mode 0700, refusing a folder someone else planted in /tmp."""
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
@@ -133,9 +133,9 @@ def _ensure_private_dir(path: Path, uid: int, gid: int) -> None:
 
 
 @functools.cache
-def _bundled_major() -> str | None:
+def bundled_major() -> str | None:
     try:
-        out = subprocess.run([str(_bin_dir() / "pg_config"), "--version"], capture_output=True, text=True,
+        out = subprocess.run([str(bin_dir() / "pg_config"), "--version"], capture_output=True, text=True,
                              check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None

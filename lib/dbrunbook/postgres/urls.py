@@ -17,7 +17,7 @@ MASK = "***"
 
 
 @dataclass(frozen=True)
-class _UrlParts:
+class UrlParts:
     scheme: str  # "postgresql+psycopg://"
     userinfo: str | None  # "user:password" (without "@"), None when absent
     hosts: str  # "h1:5432,h2" or "" for a unix socket / default
@@ -29,7 +29,7 @@ class _UrlParts:
         return f"{self.scheme}{user}{self.hosts}{self.path}{self.tail}"
 
 
-def _split_url(url: str) -> _UrlParts | None:
+def split_url(url: str) -> UrlParts | None:
     """Split a libpq or SQLAlchemy URL without decoding it; None for a keyword/value conninfo string.
 
     Passwords are often pasted unencoded, with ``/ ? # :`` or even ``@`` in them, so the user information is
@@ -57,13 +57,13 @@ def _split_url(url: str) -> _UrlParts | None:
         i = rest.find(sep)
         if i >= 0:
             tail_start = min(tail_start, i)
-    return _UrlParts(scheme, userinfo, hosts, rest[:tail_start], rest[tail_start:])
+    return UrlParts(scheme, userinfo, hosts, rest[:tail_start], rest[tail_start:])
 
 
 _QUERY_SECRET = re.compile(r"(?i)([?&](?:ssl)?password=)[^&#]*")
 
 
-_CONNINFO_SECRET = re.compile(r"(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)")
+CONNINFO_SECRET = re.compile(r"(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)")
 
 
 def mask_url(url: str | sqlalchemy.URL) -> str:
@@ -74,15 +74,15 @@ def mask_url(url: str | sqlalchemy.URL) -> str:
     """
     if isinstance(url, sqlalchemy.URL):
         return url.render_as_string(hide_password=True)
-    parts = _split_url(url)
+    parts = split_url(url)
     if parts is None:
-        return _CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, url)
+        return CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, url)
     userinfo = parts.userinfo
     if userinfo is not None and ":" in userinfo:
         user, password = userinfo.split(":", 1)
         userinfo = f"{user}:{MASK}" if password else userinfo
     tail = _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, parts.tail)
-    return _UrlParts(parts.scheme, userinfo, parts.hosts, parts.path, tail).render()
+    return UrlParts(parts.scheme, userinfo, parts.hosts, parts.path, tail).render()
 
 
 def check_url(url: str) -> str:
@@ -94,7 +94,7 @@ def check_url(url: str) -> str:
     Raises:
         InvalidUrl: the message shows the URL masked as dbrunbook reads it, never any part of the password.
     """
-    parts = _split_url(url)
+    parts = split_url(url)
     if parts is None:
         return url  # a libpq keyword/value string: nothing here parses it
     userinfo = parts.userinfo or ""
@@ -130,7 +130,7 @@ def parse_url(url: str) -> sqlalchemy.URL:
 
 def with_database(url: str, database: str) -> str:
     """Return the URL pointing at another database of the same server (everything else unchanged)."""
-    parts = _split_url(url)
+    parts = split_url(url)
     if parts is None:
         conninfo = re.sub(r"(?i)\bdbname\s*=\s*('(?:[^'\\]|\\.)*'|\S*)\s*", "", url).strip()
         quoted = database.replace("\\", "\\\\").replace("'", "\\'")
@@ -139,4 +139,4 @@ def with_database(url: str, database: str) -> str:
     tail = re.sub(r"(?i)([?&])dbname=[^&#]*(&|(?=#)|$)", lambda m: m.group(1) if m.group(2) else "",
                   parts.tail)
     tail = re.sub(r"[?&](?=#|$)", "", tail)
-    return _UrlParts(parts.scheme, parts.userinfo, parts.hosts, "/" + quote(database, safe=""), tail).render()
+    return UrlParts(parts.scheme, parts.userinfo, parts.hosts, "/" + quote(database, safe=""), tail).render()

@@ -20,7 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 DPI = 100
-_APPLIED, _PENDING, _CURRENT, _EDGE = "#4c72b0", "#ffffff", "#dd8452", "#555555"
+#: The colour of edges and muted labels in every chart.
+EDGE_COLOR = "#555555"
 
 
 # Fixed so that nothing in the output depends on the process or the user's matplotlibrc.
@@ -128,6 +129,6 @@ class plot_style:
         self._style.__exit__(*exc)
 
 
-def _short(text: str, length: int) -> str:
+def shorten(text: str, length: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= length else text[: length - 1] + "…"

@@ -11,7 +11,7 @@ import re
 
 import nbformat
 
-from dbrunbook.views.report_style import _CSS
+from dbrunbook.views.report_style import PAGE_CSS
 
 # nbconvert's own clean_html (what --sanitize-html uses) allows so few tags that it escapes headings,
 # paragraphs and table headers into visible markup (jupyter/nbconvert#2016). This allow-list keeps what
@@ -68,7 +68,7 @@ def sanitize_html(text: str | bytes) -> str:
                         strip=True, **kwargs)
 
 
-class _Renderer:
+class NotebookRenderer:
     """nbconvert's HTMLExporter (lab template, sanitized), with our header and no external script."""
 
     def __init__(self) -> None:
@@ -82,7 +82,7 @@ class _Renderer:
             "{% block html_head_js_mathjax %}{% endblock html_head_js_mathjax %}\n"
             "{% block html_head_js_mermaidjs %}{% endblock html_head_js_mermaidjs %}\n"
             "{% block jupyter_widgets %}{% endblock jupyter_widgets %}\n"
-            "{% block extra_css %}<style>" + _CSS + "</style>{% endblock extra_css %}\n"
+            "{% block extra_css %}<style>" + PAGE_CSS + "</style>{% endblock extra_css %}\n"
             "{% block body_header %}{{ super() }}{{ resources.dbrunbook_header }}{% endblock body_header %}\n"
         )
         self.exporter = HTMLExporter(

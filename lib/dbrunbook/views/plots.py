@@ -13,7 +13,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from dbrunbook.views.figures import _EDGE, DPI, Note, Plot, Plots, _short, new_figure, plot_style, render_plot
+from dbrunbook.views.figures import DPI, EDGE_COLOR, Note, Plot, Plots, new_figure, plot_style, render_plot, shorten
 from dbrunbook.views.revision_graph import CURRENT_CONTEXT, MAX_LAYERS, revision_graph
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _bar_axes(fig: Figure, n_rows: int):
 
 def _more_label(ax: Any, y: int, text: str) -> None:
     ax.annotate(text, (0, y), xytext=(0, 0), textcoords="offset points", va="center", ha="left", fontsize=7,
-                fontstyle="italic", color=_EDGE)
+                fontstyle="italic", color=EDGE_COLOR)
 
 
 def counts_chart(diff_frame: Any) -> Plot | Note:
@@ -76,7 +76,7 @@ def counts_chart(diff_frame: Any) -> Plot | Note:
     with plot_style():
         fig = new_figure(8.0, max(1.6, 0.9 + 0.42 * n_rows))
         ax = _bar_axes(fig, n_rows)
-        labels = [f"{_short(r['table'], 34)} ({r.get('status', '')})" for r in rows]
+        labels = [f"{shorten(r['table'], 34)} ({r.get('status', '')})" for r in rows]
         ys = list(range(len(rows)))
         before = [_number(r.get("before")) for r in rows]
         after = [_number(r.get("after")) for r in rows]
@@ -164,7 +164,7 @@ def durations_chart(steps: Any, rehearsal: Any = None) -> Plot | Note:
             value = slowest(label)
             ax.annotate(f"{value:.2f} s", (value, y), xytext=(4, 0), textcoords="offset points", va="center",
                         fontsize=7)
-        tick_labels = [_short(label, 40) for label in labels]
+        tick_labels = [shorten(label, 40) for label in labels]
         if more:
             ys.append(len(labels))
             tick_labels.append(f"… {len(more):,} more revisions")

@@ -22,9 +22,9 @@ import nbformat
 from dbrunbook import records
 from dbrunbook.execution.protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE
 from dbrunbook.views import report_style
-from dbrunbook.views.notebook_html import _Renderer
+from dbrunbook.views.notebook_html import NotebookRenderer
 from dbrunbook.views.report_style import page_html
-from dbrunbook.views.tables import _e, _grid, _table
+from dbrunbook.views.tables import escape_html, grid_html, pairs_html
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +194,8 @@ def _parameter_rows(parameters_source: str | None, values: Mapping) -> list[list
 # --- pages ------------------------------------------------------------------------------------------------
 def _nav(entry: RecordEntry) -> str:
     return (f'<p><a href="../{INDEX_FILE}">← all records</a></p>'
-            f"<h1>{_e(entry.runbook)} on {_e(entry.target)} — {report_style.outcome_badge(entry.outcome)}</h1>"
-            f"<p><code>{_e(entry.run_id)}</code></p>")
+            f"<h1>{escape_html(entry.runbook)} on {escape_html(entry.target)} — {report_style.outcome_badge(entry.outcome)}</h1>"
+            f"<p><code>{escape_html(entry.run_id)}</code></p>")
 
 
 def _summary_rows(entry: RecordEntry, facts: Mapping, check: records.RecordCheck, papermill: Mapping) -> list:
@@ -229,8 +229,8 @@ def _artifact_rows(run_dir: Path, page_dir: Path, statement: Mapping | None) -> 
         if not name.startswith(f"{ARTIFACTS_DIR}/"):
             continue
         href = Path(os.path.relpath(run_dir / name, page_dir)).as_posix()
-        items.append(f'<tr><td><a href="{_e(href)}">{_e(name)}</a></td>'
-                     f"<td><code>{_e((subject.get('digest') or {}).get('sha256'))}</code></td></tr>")
+        items.append(f'<tr><td><a href="{escape_html(href)}">{escape_html(name)}</a></td>'
+                     f"<td><code>{escape_html((subject.get('digest') or {}).get('sha256'))}</code></td></tr>")
     if not items:
         return ""
     return ('<h2>Artifacts</h2><table class="dbr-table"><tr><th>file</th><th>sha256 (signed)</th></tr>'
@@ -238,20 +238,20 @@ def _artifact_rows(run_dir: Path, page_dir: Path, statement: Mapping | None) -> 
 
 
 def _warning_page(entry: RecordEntry, facts: Mapping, check: records.RecordCheck, reason: str) -> str:
-    problems = "".join(f"<li>{_e(p)}</li>" for p in (*check.problems, reason) if p)
-    claimed = _table([("runbook", entry.runbook), ("target", entry.target), ("operator", entry.operator),
+    problems = "".join(f"<li>{escape_html(p)}</li>" for p in (*check.problems, reason) if p)
+    claimed = pairs_html([("runbook", entry.runbook), ("target", entry.target), ("operator", entry.operator),
                       ("started", entry.when), ("outcome", entry.outcome), ("revisions", entry.revisions)])
     body = (f"<div class=\"dbr-header\">{_nav(entry)}"
-            f'<div class="dbr-banner {_e(entry.status)}" id="record-warning">This record is '
-            f"{_e(entry.status_label.upper())}: its notebook is not shown, because what it would show is not "
+            f'<div class="dbr-banner {escape_html(entry.status)}" id="record-warning">This record is '
+            f"{escape_html(entry.status_label.upper())}: its notebook is not shown, because what it would show is not "
             f"what was signed.</div><h2>Problems</h2><ul id=\"problems\">{problems}</ul>"
             f"<h2>What the record claims (not verified)</h2>{claimed}"
-            f"<p>Check it with <code>dbrunbook verify {_e(check.run_dir)}</code>.</p></div>")
+            f"<p>Check it with <code>dbrunbook verify {escape_html(check.run_dir)}</code>.</p></div>")
     return page_html(f"{entry.status_label.upper()}: {entry.run_id}", body)
 
 
 def render_record(run_dir: Path, allowed_signers: Path, page_dir: Path | None = None,
-                  renderer: _Renderer | None = None) -> tuple[RecordEntry, str]:
+                  renderer: NotebookRenderer | None = None) -> tuple[RecordEntry, str]:
     """Verify one record and return its index entry and the HTML of its page.
 
     The notebook's bytes are read once, compared with the sha256 the signed statement gives for them, and
@@ -280,15 +280,15 @@ def render_record(run_dir: Path, allowed_signers: Path, page_dir: Path | None = 
     values = papermill.get("parameters") or facts.get("parameters") or {}
     header = [f'<div class="dbr-header">{_nav(entry)}']
     header.append(f'<div class="dbr-banner valid" id="record-status">Signature valid, signed by '
-                  f"{_e(check.principal)}; every file matches the signed statement.</div>")
+                  f"{escape_html(check.principal)}; every file matches the signed statement.</div>")
     header.append(report_style.failure_box(failures, entry.outcome))
     notes = [p for p in check.problems if check.status == "valid"]
     if notes:
-        header.append("<ul>" + "".join(f"<li>{_e(p)}</li>" for p in notes) + "</ul>")
-    header.append('<h2>Run</h2><div id="run">' + _table(_summary_rows(entry, facts, check, papermill)) + "</div>")
+        header.append("<ul>" + "".join(f"<li>{escape_html(p)}</li>" for p in notes) + "</ul>")
+    header.append('<h2>Run</h2><div id="run">' + pairs_html(_summary_rows(entry, facts, check, papermill)) + "</div>")
     header.append('<h2>Parameters</h2><div id="parameters">'
-                  + _grid(["parameter", "value", "type", "default", "help"],
+                  + grid_html(["parameter", "value", "type", "default", "help"],
                           _parameter_rows(parameters_source, values)) + "</div>")
     header.append(_artifact_rows(run_dir, page_dir, check.statement))
     header.append("<h2>Notebook</h2></div>")
-    return entry, (renderer or _Renderer()).render(nb, "".join(header), f"{entry.runbook} {entry.run_id}")
+    return entry, (renderer or NotebookRenderer()).render(nb, "".join(header), f"{entry.runbook} {entry.run_id}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dbrunbook import records
 from dbrunbook.views import report_style
-from dbrunbook.views.notebook_html import _Renderer, sanitize_html
+from dbrunbook.views.notebook_html import NotebookRenderer, sanitize_html
 from dbrunbook.views.record_page import (
     FAILED_TAG,
     INDEX_FILE,
@@ -27,7 +27,7 @@ from dbrunbook.views.record_page import (
     render_record,
 )
 from dbrunbook.views.report_style import page_html
-from dbrunbook.views.tables import _e
+from dbrunbook.views.tables import escape_html
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +55,17 @@ def _index(entries: list[RecordEntry]) -> str:
     options = {}
     for key, _label in _FILTERS:
         values = sorted({getattr(e, key) for e in entries})
-        options[key] = "".join(f'<option value="{_e(v)}">{_e(STATUS_LABELS.get(v, v) if key == "status" else v)}'
+        options[key] = "".join(f'<option value="{escape_html(v)}">{escape_html(STATUS_LABELS.get(v, v) if key == "status" else v)}'
                                f"</option>" for v in values)
     filters = "".join(
-        f'<label>{_e(label)} <select id="filter-{key}" data-key="{key}"><option value="">all</option>'
+        f'<label>{escape_html(label)} <select id="filter-{key}" data-key="{key}"><option value="">all</option>'
         f"{options[key]}</select></label>" for key, label in _FILTERS)
     rows = "".join(
-        f'<tr class="record status-{_e(e.status)} outcome-{_e(e.outcome)}" data-target="{_e(e.target)}" data-runbook="{_e(e.runbook)}" '
-        f'data-outcome="{_e(e.outcome)}" data-status="{_e(e.status)}">'
-        f"<td>{_e(e.when)}</td><td>{_e(e.runbook)}</td><td>{_e(e.target)}</td><td>{_e(e.operator)}</td>"
-        f"<td>{report_style.outcome_badge(e.outcome)}</td><td>{_e(e.revisions)}</td><td class=\"status\">{_e(e.status_label)}</td>"
-        f'<td><a href="{_e(e.page)}">{_e(e.run_id)}</a></td></tr>'
+        f'<tr class="record status-{escape_html(e.status)} outcome-{escape_html(e.outcome)}" data-target="{escape_html(e.target)}" data-runbook="{escape_html(e.runbook)}" '
+        f'data-outcome="{escape_html(e.outcome)}" data-status="{escape_html(e.status)}">'
+        f"<td>{escape_html(e.when)}</td><td>{escape_html(e.runbook)}</td><td>{escape_html(e.target)}</td><td>{escape_html(e.operator)}</td>"
+        f"<td>{report_style.outcome_badge(e.outcome)}</td><td>{escape_html(e.revisions)}</td><td class=\"status\">{escape_html(e.status_label)}</td>"
+        f'<td><a href="{escape_html(e.page)}">{escape_html(e.run_id)}</a></td></tr>'
         for e in sorted(entries, key=lambda e: e.run_id, reverse=True))
     bad = sum(1 for e in entries if e.status != "valid")
     body = (f"<h1>dbrunbook records</h1><p>{len(entries)} records, "
@@ -108,7 +108,7 @@ def build_report(outputs_dir: Path, allowed_signers: Path, out_dir: Path | None 
     out_dir = Path(out_dir) if out_dir else outputs_dir / "report"
     page_dir = out_dir / PAGES_DIR
     page_dir.mkdir(parents=True, exist_ok=True)
-    renderer = _Renderer()
+    renderer = NotebookRenderer()
     entries, written = [], set()
     for run_dir in records.find_records(outputs_dir):
         entry, page = render_record(run_dir, allowed_signers, page_dir, renderer)

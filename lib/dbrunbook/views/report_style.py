@@ -8,11 +8,12 @@ proportional body font: they are defined here.
 
 from __future__ import annotations
 
-import html
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from dbrunbook.views.tables import escape_html
 
 __all__ = [
     "CSS",
@@ -119,14 +120,10 @@ SORT_SCRIPT = """
 """
 
 
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
 def outcome_badge(outcome: str) -> str:
     """A coloured badge; its class names the outcome (``outcome-failed`` …), its text is the outcome."""
     css = OUTCOME_CLASSES.get(outcome, "outcome-" + re.sub(r"[^a-z0-9-]", "-", str(outcome).lower()))
-    return f'<span class="dbr-badge {css}">{_e(outcome)}</span>'
+    return f'<span class="dbr-badge {css}">{escape_html(outcome)}</span>'
 
 
 def failure_box(failures: list[Mapping], outcome: str) -> str:
@@ -139,8 +136,8 @@ def failure_box(failures: list[Mapping], outcome: str) -> str:
         return ""
     guard = outcome == "stopped-at-guard"
     items = "".join(
-        f'<li><a href="#{_e(f["anchor"])}">{_e(f.get("heading") or "a cell")}</a>: '
-        f'<span class="dbr-rule">{_e(f.get("ename"))}</span>: {_e(f.get("evalue"))}</li>' for f in failures)
+        f'<li><a href="#{escape_html(f["anchor"])}">{escape_html(f.get("heading") or "a cell")}</a>: '
+        f'<span class="dbr-rule">{escape_html(f.get("ename"))}</span>: {escape_html(f.get("evalue"))}</li>' for f in failures)
     if guard:
         return (f'<div class="dbr-guard" id="failed-steps"><b>Stopped at a guard</b> — the runbook refused to go '
                 f"on; nothing after the guard ran. The guard's rule and what would let it pass:<ul>{items}</ul>"
@@ -165,7 +162,7 @@ def collapse_tracebacks(nb) -> int:
                 continue
             line = f"{out.get('ename', '')}: {out.get('evalue', '')}"
             trace = _ANSI.sub("", "\n".join(out.get("traceback") or []))
-            body = (f'<details class="dbr-traceback"><summary>{_e(line)}</summary><pre>{_e(trace)}</pre>'
+            body = (f'<details class="dbr-traceback"><summary>{escape_html(line)}</summary><pre>{escape_html(trace)}</pre>'
                     "</details>")
             outputs[i] = {"output_type": "display_data", "metadata": {}, "data": {"text/html": body}}
             count += 1
@@ -185,18 +182,18 @@ def index_summary(entries: Iterable) -> str:
 
     def grid(title: str, rows: list[tuple[str, str]], id_: str) -> str:
         body = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) or '<tr><td colspan="2">none</td></tr>'
-        return f'<table class="dbr-table" id="{id_}"><caption>{_e(title)}</caption>{body}</table>'
+        return f'<table class="dbr-table" id="{id_}"><caption>{escape_html(title)}</caption>{body}</table>'
 
     outcomes = [(outcome_badge(k), str(v)) for k, v in sorted(by_outcome.items())]
-    targets = [(_e(k), str(v)) for k, v in sorted(by_target.items())]
-    changes = [(_e(t), f'<a href="{_e(e.page)}">{_e(e.when)}</a> {_e(e.runbook)}: {_e(e.revisions)}')
+    targets = [(escape_html(k), str(v)) for k, v in sorted(by_target.items())]
+    changes = [(escape_html(t), f'<a href="{escape_html(e.page)}">{escape_html(e.when)}</a> {escape_html(e.runbook)}: {escape_html(e.revisions)}')
                for t, e in sorted(last.items())]
     return ('<div class="dbr-summary" id="summary">' + grid("records by outcome", outcomes, "by-outcome")
             + grid("records by target", targets, "by-target")
             + grid("last change per database", changes, "last-change") + "</div>")
 
 
-_CSS = """
+PAGE_CSS = """
 body.dbr { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em; color: #1b1f24; }
 .dbr-header { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 70em;
               margin: 1em auto 2em auto; padding: 0 1em; }
@@ -219,6 +216,6 @@ code { font-size: .9em; }
 
 
 def page_html(title: str, body: str, script: str = "") -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f"<style>{_CSS}</style></head><body class=\"dbr\">{body}"
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape_html(title)}</title>'
+            f"<style>{PAGE_CSS}</style></head><body class=\"dbr\">{body}"
             + (f"<script>{script}</script>" if script else "") + "</body></html>\n")

@@ -16,19 +16,17 @@ from matplotlib.lines import Line2D
 from dbrunbook.chain import migrations
 from dbrunbook.config import MigrationSet
 from dbrunbook.views.figures import (
-    _APPLIED,
-    _CURRENT,
-    _EDGE,
-    _PENDING,
+    EDGE_COLOR,
     Plot,
-    _short,
     new_figure,
     plot_style,
     render_plot,
+    shorten,
 )
 
 #: The most layers of a revision graph drawn in full: the oldest ones are collapsed into one "… N earlier" row.
 MAX_LAYERS = 24
+_APPLIED, _PENDING, _CURRENT = "#4c72b0", "#ffffff", "#dd8452"
 
 
 #: Layers kept in full around each current revision that lies in the collapsed part.
@@ -124,11 +122,11 @@ def _visible_rows(layer: dict[str, int], current: Sequence[str]) -> tuple[dict[i
 
 def _legend_handles() -> list[Line2D]:
     return [
-        Line2D([], [], marker="o", linestyle="", markerfacecolor=_APPLIED, markeredgecolor=_EDGE, label="applied"),
-        Line2D([], [], marker="o", linestyle="", markerfacecolor=_PENDING, markeredgecolor=_EDGE, label="pending"),
+        Line2D([], [], marker="o", linestyle="", markerfacecolor=_APPLIED, markeredgecolor=EDGE_COLOR, label="applied"),
+        Line2D([], [], marker="o", linestyle="", markerfacecolor=_PENDING, markeredgecolor=EDGE_COLOR, label="pending"),
         Line2D([], [], marker="o", linestyle="", markerfacecolor=_PENDING, markeredgecolor=_CURRENT,
                markeredgewidth=3, label="current"),
-        Line2D([], [], marker="D", linestyle="", markerfacecolor=_PENDING, markeredgecolor=_EDGE, label="merge"),
+        Line2D([], [], marker="D", linestyle="", markerfacecolor=_PENDING, markeredgecolor=EDGE_COLOR, label="merge"),
     ]
 
 
@@ -195,12 +193,12 @@ def _graph_figure(history: list[migrations.RevisionInfo], current: tuple[str, ..
                 above = max((g for g in gap_rows if g < rows[layer[info.revision]]), default=0)
                 cut.append([(column[info.revision], -above), (column[info.revision], y_of(info.revision))])
     # One collection per kind of line and one scatter per kind of node: drawing stays fast on long chains.
-    ax.add_collection(LineCollection(edges, colors=_EDGE, linewidths=1.2, zorder=1))
-    ax.add_collection(LineCollection(cut, colors=_EDGE, linewidths=1.0, linestyles=[(0, (2, 2))], zorder=1))
+    ax.add_collection(LineCollection(edges, colors=EDGE_COLOR, linewidths=1.2, zorder=1))
+    ax.add_collection(LineCollection(cut, colors=EDGE_COLOR, linewidths=1.0, linestyles=[(0, (2, 2))], zorder=1))
     for row, hidden in gaps:
         ax.annotate(f"⋮  {hidden:,} earlier revision{'s' if hidden != 1 else ''} (collapsed)",
                     (min(xs), -row), xytext=(10, 0), textcoords="offset points", va="center", ha="left",
-                    fontsize=8, fontstyle="italic", color=_EDGE)
+                    fontsize=8, fontstyle="italic", color=EDGE_COLOR)
     kinds: dict[tuple, list[tuple[float, float]]] = {}
     for info in shown:
         is_current = info.revision in current
@@ -209,11 +207,11 @@ def _graph_figure(history: list[migrations.RevisionInfo], current: tuple[str, ..
     for (is_merge, is_applied, is_current), points in sorted(kinds.items()):
         ax.scatter([x for x, _ in points], [y for _, y in points], s=140 if is_merge else 110,
                    marker="D" if is_merge else "o", facecolor=_APPLIED if is_applied else _PENDING,
-                   edgecolor=_CURRENT if is_current else _EDGE, linewidths=3.0 if is_current else 1.2, zorder=3)
+                   edgecolor=_CURRENT if is_current else EDGE_COLOR, linewidths=3.0 if is_current else 1.2, zorder=3)
     for info in shown:
         x, y = column[info.revision], y_of(info.revision)
         is_current = info.revision in current
-        label = f"{info.revision[:12]}  {_short(info.message, 34)}"
+        label = f"{info.revision[:12]}  {shorten(info.message, 34)}"
         if is_current:
             label += "  ◀ current"
         if info.is_head:

@@ -113,18 +113,18 @@ def frame_text(frame: pd.DataFrame, *, empty: str = EMPTY) -> str:
 
 
 # --- small HTML helpers -----------------------------------------------------------------------------------
-def _e(value: Any) -> str:
+def escape_html(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _table(rows: list[tuple[str, Any]], raw: frozenset[str] = frozenset()) -> str:
+def pairs_html(rows: list[tuple[str, Any]], raw: frozenset[str] = frozenset()) -> str:
     cells = "".join(
-        f"<tr><th>{_e(k)}</th><td>{v if k in raw else _e(v)}</td></tr>" for k, v in rows
+        f"<tr><th>{escape_html(k)}</th><td>{v if k in raw else escape_html(v)}</td></tr>" for k, v in rows
     )
     return f'<table class="dbr-table">{cells}</table>'
 
 
-def _grid(columns: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+def grid_html(columns: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{escape_html(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{escape_html(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f'<table class="dbr-table"><tr>{head}</tr>{body}</table>'

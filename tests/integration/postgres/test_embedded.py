@@ -265,7 +265,7 @@ def test_settings_turn_tcp_off_and_quote_paths():
     settings = embedded.server_settings(Path("/tmp/it's"), 5433, durable=True)
     assert settings["listen_addresses"] == "" and settings["port"] == "5433"
     assert "fsync" not in settings
-    assert "unix_socket_directories = '/tmp/it''s'" in bundle._settings_text(settings)
+    assert "unix_socket_directories = '/tmp/it''s'" in bundle.settings_text(settings)
     assert embedded.server_settings(Path("/tmp/x"), 5432, durable=False)["fsync"] == "off"
 
 
