@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dbrunbook import config_schema
 from dbrunbook.config_model import Backfill, Config, MigrationSet, Target, TargetGroup
+from dbrunbook.config_schema import parse_duration
 from dbrunbook.config_tables import (
     DRIVERS,
     X_ARGUMENTS_ENV,
@@ -25,11 +26,11 @@ from dbrunbook.config_tables import (
     read_table,
     read_target,
 )
-from dbrunbook.errors import ConfigError, MissingSecret, TargetNotFound
+from dbrunbook.errors import ConfigError, TargetNotFound
 
 __all__ = [
     "CONFIG_NAME", "DRIVERS", "ENV_CONFIG", "X_ARGUMENTS_ENV", "Backfill", "Config", "MigrationSet", "Target",
-    "TargetGroup", "find_config", "load_config", "normalize_url", "parse_duration", "resolve_url",
+    "TargetGroup", "find_config", "load_config", "normalize_url", "parse_duration",
     "target_driver", "url_driver",
 ]
 
@@ -113,63 +114,6 @@ def load_config(path: Path | str | None = None) -> Config:
         backfills=backfills,
         groups=groups,
     )
-
-
-_DURATION_UNITS = {
-    "ms": 0.001, "s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60, "minute": 60,
-    "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
-    "w": 604800, "week": 604800, "weeks": 604800,
-}
-
-
-def parse_duration(text: str | float, *, key: str | None = None) -> float:
-    """Seconds in a duration as dbrunbook.toml writes them: "60s", "5min", "24h", "7d", "1h30min", "100ms".
-
-    A bare number means seconds.
-
-    Raises:
-        ConfigError: not a duration (``key`` names the setting in the message).
-    """
-    if isinstance(text, (int, float)):
-        return float(text)
-    value = str(text).strip().lower()
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
-    rest = re.sub(r"(\d+(?:\.\d+)?)\s*([a-z]*)|\s+", "", value)
-    if not parts or rest or any(unit and unit not in _DURATION_UNITS for _, unit in parts):
-        where = f" ({key} of the target in dbrunbook.toml)" if key else ""
-        raise ConfigError(f"'{text}' is not a duration; write it like 60s, 5min, 24h, 7d or 1h30min{where}.")
-    return sum(float(n) * _DURATION_UNITS[unit or "s"] for n, unit in parts)
-
-
-def resolve_url(target: Target, config: Config) -> str:
-    """Return the SQLAlchemy URL (psycopg 3 driver) of a target, starting the embedded server if needed.
-
-    The result may carry a password taken from the environment: never print or record it; use
-    ``dbrunbook.postgres.db.mask_url`` for anything a human or a record sees.
-
-    Raises:
-        MissingSecret: the target's environment variable is not set.
-    """
-    if target.embedded:
-        from dbrunbook.postgres import db
-        from dbrunbook.postgres.embedded import EmbeddedServer
-
-        admin_url = EmbeddedServer.for_config(config).ensure_started()
-        db.ensure_database(admin_url, target.database)
-        return db.with_database(admin_url, target.database)
-    if target.service:
-        if target.tenant_database:  # libpq: an explicit dbname wins over the service file's
-            return f"postgresql+psycopg:///{target.tenant_database}?service={target.service}"
-        return f"postgresql+psycopg:///?service={target.service}"
-    assert target.url_env is not None
-    value = os.environ.get(target.url_env)
-    if not value:
-        raise MissingSecret(target.name, target.url_env, str(config.path))
-    if target.tenant_database:
-        from dbrunbook.postgres import db
-
-        return db.with_database(normalize_url(value), target.tenant_database)
-    return normalize_url(value)
 
 
 _PREFIXES = ("postgresql+psycopg2://", "postgresql+psycopg://", "postgresql+asyncpg://", "postgresql://",

@@ -14,8 +14,9 @@ import sys
 import sqlalchemy as sa
 
 from dbrunbook import records
-from dbrunbook.config import Config, resolve_url
+from dbrunbook.config import Config
 from dbrunbook.postgres import db
+from dbrunbook.postgres.db import resolve_url
 from dbrunbook.postgres.embedded import EmbeddedServer
 
 DEMO_TARGET = "demo"

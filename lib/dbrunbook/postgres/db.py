@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import re
 import threading
 from dataclasses import asdict, dataclass
@@ -21,14 +22,16 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from dbrunbook.errors import DatabaseUnavailable
+from dbrunbook.config import Config, Target, normalize_url, target_driver
+from dbrunbook.errors import DatabaseUnavailable, MissingSecret
+from dbrunbook.postgres.embedded import EmbeddedServer
 from dbrunbook.postgres.masking import contains_secret, mask_secrets, scrub_driver_message, secret_values
 from dbrunbook.postgres.urls import MASK, check_url, mask_url, parse_url, with_database
 
 __all__ = [
     "MASK", "OPTIONAL_SETTINGS", "DatabaseIdentity", "check_connection", "check_url", "connect_target",
     "contains_secret", "create_database", "drop_database", "ensure_database", "identity", "make_engine",
-    "mask_secrets", "mask_url", "parse_url", "scrub_driver_message", "secret_values", "with_database",
+    "mask_secrets", "mask_url", "parse_url", "resolve_url", "scrub_driver_message", "secret_values", "with_database",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,8 +76,6 @@ def make_engine(url: str, *, run_id: str | None = None, lock_timeout: str | None
 
     The connection is not opened here; ``check_connection`` does that.
     """
-    from dbrunbook.config import normalize_url
-
     sa_url = parse_url(normalize_url(check_url(url)))
     settings: dict[str, str] = {}
     if lock_timeout is not None:
@@ -209,6 +210,32 @@ def _reason(err: sqlalchemy.exc.DBAPIError, engine: Engine) -> str:
     return scrub_driver_message(message, _full_url(engine)).rstrip(".?")
 
 
+def resolve_url(target: Target, config: Config) -> str:
+    """Return the SQLAlchemy URL (psycopg 3 driver) of a target, starting the embedded server if needed.
+
+    The result may carry a password taken from the environment: never print or record it; use
+    ``dbrunbook.postgres.db.mask_url`` for anything a human or a record sees.
+
+    Raises:
+        MissingSecret: the target's environment variable is not set.
+    """
+    if target.embedded:
+        admin_url = EmbeddedServer.for_config(config).ensure_started()
+        ensure_database(admin_url, target.database)
+        return with_database(admin_url, target.database)
+    if target.service:
+        if target.tenant_database:  # libpq: an explicit dbname wins over the service file's
+            return f"postgresql+psycopg:///{target.tenant_database}?service={target.service}"
+        return f"postgresql+psycopg:///?service={target.service}"
+    assert target.url_env is not None
+    value = os.environ.get(target.url_env)
+    if not value:
+        raise MissingSecret(target.name, target.url_env, str(config.path))
+    if target.tenant_database:
+        return with_database(normalize_url(value), target.tenant_database)
+    return normalize_url(value)
+
+
 def connect_target(config, target_name: str | None = None, run_id: str | None = None) -> tuple[Any, Engine]:
     """Resolve a target of dbrunbook.toml, make its engine and check that it answers.
 
@@ -219,14 +246,10 @@ def connect_target(config, target_name: str | None = None, run_id: str | None = 
         TargetNotFound, MissingSecret: configuration problems.
         DatabaseUnavailable: the database does not accept connections.
     """
-    from dbrunbook.config import resolve_url
-
     target = config.target(target_name)
     url = resolve_url(target, config)
     engine = make_engine(url, run_id=run_id, lock_timeout=target.lock_timeout,
                          statement_timeout=target.statement_timeout)
-    from dbrunbook.config import target_driver  # the driver the project's env.py gets (dbrunbook.chain.drivers)
-
     if driver := target_driver(target):
         engine.update_execution_options(dbrunbook_driver=driver)
     try:

@@ -13,6 +13,9 @@ from urllib.parse import quote
 
 import sqlalchemy
 
+from dbrunbook.config import normalize_url
+from dbrunbook.errors import InvalidUrl
+
 MASK = "***"
 
 
@@ -100,14 +103,10 @@ def check_url(url: str) -> str:
     userinfo = parts.userinfo or ""
     # SQLAlchemy reads the password up to the first "@" and the user name up to the first "/" or ":".
     if "@" in userinfo or "/" in userinfo.split(":", 1)[0]:
-        from dbrunbook.errors import InvalidUrl
-
         raise InvalidUrl(mask_url(url), "its user name or password holds an '@' (or the user name a '/'), "
                                         "which must be percent-encoded. Encode it, e.g. with python3 -c \"import "
                                         "urllib.parse,getpass; print(urllib.parse.quote(getpass.getpass(), "
                                         "safe=''))\", or keep the password in ~/.pgpass or PGPASSWORD.")
-    from dbrunbook.config import normalize_url
-
     parse_url(normalize_url(url))
     return url
 
@@ -121,8 +120,6 @@ def parse_url(url: str) -> sqlalchemy.URL:
     try:
         return sqlalchemy.make_url(url)
     except Exception as err:  # noqa: BLE001 - ArgumentError, ValueError (a port that is not a number)...
-        from dbrunbook.errors import InvalidUrl
-
         problem = type(err).__name__
         raise InvalidUrl(mask_url(url), f"SQLAlchemy cannot parse it ({problem}). Check the host, port and "
                                         f"database parts, and percent-encode special characters.") from None
