@@ -8,6 +8,7 @@ headings, paragraphs and tables notebooks and pandas produce stay. The page load
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import nbformat
 
@@ -49,18 +50,27 @@ def _allowed_attribute(tag: str, name: str, value: str) -> bool:
     return False
 
 
+def _css_sanitizer() -> Any:
+    """bleach's CSS sanitizer allowing its default properties; None without tinycss2 (bleach's optional extra)."""
+    try:
+        from bleach.css_sanitizer import ALLOWED_CSS_PROPERTIES, CSSSanitizer
+    except ImportError:
+        return None
+    return CSSSanitizer(allowed_css_properties=ALLOWED_CSS_PROPERTIES)
+
+
 def sanitize_html(text: str | bytes) -> str:
     """Clean HTML from a notebook (markdown or an output) for display in the archive.
 
-    bleach with an allow-list of tags and attributes, CSS through nbconvert's CSS sanitizer; ``<script>``
-    and ``<style>`` elements are removed with their content rather than shown as text.
+    bleach with an allow-list of tags and attributes, CSS through bleach's CSS sanitizer with its default
+    property list (what nbconvert's own sanitizer uses); ``<script>`` and ``<style>`` elements are removed
+    with their content rather than shown as text.
     """
     import bleach
-    from nbconvert.preprocessors.sanitize import _get_default_css_sanitizer
 
     text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
     kwargs = {}
-    css_sanitizer = _get_default_css_sanitizer()
+    css_sanitizer = _css_sanitizer()
     if css_sanitizer is not None:
         kwargs["css_sanitizer"] = css_sanitizer
     return bleach.clean(_DROPPED_WITH_CONTENT.sub("", text), tags=_ALLOWED_TAGS,

@@ -20,6 +20,9 @@ from typing import Any
 import nbformat
 
 from dbrunbook import records
+
+# The launcher's own reading of a parameters cell (ast, never executed), from its one home, not the launcher.
+from dbrunbook.execution.parameters import parse_parameters
 from dbrunbook.execution.protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE
 from dbrunbook.views import report_style
 from dbrunbook.views.notebook_html import NotebookRenderer
@@ -172,10 +175,6 @@ def _prepare(nb: nbformat.NotebookNode) -> tuple[list[dict], str | None]:
 
 
 def _parameter_rows(parameters_source: str | None, values: Mapping) -> list[list[Any]]:
-    from dbrunbook.execution.runner import (
-        parse_parameters,  # the launcher's own reading of a parameters cell (ast, no exec)
-    )
-
     declared = {}
     if parameters_source:
         try:
