@@ -49,7 +49,6 @@ from dbrunbook.errors.records import (
     ChainLockTimeout,
     DeployerLockRequired,
     RecordNotWritable,
-    RunbookFailed,
     RunDirectoryInvalid,
     SignatureInvalid,
     SignerNotTrusted,
@@ -75,7 +74,7 @@ __all__ = [
     "InvalidUrl", "MaintenanceFailed", "MigrationFailed", "MigrationSetNotFound", "MissingSecret", "NoSnapshot",
     "NotAtExpectedRevision", "OnlineOnlyNotCovered", "ParameterError", "PreviewMismatch", "PreviewNotApproved",
     "RecordNotWritable", "RehearsalFailed", "ReviewFailed", "RevisionNotFound", "RowsVanished",
-    "RunDirectoryInvalid", "RunbookFailed", "RunbookNotFound", "SignatureInvalid", "SignerNotTrusted",
+    "RunDirectoryInvalid", "RunbookNotFound", "SignatureInvalid", "SignerNotTrusted",
     "SigningKeyMissing", "StampWouldLie", "TargetNotFound", "UnexpectedChange", "UnsafeMigration"
 ]
 

@@ -15,10 +15,6 @@ class RunDirectoryInvalid(DbRunbookError):
     exit_status = 2
 
 
-class RunbookFailed(DbRunbookError):
-    """A runbook run that did not complete."""
-
-
 class SignatureInvalid(DbRunbookError):
     """A record whose signature, trust or digest does not check out.
 
