@@ -41,7 +41,9 @@ class Target:
         source = "embedded" if self.embedded else (f"${self.url_env}" if self.url_env else f"service={self.service}")
         rows = [("target", self.name), ("connection", source), ("protected", self.protected),
                 ("lock_timeout", self.lock_timeout), ("statement_timeout", self.statement_timeout)]
-        return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+        from dbrunbook.views.tables import pairs_html  # the one table helper; imported when a notebook shows it
+
+        return pairs_html(rows)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ it. Nothing here ever prints a password: URLs go through ``mask_url`` and driver
 
 from __future__ import annotations
 
-import html
 import logging
 import os
 import re
@@ -146,10 +145,9 @@ class DatabaseIdentity:
         return asdict(self)
 
     def _repr_html_(self) -> str:
-        rows = [(k, v) for k, v in self.as_dict().items() if k != "note" or v]
-        return "<table>" + "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
-        ) + "</table>"
+        from dbrunbook.views.tables import pairs_html  # the one table helper; imported when a notebook shows it
+
+        return pairs_html([(k, v) for k, v in self.as_dict().items() if k != "note" or v])
 
 
 def identity(engine: Engine) -> DatabaseIdentity:

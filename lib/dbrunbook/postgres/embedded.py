@@ -90,8 +90,9 @@ class ServerStatus:
         return d
 
     def _repr_html_(self) -> str:
-        rows = self.as_dict().items()
-        return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+        from dbrunbook.views.tables import pairs_html  # the one table helper; imported when a notebook shows it
+
+        return pairs_html(list(self.as_dict().items()))
 
 
 class EmbeddedServer:
