@@ -14,18 +14,19 @@ import signal
 import sys
 from pathlib import Path
 
-# jsonschema (imported by nbformat, so by papermill and the launcher) loads `rfc3987_syntax` when it is
-# installed (jupyter-events pulls it in), which compiles an Earley grammar at import: 2 s on every `dbrunbook`
-# command, measured with `python -X importtime`. It serves only the "iri" string formats, which the notebook
-# schema does not use, so the command-line process does without it. Only here, never in the library: a
-# user's own process keeps its validators.
-sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
-
 from dbrunbook.cli_output import parameter_values, print_err, print_result
 from dbrunbook.cli_records import cmd_approve, cmd_fleet, cmd_keygen, cmd_report, cmd_verify
 from dbrunbook.cli_run import cmd_lab, cmd_list, cmd_run, cmd_seal
 from dbrunbook.config import load_config
 from dbrunbook.errors import DbRunbookError
+
+# jsonschema (imported by nbformat, so by papermill and the launcher) loads `rfc3987_syntax` when it is
+# installed (jupyter-events pulls it in), which compiles an Earley grammar at import: 2 s on every `dbrunbook`
+# command, measured with `python -X importtime`. It serves only the "iri" string formats, which the notebook
+# schema does not use, so the command-line process does without it. Only here, never in the library: a
+# user's own process keeps its validators. Set at import, before any command imports nbformat (the modules
+# imported above do not).
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 __all__ = ["build_parser", "main"]
 

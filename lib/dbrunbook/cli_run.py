@@ -67,7 +67,8 @@ def _run_document(run) -> dict:
         status = 130 if isinstance(err, KeyboardInterrupt) else (err.code if isinstance(err.code, int) else 1)
         result = getattr(err, "run_result", None)
         document = result.as_json() if result is not None else {
-            "error": "interrupted before the run's notebook started: nothing was changed", "error_type": type(err).__name__}
+            "error": "interrupted before the run's notebook started: nothing was changed",
+            "error_type": type(err).__name__}
         document.update(interrupted=type(err).__name__, exit_status=status)
         print_err("Interrupted." if status == 130 else f"Terminated (exit {status}).")
         return document

@@ -86,7 +86,8 @@ def load_config(path: Path | str | None = None) -> Config:
     targets = {name: read_target(name, raw, path) for name, raw in read_table(data, "targets", path).items()}
     if "local" not in targets:
         targets["local"] = Target(name="local", embedded=True, description="the embedded PostgreSQL")
-    sets = {name: read_migration_set(name, raw, path, root) for name, raw in read_table(data, "migration_sets", path).items()}
+    sets = {name: read_migration_set(name, raw, path, root)
+            for name, raw in read_table(data, "migration_sets", path).items()}
     if not sets:
         raise ConfigError(f"{path} defines no [migration_sets.NAME]; add one with alembic_ini = 'path/to/alembic.ini'.")
     backfills = {name: read_backfill(name, raw, path) for name, raw in read_table(data, "backfills", path).items()}

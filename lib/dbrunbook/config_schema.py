@@ -93,7 +93,8 @@ def _problem(key: str, value: Any, kind: str) -> str | None:
         try:
             parse_duration(value, key=key)
         except ConfigError:
-            return f"{key} = {shown} is not a duration; write it like \"60s\", \"5min\", \"24h\", \"7d\" or \"1h30min\"."
+            return (f"{key} = {shown} is not a duration; write it like \"60s\", \"5min\", \"24h\", \"7d\" or "
+                    f"\"1h30min\".")
         return None
     if not isinstance(value, (str, dict)) or (kind != "str_table" and isinstance(value, dict)):
         return f"{key} = {shown} must be a string in quotes."

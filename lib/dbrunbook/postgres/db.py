@@ -3,7 +3,9 @@
 Every connection dbrunbook opens names itself (``application_name=dbrunbook:<run-id>``, visible in
 pg_stat_activity to whoever is watching production) and carries the target's ``lock_timeout`` and
 ``statement_timeout``, so that a migration waiting on a lock fails fast instead of queueing every query behind
-it. Nothing here ever prints a password: URLs go through ``mask_url`` and driver errors through ``scrub_driver_message``.
+it. Nothing here ever prints a password: URLs go through ``mask_url`` and driver errors through
+``scrub_driver_message``. ``resolve_url`` turns a target of dbrunbook.toml into its URL, starting the embedded
+server for an embedded target.
 """
 
 from __future__ import annotations

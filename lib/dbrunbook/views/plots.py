@@ -89,9 +89,9 @@ def counts_chart(diff_frame: Any) -> Plot | Note:
         if more:
             labels.append(f"… {len(more):,} more tables")
             ys.append(len(rows))
-            _more_label(ax, len(rows), f"{len(more):,} more tables changed by "
-                                       f"{sum(abs(_number(r.get('after')) - _number(r.get('before'))) for r in more):,.0f}"
-                                       f" rows in all: see the table")
+            changed = sum(abs(_number(r.get("after")) - _number(r.get("before"))) for r in more)
+            _more_label(ax, len(rows), f"{len(more):,} more tables changed by {changed:,.0f} rows in all: "
+                                       f"see the table")
         ax.set_yticks(ys, labels)
         ax.invert_yaxis()
         ax.set_xlabel("rows")

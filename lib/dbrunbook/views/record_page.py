@@ -193,7 +193,8 @@ def _parameter_rows(parameters_source: str | None, values: Mapping) -> list[list
 # --- pages ------------------------------------------------------------------------------------------------
 def _nav(entry: RecordEntry) -> str:
     return (f'<p><a href="../{INDEX_FILE}">← all records</a></p>'
-            f"<h1>{escape_html(entry.runbook)} on {escape_html(entry.target)} — {report_style.outcome_badge(entry.outcome)}</h1>"
+            f"<h1>{escape_html(entry.runbook)} on {escape_html(entry.target)} — "
+            f"{report_style.outcome_badge(entry.outcome)}</h1>"
             f"<p><code>{escape_html(entry.run_id)}</code></p>")
 
 

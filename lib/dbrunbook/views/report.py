@@ -55,16 +55,19 @@ def _index(entries: list[RecordEntry]) -> str:
     options = {}
     for key, _label in _FILTERS:
         values = sorted({getattr(e, key) for e in entries})
-        options[key] = "".join(f'<option value="{escape_html(v)}">{escape_html(STATUS_LABELS.get(v, v) if key == "status" else v)}'
-                               f"</option>" for v in values)
+        options[key] = "".join(f'<option value="{escape_html(v)}">'
+                               f'{escape_html(STATUS_LABELS.get(v, v) if key == "status" else v)}</option>'
+                               for v in values)
     filters = "".join(
         f'<label>{escape_html(label)} <select id="filter-{key}" data-key="{key}"><option value="">all</option>'
         f"{options[key]}</select></label>" for key, label in _FILTERS)
     rows = "".join(
-        f'<tr class="record status-{escape_html(e.status)} outcome-{escape_html(e.outcome)}" data-target="{escape_html(e.target)}" data-runbook="{escape_html(e.runbook)}" '
+        f'<tr class="record status-{escape_html(e.status)} outcome-{escape_html(e.outcome)}" '
+        f'data-target="{escape_html(e.target)}" data-runbook="{escape_html(e.runbook)}" '
         f'data-outcome="{escape_html(e.outcome)}" data-status="{escape_html(e.status)}">'
-        f"<td>{escape_html(e.when)}</td><td>{escape_html(e.runbook)}</td><td>{escape_html(e.target)}</td><td>{escape_html(e.operator)}</td>"
-        f"<td>{report_style.outcome_badge(e.outcome)}</td><td>{escape_html(e.revisions)}</td><td class=\"status\">{escape_html(e.status_label)}</td>"
+        f"<td>{escape_html(e.when)}</td><td>{escape_html(e.runbook)}</td><td>{escape_html(e.target)}</td>"
+        f"<td>{escape_html(e.operator)}</td><td>{report_style.outcome_badge(e.outcome)}</td>"
+        f"<td>{escape_html(e.revisions)}</td><td class=\"status\">{escape_html(e.status_label)}</td>"
         f'<td><a href="{escape_html(e.page)}">{escape_html(e.run_id)}</a></td></tr>'
         for e in sorted(entries, key=lambda e: e.run_id, reverse=True))
     bad = sum(1 for e in entries if e.status != "valid")

@@ -36,7 +36,7 @@ OUTCOME_CLASSES = {
 
 CSS = """
 :root {
-  --jp-code-font-family: %(mono)s;
+  --jp-code-font-family: """ + MONOSPACE + """;
   --jp-code-font-size: 13px;
   --jp-code-line-height: 1.4;
   --jp-code-padding: 4px;
@@ -81,7 +81,7 @@ details.dbr-traceback > pre { max-height: 40em; overflow: auto; font-size: .85em
 #records th.sortable[data-order="asc"]::after { content: " ▲"; }
 #records th.sortable[data-order="desc"]::after { content: " ▼"; }
 .dbr-search { margin-left: 1em; }
-""" % {"mono": MONOSPACE}
+"""
 
 #: Click a column head of the index to sort by it (again: the other way); the filters and the text box narrow.
 SORT_SCRIPT = """
@@ -137,7 +137,8 @@ def failure_box(failures: list[Mapping], outcome: str) -> str:
     guard = outcome == "stopped-at-guard"
     items = "".join(
         f'<li><a href="#{escape_html(f["anchor"])}">{escape_html(f.get("heading") or "a cell")}</a>: '
-        f'<span class="dbr-rule">{escape_html(f.get("ename"))}</span>: {escape_html(f.get("evalue"))}</li>' for f in failures)
+        f'<span class="dbr-rule">{escape_html(f.get("ename"))}</span>: {escape_html(f.get("evalue"))}</li>'
+        for f in failures)
     if guard:
         return (f'<div class="dbr-guard" id="failed-steps"><b>Stopped at a guard</b> — the runbook refused to go '
                 f"on; nothing after the guard ran. The guard's rule and what would let it pass:<ul>{items}</ul>"
@@ -162,8 +163,8 @@ def collapse_tracebacks(nb) -> int:
                 continue
             line = f"{out.get('ename', '')}: {out.get('evalue', '')}"
             trace = _ANSI.sub("", "\n".join(out.get("traceback") or []))
-            body = (f'<details class="dbr-traceback"><summary>{escape_html(line)}</summary><pre>{escape_html(trace)}</pre>'
-                    "</details>")
+            body = (f'<details class="dbr-traceback"><summary>{escape_html(line)}</summary>'
+                    f"<pre>{escape_html(trace)}</pre></details>")
             outputs[i] = {"output_type": "display_data", "metadata": {}, "data": {"text/html": body}}
             count += 1
     return count
@@ -186,7 +187,8 @@ def index_summary(entries: Iterable) -> str:
 
     outcomes = [(outcome_badge(k), str(v)) for k, v in sorted(by_outcome.items())]
     targets = [(escape_html(k), str(v)) for k, v in sorted(by_target.items())]
-    changes = [(escape_html(t), f'<a href="{escape_html(e.page)}">{escape_html(e.when)}</a> {escape_html(e.runbook)}: {escape_html(e.revisions)}')
+    changes = [(escape_html(t), f'<a href="{escape_html(e.page)}">{escape_html(e.when)}</a> '
+                                f"{escape_html(e.runbook)}: {escape_html(e.revisions)}")
                for t, e in sorted(last.items())]
     return ('<div class="dbr-summary" id="summary">' + grid("records by outcome", outcomes, "by-outcome")
             + grid("records by target", targets, "by-target")
