@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from dbrunbook.errors import MigrationSetNotFound, TargetNotFound
 
@@ -161,7 +162,7 @@ def _group_member(config: Config, name: str) -> Target | None:
     if not sep or not member or group is None or group.kind == "targets":
         return None
     if group.kind == "schemas":
-        base = config.targets[group.target]
+        base = config.targets[cast(str, group.target)]  # a schemas group names its target (read_group checks)
         return Target(**{**base.__dict__, **group.policy, "name": name})
     return Target(name=name, url_env=group.url_env, service=group.service, embedded=group.embedded,
                   database=member, tenant_database=None if group.embedded else member,

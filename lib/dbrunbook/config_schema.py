@@ -102,6 +102,7 @@ def _problem(key: str, value: Any, kind: str) -> str | None:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             return f"{key} must be a table of strings, e.g. {key} = {{ APP_MODE = \"migrate\" }}."
         return None
+    assert isinstance(value, str)  # only a str_table is a dict, and it returned above
     if kind == "env" and not _ENV_NAME.match(value):
         return (f"{key} = {shown} must name an environment variable (e.g. \"STAGING_DATABASE_URL\"), "
                 f"not hold the connection itself.")

@@ -157,6 +157,6 @@ def read_group(name: str, raw: dict, path: Path, targets: dict[str, Target]) -> 
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k not in _GROUP_POLICY_KEYS}
     policy = {k: raw[k] for k in _GROUP_POLICY_KEYS if k in raw}
     try:
-        return TargetGroup(name=name, kind=kind, policy=policy, **values)
+        return TargetGroup(name=name, kind=kind, policy=policy, **values)  # type: ignore[arg-type]  # checked above
     except TypeError as err:
         raise ConfigError(f"{path}: [{where}]: {err}.") from err

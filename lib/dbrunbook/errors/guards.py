@@ -73,7 +73,7 @@ class BlockersPresent(GuardStop):
             return (f"pid {b.get('pid')} '{b.get('application_name') or ''}' ({b.get('state') or '?'}{open_for}) "
                     f"holds {b.get('mode')} on {b.get('table')}, the migrations need {b.get('needed')}")
 
-        pids = sorted({b.get("pid") for b in blockers if b.get("pid") is not None})
+        pids = sorted({b["pid"] for b in blockers if b.get("pid") is not None})
         super().__init__(
             f"Target '{target}': {len(pids)} session(s) hold locks the pending migrations need and are older "
             f"than blocker_max_age {max_age}: " + "; ".join(one(b) for b in blockers) + ". "

@@ -15,7 +15,7 @@ import os
 import re
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import sqlalchemy
@@ -164,7 +164,7 @@ def identity(engine: Engine) -> DatabaseIdentity:
             "current_setting('server_version_num')::int, current_user, "
             "(SELECT oid::bigint FROM pg_database WHERE datname = current_database())"
         )).one()
-        info = conn.connection.dbapi_connection.info
+        info = cast(Any, conn.connection.dbapi_connection).info  # psycopg 3's ConnectionInfo
         host, port = info.host, info.port
         note = ""
         try:

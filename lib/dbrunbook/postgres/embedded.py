@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from dbrunbook.errors import EmbeddedServerError
 from dbrunbook.postgres.bundle import (
@@ -311,7 +311,7 @@ class EmbeddedServer:
                 ensure_user_exists,
             )
 
-            entry = ensure_user_exists(self.account)
+            entry = cast(Any, ensure_user_exists(self.account))  # the pwd entry of the user, created if missing
             # The server user must traverse to its data directory and read its own binaries.
             ensure_prefix_permissions(bin_dir())
             read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH

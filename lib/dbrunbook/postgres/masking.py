@@ -9,6 +9,7 @@ terminal or a signed record. Driver errors, which may echo parts of a conninfo s
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
 from dbrunbook.postgres.urls import CONNINFO_SECRET, MASK, mask_url, split_url
@@ -44,7 +45,7 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
 _MIN_SECRET = 4  # shorter values ("1", "on") would mask unrelated text everywhere
 
 
-def secret_values(env: dict[str, str] | None = None) -> list[str]:
+def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     """The secrets an environment holds: values of variables named like secrets, passwords inside URL values.
 
     Longest first, with their percent-decoded and -encoded spellings, so that replacing them in order never
@@ -52,9 +53,8 @@ def secret_values(env: dict[str, str] | None = None) -> list[str]:
     """
     import os
 
-    env = os.environ if env is None else env
     found: list[str] = []
-    for name, value in env.items():
+    for name, value in (os.environ if env is None else env).items():
         if not value:
             continue
         if _SECRET_NAME.search(name):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from typing import Any, cast
 
 import matplotlib
 import matplotlib.style
@@ -121,10 +122,10 @@ class plot_style:
     def __enter__(self) -> None:
         self._style = matplotlib.style.context("default")
         self._style.__enter__()
-        self._rc = matplotlib.rc_context(_RC)
+        self._rc = matplotlib.rc_context(cast(Any, _RC))  # matplotlib types each rc key's value separately
         self._rc.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._rc.__exit__(*exc)
         self._style.__exit__(*exc)
 

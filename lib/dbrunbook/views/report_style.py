@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from dbrunbook.views.tables import escape_html
@@ -126,7 +126,7 @@ def outcome_badge(outcome: str) -> str:
     return f'<span class="dbr-badge {css}">{escape_html(outcome)}</span>'
 
 
-def failure_box(failures: list[Mapping], outcome: str) -> str:
+def failure_box(failures: Sequence[Mapping], outcome: str) -> str:
     """The box on top of a record page that links to its failed cells: a guard stop is titled as one.
 
     A guard stop is the runbook refusing on purpose; its message is the guard's rule and what lets it pass,
