@@ -130,6 +130,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``dbrunbook`` and every subcommand, each --help ending with its examples and exit statuses."""
     parser = argparse.ArgumentParser(
         prog="dbrunbook",
         description="Run database migration runbooks (notebooks) with papermill; keep signed records.",
@@ -138,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="path of dbrunbook.toml (default: $DBRUNBOOK_CONFIG or the nearest one)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_run_commands(sub)
+    _add_record_commands(sub)
+    _add_project_commands(sub)
+    _add_epilogs(parser)
+    return parser
+
+
+def _add_run_commands(sub) -> None:
+    """Commands that run runbooks: run, fleet, list, open, lab, seal."""
     run = sub.add_parser("run", help="run a runbook and sign its record")
     _add_run_options(run)
     run.add_argument("--json", action="store_true",
@@ -173,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the run directory 'dbrunbook open' printed (outputs/<runbook>/<run id>)")
     seal_.set_defaults(func=cmd_seal)
 
+
+def _add_record_commands(sub) -> None:
+    """Commands about records: verify, report, keygen, approve."""
     verify = sub.add_parser("verify", help="check the signatures and digests of run records")
     verify.add_argument("paths", nargs="*", metavar="PATH",
                         help="run directories or folders of them (default: outputs/)")
@@ -199,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     approve_.add_argument("--key", help="your signing key (default: keys_dir/operator_ed25519)")
     approve_.set_defaults(func=cmd_approve)
 
+
+def _add_project_commands(sub) -> None:
+    """Commands about the project: db, demo, new, init."""
     db_ = sub.add_parser("db", help="the embedded PostgreSQL of this project",
                          description="Start, stop or inspect the embedded PostgreSQL server of this project "
                                      "(targets with embedded = true); its data lives under the project.")
@@ -225,9 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the project's alembic.ini files (or pyproject.toml); default: ./alembic.ini")
     init.add_argument("-o", "--output", help="where to write it (default: ./dbrunbook.toml; never overwritten)")
     init.set_defaults(func=cmd_init)
-
-    _add_epilogs(parser)
-    return parser
 
 
 EXIT_STATUSES = """exit statuses:

@@ -37,6 +37,25 @@ __all__ = [
 ]
 
 _FILTERS = (("target", "target"), ("runbook", "runbook"), ("outcome", "outcome"), ("status", "signature"))
+#: The index's filters: each select keeps the rows whose data attribute matches; the count says how many.
+_FILTER_SCRIPT = """
+(function () {
+  var selects = Array.prototype.slice.call(document.querySelectorAll('.dbr-filters select'));
+  var rows = Array.prototype.slice.call(document.querySelectorAll('#records tbody tr'));
+  function apply() {
+    var shown = 0;
+    rows.forEach(function (row) {
+      var visible = row.dataset.search !== 'miss' &&
+        selects.every(function (s) { return !s.value || row.dataset[s.dataset.key] === s.value; });
+      row.style.display = visible ? '' : 'none';
+      if (visible) { shown += 1; }
+    });
+    document.getElementById('shown').textContent = shown + ' of ' + rows.length + ' records shown';
+  }
+  selects.forEach(function (s) { s.addEventListener('change', apply); });
+  apply();
+})();
+"""
 
 
 @dataclass(frozen=True)
@@ -79,25 +98,7 @@ def _index(entries: list[RecordEntry]) -> str:
             '<table class="dbr-table" id="records"><thead><tr><th>when (UTC)</th><th>runbook</th><th>target</th>'
             "<th>operator</th><th>outcome</th><th>revisions before → after</th><th>signature</th>"
             f"<th>record</th></tr></thead><tbody>{rows}</tbody></table>")
-    script = """
-(function () {
-  var selects = Array.prototype.slice.call(document.querySelectorAll('.dbr-filters select'));
-  var rows = Array.prototype.slice.call(document.querySelectorAll('#records tbody tr'));
-  function apply() {
-    var shown = 0;
-    rows.forEach(function (row) {
-      var visible = row.dataset.search !== 'miss' &&
-        selects.every(function (s) { return !s.value || row.dataset[s.dataset.key] === s.value; });
-      row.style.display = visible ? '' : 'none';
-      if (visible) { shown += 1; }
-    });
-    document.getElementById('shown').textContent = shown + ' of ' + rows.length + ' records shown';
-  }
-  selects.forEach(function (s) { s.addEventListener('change', apply); });
-  apply();
-})();
-"""
-    return page_html("dbrunbook records", body, script + report_style.SORT_SCRIPT)
+    return page_html("dbrunbook records", body, _FILTER_SCRIPT + report_style.SORT_SCRIPT)
 
 
 def build_report(outputs_dir: Path, allowed_signers: Path, out_dir: Path | None = None) -> Report:
