@@ -64,12 +64,7 @@ def load_config(path: Path | str | None = None) -> Config:
         ConfigError: the file is missing or malformed; the message names the file, the key and the fix.
     """
     path = Path(path).resolve() if path else find_config()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist. Create it (see README, 'Configuration').") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path} is not valid TOML: {err}. Fix the line it names.") from err
+    data = _read_toml(path)
     root = path.parent
     config_schema.check_unknown(data, config_schema.TOP_LEVEL_KEYS, "", path)
     project = read_table(data, "project", path)
@@ -115,6 +110,15 @@ def load_config(path: Path | str | None = None) -> Config:
         backfills=backfills,
         groups=groups,
     )
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist. Create it (see README, 'Configuration').") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}. Fix the line it names.") from err
 
 
 _PREFIXES = ("postgresql+psycopg2://", "postgresql+psycopg://", "postgresql+asyncpg://", "postgresql://",
