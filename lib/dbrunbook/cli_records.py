@@ -13,16 +13,6 @@ from pathlib import Path
 
 from dbrunbook.cli_output import parameter_values, print_err, text_table
 from dbrunbook.config import load_config
-from dbrunbook.execution import protocol
-
-
-def _run_dirs(path: Path) -> list[Path]:
-    from dbrunbook import records
-
-    markers = (protocol.STATEMENT_FILE, protocol.INTENT_FILE, protocol.NOTEBOOK_FILE)
-    if any((path / m).is_file() for m in markers):
-        return [path]
-    return records.find_records(path)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
