@@ -9,177 +9,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
+
+from dbrunbook.cli_output import parameter_values, print_err, print_result
+from dbrunbook.cli_records import cmd_approve, cmd_fleet, cmd_keygen, cmd_report, cmd_verify
+from dbrunbook.cli_run import cmd_lab, cmd_list, cmd_run, cmd_seal
+from dbrunbook.config import load_config
+from dbrunbook.errors import DbRunbookError
 
 # jsonschema (imported by nbformat, so by papermill and the launcher) loads `rfc3987_syntax` when it is
 # installed (jupyter-events pulls it in), which compiles an Earley grammar at import: 2 s on every `dbrunbook`
 # command, measured with `python -X importtime`. It serves only the "iri" string formats, which the notebook
 # schema does not use, so the command-line process does without it. Only here, never in the library: a
-# user's own process keeps its validators.
+# user's own process keeps its validators. Set at import, before any command imports nbformat (the modules
+# imported above do not).
 sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
-from dbrunbook.config import load_config
-from dbrunbook.errors import DbRunbookError, ParameterError
-from dbrunbook.execution import protocol
-
 __all__ = ["build_parser", "main"]
-
-
-def _err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _parameters(pairs: list[list[str]] | None) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for name, value in pairs or []:
-        if name in values:
-            raise ParameterError(f"Parameter '{name}' is given twice (-p {name} ...); pass it once.")
-        values[name] = value
-    return values
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns).rstrip()]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[int]:
-    """Send everything written to file descriptor 1 (this process, kernels it starts) to stderr.
-
-    Yields a duplicate of the real stdout, so ``--json`` can print exactly one object there at the end.
-    """
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield saved
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def _print_result(result) -> None:
-    print(f"run id:     {result.run_id}")
-    print(f"outcome:    {result.outcome}")
-    if result.failing_step:
-        step = result.failing_step
-        where = step.get("heading") or f"cell {step.get('cell')}"
-        what = " ".join(str(step[k]) for k in ("ename", "evalue") if step.get(k))
-        print(f"stopped at: {where}: {what}")
-    print(f"record:     {result.record_dir}")
-    if not getattr(result, "sealed", True):
-        print(f"NOT SEALED: {result.seal_error}")
-        print(f"finish it:  dbrunbook seal {result.record_dir}")
-
-
-# --- commands ---------------------------------------------------------------------------------------------
-def cmd_run(args: argparse.Namespace) -> int:
-    from dbrunbook.execution.runner import run_runbook
-
-    def run():
-        return run_runbook(args.runbook, target=args.target, parameters=_parameters(args.parameter),
-                           config=load_config(args.config), progress=_err,
-                           execution_timeout=args.execution_timeout)
-
-    previous = _sigterm_as_exit()
-    try:
-        if not args.json:
-            result = run()
-            _print_result(result)
-            return result.exit_status
-        with _stdout_to_stderr() as real_stdout:
-            document = _run_document(run)
-            os.write(real_stdout, (json.dumps(document, sort_keys=True, default=str) + "\n").encode("utf-8"))
-        return document["exit_status"]
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _sigterm_as_exit():
-    """SIGTERM ends ``run`` as SystemExit(143) (the launcher seals what exists first); returns the old handler."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
-def _run_document(run) -> dict:
-    """The one JSON object ``run --json`` prints, whatever happened: a result, an error, or a signal."""
-    from dbrunbook.execution.parameters import mask_secrets
-
-    try:
-        return run().as_json()
-    except DbRunbookError as err:
-        _err(str(err))
-        return {"error": str(err), "error_type": type(err).__name__, "exit_status": err.exit_status}
-    except (KeyboardInterrupt, SystemExit) as err:
-        status = 130 if isinstance(err, KeyboardInterrupt) else (err.code if isinstance(err.code, int) else 1)
-        result = getattr(err, "run_result", None)
-        document = result.as_json() if result is not None else {
-            "error": "interrupted before the run's notebook started: nothing was changed", "error_type": type(err).__name__}
-        document.update(interrupted=type(err).__name__, exit_status=status)
-        _err("Interrupted." if status == 130 else f"Terminated (exit {status}).")
-        return document
-    except Exception as err:  # noqa: BLE001 - one object for every outcome, a bug included
-        import traceback
-
-        _err(mask_secrets("".join(traceback.format_exception(err))).rstrip())  # for the bug report, no secret
-        message = mask_secrets(f"{type(err).__name__}: {err}")
-        return {"error": f"unexpected error: {message}", "error_type": type(err).__name__, "exit_status": 1}
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    from dbrunbook.execution.runner import list_runbooks
-
-    runbooks = list_runbooks(load_config(args.config))
-    if not runbooks:
-        print("No runbooks found.")
-        return 0
-    print(_table([{"runbook": r.name, "changes database": "yes" if r.changes_database else "no",
-                   "title": r.title} for r in runbooks], ["runbook", "changes database", "title"]))
-    for r in runbooks:
-        print(f"\n{r.name}: {r.description}".rstrip())
-        rows = [{"parameter": p.name, "type": p.type, "default": repr(p.default), "help": p.help}
-                for p in r.operator_parameters]
-        if rows:
-            print("  " + _table(rows, ["parameter", "type", "default", "help"]).replace("\n", "\n  "))
-    return 0
 
 
 def cmd_open(args: argparse.Namespace) -> int:
     from dbrunbook.execution.runner import prepare_runbook
 
-    path = prepare_runbook(args.runbook, target=args.target, parameters=_parameters(args.parameter),
+    path = prepare_runbook(args.runbook, target=args.target, parameters=parameter_values(args.parameter),
                            config=load_config(args.config))
     print(path)
     print(f"Open it with:  {_lab_command(path)}   (records under outputs/ are read-only there)")
     print(f"Save it, then seal it:  dbrunbook seal {path.parent}")
     return 0
-
-
-def cmd_lab(args: argparse.Namespace) -> int:
-    import subprocess
-
-    from dbrunbook.execution.interactive import lab_command
-
-    argv, env = lab_command(load_config(args.config), args.jupyter_args)
-    return subprocess.call(argv, env=env)
 
 
 def _lab_command(path: Path) -> str:
@@ -198,14 +58,6 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return {}
 
 
-def cmd_seal(args: argparse.Namespace) -> int:
-    from dbrunbook.execution.runner import seal
-
-    result = seal(Path(args.run_dir), config=load_config(args.config))
-    _print_result(result)
-    return result.exit_status
-
-
 #: Commands that first say when a launched run has no signed record (a killed launcher, a failed seal).
 _NOTICING = ("run", "list", "verify", "seal")
 
@@ -217,117 +69,9 @@ def _notice_unfinished(args: argparse.Namespace) -> None:
         from dbrunbook.execution.unfinished import notices
 
         for line in notices(load_config(args.config)):
-            _err(line)
+            print_err(line)
     except DbRunbookError:  # a broken config is reported by the command itself
         pass
-
-
-def _run_dirs(path: Path) -> list[Path]:
-    from dbrunbook import records
-
-    markers = (protocol.STATEMENT_FILE, protocol.INTENT_FILE, protocol.NOTEBOOK_FILE)
-    if any((path / m).is_file() for m in markers):
-        return [path]
-    return records.find_records(path)
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from dbrunbook import records
-    from dbrunbook.postgres import db
-    from dbrunbook.records import archive
-
-    config = load_config(args.config)
-    # The default outputs/ not existing yet just means no runs; a folder the user named must exist.
-    missing = [str(p) for p in args.paths if not Path(p).is_dir()]
-    if missing:
-        _err(f"Not a folder: {', '.join(missing)}. Pass run directories or folders that contain them.")
-        return 2
-    paths = [Path(p) for p in args.paths] or [config.outputs_dir]
-    status, paths = _verify_fleets(config, paths)
-    single = [p for p in paths if records.is_run_dir(p)]
-    folders = [p for p in paths if p not in single]
-    if single:  # run directories named one by one: each record on its own, no chain to follow
-        checks = [records.verify_record(d, config.allowed_signers) for d in single]
-        print(_table([{"run id": c.run_id, "status": c.status, "principal": c.principal or "-",
-                       "problems": "; ".join(c.problems)} for c in checks],
-                     ["run id", "status", "principal", "problems"]))
-        bad = [c for c in checks if not c.ok]
-        print(f"\n{len(checks) - len(bad)} of {len(checks)} records valid.")
-        status = 1 if bad else 0
-    engines = {}
-    try:
-        for name in args.target or []:
-            _target, engines[name] = db.connect_target(config, name)
-        for folder in folders:
-            report = archive.verify_archive(folder, config.allowed_signers, engines,
-                                            migration_sets=config.migration_sets.values() if engines else ())
-            if not report.checks and not report.findings:
-                print(f"No run records under {folder}.")
-                continue
-            if report.checks:
-                print(_table(report.rows(), ["run_id", "database", "runbook", "status", "chain", "problems"]))
-            for finding in report.orphan_findings():
-                print(f"{finding.kind}: {finding.message}")
-            print(f"\n{report.summary()}")
-            status = max(status, report.exit_status)
-    finally:
-        for engine in engines.values():
-            engine.dispose()
-    return status
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from dbrunbook.views.report import build_report
-
-    config = load_config(args.config)
-    built = build_report(config.outputs_dir, config.allowed_signers, Path(args.out) if args.out else None)
-    bad = sum(1 for e in built.entries if e.status != "valid")
-    print(f"{built.index}  ({len(built.entries)} records, {bad} not valid)")
-    if args.open:
-        import webbrowser
-
-        webbrowser.open(built.index.resolve().as_uri())
-    return 0
-
-
-def cmd_keygen(args: argparse.Namespace) -> int:
-    from dbrunbook import records
-    from dbrunbook.records import signing, trust
-
-    config = load_config(args.config)
-    key = trust.operator_key_path(config)
-    if args.force and key.exists():
-        # Moved aside, never deleted: records it signed still verify (its key stays in allowed_signers).
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        for old in (key, key.with_name(key.name + ".pub")):
-            if old.exists():
-                old.rename(old.with_name(f"{old.name}.replaced-{stamp}"))
-        print(f"Moved the old key aside: {key}.replaced-{stamp}")
-    if key.exists():
-        print(f"Signing key {key} exists already; pass --force to replace it.")
-        if args.trust:
-            principal = trust.principal_for(records.operator_identity())
-            signing.add_allowed_signer(config.allowed_signers, principal, signing.public_key_line(key))
-            print(f"Trusted it as {principal} in {config.allowed_signers}.")
-        return 0
-    path, line = trust.create_operator_key(config.keys_dir,
-                                           allowed_signers=config.allowed_signers if args.trust else None)
-    print(f"Created signing key {path} (public key {path}.pub).")
-    if args.trust:
-        print(f"Trusted it in {config.allowed_signers}:\n  {line}")
-    else:
-        print(f"Runs refuse to start until the team trusts it: add this line to {config.allowed_signers} "
-              f"(reviewed like code), or run 'dbrunbook keygen --trust' on a machine of your own:\n  {line}")
-    return 0
-
-
-def cmd_approve(args: argparse.Namespace) -> int:
-    from dbrunbook.safety.approvals import approve
-
-    path = approve(load_config(args.config), args.run_id, note=args.note or "",
-                   key_path=Path(args.key) if args.key else None)
-    print(f"Approved {args.run_id}: {path} (signed, with {path.name}.sig)")
-    return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -385,35 +129,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fleet(args: argparse.Namespace) -> int:
-    from dbrunbook.procedures.fleet import run_fleet
-
-    result = run_fleet(args.runbook, args.group, parameters=_parameters(args.parameter), waves=args.waves,
-                       parallel=args.parallel, max_failures=args.max_failures, config=load_config(args.config),
-                       progress=_err)
-    if args.json:
-        print(json.dumps(result.as_json(), sort_keys=True, default=str))
-        return result.exit_status
-    rows = [{"wave": o.wave, "target": o.target, "outcome": o.outcome, "run id": o.run_id or "-",
-             "seconds": f"{o.seconds:.1f}"} for o in result.outcomes]
-    print(_table(rows, ["wave", "target", "outcome", "run id", "seconds"]))
-    print(f"\nfleet {result.fleet_id}: {result.stopped or 'every target ran'}; roll-up {result.record_dir}")
-    return result.exit_status
-
-
-def _verify_fleets(config, paths: list[Path]) -> tuple[int, list[Path]]:
-    """Check the fleet roll-ups among ``paths`` (or under them); returns a status and the other paths."""
-    from dbrunbook.procedures import fleet_rollup
-
-    checks = fleet_rollup.verify_rollups(paths, config.allowed_signers)
-    if checks:
-        print(_table([{"fleet id": c.fleet_id, "status": c.status, "problems": "; ".join(c.problems)}
-                      for c in checks], ["fleet id", "status", "problems"]))
-        print(f"\n{sum(c.ok for c in checks)} of {len(checks)} fleet roll-ups valid.\n")
-    return (1 if any(not c.ok for c in checks) else 0), [p for p in paths if not fleet_rollup.is_rollup_dir(p)]
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``dbrunbook`` and every subcommand, each --help ending with its examples and exit statuses."""
     parser = argparse.ArgumentParser(
         prog="dbrunbook",
         description="Run database migration runbooks (notebooks) with papermill; keep signed records.",
@@ -422,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="path of dbrunbook.toml (default: $DBRUNBOOK_CONFIG or the nearest one)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_run_commands(sub)
+    _add_record_commands(sub)
+    _add_project_commands(sub)
+    _add_epilogs(parser)
+    return parser
+
+
+def _add_run_commands(sub) -> None:
+    """Commands that run runbooks: run, fleet, list, open, lab, seal."""
     run = sub.add_parser("run", help="run a runbook and sign its record")
     _add_run_options(run)
     run.add_argument("--json", action="store_true",
@@ -457,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the run directory 'dbrunbook open' printed (outputs/<runbook>/<run id>)")
     seal_.set_defaults(func=cmd_seal)
 
+
+def _add_record_commands(sub) -> None:
+    """Commands about records: verify, report, keygen, approve."""
     verify = sub.add_parser("verify", help="check the signatures and digests of run records")
     verify.add_argument("paths", nargs="*", metavar="PATH",
                         help="run directories or folders of them (default: outputs/)")
@@ -483,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     approve_.add_argument("--key", help="your signing key (default: keys_dir/operator_ed25519)")
     approve_.set_defaults(func=cmd_approve)
 
+
+def _add_project_commands(sub) -> None:
+    """Commands about the project: db, demo, new, init."""
     db_ = sub.add_parser("db", help="the embedded PostgreSQL of this project",
                          description="Start, stop or inspect the embedded PostgreSQL server of this project "
                                      "(targets with embedded = true); its data lives under the project.")
@@ -509,9 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the project's alembic.ini files (or pyproject.toml); default: ./alembic.ini")
     init.add_argument("-o", "--output", help="where to write it (default: ./dbrunbook.toml; never overwritten)")
     init.set_defaults(func=cmd_init)
-
-    _add_epilogs(parser)
-    return parser
 
 
 EXIT_STATUSES = """exit statuses:
@@ -577,15 +306,15 @@ def _main(argv: list[str] | None) -> int:
         sys.stdout.flush()  # here, not at exit: a closed pipe is then handled in main()
         return status
     except DbRunbookError as err:
-        _err(str(err))
+        print_err(str(err))
         return err.exit_status
     except KeyboardInterrupt as err:
         result = getattr(err, "run_result", None)  # the launcher sealed the interrupted run first
         with contextlib.suppress(BrokenPipeError):
             if result is not None:
-                _print_result(result)
+                print_result(result)
                 sys.stdout.flush()
-        _err("Interrupted.")
+        print_err("Interrupted.")
         return 130
 
 if __name__ == "__main__":

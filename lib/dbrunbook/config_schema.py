@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dbrunbook.errors import InvalidSetting
+from dbrunbook.errors import ConfigError, InvalidSetting
 
 __all__ = [
     "PROJECT_KEYS",
@@ -27,6 +27,7 @@ __all__ = [
     "check_directory",
     "check_table",
     "check_unknown",
+    "parse_duration",
 ]
 
 TOP_LEVEL_KEYS = {"project", "records", "targets", "migration_sets", "backfills", "groups"}
@@ -87,15 +88,13 @@ def _problem(key: str, value: Any, kind: str) -> str | None:
                 return None
             return (f"{key} = {shown} is not a duration PostgreSQL accepts: write a number and one of the units "
                     f"us, ms, s, min, h, d, e.g. {key} = \"2s\" or \"15min\".")
-        from dbrunbook.config import parse_duration
-        from dbrunbook.errors import ConfigError
-
         if re.fullmatch(r"\s*\d+(\.\d+)?\s*", value) and float(value) != 0:
             return f"{key} = {shown} is ambiguous without a unit; write e.g. {key} = \"{value.strip()}s\"."
         try:
             parse_duration(value, key=key)
         except ConfigError:
-            return f"{key} = {shown} is not a duration; write it like \"60s\", \"5min\", \"24h\", \"7d\" or \"1h30min\"."
+            return (f"{key} = {shown} is not a duration; write it like \"60s\", \"5min\", \"24h\", \"7d\" or "
+                    f"\"1h30min\".")
         return None
     if not isinstance(value, (str, dict)) or (kind != "str_table" and isinstance(value, dict)):
         return f"{key} = {shown} must be a string in quotes."
@@ -103,6 +102,7 @@ def _problem(key: str, value: Any, kind: str) -> str | None:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             return f"{key} must be a table of strings, e.g. {key} = {{ APP_MODE = \"migrate\" }}."
         return None
+    assert isinstance(value, str)  # only a str_table is a dict, and it returned above
     if kind == "env" and not _ENV_NAME.match(value):
         return (f"{key} = {shown} must name an environment variable (e.g. \"STAGING_DATABASE_URL\"), "
                 f"not hold the connection itself.")
@@ -153,3 +153,29 @@ def check_directory(folder: Path, key: str, table: str, path: Path | str) -> Non
                                      f"{folder} {where}, not a folder. Move the file away or set {key} to "
                                      f"another folder.")
             return
+
+
+_DURATION_UNITS = {
+    "ms": 0.001, "s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60, "minute": 60,
+    "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
+    "w": 604800, "week": 604800, "weeks": 604800,
+}
+
+
+def parse_duration(text: str | float, *, key: str | None = None) -> float:
+    """Seconds in a duration as dbrunbook.toml writes them: "60s", "5min", "24h", "7d", "1h30min", "100ms".
+
+    A bare number means seconds.
+
+    Raises:
+        ConfigError: not a duration (``key`` names the setting in the message).
+    """
+    if isinstance(text, (int, float)):
+        return float(text)
+    value = str(text).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
+    rest = re.sub(r"(\d+(?:\.\d+)?)\s*([a-z]*)|\s+", "", value)
+    if not parts or rest or any(unit and unit not in _DURATION_UNITS for _, unit in parts):
+        where = f" ({key} of the target in dbrunbook.toml)" if key else ""
+        raise ConfigError(f"'{text}' is not a duration; write it like 60s, 5min, 24h, 7d or 1h30min{where}.")
+    return sum(float(n) * _DURATION_UNITS[unit or "s"] for n, unit in parts)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from typing import cast
 
 import sqlalchemy as sa
 
 from dbrunbook import records
-from dbrunbook.config import Config, resolve_url
+from dbrunbook.config import Config
 from dbrunbook.postgres import db
+from dbrunbook.postgres.db import resolve_url
 from dbrunbook.postgres.embedded import EmbeddedServer
 
 DEMO_TARGET = "demo"
@@ -31,6 +33,7 @@ def _load_demo_data(config: Config):
     # The generator sits beside the sample migration sets it knows (migrations/main, migrations/ai).
     path = config.migration_set("main").base_dir.parent / "demo_data.py"
     spec = importlib.util.spec_from_file_location("dbrunbook_demo_data", path)
+    assert spec is not None and spec.loader is not None  # a .py path always has a source loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -53,7 +56,7 @@ def run_demo(config: Config) -> list:
         database = target.database
     else:  # a demo target on another server (the tests point it at theirs): reset that database instead
         url = resolve_url(target, config)
-        database = sa.make_url(url).database
+        database = cast(str, sa.make_url(url).database)  # a demo target's URL names its database
         admin_url = db.with_database(url, "postgres")
     db.drop_database(admin_url, database)
     db.create_database(admin_url, database)

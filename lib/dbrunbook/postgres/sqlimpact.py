@@ -52,7 +52,7 @@ def losses(sql: str) -> list[Loss]:
             return [Loss("type", n) for n in drop_names(node)]
         return []
     if isinstance(node, ast.TruncateStmt):
-        return [Loss("truncate", name_of(r)) for r in node.relations]
+        return [Loss("truncate", name_of(r)) for r in node.relations]  # type: ignore[union-attr]  # pglast: fields the parser sets
     found = dml_target(node) if node is not None else None
     if found is not None and found[0] == "DELETE FROM":
         stmt = found[1]
@@ -69,9 +69,9 @@ def losses(sql: str) -> list[Loss]:
         out = []
         for cmd in node.cmds or ():
             if cmd.subtype == AT.AT_DropColumn:
-                out.append(Loss("column", d.table, qualified(cmd.name)))
+                out.append(Loss("column", d.table, qualified(cmd.name)))  # type: ignore[arg-type]  # pglast: fields the parser sets
             elif cmd.subtype == AT.AT_AlterColumnType and (cut := _cannot_keep(cmd.name, cmd.def_.typeName)):
-                out.append(Loss("narrow", d.table, qualified(cmd.name), cut))
+                out.append(Loss("narrow", d.table, qualified(cmd.name), cut))  # type: ignore[arg-type]  # pglast: fields the parser sets
         return out
     return []
 
@@ -80,8 +80,8 @@ def _is_null(target) -> bool:
     val = target.val
     if isinstance(val, ast.MultiAssignRef):
         args = getattr(val.source, "args", None) or ()
-        val = args[val.colno - 1] if 0 < val.colno <= len(args) else None
-    return isinstance(val, ast.A_Const) and val.isnull
+        val = args[val.colno - 1] if 0 < val.colno <= len(args) else None  # type: ignore[operator]  # pglast: fields the parser sets
+    return isinstance(val, ast.A_Const) and val.isnull  # type: ignore[return-value]  # pglast: fields the parser sets
 
 
 def _scoped(stmt, extra) -> str | None:
@@ -166,7 +166,7 @@ def creates(sql: str) -> list[dict[str, str]] | None:
     if isinstance(node, ast.ViewStmt) and not node.replace:
         return one("view", name_of(node.view))
     if isinstance(node, ast.CreateTableAsStmt) and not node.if_not_exists:
-        return one("view" if node.objtype == ObjectType.OBJECT_MATVIEW else "table", name_of(node.into.rel))
+        return one("view" if node.objtype == ObjectType.OBJECT_MATVIEW else "table", name_of(node.into.rel))  # type: ignore[union-attr]  # pglast: fields the parser sets
     if isinstance(node, ast.CreateSeqStmt) and not node.if_not_exists:
         return one("sequence", name_of(node.sequence))
     if isinstance(node, ast.CreateSchemaStmt) and not node.if_not_exists and node.schemaname:
@@ -179,16 +179,16 @@ def creates(sql: str) -> list[dict[str, str]] | None:
         return one("type", dotted(node.domainname))
     if isinstance(node, ast.IndexStmt) and not node.if_not_exists and node.idxname:
         table = name_of(node.relation)
-        return one("index", qualified(node.relation.schemaname, node.idxname), table)
+        return one("index", qualified(node.relation.schemaname, node.idxname), table)  # type: ignore[union-attr]  # pglast: fields the parser sets
     if isinstance(node, ast.AlterTableStmt) and d.kind == "ALTER TABLE":
         out = []
         for cmd in node.cmds or ():
             if cmd.subtype == AT.AT_AddColumn and not cmd.missing_ok:
                 name = qualified(cmd.def_.colname)
-                out += one("column", name, d.table, deparse(cmd.def_).removeprefix(name).strip()[:120])
+                out += one("column", name, d.table, deparse(cmd.def_).removeprefix(name).strip()[:120])  # type: ignore[arg-type]  # pglast: fields the parser sets
             elif cmd.subtype == AT.AT_AddConstraint and getattr(cmd.def_, "conname", None):
                 name = qualified(cmd.def_.conname)
-                out += one("constraint", name, d.table,
+                out += one("constraint", name, d.table,  # type: ignore[arg-type]  # pglast: fields the parser sets
                            deparse(cmd.def_).removeprefix(f"CONSTRAINT {name}").strip()[:120])
         return out
     return []

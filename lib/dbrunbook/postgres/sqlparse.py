@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pglast import ast, keywords, parser, visitors
 from pglast.enums import AlterTableType as AT
@@ -90,7 +92,7 @@ class Described:
     tables: tuple[tuple[str, str], ...] = ()
     columns: tuple[tuple[str, str], ...] = ()  # (table, column) named by ALTER TABLE / UPDATE SET
     error: str = ""  # the parser's message when kind is UNPARSED
-    node: object = field(default=None, compare=False, repr=False)
+    node: Any = field(default=None, compare=False, repr=False)  # the pglast statement node
 
     @property
     def parsed(self) -> bool:
@@ -141,7 +143,7 @@ def _alter_table(node: ast.AlterTableStmt) -> Described:
     if node.objtype == ObjectType.OBJECT_INDEX:
         return Described("ALTER INDEX", index=name_of(node.relation), tables=((name_of(node.relation), AE),))
     if node.objtype not in (ObjectType.OBJECT_TABLE, ObjectType.OBJECT_FOREIGN_TABLE):
-        return Described("ALTER " + node.objtype.name.removeprefix("OBJECT_").replace("_", " "))
+        return Described("ALTER " + node.objtype.name.removeprefix("OBJECT_").replace("_", " "))  # type: ignore[union-attr]  # pglast: fields the parser sets
     table = name_of(node.relation)
     locks, others, columns = [], [], []
     for cmd in node.cmds or ():
@@ -201,9 +203,9 @@ def drop_names(node: ast.DropStmt) -> list[str]:
 
 def _drop(node: ast.DropStmt) -> Described:
     names = drop_names(node)
-    kind = _DROP_KINDS.get(node.removeType)
+    kind = _DROP_KINDS.get(node.removeType)  # type: ignore[arg-type]  # pglast: fields the parser sets
     if kind is None:
-        return Described("DROP " + node.removeType.name.removeprefix("OBJECT_").replace("_", " "))
+        return Described("DROP " + node.removeType.name.removeprefix("OBJECT_").replace("_", " "))  # type: ignore[union-attr]  # pglast: fields the parser sets
     if node.removeType == ObjectType.OBJECT_INDEX:
         kind += " CONCURRENTLY" if node.concurrent else ""
         lock = SUE if node.concurrent else AE
@@ -220,7 +222,7 @@ def _create(node: ast.CreateStmt) -> Described:
     return Described("CREATE TABLE", table, tables=tuple((r, SRE) for r in refs))
 
 
-def dml_target(node) -> tuple[str, object] | None:
+def dml_target(node) -> tuple[str, Any] | None:
     """(kind, relation) of a data-changing statement, looking into its CTEs (``WITH d AS (DELETE ...)``)."""
     kinds = {"UpdateStmt": "UPDATE", "DeleteStmt": "DELETE FROM", "InsertStmt": "INSERT INTO",
              "MergeStmt": "MERGE INTO"}
@@ -263,13 +265,13 @@ def _select(node: ast.SelectStmt) -> Described:
 
 
 def _truncate(node: ast.TruncateStmt) -> Described:
-    names = [name_of(r) for r in node.relations]
+    names = [name_of(r) for r in node.relations]  # type: ignore[union-attr]  # pglast: fields the parser sets
     return Described("TRUNCATE", names[0] if names else None, tables=tuple((n, AE) for n in names))
 
 
 def _lock(node: ast.LockStmt) -> Described:
-    names = [name_of(r) for r in node.relations]
-    mode = _LOCK_NUMBERS[node.mode] if 0 < node.mode < len(_LOCK_NUMBERS) else AE
+    names = [name_of(r) for r in node.relations]  # type: ignore[union-attr]  # pglast: fields the parser sets
+    mode = _LOCK_NUMBERS[node.mode] if 0 < node.mode < len(_LOCK_NUMBERS) else AE  # type: ignore[index,operator]  # pglast: fields the parser sets
     return Described("LOCK", names[0] if names else None, tables=tuple((n, mode) for n in names))
 
 
@@ -287,7 +289,7 @@ def _comment(node: ast.CommentStmt) -> Described:
     if node.objtype == ObjectType.OBJECT_TABLE:
         name = dotted(node.object)
     elif node.objtype == ObjectType.OBJECT_COLUMN:
-        name = dotted(node.object[:-1])
+        name = dotted(node.object[:-1])  # type: ignore[index]  # pglast: fields the parser sets
     else:
         return Described("COMMENT")
     return Described("COMMENT", name, tables=((name, SUE),))
@@ -306,7 +308,7 @@ def _rename(node: ast.RenameStmt) -> Described:
 
 
 def _options(items) -> set[str]:
-    return {d.defname for d in items or () if isinstance(d, ast.DefElem)}
+    return {d.defname for d in items or () if isinstance(d, ast.DefElem)}  # type: ignore[misc]  # pglast: fields the parser sets
 
 
 def _vacuum(node: ast.VacuumStmt) -> Described:
@@ -339,7 +341,7 @@ def _set_schema(node: ast.AlterObjectSchemaStmt) -> Described:
     return Described("ALTER SET SCHEMA", name, tables=((name, AE),))
 
 
-_HANDLERS = {
+_HANDLERS: dict[str, Callable[[Any], Described]] = {
     "AlterTableStmt": _alter_table, "IndexStmt": _index, "DropStmt": _drop, "CreateStmt": _create,
     "UpdateStmt": _dml, "DeleteStmt": _dml, "InsertStmt": _dml, "MergeStmt": _dml, "SelectStmt": _select,
     "TruncateStmt": _truncate, "LockStmt": _lock, "CreateTrigStmt": _trigger, "RefreshMatViewStmt": _refresh,

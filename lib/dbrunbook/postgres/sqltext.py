@@ -61,6 +61,7 @@ class Statement:
 
 def split_statements(sql: str) -> list[Statement]:
     """Split SQL into statements; statements that are only comments or blanks are dropped."""
+    spans: list[tuple[int, int]] | None
     try:
         ends = [s.stop for s in parser.split(sql, with_parser=True, only_slices=True)]
         # The parser's locations skip leading comments; a statement's text keeps them (the head of a step).
@@ -69,7 +70,7 @@ def split_statements(sql: str) -> list[Statement]:
     except ParseError:
         spans, checked = _scanner_spans(sql), False
     if spans is None:
-        return [_statement(sql, a, b, checked=False) for a, b in _hand_spans(sql)]
+        spans, checked = _hand_spans(sql), False
     return [s for s in (_statement(sql, a, b, checked=checked) for a, b in spans) if s is not None]
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from dbrunbook.config import X_ARGUMENTS_ENV, Config, Target, TargetGroup, resolve_url
+from dbrunbook.config import X_ARGUMENTS_ENV, Config, Target, TargetGroup
 from dbrunbook.errors import ConfigError, DbRunbookError
+from dbrunbook.postgres.db import resolve_url
 
 __all__ = ["GroupNotFound", "GroupQueryFailed", "Member", "describe", "group_members", "member_env"]
 

@@ -6,7 +6,7 @@ the wall clock, so the picture depends on the recorded figures only.
 
 from __future__ import annotations
 
-from dbrunbook.views.plots import Note, Plot, new_figure, plot_style, render_plot
+from dbrunbook.views.figures import Note, Plot, new_figure, plot_style, render_plot
 
 __all__ = ["batches_chart"]
 

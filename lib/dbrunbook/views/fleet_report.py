@@ -11,14 +11,15 @@ from pathlib import Path
 
 from dbrunbook.procedures import fleet_rollup
 from dbrunbook.views import plots
-from dbrunbook.views.report import PAGES_DIR, page_html
+from dbrunbook.views.record_page import PAGES_DIR
+from dbrunbook.views.report_style import page_html
 
 __all__ = ["FLEET_PAGES_DIR", "write_fleet_pages"]
 
 FLEET_PAGES_DIR = "fleets"
 
 
-def _e(value: object) -> str:
+def escape_html(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
@@ -33,12 +34,12 @@ def _wave_table(entries: list[dict]) -> str:
                                              t["outcome"] != "not-started"))
     rows = []
     for t in ordered:
-        run = (f'<a href="../{PAGES_DIR}/{_e(t["run_id"])}.html">{_e(t["run_id"])}</a>'
+        run = (f'<a href="../{PAGES_DIR}/{escape_html(t["run_id"])}.html">{escape_html(t["run_id"])}</a>'
                if t.get("run_id") else "-")
-        rows.append(f"<tr><td>{_e(t['target'])}</td><td>{_e(t['outcome'])}</td><td>{run}</td>"
+        rows.append(f"<tr><td>{escape_html(t['target'])}</td><td>{escape_html(t['outcome'])}</td><td>{run}</td>"
                     f"<td>{float(t.get('seconds') or 0):.1f}</td>"
-                    f"<td>{_e(_heads(t.get('heads_before'), t.get('heads_after')))}</td>"
-                    f"<td>{_e(t.get('error') or '')}</td></tr>")
+                    f"<td>{escape_html(_heads(t.get('heads_before'), t.get('heads_after')))}</td>"
+                    f"<td>{escape_html(t.get('error') or '')}</td></tr>")
     head = "".join(f"<th>{c}</th>" for c in ("target", "outcome", "run", "seconds", "heads before → after",
                                              "error"))
     return f'<table class="dbr-table"><tr>{head}</tr>{"".join(rows)}</table>'
@@ -48,9 +49,9 @@ def render_fleet_page(check: fleet_rollup.RollupCheck) -> str:
     """The HTML page of one checked roll-up."""
     p = check.predicate or {}
     targets = p.get("targets") or []
-    banner = (f'<div class="dbr-banner {"valid" if check.ok else "tampered"}">roll-up {_e(check.status)}'
-              + "".join(f"<br>{_e(problem)}" for problem in check.problems) + "</div>")
-    facts = "".join(f"<tr><th>{_e(k)}</th><td>{_e(p.get(k))}</td></tr>" for k in (
+    banner = (f'<div class="dbr-banner {"valid" if check.ok else "tampered"}">roll-up {escape_html(check.status)}'
+              + "".join(f"<br>{escape_html(problem)}" for problem in check.problems) + "</div>")
+    facts = "".join(f"<tr><th>{escape_html(k)}</th><td>{escape_html(p.get(k))}</td></tr>" for k in (
         "runbook", "group", "group_kind", "parameters", "waves", "parallel", "max_failures", "operator",
         "started_at", "finished_at", "stopped", "tally"))
     waves = sorted({t["wave"] for t in targets})
@@ -59,7 +60,7 @@ def render_fleet_page(check: fleet_rollup.RollupCheck) -> str:
              if t.get("run_id") and t["outcome"] != "skipped"]
     chart = plots.Plots((plot,))._repr_html_() if isinstance(plot := plots.durations_chart(timed), plots.Plot) \
         else plot._repr_html_()
-    body = (f"<h1>Fleet {_e(check.fleet_id)}</h1>{banner}<table class=\"dbr-table\">{facts}</table>"
+    body = (f"<h1>Fleet {escape_html(check.fleet_id)}</h1>{banner}<table class=\"dbr-table\">{facts}</table>"
             f"{sections}<h2>Seconds per target</h2>{chart}")
     return page_html(f"fleet {check.fleet_id}", body)
 

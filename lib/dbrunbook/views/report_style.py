@@ -8,11 +8,12 @@ proportional body font: they are defined here.
 
 from __future__ import annotations
 
-import html
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from dbrunbook.views.tables import escape_html
 
 __all__ = [
     "CSS",
@@ -35,7 +36,7 @@ OUTCOME_CLASSES = {
 
 CSS = """
 :root {
-  --jp-code-font-family: %(mono)s;
+  --jp-code-font-family: """ + MONOSPACE + """;
   --jp-code-font-size: 13px;
   --jp-code-line-height: 1.4;
   --jp-code-padding: 4px;
@@ -80,7 +81,7 @@ details.dbr-traceback > pre { max-height: 40em; overflow: auto; font-size: .85em
 #records th.sortable[data-order="asc"]::after { content: " ▲"; }
 #records th.sortable[data-order="desc"]::after { content: " ▼"; }
 .dbr-search { margin-left: 1em; }
-""" % {"mono": MONOSPACE}
+"""
 
 #: Click a column head of the index to sort by it (again: the other way); the filters and the text box narrow.
 SORT_SCRIPT = """
@@ -119,17 +120,13 @@ SORT_SCRIPT = """
 """
 
 
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
 def outcome_badge(outcome: str) -> str:
     """A coloured badge; its class names the outcome (``outcome-failed`` …), its text is the outcome."""
     css = OUTCOME_CLASSES.get(outcome, "outcome-" + re.sub(r"[^a-z0-9-]", "-", str(outcome).lower()))
-    return f'<span class="dbr-badge {css}">{_e(outcome)}</span>'
+    return f'<span class="dbr-badge {css}">{escape_html(outcome)}</span>'
 
 
-def failure_box(failures: list[Mapping], outcome: str) -> str:
+def failure_box(failures: Sequence[Mapping], outcome: str) -> str:
     """The box on top of a record page that links to its failed cells: a guard stop is titled as one.
 
     A guard stop is the runbook refusing on purpose; its message is the guard's rule and what lets it pass,
@@ -139,8 +136,9 @@ def failure_box(failures: list[Mapping], outcome: str) -> str:
         return ""
     guard = outcome == "stopped-at-guard"
     items = "".join(
-        f'<li><a href="#{_e(f["anchor"])}">{_e(f.get("heading") or "a cell")}</a>: '
-        f'<span class="dbr-rule">{_e(f.get("ename"))}</span>: {_e(f.get("evalue"))}</li>' for f in failures)
+        f'<li><a href="#{escape_html(f["anchor"])}">{escape_html(f.get("heading") or "a cell")}</a>: '
+        f'<span class="dbr-rule">{escape_html(f.get("ename"))}</span>: {escape_html(f.get("evalue"))}</li>'
+        for f in failures)
     if guard:
         return (f'<div class="dbr-guard" id="failed-steps"><b>Stopped at a guard</b> — the runbook refused to go '
                 f"on; nothing after the guard ran. The guard's rule and what would let it pass:<ul>{items}</ul>"
@@ -165,8 +163,8 @@ def collapse_tracebacks(nb) -> int:
                 continue
             line = f"{out.get('ename', '')}: {out.get('evalue', '')}"
             trace = _ANSI.sub("", "\n".join(out.get("traceback") or []))
-            body = (f'<details class="dbr-traceback"><summary>{_e(line)}</summary><pre>{_e(trace)}</pre>'
-                    "</details>")
+            body = (f'<details class="dbr-traceback"><summary>{escape_html(line)}</summary>'
+                    f"<pre>{escape_html(trace)}</pre></details>")
             outputs[i] = {"output_type": "display_data", "metadata": {}, "data": {"text/html": body}}
             count += 1
     return count
@@ -185,12 +183,41 @@ def index_summary(entries: Iterable) -> str:
 
     def grid(title: str, rows: list[tuple[str, str]], id_: str) -> str:
         body = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) or '<tr><td colspan="2">none</td></tr>'
-        return f'<table class="dbr-table" id="{id_}"><caption>{_e(title)}</caption>{body}</table>'
+        return f'<table class="dbr-table" id="{id_}"><caption>{escape_html(title)}</caption>{body}</table>'
 
     outcomes = [(outcome_badge(k), str(v)) for k, v in sorted(by_outcome.items())]
-    targets = [(_e(k), str(v)) for k, v in sorted(by_target.items())]
-    changes = [(_e(t), f'<a href="{_e(e.page)}">{_e(e.when)}</a> {_e(e.runbook)}: {_e(e.revisions)}')
+    targets = [(escape_html(k), str(v)) for k, v in sorted(by_target.items())]
+    changes = [(escape_html(t), f'<a href="{escape_html(e.page)}">{escape_html(e.when)}</a> '
+                                f"{escape_html(e.runbook)}: {escape_html(e.revisions)}")
                for t, e in sorted(last.items())]
     return ('<div class="dbr-summary" id="summary">' + grid("records by outcome", outcomes, "by-outcome")
             + grid("records by target", targets, "by-target")
             + grid("last change per database", changes, "last-change") + "</div>")
+
+
+PAGE_CSS = """
+body.dbr { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em; color: #1b1f24; }
+.dbr-header { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 70em;
+              margin: 1em auto 2em auto; padding: 0 1em; }
+.dbr table.dbr-table, .dbr-header table.dbr-table { border-collapse: collapse; margin: .5em 0 1em 0; }
+table.dbr-table th, table.dbr-table td { border: 1px solid #d0d7de; padding: .25em .6em; text-align: left;
+                                         vertical-align: top; font-size: .9em; }
+table.dbr-table th { background: #f6f8fa; }
+.dbr-banner { padding: .7em 1em; border-radius: 4px; margin: .5em 0 1em 0; font-weight: 600; }
+.dbr-banner.valid { background: #dafbe1; border: 1px solid #1a7f37; }
+.dbr-banner.untrusted { background: #fff8c5; border: 2px solid #9a6700; }
+.dbr-banner.tampered, .dbr-banner.unsigned, .dbr-banner.incomplete {
+  background: #ffebe9; border: 3px solid #cf222e; font-size: 1.2em; }
+.dbr-failed { background: #ffebe9; border-left: 6px solid #cf222e; padding: .5em 1em; margin: .5em 0; }
+.celltag_dbrunbook-failed { border-left: 6px solid #cf222e !important; background: #fff5f5; }
+tr.status-tampered td, tr.status-unsigned td, tr.status-incomplete td { background: #ffebe9; }
+tr.status-untrusted td { background: #fff8c5; }
+.dbr-filters label { margin-right: 1.2em; }
+code { font-size: .9em; }
+""" + CSS
+
+
+def page_html(title: str, body: str, script: str = "") -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape_html(title)}</title>'
+            f"<style>{PAGE_CSS}</style></head><body class=\"dbr\">{body}"
+            + (f"<script>{script}</script>" if script else "") + "</body></html>\n")

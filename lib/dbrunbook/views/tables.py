@@ -3,7 +3,8 @@
 pandas' own ``to_html`` shows a count column that has one missing value as ``20000.0`` / ``NaN``, an empty
 frame as a bare header row, and a 600-character statement as one proportional line. Every result object's
 ``_repr_html_`` goes through :func:`frame_html` instead, and a cell whose last expression is a frame can show
-:func:`display_frame` of it.
+:func:`display_frame` of it. A value object that is a handful of named facts shows :func:`pairs_html`, the
+same escaped two-column table the HTML report uses.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import html
 import math
 import numbers
+from typing import Any
 
 import pandas as pd
 
@@ -109,3 +111,27 @@ def frame_text(frame: pd.DataFrame, *, empty: str = EMPTY) -> str:
     if frame is None or len(frame) == 0:
         return empty
     return display_frame(frame).to_string(index=False, na_rep="")
+
+
+def escape_html(value: Any) -> str:
+    """``value`` as HTML text, quotes escaped too (attribute values); ``None`` is the empty string."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def pairs_html(rows: list[tuple[str, Any]], raw: frozenset[str] = frozenset()) -> str:
+    """A two-column table of ``(name, value)`` rows, every cell escaped except the values named in ``raw``.
+
+    What a value object's ``_repr_html_`` shows (a target, a server's status, a database's identity) and the
+    fact tables of the HTML report.
+    """
+    cells = "".join(
+        f"<tr><th>{escape_html(k)}</th><td>{v if k in raw else escape_html(v)}</td></tr>" for k, v in rows
+    )
+    return f'<table class="dbr-table">{cells}</table>'
+
+
+def grid_html(columns: list[str], rows: list[list[Any]]) -> str:
+    """A table with a header row and one row per list of values, every cell escaped."""
+    head = "".join(f"<th>{escape_html(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{escape_html(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table class="dbr-table"><tr>{head}</tr>{body}</table>'

@@ -217,7 +217,8 @@ def test_ensure_database_creates_once(pg_admin_url):
 
 def test_embedded_target_gets_its_own_database(tmp_path, monkeypatch):
     """resolve_url of an embedded target starts the server and creates the target's database."""
-    from dbrunbook.config import load_config, resolve_url
+    from dbrunbook.config import load_config
+    from dbrunbook.postgres.db import resolve_url
     from dbrunbook.postgres.embedded import EmbeddedServer
 
     (tmp_path / "m").mkdir()

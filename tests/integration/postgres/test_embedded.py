@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from dbrunbook.config import load_config
 from dbrunbook.errors import EmbeddedServerError
-from dbrunbook.postgres import db, embedded
+from dbrunbook.postgres import bundle, db, embedded
 from dbrunbook.postgres.embedded import EmbeddedServer, client_binary, socket_dir_for
 
 pytestmark = pytest.mark.integration
@@ -265,7 +265,7 @@ def test_settings_turn_tcp_off_and_quote_paths():
     settings = embedded.server_settings(Path("/tmp/it's"), 5433, durable=True)
     assert settings["listen_addresses"] == "" and settings["port"] == "5433"
     assert "fsync" not in settings
-    assert "unix_socket_directories = '/tmp/it''s'" in embedded._settings_text(settings)
+    assert "unix_socket_directories = '/tmp/it''s'" in bundle.settings_text(settings)
     assert embedded.server_settings(Path("/tmp/x"), 5432, durable=False)["fsync"] == "off"
 
 

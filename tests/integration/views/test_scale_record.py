@@ -19,7 +19,7 @@ from tests.projects import trust_operator
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "bench"))
-from _chains import make_chain, rev_id, write_config
+from _chains import make_chain, rev_id, write_config  # noqa: E402 - bench/ is on the path only from here
 
 N = 300
 # 12 KB per trivial revision before (issue 15); what stays is per-revision metadata (papermill, the lint and

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dbrunbook.config import load_config, resolve_url
+from dbrunbook.config import load_config
 from dbrunbook.errors import ConfigError, ParameterError, TargetNotFound
+from dbrunbook.postgres.db import resolve_url
 from dbrunbook.procedures.fleet import parse_max_failures, plan_waves
 from dbrunbook.procedures.fleet_groups import GroupNotFound, group_members
 

@@ -11,7 +11,7 @@ import pytest
 
 from dbrunbook.chain import migrations
 from dbrunbook.config import MigrationSet
-from dbrunbook.views import plots
+from dbrunbook.views import plots, revision_graph
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -81,10 +81,10 @@ def test_current_position_changes_the_picture(main_set):
 
 def test_layers_and_columns_of_the_sample_graph(main_set):
     history = migrations.history(main_set)
-    layer = plots._layers(history)
+    layer = revision_graph._layers(history)
     assert layer == {"001": 0, "001s": 1, "002": 1, "003s": 2, "003n": 2, "004": 3, "9fd62e8": 4,
                      "ea90695": 5, "a1b2c3d4e5f6": 6, "b7e4f0c2d913": 7}
-    column = plots._positions(history, layer)
+    column = revision_graph._positions(history, layer)
     # The two branches sit side by side and keep their columns down to the merge.
     assert column["001s"] == column["003s"] != column["002"] == column["003n"]
     assert {column["001s"], column["002"]} == {-0.5, 0.5}
@@ -169,7 +169,7 @@ def test_revision_graph_size_is_bounded_and_labels_do_not_overlap(n, merges):
     history = _chain(n, merges)
     current = (history[len(history) // 3].revision,)   # far from the heads on long chains
     with plots.plot_style():
-        fig = plots._graph_figure(history, current)
+        fig = revision_graph._graph_figure(history, current)
         renderer = fig.canvas.get_renderer()
         ax = fig.axes[0]
         texts = [t.get_window_extent(renderer) for t in ax.texts]

@@ -1,0 +1,135 @@
+"""A rendered chart (``Plot``), a one-line ``Note`` in its place, and the one figure style every chart uses.
+
+Records are signed and compared byte for byte, so a plot must depend on its data only: matplotlib's Agg
+renderer on a bare ``Figure`` (no pyplot state, no backend of the kernel), matplotlib's default style whatever
+the user's matplotlibrc says, fixed sizes and dpi, a fixed ``svg.hashsalt``, and PNG metadata without the
+software version (``metadata={"Software": None}``; Agg writes no timestamp). The same data on the same
+matplotlib and fonts gives the same bytes. Every chart module draws through ``new_figure``, ``plot_style``
+and ``render_plot`` here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Any, cast
+
+import matplotlib
+import matplotlib.style
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 100
+#: The colour of edges and muted labels in every chart.
+EDGE_COLOR = "#555555"
+
+
+# Fixed so that nothing in the output depends on the process or the user's matplotlibrc.
+_RC = {
+    "svg.hashsalt": "dbrunbook",
+    "svg.fonttype": "path",
+    "font.family": "DejaVu Sans",  # shipped with matplotlib: the same glyphs on every machine
+    "font.size": 9,
+    "path.simplify": True,
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+}
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A rendered picture: PNG bytes, shown by Jupyter through ``_repr_png_``."""
+
+    title: str
+    png: bytes
+    width: int
+    height: int
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.png).hexdigest()
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+    def __repr__(self) -> str:
+        # What text/plain shows next to the image: stable, short, no bytes.
+        return f"Plot({self.title!r}, {self.width}x{self.height} px, sha256 {self.sha256[:12]})"
+
+
+@dataclass(frozen=True)
+class Note:
+    """One line instead of a picture, when a chart would show nothing (no count changed, nothing timed)."""
+
+    title: str
+    text: str
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<p><i>{html.escape(self.title)}:</i> {html.escape(self.text)}</p>"
+
+    def __repr__(self) -> str:
+        return f"{self.title}: {self.text}"
+
+
+@dataclass(frozen=True)
+class Plots:
+    """Several pictures as one cell output (one revision graph per migration set, say).
+
+    Shown as HTML ``<img>`` tags with the PNGs inline: a cell has one result, and the archive's sanitizer
+    keeps embedded PNG images.
+    """
+
+    plots: tuple[Plot, ...]
+
+    def __iter__(self):
+        return iter(self.plots)
+
+    def __len__(self) -> int:
+        return len(self.plots)
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        return "".join(
+            f'<div><img alt="{html.escape(p.title)}" width="{p.width}" height="{p.height}" '
+            f'src="data:image/png;base64,{base64.b64encode(p.png).decode("ascii")}"></div>' for p in self.plots)
+
+    def __repr__(self) -> str:
+        return f"Plots({', '.join(repr(p) for p in self.plots)})"
+
+
+def new_figure(width: float, height: float) -> Figure:
+    # A bare Figure, not pyplot: the kernel's inline backend does not show it a second time or keep it alive.
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def render_plot(fig: Figure, title: str) -> Plot:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    width, height = (int(round(v)) for v in fig.get_size_inches() * DPI)
+    return Plot(title=title, png=buffer.getvalue(), width=width, height=height)
+
+
+class plot_style:
+    """matplotlib's default style plus our fixed settings, for the duration of one drawing."""
+
+    def __enter__(self) -> None:
+        self._style = matplotlib.style.context("default")
+        self._style.__enter__()
+        self._rc = matplotlib.rc_context(cast(Any, _RC))  # matplotlib types each rc key's value separately
+        self._rc.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._rc.__exit__(*exc)
+        self._style.__exit__(*exc)
+
+
+def shorten(text: str, length: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= length else text[: length - 1] + "…"
