@@ -9,17 +9,18 @@ import textwrap
 import pytest
 
 from dbrunbook.chain.migrations import SqlStep
-from dbrunbook.safety.guards import LintReport, _loss_statements, lint_sql
+from dbrunbook.safety.guards import LintReport, lint_sql
 from dbrunbook.safety.lint_rules import (
     Catalog,
     Finding,
     TableSize,
-    _weigh,
     heads_finding,
     revision_file_findings,
     split_statements,
     type_change,
 )
+from dbrunbook.safety.loss_guard import _loss_statements
+from dbrunbook.safety.squawk_rules import _weigh
 
 BIG = TableSize("users", True, rows=50_000, rows_at_least=True, bytes=8_000_000)
 SMALL = TableSize("users", True, rows=120, bytes=16_384)
