@@ -32,7 +32,8 @@ class Blocker:
     query: str | None
 
 
-def _blocker_text(b: Blocker) -> str:
+def blocker_text(b: Blocker) -> str:
+    """One blocker in one line: pid, application_name, state, transaction age and query."""
     age = f", transaction open {b.xact_age_seconds:.1f}s" if b.xact_age_seconds is not None else ""
     query = f": {b.query}" if b.query else ""
     return f"pid {b.pid} '{b.application_name}' ({b.state or 'state not visible'}{age}){query}"
@@ -45,7 +46,7 @@ _BLOCKERS_SQL = sa.text("""
 """)
 
 
-class _Watcher:
+class BlockerWatcher:
     """Samples pg_blocking_pids(pid) on its own connection until stopped; never fails the attempt it watches."""
 
     def __init__(self, engine: Engine, pid: int, interval: float = _WATCH_INTERVAL):
@@ -54,7 +55,7 @@ class _Watcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dbrunbook-watch-{pid}", daemon=True)
 
-    def __enter__(self) -> _Watcher:  # noqa: PYI034
+    def __enter__(self) -> BlockerWatcher:  # noqa: PYI034
         self._thread.start()
         return self
 

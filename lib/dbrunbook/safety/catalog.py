@@ -2,7 +2,7 @@
 
 A blocking operation is an outage on a big table and harmless on a small or new one, so the rules need sizes,
 column types, validated NOT NULL checks and index owners. They come in a ``Catalog`` value, so that the rules
-are testable on fixed inputs; ``_catalog`` reads one from the live database, bounded and read only.
+are testable on fixed inputs; ``read_catalog`` reads one from the live database, bounded and read only.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _human_bytes(n: int) -> str:
     return str(n)
 
 
-def _catalog(engine, statements, rows_threshold: int, bytes_threshold: int) -> Catalog:
+def read_catalog(engine, statements, rows_threshold: int, bytes_threshold: int) -> Catalog:
     """Sizes, column types, NOT NULL checks and index owners of the tables the statements name."""
     indexes, columns, tables = set(), set(), set()
     for s in statements:

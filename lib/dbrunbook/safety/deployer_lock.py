@@ -30,9 +30,9 @@ from dbrunbook.postgres import db
 from dbrunbook.safety.lock_holder import (
     DEPLOYER_LOCK_KEY,
     LockHolder,
-    _lock_query,
     application_name,
     deployer_lock_holder,
+    lock_query,
 )
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,9 @@ class DeployerLock:
     """
 
     def __init__(self, engine: Engine, conn: Connection, *, key: int, database: str, run_id: str,
-                 application_name: str, pid: int, holder_pid: int | None = None):
+                 application_name: str, pid: int, holder_pid: int | None = None, server: tuple | None = None):
         self._engine, self._conn = engine, conn
+        self.server = server  # (host, port, database, query) of the engine it was taken for: see _hand_over
         self.key, self.database, self.run_id = key, database, run_id
         self.application_name, self.pid = application_name, pid
         # A lock the launcher of this run holds on its own session (pid holder_pid) is the run's lock too:
@@ -130,12 +131,11 @@ def acquire_deployer_lock(engine: Engine, *, run_id: str, runbook: str = "", ope
         conn.execute(sa.text("SELECT set_config('application_name', :n, false)"), {"n": name})
         pid, database = conn.execute(sa.text("SELECT pg_backend_pid(), current_database()")).one()
         _hand_over(engine, run_id, database)
-        deadline, try_lock = time.monotonic() + wait, _lock_query(run_id, runbook, operator)
+        deadline, try_lock = time.monotonic() + wait, lock_query(run_id, runbook, operator)
         while True:
             if conn.execute(try_lock, {"k": key}).scalar():
                 lock = DeployerLock(lock_engine, conn, key=key, database=database, run_id=run_id,
-                                    application_name=name, pid=pid)
-                lock._server = _server_of(engine)
+                                    application_name=name, pid=pid, server=_server_of(engine))
                 _HELD.add(lock)
                 return lock
             holder = deployer_lock_holder(conn, key)
@@ -143,8 +143,8 @@ def acquire_deployer_lock(engine: Engine, *, run_id: str, runbook: str = "", ope
                 log.info("deployer lock of %s is held by the launcher of run %s (pid %s)", database, run_id,
                          holder.pid)
                 lock = DeployerLock(lock_engine, conn, key=key, database=database, run_id=run_id,
-                                    application_name=name, pid=pid, holder_pid=holder.pid)
-                lock._server = _server_of(engine)
+                                    application_name=name, pid=pid, holder_pid=holder.pid,
+                                    server=_server_of(engine))
                 return lock
             if time.monotonic() >= deadline:
                 if holder is not None:
@@ -201,7 +201,7 @@ def _server_of(engine: Engine) -> tuple:
 
 def _hand_over(engine: Engine, run_id: str, database: str) -> None:
     for old in list(_HELD):
-        if old.held and old.run_id == run_id and getattr(old, "_server", None) == _server_of(engine) \
+        if old.held and old.run_id == run_id and old.server == _server_of(engine) \
                 and old.database == database:
             log.info("handing the deployer lock of %s over to a new session of run %s", database, run_id)
             old.release()

@@ -20,7 +20,7 @@ from dbrunbook import errors
 from dbrunbook.chain import migrations
 from dbrunbook.postgres import sqlparse
 from dbrunbook.postgres.sqltext import split_statements
-from dbrunbook.safety.catalog import Catalog, _catalog
+from dbrunbook.safety.catalog import Catalog, read_catalog
 from dbrunbook.safety.findings import CATEGORIES, Finding
 from dbrunbook.safety.revision_rules import heads_finding, revision_file_findings
 from dbrunbook.safety.sql_reading import (
@@ -39,7 +39,8 @@ _COLUMNS = ["category", "level", "rule", "migration_set", "revision", "statement
 _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
-def _table_html(frame: pd.DataFrame) -> str:
+def table_html(frame: pd.DataFrame) -> str:
+    """A frame of a guard's evidence as HTML, long ones cut with a note (the lint, data-loss and stamp tables)."""
     from dbrunbook.views.summaries import Shown, frame_html
 
     # Sorted by level already: the first rows are the errors; every finding is in lint.json (require_clean).
@@ -97,15 +98,15 @@ class LintReport:
                                                     revisions=("revision", _few_revisions))
                            .reset_index())
                 parts.append(f"<details><summary>{len(rows)} style finding(s), by rule</summary>"
-                             f"{_table_html(grouped)}</details>")
+                             f"{table_html(grouped)}</details>")
                 continue
             shown = rows[rows["level"] != "info"].drop(columns=["category"])
             quiet = rows[rows["level"] == "info"].drop(columns=["category"])
             if not shown.empty:
-                parts.append(_table_html(shown))
+                parts.append(table_html(shown))
             if not quiet.empty:
                 parts.append(f"<details><summary>{len(quiet)} info (harmless on this database)</summary>"
-                             f"{_table_html(quiet)}</details>")
+                             f"{table_html(quiet)}</details>")
         return "\n".join(parts)
 
 
@@ -148,7 +149,7 @@ def lint(session, preview, *, rows_threshold: int = 10_000, bytes_threshold: int
     """
     protected = session.target.protected
     statements = [s for steps in preview.steps.values() for step in steps for s in split_statements(step.sql)]
-    catalog = _catalog(session.engine, statements, rows_threshold, bytes_threshold)
+    catalog = read_catalog(session.engine, statements, rows_threshold, bytes_threshold)
     version = re.match(r"\d+(?:\.\d+)?", session.identity.server_version or "")
     findings: list[Finding] = []
     for name, steps in preview.steps.items():

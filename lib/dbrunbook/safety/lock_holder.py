@@ -142,7 +142,7 @@ def deployer_lock_holder(conn: Connection | Engine, key: int = DEPLOYER_LOCK_KEY
 _COMMENT = re.compile(r"/\* dbrunbook-lock (\{.*?\}) \*/", re.DOTALL)
 
 
-def _lock_query(run_id: str, runbook: str, operator: str) -> sa.TextClause:
+def lock_query(run_id: str, runbook: str, operator: str) -> sa.TextClause:
     """The try-lock statement, carrying the holder's full names in a comment.
 
     application_name is cut at 63 bytes; the text of a session's last statement is not (up to

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from dbrunbook.errors import InvalidIndex, MigrationFailed
 from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.postgres import indexes
-from dbrunbook.safety.blockers import Blocker, _blocker_text, _Watcher
+from dbrunbook.safety.blockers import Blocker, BlockerWatcher, blocker_text
 
 if TYPE_CHECKING:  # pandas is imported where a frame is built: the launcher never needs it
     import pandas as pd
@@ -82,7 +82,7 @@ def attempts_frame(attempts: list[Attempt]) -> pd.DataFrame:
     """One row per attempt, blockers joined into one readable cell."""
     rows = [{"migration_set": a.migration_set, "attempt": a.number, "started_at": a.started_at,
              "seconds": round(a.seconds, 3), "outcome": a.outcome, "revision": a.revision,
-             "applied": ", ".join(a.applied), "blocked_by": "; ".join(_blocker_text(b) for b in a.blockers),
+             "applied": ", ".join(a.applied), "blocked_by": "; ".join(blocker_text(b) for b in a.blockers),
              "pause": None if a.pause is None else round(a.pause, 3), "reason": a.reason}
             for a in attempts]
     import pandas as pd
@@ -158,7 +158,7 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
         with engine.connect() as conn:
             pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
             conn.rollback()
-            with _Watcher(engine, pid) as watcher:
+            with BlockerWatcher(engine, pid) as watcher:
                 try:
                     result = fn(conn)
                     error = None
@@ -230,7 +230,7 @@ def note_attempt(attempts: list[Attempt], mine: list[Attempt], attempt: Attempt,
     if attempt.outcome != "succeeded" and attempt.revision:
         line += f", at {attempt.revision}"
     if attempt.blockers:
-        line += "; blocked by " + "; ".join(_blocker_text(b) for b in attempt.blockers)
+        line += "; blocked by " + "; ".join(blocker_text(b) for b in attempt.blockers)
     if attempt.pause is not None:
         line += f"; next attempt in {attempt.pause:.2f}s"
     report(line)
@@ -238,7 +238,7 @@ def note_attempt(attempts: list[Attempt], mine: list[Attempt], attempt: Attempt,
 
 def _gave_up(error: BaseException, mine: list[Attempt], committed: list, policy: RetryPolicy) -> MigrationFailed:
     blockers = {b.pid: b for a in mine for b in a.blockers}
-    who = ("; blocked by " + "; ".join(_blocker_text(b) for b in blockers.values())) if blockers else ""
+    who = ("; blocked by " + "; ".join(blocker_text(b) for b in blockers.values())) if blockers else ""
     spent = sum(a.seconds + (a.pause or 0) for a in mine)
     reason = (f"{getattr(error, 'reason', None) or error}, {len(mine)} attempts in {spent:.1f}s "
               f"(retries = {policy.retries}){who}")

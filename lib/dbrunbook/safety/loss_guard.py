@@ -19,7 +19,7 @@ from dbrunbook import errors
 from dbrunbook.chain import migrations
 from dbrunbook.postgres import sqlimpact, sqlparse
 from dbrunbook.postgres.sqltext import split_statements
-from dbrunbook.safety.lint_guard import _table_html
+from dbrunbook.safety.lint_guard import table_html
 from dbrunbook.safety.sql_reading import IDENT, alter_actions, normalize_name, table_of
 
 
@@ -63,7 +63,7 @@ class DataLossReport:
                 f"{html.escape(', '.join(self.current) or 'base')} to {html.escape(self.revision)} "
                 f"({len(self.steps)} revision(s)): <b>{self.total:,}</b> rows/values would be destroyed.</p>")
         uncounted = "".join(f"<p><b>Not counted</b>: {html.escape(why)}</p>" for _, why in self.uncounted)
-        return head + uncounted + (_table_html(self.as_frame()) if self.items else "")
+        return head + uncounted + (table_html(self.as_frame()) if self.items else "")
 
 
 def _loss_statements(flat: str) -> list[tuple[str, str, str | None, str | None]]:

@@ -15,7 +15,7 @@ from dbrunbook.postgres import sqlparse
 from dbrunbook.postgres.sqltext import Statement
 from dbrunbook.safety.catalog import Catalog, TableSize
 from dbrunbook.safety.sql_reading import IDENT, alter_actions, normalize_name, statement_kind, table_of
-from dbrunbook.safety.squawk_rules import INSTEAD, _weigh
+from dbrunbook.safety.squawk_rules import INSTEAD, weigh_by_size
 
 # --- dbrunbook's own SQL rules -------------------------------------------------------------------------
 VOLATILE_DEFAULT = re.compile(
@@ -235,7 +235,7 @@ def weigh_issue(issue: SqlIssue, catalog: Catalog, created: set[str], protected:
         return "warning", issue.why
     if issue.table in created:
         size = TableSize(size.name, exists=False)
-    level, why = _weigh(issue.rule, size, catalog, issue.why)
+    level, why = weigh_by_size(issue.rule, size, catalog, issue.why)
     if issue.rule == "large-data-change" and level == "error":
         level = "warning"  # slow and bloating, but it blocks no reader
     return level, why

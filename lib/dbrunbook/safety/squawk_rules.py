@@ -131,10 +131,10 @@ def classify_squawk(rule: str, *, size: TableSize | None, catalog: Catalog, prot
         return category, "error", f"{message}: this statement fails when it runs"
     if not weighed or size is None:
         return category, "warning", message
-    return (category, *_weigh(rule, size, catalog, message))
+    return (category, *weigh_by_size(rule, size, catalog, message))
 
 
-def _weigh(rule: str, size: TableSize, catalog: Catalog, message: str) -> tuple[str, str]:
+def weigh_by_size(rule: str, size: TableSize, catalog: Catalog, message: str) -> tuple[str, str]:
     """(level, why) of a lock or scan on a table, by its live size and whether it exists before the run."""
     if not size.exists:
         return "info", f"{message}; harmless here: {size.name} does not exist before this run"

@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 from dbrunbook import errors
 from dbrunbook.chain import migrations
 from dbrunbook.postgres import db, snapshots
-from dbrunbook.safety.lint_guard import _table_html
+from dbrunbook.safety.lint_guard import table_html
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class StampCheck:
             return (f"<p>Stamp to {at} tells the truth: the {len(self.tables)} tables of "
                     f"'{html.escape(self.migration_set)}' match the schema its migrations build.</p>")
         return (f"<p>Stamp to {at} would <b>lie</b>: {len(self.differences)} difference(s) between the live "
-                f"schema and the schema at that revision.</p>" + _table_html(self.as_frame()))
+                f"schema and the schema at that revision.</p>" + table_html(self.as_frame()))
 
 
 def _scratch_schema(session, mset, revision: str) -> tuple[snapshots.SchemaSnapshot, snapshots.SchemaSnapshot]:

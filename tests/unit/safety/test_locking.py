@@ -40,7 +40,7 @@ def test_parse_application_name(name, expected):
 
 
 def test_lock_comment_round_trips_names_that_would_end_a_comment_or_look_like_binds():
-    query = lock_holder._lock_query("r1", "apply", "bob:x*/y").compile().string
+    query = lock_holder.lock_query("r1", "apply", "bob:x*/y").compile().string
     assert "*/y" not in query
     assert lock_holder._lock_comment(query) == {"run_id": "r1", "runbook": "apply", "operator": "bob:x*/y"}
     assert lock_holder._lock_comment("SELECT 1") is None

@@ -20,7 +20,7 @@ from dbrunbook.safety.lint_rules import (
     type_change,
 )
 from dbrunbook.safety.loss_guard import _loss_statements
-from dbrunbook.safety.squawk_rules import _weigh
+from dbrunbook.safety.squawk_rules import weigh_by_size
 
 BIG = TableSize("users", True, rows=50_000, rows_at_least=True, bytes=8_000_000)
 SMALL = TableSize("users", True, rows=120, bytes=16_384)
@@ -249,7 +249,7 @@ def test_printed_text_is_attributed_to_the_revision_not_a_syntax_error():
     (TableSize("users", True, rows=10_000, rows_at_least=True, bytes=1_000), "error", "at least 10,000 rows"),
 ])
 def test_weigh(size, level, says):
-    got, why = _weigh("require-concurrent-index-creation", size, Catalog(), "Blocks writes")
+    got, why = weigh_by_size("require-concurrent-index-creation", size, Catalog(), "Blocks writes")
     assert got == level
     assert says in why
 
