@@ -31,6 +31,7 @@ def _preview_files(preview) -> dict[str, str]:
 
 
 def find_run(outputs_dir: Path, run_id: str) -> Path | None:
+    """The record folder of run ``run_id`` under ``outputs_dir`` (where the run id says, else by search); None."""
     try:
         candidate = records.run_dir_for(outputs_dir, run_id)
         if candidate.is_dir():
