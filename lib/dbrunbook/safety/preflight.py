@@ -135,7 +135,8 @@ def _fallback_locks(statement: str) -> list[tuple[str, str, str]]:
     if m:
         kind = " ".join(m.group(1).upper().split())
         return [(n, "ACCESS EXCLUSIVE", kind) for n in _names(m.group(2))]
-    m = re.match(r"TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+(?:RESTART|CONTINUE)\s+IDENTITY.*)?$", s, _I | re.DOTALL)
+    m = re.match(r"TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+(?:RESTART|CONTINUE)\s+IDENTITY.*)?$", s,
+                 _I | re.DOTALL)
     if m:
         return [(n, "ACCESS EXCLUSIVE", "TRUNCATE") for n in _names(m.group(1))]
     m = re.match(rf"CREATE\s+(?:UNLOGGED\s+|TEMP(?:ORARY)?\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?{_QNAME}(.*)$",
@@ -146,7 +147,8 @@ def _fallback_locks(statement: str) -> list[tuple[str, str, str]]:
     m = re.match(rf"(UPDATE|DELETE\s+FROM|INSERT\s+INTO|MERGE\s+INTO)\s+(?:ONLY\s+)?{_QNAME}", s, _I)
     if m:
         return [(_clean(m.group(2)), "ROW EXCLUSIVE", " ".join(m.group(1).upper().split()))]
-    m = re.match(r"LOCK\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+IN\s+([A-Z ]+?)\s+MODE)?(?:\s+NOWAIT)?$", s, _I | re.DOTALL)
+    m = re.match(r"LOCK\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+IN\s+([A-Z ]+?)\s+MODE)?(?:\s+NOWAIT)?$", s,
+                 _I | re.DOTALL)
     if m:
         mode = " ".join((m.group(2) or "ACCESS EXCLUSIVE").upper().split())
         return [(n, mode, "LOCK") for n in _names(m.group(1))]

@@ -48,7 +48,8 @@ def test_lock_comment_round_trips_names_that_would_end_a_comment_or_look_like_bi
 
 def test_deployer_lock_key_is_fixed_and_positive():
     assert int.from_bytes(
-        __import__("hashlib").sha256(b"dbrunbook-deployer").digest()[:8], "big") & (2**63 - 1) == locking.DEPLOYER_LOCK_KEY
+        __import__("hashlib").sha256(b"dbrunbook-deployer").digest()[:8], "big"
+    ) & (2**63 - 1) == locking.DEPLOYER_LOCK_KEY
     high, low = lock_holder._key_parts(locking.DEPLOYER_LOCK_KEY)
     assert (high << 32) | low == locking.DEPLOYER_LOCK_KEY
 

@@ -57,7 +57,8 @@ UPGRADE = "def upgrade():\n    op.add_column('t', sa.Column('c', sa.Text))\n"
     (UPGRADE + "def downgrade():\n    op.drop_column('t', 'c')\n    raise NotImplementedError('data lost')\n",
      "irreversible-downgrade", "info", "rollback"),
     # Checking offline mode makes the preview render, but it shows the offline branch, not what will run.
-    ("def upgrade():\n    if context.is_offline_mode():\n        return\n    op.get_bind().execute(sa.text('SELECT 1'))\n"
+    ("def upgrade():\n    if context.is_offline_mode():\n        return\n"
+     "    op.get_bind().execute(sa.text('SELECT 1'))\n"
      "def downgrade():\n    op.drop_table('t')\n", "online-only-call", "warning", "preview"),
     ("def upgrade():\n    conn = op.get_bind()\n    conn.execute(sa.text('UPDATE t SET c = 1'))\n"
      "def downgrade():\n    op.drop_column('t', 'c')\n", "online-only-call", "warning", "preview"),
