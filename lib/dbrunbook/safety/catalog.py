@@ -58,11 +58,12 @@ class Catalog:
 
 
 def _human_bytes(n: int) -> str:
+    amount: float = n  # still the int for "bytes": "1,000 bytes", not "1,000.0 bytes"
     for unit in ("bytes", "kB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return str(n)
+        if amount < 1024 or unit == "TB":
+            return f"{amount:,} {unit}" if unit == "bytes" else f"{amount:,.1f} {unit}"
+        amount /= 1024
+    return str(amount)
 
 
 def read_catalog(engine, statements, rows_threshold: int, bytes_threshold: int) -> Catalog:

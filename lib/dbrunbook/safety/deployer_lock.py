@@ -216,7 +216,9 @@ def _lock_held(holder: LockHolder, database: str, target: str, wait: float) -> D
         f"'{status}'. If that run is dead but its session lingers, end the session "
         f"(README, 'The deployer lock': SELECT pg_terminate_backend({holder.pid}))."
     )
-    err.holder = holder
-    err.database, err.target, err.pid = database, target, holder.pid
-    err.run_id, err.runbook, err.operator, err.since = holder.run_id, holder.runbook, holder.operator, holder.since
+    # errors.py declares none of these attributes yet: the data is attached after construction.
+    err.holder = holder  # type: ignore[attr-defined]
+    err.database, err.target, err.pid = database, target, holder.pid  # type: ignore[attr-defined]
+    err.run_id, err.runbook = holder.run_id, holder.runbook  # type: ignore[attr-defined]
+    err.operator, err.since = holder.operator, holder.since  # type: ignore[attr-defined]
     return err

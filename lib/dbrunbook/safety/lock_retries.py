@@ -12,9 +12,9 @@ import datetime as dt
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -167,7 +167,7 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
         seconds = time.perf_counter() - t0
         blockers = tuple(sorted(watcher.blockers.values(), key=lambda b: b.pid))
         if error is None:
-            applied = tuple(getattr(s, "revision", str(s)) for s in (result or []))
+            applied = tuple(getattr(s, "revision", str(s)) for s in (cast(Iterable[Any], result) or []))
             attempt = Attempt(migration_set, number, started, seconds, "succeeded",
                               applied[-1] if applied else None, applied, "", blockers)
             note_attempt(attempts, mine, attempt, report, total)
@@ -179,7 +179,7 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
             if left:
                 done = tuple(getattr(s, "revision", str(s)) for s in steps)
                 raise _invalid(migration_set, done[-1], done[-1:], steps, left, mine)
-            return committed + list(result) if isinstance(result, list) else result
+            return cast(T, committed + list(result)) if isinstance(result, list) else result
         timed_out = is_lock_timeout(error)
         last = not timed_out or number == total
         pause = None if last else policy.delay(number, rand())
@@ -189,7 +189,7 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
         note_attempt(attempts, mine, attempt, report, total)
         committed += list(getattr(error, "steps", None) or [])
         if not timed_out:
-            error.attempts = list(mine)
+            error.attempts = list(mine)  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
             raise error
         left = [i for i in indexes.invalid_indexes(engine) if i["oid"] not in known_invalid]
         if left:
@@ -204,7 +204,7 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
                                committed, stuck, mine) from error
         if last:
             raise _gave_up(error, mine, committed, policy) from error
-        sleep(pause)
+        sleep(cast(float, pause))  # set: this is not the last attempt
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -212,8 +212,8 @@ def _invalid(migration_set: str, revision: str | None, completed: tuple, steps: 
              mine: list[Attempt]) -> InvalidIndex:
     """The error for invalid indexes a run left: carries the steps committed so far and the attempts."""
     failed = InvalidIndex(migration_set, revision, tuple(completed), left)
-    failed.steps = steps
-    failed.attempts = list(mine)
+    failed.steps = steps  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
+    failed.attempts = list(mine)  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
     return failed
 
 
@@ -246,6 +246,6 @@ def _gave_up(error: BaseException, mine: list[Attempt], committed: list, policy:
         failed = MigrationFailed(error.migration_set, error.revision, error.completed, reason)
     else:
         failed = MigrationFailed(mine[-1].migration_set, None, (), reason)
-    failed.steps = committed
-    failed.attempts = list(mine)
+    failed.steps = committed  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
+    failed.attempts = list(mine)  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
     return failed

@@ -11,6 +11,7 @@ import html
 import json
 import re
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import pandas as pd
 import sqlalchemy as sa
@@ -66,7 +67,11 @@ class DataLossReport:
         return head + uncounted + (table_html(self.as_frame()) if self.items else "")
 
 
-def _loss_statements(flat: str) -> list[tuple[str, str, str | None, str | None]]:
+#: (kind, table, column, where): one destructive part of a statement.
+Loss = tuple[str, str, str | None, str | None]
+
+
+def _loss_statements(flat: str) -> list[Loss]:
     """(kind, table, column, where) for each destructive part of a statement (see ``sqlimpact.losses``).
 
     ``where`` selects the lost rows of ``table``; kinds ``schema`` and ``type`` (a CASCADE drop) are expanded
@@ -77,7 +82,7 @@ def _loss_statements(flat: str) -> list[tuple[str, str, str | None, str | None]]
     return _fallback_losses(flat)
 
 
-def _fallback_losses(flat: str) -> list[tuple[str, str, str | None, str | None]]:
+def _fallback_losses(flat: str) -> list[Loss]:
     up = flat.upper()
     if m := re.match(r"^DROP TABLE (?:IF EXISTS )?(.+?)(?: CASCADE| RESTRICT)?;?$", flat, re.IGNORECASE):
         return [("table", normalize_name(t.strip()), None, None) for t in m.group(1).split(",") if t.strip()]
@@ -91,10 +96,10 @@ def _fallback_losses(flat: str) -> list[tuple[str, str, str | None, str | None]]
     return []
 
 
-def _expand_cascades(conn, parts: list) -> list:
+def _expand_cascades(conn, parts: list[tuple[str, str, Loss]]) -> list[tuple[str, str, Loss]]:
     """A ``DROP SCHEMA ... CASCADE`` loses its tables' rows, a ``DROP TYPE ... CASCADE`` the columns of that
     type: replace those items by the live tables and columns they take with them."""
-    out = []
+    out: list[tuple[str, str, Loss]] = []
     for rev, flat, (kind, name, column, where) in parts:
         if kind == "schema":
             found = conn.execute(sa.text(
@@ -147,14 +152,15 @@ def data_loss(session, revision: str = "-1", migration_set: str = "main", *, sav
             if name is None:
                 continue
             if kind == "column":
+                unquoted = cast(str, column).strip('"')  # a column item always names its column
                 exists = conn.execute(sa.text(
                     "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attname = :c "
-                    "AND NOT attisdropped"), {"t": table, "c": column.strip('"')}).first()
+                    "AND NOT attisdropped"), {"t": table, "c": unquoted}).first()
                 if exists is None:
                     continue
-                quoted = conn.dialect.identifier_preparer.quote(column.strip('"'))
+                quoted = conn.dialect.identifier_preparer.quote(unquoted)
                 lost = conn.execute(sa.text(f"SELECT count({quoted}) FROM {name}")).scalar_one()
-                obj = f"{table}.{column.strip(chr(34))}"
+                obj = f"{table}.{unquoted}"
             else:
                 # The WHERE is the migration's own; read in a READ ONLY transaction it cannot write.
                 lost = conn.execute(sa.text(f"SELECT count(*) FROM {name}" + (f" WHERE {where}" if where else ""))
@@ -183,10 +189,7 @@ def require_no_data_loss(session, report: DataLossReport, allow_data_loss: bool 
             f"'{session.target.name}': what {len(report.uncounted)} revision(s) would destroy is unknown: "
             f"{'; '.join(why for _, why in report.uncounted)}. Read their downgrade() and back up what they "
             f"drop, then run again with -p allow_data_loss true (recorded).")
-        err.report = report
-        if not dry_run:
-            raise err
-        print(f"dry_run=True: a real run would stop here. {err}")
+        _refuse(err, report, dry_run)
     elif report.uncounted:
         print("Not counted: " + "; ".join(why for _, why in report.uncounted) + ".")
     if report.total and not allow_data_loss:
@@ -196,12 +199,17 @@ def require_no_data_loss(session, report: DataLossReport, allow_data_loss: bool 
             f"Downgrading '{report.migration_set}' from {', '.join(report.current) or 'base'} to "
             f"{report.revision} on target '{session.target.name}' would destroy {what} ({report.total:,} in "
             f"all). Back them up first (pg_dump -t TABLE), then run again with -p allow_data_loss true.")
-        err.report = report
-        if not dry_run:
-            raise err
-        print(f"dry_run=True: a real run would stop here. {err}")
+        _refuse(err, report, dry_run)
     elif report.total:
         print(f"allow_data_loss=True: {report.total:,} rows/values will be destroyed (kept in the record).")
     else:
         print("The downgrade destroys no rows or values.")
     return frame
+
+
+def _refuse(err: errors.DataLossRefused, report: DataLossReport, dry_run: bool) -> None:
+    """Raise the refusal with its report attached; in a dry run, say that a real run would stop here."""
+    err.report = report  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
+    if not dry_run:
+        raise err
+    print(f"dry_run=True: a real run would stop here. {err}")

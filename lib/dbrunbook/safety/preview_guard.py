@@ -11,6 +11,7 @@ import hashlib
 import json
 from datetime import UTC
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 
@@ -123,7 +124,7 @@ def _approved_preview(session, preview, approved_preview: str) -> pd.DataFrame:
             f"approved, {now} now (changed: {', '.join(changed) or 'the set of revisions'}; revisions approved "
             f"{revs_then}, now {revs_now}). A migration file or the database changed since the review. Run "
             f"'dbrunbook run preview -t {target.name}' again and have the new SQL reviewed.")
-        err.approved_sha256, err.sha256 = approved.get("sha256"), now
+        err.approved_sha256, err.sha256 = approved.get("sha256"), now  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
         raise err
     rows = [
         {"check": "approved preview", "result": "ok", "detail": approved_preview},
@@ -153,7 +154,7 @@ def _second_person(session, approved_preview: str, check, sql_sha256: str) -> li
     for approval in reversed(found):  # newest first
         if approval.status != "valid":
             refused.append(f"{approval.path.name} is {approval.status} ({'; '.join(approval.problems)})")
-        elif signing.principal_matches(approval.approver, operator):
+        elif signing.principal_matches(cast(str, approval.approver), operator):
             refused.append(f"{approval.path.name} is by '{approval.approver}', who is applying it: "
                            f"self-approval does not count")
         elif approval.sql_sha256 != sql_sha256:

@@ -212,7 +212,8 @@ def _rewriting_column(action: str) -> str | None:
             return "a stored generated column"  # a virtual one (PostgreSQL 18's default) is computed on read
         if any(c.contype == sqlparse.ConstrType.CONSTR_IDENTITY for c in constraints):
             return "an identity column"
-        if column.typeName is not None and column.typeName.names[-1].sval.lower() in _SERIALS:
+        type_names = column.typeName.names if column.typeName is not None else None
+        if type_names is not None and type_names[-1].sval.lower() in _SERIALS:
             return "a serial column"
         if any(VOLATILE_DEFAULT.search(f"{name}(") for name in sqlparse.functions_called(statement)):
             return "a column with a volatile DEFAULT"

@@ -146,7 +146,7 @@ def require_truthful_stamp(session, check: StampCheck, force: bool = False, *, d
             f"Stamping target '{session.target.name}' to {at} would make its version table lie: {what}. Stamp "
             f"the revision the schema really is at, or, if you know better, run again with -p force true "
             f"(recorded).")
-        err.check = check
+        err.check = check  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
         if not dry_run:
             raise err
         print(f"dry_run=True: a real run would stop here. {err}")
