@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from dbrunbook.errors import BackfillNotComplete
 from dbrunbook.postgres import sqltext
 from dbrunbook.procedures.backfill import progress, quote_name, set_columns
+from dbrunbook.protocols import SessionLike
 from dbrunbook.safety.sql_reading import alter_actions, normalize_name, table_of
 
 __all__ = ["not_null_columns", "require_backfills_complete"]
@@ -43,7 +44,7 @@ def _remaining(engine, spec) -> int | None:
             return None
 
 
-def require_backfills_complete(session, preview, *, dry_run: bool = False) -> pd.DataFrame:
+def require_backfills_complete(session: SessionLike, preview, *, dry_run: bool = False) -> pd.DataFrame:
     """Guard: each pending SET NOT NULL whose column a declared backfill sets needs that backfill complete.
 
     Complete means its progress row in ``dbrunbook.backfills`` says so and no row matches its WHERE now.

@@ -21,6 +21,7 @@ from dbrunbook import errors
 from dbrunbook.chain import migrations
 from dbrunbook.postgres import sqlparse
 from dbrunbook.postgres.sqltext import split_statements
+from dbrunbook.protocols import SessionLike
 from dbrunbook.safety.catalog import Catalog, read_catalog
 from dbrunbook.safety.findings import CATEGORIES, Finding
 from dbrunbook.safety.revision_rules import heads_finding, revision_file_findings
@@ -141,7 +142,7 @@ def _bookkeeping(flat: str, version_tables: set[str]) -> bool:
     return table is not None and table.split(".")[-1] in version_tables
 
 
-def lint(session, preview, *, rows_threshold: int = 10_000, bytes_threshold: int = 10 * 1024 * 1024
+def lint(session: SessionLike, preview, *, rows_threshold: int = 10_000, bytes_threshold: int = 10 * 1024 * 1024
          ) -> LintReport:
     """Lint the preview's SQL per revision (squawk + dbrunbook's rules), weighed by the live tables.
 
@@ -272,7 +273,7 @@ def _allow_entries(allow: str) -> list[str]:
     return [e.strip() for e in (allow or "").split(",") if e.strip()]
 
 
-def require_clean(session, report: LintReport, allow: str = "", *, dry_run: bool = False) -> pd.DataFrame:
+def require_clean(session: SessionLike, report: LintReport, allow: str = "", *, dry_run: bool = False) -> pd.DataFrame:
     """Guard: on a protected target, stop on error-level findings not listed in ``allow``.
 
     ``allow`` is comma-separated ``rule`` or ``rule@revision`` entries; the findings it covers are marked

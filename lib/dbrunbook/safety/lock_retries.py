@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from dbrunbook.errors import InvalidIndex, MigrationFailed
 from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.postgres import indexes
+from dbrunbook.protocols import SessionLike
 from dbrunbook.safety.blockers import Blocker, BlockerWatcher, blocker_text
 
 if TYPE_CHECKING:  # pandas is imported where a frame is built: the launcher never needs it
@@ -91,7 +92,7 @@ def attempts_frame(attempts: list[Attempt]) -> pd.DataFrame:
                                        "applied", "blocked_by", "pause", "reason"])
 
 
-def save_attempts(session: Any, attempts: list[Attempt], name: str = "attempts.json") -> str | None:
+def save_attempts(session: SessionLike, attempts: list[Attempt], name: str = "attempts.json") -> str | None:
     """Write the attempts into the run's artifacts as JSON; a second call in the same run gets ``-2``, ``-3`` …"""
     if not attempts:
         return None

@@ -20,6 +20,7 @@ from dbrunbook import errors
 from dbrunbook.chain import migrations
 from dbrunbook.postgres import sqlimpact, sqlparse
 from dbrunbook.postgres.sqltext import split_statements
+from dbrunbook.protocols import SessionLike
 from dbrunbook.safety.lint_guard import table_html
 from dbrunbook.safety.sql_reading import IDENT, alter_actions, normalize_name, table_of
 
@@ -120,7 +121,7 @@ def _expand_cascades(conn, parts: list[tuple[str, str, Loss]]) -> list[tuple[str
     return out
 
 
-def data_loss(session, revision: str = "-1", migration_set: str = "main", *, save: bool = True
+def data_loss(session: SessionLike, revision: str = "-1", migration_set: str = "main", *, save: bool = True
               ) -> DataLossReport:
     """Count what ``alembic downgrade REVISION`` would destroy: rows of dropped or truncated tables, rows a
     DELETE removes, non-null values of dropped columns. Saved as artifacts/data_loss.json.
@@ -175,7 +176,7 @@ def data_loss(session, revision: str = "-1", migration_set: str = "main", *, sav
     return report
 
 
-def require_no_data_loss(session, report: DataLossReport, allow_data_loss: bool = False, *,
+def require_no_data_loss(session: SessionLike, report: DataLossReport, allow_data_loss: bool = False, *,
                          dry_run: bool = False) -> pd.DataFrame:
     """Guard: stop a downgrade that would destroy rows or values, unless ``allow_data_loss``.
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from dbrunbook.config import parse_duration
 from dbrunbook.errors import BlockersPresent
 from dbrunbook.postgres import sqlparse, sqltext
+from dbrunbook.protocols import SessionLike
 
 __all__ = [
     "LOCK_MODES", "PreflightResult", "StatementLock", "conflicts", "live_preflight",
@@ -261,7 +262,7 @@ _SESSION_COLUMNS = ["pid", "application_name", "state", "xact_age_s", "query_age
                     "needed", "conflicts", "blocker", "user", "client", "query"]
 
 
-def live_preflight(session: Any, preview: Any) -> PreflightResult:
+def live_preflight(session: SessionLike, preview: Any) -> PreflightResult:
     """Read the pending SQL for tables and locks, then ask the live database about those tables.
 
     Args:
@@ -318,7 +319,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def require_no_blockers(session: Any, result: PreflightResult, ignore_blockers: bool = False) -> pd.DataFrame:
+def require_no_blockers(session: SessionLike, result: PreflightResult, ignore_blockers: bool = False) -> pd.DataFrame:
     """Guard: stop a protected target while a blocker older than its ``blocker_max_age`` is present.
 
     On an unprotected target, or with ``ignore_blockers``, the blockers are listed and the run goes on: the

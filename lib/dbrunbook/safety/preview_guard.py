@@ -17,6 +17,7 @@ import pandas as pd
 
 from dbrunbook import errors, records
 from dbrunbook.execution.protocol import ARTIFACTS_DIR
+from dbrunbook.protocols import SessionLike
 from dbrunbook.records import signing
 
 
@@ -42,7 +43,7 @@ def find_run(outputs_dir: Path, run_id: str) -> Path | None:
     return next((p for p in records.find_records(outputs_dir) if p.name == run_id), None)
 
 
-def require_approved_preview(session, preview, approved_preview: str = "", *, dry_run: bool = False
+def require_approved_preview(session: SessionLike, preview, approved_preview: str = "", *, dry_run: bool = False
                              ) -> pd.DataFrame:
     """Guard: the SQL about to run is byte for byte the SQL of an approved (signed) preview record.
 
@@ -65,7 +66,7 @@ def require_approved_preview(session, preview, approved_preview: str = "", *, dr
                               "detail": str(err)}])
 
 
-def _approved_preview(session, preview, approved_preview: str) -> pd.DataFrame:
+def _approved_preview(session: SessionLike, preview, approved_preview: str) -> pd.DataFrame:
     target = session.target
     now = preview.sha256
     if not approved_preview:
@@ -137,7 +138,7 @@ def _approved_preview(session, preview, approved_preview: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _second_person(session, approved_preview: str, check, sql_sha256: str) -> list[dict]:
+def _second_person(session: SessionLike, approved_preview: str, check, sql_sha256: str) -> list[dict]:
     """Four eyes: a valid approval of the preview by a trusted principal who is not the one applying it."""
     from datetime import datetime
 

@@ -20,6 +20,7 @@ from sqlalchemy.pool import NullPool
 from dbrunbook import errors
 from dbrunbook.chain import migrations
 from dbrunbook.postgres import db, snapshots
+from dbrunbook.protocols import SessionLike
 from dbrunbook.safety.lint_guard import table_html
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class StampCheck:
                 f"schema and the schema at that revision.</p>" + table_html(self.as_frame()))
 
 
-def _scratch_schema(session, mset, revision: str) -> tuple[snapshots.SchemaSnapshot, snapshots.SchemaSnapshot]:
+def _scratch_schema(session: SessionLike, mset, revision: str
+                    ) -> tuple[snapshots.SchemaSnapshot, snapshots.SchemaSnapshot]:
     """Schema at ``revision`` and at the heads, built on a throwaway embedded server.
 
     Never on the target's server, not even in a dry run: that would need CREATEDB on production and run the
@@ -96,7 +98,7 @@ def schemas_built_by_chain(mset, engine, revision: str) -> tuple[snapshots.Schem
     return at_revision, at_heads
 
 
-def stamp_check(session, revision: str, migration_set: str = "main") -> StampCheck:
+def stamp_check(session: SessionLike, revision: str, migration_set: str = "main") -> StampCheck:
     """Build the schema at ``revision`` on a throwaway embedded server and compare it with the live one.
 
     Only the tables the migration set creates (at any revision) are compared, version tables left out:
@@ -125,7 +127,7 @@ def stamp_check(session, revision: str, migration_set: str = "main") -> StampChe
     return StampCheck(mset.name, revision, resolved, current, rows, tuple(owned))
 
 
-def require_truthful_stamp(session, check: StampCheck, force: bool = False, *, dry_run: bool = False
+def require_truthful_stamp(session: SessionLike, check: StampCheck, force: bool = False, *, dry_run: bool = False
                            ) -> pd.DataFrame:
     """Guard: refuse a stamp whose revision the live schema does not match, unless ``force`` (recorded).
 
