@@ -186,12 +186,7 @@ def lint_sql(steps: dict[str, list], catalog: Catalog, *, protected: bool = Fals
     omitted = 0
     for (name, step, stmts), items in zip(parsed, results, strict=False):
         if step.notes.strip():
-            first = " ".join(step.notes.split())[:120]
-            findings.append(Finding(
-                "printed-offline", "warning", "preview", name, step.revision, f"printed: {first}",
-                "the revision printed text in offline mode: it cannot be previewed faithfully (its output is "
-                "kept out of the SQL and shown here, it is not SQL)",
-                "log with the logging module, and keep data-dependent logic out of migrations", "dbrunbook"))
+            findings.append(_printed_finding(name, step))
         mine = [s for s in stmts if not _bookkeeping(s.flat, version_tables)]
         findings += _unparsed_findings(name, step.revision, mine)
         issues = check_sql(mine, catalog, created, validated)
@@ -201,31 +196,53 @@ def lint_sql(steps: dict[str, list], catalog: Catalog, *, protected: bool = Fals
             findings.append(Finding(issue.rule, level, issue.category, name, step.revision,
                                     display_statement(issue.statement, step.sql, issue.statement.start), why,
                                     issue.instead, "dbrunbook"))
-        seen: set[tuple] = set()
-        for item in items:
-            rule = item.get("rule_name", "")
-            offset = squawk_offset(step.sql, int(item.get("line", 0)), int(item.get("column", 0)))
-            stmt = statement_at(stmts, offset)
-            if stmt is not None and _bookkeeping(stmt.flat, version_tables):
-                continue
-            if rule in ABSORBED and stmt is not None and stmt.start in rewritten:
-                continue  # dbrunbook's finding on the same statement says it better (weighed, CHECK-aware)
-            table = table_of(stmt.flat, catalog) if stmt is not None else None
-            size = catalog.size(table)
-            classified = classify_squawk(rule, size=size, catalog=catalog, protected=protected,
-                                         message=item.get("message", ""))
-            if classified is None:
-                omitted += 1
-                continue
-            category, level, why = classified
-            if rule in ABSORBED and stmt is not None and size is not None and size.exists:
-                level, why = _no_rewrite(rule, stmt.flat, cast(str, table), catalog, level, why)  # sized: named
-            statement = display_statement(stmt, step.sql, offset)
-            if (rule, statement) in seen:
-                continue
-            seen.add((rule, statement))
-            findings.append(Finding(rule, level, category, name, step.revision, statement, why,
-                                    INSTEAD.get(rule) or (item.get("help") or "").rstrip("."), "squawk"))
+        found, left_out = _squawk_findings(name, step, stmts, items, catalog, protected=protected,
+                                           version_tables=version_tables, rewritten=rewritten)
+        findings += found
+        omitted += left_out
+    return findings, omitted
+
+
+def _printed_finding(migration_set: str, step) -> Finding:
+    """``printed-offline``: what a revision printed in offline mode, kept out of its SQL."""
+    first = " ".join(step.notes.split())[:120]
+    return Finding(
+        "printed-offline", "warning", "preview", migration_set, step.revision, f"printed: {first}",
+        "the revision printed text in offline mode: it cannot be previewed faithfully (its output is "
+        "kept out of the SQL and shown here, it is not SQL)",
+        "log with the logging module, and keep data-dependent logic out of migrations", "dbrunbook")
+
+
+def _squawk_findings(migration_set: str, step, stmts: list, items: list[dict], catalog: Catalog, *,
+                     protected: bool, version_tables, rewritten: set[int]) -> tuple[list[Finding], int]:
+    """squawk's findings on one revision, classified and weighed; and how many timeout findings it dropped."""
+    findings: list[Finding] = []
+    omitted = 0
+    seen: set[tuple] = set()
+    for item in items:
+        rule = item.get("rule_name", "")
+        offset = squawk_offset(step.sql, int(item.get("line", 0)), int(item.get("column", 0)))
+        stmt = statement_at(stmts, offset)
+        if stmt is not None and _bookkeeping(stmt.flat, version_tables):
+            continue
+        if rule in ABSORBED and stmt is not None and stmt.start in rewritten:
+            continue  # dbrunbook's finding on the same statement says it better (weighed, CHECK-aware)
+        table = table_of(stmt.flat, catalog) if stmt is not None else None
+        size = catalog.size(table)
+        classified = classify_squawk(rule, size=size, catalog=catalog, protected=protected,
+                                     message=item.get("message", ""))
+        if classified is None:
+            omitted += 1
+            continue
+        category, level, why = classified
+        if rule in ABSORBED and stmt is not None and size is not None and size.exists:
+            level, why = _no_rewrite(rule, stmt.flat, cast(str, table), catalog, level, why)  # sized: named
+        statement = display_statement(stmt, step.sql, offset)
+        if (rule, statement) in seen:
+            continue
+        seen.add((rule, statement))
+        findings.append(Finding(rule, level, category, migration_set, step.revision, statement, why,
+                                INSTEAD.get(rule) or (item.get("help") or "").rstrip("."), "squawk"))
     return findings, omitted
 
 

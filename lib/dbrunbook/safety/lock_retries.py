@@ -156,31 +156,14 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
     known_invalid = {i["oid"] for i in indexes.invalid_indexes(engine)}  # not this run's: never dropped here
     for number in range(1, total + 1):
         started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
-        with engine.connect() as conn:
-            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-            conn.rollback()
-            with BlockerWatcher(engine, pid) as watcher:
-                try:
-                    result = fn(conn)
-                    error = None
-                except Exception as err:  # noqa: BLE001 - classified right below, re-raised unless a lock timeout
-                    error = err
+        result, error, blockers = _try_once(fn, engine)
         seconds = time.perf_counter() - t0
-        blockers = tuple(sorted(watcher.blockers.values(), key=lambda b: b.pid))
         if error is None:
             applied = tuple(getattr(s, "revision", str(s)) for s in (cast(Iterable[Any], result) or []))
             attempt = Attempt(migration_set, number, started, seconds, "succeeded",
                               applied[-1] if applied else None, applied, "", blockers)
             note_attempt(attempts, mine, attempt, report, total)
-            steps = committed + list(result) if isinstance(result, list) else committed
-            # Every invalid index, not only this run's: a CIC with IF NOT EXISTS skips one an earlier run left.
-            left = indexes.invalid_indexes(engine) if steps else []
-            for index in left:
-                index["before_this_run"] = index["oid"] in known_invalid
-            if left:
-                done = tuple(getattr(s, "revision", str(s)) for s in steps)
-                raise _invalid(migration_set, done[-1], done[-1:], steps, left, mine)
-            return cast(T, committed + list(result)) if isinstance(result, list) else result
+            return _succeeded(result, committed, engine, known_invalid, migration_set, mine)
         timed_out = is_lock_timeout(error)
         last = not timed_out or number == total
         pause = None if last else policy.delay(number, rand())
@@ -193,20 +176,56 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
             error.attempts = list(mine)  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
             raise error
         left = [i for i in indexes.invalid_indexes(engine) if i["oid"] not in known_invalid]
-        if left:
-            stuck = indexes.drop_invalid_indexes(engine, left)
-            if report is not None:
-                dropped = [indexes.qualified(i) for i in left if i["oid"] not in {x["oid"] for x in stuck}]
-                if dropped:
-                    report(f"attempt {number} left invalid index(es) {', '.join(dropped)}: dropped with "
-                           f"DROP INDEX CONCURRENTLY{'' if last else ' before trying again'}")
-            if stuck:
-                raise _invalid(migration_set, getattr(error, "revision", None), getattr(error, "completed", ()),
-                               committed, stuck, mine) from error
+        if left and (stuck := _drop_left_invalid(engine, left, number, last, report)):
+            raise _invalid(migration_set, getattr(error, "revision", None), getattr(error, "completed", ()),
+                           committed, stuck, mine) from error
         if last:
             raise _gave_up(error, mine, committed, policy) from error
         sleep(cast(float, pause))  # set: this is not the last attempt
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _try_once(fn: Callable[[Connection], T], engine: Engine) -> tuple[T | None, Exception | None,
+                                                                        tuple[Blocker, ...]]:
+    """One attempt on a fresh connection under a blocker watcher: (result, error, who was in its way)."""
+    result, error = None, None
+    with engine.connect() as conn:
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        conn.rollback()
+        with BlockerWatcher(engine, pid) as watcher:
+            try:
+                result = fn(conn)
+            except Exception as err:  # noqa: BLE001 - classified by the caller, re-raised unless a lock timeout
+                error = err
+    return result, error, tuple(sorted(watcher.blockers.values(), key=lambda b: b.pid))
+
+
+def _succeeded(result: Any, committed: list, engine: Engine, known_invalid: set, migration_set: str,
+               mine: list[Attempt]) -> Any:
+    """What ``with_lock_retries`` returns after a successful attempt, unless the run left an invalid index.
+
+    Every invalid index counts, not only this run's: a CIC with IF NOT EXISTS skips one an earlier run left.
+    """
+    steps = committed + list(result) if isinstance(result, list) else committed
+    left = indexes.invalid_indexes(engine) if steps else []
+    for index in left:
+        index["before_this_run"] = index["oid"] in known_invalid
+    if left:
+        done = tuple(getattr(s, "revision", str(s)) for s in steps)
+        raise _invalid(migration_set, done[-1], done[-1:], steps, left, mine)
+    return committed + list(result) if isinstance(result, list) else result
+
+
+def _drop_left_invalid(engine: Engine, left: list[dict], number: int, last: bool,
+                       report: Callable[[str], None] | None) -> list[dict]:
+    """Drop the invalid indexes a timed-out attempt left (``DROP INDEX CONCURRENTLY``); those that stay."""
+    stuck = indexes.drop_invalid_indexes(engine, left)
+    if report is not None:
+        dropped = [indexes.qualified(i) for i in left if i["oid"] not in {x["oid"] for x in stuck}]
+        if dropped:
+            report(f"attempt {number} left invalid index(es) {', '.join(dropped)}: dropped with "
+                   f"DROP INDEX CONCURRENTLY{'' if last else ' before trying again'}")
+    return stuck
 
 
 def _invalid(migration_set: str, revision: str | None, completed: tuple, steps: list, left: list[dict],

@@ -141,39 +141,45 @@ def data_loss(session: SessionLike, revision: str = "-1", migration_set: str = "
     uncounted = tuple((s.revision, s.problem) for s in steps if s.online_only and s.source != "captured")
     parts = [(step.revision, stmt.flat, item) for step in steps for stmt in split_statements(step.sql)
              for item in _loss_statements(stmt.flat)]
-    items: list[LossItem] = []
     with session.engine.connect() as conn:
         conn.execute(sa.text("SET TRANSACTION READ ONLY"))
         parts = _expand_cascades(conn, parts)
-        dropped = {table for _, _, (kind, table, _, _) in parts if kind == "table"}
-        for rev, flat, (kind, table, column, where) in parts:
-            if kind == "column" and table in dropped:
-                continue  # the table's own row counts these values
-            name = conn.execute(sa.text("SELECT to_regclass(:t)::text"), {"t": table}).scalar()
-            if name is None:
-                continue
-            if kind == "column":
-                unquoted = cast(str, column).strip('"')  # a column item always names its column
-                exists = conn.execute(sa.text(
-                    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attname = :c "
-                    "AND NOT attisdropped"), {"t": table, "c": unquoted}).first()
-                if exists is None:
-                    continue
-                quoted = conn.dialect.identifier_preparer.quote(unquoted)
-                lost = conn.execute(sa.text(f"SELECT count({quoted}) FROM {name}")).scalar_one()
-                obj = f"{table}.{unquoted}"
-            else:
-                # The WHERE is the migration's own; read in a READ ONLY transaction it cannot write.
-                lost = conn.execute(sa.text(f"SELECT count(*) FROM {name}" + (f" WHERE {where}" if where else ""))
-                                    ).scalar_one()
-                obj = table
-            items.append(LossItem(obj, kind, int(lost), rev, flat[:160]))
+        items = _count_losses(conn, parts)
         conn.rollback()
     report = DataLossReport(mset.name, revision, tuple(current), tuple(s.revision for s in steps), tuple(items),
                             uncounted)
     if save:
         session.save_artifact("data_loss.json", json.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
     return report
+
+
+def _count_losses(conn, parts: list[tuple[str, str, Loss]]) -> list[LossItem]:
+    """Rows and non-null values each part destroys, counted on the live tables (a read-only transaction)."""
+    items: list[LossItem] = []
+    dropped = {table for _, _, (kind, table, _, _) in parts if kind == "table"}
+    for rev, flat, (kind, table, column, where) in parts:
+        if kind == "column" and table in dropped:
+            continue  # the table's own row counts these values
+        name = conn.execute(sa.text("SELECT to_regclass(:t)::text"), {"t": table}).scalar()
+        if name is None:
+            continue
+        if kind == "column":
+            unquoted = cast(str, column).strip('"')  # a column item always names its column
+            exists = conn.execute(sa.text(
+                "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attname = :c "
+                "AND NOT attisdropped"), {"t": table, "c": unquoted}).first()
+            if exists is None:
+                continue
+            quoted = conn.dialect.identifier_preparer.quote(unquoted)
+            lost = conn.execute(sa.text(f"SELECT count({quoted}) FROM {name}")).scalar_one()
+            obj = f"{table}.{unquoted}"
+        else:
+            # The WHERE is the migration's own; read in a READ ONLY transaction it cannot write.
+            lost = conn.execute(sa.text(f"SELECT count(*) FROM {name}" + (f" WHERE {where}" if where else ""))
+                                ).scalar_one()
+            obj = table
+        items.append(LossItem(obj, kind, int(lost), rev, flat[:160]))
+    return items
 
 
 def require_no_data_loss(session: SessionLike, report: DataLossReport, allow_data_loss: bool = False, *,

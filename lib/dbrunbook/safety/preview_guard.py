@@ -77,6 +77,34 @@ def _approved_preview(session: SessionLike, preview, approved_preview: str) -> p
                 f"-p approved_preview RUN_ID (the preview's run id).")
         return pd.DataFrame([{"check": "approved preview", "result": "not required",
                               "detail": f"target '{target.name}' is not protected; sha256 now {now}"}])
+    run_dir, check = _approving_record(session, approved_preview)
+    ident = session.identity
+    approved_path = run_dir / ARTIFACTS_DIR / "preview.json"
+    if not approved_path.is_file():
+        raise errors.PreviewNotApproved(f"Preview record {approved_preview} has no artifacts/preview.json. "
+                                        f"Run 'dbrunbook run preview -t {target.name}' again.")
+    approved = json.loads(approved_path.read_text(encoding="utf-8"))
+    if approved.get("sha256") != now:
+        raise _mismatch(approved, preview, approved_preview, target.name)
+    rows = [
+        {"check": "approved preview", "result": "ok", "detail": approved_preview},
+        {"check": "record signature", "result": "valid", "detail": f"signed by {check.principal}"},
+        {"check": "same database", "result": "ok", "detail": f"{ident.database} (system {ident.system_identifier})"},
+        {"check": "sha256 of the SQL", "result": "identical", "detail": now},
+    ]
+    if target.protected:
+        rows += _second_person(session, approved_preview, check, now)
+    return pd.DataFrame(rows)
+
+
+def _approving_record(session: SessionLike, approved_preview: str) -> tuple[Path, records.RecordCheck]:
+    """The record folder and verification of run ``approved_preview``, if it can approve this change at all.
+
+    Raises:
+        PreviewNotApproved: no such record, not valid, not a succeeded preview of this database, or (on a
+            protected target) not run by papermill.
+    """
+    target = session.target
     run_dir = find_run(session.config.outputs_dir, approved_preview)
     if run_dir is None:
         raise errors.PreviewNotApproved(
@@ -110,35 +138,27 @@ def _approved_preview(session: SessionLike, preview, approved_preview: str) -> p
             f"Preview record {approved_preview} was run in mode '{predicate.get('mode')}': on protected target "
             f"'{target.name}' only a preview run by 'dbrunbook run preview' counts (an interactive notebook's "
             f"cells could have been edited). Run 'dbrunbook run preview -t {target.name}' and have it approved.")
-    approved_path = run_dir / ARTIFACTS_DIR / "preview.json"
-    if not approved_path.is_file():
-        raise errors.PreviewNotApproved(f"Preview record {approved_preview} has no artifacts/preview.json. "
-                                        f"Run 'dbrunbook run preview -t {target.name}' again.")
-    approved = json.loads(approved_path.read_text(encoding="utf-8"))
-    if approved.get("sha256") != now:
-        changed = sorted(n for n, d in {**approved.get("files", {}), **_preview_files(preview)}.items()
-                         if approved.get("files", {}).get(n) != _preview_files(preview).get(n))
-        revs_then = approved.get("revisions", {})
-        revs_now = {k: [s.revision for s in v] for k, v in preview.steps.items()}
-        err = errors.PreviewMismatch(
-            f"The SQL to apply differs from approved preview {approved_preview}: sha256 {approved.get('sha256')} "
-            f"approved, {now} now (changed: {', '.join(changed) or 'the set of revisions'}; revisions approved "
-            f"{revs_then}, now {revs_now}). A migration file or the database changed since the review. Run "
-            f"'dbrunbook run preview -t {target.name}' again and have the new SQL reviewed.")
-        err.approved_sha256, err.sha256 = approved.get("sha256"), now  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
-        raise err
-    rows = [
-        {"check": "approved preview", "result": "ok", "detail": approved_preview},
-        {"check": "record signature", "result": "valid", "detail": f"signed by {check.principal}"},
-        {"check": "same database", "result": "ok", "detail": f"{ident.database} (system {ident.system_identifier})"},
-        {"check": "sha256 of the SQL", "result": "identical", "detail": now},
-    ]
-    if target.protected:
-        rows += _second_person(session, approved_preview, check, now)
-    return pd.DataFrame(rows)
+    return run_dir, check
 
 
-def _second_person(session: SessionLike, approved_preview: str, check, sql_sha256: str) -> list[dict]:
+def _mismatch(approved: dict, preview, approved_preview: str, target_name: str) -> errors.PreviewMismatch:
+    """The error for SQL that differs from the approved preview's: which files and revisions changed."""
+    now = preview.sha256
+    changed = sorted(n for n, d in {**approved.get("files", {}), **_preview_files(preview)}.items()
+                     if approved.get("files", {}).get(n) != _preview_files(preview).get(n))
+    revs_then = approved.get("revisions", {})
+    revs_now = {k: [s.revision for s in v] for k, v in preview.steps.items()}
+    err = errors.PreviewMismatch(
+        f"The SQL to apply differs from approved preview {approved_preview}: sha256 {approved.get('sha256')} "
+        f"approved, {now} now (changed: {', '.join(changed) or 'the set of revisions'}; revisions approved "
+        f"{revs_then}, now {revs_now}). A migration file or the database changed since the review. Run "
+        f"'dbrunbook run preview -t {target_name}' again and have the new SQL reviewed.")
+    err.approved_sha256, err.sha256 = approved.get("sha256"), now  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
+    return err
+
+
+def _second_person(session: SessionLike, approved_preview: str, check: records.RecordCheck,
+                   sql_sha256: str) -> list[dict]:
     """Four eyes: a valid approval of the preview by a trusted principal who is not the one applying it."""
     from datetime import datetime
 

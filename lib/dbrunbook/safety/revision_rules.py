@@ -69,9 +69,15 @@ def revision_issues(source: str, *, filename: str = "<revision>", with_downgrade
         SyntaxError: the source is not Python.
     """
     tree = ast.parse(source, filename=filename)
-    out: list[RevisionIssue] = []
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    down, up = functions.get("downgrade"), functions.get("upgrade")
+    out = _downgrade_issues(functions.get("upgrade"), functions.get("downgrade"))
+    out += _call_issues(tree, with_downgrade=with_downgrade, trust_offline_guard=trust_offline_guard)
+    return out
+
+
+def _downgrade_issues(up: ast.FunctionDef | None, down: ast.FunctionDef | None) -> list[RevisionIssue]:
+    """``empty-downgrade`` or ``irreversible-downgrade`` of a revision whose upgrade does something."""
+    out: list[RevisionIssue] = []
     # A revision whose upgrade does nothing (a merge point, a marker) rightly has nothing to undo.
     if up is None or all(_is_trivial(s) for s in up.body):
         pass
@@ -88,6 +94,12 @@ def revision_issues(source: str, *, filename: str = "<revision>", with_downgrade
         out.append(RevisionIssue("irreversible-downgrade", down.lineno,
                                  "downgrade() raises: this revision cannot be rolled back, only restored from a "
                                  "backup", "take a backup before applying it"))
+    return out
+
+
+def _call_issues(tree: ast.Module, *, with_downgrade: bool, trust_offline_guard: bool) -> list[RevisionIssue]:
+    """``autocommit-block`` and ``online-only-call``: the calls of the revision's module (downgrade() if asked)."""
+    out: list[RevisionIssue] = []
     tops = [top for top in tree.body if with_downgrade or not (isinstance(top, ast.FunctionDef) and
                                                                 top.name == "downgrade")]
     online: list[tuple[ast.AST, str]] = []
