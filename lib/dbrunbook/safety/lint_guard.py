@@ -26,15 +26,12 @@ from dbrunbook.safety.catalog import Catalog, read_catalog
 from dbrunbook.safety.findings import CATEGORIES, Finding
 from dbrunbook.safety.revision_rules import heads_finding, revision_file_findings
 from dbrunbook.safety.sql_reading import (
-    IDENT,
-    alter_actions,
     display_statement,
-    normalize_name,
     squawk_offset,
     statement_at,
     table_of,
 )
-from dbrunbook.safety.sql_rules import ABSORBED, check_sql, type_change, weigh_issue
+from dbrunbook.safety.sql_rules import ABSORBED, _no_rewrite, check_sql, weigh_issue
 from dbrunbook.safety.squawk_rules import INSTEAD, classify_squawk, run_squawk
 
 _COLUMNS = ["category", "level", "rule", "migration_set", "revision", "statement", "why", "instead", "source"]
@@ -264,26 +261,6 @@ def _unparsed_findings(migration_set: str, revision: str, statements) -> list[Fi
                 "fix the SQL, or check it by hand on a scratch database ('alembic upgrade --sql' shows it)",
                 "dbrunbook"))
     return out
-
-
-def _no_rewrite(rule: str, flat: str, table: str, catalog: Catalog, level: str, why: str) -> tuple[str, str]:
-    """squawk flags every type change and SET NOT NULL; dbrunbook found this one does not rewrite or scan."""
-    if rule == "adding-not-nullable-field" and "SET NOT NULL" in flat.upper():
-        return "info", f"{why}; harmless here: a validated CHECK (... IS NOT NULL) proves it, so nothing is scanned"
-    if rule == "changing-column-type":
-        return _coercible(flat, table, catalog, level, why)
-    return level, why
-
-
-def _coercible(flat: str, table: str, catalog: Catalog, level: str, why: str) -> tuple[str, str]:
-    """A type change PostgreSQL does without a rewrite (varchar widening, to text) is harmless."""
-    for action in alter_actions(flat):
-        m = re.match(rf'^ALTER (?:COLUMN )?{IDENT} (?:SET DATA )?TYPE (.+)$', action, re.IGNORECASE)
-        if m and (old := catalog.column_types.get((table, normalize_name(m.group(1))))):
-            rewrites, _ = type_change(old, m.group(2))
-            if not rewrites:
-                return "info", f"{why}; harmless here: {old} to {m.group(2)} needs no rewrite"
-    return level, why
 
 
 def _allow_entries(allow: str) -> list[str]:

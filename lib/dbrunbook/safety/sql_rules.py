@@ -240,3 +240,23 @@ def weigh_issue(issue: SqlIssue, catalog: Catalog, created: set[str], protected:
     if issue.rule == "large-data-change" and level == "error":
         level = "warning"  # slow and bloating, but it blocks no reader
     return level, why
+
+
+def _no_rewrite(rule: str, flat: str, table: str, catalog: Catalog, level: str, why: str) -> tuple[str, str]:
+    """squawk flags every type change and SET NOT NULL; dbrunbook found this one does not rewrite or scan."""
+    if rule == "adding-not-nullable-field" and "SET NOT NULL" in flat.upper():
+        return "info", f"{why}; harmless here: a validated CHECK (... IS NOT NULL) proves it, so nothing is scanned"
+    if rule == "changing-column-type":
+        return _coercible(flat, table, catalog, level, why)
+    return level, why
+
+
+def _coercible(flat: str, table: str, catalog: Catalog, level: str, why: str) -> tuple[str, str]:
+    """A type change PostgreSQL does without a rewrite (varchar widening, to text) is harmless."""
+    for action in alter_actions(flat):
+        m = re.match(rf'^ALTER (?:COLUMN )?{IDENT} (?:SET DATA )?TYPE (.+)$', action, re.IGNORECASE)
+        if m and (old := catalog.column_types.get((table, normalize_name(m.group(1))))):
+            rewrites, _ = type_change(old, m.group(2))
+            if not rewrites:
+                return "info", f"{why}; harmless here: {old} to {m.group(2)} needs no rewrite"
+    return level, why
