@@ -31,7 +31,7 @@ from dbrunbook.safety.sql_reading import (
     statement_at,
     table_of,
 )
-from dbrunbook.safety.sql_rules import ABSORBED, _no_rewrite, check_sql, weigh_issue
+from dbrunbook.safety.sql_rules import ABSORBED, check_sql, weigh_absorbed, weigh_issue
 from dbrunbook.safety.squawk_rules import INSTEAD, classify_squawk, run_squawk
 
 _COLUMNS = ["category", "level", "rule", "migration_set", "revision", "statement", "why", "instead", "source"]
@@ -233,7 +233,7 @@ def _squawk_findings(migration_set: str, step, stmts: list, items: list[dict], c
             continue
         category, level, why = classified
         if rule in ABSORBED and stmt is not None and size is not None and size.exists:
-            level, why = _no_rewrite(rule, stmt.flat, cast(str, table), catalog, level, why)  # sized: named
+            level, why = weigh_absorbed(rule, stmt.flat, cast(str, table), catalog, level, why)  # sized: named
         statement = display_statement(stmt, step.sql, offset)
         if (rule, statement) in seen:
             continue

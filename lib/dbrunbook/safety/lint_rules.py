@@ -13,8 +13,9 @@ shared/notes/lint-on-a-real-chain.md), so every finding gets a category and a le
 * **style** (text vs varchar, bigint, identity): info.
 
 The rules work on text (the offline SQL of each revision, the revision files) and need no database; the
-facts they weigh by come in a ``Catalog`` (read live by ``catalog.read_catalog``). They live in ``findings``, ``catalog``, ``sql_reading``,
-``squawk_rules``, ``sql_rules`` and ``revision_rules``; this module is their one face.
+facts they weigh by come in a ``Catalog`` (read live by ``catalog.read_catalog``). They live in
+``findings``, ``catalog``, ``sql_reading``, ``squawk_rules``, ``sql_rules`` and ``revision_rules``; this
+module is their one face.
 """
 
 from __future__ import annotations

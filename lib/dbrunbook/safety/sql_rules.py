@@ -242,8 +242,12 @@ def weigh_issue(issue: SqlIssue, catalog: Catalog, created: set[str], protected:
     return level, why
 
 
-def _no_rewrite(rule: str, flat: str, table: str, catalog: Catalog, level: str, why: str) -> tuple[str, str]:
-    """squawk flags every type change and SET NOT NULL; dbrunbook found this one does not rewrite or scan."""
+def weigh_absorbed(rule: str, flat: str, table: str, catalog: Catalog, level: str, why: str) -> tuple[str, str]:
+    """(level, why) of a squawk finding in ``ABSORBED``: info when dbrunbook finds it does not rewrite or scan.
+
+    squawk flags every type change and SET NOT NULL; a varchar widening or a NOT NULL a validated CHECK
+    proves is harmless.
+    """
     if rule == "adding-not-nullable-field" and "SET NOT NULL" in flat.upper():
         return "info", f"{why}; harmless here: a validated CHECK (... IS NOT NULL) proves it, so nothing is scanned"
     if rule == "changing-column-type":
