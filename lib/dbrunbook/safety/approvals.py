@@ -66,10 +66,10 @@ def approve(config, run_id: str, *, note: str = "", key_path: Path | None = None
         ApprovalInvalid: no such record, or it is not a valid, succeeded, papermill-mode preview; or the key
             is not trusted by ``allowed_signers``.
     """
-    from dbrunbook import safety
     from dbrunbook.records import trust
+    from dbrunbook.safety.preview_guard import find_run
 
-    run_dir = safety.guards.find_run(config.outputs_dir, run_id)
+    run_dir = find_run(config.outputs_dir, run_id)
     if run_dir is None:
         raise ApprovalInvalid(f"No record of run '{run_id}' under {config.outputs_dir}; pass the run id of a "
                               f"preview record (see 'dbrunbook verify').")

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from dbrunbook.errors import BackfillNotComplete
 from dbrunbook.postgres import sqltext
 from dbrunbook.procedures.backfill import progress, quote_name, set_columns
-from dbrunbook.safety import lint_rules
+from dbrunbook.protocols import SessionLike
+from dbrunbook.safety.sql_reading import alter_actions, normalize_name, table_of
 
 __all__ = ["not_null_columns", "require_backfills_complete"]
 
@@ -27,11 +28,11 @@ def not_null_columns(sql: str) -> list[tuple[str, str]]:
     found = []
     for stmt in sqltext.split_statements(sql):
         flat = stmt.flat
-        if not flat.upper().startswith("ALTER TABLE") or not (table := lint_rules.table_of(flat)):
+        if not flat.upper().startswith("ALTER TABLE") or not (table := table_of(flat)):
             continue
-        for action in lint_rules.alter_actions(flat):
+        for action in alter_actions(flat):
             if m := re.match(r'^ALTER (?:COLUMN )?("?[\w$]+"?) SET NOT NULL', action, re.IGNORECASE):
-                found.append((table, lint_rules.normalize_name(m.group(1))))
+                found.append((table, normalize_name(m.group(1))))
     return found
 
 
@@ -43,7 +44,7 @@ def _remaining(engine, spec) -> int | None:
             return None
 
 
-def require_backfills_complete(session, preview, *, dry_run: bool = False) -> pd.DataFrame:
+def require_backfills_complete(session: SessionLike, preview, *, dry_run: bool = False) -> pd.DataFrame:
     """Guard: each pending SET NOT NULL whose column a declared backfill sets needs that backfill complete.
 
     Complete means its progress row in ``dbrunbook.backfills`` says so and no row matches its WHERE now.
@@ -52,7 +53,7 @@ def require_backfills_complete(session, preview, *, dry_run: bool = False) -> pd
     Raises:
         BackfillNotComplete: the first such column whose backfill is not complete.
     """
-    by_column = {(lint_rules.normalize_name(b.table), col): b for b in session.config.backfills.values()
+    by_column = {(normalize_name(b.table), col): b for b in session.config.backfills.values()
                  for col in set_columns(b.set)}
     rows, refused = [], None
     for set_name, steps in preview.steps.items():

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from dbrunbook.config import parse_duration
 from dbrunbook.errors import BlockersPresent
 from dbrunbook.postgres import sqlparse, sqltext
+from dbrunbook.protocols import SessionLike
 
 __all__ = [
     "LOCK_MODES", "PreflightResult", "StatementLock", "conflicts", "live_preflight",
@@ -135,7 +136,8 @@ def _fallback_locks(statement: str) -> list[tuple[str, str, str]]:
     if m:
         kind = " ".join(m.group(1).upper().split())
         return [(n, "ACCESS EXCLUSIVE", kind) for n in _names(m.group(2))]
-    m = re.match(r"TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+(?:RESTART|CONTINUE)\s+IDENTITY.*)?$", s, _I | re.DOTALL)
+    m = re.match(r"TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+(?:RESTART|CONTINUE)\s+IDENTITY.*)?$", s,
+                 _I | re.DOTALL)
     if m:
         return [(n, "ACCESS EXCLUSIVE", "TRUNCATE") for n in _names(m.group(1))]
     m = re.match(rf"CREATE\s+(?:UNLOGGED\s+|TEMP(?:ORARY)?\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?{_QNAME}(.*)$",
@@ -146,7 +148,8 @@ def _fallback_locks(statement: str) -> list[tuple[str, str, str]]:
     m = re.match(rf"(UPDATE|DELETE\s+FROM|INSERT\s+INTO|MERGE\s+INTO)\s+(?:ONLY\s+)?{_QNAME}", s, _I)
     if m:
         return [(_clean(m.group(2)), "ROW EXCLUSIVE", " ".join(m.group(1).upper().split()))]
-    m = re.match(r"LOCK\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+IN\s+([A-Z ]+?)\s+MODE)?(?:\s+NOWAIT)?$", s, _I | re.DOTALL)
+    m = re.match(r"LOCK\s+(?:TABLE\s+)?(?:ONLY\s+)?(.*?)(?:\s+IN\s+([A-Z ]+?)\s+MODE)?(?:\s+NOWAIT)?$", s,
+                 _I | re.DOTALL)
     if m:
         mode = " ".join((m.group(2) or "ACCESS EXCLUSIVE").upper().split())
         return [(n, mode, "LOCK") for n in _names(m.group(1))]
@@ -259,7 +262,7 @@ _SESSION_COLUMNS = ["pid", "application_name", "state", "xact_age_s", "query_age
                     "needed", "conflicts", "blocker", "user", "client", "query"]
 
 
-def live_preflight(session: Any, preview: Any) -> PreflightResult:
+def live_preflight(session: SessionLike, preview: Any) -> PreflightResult:
     """Read the pending SQL for tables and locks, then ask the live database about those tables.
 
     Args:
@@ -316,7 +319,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def require_no_blockers(session: Any, result: PreflightResult, ignore_blockers: bool = False) -> pd.DataFrame:
+def require_no_blockers(session: SessionLike, result: PreflightResult, ignore_blockers: bool = False) -> pd.DataFrame:
     """Guard: stop a protected target while a blocker older than its ``blocker_max_age`` is present.
 
     On an unprotected target, or with ``ignore_blockers``, the blockers are listed and the run goes on: the

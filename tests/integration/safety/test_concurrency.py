@@ -19,7 +19,7 @@ from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
 from dbrunbook.errors import DeployerLockHeld, DeployerLockRequired
 from dbrunbook.execution.session import open_session
-from dbrunbook.safety import locking
+from dbrunbook.safety import deployer_lock, locking
 from tests.projects import ROOT, URL_ENV, trust_operator, write_project
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def proj(tmp_path, database_url, monkeypatch):
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", OPERATOR)
     monkeypatch.delenv("DBRUNBOOK_CONFIG", raising=False)
     monkeypatch.delenv(locking.LAUNCHER_LOCK_ENV, raising=False)
-    monkeypatch.setattr(locking, "_LOCK_WAIT", 0.5)
+    monkeypatch.setattr(deployer_lock, "_LOCK_WAIT", 0.5)
     project = write_project(tmp_path / "project", database_url)
     yield project
     project.engine.dispose()
@@ -86,7 +86,7 @@ def test_the_kernel_borrows_the_launchers_lock_for_its_run_only(proj, monkeypatc
     engine = proj.engine
     launcher = locking.acquire_deployer_lock(engine, run_id="run-launched", runbook="apply", target="local")
     # The kernel is another process: this one must not hand the launcher's lock over to a new session.
-    locking._HELD.discard(launcher)
+    deployer_lock._HELD.discard(launcher)
     try:
         # Same run id but no word from the launcher: a name alone does not borrow the lock.
         with pytest.raises(DeployerLockHeld):

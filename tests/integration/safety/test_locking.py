@@ -22,7 +22,7 @@ from dbrunbook.errors import DeployerLockHeld, MigrationFailed
 from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.execution.runner import run_runbook
 from dbrunbook.execution.session import open_session
-from dbrunbook.safety import locking
+from dbrunbook.safety import deployer_lock, locking
 from tests.projects import ROOT, URL_ENV, write_project
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ def project(tmp_path, database_url, monkeypatch):
 @pytest.fixture
 def short_lock_wait(monkeypatch):
     """A second run gives up after 0.5 s instead of 5 s: same code path, faster test."""
-    monkeypatch.setattr(locking, "_LOCK_WAIT", 0.5)
+    monkeypatch.setattr(deployer_lock, "_LOCK_WAIT", 0.5)
 
 
 def _session(proj, run_id: str, *, lock: bool = True, runbook: str = "apply", record_dir: str = ""):

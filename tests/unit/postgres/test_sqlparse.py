@@ -13,8 +13,9 @@ from dbrunbook.postgres import sqlimpact, sqlparse
 from dbrunbook.postgres.sqltext import split_statements
 from dbrunbook.procedures import deploy
 from dbrunbook.safety import preflight
-from dbrunbook.safety.guards import _loss_statements, lint_sql
+from dbrunbook.safety.guards import lint_sql
 from dbrunbook.safety.lint_rules import Catalog, TableSize, check_sql, normalize_name, table_of
+from dbrunbook.safety.loss_guard import _loss_statements
 
 AE, SRE, SUE, RE = "ACCESS EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "ROW EXCLUSIVE"
 RENAME = ("renames a column or table", "running code that uses the old name fails")

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy.exc
 
 from dbrunbook.errors import MigrationFailed
-from dbrunbook.safety import locking, preflight
+from dbrunbook.safety import lock_holder, lock_retries, locking, preflight
 
 
 # --- application_name ---------------------------------------------------------------------------------------
@@ -40,16 +40,17 @@ def test_parse_application_name(name, expected):
 
 
 def test_lock_comment_round_trips_names_that_would_end_a_comment_or_look_like_binds():
-    query = locking._lock_query("r1", "apply", "bob:x*/y").compile().string
+    query = lock_holder.lock_query("r1", "apply", "bob:x*/y").compile().string
     assert "*/y" not in query
-    assert locking._lock_comment(query) == {"run_id": "r1", "runbook": "apply", "operator": "bob:x*/y"}
-    assert locking._lock_comment("SELECT 1") is None
+    assert lock_holder._lock_comment(query) == {"run_id": "r1", "runbook": "apply", "operator": "bob:x*/y"}
+    assert lock_holder._lock_comment("SELECT 1") is None
 
 
 def test_deployer_lock_key_is_fixed_and_positive():
     assert int.from_bytes(
-        __import__("hashlib").sha256(b"dbrunbook-deployer").digest()[:8], "big") & (2**63 - 1) == locking.DEPLOYER_LOCK_KEY
-    high, low = locking._key_parts(locking.DEPLOYER_LOCK_KEY)
+        __import__("hashlib").sha256(b"dbrunbook-deployer").digest()[:8], "big"
+    ) & (2**63 - 1) == locking.DEPLOYER_LOCK_KEY
+    high, low = lock_holder._key_parts(locking.DEPLOYER_LOCK_KEY)
     assert (high << 32) | low == locking.DEPLOYER_LOCK_KEY
 
 
@@ -100,7 +101,7 @@ def test_attempts_frame_and_gave_up_message():
     blocked_by = "pid 99 'report-job' (idle in transaction, transaction open 12.3s): SELECT 1"
     assert list(frame["blocked_by"]) == [blocked_by] * 2
     assert list(frame["applied"]) == ["a1b2", ""]
-    failed = locking._gave_up(_lock_timeout(), attempts, [], locking.RetryPolicy(retries=1))
+    failed = lock_retries._gave_up(_lock_timeout(), attempts, [], locking.RetryPolicy(retries=1))
     assert str(failed) == (
         "Migration set 'main' failed at revision b7e4: canceling statement due to lock timeout, 2 attempts in "
         "0.7s (retries = 1); blocked by pid 99 'report-job' (idle in transaction, transaction open 12.3s): "

@@ -9,17 +9,18 @@ import textwrap
 import pytest
 
 from dbrunbook.chain.migrations import SqlStep
-from dbrunbook.safety.guards import LintReport, _loss_statements, lint_sql
+from dbrunbook.safety.guards import LintReport, lint_sql
 from dbrunbook.safety.lint_rules import (
     Catalog,
     Finding,
     TableSize,
-    _weigh,
     heads_finding,
     revision_file_findings,
     split_statements,
     type_change,
 )
+from dbrunbook.safety.loss_guard import _loss_statements
+from dbrunbook.safety.squawk_rules import weigh_by_size
 
 BIG = TableSize("users", True, rows=50_000, rows_at_least=True, bytes=8_000_000)
 SMALL = TableSize("users", True, rows=120, bytes=16_384)
@@ -56,7 +57,8 @@ UPGRADE = "def upgrade():\n    op.add_column('t', sa.Column('c', sa.Text))\n"
     (UPGRADE + "def downgrade():\n    op.drop_column('t', 'c')\n    raise NotImplementedError('data lost')\n",
      "irreversible-downgrade", "info", "rollback"),
     # Checking offline mode makes the preview render, but it shows the offline branch, not what will run.
-    ("def upgrade():\n    if context.is_offline_mode():\n        return\n    op.get_bind().execute(sa.text('SELECT 1'))\n"
+    ("def upgrade():\n    if context.is_offline_mode():\n        return\n"
+     "    op.get_bind().execute(sa.text('SELECT 1'))\n"
      "def downgrade():\n    op.drop_table('t')\n", "online-only-call", "warning", "preview"),
     ("def upgrade():\n    conn = op.get_bind()\n    conn.execute(sa.text('UPDATE t SET c = 1'))\n"
      "def downgrade():\n    op.drop_column('t', 'c')\n", "online-only-call", "warning", "preview"),
@@ -248,7 +250,7 @@ def test_printed_text_is_attributed_to_the_revision_not_a_syntax_error():
     (TableSize("users", True, rows=10_000, rows_at_least=True, bytes=1_000), "error", "at least 10,000 rows"),
 ])
 def test_weigh(size, level, says):
-    got, why = _weigh("require-concurrent-index-creation", size, Catalog(), "Blocks writes")
+    got, why = weigh_by_size("require-concurrent-index-creation", size, Catalog(), "Blocks writes")
     assert got == level
     assert says in why
 

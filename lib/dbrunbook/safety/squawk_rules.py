@@ -1,0 +1,149 @@
+"""squawk's findings: running squawk on each revision's SQL, and classifying what it says.
+
+Raw squawk output on a real Alembic chain is noise (1,399 findings on 123 revisions), so every finding gets
+a category and a level an operator can act on: deploy risk weighed by the live table, destructive always
+visible, timeouts dropped (dbrunbook sets them on every connection), style as info.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from dbrunbook.errors import ConfigError
+from dbrunbook.safety.catalog import Catalog, TableSize
+
+
+# --- squawk ---------------------------------------------------------------------------------------------
+def squawk_binary() -> Path:
+    """squawk from the ``squawk-cli`` package, next to this interpreter (the venv's bin) or on PATH.
+
+    Raises:
+        ConfigError: squawk is not installed.
+    """
+    found = shutil.which("squawk", path=str(Path(sys.executable).parent)) or shutil.which("squawk")
+    if not found:
+        raise ConfigError(f"squawk is not installed next to {sys.executable} nor on PATH. "
+                          f"Install it with '{sys.executable} -m pip install squawk-cli'.")
+    return Path(found)
+
+
+def run_squawk(sqls: Sequence[str], pg_version: str | None = None) -> list[list[dict]]:
+    """Lint each SQL text with ``squawk --reporter json`` in one call; the findings of each, in order."""
+    if not sqls:
+        return []
+    with tempfile.TemporaryDirectory(prefix="dbrunbook-lint-") as folder:
+        paths = []
+        for i, sql in enumerate(sqls):
+            path = Path(folder) / f"{i:05d}.sql"
+            path.write_text(sql, encoding="utf-8")
+            paths.append(path)
+        args = [str(squawk_binary()), "--reporter", "json", "--no-error-on-unmatched-pattern"]
+        if pg_version:
+            args.append(f"--pg-version={pg_version}")
+        done = subprocess.run([*args, *map(str, paths)], capture_output=True, text=True, check=False)
+        try:
+            found = json.loads(done.stdout or "[]")
+        except ValueError as err:
+            raise ConfigError(f"squawk did not return JSON (exit {done.returncode}): "
+                              f"{(done.stderr or done.stdout).strip()[:300]}") from err
+    by_file: dict[str, list[dict]] = {}
+    for item in found:
+        by_file.setdefault(Path(item.get("file", "")).name, []).append(item)
+    return [by_file.get(p.name, []) for p in paths]
+
+
+#: squawk rule -> (category, weighed by the live table's size). Rules not listed: deploy risk, unweighed.
+SQUAWK_RULES: dict[str, tuple[str, bool]] = {
+    **{r: ("deploy risk", True) for r in (
+        "require-concurrent-index-creation", "require-concurrent-index-deletion", "constraint-missing-not-valid",
+        "adding-foreign-key-constraint", "adding-not-nullable-field", "adding-field-with-default",
+        "adding-primary-key-constraint", "adding-serial-primary-key-field", "disallowed-unique-constraint",
+        "changing-column-type", "adding-required-field", "require-concurrent-reindex",
+        "require-concurrent-partition-detach", "prefer-repack")},
+    **{r: ("deploy risk", False) for r in (
+        "ban-concurrent-index-creation-in-transaction", "transaction-nesting", "ban-uncommitted-transaction",
+        "ban-alter-domain-with-add-constraint", "ban-create-domain-with-constraint")},
+    **{r: ("destructive", False) for r in (
+        "ban-drop-column", "ban-drop-table", "ban-drop-database", "ban-drop-schema", "ban-truncate-cascade",
+        "ban-drop-sequence")},
+    **{r: ("compatibility", False) for r in (
+        "renaming-column", "renaming-table", "renaming-object", "ban-drop-constraint", "ban-drop-not-null",
+        "ban-drop-domain", "ban-drop-extension", "ban-alter-identity", "ban-set-schema", "ban-drop-index",
+        "ban-drop-generated-expression", "identifier-too-long")},
+    **{r: ("style", False) for r in (
+        "prefer-text-field", "prefer-bigint-over-int", "prefer-bigint-over-smallint", "prefer-big-int",
+        "prefer-identity", "prefer-timestamptz", "ban-char-field", "prefer-robust-stmts",
+        "require-enum-value-ordering", "require-table-schema")},
+    "syntax-error": ("preview", False),
+}
+TIMEOUT_RULES = frozenset({"require-lock-timeout", "require-statement-timeout", "require-timeout-settings"})
+#: Always an error: the statement fails when it runs, whatever the table.
+FAILS_ALWAYS = frozenset({"ban-concurrent-index-creation-in-transaction"})
+
+#: What to do instead, in Alembic's words, where squawk's help is generic.
+INSTEAD: dict[str, str] = {
+    "require-concurrent-index-creation": "op.create_index(..., postgresql_concurrently=True) inside "
+                                         "`with op.get_context().autocommit_block():`, in its own revision",
+    "require-concurrent-index-deletion": "op.drop_index(..., postgresql_concurrently=True) inside "
+                                         "`with op.get_context().autocommit_block():`",
+    "constraint-missing-not-valid": "add it with postgresql_not_valid=True, then VALIDATE CONSTRAINT in a "
+                                    "later revision (takes only SHARE UPDATE EXCLUSIVE)",
+    "adding-foreign-key-constraint": "op.create_foreign_key(..., postgresql_not_valid=True), then "
+                                     "op.execute('ALTER TABLE ... VALIDATE CONSTRAINT ...') in a later revision",
+    "adding-not-nullable-field": "add CHECK (col IS NOT NULL) NOT VALID, VALIDATE it, then SET NOT NULL "
+                                 "(PostgreSQL 12+ skips the scan), each in its own revision",
+    "disallowed-unique-constraint": "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... UNIQUE USING "
+                                    "INDEX",
+    "changing-column-type": "add a new column, backfill it in batches, switch the application, drop the old "
+                            "one",
+    "adding-required-field": "add the column nullable (or with a constant server_default), backfill, then "
+                             "SET NOT NULL",
+    "ban-drop-column": "stop using the column in the application first; back it up if its values matter",
+    "ban-drop-table": "stop using the table first; back it up (pg_dump -t) if its rows matter",
+    "ban-concurrent-index-creation-in-transaction": "wrap it in `with op.get_context().autocommit_block():`",
+}
+
+
+def classify_squawk(rule: str, *, size: TableSize | None, catalog: Catalog, protected: bool,
+                    message: str = "") -> tuple[str, str, str] | None:
+    """(category, level, why) for one squawk finding on a table of ``size``; None for a timeout rule."""
+    if rule in TIMEOUT_RULES:
+        return None
+    category, weighed = SQUAWK_RULES.get(rule, ("deploy risk", False))
+    message = message.rstrip(".")
+    if category == "style":
+        return category, "info", message
+    if category == "preview":
+        return category, "warning", (f"squawk cannot parse this statement ({message}), so it was not linted; "
+                                     f"read it yourself")
+    if category == "destructive":
+        where = f"; the table has {size.describe()} now" if size is not None and size.exists else ""
+        return category, "error" if protected else "warning", f"{message}{where}"
+    if category == "compatibility":
+        return category, "warning", message
+    if rule in FAILS_ALWAYS:
+        return category, "error", f"{message}: this statement fails when it runs"
+    if not weighed or size is None:
+        return category, "warning", message
+    return (category, *weigh_by_size(rule, size, catalog, message))
+
+
+def weigh_by_size(rule: str, size: TableSize, catalog: Catalog, message: str) -> tuple[str, str]:
+    """(level, why) of a lock or scan on a table, by its live size and whether it exists before the run."""
+    if not size.exists:
+        return "info", f"{message}; harmless here: {size.name} does not exist before this run"
+    if rule == "adding-required-field":
+        if size.rows:
+            return "error", (f"{message}; table {size.name} has {size.describe()}: the statement fails on "
+                             f"existing rows")
+        return "info", f"{message}; harmless here: table {size.name} is empty"
+    if catalog.is_big(size):
+        return "error", (f"{message}; table {size.name} has {size.describe()}: every read or write waits "
+                         f"for the whole operation")
+    return "info", f"{message}; harmless at this size: table {size.name} has {size.describe()}"
