@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
-import decimal
-import json
 import logging
 import re
 import secrets
 import tempfile
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +30,8 @@ from sqlalchemy import event
 from sqlalchemy.pool import NullPool
 
 from dbrunbook.chain import isolation, migrations
+from dbrunbook.chain.online_guard import require_covered
+from dbrunbook.chain.sql_render import _statement_text, literal, render_statement
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import BackupFailed, DbRunbookError, MigrationFailed
 from dbrunbook.postgres import db
@@ -42,93 +40,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Scratch", "capture_steps", "literal", "render_statement", "require_covered"]
 
-#: Statements of one executemany() rendered at most; the rest is counted in a comment.
-MAX_ROWS = 100
 _HEADER = ("-- captured: the SQL this revision executed on a scratch database with the target's schema "
            "(not its rows)")
 # Alembic logs each step just before running it; the step object is the argument.
 _ALEMBIC_LOG = "alembic.runtime.migration"
 
 
-# --- rendering --------------------------------------------------------------------------------------------
-def literal(value: Any) -> str:
-    """A Python value as a PostgreSQL literal (strings quoted by doubling quotes, bytes as bytea hex)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, decimal.Decimal)):
-        return str(value)
-    if isinstance(value, float):
-        finite = value == value and value not in (float("inf"), float("-inf"))
-        return repr(value) if finite else f"'{value}'::float8"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return f"'\\x{bytes(value).hex()}'::bytea"
-    if isinstance(value, (list, tuple)):
-        return "ARRAY[" + ", ".join(literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return _quote(json.dumps(value, sort_keys=True, default=str)) + "::jsonb"
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return _quote(value.isoformat())
-    if isinstance(value, uuid.UUID):
-        return _quote(str(value))
-    return _quote(str(value))
-
-
-def _quote(text: str) -> str:
-    # standard_conforming_strings is on (PostgreSQL's default since 9.1): only quotes need doubling; a NUL
-    # cannot be in a PostgreSQL string at all.
-    return "'" + text.replace("'", "''").replace("\x00", "") + "'"
-
-
-_PYFORMAT = re.compile(r"%\(([^)]+)\)s|%s|%%")
-_DOLLAR = re.compile(r"\$(\d+)")
-_QMARK = re.compile(r"\?")
-_NAMED = re.compile(r"(?<![:\w]):(\w+)")
 _CATALOG_READ = re.compile(r"^\s*SELECT\b(?:(?!\b(?:INSERT|UPDATE|DELETE)\b).)*\bFROM\s+pg_catalog\.",
                            re.IGNORECASE | re.DOTALL)
-
-
-def render_statement(statement: str, parameters: Any, paramstyle: str) -> str:
-    """The DBAPI statement with its parameters put in as literals: what the server was asked to run.
-
-    Args:
-        statement: as handed to the driver (placeholders in the driver's ``paramstyle``).
-        parameters: a mapping or a sequence (one execution's parameters), or None.
-        paramstyle: the dialect's: pyformat/format (psycopg, psycopg2), numeric_dollar (asyncpg), qmark, named.
-    """
-    params = parameters if parameters is not None else ()
-    if paramstyle in ("pyformat", "format"):
-        positional = iter(params) if not isinstance(params, dict) else iter(())
-
-        def sub(match: re.Match) -> str:
-            if match.group(0) == "%%":
-                return "%"
-            if match.group(1) is not None:
-                return literal(params[match.group(1)]) if isinstance(params, dict) else match.group(0)
-            return literal(next(positional, None))
-
-        return _PYFORMAT.sub(sub, statement)
-    if paramstyle in ("numeric_dollar", "numeric"):
-        pattern = _DOLLAR if paramstyle == "numeric_dollar" else re.compile(r"(?<!:):(\d+)")
-        values = list(params)
-        return pattern.sub(lambda m: literal(values[int(m.group(1)) - 1]) if int(m.group(1)) <= len(values)
-                           else m.group(0), statement)
-    if paramstyle == "qmark":
-        positional = iter(params)
-        return _QMARK.sub(lambda m: literal(next(positional, None)), statement)
-    if paramstyle == "named" and isinstance(params, dict):
-        return _NAMED.sub(lambda m: literal(params[m.group(1)]) if m.group(1) in params else m.group(0),
-                          statement)
-    return statement
-
-
-def _statement_text(statement: str, parameters: Any, paramstyle: str, executemany: bool) -> list[str]:
-    sets = list(parameters) if executemany and parameters is not None else [parameters]
-    out = [render_statement(statement, p, paramstyle).strip().rstrip(";") + ";" for p in sets[:MAX_ROWS]]
-    if len(sets) > MAX_ROWS:
-        out.append(f"-- (executed {len(sets)} times; the first {MAX_ROWS} are shown)")
-    return out
 
 
 # --- recording --------------------------------------------------------------------------------------------
@@ -382,63 +301,3 @@ def _captured(step: migrations.SqlStep, recorder: _Recorder, failed: tuple[str |
     partial = f"\n\n-- the capture stopped here: {error}" if error else ""
     sql = f"{_HEADER}\n\nBEGIN;\n\n{marker}\n\n{body}{partial}\n\nCOMMIT;\n"
     return dataclasses.replace(step, sql=sql, source="captured", capture_error=error, sha256="")
-
-
-# --- the guard ----------------------------------------------------------------------------------------------
-RULE = "online-only"
-
-
-def _allowed(entries: Sequence[str], revision: str) -> bool:
-    for entry in entries:
-        rule, _, rev = entry.partition("@")
-        if rule == RULE and (not rev or (len(rev) >= 4 and revision.startswith(rev))):
-            return True
-    return False
-
-
-def require_covered(session, steps: dict[str, list[migrations.SqlStep]], allow: str = "", *,
-                    dry_run: bool = False, direction: str = "upgrade") -> list[migrations.SqlStep]:
-    """Guard: on a protected target every online-only revision about to run has captured SQL or is allowed.
-
-    ``allow`` takes ``online-only@REVISION`` (or ``online-only`` for all) among its comma-separated entries,
-    the same parameter as the lint's; what was allowed is saved as artifacts/online-only-DIRECTION.json.
-    On a target that is not protected the revisions are listed and the run goes on.
-
-    Returns:
-        The online-only steps that have no captured SQL.
-
-    Raises:
-        OnlineOnlyNotCovered: protected target, some not captured and not allowed (not in a dry run).
-    """
-    from dbrunbook.errors import OnlineOnlyNotCovered
-
-    entries = [e.strip() for e in (allow or "").split(",") if e.strip()]
-    online = [(name, st) for name, ss in steps.items() for st in ss if st.online_only]
-    uncovered = [(name, st) for name, st in online if st.source != "captured"]
-    blocking = [(name, st) for name, st in uncovered if not _allowed(entries, st.revision)]
-    protected = session.target.protected
-    if online:
-        body = {"target": session.target.name, "protected": protected, "direction": direction, "allow": entries,
-                "steps": [{"migration_set": name, "revision": st.revision, "source": st.source,
-                           "reason": st.reason, "capture_error": st.capture_error,
-                           "allowed": _allowed(entries, st.revision)} for name, st in online]}
-        with contextlib.suppress(FileExistsError):
-            session.save_artifact(f"online-only-{direction}.json", json.dumps(body, indent=1, sort_keys=True) + "\n")
-    if not uncovered:
-        return []
-    if protected and blocking:
-        sets = ", ".join(sorted({f"'{name}'" for name, _ in blocking}))
-        ids = ",".join(f"{RULE}@{st.revision}" for _, st in blocking)
-        err = OnlineOnlyNotCovered(
-            f"Target '{session.target.name}' is protected and {len(blocking)} revision(s) of {sets} cannot be "
-            f"rendered offline and were not captured: {'; '.join(st.problem for _, st in blocking)}. Run "
-            f"'dbrunbook run preview -t {session.target.name}' to capture their SQL on a scratch database and "
-            f"have it reviewed, or, having read the revisions, run again with -p allow {ids} (recorded).",
-            tuple(st for _, st in blocking))
-        if not dry_run:
-            raise err
-        print(f"dry_run=True: a real run would stop here. {err}")
-    else:
-        for _, st in uncovered:
-            print(f"{st.problem}; {'allowed' if protected else 'the target is not protected'}: the run goes on.")
-    return [st for _, st in uncovered]
