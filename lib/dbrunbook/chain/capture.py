@@ -30,8 +30,11 @@ from sqlalchemy import event
 from sqlalchemy.pool import NullPool
 
 from dbrunbook.chain import isolation, migrations
+from dbrunbook.chain.history import current
+from dbrunbook.chain.models import build_baseline
 from dbrunbook.chain.online_guard import require_covered
-from dbrunbook.chain.sql_render import _statement_text, literal, render_statement
+from dbrunbook.chain.sql_render import literal, render_execution, render_statement
+from dbrunbook.chain.values import SqlStep
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import BackupFailed, DbRunbookError, MigrationFailed
 from dbrunbook.postgres import db
@@ -92,7 +95,7 @@ class _Recorder:
             self.catalog_reads[self.current] = self.catalog_reads.get(self.current, 0) + 1
             return
         try:
-            texts = _statement_text(statement, parameters, conn.dialect.paramstyle, executemany)
+            texts = render_execution(statement, parameters, conn.dialect.paramstyle, executemany)
         except Exception as err:  # noqa: BLE001 - evidence: never let rendering break the migration
             texts = [f"-- (a statement could not be rendered: {type(err).__name__}: {err})",
                      statement.strip().rstrip(";") + ";"]
@@ -172,9 +175,9 @@ class Scratch:
             context.__exit__(*exc)
 
 
-def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], revision: str, *,
+def capture_steps(session, mset: MigrationSet, steps: list[SqlStep], revision: str, *,
                   direction: str = "upgrade", run: Callable | None = None, scratch: Scratch | None = None
-                  ) -> list[migrations.SqlStep]:
+                  ) -> list[SqlStep]:
     """Fill in the SQL of the online-only steps from a run of the range on a scratch database.
 
     Args:
@@ -197,7 +200,7 @@ def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], 
         with Scratch(session) as own:
             return capture_steps(session, mset, steps, revision, direction=direction, run=run, scratch=own)
 
-    heads = migrations.current(mset, session.engine)
+    heads = current(mset, session.engine)
     name = f"dbrunbook_capture_{secrets.token_hex(4)}"
     recorder = _Recorder(name)
     failed: tuple[str | None, str] | None = None
@@ -269,7 +272,7 @@ def _build_by_chain(url: str, mset: MigrationSet, heads: Sequence[str], run_id: 
 
 def build_by_chain(mset: MigrationSet, engine: sa.Engine, heads: Sequence[str]) -> None:
     """On an empty database: the set's baseline, then the chain up to ``heads``."""
-    migrations.build_baseline(mset, engine)
+    build_baseline(mset, engine)
     for head in heads:
         migrations.upgrade(mset, engine, head)
 
@@ -278,8 +281,8 @@ def _scrub(text: str) -> str:
     return db.mask_url(text)
 
 
-def _captured(step: migrations.SqlStep, recorder: _Recorder, failed: tuple[str | None, str] | None,
-              warning: str, direction: str) -> migrations.SqlStep:
+def _captured(step: SqlStep, recorder: _Recorder, failed: tuple[str | None, str] | None,
+              warning: str, direction: str) -> SqlStep:
     if not step.online_only:
         return step
     statements = {rev: list(texts) for rev, texts in recorder.statements.items()}

@@ -11,20 +11,20 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dbrunbook.chain.history import history
-from dbrunbook.chain.project import _absolute, script_directory
+from dbrunbook.chain.project import absolute_paths, script_directory
 from dbrunbook.config import MigrationSet
 
 __all__ = ["directory_digest", "file_digests"]
 
 
 
-@_absolute
+@absolute_paths
 def file_digests(mset: MigrationSet) -> dict[str, str]:
     """Return revision -> sha256 of its script file's bytes."""
     return {info.revision: hashlib.sha256(info.path.read_bytes()).hexdigest() for info in history(mset)}
 
 
-@_absolute
+@absolute_paths
 def _migration_files(mset: MigrationSet) -> list[Path]:
     script = script_directory(mset)
     roots = [Path(script.dir)] + [mset.base_dir / p for p in script.version_locations]

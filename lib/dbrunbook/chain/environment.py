@@ -34,6 +34,8 @@ from dbrunbook.postgres.db import mask_url
 
 log = logging.getLogger(__name__)
 
+__all__ = ["EnvRun", "environment_context", "step_revision"]
+
 
 
 class _NotesRouter(io.TextIOBase):
@@ -52,7 +54,7 @@ class _NotesRouter(io.TextIOBase):
 
 
 @dataclass
-class _Run:
+class EnvRun:
     """The state of one env.py run: what we expect it to connect to, and what happened."""
 
     mset: MigrationSet
@@ -80,7 +82,7 @@ class _Run:
             yield step
             seconds = time.perf_counter() - t0
             self.chunks.append((step, position, self.buffer.tell()))
-            self.results.append(StepResult(_step_revision(step), self.direction, seconds, started))
+            self.results.append(StepResult(step_revision(step), self.direction, seconds, started))
             self.running = None
 
     def verify(self, ctx: MigrationContext, url: Any) -> None:
@@ -134,7 +136,8 @@ class _Run:
                     log.info("Removed the empty SQLite file %s that env.py created", path)
 
 
-def _step_revision(step: Any) -> str:
+def step_revision(step: Any) -> str:
+    """The revision an Alembic step applies or reverts, or the ids a stamp step writes ('base' for none)."""
     info = step.info
     if info.is_stamp:
         ids = info.up_revision_ids if info.is_upgrade else info.down_revision_ids
@@ -186,7 +189,7 @@ def _same_database(theirs: Connection, ours: Connection) -> bool:
         return False
 
 
-def _environment(config: AlembicConfig, script: ScriptDirectory, run: _Run, **kw: Any) -> EnvironmentContext:
+def environment_context(config: AlembicConfig, script: ScriptDirectory, run: EnvRun, **kw: Any) -> EnvironmentContext:
     """An EnvironmentContext whose ``configure()`` adjusts, then checks, what env.py configures.
 
     Options given to EnvironmentContext are only defaults that ``configure()`` overwrites with its own

@@ -19,7 +19,7 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
-from dbrunbook.chain.project import _absolute, _connection, in_project, script_directory
+from dbrunbook.chain.project import absolute_paths, connected, in_project, script_directory
 from dbrunbook.chain.values import RevisionInfo
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import AmbiguousRevision, RevisionNotFound
@@ -27,7 +27,8 @@ from dbrunbook.errors import AmbiguousRevision, RevisionNotFound
 if TYPE_CHECKING:  # pandas is imported where a frame is built: the launcher never needs it
     import pandas as pd
 
-__all__ = ["current", "heads", "history", "history_frame", "pending", "resolve"]
+__all__ = ["ambiguous_walk", "current", "heads", "heads_after", "history", "history_frame", "pending",
+           "refuse_ambiguous", "resolve", "resolve_in", "revision_not_found", "to_tuple"]
 
 
 _RELATIVE = re.compile(r"^(?:(?P<branch>.+?)@)?(?P<symbol>\w+?)?(?P<delta>[+-]\d+)$")
@@ -40,14 +41,14 @@ def current(mset: MigrationSet, engine_or_conn: Engine | Connection) -> tuple[st
 
     The table is read directly, without env.py: reading must work even where env.py would connect elsewhere.
     """
-    with _connection(engine_or_conn) as conn:
+    with connected(engine_or_conn) as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": mset.version_table,
                                                      "version_table_schema": mset.version_table_schema})
         found = ctx.get_current_heads()
     return tuple(sorted(found))
 
 
-@_absolute
+@absolute_paths
 def heads(mset: MigrationSet) -> tuple[str, ...]:
     """Return the head revision(s) of the scripts: more than one means unmerged branches."""
     return tuple(sorted(script_directory(mset).get_heads()))
@@ -62,10 +63,10 @@ def _info(mset: MigrationSet, script: Script) -> RevisionInfo:
     found = _CREATE_DATE.search(script.module.__doc__ or "")
     return RevisionInfo(
         revision=script.revision,
-        down_revisions=tuple(_to_tuple(script.down_revision)),
+        down_revisions=tuple(to_tuple(script.down_revision)),
         message=script.doc,
         # The labels the file declares; Alembic's own attribute also carries those inherited from ancestors.
-        branch_labels=tuple(sorted(_to_tuple(getattr(script.module, "branch_labels", None)))),
+        branch_labels=tuple(sorted(to_tuple(getattr(script.module, "branch_labels", None)))),
         is_head=script.is_head,
         is_base=script.is_base,
         is_merge=script.is_merge_point,
@@ -75,7 +76,8 @@ def _info(mset: MigrationSet, script: Script) -> RevisionInfo:
     )
 
 
-def _to_tuple(value: Any) -> tuple:
+def to_tuple(value: Any) -> tuple:
+    """One of Alembic's revision attributes (None, an id, or a sequence of ids) as a tuple of ids."""
     if value is None:
         return ()
     if isinstance(value, str):
@@ -83,7 +85,7 @@ def _to_tuple(value: Any) -> tuple:
     return tuple(value)
 
 
-@_absolute
+@absolute_paths
 def history(mset: MigrationSet) -> list[RevisionInfo]:
     """Return every revision, base first, in an order where each comes after all of its parents."""
     script = script_directory(mset)
@@ -97,7 +99,7 @@ def _applied(script: ScriptDirectory, at: Sequence[str]) -> set[str]:
     return {s.revision for s in script.iterate_revisions(tuple(at), "base")}
 
 
-@_absolute
+@absolute_paths
 def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFrame:
     """The guide's "Migration History" table: revision, parents, description, date, status.
 
@@ -108,7 +110,7 @@ def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFra
     try:
         done = _applied(script, current)
     except (CommandError, RevisionError) as err:
-        raise _not_found(mset, ", ".join(current), err) from err
+        raise revision_not_found(mset, ", ".join(current), err) from err
     rows = []
     for info in (_info(mset, s) for s in reversed(list(script.walk_revisions()))):
         status = "current" if info.revision in current else "applied" if info.revision in done else "pending"
@@ -119,9 +121,10 @@ def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFra
     return pd.DataFrame(rows, columns=["revision", "parents", "description", "date", "status"])
 
 
-def _not_found(mset: MigrationSet, revision: Any, err: Exception) -> RevisionNotFound:
+def revision_not_found(mset: MigrationSet, revision: Any, err: Exception) -> RevisionNotFound:
+    """Alembic's CommandError or RevisionError about ``revision`` as our error (raise it ``from err``)."""
     if "Ambiguous walk" in str(err):
-        # Where the caller knows the current revisions, _ambiguous names the merge and its parents.
+        # Where the caller knows the current revisions, ambiguous_walk names the merge and its parents.
         return AmbiguousRevision(str(revision).strip(), mset.name, "counting down crosses a merge revision, "
                                  "and Alembic cannot tell which of its parents to go to", ())
     # Alembic names the id it could not find, which may be one read from the version table rather than
@@ -130,17 +133,17 @@ def _not_found(mset: MigrationSet, revision: Any, err: Exception) -> RevisionNot
     return RevisionNotFound(named.group(1) if named else str(revision), mset.name, str(err).rstrip("."))
 
 
-def _heads_after(script: ScriptDirectory, steps: Sequence[Any], start: Sequence[str]) -> tuple[str, ...]:
+def heads_after(script: ScriptDirectory, steps: Sequence[Any], start: Sequence[str]) -> tuple[str, ...]:
     """The heads a database at ``start`` is at after ``steps`` (what Alembic writes to the version table)."""
     done = _applied(script, start)
     for step in steps:
         rev = step.revision.revision
         (done.add if step.is_upgrade else done.discard)(rev)
-    parents = {p for rev in done for p in _to_tuple(script.get_revision(rev).down_revision)}
+    parents = {p for rev in done for p in to_tuple(script.get_revision(rev).down_revision)}
     return tuple(sorted(done - parents))
 
 
-@_absolute
+@absolute_paths
 def resolve(mset: MigrationSet, revision: str,
             current: Sequence[str] | None = None) -> tuple[str, ...]:
     """Resolve a revision argument to full revision ids, as Alembic would.
@@ -156,17 +159,18 @@ def resolve(mset: MigrationSet, revision: str,
     try:
         with in_project(mset):
             if current is not None:
-                _refuse_ambiguous(mset, script, revision, current)
-            return _resolve(script, revision, current)
+                refuse_ambiguous(mset, script, revision, current)
+            return resolve_in(script, revision, current)
     except (CommandError, RevisionError) as err:
-        found = _ambiguous(mset, script, revision, current) if current is not None else None
-        raise (found or _not_found(mset, revision, err)) from err
+        found = ambiguous_walk(mset, script, revision, current) if current is not None else None
+        raise (found or revision_not_found(mset, revision, err)) from err
 
 
-def _resolve(script: ScriptDirectory, revision: str, at: Sequence[str] | None) -> tuple[str, ...]:
+def resolve_in(script: ScriptDirectory, revision: str, at: Sequence[str] | None) -> tuple[str, ...]:
+    """``resolve`` on a loaded ScriptDirectory, relative ids counting from ``at``; raises Alembic's errors."""
     revision = revision.strip()
     if "," in revision:
-        return tuple(r for part in revision.split(",") if part.strip() for r in _resolve(script, part, at))
+        return tuple(r for part in revision.split(",") if part.strip() for r in resolve_in(script, part, at))
     relative = _RELATIVE.match(revision)
     up = bool(relative) and relative["delta"].startswith("+")
     if relative and at is None and not relative["symbol"]:
@@ -176,12 +180,12 @@ def _resolve(script: ScriptDirectory, revision: str, at: Sequence[str] | None) -
     elif relative:
         start = tuple(at or ())
         steps = script._upgrade_revs(revision, start) if up else script._downgrade_revs(revision, start)
-        return _heads_after(script, steps, start)
+        return heads_after(script, steps, start)
     # The RevisionMap, not ScriptDirectory.get_revisions, which rewords every failure as "Can't locate".
     return tuple(r.revision for r in script.revision_map.get_revisions(revision) if r is not None)
 
 
-@_absolute
+@absolute_paths
 def pending(mset: MigrationSet, engine: Engine | Connection, revision: str = "heads") -> list[RevisionInfo]:
     """Return the revisions ``upgrade(revision)`` would apply, in the order it would apply them.
 
@@ -194,7 +198,7 @@ def pending(mset: MigrationSet, engine: Engine | Connection, revision: str = "he
         try:
             steps = script._upgrade_revs(revision, at)
         except (CommandError, RevisionError) as err:
-            raise _not_found(mset, revision, err) from err
+            raise revision_not_found(mset, revision, err) from err
     return [_info(mset, step.revision) for step in steps]
 
 
@@ -207,7 +211,7 @@ def _relative_down(revision: Any) -> int | None:
     return -int(match["delta"])
 
 
-def _refuse_ambiguous(mset: MigrationSet, script: ScriptDirectory, revision: Any, at: Sequence[str]) -> None:
+def refuse_ambiguous(mset: MigrationSet, script: ScriptDirectory, revision: Any, at: Sequence[str]) -> None:
     """'-N' from several current revisions: Alembic picks one of them (with a warning); we ask which."""
     if _relative_down(revision) is None or len(at) < 2:
         return
@@ -217,7 +221,7 @@ def _refuse_ambiguous(mset: MigrationSet, script: ScriptDirectory, revision: Any
         f"of them to step back from", tuple(f"{rev}@{revision.strip()}" for rev in sorted(at)))
 
 
-def _ambiguous(mset: MigrationSet, script: ScriptDirectory, revision: Any,
+def ambiguous_walk(mset: MigrationSet, script: ScriptDirectory, revision: Any,
                at: Sequence[str]) -> AmbiguousRevision | None:
     """The error for '-N' that crosses a merge point from ``at`` (Alembic's "Ambiguous walk"), or None."""
     steps = _relative_down(revision)
@@ -225,7 +229,7 @@ def _ambiguous(mset: MigrationSet, script: ScriptDirectory, revision: Any,
         return None
     rev = script.get_revision(at[0])
     for _ in range(steps):
-        parents = _to_tuple(rev.down_revision)
+        parents = to_tuple(rev.down_revision)
         if len(parents) > 1:
             return AmbiguousRevision(
                 revision.strip(), mset.name,

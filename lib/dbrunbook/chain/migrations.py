@@ -41,22 +41,29 @@ from sqlalchemy.engine import Connection, Engine
 
 from dbrunbook.chain import alembic_thread, drivers
 from dbrunbook.chain.digests import directory_digest, file_digests
-from dbrunbook.chain.environment import _environment, _Run, _step_revision
+from dbrunbook.chain.environment import EnvRun, environment_context, step_revision
 from dbrunbook.chain.history import (
-    _ambiguous,
-    _not_found,
-    _refuse_ambiguous,
-    _to_tuple,
+    ambiguous_walk,
     current,
     heads,
     history,
     history_frame,
     pending,
+    refuse_ambiguous,
     resolve,
+    revision_not_found,
+    to_tuple,
 )
-from dbrunbook.chain.models import _load_models, build_baseline
+from dbrunbook.chain.models import build_baseline, load_models
 from dbrunbook.chain.offline import OFFLINE_URL, offline_sql
-from dbrunbook.chain.project import _absolute, _connection, _script, alembic_config, in_project, script_directory
+from dbrunbook.chain.project import (
+    absolute_paths,
+    alembic_config,
+    connected,
+    in_project,
+    script_directory,
+    script_directory_for,
+)
 from dbrunbook.chain.values import RevisionInfo, SqlStep, StepResult, as_frame
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import (
@@ -95,7 +102,7 @@ def drive(mset: MigrationSet, engine: Engine | Connection, steps_fn: StepsFn, *,
     project's with our session settings. It runs in an AnyIO worker thread with no event loop
     (``alembic_thread``), so ``asyncio.run`` and ``anyio.from_thread.run`` in env.py work from a notebook.
     """
-    with _connection(engine) as ours:
+    with connected(engine) as ours:
         driver = drivers.driver_for(mset, ours)
         settings = drivers.session_settings(ours)
         url = drivers.url_for_env(ours, driver, settings)
@@ -118,16 +125,16 @@ def _drive_on(mset: MigrationSet, engine: Engine | Connection, conn: Connection,
         else:
             conn.rollback()
 
-    run = _Run(mset, direction, connection=conn)
+    run = EnvRun(mset, direction, connection=conn)
     try:
         with in_project(mset, url):
             cfg = alembic_config(mset, url=url, connection=conn)
-            script = _script(mset, cfg)
+            script = script_directory_for(mset, cfg)
 
             def fn(rev: tuple, context: MigrationContext) -> Iterable[Any]:
                 return run.steps(steps_fn(script, rev, context))
 
-            with _environment(cfg, script, run, fn=fn, as_sql=False, **context_opts):
+            with environment_context(cfg, script, run, fn=fn, as_sql=False, **context_opts):
                 alembic_thread.run_in_worker(script.run_env, on_interrupt=lambda: _cancel(conn))
         end(commit=True)
     except (DialectMismatch, ConfigError, RevisionNotFound):
@@ -136,7 +143,7 @@ def _drive_on(mset: MigrationSet, engine: Engine | Connection, conn: Connection,
     except (CommandError, RevisionError) as err:
         end(commit=False)
         if "locate revision" in str(err) or isinstance(err, RevisionError):
-            raise _not_found(mset, context_opts.get("destination_rev"), err) from err
+            raise revision_not_found(mset, context_opts.get("destination_rev"), err) from err
         raise _failed(mset, engine, run, err) from err
     except Exception as err:
         end(commit=False)
@@ -153,14 +160,14 @@ def _cancel(conn: Connection) -> None:
         dbapi.cancel()
 
 
-def _failed(mset: MigrationSet, engine: Engine | Connection, run: _Run, err: BaseException
+def _failed(mset: MigrationSet, engine: Engine | Connection, run: EnvRun, err: BaseException
             ) -> MigrationFailed:
     secret = run.connection.engine.url.password if run.connection is not None else None
     try:
         completed = current(mset, engine)
     except sa.exc.SQLAlchemyError:
         completed = ()
-    running = _step_revision(run.running) if run.running is not None else None
+    running = step_revision(run.running) if run.running is not None else None
     after = run.results[-1].revision if running is None and run.results else None
     failed = MigrationFailed(mset.name, running, completed, _reason(err, str(secret) if secret else None),
                              after=after)
@@ -190,15 +197,15 @@ def _preflight(mset: MigrationSet, engine: Engine | Connection, plan: Callable[[
     script = script_directory(mset)
     with in_project(mset):
         if down:
-            _refuse_ambiguous(mset, script, revision, at)
+            refuse_ambiguous(mset, script, revision, at)
         try:
             plan(script, at)
         except (CommandError, RevisionError) as err:
-            raise _ambiguous(mset, script, revision, at) or _not_found(mset, revision, err) from err
+            raise ambiguous_walk(mset, script, revision, at) or revision_not_found(mset, revision, err) from err
 
 
 
-@_absolute
+@absolute_paths
 def upgrade(mset: MigrationSet, engine: Engine | Connection, revision: str = "heads") -> list[StepResult]:
     """``alembic upgrade REVISION`` through the project's env.py on our connection, one commit per revision.
 
@@ -216,7 +223,7 @@ def upgrade(mset: MigrationSet, engine: Engine | Connection, revision: str = "he
                   direction="upgrade", destination_rev=revision)
 
 
-@_absolute
+@absolute_paths
 def downgrade(mset: MigrationSet, engine: Engine | Connection, revision: str) -> list[StepResult]:
     """``alembic downgrade REVISION`` ('-1', a revision id, 'base'), one transaction per revision.
 
@@ -228,7 +235,7 @@ def downgrade(mset: MigrationSet, engine: Engine | Connection, revision: str) ->
                   direction="downgrade", destination_rev=revision)
 
 
-@_absolute
+@absolute_paths
 def stamp(mset: MigrationSet, engine: Engine | Connection, revision: str | Sequence[str], *,
           purge: bool = False) -> None:
     """``alembic stamp``: write ``revision`` to the version table without running any migration.
@@ -236,14 +243,14 @@ def stamp(mset: MigrationSet, engine: Engine | Connection, revision: str | Seque
     Args:
         purge: empty the version table first (``alembic stamp --purge``), for a table that lists unknown ids.
     """
-    targets = _to_tuple(revision)
+    targets = to_tuple(revision)
     _preflight(mset, engine, lambda script, at: script._stamp_revs(targets, () if purge else at), revision)
     drive(mset, engine, lambda script, rev, ctx: script._stamp_revs(targets, rev),
            direction="stamp", destination_rev=targets, purge=purge)
 
 
 
-@_absolute
+@absolute_paths
 def check(mset: MigrationSet, engine: Engine | Connection) -> list[tuple]:
     """``alembic check``: the differences between the models and the database (``[]`` when in sync).
 
@@ -258,7 +265,7 @@ def check(mset: MigrationSet, engine: Engine | Connection) -> list[tuple]:
     diffs: list[tuple] = []
 
     def compare(script: ScriptDirectory, rev: tuple, ctx: MigrationContext) -> list:
-        metadata = _load_models(mset) if mset.models else ctx.opts.get("target_metadata")
+        metadata = load_models(mset) if mset.models else ctx.opts.get("target_metadata")
         if metadata is None:
             raise ConfigError(
                 f"Migration set '{mset.name}' has no models and its env.py sets no target_metadata. "

@@ -19,15 +19,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dbrunbook.chain.project import _connection, in_project
+from dbrunbook.chain.project import connected, in_project
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import ConfigError
 
-__all__ = ["build_baseline"]
+__all__ = ["build_baseline", "load_models"]
 
 
 
-def _load_models(mset: MigrationSet) -> Any:
+def load_models(mset: MigrationSet) -> Any:
     """Import ``mset.models`` ("package.module:attr" or "path/to/file.py:attr"); return its MetaData."""
     return _metadata_of(_import_object(mset, "models"), mset, "models")
 
@@ -100,7 +100,7 @@ def build_baseline(mset: MigrationSet, engine: Engine | Connection) -> bool:
         return False
     with in_project(mset):
         obj = _import_object(mset, "baseline")
-        with _connection(engine) as conn:
+        with connected(engine) as conn:
             if callable(obj) and not isinstance(getattr(obj, "metadata", None), sa.MetaData):
                 obj(conn)
             else:

@@ -19,9 +19,16 @@ from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
-from dbrunbook.chain.environment import _environment, _Run
-from dbrunbook.chain.history import _ambiguous, _heads_after, _not_found, _refuse_ambiguous, _resolve, _to_tuple
-from dbrunbook.chain.project import _absolute, _script, alembic_config, in_project, script_directory
+from dbrunbook.chain.environment import EnvRun, environment_context
+from dbrunbook.chain.history import (
+    ambiguous_walk,
+    heads_after,
+    refuse_ambiguous,
+    resolve_in,
+    revision_not_found,
+    to_tuple,
+)
+from dbrunbook.chain.project import absolute_paths, alembic_config, in_project, script_directory, script_directory_for
 from dbrunbook.chain.values import SqlStep
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import ConfigError, DialectMismatch, RevisionNotFound
@@ -35,7 +42,7 @@ OFFLINE_URL = "postgresql+psycopg://dbrunbook-offline/offline"
 
 
 # --- offline SQL ----------------------------------------------------------------------------------------
-@_absolute
+@absolute_paths
 def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, direction: str = "upgrade"
                 ) -> list[SqlStep]:
     """Render the SQL from ``start`` to ``end`` offline (``alembic upgrade start:end --sql``), per revision.
@@ -61,26 +68,26 @@ def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, di
     script = script_directory(mset)
     try:
         with in_project(mset):
-            at = _resolve(script, start, None) if start and start != "base" else ()
+            at = resolve_in(script, start, None) if start and start != "base" else ()
     except (CommandError, RevisionError) as err:
-        raise _not_found(mset, start, err) from err
+        raise revision_not_found(mset, start, err) from err
     if direction == "downgrade" and not at:
         return []
     plan = "_upgrade_revs" if direction == "upgrade" else "_downgrade_revs"
     with in_project(mset):
         if direction == "downgrade":
-            _refuse_ambiguous(mset, script, end, at)
+            refuse_ambiguous(mset, script, end, at)
         try:
             # Planned once: a relative end ('-1', '+2') would count from somewhere else after a restart.
             planned = list(getattr(script, plan)(end, at))
         except (CommandError, RevisionError) as err:
-            raise _ambiguous(mset, script, end, at) or _not_found(mset, end, err) from err
+            raise ambiguous_walk(mset, script, end, at) or revision_not_found(mset, end, err) from err
 
     out: list[SqlStep] = []
     done = 0
     while done < len(planned):
         segment = planned[done:]
-        heads_now = _heads_after(script, planned[:done], at) if done else tuple(at)
+        heads_now = heads_after(script, planned[:done], at) if done else tuple(at)
         run, failure = _render_segment(mset, direction, segment, heads_now, end)
         out += _split(run, complete=failure is None)
         done += len(run.chunks)
@@ -104,24 +111,24 @@ def _rev_id(step: Any) -> str | None:
 
 
 def _render_segment(mset: MigrationSet, direction: str, steps: list, heads_now: Sequence[str], end: str
-                    ) -> tuple[_Run, tuple[BaseException, Any] | None]:
+                    ) -> tuple[EnvRun, tuple[BaseException, Any] | None]:
     """Run env.py offline over ``steps``, starting at ``heads_now``; stop at the first step that raises.
 
     Returns the run (its completed chunks) and, when something raised, the error with the step that raised
     it (None when env.py raised outside any step).
     """
-    run = _Run(mset, direction, as_sql=True)
+    run = EnvRun(mset, direction, as_sql=True)
     try:
         with in_project(mset, OFFLINE_URL):
             cfg = alembic_config(mset, url=OFFLINE_URL)
             cfg.output_buffer = run.buffer
-            script = _script(mset, cfg)
+            script = script_directory_for(mset, cfg)
 
             def fn(rev: tuple, context: MigrationContext) -> Iterable[Any]:
                 return run.steps(steps)
 
             with contextlib.redirect_stdout(run.notes), \
-                    _environment(cfg, script, run, fn=fn, as_sql=True, starting_rev=tuple(heads_now) or None,
+                    environment_context(cfg, script, run, fn=fn, as_sql=True, starting_rev=tuple(heads_now) or None,
                                  destination_rev=end):
                 script.run_env()
     except (DialectMismatch, ConfigError, RevisionNotFound):
@@ -130,7 +137,7 @@ def _render_segment(mset: MigrationSet, direction: str, steps: list, heads_now: 
         if run.running is not None:
             return run, (err, run.running)
         if isinstance(err, RevisionError) or (isinstance(err, CommandError) and "locate revision" in str(err)):
-            raise _not_found(mset, end, err) from err
+            raise revision_not_found(mset, end, err) from err
         if len(run.chunks) < len(steps):
             return run, (err, None)
         raise
@@ -170,11 +177,11 @@ def _offline_reason(err: BaseException, step: Any, script: ScriptDirectory) -> s
 
 def _online_only(step: Any, reason: str, notes: list[str]) -> SqlStep:
     rev = step.revision
-    return SqlStep(revision=rev.revision, down_revision=_to_tuple(rev.down_revision), message=rev.doc, sql="",
+    return SqlStep(revision=rev.revision, down_revision=to_tuple(rev.down_revision), message=rev.doc, sql="",
                    notes="".join(notes), online_only=True, reason=reason, source="none")
 
 
-def _split(run: _Run, *, complete: bool = True) -> list[SqlStep]:
+def _split(run: EnvRun, *, complete: bool = True) -> list[SqlStep]:
     text = run.buffer.getvalue()
     out = []
     for i, (step, begin, finish) in enumerate(run.chunks):
@@ -186,6 +193,6 @@ def _split(run: _Run, *, complete: bool = True) -> list[SqlStep]:
         notes = run.notes.parts.get(rev.revision, [])
         if i == 0:
             notes = run.notes.parts.get(None, []) + notes
-        out.append(SqlStep(revision=rev.revision, down_revision=_to_tuple(rev.down_revision), message=rev.doc,
+        out.append(SqlStep(revision=rev.revision, down_revision=to_tuple(rev.down_revision), message=rev.doc,
                            sql=text[begin:finish].strip("\n") + "\n", notes="".join(notes)))
     return out

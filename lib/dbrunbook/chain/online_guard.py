@@ -12,7 +12,7 @@ import contextlib
 import json
 from collections.abc import Sequence
 
-from dbrunbook.chain import migrations
+from dbrunbook.chain.values import SqlStep
 
 __all__ = ["RULE", "require_covered"]
 
@@ -27,8 +27,8 @@ def _allowed(entries: Sequence[str], revision: str) -> bool:
     return False
 
 
-def require_covered(session, steps: dict[str, list[migrations.SqlStep]], allow: str = "", *,
-                    dry_run: bool = False, direction: str = "upgrade") -> list[migrations.SqlStep]:
+def require_covered(session, steps: dict[str, list[SqlStep]], allow: str = "", *,
+                    dry_run: bool = False, direction: str = "upgrade") -> list[SqlStep]:
     """Guard: on a protected target every online-only revision about to run has captured SQL or is allowed.
 
     ``allow`` takes ``online-only@REVISION`` (or ``online-only`` for all) among its comma-separated entries,

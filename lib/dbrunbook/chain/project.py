@@ -4,7 +4,7 @@ Users point dbrunbook at their own Alembic projects (branched, multi-environment
 its own settings) and must not have to edit them. env.py reads the environment at import time, expects the
 ini's folder as working folder and may replace the logging setup of the whole process, so every function of
 the chain runs inside ``in_project``, which sets all of that up and restores it afterwards. The functions
-change the working folder, so the migration set's paths are made absolute on the way in (``_absolute``).
+change the working folder, so the migration set's paths are made absolute on the way in (``absolute_paths``).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
-from dbrunbook.chain.script_cache import _cached_script_directory
+from dbrunbook.chain.script_cache import cached_script_directory
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import ConfigError
 
-__all__ = ["alembic_config", "in_project", "script_directory"]
+__all__ = ["absolute_paths", "alembic_config", "connected", "in_project", "script_directory",
+           "script_directory_for"]
 
 
 
@@ -46,7 +47,7 @@ def _supports_toml() -> bool:
     return "toml_file" in inspect.signature(AlembicConfig.__init__).parameters
 
 
-def _absolute(fn: Callable) -> Callable:
+def absolute_paths(fn: Callable) -> Callable:
     """Make the migration set's paths absolute on the way in: the functions change the working folder."""
 
     @functools.wraps(fn)
@@ -63,7 +64,7 @@ def _absolute(fn: Callable) -> Callable:
     return wrapper
 
 
-@_absolute
+@absolute_paths
 def alembic_config(mset: MigrationSet, url: str | None = None, connection: Connection | None = None
                    ) -> AlembicConfig:
     """Build the Alembic Config of a migration set, as the ``alembic`` command would from the project folder.
@@ -193,9 +194,14 @@ def _forget_relative_finders() -> None:
         sys.path_importer_cache.pop(entry, None)
 
 
-def _script(mset: MigrationSet, cfg: AlembicConfig) -> ScriptDirectory:
+def script_directory_for(mset: MigrationSet, cfg: AlembicConfig) -> ScriptDirectory:
+    """The ScriptDirectory ``cfg`` names (cached, see ``script_cache``), inside ``in_project``.
+
+    Raises:
+        ConfigError: Alembic cannot read the scripts (a missing parent, a cycle, a bad script_location).
+    """
     try:
-        script = _cached_script_directory(cfg)
+        script = cached_script_directory(cfg)
     except (CommandError, RevisionError) as err:
         where = mset.alembic_ini or mset.script_location
         raise ConfigError(f"Migration set '{mset.name}': Alembic cannot read its scripts: {err}. "
@@ -203,7 +209,7 @@ def _script(mset: MigrationSet, cfg: AlembicConfig) -> ScriptDirectory:
     return script
 
 
-@_absolute
+@absolute_paths
 def script_directory(mset: MigrationSet) -> ScriptDirectory:
     """Return the Alembic ScriptDirectory of a migration set, every revision script loaded.
 
@@ -211,12 +217,17 @@ def script_directory(mset: MigrationSet) -> ScriptDirectory:
         ConfigError: the configuration or the revision graph is broken (missing parent, cycle).
     """
     with in_project(mset):
-        return _script(mset, alembic_config(mset))
+        return script_directory_for(mset, alembic_config(mset))
 
 
 
 @contextlib.contextmanager
-def _connection(engine_or_conn: Engine | Connection) -> Iterator[Connection]:
+def connected(engine_or_conn: Engine | Connection) -> Iterator[Connection]:
+    """A Connection for an Engine (opened and closed here) or a Connection (the caller's, lent for a while).
+
+    What is begun on a lent connection is rolled back on the way out; a transaction the caller had open stays
+    the caller's.
+    """
     if isinstance(engine_or_conn, Connection):
         began = not engine_or_conn.in_transaction()
         try:

@@ -14,6 +14,8 @@ from threading import Lock as _Lock
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 
+__all__ = ["cached_script_directory"]
+
 _SCRIPT_CACHE: dict[tuple, tuple[tuple, ScriptDirectory]] = {}
 _SCRIPT_CACHE_LOCK = _Lock()
 _SCRIPT_CACHE_KEEP = 8  # the newest projects' scripts are kept; older ones are loaded again when asked
@@ -34,7 +36,7 @@ def _script_files(script: ScriptDirectory) -> tuple:
     return tuple(sorted(found))
 
 
-def _cached_script_directory(cfg: AlembicConfig) -> ScriptDirectory:
+def cached_script_directory(cfg: AlembicConfig) -> ScriptDirectory:
     """``ScriptDirectory.from_config(cfg)`` with every script loaded, built again only when a file changed."""
     key = (cfg.get_alembic_option("script_location"), tuple(cfg.get_version_locations_list() or ()),
            cfg.get_alembic_option("sourceless"), cfg.get_alembic_option("recursive_version_locations"))

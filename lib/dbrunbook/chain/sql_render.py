@@ -15,7 +15,7 @@ import re
 import uuid
 from typing import Any
 
-__all__ = ["MAX_ROWS", "literal", "render_statement"]
+__all__ = ["MAX_ROWS", "literal", "render_execution", "render_statement"]
 
 #: Statements of one executemany() rendered at most; the rest is counted in a comment.
 MAX_ROWS = 100
@@ -93,7 +93,8 @@ def render_statement(statement: str, parameters: Any, paramstyle: str) -> str:
     return statement
 
 
-def _statement_text(statement: str, parameters: Any, paramstyle: str, executemany: bool) -> list[str]:
+def render_execution(statement: str, parameters: Any, paramstyle: str, executemany: bool) -> list[str]:
+    """One execution as SQL statements ending in ';': one per parameter set of an executemany (``MAX_ROWS``)."""
     sets = list(parameters) if executemany and parameters is not None else [parameters]
     out = [render_statement(statement, p, paramstyle).strip().rstrip(";") + ";" for p in sets[:MAX_ROWS]]
     if len(sets) > MAX_ROWS:
