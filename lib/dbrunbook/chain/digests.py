@@ -2,6 +2,8 @@
 
 A record names the exact scripts a run applied (``file_digests``), and a review or an approval is bound to
 the migration files it saw (``directory_digest``): moving, renaming or editing any of them changes it.
+``sha256_file`` is the chain's one digest of a file; ``records.statements.sha256_file`` is the records layer's
+(above this one, which must not import it), read in chunks for dumps and notebooks.
 """
 
 from __future__ import annotations
@@ -14,14 +16,18 @@ from dbrunbook.chain.history import history
 from dbrunbook.chain.project import absolute_paths, script_directory
 from dbrunbook.config import MigrationSet
 
-__all__ = ["directory_digest", "file_digests"]
+__all__ = ["directory_digest", "file_digests", "sha256_file"]
 
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, as hex."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @absolute_paths
 def file_digests(mset: MigrationSet) -> dict[str, str]:
     """Return revision -> sha256 of its script file's bytes."""
-    return {info.revision: hashlib.sha256(info.path.read_bytes()).hexdigest() for info in history(mset)}
+    return {info.revision: sha256_file(info.path) for info in history(mset)}
 
 
 @absolute_paths
