@@ -38,6 +38,7 @@ from dbrunbook.chain.values import SqlStep
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import BackupFailed, DbRunbookError, MigrationFailed
 from dbrunbook.postgres import db
+from dbrunbook.protocols import SessionLike
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class _Recorder:
 
 
 # --- the scratch database -------------------------------------------------------------------------------
-def _schema_from_target(session, server, name: str) -> str:
+def _schema_from_target(session: SessionLike, server: Any, name: str) -> str:
     """Restore ``pg_dump --schema-only`` of the session's database into ``name`` on the scratch server.
 
     Returns '' or a warning: pg_restore's own errors (an extension or role the scratch server lacks) are
@@ -153,7 +154,7 @@ class Scratch:
     """One throwaway embedded server for the captures of one step (several migration sets), started when
     the first capture needs it and stopped and removed on the way out."""
 
-    def __init__(self, session):
+    def __init__(self, session: SessionLike) -> None:
         self.session = session
         self._context: Any = None
         self._server: Any = None
@@ -175,7 +176,7 @@ class Scratch:
             context.__exit__(*exc)
 
 
-def capture_steps(session, mset: MigrationSet, steps: list[SqlStep], revision: str, *,
+def capture_steps(session: SessionLike, mset: MigrationSet, steps: list[SqlStep], revision: str, *,
                   direction: str = "upgrade", run: Callable | None = None, scratch: Scratch | None = None
                   ) -> list[SqlStep]:
     """Fill in the SQL of the online-only steps from a run of the range on a scratch database.

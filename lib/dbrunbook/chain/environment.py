@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from alembic.config import Config as AlembicConfig
@@ -92,9 +92,10 @@ class EnvRun:
             if ctx.dialect.name == "sqlite" and not ctx.as_sql:
                 self._note_sqlite(ctx)
             raise self._mismatch(f"it configured the {ctx.dialect.name} dialect at {theirs}")
-        if not ctx.as_sql and self.connection is not None and ctx.connection is not self.connection:
-            if not _same_database(ctx.connection, self.connection):
-                raise self._mismatch(f"it connected to {theirs}")
+        # Online, the MigrationContext env.py configured always has a connection.
+        if (not ctx.as_sql and self.connection is not None and ctx.connection is not self.connection
+                and not _same_database(cast(Connection, ctx.connection), self.connection)):
+            raise self._mismatch(f"it connected to {theirs}")
         expected = (self.mset.version_table, self.mset.version_table_schema or None)
         actual = (ctx.version_table, ctx.version_table_schema or None)
         if actual != expected:
@@ -106,7 +107,7 @@ class EnvRun:
         return mask_url(sa.make_url(url)) if url else f"(dialect {ctx.dialect.name}, no URL)"
 
     def _note_sqlite(self, ctx: MigrationContext) -> None:
-        database = ctx.connection.engine.url.database
+        database = cast(Connection, ctx.connection).engine.url.database  # online only
         if database and database != ":memory:" and not database.startswith("file:"):
             self.stray_sqlite.append(Path(database).resolve())
 
@@ -123,7 +124,8 @@ class EnvRun:
             f"env.py of migration set '{self.mset.name}' did not use the target database: {what}, "
             f"not {ours}. Nothing was run. {hint}"
         )
-        err.migration_set, err.actual, err.expected = self.mset.name, what, ours
+        # errors.DialectMismatch takes no data in __init__ (yet): its attributes are set here.
+        err.migration_set, err.actual, err.expected = self.mset.name, what, ours  # type: ignore[attr-defined]
         return err
 
     def remove_stray_sqlite(self) -> None:
@@ -155,7 +157,9 @@ def _version_table_mismatch(mset: MigrationSet, actual: tuple, expected: tuple) 
         f"says '{name(expected)}'. Nothing was run. Set version_table = '{actual[0]}'{schema} in "
         f"[migration_sets.{mset.name}] of dbrunbook.toml."
     )
-    err.migration_set, err.actual, err.expected = mset.name, name(actual), name(expected)
+    # errors.DialectMismatch takes no data in __init__ (yet): its attributes are set here.
+    err.migration_set, err.actual, err.expected = (  # type: ignore[attr-defined]
+        mset.name, name(actual), name(expected))
     return err
 
 

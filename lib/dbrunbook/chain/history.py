@@ -172,17 +172,21 @@ def resolve_in(script: ScriptDirectory, revision: str, at: Sequence[str] | None)
     if "," in revision:
         return tuple(r for part in revision.split(",") if part.strip() for r in resolve_in(script, part, at))
     relative = _RELATIVE.match(revision)
-    up = bool(relative) and relative["delta"].startswith("+")
+    up = relative is not None and relative["delta"].startswith("+")
     if relative and at is None and not relative["symbol"]:
         if up:
             raise CommandError(f"relative revision '{revision}' needs the current revision to count from")
         # '-N' without a current position: Alembic's get_revisions counts down from the heads.
     elif relative:
         start = tuple(at or ())
-        steps = script._upgrade_revs(revision, start) if up else script._downgrade_revs(revision, start)
+        # Alembic annotates current_rev as str; alembic.command passes the heads tuple too.
+        steps = (script._upgrade_revs(revision, start) if up  # type: ignore[arg-type]
+                 else script._downgrade_revs(revision, start))  # type: ignore[arg-type]
         return heads_after(script, steps, start)
     # The RevisionMap, not ScriptDirectory.get_revisions, which rewords every failure as "Can't locate".
-    return tuple(r.revision for r in script.revision_map.get_revisions(revision) if r is not None)
+    # Typed as Revision | 'base'; a '-N' walk down to base does yield 'base' (an AttributeError here).
+    return tuple(r.revision for r in script.revision_map.get_revisions(revision)  # type: ignore[union-attr]
+                 if r is not None)
 
 
 @absolute_paths

@@ -171,9 +171,10 @@ def _failed(mset: MigrationSet, engine: Engine | Connection, run: EnvRun, err: B
     after = run.results[-1].revision if running is None and run.results else None
     failed = MigrationFailed(mset.name, running, completed, _reason(err, str(secret) if secret else None),
                              after=after)
-    failed.steps = list(run.results)
+    # errors.MigrationFailed takes neither in __init__ (yet): set here.
+    failed.steps = list(run.results)  # type: ignore[attr-defined]
     # The SQLSTATE whatever the driver (psycopg2 calls it pgcode), for locking.is_lock_timeout.
-    failed.sqlstate = _sqlstate(err)
+    failed.sqlstate = _sqlstate(err)  # type: ignore[attr-defined]
     return failed
 
 
@@ -218,8 +219,10 @@ def upgrade(mset: MigrationSet, engine: Engine | Connection, revision: str = "he
         MigrationFailed: a revision failed; ``completed`` is where the database is now (the revisions before
             the failing one stay committed) and ``steps`` the StepResults of those revisions.
     """
-    _preflight(mset, engine, lambda script, at: script._upgrade_revs(revision, at), revision)
-    return drive(mset, engine, lambda script, rev, ctx: script._upgrade_revs(revision, rev),
+    # Alembic annotates current_rev as str; alembic.command passes the heads tuple too.
+    _preflight(mset, engine, lambda script, at: script._upgrade_revs(revision, at),  # type: ignore[arg-type]
+               revision)
+    return drive(mset, engine, lambda script, rev, ctx: script._upgrade_revs(revision, rev),  # type: ignore[arg-type]
                   direction="upgrade", destination_rev=revision)
 
 
@@ -230,8 +233,9 @@ def downgrade(mset: MigrationSet, engine: Engine | Connection, revision: str) ->
     Raises:
         RevisionNotFound, DialectMismatch, MigrationFailed: as for ``upgrade``.
     """
-    _preflight(mset, engine, lambda script, at: script._downgrade_revs(revision, at), revision, down=True)
-    return drive(mset, engine, lambda script, rev, ctx: script._downgrade_revs(revision, rev),
+    _preflight(mset, engine, lambda script, at: script._downgrade_revs(revision, at),  # type: ignore[arg-type]
+               revision, down=True)
+    return drive(mset, engine, lambda script, rev, ctx: script._downgrade_revs(revision, rev),  # type: ignore[arg-type]
                   direction="downgrade", destination_rev=revision)
 
 

@@ -13,8 +13,10 @@ import importlib
 import importlib.util
 import os
 import sys
+from importlib.abc import Loader
+from importlib.machinery import ModuleSpec
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -50,11 +52,12 @@ def _import_object(mset: MigrationSet, key: str) -> Any:
         module = sys.modules.get(name)
         if module is None:
             sys.path.insert(0, str(path.parent))  # so it can import its siblings; restored by in_project
-            loader_spec = importlib.util.spec_from_file_location(name, path)
+            # A file without a .py suffix has no spec: module_from_spec then fails, as it always did.
+            loader_spec = cast(ModuleSpec, importlib.util.spec_from_file_location(name, path))
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[name] = module
             try:
-                loader_spec.loader.exec_module(module)
+                cast(Loader, loader_spec.loader).exec_module(module)
             except BaseException:
                 del sys.modules[name]
                 raise

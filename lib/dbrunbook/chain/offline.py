@@ -93,14 +93,14 @@ def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, di
         done += len(run.chunks)
         if failure is None:
             break
-        err, failed_step = failure
+        error, failed_step = failure
         if failed_step is None:
             # env.py itself cannot run offline: nothing after this point renders.
-            reason = f"env.py fails in offline mode ({_error_text(err)})"
+            reason = f"env.py fails in offline mode ({_error_text(error)})"
             out += [_online_only(step, reason, run.notes.parts.get(_rev_id(step), []))
                     for step in segment[len(run.chunks):]]
             break
-        out.append(_online_only(failed_step, _offline_reason(err, failed_step, script),
+        out.append(_online_only(failed_step, _offline_reason(error, failed_step, script),
                                 run.notes.parts.get(_rev_id(failed_step), [])))
         done += 1
     return out

@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 
 from dbrunbook.chain.values import SqlStep
+from dbrunbook.protocols import SessionLike
 
 __all__ = ["RULE", "require_covered"]
 
@@ -27,7 +28,7 @@ def _allowed(entries: Sequence[str], revision: str) -> bool:
     return False
 
 
-def require_covered(session, steps: dict[str, list[SqlStep]], allow: str = "", *,
+def require_covered(session: SessionLike, steps: dict[str, list[SqlStep]], allow: str = "", *,
                     dry_run: bool = False, direction: str = "upgrade") -> list[SqlStep]:
     """Guard: on a protected target every online-only revision about to run has captured SQL or is allowed.
 
