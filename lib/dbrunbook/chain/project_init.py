@@ -269,17 +269,21 @@ def render_config(environments: list[Environment], root: Path) -> str:
             out.append(f"section = {_q(env.section)}")
         table = f.version_table or DEFAULT_VERSION_TABLE
         origin = "from env.py" if f.version_table else "Alembic's default"
-        out.append(f"version_table = {_q(table)}   # {origin}" + (f"; {f.version_table_note}" if f.version_table_note else ""))
+        note = f"; {f.version_table_note}" if f.version_table_note else ""
+        out.append(f"version_table = {_q(table)}   # {origin}" + note)
         if f.version_table_schema:
             out.append(f"version_table_schema = {_q(f.version_table_schema)}   # from env.py")
         if f.url_env:
-            out.append(f"url_env = {_q(f.url_env)}   # env.py reads its URL from this; dbrunbook sets it to the target's URL")
+            out.append(f"url_env = {_q(f.url_env)}   # env.py reads its URL from this; "
+                       "dbrunbook sets it to the target's URL")
         else:
-            out.append("# url_env = \"MYAPP_DATABASE_URL\"   # if env.py (or a settings module it imports) reads its own variable")
+            out.append("# url_env = \"MYAPP_DATABASE_URL\"   # if env.py (or a settings module it imports) "
+                       "reads its own variable")
         if f.other_env:
             names = ", ".join(f.other_env)
             them = "it" if len(f.other_env) == 1 else "them"
-            out.append(f"# env.py also reads {names}: export {them}, or set env = {{ NAME = \"value\" }} (never a secret)")
+            out.append(f"# env.py also reads {names}: export {them}, "
+                       f"or set env = {{ NAME = \"value\" }} (never a secret)")
         else:
             out.append('# env = { MYAPP_SETTINGS = "prod" }   # other variables env.py needs (never a secret)')
         if not f.takes_connection:
