@@ -218,17 +218,8 @@ def capture_steps(session: SessionLike, mset: MigrationSet, steps: list[SqlStep]
                 db.drop_database(server.url("postgres"), name)
                 db.create_database(server.url("postgres"), name)
                 _build_by_chain(url, mset, heads, session.run_id)
-            engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
-            try:
-                _stamp(engine, mset, heads)
-                if run is not None:
-                    recorded = recorded_run(mset, engine, revision, direction, name, run=run)
-                else:
-                    recorded = isolation.call(recorded_run, mset, engine, revision, direction, name,
-                                              engine_options={"run_id": session.run_id})
-                recorder.statements, recorder.catalog_reads, failed = recorded
-            finally:
-                engine.dispose()
+            recorded = _record_range(session, mset, url, name, heads, revision, direction, run)
+            recorder.statements, recorder.catalog_reads, failed = recorded
         except (DbRunbookError, sa.exc.SQLAlchemyError) as err:
             failed = (None, _scrub((str(err).splitlines() or [""])[0]))
     except (DbRunbookError, sa.exc.SQLAlchemyError, OSError) as err:
@@ -242,6 +233,21 @@ def capture_steps(session: SessionLike, mset: MigrationSet, steps: list[SqlStep]
         warning = warning.replace(str(secret), db.MASK)
         failed = failed and (failed[0], failed[1].replace(str(secret), db.MASK))
     return [_captured(step, recorder, failed, warning, direction) for step in steps]
+
+
+def _record_range(session: SessionLike, mset: MigrationSet, url: str, name: str, heads: Sequence[str],
+                  revision: str, direction: str, run: Callable | None
+                  ) -> tuple[dict[str, list[str]], dict[str, int], tuple | None]:
+    """``recorded_run`` on the scratch database at ``url``, stamped at the target's ``heads`` first."""
+    engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
+    try:
+        _stamp(engine, mset, heads)
+        if run is not None:
+            return recorded_run(mset, engine, revision, direction, name, run=run)
+        return isolation.call(recorded_run, mset, engine, revision, direction, name,
+                              engine_options={"run_id": session.run_id})
+    finally:
+        engine.dispose()
 
 
 def recorded_run(mset: MigrationSet, engine: sa.Engine, revision: str, direction: str, database: str, *,

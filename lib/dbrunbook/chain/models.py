@@ -16,6 +16,7 @@ import sys
 from importlib.abc import Loader
 from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -43,34 +44,9 @@ def _import_object(mset: MigrationSet, key: str) -> Any:
                           f"or 'path/to/file.py:attribute'.")
     folders = [mset.base_dir.resolve(), *mset.base_dir.resolve().parents, Path.cwd()]
     if spec.endswith(".py") or "/" in spec or os.sep in spec:
-        candidates = [Path(spec)] if Path(spec).is_absolute() else [folder / spec for folder in folders]
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
-            raise ConfigError(f"Migration set '{mset.name}': {key} file {spec} not found in {mset.base_dir} "
-                              f"or its parent folders. Fix {key} in dbrunbook.toml.")
-        name = "_dbrunbook_models_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
-        module = sys.modules.get(name)
-        if module is None:
-            sys.path.insert(0, str(path.parent))  # so it can import its siblings; restored by in_project
-            # A file without a .py suffix has no spec: module_from_spec then fails, as it always did.
-            loader_spec = cast(ModuleSpec, importlib.util.spec_from_file_location(name, path))
-            module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[name] = module
-            try:
-                cast(Loader, loader_spec.loader).exec_module(module)
-            except BaseException:
-                del sys.modules[name]
-                raise
+        module = _import_file(mset, key, spec, folders)
     else:
-        top = spec.split(".")[0]
-        root = next((f for f in folders if (f / top).is_dir() or (f / f"{top}.py").is_file()), None)
-        if root is not None:
-            sys.path.insert(0, str(root))
-        try:
-            module = importlib.import_module(spec)
-        except ImportError as err:
-            raise ConfigError(f"Migration set '{mset.name}': cannot import {key} module '{spec}': {err}. "
-                              f"Fix {key} in dbrunbook.toml.") from err
+        module = _import_module(mset, key, spec, folders)
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -79,6 +55,42 @@ def _import_object(mset: MigrationSet, key: str) -> Any:
             raise ConfigError(f"Migration set '{mset.name}': {spec} has no attribute '{attr}'. "
                               f"Fix {key} in dbrunbook.toml.") from err
     return obj
+
+
+def _import_file(mset: MigrationSet, key: str, spec: str, folders: list[Path]) -> ModuleType:
+    """A Python file found from the project's folder up (once per process: later calls reuse the module)."""
+    candidates = [Path(spec)] if Path(spec).is_absolute() else [folder / spec for folder in folders]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise ConfigError(f"Migration set '{mset.name}': {key} file {spec} not found in {mset.base_dir} "
+                          f"or its parent folders. Fix {key} in dbrunbook.toml.")
+    name = "_dbrunbook_models_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    module = sys.modules.get(name)
+    if module is None:
+        sys.path.insert(0, str(path.parent))  # so it can import its siblings; restored by in_project
+        # A file without a .py suffix has no spec: module_from_spec then fails, as it always did.
+        loader_spec = cast(ModuleSpec, importlib.util.spec_from_file_location(name, path))
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        try:
+            cast(Loader, loader_spec.loader).exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return module
+
+
+def _import_module(mset: MigrationSet, key: str, spec: str, folders: list[Path]) -> ModuleType:
+    """A module by its dotted name, its top package looked for from the project's folder up."""
+    top = spec.split(".")[0]
+    root = next((f for f in folders if (f / top).is_dir() or (f / f"{top}.py").is_file()), None)
+    if root is not None:
+        sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module(spec)
+    except ImportError as err:
+        raise ConfigError(f"Migration set '{mset.name}': cannot import {key} module '{spec}': {err}. "
+                          f"Fix {key} in dbrunbook.toml.") from err
 
 
 def _metadata_of(obj: Any, mset: MigrationSet, key: str = "models") -> Any:

@@ -66,23 +66,7 @@ def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, di
     if direction not in ("upgrade", "downgrade"):
         raise ValueError(f"direction must be 'upgrade' or 'downgrade', not {direction!r}")
     script = script_directory(mset)
-    try:
-        with in_project(mset):
-            at = resolve_in(script, start, None) if start and start != "base" else ()
-    except (CommandError, RevisionError) as err:
-        raise revision_not_found(mset, start, err) from err
-    if direction == "downgrade" and not at:
-        return []
-    plan = "_upgrade_revs" if direction == "upgrade" else "_downgrade_revs"
-    with in_project(mset):
-        if direction == "downgrade":
-            refuse_ambiguous(mset, script, end, at)
-        try:
-            # Planned once: a relative end ('-1', '+2') would count from somewhere else after a restart.
-            planned = list(getattr(script, plan)(end, at))
-        except (CommandError, RevisionError) as err:
-            raise ambiguous_walk(mset, script, end, at) or revision_not_found(mset, end, err) from err
-
+    at, planned = _plan(mset, script, start, end, direction)
     out: list[SqlStep] = []
     done = 0
     while done < len(planned):
@@ -104,6 +88,29 @@ def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, di
                                 run.notes.parts.get(_rev_id(failed_step), [])))
         done += 1
     return out
+
+
+def _plan(mset: MigrationSet, script: ScriptDirectory, start: str | None, end: str, direction: str
+          ) -> tuple[tuple[str, ...], list[Any]]:
+    """Where the range starts (the revision ids) and Alembic's steps from there to ``end``, planned once.
+
+    Planned once: a relative end ('-1', '+2') would count from somewhere else after a restart.
+    """
+    try:
+        with in_project(mset):
+            at = resolve_in(script, start, None) if start and start != "base" else ()
+    except (CommandError, RevisionError) as err:
+        raise revision_not_found(mset, start, err) from err
+    if direction == "downgrade" and not at:
+        return at, []
+    plan = "_upgrade_revs" if direction == "upgrade" else "_downgrade_revs"
+    with in_project(mset):
+        if direction == "downgrade":
+            refuse_ambiguous(mset, script, end, at)
+        try:
+            return at, list(getattr(script, plan)(end, at))
+        except (CommandError, RevisionError) as err:
+            raise ambiguous_walk(mset, script, end, at) or revision_not_found(mset, end, err) from err
 
 
 def _rev_id(step: Any) -> str | None:

@@ -78,6 +78,23 @@ def alembic_config(mset: MigrationSet, url: str | None = None, connection: Conne
     Raises:
         ConfigError: the ini has no such section, or nothing says where the scripts are.
     """
+    cfg = _read_config(mset, *_config_files(mset))
+    _set_script_location(cfg, mset)
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", _escape(url))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    x_arguments = [item for item in os.environ.get("DBRUNBOOK_X", "").split(",") if "=" in item]
+    if x_arguments:  # a schema-per-tenant fleet member: env.py reads context.get_x_argument(as_dictionary=True)
+        cfg.cmd_opts = argparse.Namespace(x=x_arguments)
+    # The cookbook's switch for env.py files that would otherwise call logging.config.fileConfig,
+    # which disables every logger the notebook and dbrunbook already have.
+    cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+def _config_files(mset: MigrationSet) -> tuple[Path | None, Path | None]:
+    """The alembic.ini and the pyproject.toml Alembic reads for the set: the one named, and its sibling."""
     ini = mset.alembic_ini
     if ini is not None and not ini.is_file():
         raise ConfigError(
@@ -92,6 +109,11 @@ def alembic_config(mset: MigrationSet, url: str | None = None, connection: Conne
         file_ = ini
         sibling = ini.with_name("pyproject.toml")
         toml = sibling if sibling.is_file() else None
+    return file_, toml
+
+
+def _read_config(mset: MigrationSet, file_: Path | None, toml: Path | None) -> AlembicConfig:
+    """Alembic's Config of those files and the set's section."""
     kwargs: dict[str, Any] = {"ini_section": mset.section}
     if toml is not None:
         if _supports_toml():
@@ -108,30 +130,24 @@ def alembic_config(mset: MigrationSet, url: str | None = None, connection: Conne
             f"Set section = 'NAME' in [migration_sets.{mset.name}] of dbrunbook.toml to the one Alembic uses "
             f"(alembic -n NAME)."
         )
+    return cfg
+
+
+def _set_script_location(cfg: AlembicConfig, mset: MigrationSet) -> None:
+    """The set's script_location, else the ini's, made absolute."""
     if mset.script_location is not None:
         cfg.set_main_option("script_location", _escape(str(mset.script_location)))
-    else:
-        location = cfg.get_alembic_option("script_location")
-        if not location:
-            raise ConfigError(
-                f"Migration set '{mset.name}': no script_location in {ini} [{mset.section}]. "
-                f"Add script_location to [migration_sets.{mset.name}] of dbrunbook.toml."
-            )
-        # A relative location is relative to the folder 'alembic' is run from, i.e. the ini's folder;
-        # made absolute so the ScriptDirectory keeps working after we leave that folder.
-        if isinstance(location, str) and ":" not in location and not Path(location).is_absolute():
-            cfg.set_main_option("script_location", _escape(str((mset.base_dir / location).resolve())))
-    if url is not None:
-        cfg.set_main_option("sqlalchemy.url", _escape(url))
-    if connection is not None:
-        cfg.attributes["connection"] = connection
-    x_arguments = [item for item in os.environ.get("DBRUNBOOK_X", "").split(",") if "=" in item]
-    if x_arguments:  # a schema-per-tenant fleet member: env.py reads context.get_x_argument(as_dictionary=True)
-        cfg.cmd_opts = argparse.Namespace(x=x_arguments)
-    # The cookbook's switch for env.py files that would otherwise call logging.config.fileConfig,
-    # which disables every logger the notebook and dbrunbook already have.
-    cfg.attributes["configure_logger"] = False
-    return cfg
+        return
+    location = cfg.get_alembic_option("script_location")
+    if not location:
+        raise ConfigError(
+            f"Migration set '{mset.name}': no script_location in {mset.alembic_ini} [{mset.section}]. "
+            f"Add script_location to [migration_sets.{mset.name}] of dbrunbook.toml."
+        )
+    # A relative location is relative to the folder 'alembic' is run from, i.e. the ini's folder;
+    # made absolute so the ScriptDirectory keeps working after we leave that folder.
+    if isinstance(location, str) and ":" not in location and not Path(location).is_absolute():
+        cfg.set_main_option("script_location", _escape(str((mset.base_dir / location).resolve())))
 
 
 def _save_logging() -> tuple:
