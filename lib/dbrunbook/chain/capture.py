@@ -214,16 +214,16 @@ def capture_steps(session: SessionLike, mset: MigrationSet, steps: list[SqlStep]
                 warning = _schema_from_target(session, server, name)
             except BackupFailed as err:
                 # No usable pg_dump (or it failed): the chain itself builds the schema at the start.
-                warning = f"no schema dump ({_scrub(str(err).splitlines()[0])}); built by the chain"
+                warning = f"no schema dump ({db.mask_url(str(err).splitlines()[0])}); built by the chain"
                 db.drop_database(server.url("postgres"), name)
                 db.create_database(server.url("postgres"), name)
                 _build_by_chain(url, mset, heads, session.run_id)
             recorded = _record_range(session, mset, url, name, heads, revision, direction, run)
             recorder.statements, recorder.catalog_reads, failed = recorded
         except (DbRunbookError, sa.exc.SQLAlchemyError) as err:
-            failed = (None, _scrub((str(err).splitlines() or [""])[0]))
+            failed = (None, db.mask_url((str(err).splitlines() or [""])[0]))
     except (DbRunbookError, sa.exc.SQLAlchemyError, OSError) as err:
-        failed = (None, f"no scratch database: {_scrub((str(err).splitlines() or [''])[0])}")
+        failed = (None, f"no scratch database: {db.mask_url((str(err).splitlines() or [''])[0])}")
     finally:
         with contextlib.suppress(DbRunbookError, sa.exc.SQLAlchemyError):
             if scratch._server is not None:
@@ -265,7 +265,7 @@ def recorded_run(mset: MigrationSet, engine: sa.Engine, revision: str, direction
         try:
             go(mset, engine, revision)
         except MigrationFailed as err:
-            failed = (err.revision, f"it failed on the scratch database: {_scrub(err.reason)}")
+            failed = (err.revision, f"it failed on the scratch database: {db.mask_url(err.reason)}")
     return recorder.statements, recorder.catalog_reads, failed
 
 
@@ -282,10 +282,6 @@ def build_by_chain(mset: MigrationSet, engine: sa.Engine, heads: Sequence[str]) 
     build_baseline(mset, engine)
     for head in heads:
         migrations.upgrade(mset, engine, head)
-
-
-def _scrub(text: str) -> str:
-    return db.mask_url(text)
 
 
 def _captured(step: SqlStep, recorder: _Recorder, failed: tuple[str | None, str] | None,

@@ -1,30 +1,28 @@
-"""Alembic driven through its own API, on dbrunbook's connection, for any existing project used unchanged.
+"""Alembic's online commands (upgrade, downgrade, stamp, check) through a project's own env.py, on our connection.
 
 Users point dbrunbook at their own Alembic projects (branched, multi-environment, with an env.py that reads
-its own settings) and must not have to edit them. So this module does what ``alembic.command`` does, with
-three additions:
+its own settings) and must not have to edit them. So ``drive`` does what ``alembic.command`` does, with
+these additions:
 
 * env.py is handed our target three ways at once: ``sqlalchemy.url`` of the main section, the open
   Connection in ``config.attributes["connection"]`` (the cookbook's "Sharing a Connection" recipe), and, when
-  the migration set names it (``url_env``), the environment variable env.py reads itself. Environment
-  variables, the working folder, ``sys.path`` and logging are restored after each call. The connection and
-  URL use the project's driver (``drivers``: psycopg2, psycopg or asyncpg), with our session settings.
+  the migration set names it (``url_env``), the environment variable env.py reads itself; ``in_project``
+  restores environment variables, the working folder, ``sys.path`` and logging after each call. The
+  connection and URL use the project's driver (``drivers``: psycopg2, psycopg or asyncpg), with our session
+  settings.
 * env.py runs in an AnyIO worker thread with no event loop (``alembic_thread``): Alembic's ``async``
   template calls ``asyncio.run``, others ``anyio.from_thread.run``, and a notebook kernel runs a loop.
-* Before any step runs, the MigrationContext env.py configured is checked: PostgreSQL, our database, the
-  version table dbrunbook.toml names. Anything else raises ``DialectMismatch`` and nothing is written.
-  (Airflow's env.py, for one, silently falls back to SQLite when its variable is unset.)
-* Every revision runs in its own transaction and is timed; offline SQL is collected per revision from
-  Alembic's output buffer, never from stdout, where a migration's print() would corrupt it.
+* What env.py configured is checked before any step runs (``environment``), and every revision runs in its
+  own transaction, timed; a failure raises ``MigrationFailed`` with where the database is now.
+* An unknown or ambiguous revision is refused before env.py runs, so nothing is written, not even the
+  version table.
 
 The process-wide state touched here (cwd, environment, ``sys.path``, logging) makes these functions unsafe
 to call from several threads at once; a notebook kernel runs one cell at a time.
 
-This module drives the online runs (``upgrade``, ``downgrade``, ``stamp``, ``check``) and is the chain's
-front door: it re-exports the public names of ``project``, ``history``, ``digests``, ``offline``, ``models``
-and ``values``, so ``migrations.X`` is where callers find all of them.
+This module is also the chain's front door: it re-exports the public names of ``project``, ``history``,
+``digests``, ``offline``, ``models`` and ``values``, so ``migrations.X`` keeps working for every caller.
 """
-
 from __future__ import annotations
 
 import contextlib

@@ -41,7 +41,6 @@ OFFLINE_URL = "postgresql+psycopg://dbrunbook-offline/offline"
 
 
 
-# --- offline SQL ----------------------------------------------------------------------------------------
 @absolute_paths
 def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, direction: str = "upgrade"
                 ) -> list[SqlStep]:

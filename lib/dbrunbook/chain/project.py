@@ -36,7 +36,6 @@ __all__ = ["absolute_paths", "alembic_config", "connected", "in_project", "scrip
 
 
 
-# --- configuration ----------------------------------------------------------------------------------------
 def _escape(value: str) -> str:
     # Config.set_main_option goes through configparser interpolation: a bare '%' (URL-encoded
     # characters, options=-c%20...) would be read as the start of %(name)s.

@@ -21,7 +21,6 @@ __all__ = ["MAX_ROWS", "literal", "render_execution", "render_statement"]
 MAX_ROWS = 100
 
 
-# --- rendering --------------------------------------------------------------------------------------------
 def literal(value: Any) -> str:
     """A Python value as a PostgreSQL literal (strings quoted by doubling quotes, bytes as bytea hex)."""
     if value is None:

@@ -22,7 +22,6 @@ __all__ = ["RevisionInfo", "SqlStep", "StepResult", "as_frame"]
 
 
 
-# --- value objects --------------------------------------------------------------------------------------
 def _html_table(obj: Any) -> str:
     rows = "".join(
         f"<tr><th>{html.escape(f.name)}</th><td>{html.escape(_cell(getattr(obj, f.name)))}</td></tr>"
