@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 __all__ = ["EnvRun", "environment_context", "step_revision"]
 
 
-
 class _NotesRouter(io.TextIOBase):
     """Stands in for sys.stdout in offline mode: what a migration prints goes to the revision running it."""
 

@@ -35,7 +35,6 @@ _RELATIVE = re.compile(r"^(?:(?P<branch>.+?)@)?(?P<symbol>\w+?)?(?P<delta>[+-]\d
 _CREATE_DATE = re.compile(r"^Create Date:\s*(.+?)\s*$", re.MULTILINE)
 
 
-
 def current(mset: MigrationSet, engine_or_conn: Engine | Connection) -> tuple[str, ...]:
     """Return the revision(s) the database is at, from the set's version table (``()``: base or no table).
 
@@ -204,7 +203,6 @@ def pending(mset: MigrationSet, engine: Engine | Connection, revision: str = "he
         except (CommandError, RevisionError) as err:
             raise revision_not_found(mset, revision, err) from err
     return [_info(mset, step.revision) for step in steps]
-
 
 
 def _relative_down(revision: Any) -> int | None:

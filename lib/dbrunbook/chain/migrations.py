@@ -79,7 +79,6 @@ __all__ = [
 ]
 
 
-
 def _reason(err: BaseException, secret: str | None) -> str:
     if isinstance(err, sa.exc.DBAPIError) and err.orig is not None:
         text = str(err.orig)
@@ -203,7 +202,6 @@ def _preflight(mset: MigrationSet, engine: Engine | Connection, plan: Callable[[
             raise ambiguous_walk(mset, script, revision, at) or revision_not_found(mset, revision, err) from err
 
 
-
 @absolute_paths
 def upgrade(mset: MigrationSet, engine: Engine | Connection, revision: str = "heads") -> list[StepResult]:
     """``alembic upgrade REVISION`` through the project's env.py on our connection, one commit per revision.
@@ -249,7 +247,6 @@ def stamp(mset: MigrationSet, engine: Engine | Connection, revision: str | Seque
     _preflight(mset, engine, lambda script, at: script._stamp_revs(targets, () if purge else at), revision)
     drive(mset, engine, lambda script, rev, ctx: script._stamp_revs(targets, rev),
            direction="stamp", destination_rev=targets, purge=purge)
-
 
 
 @absolute_paths

@@ -29,7 +29,6 @@ from dbrunbook.errors import ConfigError
 __all__ = ["build_baseline", "load_models"]
 
 
-
 def load_models(mset: MigrationSet) -> Any:
     """Import ``mset.models`` ("package.module:attr" or "path/to/file.py:attr"); return its MetaData."""
     return _metadata_of(_import_object(mset, "models"), mset, "models")

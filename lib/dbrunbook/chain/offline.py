@@ -40,7 +40,6 @@ __all__ = ["OFFLINE_URL", "offline_sql"]
 OFFLINE_URL = "postgresql+psycopg://dbrunbook-offline/offline"
 
 
-
 @absolute_paths
 def offline_sql(mset: MigrationSet, start: str | None, end: str = "heads", *, direction: str = "upgrade"
                 ) -> list[SqlStep]:

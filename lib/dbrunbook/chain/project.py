@@ -35,7 +35,6 @@ __all__ = ["absolute_paths", "alembic_config", "connected", "in_project", "scrip
            "script_directory_for"]
 
 
-
 def _escape(value: str) -> str:
     # Config.set_main_option goes through configparser interpolation: a bare '%' (URL-encoded
     # characters, options=-c%20...) would be read as the start of %(name)s.
@@ -233,7 +232,6 @@ def script_directory(mset: MigrationSet) -> ScriptDirectory:
     """
     with in_project(mset):
         return script_directory_for(mset, alembic_config(mset))
-
 
 
 @contextlib.contextmanager

@@ -57,7 +57,6 @@ _QMARK = re.compile(r"\?")
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
 
-
 def render_statement(statement: str, parameters: Any, paramstyle: str) -> str:
     """The DBAPI statement with its parameters put in as literals: what the server was asked to run.
 

@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # pandas is imported where a frame is built: the launcher nev
 __all__ = ["RevisionInfo", "SqlStep", "StepResult", "as_frame"]
 
 
-
 def _html_table(obj: Any) -> str:
     rows = "".join(
         f"<tr><th>{html.escape(f.name)}</th><td>{html.escape(_cell(getattr(obj, f.name)))}</td></tr>"
