@@ -93,9 +93,9 @@ def run_in_worker(fn: Callable[..., T], *args: Any, on_interrupt: Callable[[], A
     if interrupted is not None and "error" not in outcome:
         raise interrupted
     if "error" in outcome:
-        err = outcome.pop("error")
+        error = outcome.pop("error")
         try:
-            raise err
+            raise error
         finally:
-            del err  # no reference cycle through the traceback
+            del error  # no reference cycle through the traceback
     return outcome["value"]

@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
-import decimal
-import json
 import logging
 import re
 import secrets
 import tempfile
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,101 +30,28 @@ from sqlalchemy import event
 from sqlalchemy.pool import NullPool
 
 from dbrunbook.chain import isolation, migrations
+from dbrunbook.chain.history import current
+from dbrunbook.chain.models import build_baseline
+from dbrunbook.chain.online_guard import require_covered
+from dbrunbook.chain.sql_render import literal, render_execution, render_statement
+from dbrunbook.chain.values import SqlStep
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import BackupFailed, DbRunbookError, MigrationFailed
 from dbrunbook.postgres import db
+from dbrunbook.protocols import SessionLike
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Scratch", "capture_steps", "literal", "render_statement", "require_covered"]
 
-#: Statements of one executemany() rendered at most; the rest is counted in a comment.
-MAX_ROWS = 100
 _HEADER = ("-- captured: the SQL this revision executed on a scratch database with the target's schema "
            "(not its rows)")
 # Alembic logs each step just before running it; the step object is the argument.
 _ALEMBIC_LOG = "alembic.runtime.migration"
 
 
-# --- rendering --------------------------------------------------------------------------------------------
-def literal(value: Any) -> str:
-    """A Python value as a PostgreSQL literal (strings quoted by doubling quotes, bytes as bytea hex)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, decimal.Decimal)):
-        return str(value)
-    if isinstance(value, float):
-        finite = value == value and value not in (float("inf"), float("-inf"))
-        return repr(value) if finite else f"'{value}'::float8"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return f"'\\x{bytes(value).hex()}'::bytea"
-    if isinstance(value, (list, tuple)):
-        return "ARRAY[" + ", ".join(literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return _quote(json.dumps(value, sort_keys=True, default=str)) + "::jsonb"
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return _quote(value.isoformat())
-    if isinstance(value, uuid.UUID):
-        return _quote(str(value))
-    return _quote(str(value))
-
-
-def _quote(text: str) -> str:
-    # standard_conforming_strings is on (PostgreSQL's default since 9.1): only quotes need doubling; a NUL
-    # cannot be in a PostgreSQL string at all.
-    return "'" + text.replace("'", "''").replace("\x00", "") + "'"
-
-
-_PYFORMAT = re.compile(r"%\(([^)]+)\)s|%s|%%")
-_DOLLAR = re.compile(r"\$(\d+)")
-_QMARK = re.compile(r"\?")
-_NAMED = re.compile(r"(?<![:\w]):(\w+)")
 _CATALOG_READ = re.compile(r"^\s*SELECT\b(?:(?!\b(?:INSERT|UPDATE|DELETE)\b).)*\bFROM\s+pg_catalog\.",
                            re.IGNORECASE | re.DOTALL)
-
-
-def render_statement(statement: str, parameters: Any, paramstyle: str) -> str:
-    """The DBAPI statement with its parameters put in as literals: what the server was asked to run.
-
-    Args:
-        statement: as handed to the driver (placeholders in the driver's ``paramstyle``).
-        parameters: a mapping or a sequence (one execution's parameters), or None.
-        paramstyle: the dialect's: pyformat/format (psycopg, psycopg2), numeric_dollar (asyncpg), qmark, named.
-    """
-    params = parameters if parameters is not None else ()
-    if paramstyle in ("pyformat", "format"):
-        positional = iter(params) if not isinstance(params, dict) else iter(())
-
-        def sub(match: re.Match) -> str:
-            if match.group(0) == "%%":
-                return "%"
-            if match.group(1) is not None:
-                return literal(params[match.group(1)]) if isinstance(params, dict) else match.group(0)
-            return literal(next(positional, None))
-
-        return _PYFORMAT.sub(sub, statement)
-    if paramstyle in ("numeric_dollar", "numeric"):
-        pattern = _DOLLAR if paramstyle == "numeric_dollar" else re.compile(r"(?<!:):(\d+)")
-        values = list(params)
-        return pattern.sub(lambda m: literal(values[int(m.group(1)) - 1]) if int(m.group(1)) <= len(values)
-                           else m.group(0), statement)
-    if paramstyle == "qmark":
-        positional = iter(params)
-        return _QMARK.sub(lambda m: literal(next(positional, None)), statement)
-    if paramstyle == "named" and isinstance(params, dict):
-        return _NAMED.sub(lambda m: literal(params[m.group(1)]) if m.group(1) in params else m.group(0),
-                          statement)
-    return statement
-
-
-def _statement_text(statement: str, parameters: Any, paramstyle: str, executemany: bool) -> list[str]:
-    sets = list(parameters) if executemany and parameters is not None else [parameters]
-    out = [render_statement(statement, p, paramstyle).strip().rstrip(";") + ";" for p in sets[:MAX_ROWS]]
-    if len(sets) > MAX_ROWS:
-        out.append(f"-- (executed {len(sets)} times; the first {MAX_ROWS} are shown)")
-    return out
 
 
 # --- recording --------------------------------------------------------------------------------------------
@@ -173,7 +96,7 @@ class _Recorder:
             self.catalog_reads[self.current] = self.catalog_reads.get(self.current, 0) + 1
             return
         try:
-            texts = _statement_text(statement, parameters, conn.dialect.paramstyle, executemany)
+            texts = render_execution(statement, parameters, conn.dialect.paramstyle, executemany)
         except Exception as err:  # noqa: BLE001 - evidence: never let rendering break the migration
             texts = [f"-- (a statement could not be rendered: {type(err).__name__}: {err})",
                      statement.strip().rstrip(";") + ";"]
@@ -181,7 +104,7 @@ class _Recorder:
 
 
 # --- the scratch database -------------------------------------------------------------------------------
-def _schema_from_target(session, server, name: str) -> str:
+def _schema_from_target(session: SessionLike, server: Any, name: str) -> str:
     """Restore ``pg_dump --schema-only`` of the session's database into ``name`` on the scratch server.
 
     Returns '' or a warning: pg_restore's own errors (an extension or role the scratch server lacks) are
@@ -231,7 +154,7 @@ class Scratch:
     """One throwaway embedded server for the captures of one step (several migration sets), started when
     the first capture needs it and stopped and removed on the way out."""
 
-    def __init__(self, session):
+    def __init__(self, session: SessionLike) -> None:
         self.session = session
         self._context: Any = None
         self._server: Any = None
@@ -253,9 +176,9 @@ class Scratch:
             context.__exit__(*exc)
 
 
-def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], revision: str, *,
+def capture_steps(session: SessionLike, mset: MigrationSet, steps: list[SqlStep], revision: str, *,
                   direction: str = "upgrade", run: Callable | None = None, scratch: Scratch | None = None
-                  ) -> list[migrations.SqlStep]:
+                  ) -> list[SqlStep]:
     """Fill in the SQL of the online-only steps from a run of the range on a scratch database.
 
     Args:
@@ -278,7 +201,7 @@ def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], 
         with Scratch(session) as own:
             return capture_steps(session, mset, steps, revision, direction=direction, run=run, scratch=own)
 
-    heads = migrations.current(mset, session.engine)
+    heads = current(mset, session.engine)
     name = f"dbrunbook_capture_{secrets.token_hex(4)}"
     recorder = _Recorder(name)
     failed: tuple[str | None, str] | None = None
@@ -291,25 +214,16 @@ def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], 
                 warning = _schema_from_target(session, server, name)
             except BackupFailed as err:
                 # No usable pg_dump (or it failed): the chain itself builds the schema at the start.
-                warning = f"no schema dump ({_scrub(str(err).splitlines()[0])}); built by the chain"
+                warning = f"no schema dump ({db.mask_url(str(err).splitlines()[0])}); built by the chain"
                 db.drop_database(server.url("postgres"), name)
                 db.create_database(server.url("postgres"), name)
                 _build_by_chain(url, mset, heads, session.run_id)
-            engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
-            try:
-                _stamp(engine, mset, heads)
-                if run is not None:
-                    recorded = recorded_run(mset, engine, revision, direction, name, run=run)
-                else:
-                    recorded = isolation.call(recorded_run, mset, engine, revision, direction, name,
-                                              engine_options={"run_id": session.run_id})
-                recorder.statements, recorder.catalog_reads, failed = recorded
-            finally:
-                engine.dispose()
+            recorded = _record_range(session, mset, url, name, heads, revision, direction, run)
+            recorder.statements, recorder.catalog_reads, failed = recorded
         except (DbRunbookError, sa.exc.SQLAlchemyError) as err:
-            failed = (None, _scrub((str(err).splitlines() or [""])[0]))
+            failed = (None, db.mask_url((str(err).splitlines() or [""])[0]))
     except (DbRunbookError, sa.exc.SQLAlchemyError, OSError) as err:
-        failed = (None, f"no scratch database: {_scrub((str(err).splitlines() or [''])[0])}")
+        failed = (None, f"no scratch database: {db.mask_url((str(err).splitlines() or [''])[0])}")
     finally:
         with contextlib.suppress(DbRunbookError, sa.exc.SQLAlchemyError):
             if scratch._server is not None:
@@ -319,6 +233,21 @@ def capture_steps(session, mset: MigrationSet, steps: list[migrations.SqlStep], 
         warning = warning.replace(str(secret), db.MASK)
         failed = failed and (failed[0], failed[1].replace(str(secret), db.MASK))
     return [_captured(step, recorder, failed, warning, direction) for step in steps]
+
+
+def _record_range(session: SessionLike, mset: MigrationSet, url: str, name: str, heads: Sequence[str],
+                  revision: str, direction: str, run: Callable | None
+                  ) -> tuple[dict[str, list[str]], dict[str, int], tuple | None]:
+    """``recorded_run`` on the scratch database at ``url``, stamped at the target's ``heads`` first."""
+    engine = db.make_engine(url, run_id=session.run_id, poolclass=NullPool)
+    try:
+        _stamp(engine, mset, heads)
+        if run is not None:
+            return recorded_run(mset, engine, revision, direction, name, run=run)
+        return isolation.call(recorded_run, mset, engine, revision, direction, name,
+                              engine_options={"run_id": session.run_id})
+    finally:
+        engine.dispose()
 
 
 def recorded_run(mset: MigrationSet, engine: sa.Engine, revision: str, direction: str, database: str, *,
@@ -336,7 +265,7 @@ def recorded_run(mset: MigrationSet, engine: sa.Engine, revision: str, direction
         try:
             go(mset, engine, revision)
         except MigrationFailed as err:
-            failed = (err.revision, f"it failed on the scratch database: {_scrub(err.reason)}")
+            failed = (err.revision, f"it failed on the scratch database: {db.mask_url(err.reason)}")
     return recorder.statements, recorder.catalog_reads, failed
 
 
@@ -350,17 +279,13 @@ def _build_by_chain(url: str, mset: MigrationSet, heads: Sequence[str], run_id: 
 
 def build_by_chain(mset: MigrationSet, engine: sa.Engine, heads: Sequence[str]) -> None:
     """On an empty database: the set's baseline, then the chain up to ``heads``."""
-    migrations.build_baseline(mset, engine)
+    build_baseline(mset, engine)
     for head in heads:
         migrations.upgrade(mset, engine, head)
 
 
-def _scrub(text: str) -> str:
-    return db.mask_url(text)
-
-
-def _captured(step: migrations.SqlStep, recorder: _Recorder, failed: tuple[str | None, str] | None,
-              warning: str, direction: str) -> migrations.SqlStep:
+def _captured(step: SqlStep, recorder: _Recorder, failed: tuple[str | None, str] | None,
+              warning: str, direction: str) -> SqlStep:
     if not step.online_only:
         return step
     statements = {rev: list(texts) for rev, texts in recorder.statements.items()}
@@ -382,63 +307,3 @@ def _captured(step: migrations.SqlStep, recorder: _Recorder, failed: tuple[str |
     partial = f"\n\n-- the capture stopped here: {error}" if error else ""
     sql = f"{_HEADER}\n\nBEGIN;\n\n{marker}\n\n{body}{partial}\n\nCOMMIT;\n"
     return dataclasses.replace(step, sql=sql, source="captured", capture_error=error, sha256="")
-
-
-# --- the guard ----------------------------------------------------------------------------------------------
-RULE = "online-only"
-
-
-def _allowed(entries: Sequence[str], revision: str) -> bool:
-    for entry in entries:
-        rule, _, rev = entry.partition("@")
-        if rule == RULE and (not rev or (len(rev) >= 4 and revision.startswith(rev))):
-            return True
-    return False
-
-
-def require_covered(session, steps: dict[str, list[migrations.SqlStep]], allow: str = "", *,
-                    dry_run: bool = False, direction: str = "upgrade") -> list[migrations.SqlStep]:
-    """Guard: on a protected target every online-only revision about to run has captured SQL or is allowed.
-
-    ``allow`` takes ``online-only@REVISION`` (or ``online-only`` for all) among its comma-separated entries,
-    the same parameter as the lint's; what was allowed is saved as artifacts/online-only-DIRECTION.json.
-    On a target that is not protected the revisions are listed and the run goes on.
-
-    Returns:
-        The online-only steps that have no captured SQL.
-
-    Raises:
-        OnlineOnlyNotCovered: protected target, some not captured and not allowed (not in a dry run).
-    """
-    from dbrunbook.errors import OnlineOnlyNotCovered
-
-    entries = [e.strip() for e in (allow or "").split(",") if e.strip()]
-    online = [(name, st) for name, ss in steps.items() for st in ss if st.online_only]
-    uncovered = [(name, st) for name, st in online if st.source != "captured"]
-    blocking = [(name, st) for name, st in uncovered if not _allowed(entries, st.revision)]
-    protected = session.target.protected
-    if online:
-        body = {"target": session.target.name, "protected": protected, "direction": direction, "allow": entries,
-                "steps": [{"migration_set": name, "revision": st.revision, "source": st.source,
-                           "reason": st.reason, "capture_error": st.capture_error,
-                           "allowed": _allowed(entries, st.revision)} for name, st in online]}
-        with contextlib.suppress(FileExistsError):
-            session.save_artifact(f"online-only-{direction}.json", json.dumps(body, indent=1, sort_keys=True) + "\n")
-    if not uncovered:
-        return []
-    if protected and blocking:
-        sets = ", ".join(sorted({f"'{name}'" for name, _ in blocking}))
-        ids = ",".join(f"{RULE}@{st.revision}" for _, st in blocking)
-        err = OnlineOnlyNotCovered(
-            f"Target '{session.target.name}' is protected and {len(blocking)} revision(s) of {sets} cannot be "
-            f"rendered offline and were not captured: {'; '.join(st.problem for _, st in blocking)}. Run "
-            f"'dbrunbook run preview -t {session.target.name}' to capture their SQL on a scratch database and "
-            f"have it reviewed, or, having read the revisions, run again with -p allow {ids} (recorded).",
-            tuple(st for _, st in blocking))
-        if not dry_run:
-            raise err
-        print(f"dry_run=True: a real run would stop here. {err}")
-    else:
-        for _, st in uncovered:
-            print(f"{st.problem}; {'allowed' if protected else 'the target is not protected'}: the run goes on.")
-    return [st for _, st in uncovered]

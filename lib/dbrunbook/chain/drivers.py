@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -149,8 +149,9 @@ def export_environment(config: Config, target: Target, url: str | None = None) -
     if wanted:
         url = url or resolve_url(target, config)
         for mset in wanted:
+            name = cast(str, mset.url_env)  # wanted: the sets that name one
             driver = mset.driver or target_driver(target) or "psycopg"
             value = with_driver(url, driver).render_as_string(hide_password=False)
-            os.environ[mset.url_env] = value
-            done[mset.url_env] = mask_url(value)
+            os.environ[name] = value
+            done[name] = mask_url(value)
     return done

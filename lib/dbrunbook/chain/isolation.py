@@ -28,7 +28,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.pool import NullPool
@@ -76,8 +76,8 @@ def call(fn: Callable[..., Any], mset: MigrationSet, engine: Engine | Connection
     try:
         request, answer, output = folder / "request.pickle", folder / "answer.pickle", folder / "output.log"
         # The project's driver, as the launcher exports it for the target (drivers.export_environment).
-        env = {**mset.env, mset.url_env: drivers.with_driver(url, mset.driver or "psycopg").render_as_string(
-            hide_password=False)}
+        env: dict[str, str] = {**mset.env, cast(str, mset.url_env): drivers.with_driver(  # isolated: url_env set
+            url, mset.driver or "psycopg").render_as_string(hide_password=False)}
         with open(os.open(request, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
             pickle.dump(env, fh)  # read first, so it is in os.environ before the rest is unpickled
             pickle.dump((fn.__module__, fn.__qualname__, mset, url, args, kwargs, engine_options or {}), fh)

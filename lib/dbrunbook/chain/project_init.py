@@ -244,6 +244,15 @@ def render_config(environments: list[Environment], root: Path) -> str:
         "embedded = true                # a PostgreSQL that dbrunbook runs itself (dbrunbook db start), to try things",
         f"database = {_q(_slug(root.name))}",
     ]
+    out += _target_lines(environments)
+    for env in environments:
+        out += _set_lines(env, root)
+    return "\n".join(out) + "\n"
+
+
+def _target_lines(environments: list[Environment]) -> list[str]:
+    """The [targets.NAME] tables: one per URL variable an env.py reads (else an example)."""
+    out: list[str] = []
     targets: dict[str, str] = {}
     for env in environments:
         if env.facts.url_env and env.facts.url_env not in targets.values():
@@ -261,32 +270,40 @@ def render_config(environments: list[Environment], root: Path) -> str:
         out += ["", "# No env.py reads its URL from an environment variable: dbrunbook hands them the target's",
                 "# connection (and sets sqlalchemy.url). Add a target per database, e.g.:",
                 "# [targets.production]", '# url_env = "PRODUCTION_DATABASE_URL"', "# protected = true"]
-    for env in environments:
-        f = env.facts
-        out += ["", f"[migration_sets.{env.name}]",
-                f"alembic_ini = {_q(_relative(env.config_file, root))}"]
-        if env.section != "alembic":
-            out.append(f"section = {_q(env.section)}")
-        table = f.version_table or DEFAULT_VERSION_TABLE
-        origin = "from env.py" if f.version_table else "Alembic's default"
-        out.append(f"version_table = {_q(table)}   # {origin}" + (f"; {f.version_table_note}" if f.version_table_note else ""))
-        if f.version_table_schema:
-            out.append(f"version_table_schema = {_q(f.version_table_schema)}   # from env.py")
-        if f.url_env:
-            out.append(f"url_env = {_q(f.url_env)}   # env.py reads its URL from this; dbrunbook sets it to the target's URL")
-        else:
-            out.append("# url_env = \"MYAPP_DATABASE_URL\"   # if env.py (or a settings module it imports) reads its own variable")
-        if f.other_env:
-            names = ", ".join(f.other_env)
-            them = "it" if len(f.other_env) == 1 else "them"
-            out.append(f"# env.py also reads {names}: export {them}, or set env = {{ NAME = \"value\" }} (never a secret)")
-        else:
-            out.append('# env = { MYAPP_SETTINGS = "prod" }   # other variables env.py needs (never a secret)')
-        if not f.takes_connection:
-            out.append("# env.py does not read config.attributes[\"connection\"]: dbrunbook sets sqlalchemy.url "
-                       "(and url_env) to the target's URL instead")
-        out.append('# models = "myapp.models:Base"   # for alembic check and troubleshoot\'s drift check')
-    return "\n".join(out) + "\n"
+    return out
+
+
+def _set_lines(env: Environment, root: Path) -> list[str]:
+    """The [migration_sets.NAME] table of one environment, with what env.py was seen to read."""
+    f = env.facts
+    out = ["", f"[migration_sets.{env.name}]",
+           f"alembic_ini = {_q(_relative(env.config_file, root))}"]
+    if env.section != "alembic":
+        out.append(f"section = {_q(env.section)}")
+    table = f.version_table or DEFAULT_VERSION_TABLE
+    origin = "from env.py" if f.version_table else "Alembic's default"
+    note = f"; {f.version_table_note}" if f.version_table_note else ""
+    out.append(f"version_table = {_q(table)}   # {origin}" + note)
+    if f.version_table_schema:
+        out.append(f"version_table_schema = {_q(f.version_table_schema)}   # from env.py")
+    if f.url_env:
+        out.append(f"url_env = {_q(f.url_env)}   # env.py reads its URL from this; "
+                   "dbrunbook sets it to the target's URL")
+    else:
+        out.append("# url_env = \"MYAPP_DATABASE_URL\"   # if env.py (or a settings module it imports) "
+                   "reads its own variable")
+    if f.other_env:
+        names = ", ".join(f.other_env)
+        them = "it" if len(f.other_env) == 1 else "them"
+        out.append(f"# env.py also reads {names}: export {them}, "
+                   f"or set env = {{ NAME = \"value\" }} (never a secret)")
+    else:
+        out.append('# env = { MYAPP_SETTINGS = "prod" }   # other variables env.py needs (never a secret)')
+    if not f.takes_connection:
+        out.append("# env.py does not read config.attributes[\"connection\"]: dbrunbook sets sqlalchemy.url "
+                   "(and url_env) to the target's URL instead")
+    out.append('# models = "myapp.models:Base"   # for alembic check and troubleshoot\'s drift check')
+    return out
 
 
 def write_config(config_files: list[Path] | None = None, output: Path | None = None) -> Path:

@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from dbrunbook import cli
-from dbrunbook.chain import drivers, migrations
+from dbrunbook.chain import drivers, migrations, script_cache
 from dbrunbook.config import MigrationSet, load_config, normalize_url, url_driver
 from dbrunbook.errors import AmbiguousRevision, DialectMismatch, MigrationFailed, RevisionNotFound
 from dbrunbook.postgres import db
@@ -369,7 +369,7 @@ def fresh_importapp(monkeypatch):
             del sys.modules[name]
         # Its revision scripts not loaded yet either: a loaded ScriptDirectory is reused while its files are
         # unchanged, and loading them is what imports the application first.
-        migrations._SCRIPT_CACHE.clear()
+        script_cache._SCRIPT_CACHE.clear()
 
     forget()
     yield

@@ -88,7 +88,8 @@ def test_literal(value, sql):
 
 
 @pytest.mark.parametrize(("statement", "params", "style", "rendered"), [
-    ("UPDATE t SET x = %(v)s WHERE y LIKE 'a%%'", {"v": "o'k"}, "pyformat", "UPDATE t SET x = 'o''k' WHERE y LIKE 'a%'"),
+    ("UPDATE t SET x = %(v)s WHERE y LIKE 'a%%'", {"v": "o'k"}, "pyformat",
+     "UPDATE t SET x = 'o''k' WHERE y LIKE 'a%'"),
     ("INSERT INTO t VALUES (%s, %s)", (1, None), "format", "INSERT INTO t VALUES (1, NULL)"),
     ("SELECT $2, $1, '$$'", (1, "b"), "numeric_dollar", "SELECT 'b', 1, '$$'"),
     ("SELECT ?::int", (7,), "qmark", "SELECT 7::int"),

@@ -129,7 +129,8 @@ def test_init_refuses_to_overwrite(app, capsys):
 def test_cli_init_reads_the_alembic_ini_of_the_current_folder(app, monkeypatch, capsys):
     monkeypatch.chdir(app)
     assert cli.main(["init"]) == 0
-    assert capsys.readouterr().out == f"Wrote {app / 'dbrunbook.toml'}. Check it, then: dbrunbook list; dbrunbook run status\n"
+    assert capsys.readouterr().out == (f"Wrote {app / 'dbrunbook.toml'}. Check it, then: dbrunbook list; "
+                                       "dbrunbook run status\n")
     assert sorted(load_config(app / "dbrunbook.toml").migration_sets) == ["audit", "shop"]
 
 
