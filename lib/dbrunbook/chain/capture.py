@@ -111,24 +111,24 @@ def _schema_from_target(session: SessionLike, server: Any, name: str) -> str:
     kept going past, since the revisions may not need those objects; if they do, their capture fails and
     says why.
     """
-    from dbrunbook.procedures import backup
+    from dbrunbook.postgres import dump
 
-    tool = backup.dump_tool(session)
+    tool = dump.dump_tool(session)
     with tempfile.TemporaryDirectory(prefix="dbrunbook-capture-") as folder:
         dump_file = Path(folder) / "schema.dump"
-        env = backup.libpq_environment(session.engine.url,
+        env = dump.libpq_environment(session.engine.url,
                                        application_name=f"dbrunbook:{session.run_id}:pg_dump")
-        backup.run_tool([str(tool.pg_dump), "--schema-only", "--format=custom", "--no-owner",
+        dump.run_tool([str(tool.pg_dump), "--schema-only", "--format=custom", "--no-owner",
                           "--no-privileges", "--no-password", f"--lock-wait-timeout={session.target.lock_timeout}",
                           f"--file={dump_file}"], env,
                          f"pg_dump --schema-only of database '{session.identity.database}'", timeout=600)
         admin = server.url("postgres")
         db.create_database(admin, name)
-        target_env = backup.libpq_environment(db.with_database(admin, name),
+        target_env = dump.libpq_environment(db.with_database(admin, name),
                                               application_name=f"dbrunbook:{session.run_id}:pg_restore")
         try:
-            backup.run_tool([str(tool.pg_restore), "--no-owner", "--no-privileges", "--no-password",
-                              f"--dbname=dbname={backup.conninfo_quote(name)}", str(dump_file)], target_env,
+            dump.run_tool([str(tool.pg_restore), "--no-owner", "--no-privileges", "--no-password",
+                              f"--dbname=dbname={dump.conninfo_quote(name)}", str(dump_file)], target_env,
                              "pg_restore of the target's schema into the scratch database", timeout=600)
         except DbRunbookError as err:
             log.warning("%s", err)
@@ -164,9 +164,9 @@ class Scratch:
 
     def server(self) -> Any:
         if self._server is None:
-            from dbrunbook.procedures import backup
+            from dbrunbook.postgres.scratch import scratch_server
 
-            self._context = backup.scratch_server(self.session.config, f"capture-{self.session.run_id}")
+            self._context = scratch_server(self.session.config, f"capture-{self.session.run_id}")
             self._server = self._context.__enter__()
         return self._server
 

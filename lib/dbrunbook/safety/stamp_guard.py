@@ -68,7 +68,7 @@ def _scratch_schema(session: SessionLike, mset, revision: str
     whole chain (data migrations included) on its resources. The scratch server is stopped and removed after.
     """
     from dbrunbook.chain import isolation
-    from dbrunbook.procedures.backup import scratch_server
+    from dbrunbook.postgres.scratch import scratch_server
 
     with scratch_server(session.config, f"stamp-{session.run_id or secrets.token_hex(4)}") as server:
         admin = server.url()

@@ -209,12 +209,12 @@ def test_rollback_plan_lists_online_only_downgrades_instead_of_calling_them_no_o
 
 def test_without_a_usable_pg_dump_the_chain_builds_the_scratch_schema(session_for, monkeypatch):
     from dbrunbook.errors import BackupFailed
-    from dbrunbook.procedures import backup
+    from dbrunbook.postgres import dump
 
     def no_dump(session):
         raise BackupFailed("No pg_dump for PostgreSQL 99 (server 99.0)")
 
-    monkeypatch.setattr(backup, "dump_tool", no_dump)
+    monkeypatch.setattr(dump, "dump_tool", no_dump)
     s = session_for()
     migrations.upgrade(s.config.migration_set("main"), s.engine, B2)
     steps = {st.revision: st for st in s.preview("heads", "main", save=False).steps["main"]}
