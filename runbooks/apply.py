@@ -84,7 +84,7 @@ safety.require_approved_preview(s, preview, approved_preview, dry_run=dry_run)
 # ### Guard: a SET NOT NULL only after its declared backfill is complete
 
 # %%
-from dbrunbook.safety.backfill_guard import require_backfills_complete
+from dbrunbook.procedures.backfill_guard import require_backfills_complete
 
 require_backfills_complete(s, preview, dry_run=dry_run)
 

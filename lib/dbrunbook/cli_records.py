@@ -115,7 +115,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from dbrunbook.procedures.fleet import run_fleet
+    from dbrunbook.execution.fleet import run_fleet
 
     result = run_fleet(args.runbook, args.group, parameters=parameter_values(args.parameter), waves=args.waves,
                        parallel=args.parallel, max_failures=args.max_failures, config=load_config(args.config),
@@ -132,7 +132,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 def _verify_fleets(config, paths: list[Path]) -> tuple[int, list[Path]]:
     """Check the fleet roll-ups among ``paths`` (or under them); returns a status and the other paths."""
-    from dbrunbook.procedures import fleet_rollup
+    from dbrunbook.execution import fleet_rollup
 
     checks = fleet_rollup.verify_rollups(paths, config.allowed_signers)
     if checks:

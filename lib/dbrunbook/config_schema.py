@@ -55,7 +55,7 @@ def _shown(value: Any) -> str:
     """The value as it would be written in TOML, secrets masked (a URL pasted in the wrong key is not echoed)."""
     if isinstance(value, str):
         if "://" in value or "=" in value:  # only then can it hold a password (and need db's masker)
-            from dbrunbook.postgres.db import mask_secrets
+            from dbrunbook.postgres.masking import mask_secrets
 
             value = mask_secrets(value)
         return '"' + value + '"'

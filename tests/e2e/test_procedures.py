@@ -16,7 +16,7 @@ import pytest
 from dbrunbook import cli, records
 from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
-from dbrunbook.execution.protocol import NOTEBOOK_FILE
+from dbrunbook.protocol import NOTEBOOK_FILE
 from tests.projects import URL_ENV
 
 PASSWORD = "s3cr3t-Pw-42"

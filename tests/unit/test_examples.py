@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from dbrunbook import protocol
 from dbrunbook.cli import build_parser
 from dbrunbook.config import load_config
-from dbrunbook.execution import protocol
 from dbrunbook.execution.parameters import find_runbook, read_parameters, validate_parameters
 from tests.tools import needs_tool
 

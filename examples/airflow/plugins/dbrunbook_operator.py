@@ -61,7 +61,7 @@ class DbRunbookOperator(PapermillOperator):
         self.config_path = config_path
 
     def execute(self, context: Any) -> dict:
-        from dbrunbook.execution import protocol
+        from dbrunbook import protocol
         from dbrunbook.config import load_config
         from dbrunbook.execution.runner import find_runbook, run_runbook
 

@@ -57,10 +57,10 @@ class DbRunbookOperator(PapermillOperator):
     def execute(self, context: Any) -> dict:
         import os
 
+        from dbrunbook import protocol
         from dbrunbook.config import X_ARGUMENTS_ENV, load_config
-        from dbrunbook.execution import protocol
+        from dbrunbook.execution.fleet_groups import member_env
         from dbrunbook.execution.runner import find_runbook, run_runbook
-        from dbrunbook.procedures.fleet_groups import member_env
 
         target = self.target
         if isinstance(target, dict):  # a fleet member from fleet_plan: {"target": ..., "env": {...}}
@@ -102,8 +102,8 @@ def fleet_plan(group: str, waves: str, count: int, config_path: str | None = Non
     The DAG's shape (one task group per wave) is fixed when it is parsed; the members are read when it runs.
     """
     from dbrunbook.config import load_config
-    from dbrunbook.procedures.fleet import plan_waves
-    from dbrunbook.procedures.fleet_groups import group_members
+    from dbrunbook.execution.fleet import plan_waves
+    from dbrunbook.execution.fleet_groups import group_members
 
     planned = plan_waves(group_members(load_config(config_path or None), group), waves)
     if len(planned) > count:  # more members than the fixed waves take: the last wave takes the rest
@@ -118,7 +118,7 @@ def wave_gate(wave: int, max_failures: str, results: list[dict | None], size: in
     The canary (wave 1) may not fail at all. ``results`` are the wave's XComs (None for a task that failed
     before returning); ``size`` how many tasks the wave had.
     """
-    from dbrunbook.procedures.fleet import parse_max_failures
+    from dbrunbook.execution.fleet import parse_max_failures
 
     succeeded = sum(1 for r in results or [] if r and r.get("exit_status") == 0)
     failures = size - succeeded

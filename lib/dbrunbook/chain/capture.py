@@ -38,7 +38,7 @@ from dbrunbook.chain.values import SqlStep
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import BackupFailed, DbRunbookError, MigrationFailed
 from dbrunbook.postgres import db
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 
 from dbrunbook.chain.values import SqlStep
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 __all__ = ["RULE", "require_covered"]
 

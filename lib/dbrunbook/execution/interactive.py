@@ -17,33 +17,18 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
 from dbrunbook import records
-from dbrunbook.execution.protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE
+from dbrunbook.protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE
+from dbrunbook.records.cell_changes import INTERACTIVE_ARTIFACT, CellChange, record_problems
 
 __all__ = ["INTERACTIVE_ARTIFACT", "CellChange", "compare_cells", "interactive_mode", "lab_command",
-           "mark_prepared", "opened_file", "working_root"]
+           "mark_prepared", "opened_file", "record_problems", "working_root"]
 
-INTERACTIVE_ARTIFACT = "interactive.json"
 SAVE_THEN_SEAL = "dbrunbook-save-then-seal"
-
-
-@dataclass(frozen=True)
-class CellChange:
-    """A code cell that differs from the prepared notebook: how, and how a reviewer recognises it."""
-
-    change: str  # edited | added | removed
-    index: int | None
-    cell_id: str | None
-    title: str
-
-    def describe(self) -> str:
-        where = f"cell {self.index}" if self.index is not None else f"cell id {self.cell_id}"
-        return f"{where} ({self.title}) was {self.change} after 'dbrunbook open'"
 
 
 def working_root(config) -> Path:
@@ -143,24 +128,6 @@ def move_into_archive(config, run_dir: Path, run_id: str) -> Path:
     # JupyterLab's checkpoints of the working copy are not part of the record.
     shutil.rmtree(target / ".ipynb_checkpoints", ignore_errors=True)
     return target
-
-
-def record_problems(predicate: dict, artifact: Path) -> list[str]:
-    """What ``verify`` says about an interactive record, from its mode and its signed interactive.json."""
-    mode = predicate.get("mode")
-    if mode == "interactive-unsaved":
-        return ["the notebook was not saved before sealing: the record holds the notebook as 'dbrunbook open' "
-                "prepared it, without the outputs of the cells that ran."]
-    if mode != "interactive-edited":
-        return []
-    try:
-        found = json.loads(artifact.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        found = {}
-    problems = [CellChange(**c).describe() for c in found.get("changed_cells") or []]
-    if found.get("intent_edited"):
-        problems.append(f"{INTENT_FILE} was edited after 'dbrunbook open'")
-    return [f"interactive run with edited code (not evidence for a protected target): {'; '.join(problems)}."]
 
 
 def lab_command(config, extra: list[str] | None = None) -> tuple[list[str], dict]:

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dbrunbook import records
+from dbrunbook import protocol, records
 from dbrunbook.chain import migrations
 from dbrunbook.config import Config
 from dbrunbook.errors import (
@@ -27,7 +27,7 @@ from dbrunbook.errors import (
     RevisionNotFound,
     RunDirectoryInvalid,
 )
-from dbrunbook.execution import protocol, unfinished
+from dbrunbook.execution import unfinished
 from dbrunbook.execution.ledger_rows import open_ledger_row
 from dbrunbook.execution.parameters import RunbookInfo, mask_secrets, validate_parameters
 from dbrunbook.postgres import db

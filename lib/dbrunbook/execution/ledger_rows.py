@@ -12,10 +12,9 @@ import sys
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from dbrunbook import records
+from dbrunbook import protocol, records
 from dbrunbook.chain import migrations
 from dbrunbook.config import Config
-from dbrunbook.execution import protocol
 from dbrunbook.execution.parameters import RunbookInfo, mask_secrets
 from dbrunbook.postgres import db
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import nbformat
 
+from dbrunbook import protocol
 from dbrunbook.errors import GUARD_ENAMES
-from dbrunbook.execution import protocol, steplog
+from dbrunbook.execution import steplog
 from dbrunbook.execution.parameters import mask_secrets
 
 SUCCEEDED, FAILED, STOPPED_AT_GUARD, INCOMPLETE = "succeeded", "failed", "stopped-at-guard", "incomplete"

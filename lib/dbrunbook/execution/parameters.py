@@ -18,9 +18,9 @@ from typing import Any, cast
 
 import nbformat
 
+from dbrunbook import protocol
 from dbrunbook.config import Config, load_config
 from dbrunbook.errors import ConfigError, ParameterError, RunbookNotFound
-from dbrunbook.execution import protocol
 
 __all__ = [
     "Parameter",

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dbrunbook import records
+from dbrunbook import protocol, records
 from dbrunbook.config import Config, load_config
 from dbrunbook.errors import DatabaseUnavailable, DeployerLockHeld, RunDirectoryInvalid
-from dbrunbook.execution import protocol, unfinished
+from dbrunbook.execution import unfinished
 from dbrunbook.execution.engine import (
     SAVE_AFTER,
     SAVE_EVERY,

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import nbformat
 
-from dbrunbook import records
+from dbrunbook import protocol, records
 from dbrunbook.chain import migrations
 from dbrunbook.config import Config, load_config
 from dbrunbook.errors import RunDirectoryInvalid
-from dbrunbook.execution import protocol, steplog, unfinished
+from dbrunbook.execution import steplog, unfinished
 from dbrunbook.execution.launch import StartedRun, database_state, unread_state, write_json
 from dbrunbook.execution.ledger_rows import complete_ledger_row
 from dbrunbook.execution.outcome import (

@@ -24,7 +24,7 @@ from dbrunbook.execution.session_base import SNAPSHOT_ARTIFACT, SessionBase
 from dbrunbook.views import summaries
 
 if TYPE_CHECKING:
-    from dbrunbook.protocols import SessionLike
+    from dbrunbook.protocol import SessionLike
 
 __all__ = ["SNAPSHOT_ARTIFACT", "Preview", "Session", "open_session"]
 

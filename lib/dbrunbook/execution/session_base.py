@@ -19,8 +19,8 @@ from dbrunbook import records
 from dbrunbook.chain import migrations
 from dbrunbook.config import Config, MigrationSet
 from dbrunbook.errors import NoSnapshot
-from dbrunbook.execution.protocol import ARTIFACTS_DIR, SENTINEL
 from dbrunbook.postgres import db, snapshots
+from dbrunbook.protocol import ARTIFACTS_DIR, SENTINEL
 from dbrunbook.views import summaries
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from dbrunbook.execution.protocol import ARTIFACTS_DIR, now
+from dbrunbook.protocol import ARTIFACTS_DIR, now
 
 STEP_LOG = "steps.jsonl"
 

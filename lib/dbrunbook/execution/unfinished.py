@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dbrunbook.config import Config
 from dbrunbook.errors import RecordNotWritable
-from dbrunbook.execution.protocol import ARTIFACTS_DIR, INTENT_FILE, SIGNATURE_FILE
+from dbrunbook.protocol import ARTIFACTS_DIR, INTENT_FILE, SIGNATURE_FILE
 
 log = logging.getLogger(__name__)
 

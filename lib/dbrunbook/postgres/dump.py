@@ -25,7 +25,7 @@ from dbrunbook.postgres import db
 from dbrunbook.postgres.embedded import EmbeddedServer, client_binary
 
 if TYPE_CHECKING:
-    from dbrunbook.protocols import SessionLike
+    from dbrunbook.protocol import SessionLike
 
 __all__ = ["DumpTool", "conninfo_quote", "dump_tool", "fields_html", "libpq_environment", "restore_into", "run_tool"]
 

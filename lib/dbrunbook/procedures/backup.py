@@ -27,7 +27,6 @@ import pandas as pd
 from dbrunbook import records
 from dbrunbook.config import parse_duration
 from dbrunbook.errors import BackupFailed, BackupRequired
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.postgres.dump import DumpTool, conninfo_quote, dump_tool, libpq_environment, run_tool
 from dbrunbook.postgres.scratch import scratch_server
 from dbrunbook.procedures.backup_dump import (
@@ -41,7 +40,7 @@ from dbrunbook.procedures.backup_dump import (
 from dbrunbook.procedures.lock_recorder import steps_with_locks
 from dbrunbook.procedures.rehearsal import REHEARSAL_ARTIFACT, BackupSource, Rehearsal, rehearse, save_rehearsal
 from dbrunbook.procedures.restore_check import RestoreCheck, restore_check
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import ARTIFACTS_DIR, SessionLike
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from dbrunbook.errors import BackupFailed
 from dbrunbook.postgres import snapshots
 from dbrunbook.postgres.dump import DumpTool, dump_tool, fields_html, libpq_environment, run_tool
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 __all__ = ["DEFAULT_COMPRESSION", "DEFAULT_JOBS", "FORMAT", "DumpResult", "dump", "dump_digest"]
 

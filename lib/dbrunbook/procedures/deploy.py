@@ -20,7 +20,7 @@ from dbrunbook.errors import (
 from dbrunbook.postgres import sqlimpact, sqlparse, sqltext
 from dbrunbook.postgres.db import mask_secrets
 from dbrunbook.procedures.maintenance import maintenance, maintenance_window
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 __all__ = [
     "activity", "breaking_changes", "changelog_entry", "health_check", "maintenance", "maintenance_window",

@@ -29,7 +29,7 @@ from dbrunbook.procedures.troubleshoot.revisions import (
     check_up_to_date,
 )
 from dbrunbook.procedures.troubleshoot.sqlread import created_objects, parse_inserts, split_statements
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 __all__ = [
     "CHECKS", "DIAGNOSIS_ARTIFACT", "TITLES", "CheckResult", "Diagnosis", "Problem", "check_blocking", "check_drift",

@@ -19,7 +19,7 @@ import pandas as pd
 
 from dbrunbook.errors import MaintenanceFailed
 from dbrunbook.postgres.db import mask_secrets
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 
 def maintenance(session: SessionLike, on: bool, *, dry_run: bool = True) -> pd.DataFrame:

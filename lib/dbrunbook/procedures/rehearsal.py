@@ -23,7 +23,7 @@ from dbrunbook.postgres.dump import fields_html, restore_into
 from dbrunbook.postgres.scratch import scratch_server
 from dbrunbook.procedures.backup_dump import DEFAULT_JOBS
 from dbrunbook.procedures.lock_recorder import lock_strength, steps_with_locks, summarize_locks
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 __all__ = ["REHEARSAL_ARTIFACT", "BackupSource", "Rehearsal", "rehearse", "save_rehearsal"]
 

@@ -22,7 +22,7 @@ from dbrunbook.postgres import db, snapshots
 from dbrunbook.postgres.dump import DumpTool, fields_html, restore_into, run_tool
 from dbrunbook.postgres.scratch import scratch_server
 from dbrunbook.procedures.backup_dump import DumpResult
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 __all__ = ["RestoreCheck", "restore_check"]
 

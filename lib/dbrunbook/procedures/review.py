@@ -27,7 +27,7 @@ from dbrunbook.procedures.revision_lint import (
 )
 from dbrunbook.procedures.roundtrip import RoundTrip, Stairway
 from dbrunbook.procedures.scratch import scratch
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 __all__ = ["Review", "checklist", "require_passing", "review"]
 

@@ -22,7 +22,7 @@ import pandas as pd
 from dbrunbook.chain import migrations
 from dbrunbook.config import Config, MigrationSet
 from dbrunbook.errors import ConfigError, ParameterError
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 from dbrunbook.safety.lint_rules import LEVELS, revision_issues, squawk_binary
 
 __all__ = [

@@ -27,7 +27,7 @@ from dbrunbook.errors import DbRunbookError
 from dbrunbook.postgres import db
 from dbrunbook.procedures.revision_lint import RevisionSource
 from dbrunbook.procedures.roundtrip import RoundTrip, Stairway, StepCheck, round_trip, stairway
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 __all__ = ["Scratch", "scratch"]
 

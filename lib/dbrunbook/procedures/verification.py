@@ -15,8 +15,8 @@ import pandas as pd
 
 from dbrunbook import records
 from dbrunbook.errors import UnexpectedChange
-from dbrunbook.execution.protocol import STATEMENT_FILE
 from dbrunbook.postgres import snapshots
+from dbrunbook.protocol import STATEMENT_FILE
 
 
 @dataclass

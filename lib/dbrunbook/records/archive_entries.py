@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dbrunbook.execution.protocol import STATEMENT_FILE
+from dbrunbook.protocol import STATEMENT_FILE
 from dbrunbook.records.digests import statement_sha256
 
 __all__ = ["archive_entry", "database_key", "read_statement", "seal_order"]

@@ -12,7 +12,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from dbrunbook.execution.protocol import STATEMENT_FILE
+from dbrunbook.protocol import STATEMENT_FILE
 from dbrunbook.records.runs import as_utc
 
 __all__ = ["canonical_json", "cell_digests", "cell_title", "sha256_file", "statement_sha256"]

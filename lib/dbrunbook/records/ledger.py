@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dbrunbook.execution.protocol import LEDGER_SCHEMA, LEDGER_TABLE
+from dbrunbook.protocol import LEDGER_SCHEMA, LEDGER_TABLE
 from dbrunbook.records.digests import canonical_json
 
 __all__ = ["ensure_ledger", "ledger_finish", "ledger_rows", "ledger_start"]

@@ -15,13 +15,7 @@ from pathlib import Path
 from typing import cast
 
 from dbrunbook.errors import SignatureInvalid
-from dbrunbook.execution.protocol import (
-    ARTIFACTS_DIR,
-    INTENT_FILE,
-    NOTEBOOK_FILE,
-    SIGNATURE_FILE,
-    STATEMENT_FILE,
-)
+from dbrunbook.protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE, SIGNATURE_FILE, STATEMENT_FILE
 from dbrunbook.records import dsse, keys, signers, sshsig
 from dbrunbook.records.digests import cell_digests, cell_title, sha256_file
 from dbrunbook.records.runs import IGNORED_DIRS
@@ -163,7 +157,7 @@ def _mode_problems(predicate: dict, run_dir: Path) -> list[str]:
     """What a reviewer must know of a record run interactively (none for a papermill run)."""
     problems: list[str] = []
     if str(predicate.get("mode")).startswith("interactive-") and predicate.get("mode") != "interactive-out-of-order":
-        from dbrunbook.execution.interactive import INTERACTIVE_ARTIFACT, record_problems
+        from dbrunbook.records.cell_changes import INTERACTIVE_ARTIFACT, record_problems
 
         problems += record_problems(predicate, run_dir / ARTIFACTS_DIR / INTERACTIVE_ARTIFACT)
     if predicate.get("mode") == "interactive-out-of-order":

@@ -17,7 +17,7 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dbrunbook.execution.protocol import INTENT_FILE, NOTEBOOK_FILE, STATEMENT_FILE
+from dbrunbook.protocol import INTENT_FILE, NOTEBOOK_FILE, STATEMENT_FILE
 
 __all__ = ["find_records", "is_run_dir", "last_record", "new_run_id", "operator_identity", "run_dir_for"]
 

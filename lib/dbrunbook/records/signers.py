@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dbrunbook.errors import SignatureInvalid
-from dbrunbook.execution.protocol import SIGNATURE_NAMESPACE
+from dbrunbook.protocol import SIGNATURE_NAMESPACE
 from dbrunbook.records.keys import fingerprint, format_public_line, parse_public_line
 
 __all__ = ["add_allowed_signer", "principal_matches", "trusted_principal"]

@@ -17,7 +17,7 @@ re-exported here (``signing.sign``, ``signing.verify``, ``signing.generate_key``
 
 from __future__ import annotations
 
-from dbrunbook.execution.protocol import SIGNATURE_NAMESPACE
+from dbrunbook.protocol import SIGNATURE_NAMESPACE
 from dbrunbook.records.keys import (
     SigningKeyError,
     fingerprint,

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 
 from dbrunbook.errors import SignatureInvalid
-from dbrunbook.execution.protocol import SIGNATURE_NAMESPACE
+from dbrunbook.protocol import SIGNATURE_NAMESPACE
 from dbrunbook.records.keys import fingerprint, format_public_line, load_key
 from dbrunbook.records.signers import check_trusted
 from dbrunbook.records.wire import KEY_TYPE, Reader, armor, dearmor, ed25519_from_blob, ssh_string

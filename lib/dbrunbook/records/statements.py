@@ -19,14 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dbrunbook.errors import DbRunbookError, ParameterError
-from dbrunbook.execution.protocol import (
-    ARTIFACTS_DIR,
-    INTENT_FILE,
-    NOTEBOOK_FILE,
-    SECRET_WORDS,
-    SIGNATURE_FILE,
-    STATEMENT_FILE,
-)
+from dbrunbook.protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE, SECRET_WORDS, SIGNATURE_FILE, STATEMENT_FILE
 from dbrunbook.records import dsse, sshsig, tips
 from dbrunbook.records.archive_entries import database_key
 from dbrunbook.records.digests import (

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from dbrunbook.errors import SignerNotTrusted, SigningKeyMissing
-from dbrunbook.execution.protocol import SIGNATURE_NAMESPACE
+from dbrunbook.protocol import SIGNATURE_NAMESPACE
 from dbrunbook.records import keys, signers
 from dbrunbook.records.runs import operator_identity
 

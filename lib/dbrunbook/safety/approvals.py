@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dbrunbook import records
 from dbrunbook.errors import ApprovalInvalid, SignatureInvalid
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
+from dbrunbook.protocol import ARTIFACTS_DIR
 from dbrunbook.records import signing
 
 __all__ = ["APPROVALS_DIR", "PREDICATE_TYPE", "Approval", "approvals_of", "approve"]

@@ -21,7 +21,7 @@ from dbrunbook import errors
 from dbrunbook.chain import migrations
 from dbrunbook.postgres import sqlparse
 from dbrunbook.postgres.sqltext import split_statements
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 from dbrunbook.safety.catalog import Catalog, read_catalog
 from dbrunbook.safety.findings import CATEGORIES, Finding
 from dbrunbook.safety.revision_rules import heads_finding, revision_file_findings

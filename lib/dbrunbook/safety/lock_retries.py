@@ -20,9 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dbrunbook.errors import InvalidIndex, MigrationFailed
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.postgres import indexes
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import ARTIFACTS_DIR, SessionLike
 from dbrunbook.safety.blockers import Blocker, BlockerWatcher, blocker_text
 
 if TYPE_CHECKING:  # pandas is imported where a frame is built: the launcher never needs it

@@ -20,7 +20,7 @@ from dbrunbook import errors
 from dbrunbook.chain import migrations
 from dbrunbook.postgres import sqlimpact, sqlparse
 from dbrunbook.postgres.sqltext import split_statements
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 from dbrunbook.safety.lint_guard import table_html
 from dbrunbook.safety.sql_reading import IDENT, alter_actions, normalize_name, table_of
 

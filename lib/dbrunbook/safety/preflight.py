@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from dbrunbook.config import parse_duration
 from dbrunbook.errors import BlockersPresent
 from dbrunbook.postgres import sqlparse, sqltext
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 __all__ = [
     "LOCK_MODES", "PreflightResult", "StatementLock", "conflicts", "live_preflight",

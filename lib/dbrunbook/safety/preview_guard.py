@@ -16,8 +16,7 @@ from typing import cast
 import pandas as pd
 
 from dbrunbook import errors, records
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import ARTIFACTS_DIR, SessionLike
 from dbrunbook.records import signing
 
 

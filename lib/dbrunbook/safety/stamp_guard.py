@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 from dbrunbook import errors
 from dbrunbook.chain import migrations
 from dbrunbook.postgres import db, snapshots
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 from dbrunbook.safety.lint_guard import table_html
 
 log = logging.getLogger(__name__)

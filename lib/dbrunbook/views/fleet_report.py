@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from dbrunbook.procedures import fleet_rollup
+from dbrunbook.execution import fleet_rollup
 from dbrunbook.views import plots
 from dbrunbook.views.record_page import PAGES_DIR
 from dbrunbook.views.report_style import page_html

@@ -23,7 +23,7 @@ from dbrunbook import records
 
 # The launcher's own reading of a parameters cell (ast, never executed), from its one home, not the launcher.
 from dbrunbook.execution.parameters import parse_parameters
-from dbrunbook.execution.protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE
+from dbrunbook.protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE
 from dbrunbook.views import report_style
 from dbrunbook.views.notebook_html import NotebookRenderer
 from dbrunbook.views.report_style import page_html

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
+from dbrunbook.protocol import ARTIFACTS_DIR
 from dbrunbook.views import tables
 
 __all__ = ["LIMIT", "TOP", "Shown", "SummaryFrame", "artifact_name", "frame_html", "frame_text", "gap", "save_frame",

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dbrunbook import records
+from dbrunbook import protocol, records
 from dbrunbook.config import load_config
-from dbrunbook.execution import protocol, unfinished
+from dbrunbook.execution import unfinished
 from dbrunbook.execution.runner import PARTIAL_NOTEBOOK, run_runbook, seal
 from dbrunbook.safety import locking
 from tests.projects import trust_operator

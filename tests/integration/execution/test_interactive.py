@@ -18,9 +18,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from dbrunbook import records
+from dbrunbook import protocol, records
 from dbrunbook.config import load_config
-from dbrunbook.execution import protocol
 from dbrunbook.execution.runner import kernel_for_this_interpreter, prepare_runbook, seal
 from tests.projects import ROOT
 

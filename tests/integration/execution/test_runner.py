@@ -17,10 +17,9 @@ import pytest
 import sqlalchemy as sa
 from nbclient import NotebookClient
 
-from dbrunbook import records
+from dbrunbook import protocol, records
 from dbrunbook.cli import main
 from dbrunbook.config import load_config
-from dbrunbook.execution import protocol
 from dbrunbook.execution.launch import new_run_dir
 from dbrunbook.execution.runner import (
     RunDirectoryInvalid,

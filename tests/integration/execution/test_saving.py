@@ -19,9 +19,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dbrunbook import records
+from dbrunbook import protocol, records
 from dbrunbook.config import load_config
-from dbrunbook.execution import protocol, runner, steplog
+from dbrunbook.execution import runner, steplog
 from tests.projects import trust_operator
 
 pytestmark = [pytest.mark.integration]

@@ -16,10 +16,10 @@ import sqlalchemy as sa
 from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
 from dbrunbook.errors import ParameterError, UnsafeMigration
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.execution.runner import run_runbook
 from dbrunbook.execution.session import Session
 from dbrunbook.procedures import authoring
+from dbrunbook.protocol import ARTIFACTS_DIR
 from dbrunbook.pytest_plugin import assert_round_trip, assert_stairway
 from tests.projects import ROOT, URL_ENV, write_project
 

@@ -20,7 +20,7 @@ from dbrunbook.chain.migrations import SqlStep
 from dbrunbook.errors import BackfillLockHeld, BackfillNotComplete, BackfillUnfinished
 from dbrunbook.execution.session import Preview, open_session
 from dbrunbook.procedures import backfill
-from dbrunbook.safety.backfill_guard import require_backfills_complete
+from dbrunbook.procedures.backfill_guard import require_backfills_complete
 from tests.projects import ROOT, URL_ENV, write_project
 
 BACKFILL_TOML = """

@@ -23,11 +23,11 @@ from dbrunbook import records
 from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
 from dbrunbook.errors import GUARD_ENAMES, BackupFailed, BackupRequired, GuardStop
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.execution.runner import run_runbook
 from dbrunbook.execution.session import Session
 from dbrunbook.postgres import db
 from dbrunbook.procedures import backup, backup_dump
+from dbrunbook.protocol import ARTIFACTS_DIR
 from tests.projects import URL_ENV, write_project
 
 

@@ -19,9 +19,9 @@ from dbrunbook import cli, records
 from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
 from dbrunbook.errors import ConfirmationRequired
-from dbrunbook.execution.protocol import ARTIFACTS_DIR, NOTEBOOK_FILE
 from dbrunbook.procedures import checks, diagnose
 from dbrunbook.procedures.diagnose import DIAGNOSIS_ARTIFACT
+from dbrunbook.protocol import ARTIFACTS_DIR, NOTEBOOK_FILE
 from tests.projects import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alembic_projects"

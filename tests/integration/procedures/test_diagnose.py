@@ -18,11 +18,11 @@ import sqlalchemy as sa
 from dbrunbook import records
 from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.execution.runner import run_runbook
 from dbrunbook.execution.session import Session
 from dbrunbook.postgres import db
 from dbrunbook.procedures import diagnose
+from dbrunbook.protocol import ARTIFACTS_DIR
 from tests.projects import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "alembic_projects"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dbrunbook import records
+from dbrunbook import protocol, records
 from dbrunbook.chain import migrations
 from dbrunbook.config import Config
-from dbrunbook.execution import protocol, runner
+from dbrunbook.execution import runner
 from dbrunbook.postgres import db
 from dbrunbook.records import archive
 from tests.projects import throwaway_project

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dbrunbook import errors, records, safety
+from dbrunbook import errors, protocol, records, safety
 from dbrunbook.cli import main
 from dbrunbook.config import load_config
-from dbrunbook.execution import protocol
 from dbrunbook.execution.runner import run_runbook
 from dbrunbook.execution.session import SNAPSHOT_ARTIFACT, open_session
 from dbrunbook.postgres import db, snapshots

@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
 from dbrunbook.errors import DeployerLockHeld, MigrationFailed
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.execution.runner import run_runbook
 from dbrunbook.execution.session import open_session
+from dbrunbook.protocol import ARTIFACTS_DIR
 from dbrunbook.safety import deployer_lock, locking
 from tests.projects import ROOT, URL_ENV, write_project
 

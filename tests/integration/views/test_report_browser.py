@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from dbrunbook.execution import protocol, runner
+from dbrunbook import protocol
+from dbrunbook.execution import runner
 from dbrunbook.views import report
 from tests.projects import ROOT, throwaway_project
 

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from dbrunbook import records
 from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
 from dbrunbook.execution.runner import run_runbook
+from dbrunbook.protocol import ARTIFACTS_DIR
 from tests.projects import trust_operator
 
 ROOT = Path(__file__).resolve().parents[3]

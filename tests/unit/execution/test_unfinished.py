@@ -12,7 +12,7 @@ import pytest
 from dbrunbook.config import load_config
 from dbrunbook.errors import RecordNotWritable
 from dbrunbook.execution import unfinished
-from dbrunbook.execution.protocol import ARTIFACTS_DIR, INTENT_FILE, SIGNATURE_FILE
+from dbrunbook.protocol import ARTIFACTS_DIR, INTENT_FILE, SIGNATURE_FILE
 
 MIB = 1024 * 1024
 

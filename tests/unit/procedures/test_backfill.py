@@ -11,9 +11,9 @@ from dbrunbook.config import Backfill, load_config
 from dbrunbook.errors import ConfigError
 from dbrunbook.procedures import backfill
 from dbrunbook.procedures.backfill import BackfillResult, Batch, Pause, _next_size, quote_name, set_columns
+from dbrunbook.procedures.backfill_guard import not_null_columns
 from dbrunbook.procedures.backfill_health import wal_segment_number
 from dbrunbook.procedures.backfill_progress import format_line
-from dbrunbook.safety.backfill_guard import not_null_columns
 from dbrunbook.views.backfill_plots import batches_chart
 
 MINIMAL = '[migration_sets.main]\nalembic_ini = "m/alembic.ini"\n'

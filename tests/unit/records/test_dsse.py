@@ -9,8 +9,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from dbrunbook import records
-from dbrunbook.execution import protocol
+from dbrunbook import protocol, records
 from dbrunbook.records import dsse, signing
 from tests.unit.records.test_records import outputs, sealed_run  # noqa: F401 - fixtures
 

@@ -15,7 +15,7 @@ import pytest
 
 from dbrunbook import records
 from dbrunbook.errors import ParameterError
-from dbrunbook.execution.protocol import INTENT_FILE, NOTEBOOK_FILE, SIGNATURE_FILE, STATEMENT_FILE
+from dbrunbook.protocol import INTENT_FILE, NOTEBOOK_FILE, SIGNATURE_FILE, STATEMENT_FILE
 from dbrunbook.records import signing
 from tests.tools import needs_tool
 

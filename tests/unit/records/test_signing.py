@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dbrunbook.errors import ConfigError, SignatureInvalid
-from dbrunbook.execution.protocol import SIGNATURE_NAMESPACE
+from dbrunbook.protocol import SIGNATURE_NAMESPACE
 from dbrunbook.records import signing
 from tests.tools import needs_tool
 

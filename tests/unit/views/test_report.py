@@ -12,8 +12,7 @@ import nbformat
 import pytest
 from bs4 import BeautifulSoup
 
-from dbrunbook import records
-from dbrunbook.execution import protocol
+from dbrunbook import protocol, records
 from dbrunbook.views import report
 
 STARTED = datetime(2026, 11, 23, 22, 5, 1, tzinfo=UTC)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dbrunbook.execution.protocol import ARTIFACTS_DIR
+from dbrunbook.protocol import ARTIFACTS_DIR
 from dbrunbook.views import summaries
 from dbrunbook.views.summaries import Shown
 
@@ -137,5 +137,6 @@ def test_a_preview_of_1000_revisions_shows_some_in_full_and_digests_all():
     # The digests a review approves still cover every revision's SQL, not what is displayed.
     full = preview.file_text("main")
     assert all(f"CREATE TABLE t{i:04d} (id integer)" in full for i in range(1000))
-    assert safety.preview_guard._preview_files(preview) == {"preview-main.sql": hashlib.sha256(full.encode()).hexdigest()}
+    digest = hashlib.sha256(full.encode()).hexdigest()
+    assert safety.preview_guard._preview_files(preview) == {"preview-main.sql": digest}
     assert Preview({"main": steps[:999]}).sha256 != preview.sha256

@@ -15,7 +15,7 @@ from dbrunbook.chain import migrations
 from dbrunbook.errors import ConfigError
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes
 from dbrunbook.procedures.troubleshoot.state import known_revisions, set_state
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 
 # --- 7. drift -------------------------------------------------------------------------------------------

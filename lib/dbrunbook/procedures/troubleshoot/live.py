@@ -12,7 +12,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 # --- 5. blocked / long-running --------------------------------------------------------------------------
 _ACTIVITY = sa.text("""

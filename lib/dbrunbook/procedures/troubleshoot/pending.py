@@ -18,7 +18,7 @@ from dbrunbook.procedures.backfill_state import plain_name
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
 from dbrunbook.procedures.troubleshoot.sqlread import created_objects, is_version_table, parse_inserts
 from dbrunbook.procedures.troubleshoot.state import pending_steps
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 
 # --- 3. objects already exist ---------------------------------------------------------------------------

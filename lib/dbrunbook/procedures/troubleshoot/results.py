@@ -18,7 +18,7 @@ import pandas as pd
 
 from dbrunbook.errors import GuardStop
 from dbrunbook.procedures.checks import CouldNotRun
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 log = logging.getLogger(__name__)
 

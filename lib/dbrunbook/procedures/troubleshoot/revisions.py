@@ -14,10 +14,9 @@ import pandas as pd
 from dbrunbook import records
 from dbrunbook.chain import migrations
 from dbrunbook.config import MigrationSet
-from dbrunbook.execution.protocol import STATEMENT_FILE
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
 from dbrunbook.procedures.troubleshoot.state import ancestry, known_revisions, set_state, version_query
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import STATEMENT_FILE, SessionLike
 
 
 # --- 1. not up to date ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dbrunbook.chain import migrations
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import DbRunbookError
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 
 
 def version_query(mset: MigrationSet) -> str:

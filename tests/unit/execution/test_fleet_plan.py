@@ -8,9 +8,9 @@ import pytest
 
 from dbrunbook.config import load_config
 from dbrunbook.errors import ConfigError, ParameterError, TargetNotFound
+from dbrunbook.execution.fleet import parse_max_failures, plan_waves
+from dbrunbook.execution.fleet_groups import GroupNotFound, group_members
 from dbrunbook.postgres.db import resolve_url
-from dbrunbook.procedures.fleet import parse_max_failures, plan_waves
-from dbrunbook.procedures.fleet_groups import GroupNotFound, group_members
 
 BASE = ('[targets.home]\nurl_env = "HOME_URL"\n\n[migration_sets.main]\nalembic_ini = "m/alembic.ini"\n'
         'version_table_schema = "{tenant}"\n\n')
@@ -113,7 +113,7 @@ def test_cli_fleet_usage_errors_exit_2_with_the_message(tmp_path, capsys):
 
 
 def test_fleet_page_lists_failures_first_and_links_each_record():
-    from dbrunbook.procedures.fleet_rollup import RollupCheck
+    from dbrunbook.execution.fleet_rollup import RollupCheck
     from dbrunbook.views.fleet_report import render_fleet_page
 
     targets = [{"target": "g:a", "wave": 1, "outcome": "succeeded", "run_id": "r-a", "seconds": 2.0},

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from dbrunbook.errors import BackfillNotComplete
 from dbrunbook.postgres import sqltext
 from dbrunbook.procedures.backfill import progress, quote_name, set_columns
-from dbrunbook.protocols import SessionLike
+from dbrunbook.protocol import SessionLike
 from dbrunbook.safety.sql_reading import alter_actions, normalize_name, table_of
 
 __all__ = ["not_null_columns", "require_backfills_complete"]

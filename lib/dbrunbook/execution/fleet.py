@@ -32,7 +32,7 @@ from typing import Any
 from dbrunbook import records
 from dbrunbook.config import X_ARGUMENTS_ENV, Config, load_config
 from dbrunbook.errors import DbRunbookError, ParameterError
-from dbrunbook.procedures.fleet_groups import Member, group_members
+from dbrunbook.execution.fleet_groups import Member, group_members
 
 __all__ = ["FleetResult", "TargetOutcome", "parse_max_failures", "plan_waves", "run_fleet"]
 
@@ -259,7 +259,7 @@ def run_fleet(runbook: str, group: str, *, parameters: dict[str, Any] | None = N
     Raises:
         GroupNotFound, GroupQueryFailed, ParameterError, ConfigError: before any target runs.
     """
-    from dbrunbook.procedures import fleet_rollup
+    from dbrunbook.execution import fleet_rollup
 
     progress = progress or (lambda line: None)
     config = config or load_config()

@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dbrunbook import records
+from dbrunbook import protocol, records
 from dbrunbook.cli import main
 from dbrunbook.config import load_config
-from dbrunbook.execution import protocol
+from dbrunbook.execution.fleet import run_fleet
+from dbrunbook.execution.fleet_groups import GroupNotFound, group_members
+from dbrunbook.execution.fleet_rollup import verify_rollup
 from dbrunbook.postgres import db
-from dbrunbook.procedures.fleet import run_fleet
-from dbrunbook.procedures.fleet_groups import GroupNotFound, group_members
-from dbrunbook.procedures.fleet_rollup import verify_rollup
 from dbrunbook.views.report import build_report
 from tests.projects import trust_operator
 

@@ -23,7 +23,7 @@ from dbrunbook.errors import SignatureInvalid
 from dbrunbook.records import signing, trust
 
 if TYPE_CHECKING:
-    from dbrunbook.procedures.fleet import FleetResult
+    from dbrunbook.execution.fleet import FleetResult
 
 __all__ = ["FLEETS_DIR", "ROLLUP_FILE", "RollupCheck", "find_rollups", "verify_rollup", "write_rollup"]
 
@@ -40,7 +40,7 @@ def write_rollup(config: Config, result: FleetResult, *, parameters: dict, waves
     Raises:
         SigningKeyError: the operator's key cannot sign.
     """
-    from dbrunbook.procedures.fleet_groups import describe
+    from dbrunbook.execution.fleet_groups import describe
 
     outputs = config.outputs_dir.resolve()
     folder = outputs / FLEETS_DIR / result.fleet_id
