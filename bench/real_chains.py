@@ -446,7 +446,11 @@ def render(results: list[dict]) -> str:
            "checked with `dbrunbook verify RUN_DIR`. Seconds are wall time of one run on the shared 2-core "
            "machine (load from other sessions: read them as orders of magnitude). When a procedure leaves `app` "
            "in another state than the list expects (✗), plain Alembic brings it there (\"then plain alembic "
-           "…\") so that the next procedure is tested on its own and not failed by the same cause again.", ""]
+           "…\") so that the next procedure is tested on its own and not failed by the same cause again. A stamp "
+           "that the truth check refuses because the live schema really differs (a downgrade of the chain that does "
+           "not undo its upgrade: mlflow's 17e22815139b and 27 more downgrade with `pass`) is followed by the "
+           "operator's recorded override, `-p force true`. Review's findings on these chains are real: plain "
+           "Alembic runs the same downgrades without noticing what they leave behind.", ""]
     for res in results:
         g = res.get("graph", {})
         out.append(f"**{res['chain']}** {res.get('version', '')}: {g.get('revisions', '?')} revisions, "

@@ -252,3 +252,12 @@ def test_a_bad_setting_exits_2_naming_file_and_key_before_anything_runs(tmp_path
     assert code == 2
     assert f"{path.resolve()}: [targets.prod] {key}: {line.split(' = ')[0]} = " in err
     assert not (tmp_path / "outputs").exists() and not (tmp_path / ".dbrunbook").exists()  # nothing ran
+
+
+def test_a_migration_set_names_its_baseline_and_the_key_is_a_string(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL + 'baseline = "myapp.initial_models:Base"\n'))
+    assert config.migration_set("main").baseline == "myapp.initial_models:Base"
+    assert load_config(write(tmp_path, MINIMAL)).migration_set("main").baseline is None
+    with pytest.raises(InvalidSetting) as err:
+        load_config(write(tmp_path, MINIMAL + "baseline = 3\n"))
+    assert "baseline" in str(err.value) and "migration_sets.main" in str(err.value)
