@@ -9,7 +9,7 @@ revisions, or across a merge point, is refused with ``AmbiguousRevision`` naming
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from dbrunbook.errors import AmbiguousRevision, RevisionNotFound
 if TYPE_CHECKING:  # pandas is imported where a frame is built: the launcher never needs it
     import pandas as pd
 
-__all__ = ["ambiguous_walk", "current", "heads", "heads_after", "history", "history_frame", "pending",
+__all__ = ["ambiguous_walk", "ancestry", "current", "heads", "heads_after", "history", "history_frame", "pending",
            "refuse_ambiguous", "resolve", "resolve_in", "revision_not_found", "to_tuple"]
 
 
@@ -243,3 +243,16 @@ def ambiguous_walk(mset: MigrationSet, script: ScriptDirectory, revision: Any,
             return None
         rev = script.get_revision(parents[0])
     return None
+
+
+def ancestry(known: Mapping[str, RevisionInfo], revisions: Iterable[str]) -> set[str]:
+    """``revisions`` and every known revision below them (ids no script defines are left out)."""
+    seen: set[str] = set()
+    stack = list(revisions)
+    while stack:
+        rev = stack.pop()
+        if rev in seen or rev not in known:
+            continue
+        seen.add(rev)
+        stack.extend(known[rev].down_revisions)
+    return seen

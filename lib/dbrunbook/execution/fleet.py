@@ -21,9 +21,8 @@ import math
 import multiprocessing
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from dbrunbook import records
 from dbrunbook.config import X_ARGUMENTS_ENV, Config, load_config
 from dbrunbook.errors import DbRunbookError, ParameterError
 from dbrunbook.execution.fleet_groups import Member, group_members
+from dbrunbook.execution.process import signals_deferred
 
 __all__ = ["FleetResult", "TargetOutcome", "parse_max_failures", "plan_waves", "run_fleet"]
 
@@ -223,24 +223,6 @@ def _run_member(config_path: str, runbook: str, member: dict, parameters: dict) 
     return facts
 
 
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[list[int]]:
-    received: list[int] = []
-
-    def note(signum, frame):
-        received.append(signum)
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield received
-        return
-    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 # --- the fleet --------------------------------------------------------------------------------------------
 def run_fleet(runbook: str, group: str, *, parameters: dict[str, Any] | None = None, waves: str = "1,rest",
               parallel: int = 1, max_failures: str | int = 0, config: Config | None = None,
@@ -294,7 +276,7 @@ def run_fleet(runbook: str, group: str, *, parameters: dict[str, Any] | None = N
             progress(f"skip  {member.target}: already {SUCCEEDED} in run {run_dir.name} | {tally}")
     stopped: str | None = None
     context = multiprocessing.get_context("spawn")
-    with _stop_on_signals() as received, \
+    with signals_deferred() as received, \
             cf.ProcessPoolExecutor(max_workers=parallel, mp_context=context, initializer=_warm_worker) as pool:
         for number, wave in enumerate(planned, start=1):
             todo = [m for m in wave if m.target not in outcomes]

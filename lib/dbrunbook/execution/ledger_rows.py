@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from dbrunbook import protocol, records
 from dbrunbook.chain import migrations
+from dbrunbook.chain.history import ancestry
 from dbrunbook.config import Config
 from dbrunbook.execution.parameters import RunbookInfo, mask_secrets
 from dbrunbook.postgres import db
@@ -45,19 +46,7 @@ def _applied_revisions(history: list[migrations.RevisionInfo], before: list | No
                        ) -> list[migrations.RevisionInfo]:
     """Revisions in the ancestry of ``after`` but not of ``before``: what this run applied."""
     by_revision = {r.revision: r for r in history}
-
-    def ancestry(heads: list | None) -> set[str]:
-        seen: set[str] = set()
-        stack = list(heads or [])
-        while stack:
-            revision = stack.pop()
-            if revision in seen or revision not in by_revision:
-                continue
-            seen.add(revision)
-            stack.extend(by_revision[revision].down_revisions)
-        return seen
-
-    new = ancestry(after) - ancestry(before)
+    new = ancestry(by_revision, after or []) - ancestry(by_revision, before or [])
     return [r for r in history if r.revision in new]
 
 

@@ -13,9 +13,10 @@ import pandas as pd
 
 from dbrunbook import records
 from dbrunbook.chain import migrations
+from dbrunbook.chain.history import ancestry
 from dbrunbook.config import MigrationSet
 from dbrunbook.procedures.troubleshoot.results import TITLES, CheckResult, Problem, completes, run_command
-from dbrunbook.procedures.troubleshoot.state import ancestry, known_revisions, set_state, version_query
+from dbrunbook.procedures.troubleshoot.state import known_revisions, set_state, version_query
 from dbrunbook.protocol import STATEMENT_FILE, SessionLike
 
 

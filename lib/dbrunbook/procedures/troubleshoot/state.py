@@ -6,8 +6,6 @@ table names, what ``upgrade heads`` would run): one home for those reads keeps t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from dbrunbook.chain import migrations
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import DbRunbookError
@@ -23,19 +21,6 @@ def version_query(mset: MigrationSet) -> str:
 def known_revisions(mset: MigrationSet) -> dict[str, migrations.RevisionInfo]:
     """Every revision the set's scripts define, by id, in history order."""
     return {r.revision: r for r in migrations.history(mset)}
-
-
-def ancestry(known: dict[str, migrations.RevisionInfo], revisions: Iterable[str]) -> set[str]:
-    """``revisions`` and every known revision below them (ids no script defines are left out)."""
-    seen: set[str] = set()
-    stack = list(revisions)
-    while stack:
-        rev = stack.pop()
-        if rev in seen or rev not in known:
-            continue
-        seen.add(rev)
-        stack.extend(known[rev].down_revisions)
-    return seen
 
 
 def set_state(s: SessionLike, mset: MigrationSet) -> tuple[tuple[str, ...], dict[str, migrations.RevisionInfo]]:
