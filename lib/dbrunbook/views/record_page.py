@@ -24,7 +24,7 @@ from dbrunbook import records
 # The launcher's own reading of a parameters cell (ast, never executed), from its one home, not the launcher.
 from dbrunbook.execution.parameters import parse_parameters
 from dbrunbook.protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE
-from dbrunbook.views import report_style
+from dbrunbook.views import record_sections, report_style
 from dbrunbook.views.notebook_html import NotebookRenderer
 from dbrunbook.views.report_style import page_html
 from dbrunbook.views.tables import escape_html, grid_html, pairs_html
@@ -274,7 +274,11 @@ def render_record(run_dir: Path, allowed_signers: Path, page_dir: Path | None = 
         return entry, _warning_page(entry, facts, check,
                                     f"{NOTEBOOK_FILE} does not match the sha256 in the signed statement.")
     nb = nbformat.reads(nb_bytes.decode("utf-8"), as_version=4)
-    papermill = dict(nb.metadata.get("papermill") or {})
+    interactive = record_sections.is_interactive(facts.get("mode"))
+    # An interactive run has no papermill metadata worth showing (it ran cell by cell): its own section instead.
+    papermill = {} if interactive else dict(nb.metadata.get("papermill") or {})
+    # Before _prepare drops the parameter cells: the cell numbers are those verify and the seal name.
+    runs = record_sections.interactive_html(nb, run_dir, str(facts.get("mode")), entry.operator) if interactive else ""
     failures, parameters_source = _prepare(nb)
     report_style.collapse_tracebacks(nb)
     values = papermill.get("parameters") or facts.get("parameters") or {}
@@ -286,6 +290,8 @@ def render_record(run_dir: Path, allowed_signers: Path, page_dir: Path | None = 
     if notes:
         header.append("<ul>" + "".join(f"<li>{escape_html(p)}</li>" for p in notes) + "</ul>")
     header.append('<h2>Run</h2><div id="run">' + pairs_html(_summary_rows(entry, facts, check, papermill)) + "</div>")
+    header.append(runs)
+    header.append(record_sections.approvals_html(run_dir, entry.run_id, Path(allowed_signers)))
     header.append('<h2>Parameters</h2><div id="parameters">'
                   + grid_html(["parameter", "value", "type", "default", "help"],
                           _parameter_rows(parameters_source, values)) + "</div>")
