@@ -121,10 +121,8 @@ class EnvRun:
                 f"variable it uses and set url_env (or env) in {table} accordingly.")
         err = DialectMismatch(
             f"env.py of migration set '{self.mset.name}' did not use the target database: {what}, "
-            f"not {ours}. Nothing was run. {hint}"
+            f"not {ours}. Nothing was run. {hint}", migration_set=self.mset.name, actual=what, expected=ours
         )
-        # errors.DialectMismatch takes no data in __init__ (yet): its attributes are set here.
-        err.migration_set, err.actual, err.expected = self.mset.name, what, ours  # type: ignore[attr-defined]
         return err
 
     def remove_stray_sqlite(self) -> None:
@@ -154,11 +152,9 @@ def _version_table_mismatch(mset: MigrationSet, actual: tuple, expected: tuple) 
     err = DialectMismatch(
         f"env.py of migration set '{mset.name}' keeps its version in table '{name(actual)}'; dbrunbook.toml "
         f"says '{name(expected)}'. Nothing was run. Set version_table = '{actual[0]}'{schema} in "
-        f"[migration_sets.{mset.name}] of dbrunbook.toml."
+        f"[migration_sets.{mset.name}] of dbrunbook.toml.",
+        migration_set=mset.name, actual=name(actual), expected=name(expected)
     )
-    # errors.DialectMismatch takes no data in __init__ (yet): its attributes are set here.
-    err.migration_set, err.actual, err.expected = (  # type: ignore[attr-defined]
-        mset.name, name(actual), name(expected))
     return err
 
 

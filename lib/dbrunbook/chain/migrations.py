@@ -166,13 +166,9 @@ def _failed(mset: MigrationSet, engine: Engine | Connection, run: EnvRun, err: B
         completed = ()
     running = step_revision(run.running) if run.running is not None else None
     after = run.results[-1].revision if running is None and run.results else None
-    failed = MigrationFailed(mset.name, running, completed, _reason(err, str(secret) if secret else None),
-                             after=after)
-    # errors.MigrationFailed takes neither in __init__ (yet): set here.
-    failed.steps = list(run.results)  # type: ignore[attr-defined]
     # The SQLSTATE whatever the driver (psycopg2 calls it pgcode), for locking.is_lock_timeout.
-    failed.sqlstate = _sqlstate(err)  # type: ignore[attr-defined]
-    return failed
+    return MigrationFailed(mset.name, running, completed, _reason(err, str(secret) if secret else None),
+                           after=after, steps=list(run.results), sqlstate=_sqlstate(err))
 
 
 def _sqlstate(err: BaseException | None) -> str | None:

@@ -6,6 +6,8 @@ the message can say where the run stopped and what to run next.
 
 from __future__ import annotations
 
+from typing import Any
+
 from dbrunbook.errors.base import DbRunbookError
 
 
@@ -58,13 +60,22 @@ class DialectMismatch(DbRunbookError):
     """The project's env.py connected somewhere other than the target dbrunbook handed it."""
 
     exit_status = 2
+    migration_set: str | None = None
+    actual: str | None = None  # what env.py configured
+    expected: str | None = None  # the target dbrunbook handed it
 
 
 class MigrationFailed(DbRunbookError):
     """An Alembic step failed; carries the last revision that completed."""
 
+    steps: list[Any]  # StepResults of the revisions committed before the failure
+    sqlstate: str | None  # the failing statement's SQLSTATE, whatever the driver
+    attempts: list[Any]  # with lock-timeout retries: every attempt (safety.lock_retries.Attempt)
+
     def __init__(self, migration_set: str, revision: str | None, completed: tuple[str, ...], reason: str,
-                 *, after: str | None = None):
+                 *, after: str | None = None, steps: list[Any] | None = None, sqlstate: str | None = None,
+                 attempts: list[Any] | None = None):
+        self.steps, self.sqlstate, self.attempts = list(steps or []), sqlstate, list(attempts or [])
         self.migration_set, self.revision, self.completed, self.reason = (
             migration_set, revision, completed, reason,
         )
@@ -90,7 +101,7 @@ class InvalidIndex(MigrationFailed):
     """An index left INVALID (pg_index.indisvalid = false), typically by an interrupted CREATE INDEX CONCURRENTLY."""
 
     def __init__(self, migration_set: str, revision: str | None, completed: tuple[str, ...],
-                 indexes: list[dict]):
+                 indexes: list[dict], *, steps: list[Any] | None = None, attempts: list[Any] | None = None):
         self.indexes = indexes
         names = ", ".join(f"{i['index']} on {i['table']}" + (" (invalid before this run)" if i.get("before_this_run")
                                                                else "") for i in indexes)
@@ -99,4 +110,5 @@ class InvalidIndex(MigrationFailed):
         super().__init__(migration_set, revision, completed,
                          f"invalid index(es) {names}{stuck}: pg_index.indisvalid = false, left by an interrupted "
                          f"CREATE INDEX CONCURRENTLY; queries do not use it, writes still maintain it, and "
-                         f"IF NOT EXISTS skips it. Run {fixes}, then run the migration again")
+                         f"IF NOT EXISTS skips it. Run {fixes}, then run the migration again",
+                         steps=steps, attempts=attempts)

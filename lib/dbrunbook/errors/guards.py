@@ -7,6 +7,8 @@ the backup guard relies on.
 
 from __future__ import annotations
 
+from typing import Any
+
 from dbrunbook.errors.base import DbRunbookError, GuardStop
 
 
@@ -21,13 +23,26 @@ class NotAtExpectedRevision(GuardStop):
 class DataLossRefused(GuardStop):
     """A downgrade would destroy rows or values and allow_data_loss is not set."""
 
+    report: Any = None  # safety.loss_guard.DataLossReport: what the downgrade would destroy
+
 
 class UnsafeMigration(GuardStop):
     """Lint found error-level problems that are not listed in the allow parameter."""
 
+    findings: tuple[Any, ...] = ()  # the blocking findings
+
 
 class DeployerLockHeld(GuardStop):
     """Another dbrunbook run holds the deployer lock on this database."""
+
+    holder: Any = None  # safety.lock_holder.LockHolder
+    database: str | None = None
+    target: str | None = None
+    pid: int | None = None
+    run_id: str | None = None
+    runbook: str | None = None
+    operator: str | None = None
+    since: Any = None
 
 
 class NoSnapshot(GuardStop):
@@ -90,6 +105,9 @@ class PreviewNotApproved(GuardStop):
 class PreviewMismatch(GuardStop):
     """The SQL about to run differs from the SQL of the approved preview (sha256)."""
 
+    approved_sha256: str | None = None
+    sha256: str | None = None  # of the SQL about to run
+
 
 class OnlineOnlyNotCovered(GuardStop):
     """On a protected target, revisions that cannot render offline whose SQL was neither captured nor allowed.
@@ -104,6 +122,8 @@ class OnlineOnlyNotCovered(GuardStop):
 
 class StampWouldLie(GuardStop):
     """The live schema does not match the schema the migrations build at the revision to stamp."""
+
+    check: Any = None  # safety.stamp_guard.StampCheck
 
 
 class ReviewFailed(UnsafeMigration):

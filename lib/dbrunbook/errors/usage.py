@@ -69,6 +69,7 @@ class ParameterError(DbRunbookError):
     """A runbook parameter that is unknown, mistyped, or looks like a secret."""
 
     exit_status = 2
+    rule: str | None = None  # the rule a vague migration message breaks (authoring.check_message)
 
 
 class RunbookNotFound(DbRunbookError):

@@ -135,9 +135,8 @@ def check_message(message: str) -> str:
         return text
     err = ParameterError(
         f"Migration message {message!r} is too vague: {MESSAGE_RULES[rule].format(**extra)}. Name the change "
-        f"and its object, e.g. \"Add user preferences table\" or \"Add indexes to bookings table\"."
+        f"and its object, e.g. \"Add user preferences table\" or \"Add indexes to bookings table\".", rule=rule
     )
-    err.rule = rule  # type: ignore[attr-defined]  # the rule is this raise's data; ParameterError declares none
     raise err
 
 

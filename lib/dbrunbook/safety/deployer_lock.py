@@ -214,11 +214,8 @@ def _lock_held(holder: LockHolder, database: str, target: str, wait: float) -> D
         f"Database '{database}'{on} is being changed by another dbrunbook run: {holder.describe()}; "
         f"waited {wait:g}s for its deployer lock. Wait for that run to finish and check the result with "
         f"'{status}'. If that run is dead but its session lingers, end the session "
-        f"(README, 'The deployer lock': SELECT pg_terminate_backend({holder.pid}))."
+        f"(README, 'The deployer lock': SELECT pg_terminate_backend({holder.pid})).",
+        holder=holder, database=database, target=target, pid=holder.pid, run_id=holder.run_id,
+        runbook=holder.runbook, operator=holder.operator, since=holder.since,
     )
-    # errors.py declares none of these attributes yet: the data is attached after construction.
-    err.holder = holder  # type: ignore[attr-defined]
-    err.database, err.target, err.pid = database, target, holder.pid  # type: ignore[attr-defined]
-    err.run_id, err.runbook = holder.run_id, holder.runbook  # type: ignore[attr-defined]
-    err.operator, err.since = holder.operator, holder.since  # type: ignore[attr-defined]
     return err

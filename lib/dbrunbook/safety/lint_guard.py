@@ -297,8 +297,7 @@ def require_clean(session: SessionLike, report: LintReport, allow: str = "", *, 
         err = errors.UnsafeMigration(
             f"Lint found {len(blocking)} error-level problem(s) on protected target '{session.target.name}': "
             f"{detail}{' …' if len(blocking) > 5 else ''}. Fix the revisions, or, having read the findings, run "
-            f"again with -p allow {','.join(ids)} (the record keeps what was allowed).")
-        err.findings = tuple(blocking)  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
+            f"again with -p allow {','.join(ids)} (the record keeps what was allowed).", findings=tuple(blocking))
         if not dry_run:
             raise err
         print(f"dry_run=True: a real run would stop here. {err}")

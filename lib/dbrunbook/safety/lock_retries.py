@@ -172,7 +172,8 @@ def with_lock_retries(fn: Callable[[Connection], T], engine: Engine, *, policy: 
         note_attempt(attempts, mine, attempt, report, total)
         committed += list(getattr(error, "steps", None) or [])
         if not timed_out:
-            error.attempts = list(mine)  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
+            if isinstance(error, MigrationFailed):  # a failed step carries the attempts that led to it
+                error.attempts = list(mine)
             raise error
         left = [i for i in indexes.invalid_indexes(engine) if i["oid"] not in known_invalid]
         if left and (stuck := _drop_left_invalid(engine, left, number, last, report)):
@@ -230,10 +231,7 @@ def _drop_left_invalid(engine: Engine, left: list[dict], number: int, last: bool
 def _invalid(migration_set: str, revision: str | None, completed: tuple, steps: list, left: list[dict],
              mine: list[Attempt]) -> InvalidIndex:
     """The error for invalid indexes a run left: carries the steps committed so far and the attempts."""
-    failed = InvalidIndex(migration_set, revision, tuple(completed), left)
-    failed.steps = steps  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
-    failed.attempts = list(mine)  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
-    return failed
+    return InvalidIndex(migration_set, revision, tuple(completed), left, steps=steps, attempts=list(mine))
 
 
 def note_attempt(attempts: list[Attempt], mine: list[Attempt], attempt: Attempt, report: Callable | None,
@@ -262,9 +260,6 @@ def _gave_up(error: BaseException, mine: list[Attempt], committed: list, policy:
     reason = (f"{getattr(error, 'reason', None) or error}, {len(mine)} attempts in {spent:.1f}s "
               f"(retries = {policy.retries}){who}")
     if isinstance(error, MigrationFailed):
-        failed = MigrationFailed(error.migration_set, error.revision, error.completed, reason)
-    else:
-        failed = MigrationFailed(mine[-1].migration_set, None, (), reason)
-    failed.steps = committed  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
-    failed.attempts = list(mine)  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
-    return failed
+        return MigrationFailed(error.migration_set, error.revision, error.completed, reason, steps=committed,
+                               attempts=list(mine))
+    return MigrationFailed(mine[-1].migration_set, None, (), reason, steps=committed, attempts=list(mine))

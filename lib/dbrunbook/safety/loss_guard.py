@@ -195,8 +195,8 @@ def require_no_data_loss(session: SessionLike, report: DataLossReport, allow_dat
             f"Downgrading '{report.migration_set}' to {report.revision} on protected target "
             f"'{session.target.name}': what {len(report.uncounted)} revision(s) would destroy is unknown: "
             f"{'; '.join(why for _, why in report.uncounted)}. Read their downgrade() and back up what they "
-            f"drop, then run again with -p allow_data_loss true (recorded).")
-        _refuse(err, report, dry_run)
+            f"drop, then run again with -p allow_data_loss true (recorded).", report=report)
+        _refuse(err, dry_run)
     elif report.uncounted:
         print("Not counted: " + "; ".join(why for _, why in report.uncounted) + ".")
     if report.total and not allow_data_loss:
@@ -205,8 +205,9 @@ def require_no_data_loss(session: SessionLike, report: DataLossReport, allow_dat
         err = errors.DataLossRefused(
             f"Downgrading '{report.migration_set}' from {', '.join(report.current) or 'base'} to "
             f"{report.revision} on target '{session.target.name}' would destroy {what} ({report.total:,} in "
-            f"all). Back them up first (pg_dump -t TABLE), then run again with -p allow_data_loss true.")
-        _refuse(err, report, dry_run)
+            f"all). Back them up first (pg_dump -t TABLE), then run again with -p allow_data_loss true.",
+            report=report)
+        _refuse(err, dry_run)
     elif report.total:
         print(f"allow_data_loss=True: {report.total:,} rows/values will be destroyed (kept in the record).")
     else:
@@ -214,9 +215,8 @@ def require_no_data_loss(session: SessionLike, report: DataLossReport, allow_dat
     return frame
 
 
-def _refuse(err: errors.DataLossRefused, report: DataLossReport, dry_run: bool) -> None:
-    """Raise the refusal with its report attached; in a dry run, say that a real run would stop here."""
-    err.report = report  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
+def _refuse(err: errors.DataLossRefused, dry_run: bool) -> None:
+    """Raise the refusal (which carries its report); in a dry run, say that a real run would stop here."""
     if not dry_run:
         raise err
     print(f"dry_run=True: a real run would stop here. {err}")

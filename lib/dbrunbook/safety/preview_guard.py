@@ -151,8 +151,8 @@ def _mismatch(approved: dict, preview, approved_preview: str, target_name: str) 
         f"The SQL to apply differs from approved preview {approved_preview}: sha256 {approved.get('sha256')} "
         f"approved, {now} now (changed: {', '.join(changed) or 'the set of revisions'}; revisions approved "
         f"{revs_then}, now {revs_now}). A migration file or the database changed since the review. Run "
-        f"'dbrunbook run preview -t {target_name}' again and have the new SQL reviewed.")
-    err.approved_sha256, err.sha256 = approved.get("sha256"), now  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
+        f"'dbrunbook run preview -t {target_name}' again and have the new SQL reviewed.",
+        approved_sha256=approved.get("sha256"), sha256=now)
     return err
 
 

@@ -147,8 +147,7 @@ def require_truthful_stamp(session: SessionLike, check: StampCheck, force: bool 
         err = errors.StampWouldLie(
             f"Stamping target '{session.target.name}' to {at} would make its version table lie: {what}. Stamp "
             f"the revision the schema really is at, or, if you know better, run again with -p force true "
-            f"(recorded).")
-        err.check = check  # type: ignore[attr-defined]  # errors.py declares no such attribute yet
+            f"(recorded).", check=check)
         if not dry_run:
             raise err
         print(f"dry_run=True: a real run would stop here. {err}")
