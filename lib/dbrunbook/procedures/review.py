@@ -17,8 +17,8 @@ import pandas as pd
 
 from dbrunbook.errors import ReviewFailed
 from dbrunbook.procedures.revision_lint import (
-    Finding,
     Lint,
+    ReviewFinding,
     RevisionSource,
     findings_frame,
     lint_python,
@@ -40,10 +40,10 @@ class Review:
     revision: str
     migration_set: str
     checklist: pd.DataFrame = field(compare=False)
-    findings: tuple[Finding, ...] = ()
+    findings: tuple[ReviewFinding, ...] = ()
 
     @property
-    def errors(self) -> tuple[Finding, ...]:
+    def errors(self) -> tuple[ReviewFinding, ...]:
         return tuple(f for f in self.findings if f.level == "error")
 
     @property

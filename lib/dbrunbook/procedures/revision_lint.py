@@ -2,7 +2,7 @@
 
 Review reads a revision before it runs it: ``lint_python`` walks the script's ast for what the guide says
 autogenerate and offline rendering cannot handle, ``lint_sql`` renders the upgrade offline and hands it to
-squawk. Both answer in ``Finding``s of one revision, which the round trip, the stairway and the checklist
+squawk. Both answer in ``ReviewFinding``s of one revision, which the round trip, the stairway and the checklist
 use as well, so the source and the finding live here, below them.
 """
 
@@ -30,7 +30,7 @@ __all__ = [
     "PYTHON_RULES",
     "REVIEW_LEVELS",
     "SQUAWK_EXCLUDED",
-    "Finding",
+    "ReviewFinding",
     "Lint",
     "RevisionSource",
     "findings_frame",
@@ -84,7 +84,7 @@ def revision_source(s: SessionLike | Config, revision: str = "", migration_set: 
 
 # --- findings -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Finding:
+class ReviewFinding:
     """One thing review found: ``error`` fails the review, ``warning`` and ``info`` are for the reviewer."""
 
     rule: str
@@ -97,7 +97,7 @@ class Finding:
         return dataclasses.asdict(self)
 
 
-def findings_frame(findings: tuple[Finding, ...]) -> pd.DataFrame:
+def findings_frame(findings: tuple[ReviewFinding, ...]) -> pd.DataFrame:
     """Findings as a table, one row each, in the columns a reviewer reads them by."""
     return pd.DataFrame([f.as_dict() for f in findings], columns=["rule", "level", "revision", "line", "message"])
 
@@ -108,11 +108,11 @@ class Lint:
 
     kind: str
     revision: str
-    findings: tuple[Finding, ...]
+    findings: tuple[ReviewFinding, ...]
     text: str = ""
 
     @property
-    def errors(self) -> tuple[Finding, ...]:
+    def errors(self) -> tuple[ReviewFinding, ...]:
         return tuple(f for f in self.findings if f.level == "error")
 
     def as_frame(self) -> pd.DataFrame:
@@ -152,9 +152,9 @@ PYTHON_RULES = {
 }
 
 
-def _finding(rule: str, revision: str, node: ast.AST | None = None, **what: Any) -> Finding:
+def _finding(rule: str, revision: str, node: ast.AST | None = None, **what: Any) -> ReviewFinding:
     level, message = PYTHON_RULES[rule]
-    return Finding(rule, level, revision, message.format(**what), getattr(node, "lineno", None))
+    return ReviewFinding(rule, level, revision, message.format(**what), getattr(node, "lineno", None))
 
 
 def _call_name(node: ast.Call) -> str:
@@ -170,9 +170,9 @@ def _kw(node: ast.Call, name: str) -> ast.AST | None:
     return next((k.value for k in node.keywords if k.arg == name), None)
 
 
-def _function_findings(fn: ast.FunctionDef, name: str, revision: str) -> list[Finding]:
+def _function_findings(fn: ast.FunctionDef, name: str, revision: str) -> list[ReviewFinding]:
     """Review's own ``PYTHON_RULES`` on one of the revision's functions (``upgrade`` or ``downgrade``)."""
-    found: list[Finding] = []
+    found: list[ReviewFinding] = []
     dropped_cols: dict[Any, ast.Call] = {}
     added_cols: dict[Any, ast.Call] = {}
     dropped_tables: dict[Any, ast.Call] = {}
@@ -226,7 +226,7 @@ def lint_python(source: RevisionSource | str, revision: str = "") -> Lint:
     """
     text = source.text if isinstance(source, RevisionSource) else source
     revision = source.revision if isinstance(source, RevisionSource) else revision
-    found = [Finding(i.rule, REVIEW_LEVELS.get(i.rule, i.level), revision, f"{i.why}; {i.instead}", i.line)
+    found = [ReviewFinding(i.rule, REVIEW_LEVELS.get(i.rule, i.level), revision, f"{i.why}; {i.instead}", i.line)
              for i in revision_issues(text, with_downgrade=True, trust_offline_guard=True)]
     tree = ast.parse(text)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
@@ -271,7 +271,7 @@ def lint_sql(source: RevisionSource, s: SessionLike | None = None) -> Lint:
     try:
         step = _offline_step(source.migration_set, source.info)
     except Exception as err:  # anything env.py or the migration raises while rendering offline
-        return Lint("SQL lint", source.revision, (Finding(
+        return Lint("SQL lint", source.revision, (ReviewFinding(
             "offline-render-failed", "error", source.revision,
             f"'alembic upgrade --sql' fails for this revision: {type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}"),))
@@ -281,10 +281,10 @@ def lint_sql(source: RevisionSource, s: SessionLike | None = None) -> Lint:
     return Lint("SQL lint", source.revision, findings, step.sql)
 
 
-def _squawk(sql: str, revision: str, pg_version: str | None = None) -> list[Finding]:
+def _squawk(sql: str, revision: str, pg_version: str | None = None) -> list[ReviewFinding]:
     binary = _squawk_binary()
     if binary is None:
-        return [Finding("squawk-missing", "info", revision, "squawk is not installed (pip install squawk-cli)")]
+        return [ReviewFinding("squawk-missing", "info", revision, "squawk is not installed (pip install squawk-cli)")]
     cmd = [binary, "--reporter", "json", "--stdin-filepath", f"{revision}.sql"]
     cmd += [f"--exclude={','.join(SQUAWK_EXCLUDED)}"]
     if pg_version:
@@ -293,7 +293,7 @@ def _squawk(sql: str, revision: str, pg_version: str | None = None) -> list[Find
     try:
         reports = json.loads(proc.stdout or "[]")
     except ValueError:
-        return [Finding("squawk-failed", "info", revision,
+        return [ReviewFinding("squawk-failed", "info", revision,
                         f"squawk exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}")]
     # One finding per rule, with how often and where: squawk repeats itself for every column of a table.
     grouped: dict[str, list[dict[str, Any]]] = {}
@@ -303,7 +303,7 @@ def _squawk(sql: str, revision: str, pg_version: str | None = None) -> list[Find
     for rule, hits in grouped.items():
         lines = sorted({h["line"] for h in hits if h.get("line") is not None})
         where = f" ({len(hits)} times, lines {', '.join(map(str, lines))})" if len(hits) > 1 else ""
-        out.append(Finding(f"squawk:{rule}", "warning", revision,
+        out.append(ReviewFinding(f"squawk:{rule}", "warning", revision,
                            f"{hits[0].get('message')} {hits[0].get('help') or ''}".strip() + where,
                            lines[0] if lines else None))
     return out

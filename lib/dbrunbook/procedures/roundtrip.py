@@ -22,7 +22,7 @@ from dbrunbook.chain import migrations
 from dbrunbook.config import MigrationSet
 from dbrunbook.errors import DbRunbookError, MigrationFailed
 from dbrunbook.procedures.checks import CouldNotRun
-from dbrunbook.procedures.revision_lint import Finding
+from dbrunbook.procedures.revision_lint import ReviewFinding
 from dbrunbook.procedures.schema_shape import compare_shapes, read_shape
 
 log = logging.getLogger(__name__)
@@ -57,26 +57,28 @@ class StepCheck:
     def ok(self) -> bool:
         return bool(self.upgrade_ok and self.downgrade_ok and self.restored and self.reupgrade_ok)
 
-    def findings(self, prefix: str = "round-trip") -> list[Finding]:
+    def findings(self, prefix: str = "round-trip") -> list[ReviewFinding]:
         if self.could_not_run:
             # An error: review cannot vouch for a downgrade it could not run.
-            return [Finding(f"{prefix}:could-not-run", "error", self.revision,
-                            f"could not run: {self.could_not_run}")]
+            return [ReviewFinding(f"{prefix}:could-not-run", "error", self.revision,
+                                  f"could not run: {self.could_not_run}")]
         out = []
         if not self.upgrade_ok:
-            out.append(Finding(f"{prefix}:upgrade-failed", "error", self.revision, f"upgrade failed: {self.error}"))
+            out.append(ReviewFinding(f"{prefix}:upgrade-failed", "error", self.revision,
+                                     f"upgrade failed: {self.error}"))
         elif self.downgrade_ok is False:
-            out.append(Finding(f"{prefix}:downgrade-failed", "error", self.revision, f"downgrade failed: {self.error}"))
+            out.append(ReviewFinding(f"{prefix}:downgrade-failed", "error", self.revision,
+                                     f"downgrade failed: {self.error}"))
         if self.restored is False:
             what = "; ".join(f"{r['change']} {r['object']}"
                              + (f" ({r['after'] or r['before']})" if r["change"].startswith(("index", "constraint"))
                                 else "")
                              for r in self.not_restored.to_dict("records"))
-            out.append(Finding(f"{prefix}:schema-not-restored", "error", self.revision,
-                               f"the schema after downgrade differs from before upgrade: {what}"))
+            out.append(ReviewFinding(f"{prefix}:schema-not-restored", "error", self.revision,
+                                     f"the schema after downgrade differs from before upgrade: {what}"))
         if self.reupgrade_ok is False:
-            out.append(Finding(f"{prefix}:reupgrade-failed", "error", self.revision,
-                               f"upgrading again after the downgrade failed: {self.error}"))
+            out.append(ReviewFinding(f"{prefix}:reupgrade-failed", "error", self.revision,
+                                     f"upgrading again after the downgrade failed: {self.error}"))
         return out
 
     def as_row(self) -> dict[str, Any]:
@@ -193,7 +195,7 @@ class RoundTrip:
         return self.step.ok
 
     @property
-    def findings(self) -> tuple[Finding, ...]:
+    def findings(self) -> tuple[ReviewFinding, ...]:
         return tuple(self.step.findings("round-trip"))
 
     def _repr_html_(self) -> str:
@@ -242,7 +244,7 @@ class Stairway:
         return all(s.ok for s in self.steps) and not self.not_run
 
     @property
-    def findings(self) -> tuple[Finding, ...]:
+    def findings(self) -> tuple[ReviewFinding, ...]:
         return tuple(f for s in self.steps for f in s.findings("stairway"))
 
     def as_frame(self) -> pd.DataFrame:

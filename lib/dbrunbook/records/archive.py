@@ -8,7 +8,7 @@ dbrunbook. With a connection to a database, its ``dbrunbook.ledger`` rows and it
 against the records too: every version change there has a record, every record that claims one matches.
 
 ``verify_archive`` runs the checks of ``archive_checks`` over the entries of ``archive_entries`` and returns an
-``archive_report.ArchiveReport``; this module re-exports their public names (``archive.Finding``).
+``archive_report.ArchiveReport``; this module re-exports their public names (``archive.ArchiveFinding``).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from dbrunbook.records.archive_checks import (
     tip_findings,
 )
 from dbrunbook.records.archive_entries import ArchiveEntry, archive_entry, database_key, read_statement, seal_order
-from dbrunbook.records.archive_report import FINDING_KINDS, ArchiveReport, Finding
+from dbrunbook.records.archive_report import FINDING_KINDS, ArchiveFinding, ArchiveReport
 from dbrunbook.records.record_check import RecordCheck, verify_record
 from dbrunbook.records.runs import find_records
 from dbrunbook.records.tips import previous_statement
 
-__all__ = ["FINDING_KINDS", "ArchiveReport", "Finding", "archive_entry", "database_key", "previous_statement",
+__all__ = ["FINDING_KINDS", "ArchiveReport", "ArchiveFinding", "archive_entry", "database_key", "previous_statement",
            "read_statement", "seal_order", "verify_archive"]
 
 
@@ -80,14 +80,14 @@ def verify_archive(outputs_dir: Path, allowed_signers: Path, engines=None, *,
 
 
 def _read_records(outputs_dir: Path, allowed_signers: Path) -> tuple[list[RecordCheck], list[ArchiveEntry],
-                                                                    list[Finding]]:
+                                                                    list[ArchiveFinding]]:
     """Each record's check, its entry when its statement is readable, and the findings about it alone."""
     checks, entries, findings = [], [], []
     for run_dir in find_records(outputs_dir):
         check = verify_record(run_dir, allowed_signers)
         checks.append(check)
         if not check.ok:
-            findings.append(Finding(check.status, "; ".join(check.problems) or check.status, check.run_id,
+            findings.append(ArchiveFinding(check.status, "; ".join(check.problems) or check.status, check.run_id,
                                     database_key(((check.statement or {}).get("predicate") or {})
                                                  .get("database"))))
         # The chain uses the statement as it is on disk: a tampered one is reported above, and its digest

@@ -1,4 +1,4 @@
-"""What verifying an archive found: the kinds of finding, one ``Finding``, and the ``ArchiveReport``.
+"""What verifying an archive found: the kinds of finding, one ``ArchiveFinding``, and the ``ArchiveReport``.
 
 The report is what ``dbrunbook verify`` prints and what a notebook shows: one row per record with its
 signature and chain status, the findings no record owns (a ledger row without a record), and a summary line.
@@ -13,7 +13,7 @@ from pathlib import Path
 from dbrunbook.records.archive_entries import database_key
 from dbrunbook.records.record_check import STATUSES, RecordCheck
 
-__all__ = ["FINDING_KINDS", "ArchiveReport", "Finding"]
+__all__ = ["FINDING_KINDS", "ArchiveReport", "ArchiveFinding"]
 
 
 #: What a finding can be about, in the order the summary lists them.
@@ -30,7 +30,7 @@ FINDING_KINDS = (
 
 
 @dataclass(frozen=True)
-class Finding:
+class ArchiveFinding:
     """One problem in the archive: what kind, which run and database it concerns, and what to do."""
 
     kind: str
@@ -49,7 +49,7 @@ class ArchiveReport:
 
     outputs_dir: Path
     checks: tuple[RecordCheck, ...]
-    findings: tuple[Finding, ...]
+    findings: tuple[ArchiveFinding, ...]
     databases: tuple[str, ...] = ()   # databases that have records
     ledgers: tuple[str, ...] = ()     # databases whose ledger was cross-checked
     chains: dict = field(default_factory=dict, repr=False)  # {database: (run ids in seal order)}
@@ -63,7 +63,7 @@ class ArchiveReport:
         """0 when every record is valid and nothing is missing; 1 otherwise (the CLI's status)."""
         return 0 if self.ok else 1
 
-    def findings_for(self, run_id: str) -> tuple[Finding, ...]:
+    def findings_for(self, run_id: str) -> tuple[ArchiveFinding, ...]:
         return tuple(f for f in self.findings if f.run_id == run_id)
 
     def kinds(self) -> dict[str, int]:
@@ -89,7 +89,7 @@ class ArchiveReport:
             })
         return rows
 
-    def orphan_findings(self) -> tuple[Finding, ...]:
+    def orphan_findings(self) -> tuple[ArchiveFinding, ...]:
         """Findings about no record of the archive (a ledger row whose record is missing, a live database)."""
         known = {c.run_id for c in self.checks}
         return tuple(f for f in self.findings if f.run_id not in known)
