@@ -6,6 +6,7 @@ and rows already hold, so the failure is found before the upgrade runs into it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -20,8 +21,17 @@ from dbrunbook.procedures.troubleshoot.sqlread import created_objects, is_versio
 from dbrunbook.procedures.troubleshoot.state import pending_steps
 from dbrunbook.protocol import SessionLike
 
-
 # --- 3. objects already exist ---------------------------------------------------------------------------
+
+def _with_pending(s: SessionLike, migration_set: str, notes: list[str]) -> Iterator[tuple[MigrationSet, list]]:
+    """Each set with pending offline SQL and its steps; why a set has none goes into ``notes``."""
+    for m in s.sets(migration_set):
+        steps, why = pending_steps(s, m)
+        if not steps:
+            notes.append(why)
+            continue
+        yield m, steps
+
 def _live(conn: Connection, obj: dict[str, str]) -> str | None:
     """What the live database has for an object a migration would create (None: absent)."""
     kind, name, table = obj["kind"], obj["name"], obj["table"]
@@ -90,12 +100,9 @@ def check_objects_exist(s: SessionLike, migration_set: str = "all") -> CheckResu
     objects exist), absent, or partial; stamping is safe up to the last revision of an unbroken run of present
     ones, never past a partial one.
     """
-    problems, notes = [], []
-    for m in s.sets(migration_set):
-        steps, why = pending_steps(s, m)
-        if not steps:
-            notes.append(why)
-            continue
+    problems: list = []
+    notes: list[str] = []
+    for m, steps in _with_pending(s, migration_set, notes):
         evidence = pd.DataFrame(_created_rows(s, m, steps),
                                 columns=["revision", "kind", "object", "exists", "live", "migration_creates"])
         if evidence.empty or not evidence["exists"].any():
@@ -217,12 +224,9 @@ def check_duplicate_keys(s: SessionLike, migration_set: str = "all") -> CheckRes
     The INSERT … VALUES statements of the pending revisions' offline SQL are matched against the target
     table's unique indexes (primary key included) and its live rows, in a read-only transaction.
     """
-    problems, notes = [], []
-    for m in s.sets(migration_set):
-        steps, why = pending_steps(s, m)
-        if not steps:
-            notes.append(why)
-            continue
+    problems: list = []
+    notes: list[str] = []
+    for m, steps in _with_pending(s, migration_set, notes):
         rows, skipped, queries, checked = _conflicts(s, m, steps)
         if not rows:
             notes.append(f"{m.name}: {checked} unique key(s) checked against pending INSERTs, no conflict"
