@@ -183,9 +183,9 @@ def resolve_in(script: ScriptDirectory, revision: str, at: Sequence[str] | None)
                  else script._downgrade_revs(revision, start))  # type: ignore[arg-type]
         return heads_after(script, steps, start)
     # The RevisionMap, not ScriptDirectory.get_revisions, which rewords every failure as "Can't locate".
-    # Typed as Revision | 'base'; a '-N' walk down to base does yield 'base' (an AttributeError here).
-    return tuple(r.revision for r in script.revision_map.get_revisions(revision)  # type: ignore[union-attr]
-                 if r is not None)
+    # It yields Revision objects, or the string 'base' for a '-N' walk that lands on base: base has no id.
+    return tuple(r.revision for r in script.revision_map.get_revisions(revision)
+                 if r is not None and not isinstance(r, str))
 
 
 @absolute_paths

@@ -118,6 +118,8 @@ def test_relative_script_location_is_made_absolute():
     ("connection_attr", "+2", (A,), (C,)),
     ("connection_attr", "-1", (C,), (B,)),
     ("connection_attr", "-3", (C,), ()),
+    ("connection_attr", "-2", None, (A,)),            # from the head, without a database
+    ("connection_attr", "-3", None, ()),              # ... down to base: Alembic yields 'base', no id
     ("connection_attr", f"{A}+1", None, (B,)),
     ("connection_attr", f"{C},{A}", None, (C, A)),
     ("branched", "heads", None, (MERGE,)),
