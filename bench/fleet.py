@@ -112,7 +112,7 @@ models = "{ROOT / 'migrations/main/models.py'}:Base"
 alembic_ini = "{ROOT / 'migrations/ai/alembic.ini'}"
 version_table = "alembic_version_ai"
 """)
-    trust_operator_key(path)
+    trust_operator_key(path, "bench@example.org")  # the DBRUNBOOK_OPERATOR its runs name
     return path
 
 

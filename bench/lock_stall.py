@@ -115,7 +115,7 @@ retries = {RETRIES}
 alembic_ini = "alembic.ini"
 """)
     (folder / "load.sql").write_text(SCRIPT)
-    trust_operator_key(folder / "dbrunbook.toml")
+    trust_operator_key(folder / "dbrunbook.toml", "bench@dbrunbook")  # the DBRUNBOOK_OPERATOR its runs name
     return folder
 
 

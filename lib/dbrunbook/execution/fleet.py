@@ -33,6 +33,7 @@ from dbrunbook.config import X_ARGUMENTS_ENV, Config, load_config
 from dbrunbook.errors import DbRunbookError, ParameterError
 from dbrunbook.execution.fleet_groups import Member, group_members
 from dbrunbook.execution.process import signals_deferred
+from dbrunbook.views.tables import grid_html
 
 __all__ = ["FleetResult", "TargetOutcome", "parse_max_failures", "plan_waves", "run_fleet"]
 
@@ -97,9 +98,8 @@ class FleetResult:
                 "waves": [[o.as_dict() for o in wave] for wave in self.waves]}
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{o.wave}</td><td>{o.target}</td><td>{o.outcome}</td><td>{o.run_id or ''}</td>"
-                       f"<td>{o.seconds:.1f}</td></tr>" for o in self.outcomes)
-        return f"<table><tr><th>wave</th><th>target</th><th>outcome</th><th>run</th><th>s</th></tr>{rows}</table>"
+        return grid_html(["wave", "target", "outcome", "run", "s"],
+                         [[o.wave, o.target, o.outcome, o.run_id or "", f"{o.seconds:.1f}"] for o in self.outcomes])
 
 
 # --- plans ------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dbrunbook import protocol
 from dbrunbook.errors import GUARD_ENAMES
 from dbrunbook.execution import steplog
 from dbrunbook.execution.parameters import mask_secrets
+from dbrunbook.views.tables import pairs_html
 
 SUCCEEDED, FAILED, STOPPED_AT_GUARD, INCOMPLETE = "succeeded", "failed", "stopped-at-guard", "incomplete"
 #: The launcher died (kill -9, a crash, the machine) before sealing; 'dbrunbook seal' records that later.
@@ -61,8 +62,7 @@ class RunResult:
         }
 
     def _repr_html_(self) -> str:
-        rows = [(k, v) for k, v in self.as_json().items() if k != "signature"]
-        return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+        return pairs_html([(k, v) for k, v in self.as_json().items() if k != "signature"])
 
 
 def _text_of(output: dict) -> str:

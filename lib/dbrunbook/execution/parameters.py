@@ -21,6 +21,7 @@ import nbformat
 from dbrunbook import protocol
 from dbrunbook.config import Config, load_config
 from dbrunbook.errors import ConfigError, ParameterError, RunbookNotFound
+from dbrunbook.views.tables import escape_html, grid_html
 
 __all__ = [
     "Parameter",
@@ -70,12 +71,9 @@ class RunbookInfo:
         return tuple(p for p in self.parameters if p.name not in protocol.LAUNCHER_PARAMETERS)
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{p.name}</td><td>{p.type}</td><td>{p.default!r}</td><td>{p.help}</td></tr>"
-            for p in self.operator_parameters
-        )
-        return (f"<b>{self.name}</b>: {self.title}<table><tr><th>parameter</th><th>type</th><th>default</th>"
-                f"<th>help</th></tr>{rows}</table>")
+        rows = [[p.name, p.type, repr(p.default), p.help] for p in self.operator_parameters]
+        return (f"<b>{escape_html(self.name)}</b>: {escape_html(self.title)}"
+                + grid_html(["parameter", "type", "default", "help"], rows))
 
 
 def read_notebook(path: Path) -> nbformat.NotebookNode:

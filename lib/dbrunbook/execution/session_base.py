@@ -22,6 +22,7 @@ from dbrunbook.errors import NoSnapshot
 from dbrunbook.postgres import db, snapshots
 from dbrunbook.protocol import ARTIFACTS_DIR, SENTINEL
 from dbrunbook.views import summaries
+from dbrunbook.views.tables import pairs_html
 
 if TYPE_CHECKING:
     from dbrunbook.execution.preview import Preview
@@ -72,8 +73,7 @@ class SessionBase:
                 ("system identifier", ident.system_identifier), ("host", ident.host),
                 ("lock_timeout", self.target.lock_timeout), ("statement_timeout", self.target.statement_timeout),
                 ("migration sets", ", ".join(self.config.migration_sets))]
-        return "<table>" + "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>"
-                                   for k, v in rows) + "</table>"
+        return pairs_html(rows)
 
     def sets(self, migration_set: str | None = "all") -> list[MigrationSet]:
         return self.config.select_sets(migration_set)

@@ -17,6 +17,7 @@ from dbrunbook import records
 from dbrunbook.errors import UnexpectedChange
 from dbrunbook.postgres import snapshots
 from dbrunbook.protocol import STATEMENT_FILE
+from dbrunbook.views.tables import escape_html
 
 
 @dataclass
@@ -41,7 +42,7 @@ class VerifyResult:
         if not self.problems:
             return (f"<p><b>As expected</b>: counts and schema agree with the snapshot in "
                     f"<code>{self.snapshot_dir.name}</code>.</p>")
-        items = "".join(f"<li>{p}</li>" for p in self.problems[:25])
+        items = "".join(f"<li>{escape_html(p)}</li>" for p in self.problems[:25])
         if len(self.problems) > 25:
             items += f"<li>… {len(self.problems) - 25:,} more (every row is in the counts table's artifact)</li>"
         return f"<p><b>Unexpected change</b> since <code>{self.snapshot_dir.name}</code>:</p><ul>{items}</ul>"
