@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dbrunbook.protocol import INTENT_FILE
 
-__all__ = ["INTERACTIVE_ARTIFACT", "CellChange", "record_problems"]
+__all__ = ["INTERACTIVE_ARTIFACT", "CellChange", "changes_described", "record_problems"]
 
 INTERACTIVE_ARTIFACT = "interactive.json"
 
@@ -32,6 +32,18 @@ class CellChange:
         return f"{where} ({self.title}) was {self.change} after 'dbrunbook open'"
 
 
+def changes_described(artifact: Path) -> list[str]:
+    """Each change interactive.json names (cells, intent.json), in words; [] when there is none or no file."""
+    try:
+        found = json.loads(artifact.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        found = {}
+    problems = [CellChange(**c).describe() for c in found.get("changed_cells") or []]
+    if found.get("intent_edited"):
+        problems.append(f"{INTENT_FILE} was edited after 'dbrunbook open'")
+    return problems
+
+
 def record_problems(predicate: dict, artifact: Path) -> list[str]:
     """What ``verify`` says about an interactive record, from its mode and its signed interactive.json."""
     mode = predicate.get("mode")
@@ -40,11 +52,5 @@ def record_problems(predicate: dict, artifact: Path) -> list[str]:
                 "prepared it, without the outputs of the cells that ran."]
     if mode != "interactive-edited":
         return []
-    try:
-        found = json.loads(artifact.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        found = {}
-    problems = [CellChange(**c).describe() for c in found.get("changed_cells") or []]
-    if found.get("intent_edited"):
-        problems.append(f"{INTENT_FILE} was edited after 'dbrunbook open'")
+    problems = changes_described(artifact)
     return [f"interactive run with edited code (not evidence for a protected target): {'; '.join(problems)}."]

@@ -10,13 +10,12 @@ it, when, with what note, and whether each approval counts (signature, trust, su
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from dbrunbook.protocol import ARTIFACTS_DIR
-from dbrunbook.records.cell_changes import INTERACTIVE_ARTIFACT, CellChange
+from dbrunbook.records.cell_changes import INTERACTIVE_ARTIFACT, changes_described
 from dbrunbook.records.digests import cell_title
 from dbrunbook.safety.approvals import APPROVALS_DIR, approvals_of
 from dbrunbook.views.tables import escape_html, grid_html
@@ -52,14 +51,7 @@ def _started(cell: Mapping) -> str:
 
 def interactive_html(nb: Mapping, run_dir: Path, mode: str, operator: str) -> str:
     """The "Interactive run" section: the mode, the cells changed after ``open``, each code cell's run."""
-    artifact = Path(run_dir) / ARTIFACTS_DIR / INTERACTIVE_ARTIFACT
-    try:
-        found = json.loads(artifact.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        found = {}
-    changes = [CellChange(**c).describe() for c in found.get("changed_cells") or []]
-    if found.get("intent_edited"):
-        changes.append("intent.json was edited after 'dbrunbook open'")
+    changes = changes_described(Path(run_dir) / ARTIFACTS_DIR / INTERACTIVE_ARTIFACT)
     changed = ("<ul id=\"changed-cells\">" + "".join(f"<li>{escape_html(c)}</li>" for c in changes) + "</ul>"
                if changes else '<p id="changed-cells">No code cell was changed after \'dbrunbook open\'.</p>')
     rows = [[index, cell_title(cell), cell.get("execution_count") if cell.get("execution_count") is not None
