@@ -19,7 +19,7 @@ _TARGET_KEYS = {
     "url_env", "service", "embedded", "protected", "lock_timeout", "statement_timeout", "retries",
     "description", "health_url", "maintenance_command", "maintenance_flag", "backup_max_age",
     "blocker_max_age", "database",
-    "backfill_max_lag", "backfill_max_wal_backlog",
+    "backfill_max_lag", "backfill_max_wal_backlog", "backfill_flush_after",
     "approval_max_age",
 }
 _BACKFILL_KEYS = {"table", "key", "set", "where", "migration_set", "revision", "description"}
@@ -63,6 +63,9 @@ def read_target(name: str, raw: dict, path: Path) -> Target:
             f"{path}: [targets.{name}] needs exactly one of url_env, service or embedded = true "
             f"(found {', '.join(sources) or 'none'})."
         )
+    if int(raw.get("backfill_flush_after", 0)) > 256:
+        raise ConfigError(f"{path}: [targets.{name}] backfill_flush_after = {raw['backfill_flush_after']} is over "
+                          f"PostgreSQL's limit for backend_flush_after: give 0 to 256 blocks of 8 kB (32 is 256 kB).")
     try:
         return Target(name=name, **raw)
     except TypeError as err:

@@ -154,8 +154,14 @@ def _take_lock(session, name: str):
 
 # --- the run ------------------------------------------------------------------------------------------------
 def run_backfill(session, spec: Backfill | None, *, batch_seconds: float = 0.5, batch_size: int = 1000,
-                 max_rows: int = 0, dry_run: bool = True, estimate_rows: int | None = None) -> BackfillResult:
+                 max_rows: int = 0, dry_run: bool = True, estimate_rows: int | None = None,
+                 rest_seconds: float = 0.1) -> BackfillResult:
     """Run ``spec`` in batches until no key is left, ``max_rows`` rows are changed, or a stop signal arrives.
+
+    After each batch the run rests ``rest_seconds`` (GitLab's ``pause_ms``), leaving the server's disk to the
+    application for a moment; its batch connection writes back the pages it dirties as it goes
+    (``backend_flush_after`` = the target's ``backfill_flush_after``), so that a checkpoint's sync does not
+    have to flush them all at once while the application's commits wait behind it (bench/backfill.py).
 
     SIGTERM and Ctrl-C (SIGINT) stop the run after the batch under way commits. Each batch and each pause
     is printed and kept in the result; ``finish_backfill`` saves them and checks that nothing is left.
@@ -189,6 +195,7 @@ def run_backfill(session, spec: Backfill | None, *, batch_seconds: float = 0.5, 
         started, swept = time.perf_counter(), False
         with StopSignals() as stop, session.engine.connect() as conn:
             own = (conn.execute(sa.text("SELECT pg_backend_pid()")).scalar(), _pid(lock_conn))
+            result.write_back = _write_back_as_it_goes(conn, session.target)
             conn.rollback()
             while not stop.reason:
                 if max_rows and result.rows >= max_rows:
@@ -207,6 +214,9 @@ def run_backfill(session, spec: Backfill | None, *, batch_seconds: float = 0.5, 
                 cursor = batch.cursor
                 size = _next_size(size, batch.seconds, batch_seconds)
                 bar.update(result.rows, len(result.batches), time.perf_counter() - started)
+                if rest_seconds > 0 and not stop.reason:
+                    time.sleep(rest_seconds)
+                    result.rest_seconds += rest_seconds
             result.stopped = result.stopped or (f"stopped by {stop.reason} after batch {len(result.batches)}"
                                                 if stop.reason else "")
             result.seconds = time.perf_counter() - started
@@ -244,6 +254,18 @@ def _begin_pass(conn, spec: Backfill, run_id: str) -> tuple[str, ...] | None:
                          "WHERE name = :n AND NOT :r = ANY(run_ids)"), {"n": spec.name, "r": run_id})
     conn.commit()
     return tuple(state["cursor"]) if state["cursor"] else None
+
+
+def _write_back_as_it_goes(conn, target) -> str:
+    """``SET backend_flush_after`` for the batch connection (a user setting; 0 keeps the server's own).
+
+    Returns the setting as the server now shows it (``256kB``), kept in the result.
+    """
+    blocks = int(target.backfill_flush_after)
+    if blocks:
+        conn.execute(sa.text("SELECT set_config('backend_flush_after', :v, false)"), {"v": str(blocks)})
+        conn.commit()
+    return str(conn.execute(sa.text("SHOW backend_flush_after")).scalar())
 
 
 def _pid(conn) -> int:

@@ -53,6 +53,8 @@ class BackfillResult:
     total_rows: int = 0
     total_batches: int = 0
     seconds: float = 0.0
+    rest_seconds: float = 0.0  # of ``seconds``, the rests after batches (``rest_seconds``)
+    write_back: str = ""  # the batch connection's backend_flush_after, as the server showed it
     stopped: str = ""  # why the run ended before the end of the table: a signal, max_rows
     resumed_from: tuple[str, ...] | None = None
     remaining: int | None = None
@@ -73,6 +75,8 @@ class BackfillResult:
                 ("rows changed by this run", f"{self.rows:,}"), ("batches of this run", len(self.batches)),
                 ("seconds", f"{self.seconds:.1f}"), ("rows/s", f"{rate:,.0f}"),
                 ("pauses", f"{len(self.pauses)} ({sum(p.seconds for p in self.pauses):.1f} s)"),
+                ("rests after batches", f"{self.rest_seconds:.1f} s"),
+                ("pages written back every", self.write_back or "—"),
                 ("resumed after key", ", ".join(self.resumed_from) if self.resumed_from else "(start)"),
                 ("stopped", self.stopped or "—"),
                 ("all runs: rows, batches", f"{self.total_rows:,}, {self.total_batches:,}"),

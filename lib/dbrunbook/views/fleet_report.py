@@ -6,21 +6,32 @@ and every child record it names check out; each target links to its record's pag
 
 from __future__ import annotations
 
-import html
+from dataclasses import dataclass
 from pathlib import Path
 
 from dbrunbook.execution import fleet_rollup
 from dbrunbook.views import plots
-from dbrunbook.views.record_page import PAGES_DIR
+from dbrunbook.views.record_page import INDEX_FILE, PAGES_DIR
 from dbrunbook.views.report_style import page_html
+from dbrunbook.views.tables import escape_html
 
-__all__ = ["FLEET_PAGES_DIR", "write_fleet_pages"]
+__all__ = ["FLEET_PAGES_DIR", "FleetPage", "write_fleet_pages"]
 
 FLEET_PAGES_DIR = "fleets"
 
 
-def escape_html(value: object) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+@dataclass(frozen=True)
+class FleetPage:
+    """One fleet page as the index lists it."""
+
+    fleet_id: str
+    page: str  # relative to the report folder
+    status: str  # of the roll-up and its children, as verify_rollup says
+    runbook: str
+    group: str
+    started_at: str
+    tally: str  # "succeeded 9, failed 1"
+    stopped: str
 
 
 def _heads(before: dict | None, after: dict | None) -> str:
@@ -60,18 +71,27 @@ def render_fleet_page(check: fleet_rollup.RollupCheck) -> str:
              if t.get("run_id") and t["outcome"] != "skipped"]
     chart = plots.Plots((plot,))._repr_html_() if isinstance(plot := plots.durations_chart(timed), plots.Plot) \
         else plot._repr_html_()
-    body = (f"<h1>Fleet {escape_html(check.fleet_id)}</h1>{banner}<table class=\"dbr-table\">{facts}</table>"
+    body = (f'<p><a href="../{INDEX_FILE}">← all records</a></p><h1>Fleet {escape_html(check.fleet_id)}</h1>'
+            f'{banner}<table class="dbr-table">{facts}</table>'
+
             f"{sections}<h2>Seconds per target</h2>{chart}")
     return page_html(f"fleet {check.fleet_id}", body)
 
 
-def write_fleet_pages(outputs_dir: Path, allowed_signers: Path, out_dir: Path) -> list[Path]:
-    """Write ``out_dir/fleets/<fleet-id>.html`` for every roll-up under ``outputs_dir``; returns the pages."""
+def write_fleet_pages(outputs_dir: Path, allowed_signers: Path, out_dir: Path) -> list[FleetPage]:
+    """Write ``out_dir/fleets/<fleet-id>.html`` for every roll-up under ``outputs_dir``; returns the index's list."""
     pages = []
     folder = Path(out_dir) / FLEET_PAGES_DIR
     for rollup in fleet_rollup.find_rollups(outputs_dir):
         folder.mkdir(parents=True, exist_ok=True)
-        page = folder / f"{rollup.name}.html"
-        page.write_text(render_fleet_page(fleet_rollup.verify_rollup(rollup, allowed_signers)), encoding="utf-8")
-        pages.append(page)
+        check = fleet_rollup.verify_rollup(rollup, allowed_signers)
+        (folder / f"{rollup.name}.html").write_text(render_fleet_page(check), encoding="utf-8")
+        p = check.predicate or {}
+        tally = ", ".join(f"{k} {v}" for k, v in sorted((p.get("tally") or {}).items()))
+        pages.append(FleetPage(rollup.name, f"{FLEET_PAGES_DIR}/{rollup.name}.html", check.status,
+                               str(p.get("runbook") or "-"), str(p.get("group") or "-"),
+                               str(p.get("started_at") or "-"), tally or "-", str(p.get("stopped") or "")))
+    for stale in folder.glob("*.html") if folder.is_dir() else ():
+        if stale.stem not in {p.fleet_id for p in pages}:
+            stale.unlink()
     return pages

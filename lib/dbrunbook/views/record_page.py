@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from dbrunbook import records
 # The launcher's own reading of a parameters cell (ast, never executed), from its one home, not the launcher.
 from dbrunbook.execution.parameters import parse_parameters
 from dbrunbook.protocol import ARTIFACTS_DIR, INTENT_FILE, NOTEBOOK_FILE
+from dbrunbook.safety.approvals import Approval
 from dbrunbook.views import record_sections, report_style
 from dbrunbook.views.notebook_html import NotebookRenderer
 from dbrunbook.views.report_style import page_html
@@ -76,6 +77,7 @@ class RecordEntry:
     status: str
     page: str  # path of its page, relative to the report folder
     problems: tuple[str, ...] = ()
+    approved_preview: str = ""  # the preview run id this run's approved_preview parameter names
 
     @property
     def status_label(self) -> str:
@@ -105,7 +107,7 @@ def _facts(run_dir: Path, check: records.RecordCheck) -> dict:
     return intent if isinstance(intent, dict) else {}
 
 
-def _when(value: Any) -> str:
+def utc_when(value: Any) -> str:
     """``2026-11-23 22:05:01`` (UTC) from an ISO timestamp; the text as it is when it is not one."""
     try:
         moment = datetime.fromisoformat(str(value))
@@ -122,7 +124,7 @@ def _entry(run_dir: Path, check: records.RecordCheck) -> RecordEntry:
     target = (facts.get("extra") or {}).get("target") or facts.get("target") or parameters.get("target")
     return RecordEntry(
         run_id=run_dir.name,
-        when=_when(facts.get("started_at")),
+        when=utc_when(facts.get("started_at")),
         runbook=str(facts.get("runbook") or "-"),
         target=str(target or "-"),
         operator=str(facts.get("operator") or "-"),
@@ -132,6 +134,7 @@ def _entry(run_dir: Path, check: records.RecordCheck) -> RecordEntry:
         status=check.status,
         page=f"{PAGES_DIR}/{run_dir.name}.html",
         problems=check.problems,
+        approved_preview=str(parameters.get("approved_preview") or ""),
     )
 
 
@@ -251,8 +254,12 @@ def _warning_page(entry: RecordEntry, facts: Mapping, check: records.RecordCheck
 
 
 def render_record(run_dir: Path, allowed_signers: Path, page_dir: Path | None = None,
-                  renderer: NotebookRenderer | None = None) -> tuple[RecordEntry, str]:
+                  renderer: NotebookRenderer | None = None,
+                  approvals: Sequence[Approval] = ()) -> tuple[RecordEntry, str]:
     """Verify one record and return its index entry and the HTML of its page.
+
+    ``approvals`` are the checked approvals of this record (``approval_pages.approvals_by_run``), shown in a
+    section of their own.
 
     The notebook's bytes are read once, compared with the sha256 the signed statement gives for them, and
     only those bytes are rendered; a record that is not valid (or signed by an untrusted key) gets a warning
@@ -291,7 +298,7 @@ def render_record(run_dir: Path, allowed_signers: Path, page_dir: Path | None = 
         header.append("<ul>" + "".join(f"<li>{escape_html(p)}</li>" for p in notes) + "</ul>")
     header.append('<h2>Run</h2><div id="run">' + pairs_html(_summary_rows(entry, facts, check, papermill)) + "</div>")
     header.append(runs)
-    header.append(record_sections.approvals_html(run_dir, entry.run_id, Path(allowed_signers)))
+    header.append(record_sections.approvals_html(approvals, entry.run_id))
     header.append('<h2>Parameters</h2><div id="parameters">'
                   + grid_html(["parameter", "value", "type", "default", "help"],
                           _parameter_rows(parameters_source, values)) + "</div>")

@@ -10,14 +10,14 @@ it, when, with what note, and whether each approval counts (signature, trust, su
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dbrunbook.protocol import ARTIFACTS_DIR
 from dbrunbook.records.cell_changes import INTERACTIVE_ARTIFACT, changes_described
 from dbrunbook.records.digests import cell_title
-from dbrunbook.safety.approvals import APPROVALS_DIR, approvals_of
+from dbrunbook.safety.approvals import Approval
 from dbrunbook.views.tables import escape_html, grid_html
 
 __all__ = ["MODE_TEXT", "approvals_html", "interactive_html", "is_interactive"]
@@ -63,15 +63,14 @@ def interactive_html(nb: Mapping, run_dir: Path, mode: str, operator: str) -> st
             + grid_html(["cell", "step", "execution count", "started", "outcome"], rows) + "</div></div>")
 
 
-def approvals_html(run_dir: Path, run_id: str, allowed_signers: Path) -> str:
+def approvals_html(found: Sequence[Approval], run_id: str) -> str:
     """The "Approvals" section of a record with approvals beside it ('' when it has none)."""
-    outputs = Path(run_dir).parents[3]  # outputs/YYYY/MM/DD/<run-id>
-    if not (outputs / APPROVALS_DIR / run_id).is_dir():
+    if not found:
         return ""
-    found = approvals_of(outputs, run_id, Path(allowed_signers))
     rows = [[a.approver or "-", a.status, a.approved_at.isoformat() if a.approved_at else "-", a.note or "-",
              "; ".join(a.problems) or "-", a.path.name] for a in found]
     return ('<h2>Approvals</h2><div id="approvals"><p>Each approval is checked as a record is: its signature, '
             "the trust file, and the record it names. Whether one counts for a deploy (not by the deployer, not "
-            "older than approval_max_age) is decided when the deploy runs.</p>"
-            + grid_html(["approver", "status", "approved at", "note", "problems", "file"], rows) + "</div>")
+            "older than approval_max_age) is decided when the deploy runs. "
+            f'<a href="../approvals/{escape_html(run_id)}.html">Its approval page</a> lists the records that used '
+            "it.</p>" + grid_html(["approver", "status", "approved at", "note", "problems", "file"], rows) + "</div>")

@@ -1,11 +1,12 @@
-"""A static HTML archive of the records: an index page with filters, and one page per record.
+"""A static HTML archive of the records: an index page with filters, one page per record, fleet and approval.
 
-A reviewer opens ``index.html`` in a browser, with no server and no network: every page is self-contained
-(CSS and the index's filter script inline, plots embedded as PNG by nbconvert). A record's page is rendered
-from the notebook bytes that were checked against its signed statement, read once, so what is shown is what
-was signed. A record that is tampered, unsigned or incomplete gets a warning page with its problems and no
-notebook body: a reviewer must never read an altered record as if it were good. A record signed by a key
-that is not trusted is shown with a banner saying so.
+The index lists the fleet roll-ups and the approved previews above the records, each linking its own page
+(``fleet_report``, ``approval_pages``). A reviewer opens ``index.html`` in a browser, with no server and no
+network: every page is self-contained (CSS and the index's filter script inline, plots embedded as PNG by
+nbconvert). A record's page is rendered from the notebook bytes that were checked against its signed
+statement, read once, so what is shown is what was signed. A record that is tampered, unsigned or
+incomplete gets a warning page with its problems and no notebook body: a reviewer must never read an altered
+record as if it were good. A record signed by a key that is not trusted is shown with a banner saying so.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from dbrunbook import records
 from dbrunbook.views import report_style
+from dbrunbook.views.approval_pages import ApprovalPage, approvals_by_run, write_approval_pages
+from dbrunbook.views.fleet_report import FleetPage, write_fleet_pages
 from dbrunbook.views.notebook_html import NotebookRenderer, sanitize_html
 from dbrunbook.views.record_page import (
     FAILED_TAG,
@@ -25,6 +28,7 @@ from dbrunbook.views.record_page import (
     STATUS_LABELS,
     RecordEntry,
     render_record,
+    utc_when,
 )
 from dbrunbook.views.report_style import page_html
 from dbrunbook.views.tables import escape_html
@@ -65,12 +69,40 @@ class Report:
     out_dir: Path
     index: Path
     entries: tuple[RecordEntry, ...]
+    fleets: tuple[FleetPage, ...] = ()
+    approvals: tuple[ApprovalPage, ...] = ()
 
     def page(self, run_id: str) -> Path:
         return self.out_dir / next(e.page for e in self.entries if e.run_id == run_id)
 
 
-def _index(entries: list[RecordEntry]) -> str:
+def _side_tables(fleets: list[FleetPage], approved: list[ApprovalPage]) -> str:
+    """The index's lists of fleet roll-ups and of approved previews, each linking its own page."""
+    parts = []
+    if fleets:
+        rows = "".join(
+            f'<tr class="fleet status-{escape_html(f.status)}"><td>{escape_html(utc_when(f.started_at))}</td>'
+            f"<td>{escape_html(f.runbook)}</td><td>{escape_html(f.group)}</td><td>{escape_html(f.tally)}</td>"
+            f"<td>{escape_html(f.stopped or '-')}</td><td class=\"status\">{escape_html(f.status)}</td>"
+            f'<td><a href="{escape_html(f.page)}">{escape_html(f.fleet_id)}</a></td></tr>'
+            for f in sorted(fleets, key=lambda f: f.fleet_id, reverse=True))
+        parts.append('<h2>Fleets</h2><table class="dbr-table" id="fleets"><thead><tr><th>started (UTC)</th>'
+                     "<th>runbook</th><th>group</th><th>targets</th><th>stopped</th><th>roll-up</th><th>fleet</th>"
+                     f"</tr></thead><tbody>{rows}</tbody></table>")
+    if approved:
+        rows = "".join(
+            f'<tr class="approved{" status-tampered" if not a.valid_by else ""}">'
+            f"<td>{escape_html(', '.join(a.valid_by) or 'no valid approval')}</td>"
+            f"<td>{a.not_valid}</td><td>{escape_html(', '.join(a.used_by) or '-')}</td>"
+            f'<td><a href="{escape_html(a.page)}">{escape_html(a.run_id)}</a></td></tr>'
+            for a in sorted(approved, key=lambda a: a.run_id, reverse=True))
+        parts.append('<h2>Approvals</h2><table class="dbr-table" id="approved-previews"><thead><tr>'
+                     "<th>approved by</th><th>approval files not valid</th><th>used by</th><th>preview</th>"
+                     f"</tr></thead><tbody>{rows}</tbody></table>")
+    return "".join(parts) + ("<h2>Records</h2>" if parts else "")
+
+
+def _index(entries: list[RecordEntry], side: str = "") -> str:
     options = {}
     for key, _label in _FILTERS:
         values = sorted({getattr(e, key) for e in entries})
@@ -92,7 +124,7 @@ def _index(entries: list[RecordEntry]) -> str:
     bad = sum(1 for e in entries if e.status != "valid")
     body = (f"<h1>dbrunbook records</h1><p>{len(entries)} records, "
             f"{bad} not valid (see the signature column).</p>"
-            + report_style.index_summary(entries) +
+            + report_style.index_summary(entries) + side +
             f'<div class="dbr-filters">{filters}<label class="dbr-search">search <input id="search" '
             'type="search"></label></div><p id="shown"></p>'
             '<table class="dbr-table" id="records"><thead><tr><th>when (UTC)</th><th>runbook</th><th>target</th>'
@@ -114,17 +146,19 @@ def build_report(outputs_dir: Path, allowed_signers: Path, out_dir: Path | None 
     page_dir.mkdir(parents=True, exist_ok=True)
     renderer = NotebookRenderer()
     entries, written = [], set()
-    for run_dir in records.find_records(outputs_dir):
-        entry, page = render_record(run_dir, allowed_signers, page_dir, renderer)
+    run_dirs = {run_dir.name: run_dir for run_dir in records.find_records(outputs_dir)}
+    approved = approvals_by_run(outputs_dir, allowed_signers, run_dirs)
+    for run_dir in run_dirs.values():
+        entry, page = render_record(run_dir, allowed_signers, page_dir, renderer,
+                                    approvals=approved.get(run_dir.name, ()))
         (out_dir / entry.page).write_text(page, encoding="utf-8")
         written.add(Path(entry.page).name)
         entries.append(entry)
     for stale in page_dir.glob("*.html"):
         if stale.name not in written:
             stale.unlink()
+    fleets = write_fleet_pages(outputs_dir, allowed_signers, out_dir)
+    approval_pages = write_approval_pages(out_dir, approved, entries)
     index = out_dir / INDEX_FILE
-    index.write_text(_index(entries), encoding="utf-8")
-    from dbrunbook.views.fleet_report import write_fleet_pages  # a page per fleet roll-up, linking its targets' pages
-
-    write_fleet_pages(outputs_dir, allowed_signers, out_dir)
-    return Report(out_dir, index, tuple(entries))
+    index.write_text(_index(entries, _side_tables(fleets, approval_pages)), encoding="utf-8")
+    return Report(out_dir, index, tuple(entries), tuple(fleets), tuple(approval_pages))

@@ -213,6 +213,8 @@ table.dbr-table th { background: #f6f8fa; }
 tr.status-tampered td, tr.status-unsigned td, tr.status-incomplete td { background: #ffebe9; }
 tr.status-untrusted td { background: #fff8c5; }
 .dbr-filters label { margin-right: 1.2em; }
+table.dbr-table caption { white-space: nowrap; text-align: left; font-weight: 600; padding-bottom: .2em; }
+table.dbr-table td.wrap { overflow-wrap: anywhere; max-width: 32em; }
 code { font-size: .9em; }
 """ + CSS
 

@@ -241,3 +241,8 @@ def test_schema_per_tenant(tmp_path, database_url, monkeypatch):
     for outcome in result.outcomes:
         assert f'href="../records/{outcome.run_id}.html"' in page
         assert (built.out_dir / "records" / f"{outcome.run_id}.html").is_file()
+    # ... and the index lists the fleet, linking that page, with its tally and the roll-up's status.
+    assert [(f.fleet_id, f.status, f.page) for f in built.fleets] == [
+        (result.fleet_id, "valid", f"fleets/{result.fleet_id}.html")]
+    index = built.index.read_text(encoding="utf-8")
+    assert f'<a href="fleets/{result.fleet_id}.html">' in index and built.fleets[0].tally in index

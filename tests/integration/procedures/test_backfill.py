@@ -6,6 +6,7 @@ The table has a ``counter`` column the backfill's SET increments: a batch applie
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -82,6 +83,24 @@ def test_keyset_batches_change_every_row_once_and_record_progress(project):
     assert (state["status"], state["rows_changed"], state["batches"], state["cursor"]) == \
         ("complete", 2000, len(result.batches), ["2000"])
     assert state["run_ids"] == ["run-batches"]
+
+
+def test_batches_rest_between_them_and_write_back_their_pages_as_they_go(project):
+    fill(project, 900)
+    s = session("run-rests")
+    try:
+        spec = backfill.declared(s, "items_score")
+        result = backfill.run_backfill(s, spec, batch_size=300, batch_seconds=10, rest_seconds=0.2, dry_run=False)
+    finally:
+        s.finish()
+    assert counts(project) == {"todo": 0, "once": 900, "twice": 0, "wrong": 0}
+    assert len(result.batches) >= 2
+    assert result.rest_seconds == pytest.approx(0.2 * len(result.batches))
+    starts = [dt.datetime.fromisoformat(b.started_at) for b in result.batches]
+    gaps = [(b - a).total_seconds() - first.seconds
+            for a, b, first in zip(starts, starts[1:], result.batches, strict=False)]
+    assert all(gap >= 0.19 for gap in gaps), gaps  # each batch starts after the last one's rest
+    assert result.write_back == "256kB"  # the target's backfill_flush_after (32 blocks), as the server shows it
 
 
 def test_dry_run_changes_nothing(project):

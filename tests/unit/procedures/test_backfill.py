@@ -58,6 +58,11 @@ def test_the_target_limits_have_defaults_and_are_checked(tmp_path):
     with pytest.raises(ConfigError,
                        match=r'\[targets.t\] backfill_max_lag: backfill_max_lag = "soon" is not a duration'):
         load_config(write(tmp_path, '[targets.t]\nurl_env = "X"\nbackfill_max_lag = "soon"\n'))
+    assert config.target().backfill_flush_after == 32
+    with pytest.raises(ConfigError, match=r"backfill_flush_after = 300 is over PostgreSQL's limit .* 0 to 256"):
+        load_config(write(tmp_path, '[targets.t]\nurl_env = "X"\nbackfill_flush_after = 300\n'))
+    with pytest.raises(ConfigError, match=r'backfill_flush_after = "2MB" must be a whole number'):
+        load_config(write(tmp_path, '[targets.t]\nurl_env = "X"\nbackfill_flush_after = "2MB"\n'))
 
 
 @pytest.mark.parametrize(("name", "sql"), [
