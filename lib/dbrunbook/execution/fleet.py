@@ -188,8 +188,13 @@ def _done_before(config: Config, runbook: str, targets: set[str], parameters: di
 
 
 # --- workers ----------------------------------------------------------------------------------------------
-def _warm_worker() -> None:
-    """Start a worker slot: its own process group (Ctrl-C is the fleet's to handle), the launcher imported."""
+_all_up: list[Any] = []  # in a worker: the barrier every slot meets once it is warm (``_meet``)
+
+
+def _warm_worker(barrier: Any = None) -> None:
+    """Start a worker slot: its own process group (Ctrl-C is the fleet's to handle), the launcher imported,
+    and a warm kernel template whose forks are its targets' kernels (``kernel_template``)."""
+    _all_up[:] = [barrier]
     with contextlib.suppress(OSError):
         os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -197,6 +202,15 @@ def _warm_worker() -> None:
     import papermill  # noqa: F401 - the cost a worker pays once for all its targets
 
     from dbrunbook.execution import runner  # noqa: F401
+    from dbrunbook.execution.kernel_template import start_template
+
+    start_template()
+
+
+def _meet() -> None:
+    """Wait, in a worker, until every slot is warm (the pool starts a worker only when none is idle)."""
+    with contextlib.suppress(Exception):  # a slot that never comes up only leaves the fleet a slot short
+        _all_up[0].wait(timeout=300)
 
 
 def _run_member(config_path: str, runbook: str, member: dict, parameters: dict) -> dict:
@@ -277,7 +291,12 @@ def run_fleet(runbook: str, group: str, *, parameters: dict[str, Any] | None = N
     stopped: str | None = None
     context = multiprocessing.get_context("spawn")
     with signals_deferred() as received, \
-            cf.ProcessPoolExecutor(max_workers=parallel, mp_context=context, initializer=_warm_worker) as pool:
+            cf.ProcessPoolExecutor(max_workers=parallel, mp_context=context, initializer=_warm_worker,
+                                   initargs=(context.Barrier(parallel),)) as pool:
+        # One task per slot that waits for all slots: every worker starts (and warms up) now, side by side,
+        # not one by one as the first wave's targets would start them.
+        for _ in range(parallel):
+            pool.submit(_meet)
         for number, wave in enumerate(planned, start=1):
             todo = [m for m in wave if m.target not in outcomes]
             allowed = 0 if number == 1 else limit(len(wave))
