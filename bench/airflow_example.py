@@ -68,8 +68,9 @@ def install(reinstall: bool) -> tuple[float | None, str]:
         print(f"Installing apache-airflow {AIRFLOW_VERSION} into {VENV} (a few minutes) ...", file=sys.stderr)
         started = time.perf_counter()
         _run([sys.executable, "-m", "venv", str(VENV)])
+        # psycopg2: bench/airflow_fleet.py's scheduler run keeps Airflow's metadata on the benchmark server.
         _run([str(VENV / "bin" / "python"), "-m", "pip", "install", f"apache-airflow=={AIRFLOW_VERSION}",
-              "apache-airflow-providers-papermill", "-e", str(ROOT)], log=HOME / "pip-install.log")
+              "apache-airflow-providers-papermill", "psycopg2-binary", "-e", str(ROOT)], log=HOME / "pip-install.log")
         seconds = time.perf_counter() - started
     size = subprocess.run(["du", "-sh", str(VENV)], check=True, capture_output=True, text=True).stdout.split()[0]
     return seconds, size

@@ -5,14 +5,17 @@ bench/_work/airflow-venv (shared with bench/airflow_example.py; `pip install apa
 apache-airflow-providers-papermill -e .`, a few minutes), which registers dbrunbook as a provider through its
 `apache_airflow_provider` entry point.
 
-Two `airflow dags test dbrunbook_fleet` runs with waves 1,25%,rest and `max_active_tis_per_dag` 2:
+Two runs of the DAG with waves 1,25%,rest and `max_active_tis_per_dag` 2, by default on a real scheduler
+with the LocalExecutor (`airflow standalone`: API server, scheduler, DAG processor; Airflow's metadata in a
+database of the benchmark server; each run triggered with `airflow dags trigger` and followed to its end),
+or with `--executor test` through `airflow dags test` (in-process, SQLite metadata):
 
 1. group `tenants` (20 fresh databases): every mapped `run` task succeeds, every tenant at heads;
 2. group `broken` (a canary database that does not exist, then the same 20): the canary's run fails with a
    signed record, its gate fails, the later waves' tasks end upstream_failed and start no run.
 
 Every record under the project's outputs must verify. Writes the "airflow_fleet" section of RESULTS.md.
-Usage: `.venv/bin/python bench/airflow_fleet.py [--tenants 20] [--reinstall]`.
+Usage: `.venv/bin/python bench/airflow_fleet.py [--tenants 20] [--executor local|test] [--reinstall]`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -66,17 +71,96 @@ version_table = "alembic_version_ai"
     return path
 
 
-def task_states(home: Path) -> dict[str, list[str]]:
-    """``{task_id: [state of each map index]}`` of the latest run of the DAG."""
-    with sqlite3.connect(home / "airflow.db") as metadata:
-        (run_id,) = metadata.execute("SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
-                                     (DAG_ID,)).fetchone()
-        rows = metadata.execute("SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND "
-                                "run_id = ? ORDER BY task_id, map_index", (DAG_ID, run_id)).fetchall()
+def task_states(home: Path, metadata_url: str | None = None) -> dict[str, list[str]]:
+    """``{task_id: [state of each map index]}`` of the latest run of the DAG (SQLite, or ``metadata_url``)."""
+    latest = "SELECT run_id FROM dag_run WHERE dag_id = :d ORDER BY id DESC LIMIT 1"
+    tasks = ("SELECT task_id, map_index, state FROM task_instance WHERE dag_id = :d AND run_id = :r "
+             "ORDER BY task_id, map_index")
+    if metadata_url is None:
+        with sqlite3.connect(home / "airflow.db") as metadata:
+            (run_id,) = metadata.execute(latest.replace(":d", "?"), (DAG_ID,)).fetchone()
+            rows = metadata.execute(tasks.replace(":d", "?").replace(":r", "?"), (DAG_ID, run_id)).fetchall()
+    else:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(metadata_url)
+        with engine.connect() as conn:
+            run_id = conn.execute(sa.text(latest), {"d": DAG_ID}).scalar()
+            rows = conn.execute(sa.text(tasks), {"d": DAG_ID, "r": run_id}).all()
+        engine.dispose()
     states: dict[str, list[str]] = {}
     for task_id, _index, state in rows:
         states.setdefault(task_id, []).append(state or "-")
     return states
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Scheduler:
+    """``airflow standalone`` with the LocalExecutor, its metadata in ``metadata_url``; runs followed by SQL."""
+
+    def __init__(self, env: dict, metadata_url: str):
+        port = _free_port()
+        self.metadata_url = metadata_url
+        self.env = {**env, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url.replace("postgresql+psycopg://",
+                                                                                "postgresql+psycopg2://"),
+                    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False", "AIRFLOW__CORE__PARALLELISM": "8",
+                    "AIRFLOW__API__PORT": str(port),
+                    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+                    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                    "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5"}
+        self.airflow = str(VENV / "bin" / "airflow")
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Scheduler:
+        subprocess.run([self.airflow, "db", "migrate"], env=self.env, check=True, capture_output=True, cwd=HOME)
+        self.log = open(HOME / "standalone.log", "w")  # noqa: SIM115 - closed in __exit__
+        self.proc = subprocess.Popen([self.airflow, "standalone"], env=self.env, cwd=HOME, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # the DAG processor has parsed the DAG
+            listed = subprocess.run([self.airflow, "dags", "list", "-o", "json"], env=self.env, cwd=HOME,
+                                    capture_output=True, text=True)
+            if DAG_ID in listed.stdout:
+                return self
+            assert self.proc.poll() is None, (HOME / "standalone.log").read_text()[-3000:]
+            time.sleep(3)
+        raise SystemExit(f"the DAG processor did not parse {DAG_ID} in 300 s; see {HOME / 'standalone.log'}")
+
+    def run(self, conf: dict, run_id: str, timeout: float = 1800) -> tuple[int, dict]:
+        """Trigger a run and wait for its end; (0 for success else 1, task states)."""
+        import sqlalchemy as sa
+
+        subprocess.run([self.airflow, "dags", "trigger", DAG_ID, "--run-id", run_id, "-c", json.dumps(conf)],
+                       env=self.env, cwd=HOME, check=True, capture_output=True)
+        engine = sa.create_engine(self.metadata_url)
+        deadline, state = time.monotonic() + timeout, None
+        try:
+            while time.monotonic() < deadline:
+                with engine.connect() as conn:
+                    state = conn.execute(sa.text("SELECT state FROM dag_run WHERE dag_id = :d AND run_id = :r"),
+                                         {"d": DAG_ID, "r": run_id}).scalar()
+                if state in ("success", "failed"):
+                    break
+                time.sleep(2)
+        finally:
+            engine.dispose()
+        return (0 if state == "success" else 1), task_states(HOME, self.metadata_url)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+        self.log.close()
 
 
 def _at_heads(url: str) -> bool:
@@ -97,6 +181,8 @@ def _at_heads(url: str) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=20)
+    parser.add_argument("--executor", choices=("local", "test"), default="local",
+                        help="local: a real scheduler with the LocalExecutor; test: `airflow dags test`")
     parser.add_argument("--reinstall", action="store_true")
     args = parser.parse_args()
 
@@ -117,17 +203,29 @@ def main() -> int:
            "DBRUNBOOK_OPERATOR": "airflow@bench", "DBRUNBOOK_FLEET_WAVES": "1,25%,rest",
            "DBRUNBOOK_FLEET_PARALLEL": "2", SERVER_ENV: admin.replace("postgresql+psycopg://", "postgresql://")}
     airflow = str(VENV / "bin" / "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, cwd=HOME)
+    runs = (("fleet", {"runbook": "apply", "group": "tenants", "dry_run": False}),
+            ("failing canary", {"runbook": "apply", "group": "broken", "dry_run": False}))
     results = []
-    for label, conf in (("fleet", {"runbook": "apply", "group": "tenants", "dry_run": False}),
-                        ("failing canary", {"runbook": "apply", "group": "broken", "dry_run": False})):
-        started = time.perf_counter()
-        log = HOME / f"dags-test-{label.replace(' ', '-')}.log"
-        with open(log, "w") as out:
-            code = subprocess.call([airflow, "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, cwd=HOME)
-        results.append((label, code, time.perf_counter() - started, task_states(HOME)))
-        print(f"{label}: exit {code}", file=sys.stderr)
+    if args.executor == "local":
+        db.drop_database(admin, "af_metadata")
+        db.create_database(admin, "af_metadata")
+        with Scheduler(env, db.with_database(admin, "af_metadata")) as scheduler:
+            for number, (label, conf) in enumerate(runs, start=1):
+                started = time.perf_counter()
+                code, states = scheduler.run(conf, f"bench_{number}_{int(time.time())}")
+                results.append((label, code, time.perf_counter() - started, states))
+                print(f"{label}: {'success' if code == 0 else 'failed'}", file=sys.stderr)
+        db.drop_database(admin, "af_metadata")
+    else:
+        subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, cwd=HOME)
+        for label, conf in runs:
+            started = time.perf_counter()
+            log = HOME / f"dags-test-{label.replace(' ', '-')}.log"
+            with open(log, "w") as out:
+                code = subprocess.call([airflow, "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=env,
+                                       stdout=out, stderr=subprocess.STDOUT, cwd=HOME)
+            results.append((label, code, time.perf_counter() - started, task_states(HOME)))
+            print(f"{label}: exit {code}", file=sys.stderr)
     heads = [_at_heads(db.with_database(admin, n)) for n in names]
     config = load_config(config_path)
     checks = [records.verify_record(d, config.allowed_signers) for d in records.find_records(config.outputs_dir)]
@@ -137,16 +235,20 @@ def main() -> int:
     ok = (set(first.get("wave_1.run", [])) | set(first.get("wave_3.run", [])) == {"success"}
           and second.get("wave_1.run") == ["failed"] and "upstream_failed" in "".join(second.get("wave_2.run", []))
           and all(c.ok for c in checks) and all(heads))
-    rows = "\n".join(f"| {label} | {code} | {seconds:.0f} | "
+    how = ("a real scheduler with the LocalExecutor (`airflow standalone`, metadata in PostgreSQL, each run "
+           "`airflow dags trigger`ed and followed to its end)" if args.executor == "local"
+           else "`airflow dags test dbrunbook_fleet` (in-process)")
+    rows = "\n".join(f"| {label} | {('success' if code == 0 else 'failed') if args.executor == 'local' else code} "
+                     f"| {seconds:.0f} | "
                      + "; ".join(f"{t}: {','.join(sorted(set(s)))}" for t, s in sorted(states.items())) + " |"
                      for label, code, seconds, states in results)
     write_section("airflow_fleet", f"""
 ## Airflow fleet DAG (`bench/airflow_fleet.py`)
 
 Airflow {AIRFLOW_VERSION} (venv {venv_size}{f', installed in {install_seconds:.0f} s' if install_seconds else ''}),
-`airflow dags test dbrunbook_fleet`, {args.tenants} tenant databases, waves 1,25%,rest, parallel 2.
+{how}, {args.tenants} tenant databases, waves 1,25%,rest, `max_active_tis_per_dag` 2.
 
-| run | exit | seconds | task states |
+| run | {"DAG run" if args.executor == "local" else "exit"} | seconds | task states |
 |---|---|---|---|
 {rows}
 

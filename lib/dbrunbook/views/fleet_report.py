@@ -11,8 +11,8 @@ from pathlib import Path
 
 from dbrunbook.execution import fleet_rollup
 from dbrunbook.views import plots
-from dbrunbook.views.record_page import INDEX_FILE, PAGES_DIR
-from dbrunbook.views.report_style import page_html
+from dbrunbook.views.record_page import INDEX_FILE, PAGES_DIR, utc_when
+from dbrunbook.views.report_style import outcome_badge, page_html
 from dbrunbook.views.tables import escape_html
 
 __all__ = ["FLEET_PAGES_DIR", "FleetPage", "write_fleet_pages"]
@@ -40,6 +40,13 @@ def _heads(before: dict | None, after: dict | None) -> str:
                      f"{','.join((after or {}).get(n) or []) or 'base'}" for n in names)
 
 
+def _pairs(values: object) -> str:
+    """``{"dry_run": False}`` as ``dry_run false``; "none" when empty."""
+    if not isinstance(values, dict) or not values:
+        return "none"
+    return ", ".join(f"{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(values.items()))
+
+
 def _wave_table(entries: list[dict]) -> str:
     ordered = sorted(entries, key=lambda t: (t["outcome"] in ("succeeded", "skipped", "not-started"),
                                              t["outcome"] != "not-started"))
@@ -47,7 +54,7 @@ def _wave_table(entries: list[dict]) -> str:
     for t in ordered:
         run = (f'<a href="../{PAGES_DIR}/{escape_html(t["run_id"])}.html">{escape_html(t["run_id"])}</a>'
                if t.get("run_id") else "-")
-        rows.append(f"<tr><td>{escape_html(t['target'])}</td><td>{escape_html(t['outcome'])}</td><td>{run}</td>"
+        rows.append(f"<tr><td>{escape_html(t['target'])}</td><td>{outcome_badge(t['outcome'])}</td><td>{run}</td>"
                     f"<td>{float(t.get('seconds') or 0):.1f}</td>"
                     f"<td>{escape_html(_heads(t.get('heads_before'), t.get('heads_after')))}</td>"
                     f"<td>{escape_html(t.get('error') or '')}</td></tr>")
@@ -62,9 +69,13 @@ def render_fleet_page(check: fleet_rollup.RollupCheck) -> str:
     targets = p.get("targets") or []
     banner = (f'<div class="dbr-banner {"valid" if check.ok else "tampered"}">roll-up {escape_html(check.status)}'
               + "".join(f"<br>{escape_html(problem)}" for problem in check.problems) + "</div>")
-    facts = "".join(f"<tr><th>{escape_html(k)}</th><td>{escape_html(p.get(k))}</td></tr>" for k in (
-        "runbook", "group", "group_kind", "parameters", "waves", "parallel", "max_failures", "operator",
-        "started_at", "finished_at", "stopped", "tally"))
+    shown = {**p, "parameters": _pairs(p.get("parameters")), "tally": _pairs(p.get("tally")),
+             "started_at": f"{utc_when(p.get('started_at'))} UTC",
+             "finished_at": f"{utc_when(p.get('finished_at'))} UTC",
+             "stopped": p.get("stopped") or "no: every target ran"}
+    facts = "".join(f"<tr><th>{escape_html(k.replace('_', ' '))}</th><td>{escape_html(shown.get(k))}</td></tr>"
+                    for k in ("runbook", "group", "group_kind", "parameters", "waves", "parallel", "max_failures",
+                              "operator", "started_at", "finished_at", "stopped", "tally"))
     waves = sorted({t["wave"] for t in targets})
     sections = "".join(f"<h2>Wave {w}</h2>" + _wave_table([t for t in targets if t["wave"] == w]) for w in waves)
     timed = [{"revision": t["target"], "seconds": t["seconds"]} for t in targets
@@ -87,10 +98,10 @@ def write_fleet_pages(outputs_dir: Path, allowed_signers: Path, out_dir: Path) -
         check = fleet_rollup.verify_rollup(rollup, allowed_signers)
         (folder / f"{rollup.name}.html").write_text(render_fleet_page(check), encoding="utf-8")
         p = check.predicate or {}
-        tally = ", ".join(f"{k} {v}" for k, v in sorted((p.get("tally") or {}).items()))
+        tally = _pairs(p.get("tally"))
         pages.append(FleetPage(rollup.name, f"{FLEET_PAGES_DIR}/{rollup.name}.html", check.status,
                                str(p.get("runbook") or "-"), str(p.get("group") or "-"),
-                               str(p.get("started_at") or "-"), tally or "-", str(p.get("stopped") or "")))
+                               str(p.get("started_at") or "-"), tally, str(p.get("stopped") or "")))
     for stale in folder.glob("*.html") if folder.is_dir() else ():
         if stale.stem not in {p.fleet_id for p in pages}:
             stale.unlink()

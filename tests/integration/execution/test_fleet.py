@@ -27,6 +27,8 @@ from dbrunbook.execution.fleet_groups import GroupNotFound, group_members
 from dbrunbook.execution.fleet_rollup import verify_rollup
 from dbrunbook.postgres import db
 from dbrunbook.views.report import build_report
+from tests.integration.views.test_report_browser import ARTIFACTS
+from tests.integration.views.test_report_browser import browser as browser
 from tests.projects import trust_operator
 
 pytestmark = pytest.mark.integration
@@ -151,7 +153,7 @@ def test_waves_in_order_records_rollup_and_resume(tenants):
     assert main(["--config", str(config.path), "verify", str(result.record_dir)]) == 1
 
 
-def test_canary_failure_stops_the_rest(tenants):
+def test_canary_failure_stops_the_rest(tenants, browser):
     config, names, admin = tenants
     _break(admin, names[0])
     result = run_fleet("tenant_upgrade", "tenants", waves="1,rest", parallel=2, config=config)
@@ -166,6 +168,20 @@ def test_canary_failure_stops_the_rest(tenants):
         assert _scalar(url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
     assert verify_rollup(result.record_dir, config.allowed_signers).status == "valid"
     assert len(records.find_records(config.outputs_dir)) == 1
+
+    # The report in a browser: the index lists the stopped fleet; its page puts the failure first.
+    built = build_report(config.outputs_dir, config.allowed_signers)
+    browser.get(built.index.as_uri())
+    row = browser.script("return Array.from(document.querySelectorAll('#fleets tbody tr td')).map(c => c.textContent);")
+    assert row[1:6] == ["tenant_upgrade", "tenants", f"failed 1, not-started {len(names) - 1}", result.stopped, "valid"]
+    browser.click(browser.find(f'#fleets a[href="fleets/{result.fleet_id}.html"]'))
+    assert browser.script("return document.title;") == f"fleet {result.fleet_id}"
+    waves = browser.script("return Array.from(document.querySelectorAll('table.dbr-table')).slice(1)"
+                           ".map(t => Array.from(t.rows).slice(1).map(r => r.cells[1].textContent));")
+    assert waves == [["failed"], ["not-started"] * (len(names) - 1)]
+    assert browser.find_all(f'a[href="../records/{canary.run_id}.html"]')
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.screenshot(ARTIFACTS / "report-fleet-stopped.png")
 
 
 def test_max_failures_stops_a_wave_past_the_limit(tenants):
