@@ -107,8 +107,11 @@ class Scheduler:
         port = _free_port()
         self.metadata_url = metadata_url
         self.env = {**env, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                    "PATH": f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}",  # standalone starts `airflow ...`
                     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url.replace("postgresql+psycopg://",
                                                                                 "postgresql+psycopg2://"),
+                    # Airflow 3 also opens the metadata database asynchronously: psycopg 3 (no asyncpg needed).
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": metadata_url,
                     "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False", "AIRFLOW__CORE__PARALLELISM": "8",
                     "AIRFLOW__API__PORT": str(port),
                     "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
