@@ -156,9 +156,9 @@ notebook.ipynb stays near 290 KB at 1,000 revisions (12.4 MB in issue 15, before
 and before these changes; the preview's 1.0 MB and the lint table's 0.7 MB were the part summarized here); what is left is the revision graph
 (~110 KB) and the durations chart (~90 KB), both bounded. The whole record folder is ~1.8 MB, mostly
 lint.json (860 KB: every finding, allowed or not) and the preview SQL (300 KB), which are the evidence.
-Noise: the machine was shared with other engineers' test runs (bare `alembic history` took 6.5 s for 10
-revisions, 1.3 s for 1,000 on a quiet machine in issue 15; the 10-revision apply took longer than the
-100-revision one), so the "fixed cost" and the ratios are rough; the 1,000-revision cases ran once each.
+Noise: each case ran once; the load average printed above says how busy the 2 cores were (an earlier run on
+a shared machine, load ~13, had bare `alembic history` at 6.5 s for 10 revisions against 1.3 s quiet). Bytecode
+is written and reused (an installed package's is; `PYTHONDONTWRITEBYTECODE` is cleared for the run).
 Before the batching fix, `run apply` and `run verify` on 10,000 tables failed at their row counts with
 `OutOfMemory: out of shared memory` (one REPEATABLE READ transaction locking every table).
 """
@@ -173,6 +173,7 @@ def _kb(n: int) -> str:
 
 
 def main() -> int:
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed package: bytecode written and reused
     admin = admin_url()
     saved = WORK / "scale" / "chains.jsonl"  # one line per case, so the 10,000-table part can run alone
     if os.environ.get("BENCH_REUSE_CHAINS") and saved.exists():
@@ -193,7 +194,7 @@ def main() -> int:
                     f"| {r['alembic upgrade']:.1f} / {r['dbrunbook apply']:.1f} "
                     f"| {_kb(r['notebook bytes'])} / {_kb(r['record bytes'])} |")
     body = ["## Long chains and wide databases (`bench/scale.py`)", "",
-            "One run each (2 shared cores, other engineers' jobs running: expect noise). Seconds, "
+            f"One run each, load average {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores at the end. Seconds, "
             "bare Alembic / dbrunbook; record = the apply record's notebook.ipynb / whole folder.", "",
             "| revisions | `history` / `run status` | `upgrade --sql` / `run preview` | `upgrade` / `run apply` "
             "| apply record |", "|---|---|---|---|---|", *rows]
