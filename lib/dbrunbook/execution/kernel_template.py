@@ -101,10 +101,10 @@ def _serve(path: str, parent: int) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     _wakeup[:] = [wake_r, wake_w]
     while os.getppid() == parent:
-        ready, _, _ = select.select([listener, wake_r], [], [], 0.5)
+        ready, _, _ = select.select([listener.fileno(), wake_r], [], [], 0.5)
         if wake_r in ready:
             os.read(wake_r, 512)
-        if listener in ready:
+        if listener.fileno() in ready:
             conn, _ = listener.accept()
             pid = _fork_kernel(listener, conn, children)
             if pid:

@@ -93,8 +93,8 @@ async def _fresh_forks(template, tmp_path, monkeypatch):
     second, client = await _start(tmp_path)
     try:
         text, reply = await _run(client, "import os\nimport matplotlib.pyplot as plt\n"
-                                   "print(os.environ['DBRUNBOOK_TEST_TENANT'], 'left_behind' in globals(), os.getpid(), "
-                                   "plt.get_backend())")
+                                   "print(os.environ['DBRUNBOOK_TEST_TENANT'], 'left_behind' in globals(), "
+                                   "os.getpid(), plt.get_backend())")
         tenant, leftover, pid2, backend = text.split()
         assert (tenant, leftover) == ("t2", "False") and pid2 != pid1
         assert backend == "module://matplotlib_inline.backend_inline"  # as in a kernel started the usual way
