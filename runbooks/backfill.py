@@ -37,6 +37,7 @@ set: str = ""  # only for a backfill not declared: the SET list, e.g. score = 0
 where: str = ""  # only for a backfill not declared: the rows still to do, e.g. score IS NULL
 batch_seconds: float = 0.5  # the batch size adapts toward this many seconds a batch
 batch_size: int = 1000  # rows in the first batch
+rest_seconds: float = 0.1  # rest after each batch, leaving the disk to the application
 max_rows: int = 0  # stop after changing this many rows (0: no limit); a later run resumes
 dry_run: bool = True  # true: show what would run and change nothing
 run_id: str = ""  # set by the launcher
@@ -72,7 +73,7 @@ todo
 
 # %%
 result = backfill.run_backfill(s, spec, batch_seconds=batch_seconds, batch_size=batch_size, max_rows=max_rows,
-                               dry_run=dry_run, estimate_rows=todo.attrs["rows_to_do"])
+                               dry_run=dry_run, estimate_rows=todo.attrs["rows_to_do"], rest_seconds=rest_seconds)
 result
 
 # %% [markdown]
