@@ -20,7 +20,8 @@ from dbrunbook.views.record_page import INDEX_FILE, RecordEntry, utc_when
 from dbrunbook.views.report_style import page_html
 from dbrunbook.views.tables import escape_html
 
-__all__ = ["APPROVAL_PAGES_DIR", "ApprovalPage", "approvals_by_run", "write_approval_pages"]
+__all__ = ["APPROVAL_PAGES_DIR", "ApprovalPage", "approvals_by_run", "render_approval_page", "valid_approvers",
+           "write_approval_pages"]
 
 APPROVAL_PAGES_DIR = "approvals"
 
@@ -56,6 +57,11 @@ def approvals_by_run(outputs_dir: Path, allowed_signers: Path,
         if run.is_dir():
             found[run.name] = approvals_of(outputs_dir, run.name, Path(allowed_signers), digest)
     return found
+
+
+def valid_approvers(found: Sequence[Approval]) -> tuple[str, ...]:
+    """The approvers whose approval checks out, sorted, each once."""
+    return tuple(sorted({a.approver for a in found if a.status == "valid" and a.approver}))
 
 
 def _record_link(entry: RecordEntry | None, run_id: str) -> str:
@@ -100,7 +106,7 @@ def _use_rows(users: Sequence[RecordEntry], approvers: set[str]) -> str:
 def render_approval_page(run_id: str, found: Sequence[Approval], preview: RecordEntry | None,
                          users: Sequence[RecordEntry]) -> str:
     """The HTML page of the approvals of preview ``run_id``."""
-    valid = sorted({a.approver for a in found if a.status == "valid" and a.approver})
+    valid = valid_approvers(found)
     bad = [a for a in found if a.status != "valid"]
     if valid and not bad:
         banner = f'<div class="dbr-banner valid" id="approval-status">Approved by {escape_html(", ".join(valid))}.'
@@ -142,8 +148,7 @@ def write_approval_pages(out_dir: Path, approved: Mapping[str, Sequence[Approval
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{run_id}.html").write_text(render_approval_page(run_id, found, by_id.get(run_id), users),
                                                encoding="utf-8")
-        pages.append(ApprovalPage(run_id, f"{APPROVAL_PAGES_DIR}/{run_id}.html",
-                                  tuple(sorted({a.approver for a in found if a.status == "valid" and a.approver})),
+        pages.append(ApprovalPage(run_id, f"{APPROVAL_PAGES_DIR}/{run_id}.html", valid_approvers(found),
                                   sum(1 for a in found if a.status != "valid"), tuple(e.run_id for e in users)))
     for stale in folder.glob("*.html") if folder.is_dir() else ():
         if stale.stem not in approved:

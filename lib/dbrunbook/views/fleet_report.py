@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dbrunbook.execution import fleet_rollup
 from dbrunbook.views import plots
-from dbrunbook.views.record_page import INDEX_FILE, PAGES_DIR, utc_when
+from dbrunbook.views.record_page import INDEX_FILE, PAGES_DIR, heads_text, utc_when
 from dbrunbook.views.report_style import outcome_badge, page_html
 from dbrunbook.views.tables import escape_html
 
@@ -34,12 +34,6 @@ class FleetPage:
     stopped: str
 
 
-def _heads(before: dict | None, after: dict | None) -> str:
-    names = sorted(set(before or {}) | set(after or {}))
-    return "; ".join(f"{n}: {','.join((before or {}).get(n) or []) or 'base'} → "
-                     f"{','.join((after or {}).get(n) or []) or 'base'}" for n in names)
-
-
 def _pairs(values: object) -> str:
     """``{"dry_run": False}`` as ``dry_run false``; "none" when empty."""
     if not isinstance(values, dict) or not values:
@@ -56,7 +50,7 @@ def _wave_table(entries: list[dict]) -> str:
                if t.get("run_id") else "-")
         rows.append(f"<tr><td>{escape_html(t['target'])}</td><td>{outcome_badge(t['outcome'])}</td><td>{run}</td>"
                     f"<td>{float(t.get('seconds') or 0):.1f}</td>"
-                    f"<td>{escape_html(_heads(t.get('heads_before'), t.get('heads_after')))}</td>"
+                    f"<td>{escape_html(heads_text(t.get('heads_before'), t.get('heads_after')))}</td>"
                     f"<td>{escape_html(t.get('error') or '')}</td></tr>")
     head = "".join(f"<th>{c}</th>" for c in ("target", "outcome", "run", "seconds", "heads before → after",
                                              "error"))

@@ -85,7 +85,8 @@ class RecordEntry:
 
 
 # --- facts of a record ------------------------------------------------------------------------------------
-def _heads_text(before: Mapping | None, after: Mapping | None) -> str:
+def heads_text(before: Mapping | None, after: Mapping | None) -> str:
+    """``main: a → b; ai: c`` from heads before and after, per migration set ("-" when neither is known)."""
     before, after = before or {}, after or {}
     parts = []
     for name in sorted(set(before) | set(after)):
@@ -129,7 +130,7 @@ def _entry(run_dir: Path, check: records.RecordCheck) -> RecordEntry:
         target=str(target or "-"),
         operator=str(facts.get("operator") or "-"),
         outcome=str(facts.get("outcome") or ("incomplete" if check.status == "incomplete" else "-")),
-        revisions=_heads_text(facts.get("heads_before") or (facts.get("pre_state") or {}).get("heads"),
+        revisions=heads_text(facts.get("heads_before") or (facts.get("pre_state") or {}).get("heads"),
                               facts.get("heads_after")),
         status=check.status,
         page=f"{PAGES_DIR}/{run_dir.name}.html",

@@ -76,29 +76,31 @@ class Report:
         return self.out_dir / next(e.page for e in self.entries if e.run_id == run_id)
 
 
+def _listing(title: str, table_id: str, columns: tuple[str, ...], rows: list[str]) -> str:
+    head = "".join(f"<th>{escape_html(c)}</th>" for c in columns)
+    return (f'<h2>{escape_html(title)}</h2><table class="dbr-table" id="{table_id}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
 def _side_tables(fleets: list[FleetPage], approved: list[ApprovalPage]) -> str:
     """The index's lists of fleet roll-ups and of approved previews, each linking its own page."""
     parts = []
     if fleets:
-        rows = "".join(
+        parts.append(_listing("Fleets", "fleets", ("started (UTC)", "runbook", "group", "targets", "stopped",
+                                                   "roll-up", "fleet"), [
             f'<tr class="fleet status-{escape_html(f.status)}"><td>{escape_html(utc_when(f.started_at))}</td>'
             f"<td>{escape_html(f.runbook)}</td><td>{escape_html(f.group)}</td><td>{escape_html(f.tally)}</td>"
             f"<td>{escape_html(f.stopped or '-')}</td><td class=\"status\">{escape_html(f.status)}</td>"
             f'<td><a href="{escape_html(f.page)}">{escape_html(f.fleet_id)}</a></td></tr>'
-            for f in sorted(fleets, key=lambda f: f.fleet_id, reverse=True))
-        parts.append('<h2>Fleets</h2><table class="dbr-table" id="fleets"><thead><tr><th>started (UTC)</th>'
-                     "<th>runbook</th><th>group</th><th>targets</th><th>stopped</th><th>roll-up</th><th>fleet</th>"
-                     f"</tr></thead><tbody>{rows}</tbody></table>")
+            for f in sorted(fleets, key=lambda f: f.fleet_id, reverse=True)]))
     if approved:
-        rows = "".join(
+        parts.append(_listing("Approvals", "approved-previews", ("approved by", "approval files not valid",
+                                                                  "used by", "preview"), [
             f'<tr class="approved{" status-tampered" if not a.valid_by else ""}">'
             f"<td>{escape_html(', '.join(a.valid_by) or 'no valid approval')}</td>"
             f"<td>{a.not_valid}</td><td>{escape_html(', '.join(a.used_by) or '-')}</td>"
             f'<td><a href="{escape_html(a.page)}">{escape_html(a.run_id)}</a></td></tr>'
-            for a in sorted(approved, key=lambda a: a.run_id, reverse=True))
-        parts.append('<h2>Approvals</h2><table class="dbr-table" id="approved-previews"><thead><tr>'
-                     "<th>approved by</th><th>approval files not valid</th><th>used by</th><th>preview</th>"
-                     f"</tr></thead><tbody>{rows}</tbody></table>")
+            for a in sorted(approved, key=lambda a: a.run_id, reverse=True)]))
     return "".join(parts) + ("<h2>Records</h2>" if parts else "")
 
 
