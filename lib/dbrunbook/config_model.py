@@ -36,6 +36,7 @@ class Target:
     backfill_max_lag: str = "10s"  # a backfill pauses while a standby replays further behind than this
     backfill_max_wal_backlog: int = 64  # ... or while more WAL segments than this wait to be archived
     backfill_flush_after: int = 32  # a backfill's batches write back their pages every N 8-kB blocks (0: server's)
+    backfill_checkpoint_percent: int = 80  # ... or before a batch whose WAL would force a checkpoint (0: off)
     approval_max_age: str = "24h"  # protected targets: how old the second person's approval of a preview may be
     tenant_database: str | None = None  # a database-per-tenant member: this database on the group's server
 

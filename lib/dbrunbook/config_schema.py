@@ -39,7 +39,7 @@ TARGET_KINDS = {
     "maintenance_command": "str", "maintenance_flag": "path", "backup_max_age": "duration",
     "blocker_max_age": "duration", "database": "str",
     "backfill_max_lag": "duration", "backfill_max_wal_backlog": "int", "approval_max_age": "duration",
-    "backfill_flush_after": "int",
+    "backfill_flush_after": "int", "backfill_checkpoint_percent": "int",
 }
 SET_KINDS = {
     "alembic_ini": "path", "section": "str", "script_location": "path", "version_table": "str",

@@ -19,7 +19,7 @@ _TARGET_KEYS = {
     "url_env", "service", "embedded", "protected", "lock_timeout", "statement_timeout", "retries",
     "description", "health_url", "maintenance_command", "maintenance_flag", "backup_max_age",
     "blocker_max_age", "database",
-    "backfill_max_lag", "backfill_max_wal_backlog", "backfill_flush_after",
+    "backfill_max_lag", "backfill_max_wal_backlog", "backfill_flush_after", "backfill_checkpoint_percent",
     "approval_max_age",
 }
 _BACKFILL_KEYS = {"table", "key", "set", "where", "migration_set", "revision", "description"}
@@ -66,6 +66,9 @@ def read_target(name: str, raw: dict, path: Path) -> Target:
     if int(raw.get("backfill_flush_after", 0)) > 256:
         raise ConfigError(f"{path}: [targets.{name}] backfill_flush_after = {raw['backfill_flush_after']} is over "
                           f"PostgreSQL's limit for backend_flush_after: give 0 to 256 blocks of 8 kB (32 is 256 kB).")
+    if not 0 <= int(raw.get("backfill_checkpoint_percent", 0)) <= 100:
+        raise ConfigError(f"{path}: [targets.{name}] backfill_checkpoint_percent = "
+                          f"{raw['backfill_checkpoint_percent']} is not a percentage: give 0 (off) to 100.")
     try:
         return Target(name=name, **raw)
     except TypeError as err:

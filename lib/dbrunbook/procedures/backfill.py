@@ -201,7 +201,7 @@ def run_backfill(session, spec: Backfill | None, *, batch_seconds: float = 0.5, 
                 if max_rows and result.rows >= max_rows:
                     result.stopped = f"max_rows {max_rows:,} reached"
                     break
-                _pause_while_unhealthy(session, conn, plan, own, result, stop)
+                _pause_while_unhealthy(session, conn, plan, own, result, stop, next_wal=_next_wal(result.batches))
                 if stop.reason:
                     break
                 limit = min(size, max_rows - result.rows) if max_rows else size
@@ -272,6 +272,12 @@ def _pid(conn) -> int:
     return conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
 
 
+def _next_wal(batches: list[Batch]) -> int:
+    """The WAL the next batch should write: the last one's if it was full, else 0 (the table's end is near)."""
+    last = batches[-1] if batches else None
+    return last.wal_bytes if last is not None and last.scanned >= last.size else 0
+
+
 def _next_size(size: int, seconds: float, target: float) -> int:
     """Toward ``target`` seconds a batch, at most doubling or halving at once (GitLab: 90-95% of the target)."""
     if 0.9 * target <= seconds <= 0.95 * target:
@@ -289,21 +295,24 @@ def _one_batch(conn, plan: Plan, cursor, limit: int, number: int, policy, run_id
         try:
             found = conn.execute(bounds, {"n": limit, **after}).first()
             scanned, new, rows = (found.scanned, tuple(found.last), 0) if found else (0, cursor, 0)
+            wal = 0
             if scanned:
                 rows = conn.execute(update, {**after, **{f"h{i}": v for i, v in enumerate(new)}}).rowcount
                 moved = conn.execute(sa.text(
                     "UPDATE dbrunbook.backfills SET cursor = :c, batches = batches + 1, "
                     "rows_changed = rows_changed + :r, updated_at = now() "
-                    "WHERE name = :n AND cursor IS NOT DISTINCT FROM CAST(:old AS text[])"),
-                    {"c": list(new), "r": rows, "n": plan.spec.name,
-                     "old": list(cursor) if cursor else None}).rowcount
-                if moved != 1:
+                    "WHERE name = :n AND cursor IS NOT DISTINCT FROM CAST(:old AS text[]) "
+                    "RETURNING pg_wal_lsn_diff(pg_current_wal_insert_lsn(), CAST(:lsn AS pg_lsn))::bigint"),
+                    {"c": list(new), "r": rows, "n": plan.spec.name, "lsn": found.lsn,
+                     "old": list(cursor) if cursor else None}).all()
+                wal = int(moved[0][0]) if len(moved) == 1 else 0
+                if len(moved) != 1:
                     raise BackfillFailed(plan.spec.name, number, "its stored cursor moved under this run "
                                          "(another runner without the backfill lock?); nothing of this batch "
                                          "was committed")
             conn.commit()
             return Batch(number, started.isoformat(), limit, scanned, rows,
-                         round(time.perf_counter() - t0, 4), attempt, new)
+                         round(time.perf_counter() - t0, 4), attempt, new, wal)
         except sa.exc.DBAPIError as err:
             conn.rollback()
             if not locking.is_lock_timeout(err) or attempt == policy.retries:
@@ -318,8 +327,9 @@ def _one_batch(conn, plan: Plan, cursor, limit: int, number: int, policy, run_id
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _pause_while_unhealthy(session, conn, plan: Plan, own, result: BackfillResult, stop) -> None:
-    signals = health_signals(conn, plan.oid, session.target, own_pids=own)
+def _pause_while_unhealthy(session, conn, plan: Plan, own, result: BackfillResult, stop, *, next_wal: int = 0
+                           ) -> None:
+    signals = health_signals(conn, plan.oid, session.target, own_pids=own, next_wal=next_wal)
     conn.rollback()
     if not signals:
         return
@@ -329,7 +339,7 @@ def _pause_while_unhealthy(session, conn, plan: Plan, own, result: BackfillResul
     while signals and not stop.reason:
         reasons += [str(s) for s in signals if str(s) not in reasons]
         time.sleep(_PAUSE_POLL)
-        signals = health_signals(conn, plan.oid, session.target, own_pids=own)
+        signals = health_signals(conn, plan.oid, session.target, own_pids=own, next_wal=next_wal)
         conn.rollback()
     pause = Pause(len(result.batches) + 1, started.isoformat(), round(time.perf_counter() - t0, 3), tuple(reasons))
     result.pauses.append(pause)

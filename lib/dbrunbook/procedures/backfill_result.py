@@ -17,7 +17,11 @@ __all__ = ["BackfillResult", "Batch", "Pause"]
 
 @dataclass(frozen=True)
 class Batch:
-    """One committed batch: its size limit, rows changed, seconds, lock-timeout retries, the key it ended at."""
+    """One committed batch: its size limit, rows changed, seconds, lock-timeout retries, the key it ended at.
+
+    ``wal_bytes`` is how far the server's WAL moved during the batch (the application's WAL of that moment
+    included): what the batch costs the disk, and what the checkpoint signal expects of the next one.
+    """
 
     number: int
     started_at: str
@@ -27,6 +31,7 @@ class Batch:
     seconds: float
     retries: int
     cursor: tuple[str, ...]
+    wal_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class BackfillResult:
     def batches_frame(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(b) for b in self.batches],
                             columns=["number", "started_at", "size", "scanned", "rows", "seconds", "retries",
-                                     "cursor"])
+                                     "cursor", "wal_bytes"])
 
     def _repr_html_(self) -> str:
         rate = self.rows / self.seconds if self.seconds else 0
@@ -77,6 +82,7 @@ class BackfillResult:
                 ("pauses", f"{len(self.pauses)} ({sum(p.seconds for p in self.pauses):.1f} s)"),
                 ("rests after batches", f"{self.rest_seconds:.1f} s"),
                 ("pages written back every", self.write_back or "—"),
+                ("WAL during the batches", f"{sum(b.wal_bytes for b in self.batches) / 1024 ** 2:,.0f} MB"),
                 ("resumed after key", ", ".join(self.resumed_from) if self.resumed_from else "(start)"),
                 ("stopped", self.stopped or "—"),
                 ("all runs: rows, batches", f"{self.total_rows:,}, {self.total_batches:,}"),

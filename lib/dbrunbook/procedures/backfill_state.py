@@ -73,13 +73,15 @@ class Plan:
         return "(" + ", ".join(f"CAST(:{prefix}{i} AS {t})" for i, t in enumerate(self.types)) + ")"
 
     def bounds_sql(self, with_cursor: bool) -> sa.TextClause:
-        """The next batch's last key and its number of keys: an index-only walk of at most ``:n`` keys."""
+        """The next batch's last key, its number of keys (an index-only walk of at most ``:n`` keys), and where
+        the WAL stands before the batch writes (``lsn``, for the batch's WAL bytes)."""
         cols = ", ".join(f"{k} AS _k{i}" for i, k in enumerate(self.keys))
         order = ", ".join(self.keys)
         after = f"WHERE ({order}) > {self._row('c')}" if with_cursor else ""
         last = ", ".join(f"_k{i}::text" for i in range(len(self.keys)))
         desc = ", ".join(f"_k{i} DESC" for i in range(len(self.keys)))
-        return sa.text(f"SELECT ARRAY[{last}] AS last, count(*) OVER () AS scanned "
+        return sa.text(f"SELECT ARRAY[{last}] AS last, count(*) OVER () AS scanned, "
+                       f"pg_current_wal_insert_lsn()::text AS lsn "
                        f"FROM (SELECT {cols} FROM {self.table} {after} ORDER BY {order} LIMIT :n) AS batch "
                        f"ORDER BY {desc} LIMIT 1")
 

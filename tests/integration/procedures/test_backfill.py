@@ -150,6 +150,48 @@ def test_pauses_while_a_session_waits_for_a_lock_on_the_table(project):
     assert counts(project) == {"todo": 0, "once": 500, "twice": 0, "wrong": 0}
 
 
+
+def test_waits_for_the_servers_checkpoint_rather_than_force_one(project, database_url):
+    """A batch whose WAL would pass backfill_checkpoint_percent of the server's checkpoint distance waits for a
+    checkpoint (here one the test asks for 1.5 s later) instead of making the server start one itself."""
+    fill(project, 200_000)
+    with project.engine.connect() as conn:
+        settings = conn.execute(sa.text(
+            "SELECT pg_size_bytes(current_setting('max_wal_size'))::float8 AS max_wal, "
+            "current_setting('checkpoint_completion_target')::float8 AS completion")).one()
+    distance = settings.max_wal / (1 + settings.completion)
+    if distance > 2e9:  # 1% of it must be less than what one batch of 100,000 rows writes
+        pytest.skip(f"max_wal_size {settings.max_wal:.0f} B is too large for this test")
+    text = project.config_path.read_text()
+    project.config_path.write_text(text.replace("[targets.local]\n",
+                                                "[targets.local]\nbackfill_checkpoint_percent = 1\n"))
+    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            try:
+                conn.execute(sa.text("CHECKPOINT"))  # the WAL since the last checkpoint starts near 0
+            except sa.exc.DBAPIError as err:
+                pytest.skip(f"this role cannot CHECKPOINT: {err.orig}")
+        timer = threading.Timer(1.5, lambda: admin.connect().execute(sa.text("CHECKPOINT")))
+        s = session("run-checkpoint")
+        try:
+            spec = backfill.declared(s, "items_score")
+            timer.start()
+            result = backfill.run_backfill(s, spec, batch_size=100_000, batch_seconds=30, dry_run=False)
+        finally:
+            s.finish()
+            timer.join(10)
+    finally:
+        admin.dispose()
+    assert s.target.backfill_checkpoint_percent == 1
+    assert counts(project) == {"todo": 0, "once": 200_000, "twice": 0, "wrong": 0}
+    assert result.batches[0].wal_bytes > 0.01 * distance  # one batch writes more than the allowance
+    assert len(result.pauses) == 1 and result.pauses[0].before_batch == 2, result.pauses
+    assert result.pauses[0].seconds >= 1.0
+    assert result.pauses[0].reasons[0].startswith("checkpoint: "), result.pauses[0].reasons
+    assert "max_wal_size" in result.pauses[0].reasons[0]
+
+
 RUNNER = """
 import sys
 from dbrunbook.procedures import backfill

@@ -12,7 +12,7 @@ from dbrunbook.errors import ConfigError
 from dbrunbook.procedures import backfill
 from dbrunbook.procedures.backfill import BackfillResult, Batch, Pause, _next_size, quote_name, set_columns
 from dbrunbook.procedures.backfill_guard import not_null_columns
-from dbrunbook.procedures.backfill_health import wal_segment_number
+from dbrunbook.procedures.backfill_health import checkpoint_distance, wal_segment_number
 from dbrunbook.procedures.backfill_progress import format_line
 from dbrunbook.views.backfill_plots import batches_chart
 
@@ -63,6 +63,24 @@ def test_the_target_limits_have_defaults_and_are_checked(tmp_path):
         load_config(write(tmp_path, '[targets.t]\nurl_env = "X"\nbackfill_flush_after = 300\n'))
     with pytest.raises(ConfigError, match=r'backfill_flush_after = "2MB" must be a whole number'):
         load_config(write(tmp_path, '[targets.t]\nurl_env = "X"\nbackfill_flush_after = "2MB"\n'))
+    assert config.target().backfill_checkpoint_percent == 80
+    with pytest.raises(ConfigError, match=r"backfill_checkpoint_percent = 120 is not a percentage: give 0 \(off\)"):
+        load_config(write(tmp_path, '[targets.t]\nurl_env = "X"\nbackfill_checkpoint_percent = 120\n'))
+
+
+def test_the_checkpoint_distance_is_the_servers_own_trigger():
+    # xlog.c: CheckPointSegments = max_wal_size / (1 + checkpoint_completion_target); the server log's
+    # "distance=535202 kB" for max_wal_size 1GB and 0.9.
+    assert checkpoint_distance(1024 ** 3, 0.9) == pytest.approx(565_127_000, rel=1e-3)
+    assert checkpoint_distance(16 * 1024 ** 3, 0.5) == pytest.approx(16 * 1024 ** 3 / 1.5)
+
+
+def test_the_next_batch_is_expected_to_write_what_the_last_full_one_wrote():
+    full = Batch(1, "2026-12-01T00:00:00", 1000, 1000, 1000, 0.4, 0, ("1000",), 2_000_000)
+    short = Batch(2, "2026-12-01T00:00:01", 2000, 700, 700, 0.3, 0, ("1700",), 1_400_000)
+    assert backfill._next_wal([]) == 0  # nothing known before the first batch
+    assert backfill._next_wal([full]) == 2_000_000
+    assert backfill._next_wal([full, short]) == 0  # the table's end: the next one is the empty sweep
 
 
 @pytest.mark.parametrize(("name", "sql"), [
