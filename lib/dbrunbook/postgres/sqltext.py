@@ -60,7 +60,16 @@ class Statement:
 
 
 def split_statements(sql: str) -> list[Statement]:
-    """Split SQL into statements; statements that are only comments or blanks are dropped."""
+    """Split SQL into statements; statements that are only comments or blanks are dropped.
+
+    Remembered per text: lint, preflight and the loss guard each split the same preview (a 1,000-revision
+    preview is 1,000 texts), and a Statement keeps its ``flat`` once computed.
+    """
+    return list(_split(sql))
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(sql: str) -> tuple[Statement, ...]:
     spans: list[tuple[int, int]] | None
     try:
         ends = [s.stop for s in parser.split(sql, with_parser=True, only_slices=True)]
@@ -71,7 +80,7 @@ def split_statements(sql: str) -> list[Statement]:
         spans, checked = _scanner_spans(sql), False
     if spans is None:
         spans, checked = _hand_spans(sql), False
-    return [s for s in (_statement(sql, a, b, checked=checked) for a, b in spans) if s is not None]
+    return tuple(s for s in (_statement(sql, a, b, checked=checked) for a, b in spans) if s is not None)
 
 
 def _after(sql: str, b: int) -> int:

@@ -94,15 +94,18 @@ def read_catalog(engine, statements, rows_threshold: int, bytes_threshold: int) 
             if owner:
                 index_tables[index] = normalize_name(owner)
                 tables.add(normalize_name(owner))
+        # One query for every table's existence and size (a 1,000-revision chain names 1,000 new tables);
+        # only the live ones are then counted, each in its own bounded statement.
+        live = {r.name: r for r in conn.execute(_SIZES_SQL, {"names": sorted(tables)})}
+        spellings: dict[int, list[str]] = {}
         for table in sorted(tables):
-            sizes[table] = _table_size(conn, table, rows_threshold)
-            if not sizes[table].exists:
-                continue
-            for expr in conn.execute(sa.text(
-                    "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = to_regclass(:t) "
-                    "AND contype = 'c' AND convalidated"), {"t": table}).scalars():
+            sizes[table] = _table_size(conn, table, live.get(table), rows_threshold)
+            if sizes[table].exists:
+                spellings.setdefault(live[table].oid, []).append(table)
+        if spellings:
+            for oid, expr in conn.execute(_CHECKS_SQL, {"oids": sorted(spellings)}):
                 for col in re.findall(rf'\(\s*\(?\s*{IDENT}\s+IS\s+NOT\s+NULL\s*\)?\s*\)', expr, re.IGNORECASE):
-                    checks.add((table, normalize_name(col)))
+                    checks.update((table, normalize_name(col)) for table in spellings[oid])
         for table, column in sorted(columns):
             if sizes.get(table) and sizes[table].exists:
                 found = conn.execute(sa.text(
@@ -114,14 +117,24 @@ def read_catalog(engine, statements, rows_threshold: int, bytes_threshold: int) 
     return Catalog(sizes, types, frozenset(checks), index_tables, rows_threshold, bytes_threshold)
 
 
-def _table_size(conn, table: str, limit: int) -> TableSize:
-    """Rows (counted up to ``limit``, so the cost is bounded) and total bytes of a live table."""
-    row = conn.execute(sa.text(
-        "SELECT c.oid::regclass::text, greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid) "
-        "FROM pg_class c WHERE c.oid = to_regclass(:t) AND c.relkind IN ('r', 'p', 'm')"), {"t": table}).first()
-    if row is None:
+_SIZES_SQL = sa.text("""
+    SELECT t.name, c.oid::bigint AS oid, c.oid::regclass::text AS regname,
+           greatest(c.reltuples, 0)::bigint AS estimate, pg_total_relation_size(c.oid) AS bytes
+    FROM unnest(CAST(:names AS text[])) AS t(name)
+    JOIN pg_class c ON c.oid = to_regclass(t.name) AND c.relkind IN ('r', 'p', 'm')
+""")
+_CHECKS_SQL = sa.text("""
+    SELECT conrelid::bigint, pg_get_constraintdef(oid) FROM pg_constraint
+    WHERE conrelid = ANY(CAST(:oids AS oid[])) AND contype = 'c' AND convalidated
+""")
+
+
+def _table_size(conn, table: str, live, limit: int) -> TableSize:
+    """Rows (counted up to ``limit``, so the cost is bounded) and total bytes of a live table (``live``: its
+    row of ``_SIZES_SQL``, None when the table does not exist)."""
+    if live is None:
         return TableSize(table, exists=False)
-    name, estimate, size = row
+    name, estimate, size = live.regname, live.estimate, live.bytes
     try:
         with conn.begin_nested():
             # A table locked by someone else: fall back to the planner's estimate rather than wait.

@@ -127,8 +127,14 @@ def lint_revision_files(mset, revisions, *, protected: bool = False) -> list[Fin
     return found + ([heads] if heads else [])
 
 
+#: Alembic's version row statements, known without the parser (a 1,000-revision chain has 1,000 of them).
+_VERSION_ROW = re.compile(r'^(?:UPDATE|INSERT INTO|DELETE FROM) (?:"?\w+"?\.)?"?(\w+)"?[ (]')
+
+
 def _bookkeeping(flat: str, version_tables: set[str]) -> bool:
     """Alembic's own statements (transaction, version table): not the migration author's to fix."""
+    if (m := _VERSION_ROW.match(flat)) and m.group(1) in version_tables:
+        return True
     d = sqlparse.describe(flat)
     if d.kind == "TRANSACTION":
         return True
@@ -147,7 +153,9 @@ def lint(session: SessionLike, preview, *, rows_threshold: int = 10_000, bytes_t
     bigger one it is an error. Destructive statements are warnings, errors on a protected target.
     """
     protected = session.target.protected
-    statements = [s for steps in preview.steps.values() for step in steps for s in split_statements(step.sql)]
+    version_tables = {m.version_table for m in session.config.migration_sets.values()}
+    statements = [s for steps in preview.steps.values() for step in steps for s in split_statements(step.sql)
+                  if not _bookkeeping(s.flat, version_tables)]
     catalog = read_catalog(session.engine, statements, rows_threshold, bytes_threshold)
     version = re.match(r"\d+(?:\.\d+)?", session.identity.server_version or "")
     findings: list[Finding] = []
@@ -155,7 +163,7 @@ def lint(session: SessionLike, preview, *, rows_threshold: int = 10_000, bytes_t
         if steps:
             findings += lint_revision_files(session.config.migration_set(name), steps, protected=protected)
     found, omitted = lint_sql(preview.steps, catalog, protected=protected,
-                              version_tables={m.version_table for m in session.config.migration_sets.values()},
+                              version_tables=version_tables,
                               pg_version=version.group(0) if version else None)
     target = session.target
     return LintReport(_sorted(findings + found), target.name, protected, omitted,

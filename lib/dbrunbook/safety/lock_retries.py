@@ -234,6 +234,14 @@ def _invalid(migration_set: str, revision: str | None, completed: tuple, steps: 
     return InvalidIndex(migration_set, revision, tuple(completed), left, steps=steps, attempts=list(mine))
 
 
+def _listed(revisions: tuple[str, ...], shown: int = 6) -> str:
+    """The revisions in a line a person reads: all of a few, else the first and last with the count between."""
+    if len(revisions) <= shown:
+        return ", ".join(revisions)
+    return (f"{len(revisions):,} revisions: {', '.join(revisions[:3])}, … {len(revisions) - 5:,} more …, "
+            f"{', '.join(revisions[-2:])}")
+
+
 def note_attempt(attempts: list[Attempt], mine: list[Attempt], attempt: Attempt, report: Callable | None,
           total: int) -> None:
     attempts.append(attempt)
@@ -243,7 +251,7 @@ def note_attempt(attempts: list[Attempt], mine: list[Attempt], attempt: Attempt,
     where = f"{attempt.migration_set}: " if attempt.migration_set else ""
     line = f"attempt {attempt.number}/{total} {where}{attempt.outcome} after {attempt.seconds:.2f}s"
     if attempt.applied:
-        line += f", applied {', '.join(attempt.applied)}"
+        line += f", applied {_listed(attempt.applied)}"
     if attempt.outcome != "succeeded" and attempt.revision:
         line += f", at {attempt.revision}"
     if attempt.blockers:

@@ -191,14 +191,23 @@ def _statement_rows(preview: Any) -> list[StatementLock]:
 
 
 # --- the live part ------------------------------------------------------------------------------------------
+# Every name at once (1,000 pending revisions name 1,000 tables): one round trip, not one a table.
 _RESOLVE_SQL = sa.text("""
-    SELECT c.oid::bigint AS oid, c.oid::regclass::text AS name, c.relkind::text AS relkind,
+    SELECT n.name AS key, c.oid::bigint AS oid, c.oid::regclass::text AS name, c.relkind::text AS relkind,
            CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END AS rows_estimate,
            pg_total_relation_size(c.oid) AS size_bytes, pg_size_pretty(pg_total_relation_size(c.oid)) AS size,
            t.oid::bigint AS index_table_oid, t.oid::regclass::text AS index_table
-    FROM pg_class c LEFT JOIN pg_index i ON i.indexrelid = c.oid LEFT JOIN pg_class t ON t.oid = i.indrelid
-    WHERE c.oid = to_regclass(:name)
+    FROM unnest(CAST(:names AS text[])) AS n(name) JOIN pg_class c ON c.oid = to_regclass(n.name)
+    LEFT JOIN pg_index i ON i.indexrelid = c.oid LEFT JOIN pg_class t ON t.oid = i.indrelid
 """)
+
+
+def _resolve(conn, names) -> dict:
+    """The pg_class facts of each name that exists, by the name as given."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return {}
+    return {r["key"]: r for r in conn.execute(_RESOLVE_SQL, {"names": wanted}).mappings()}
 
 _SESSIONS_SQL = sa.text("""
     SELECT l.relation::bigint AS oid, l.relation::regclass::text AS table, l.mode, l.granted, a.pid,
@@ -277,10 +286,13 @@ def live_preflight(session: SessionLike, preview: Any) -> PreflightResult:
     tables: dict[str, dict] = {}  # resolved name -> row
     needed: dict[int, list[str]] = {}  # table oid -> modes the migrations need
     with session.engine.connect() as conn:
+        resolved = _resolve(conn, [st.table for st in statements])
+        # DROP INDEX: the lock is taken on its table too
+        index_tables = _resolve(conn, [r["index_table"] for r in resolved.values() if r["index_table"]])
         for st in statements:
-            info = conn.execute(_RESOLVE_SQL, {"name": st.table}).mappings().first()
-            if info is not None and info["index_table"]:  # DROP INDEX: the lock is taken on its table too
-                info = conn.execute(_RESOLVE_SQL, {"name": info["index_table"]}).mappings().first()
+            info = resolved.get(st.table)
+            if info is not None and info["index_table"]:
+                info = index_tables.get(info["index_table"])
             name = info["name"] if info else st.table
             row = tables.setdefault(name, {
                 "table": name, "exists": info is not None,

@@ -8,6 +8,7 @@ visible, timeouts dropped (dbrunbook sets them on every connection), style as in
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,10 @@ def run_squawk(sqls: Sequence[str], pg_version: str | None = None) -> list[list[
     """Lint each SQL text with ``squawk --reporter json`` in one call; the findings of each, in order."""
     if not sqls:
         return []
-    with tempfile.TemporaryDirectory(prefix="dbrunbook-lint-") as folder:
+    # One file a revision; in memory where the system has it (creating 1,000 files on disk took 0.3 s).
+    shm = Path("/dev/shm")
+    where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="dbrunbook-lint-", dir=where) as folder:
         paths = []
         for i, sql in enumerate(sqls):
             path = Path(folder) / f"{i:05d}.sql"

@@ -121,3 +121,23 @@ def test_nothing_pending_means_nothing_to_check(make_session):
     assert (len(result.statements), len(result.tables), len(result.sessions)) == (0, 0, 0)
     assert preflight.require_no_blockers(s, result).empty
     assert result.blockers.empty
+
+
+def test_a_dropped_index_is_weighed_as_its_table_and_unknown_names_as_new(make_session, blocker):
+    """DROP INDEX locks the index's table: the preflight resolves it (all names in one query) to that table."""
+    from types import SimpleNamespace
+
+    from dbrunbook.chain.migrations import SqlStep
+
+    s = make_session(protected=False, blocker_max_age="0s")
+    with s.engine.begin() as conn:
+        conn.execute(sa.text("CREATE INDEX ix_users_last ON users (last_name)"))
+    pid = blocker()
+    steps = [SqlStep("r1", (), "drop it", "DROP INDEX ix_users_last;"),
+             SqlStep("r2", ("r1",), "later", "ALTER TABLE made_by_r0 ADD COLUMN x int;")]
+    result = preflight.live_preflight(s, SimpleNamespace(steps={"main": steps}))
+    tables = result.tables.set_index("table")
+    assert tables.loc["users", "exists"] and tables.loc["users", "rows_estimate"] == 500
+    assert not tables.loc["made_by_r0", "exists"]  # a table the database does not have (yet)
+    assert "ix_users_last" not in tables.index
+    assert pid in set(result.sessions["pid"])  # the report job's ACCESS SHARE on users conflicts with DROP INDEX

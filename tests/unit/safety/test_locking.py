@@ -160,3 +160,10 @@ def test_statement_locks(statement, expected):
 def test_conflicts_follow_the_postgresql_table(held, wanted, expected):
     assert preflight.conflicts(held, wanted) is expected
     assert preflight.conflicts(wanted, held) is expected  # the table is symmetric
+
+
+def test_an_attempt_line_lists_a_few_revisions_and_counts_the_rest():
+    assert lock_retries._listed(("a", "b")) == "a, b"
+    many = tuple(f"r{i:04d}" for i in range(1000))
+    line = lock_retries._listed(many)
+    assert line == "1,000 revisions: r0000, r0001, r0002, … 995 more …, r0998, r0999"
