@@ -9,6 +9,7 @@ revisions, or across a merge point, is refused with ``AmbiguousRevision`` naming
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,11 +85,24 @@ def to_tuple(value: Any) -> tuple:
     return tuple(value)
 
 
+#: Alembic's walk of a loaded ScriptDirectory, base first: a topological sort that costs ~0.08 s on 1,000
+#: revisions with 30 merges, asked for by history, the history table and the revision graph of one status.
+#: Kept with the ScriptDirectory object, which script_cache replaces when a version file changes.
+_WALKS: weakref.WeakKeyDictionary[ScriptDirectory, tuple[Script, ...]] = weakref.WeakKeyDictionary()
+
+
+def base_first(script: ScriptDirectory) -> tuple[Script, ...]:
+    """Every revision of ``script``, base first, each after all of its parents (``walk_revisions`` reversed)."""
+    walk = _WALKS.get(script)
+    if walk is None:
+        walk = _WALKS[script] = tuple(reversed(list(script.walk_revisions())))
+    return walk
+
+
 @absolute_paths
 def history(mset: MigrationSet) -> list[RevisionInfo]:
     """Return every revision, base first, in an order where each comes after all of its parents."""
-    script = script_directory(mset)
-    return [_info(mset, s) for s in reversed(list(script.walk_revisions()))]
+    return [_info(mset, s) for s in base_first(script_directory(mset))]
 
 
 def _applied(script: ScriptDirectory, at: Sequence[str]) -> set[str]:
@@ -111,7 +125,7 @@ def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFra
     except (CommandError, RevisionError) as err:
         raise revision_not_found(mset, ", ".join(current), err) from err
     rows = []
-    for info in (_info(mset, s) for s in reversed(list(script.walk_revisions()))):
+    for info in (_info(mset, s) for s in base_first(script)):
         status = "current" if info.revision in current else "applied" if info.revision in done else "pending"
         rows.append({"revision": info.revision, "parents": ", ".join(info.down_revisions),
                      "description": info.message, "date": info.create_date, "status": status})
