@@ -234,6 +234,24 @@ def script_directory(mset: MigrationSet) -> ScriptDirectory:
         return script_directory_for(mset, alembic_config(mset))
 
 
+@absolute_paths
+def script_folders(mset: MigrationSet) -> list[Path]:
+    """The folders of a migration set's scripts (script_location, then version_locations), with no script
+    loaded: the launcher's digest of the migration files needs the folders, not the 1,000 revisions run.
+
+    Raises:
+        ConfigError: Alembic cannot read the script_location.
+    """
+    with in_project(mset):
+        try:
+            script = ScriptDirectory.from_config(alembic_config(mset))
+        except CommandError as err:
+            where = mset.alembic_ini or mset.script_location
+            raise ConfigError(f"Migration set '{mset.name}': Alembic cannot read its scripts: {err}. "
+                              f"Fix the scripts or the paths in {where}.") from err
+        return [Path(script.dir).resolve()] + [(mset.base_dir / p).resolve() for p in script.version_locations]
+
+
 @contextlib.contextmanager
 def connected(engine_or_conn: Engine | Connection) -> Iterator[Connection]:
     """A Connection for an Engine (opened and closed here) or a Connection (the caller's, lent for a while).
