@@ -347,8 +347,8 @@ own next checkpoint when its next batch would force one (`backfill_checkpoint_pe
 distance at which the server checkpoints by itself), and this bench gives the server a max_wal_size that
 fits the write volume, as a DBA would after that log line. What is left with no forced checkpoint is the
 application's commits waiting on WAL fsyncs (`IO:WalSync`, `LWLock:WALWrite` in pg_stat_activity sampled
-every 2 ms) behind the backfill's WAL stream. Pacing does not remove that on this 2-core machine: hand-rolled
-keyset loops of 1,000 to 50,000 rows, with rests from 3 ms to 0.2 s and with `synchronous_commit = off` on the
+every 2 ms, by hand) behind the backfill's WAL stream. Pacing does not remove that on this 2-core machine:
+hand-rolled keyset loops (run by hand, not part of this bench) of 1,000 to 50,000 rows, with rests from 3 ms to 0.2 s and with `synchronous_commit = off` on the
 batch connection, all left p99 between 3 and 8 ms against ~1 ms alone, and the runbook's rest made it worse,
 not better. Three runs of this bench on 2026-12-02 at 8GB (this one last): load alone 1.3 / 1.0 / 1.4 ms;
 one `UPDATE` 4.2 / 57.1 / 60.6 ms; backfill 0.5/0/32 (the defaults) 3.1 / 2.6 / 3.8 ms (2.4x / 2.8x /

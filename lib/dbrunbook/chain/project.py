@@ -217,10 +217,14 @@ def script_directory_for(mset: MigrationSet, cfg: AlembicConfig) -> ScriptDirect
     try:
         script = cached_script_directory(cfg)
     except (CommandError, RevisionError) as err:
-        where = mset.alembic_ini or mset.script_location
-        raise ConfigError(f"Migration set '{mset.name}': Alembic cannot read its scripts: {err}. "
-                          f"Fix the scripts or the paths in {where}.") from err
+        raise _unreadable_scripts(mset, err) from err
     return script
+
+
+def _unreadable_scripts(mset: MigrationSet, err: Exception) -> ConfigError:
+    where = mset.alembic_ini or mset.script_location
+    return ConfigError(f"Migration set '{mset.name}': Alembic cannot read its scripts: {err}. "
+                       f"Fix the scripts or the paths in {where}.")
 
 
 @absolute_paths
@@ -246,9 +250,7 @@ def script_folders(mset: MigrationSet) -> list[Path]:
         try:
             script = ScriptDirectory.from_config(alembic_config(mset))
         except CommandError as err:
-            where = mset.alembic_ini or mset.script_location
-            raise ConfigError(f"Migration set '{mset.name}': Alembic cannot read its scripts: {err}. "
-                              f"Fix the scripts or the paths in {where}.") from err
+            raise _unreadable_scripts(mset, err) from err
         return [Path(script.dir).resolve()] + [(mset.base_dir / p).resolve() for p in script.version_locations]
 
 

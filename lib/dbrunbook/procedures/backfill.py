@@ -305,11 +305,11 @@ def _one_batch(conn, plan: Plan, cursor, limit: int, number: int, policy, run_id
                     "RETURNING pg_wal_lsn_diff(pg_current_wal_insert_lsn(), CAST(:lsn AS pg_lsn))::bigint"),
                     {"c": list(new), "r": rows, "n": plan.spec.name, "lsn": found.lsn,
                      "old": list(cursor) if cursor else None}).all()
-                wal = int(moved[0][0]) if len(moved) == 1 else 0
                 if len(moved) != 1:
                     raise BackfillFailed(plan.spec.name, number, "its stored cursor moved under this run "
                                          "(another runner without the backfill lock?); nothing of this batch "
                                          "was committed")
+                wal = int(moved[0][0])
             conn.commit()
             return Batch(number, started.isoformat(), limit, scanned, rows,
                          round(time.perf_counter() - t0, 4), attempt, new, wal)

@@ -9,9 +9,9 @@ one query of PostgreSQL's statistics views, read between two batches; the limits
 
 The checkpoint signal is dbrunbook's own, from bench/backfill.py: what the application feels during a large
 backfill is the sync phase of the checkpoints the backfill's WAL forces (with max_wal_size 1 GB, one every
-~0.5 GB of WAL). On a server whose max_wal_size fitted the write volume the same backfill left the
-application's p99 at ~3.3 ms instead of 17 ms. So a batch that would take the WAL since the last checkpoint
-past ``backfill_checkpoint_percent`` of the distance at which the server checkpoints by itself
+~0.5 GB of WAL). With a max_wal_size that fits the write volume the same backfill left the application's
+p99 at 2.6-3.8 ms, against 22 ms at 1 GB (bench/RESULTS.md). So a batch that would take the WAL since the
+last checkpoint past ``backfill_checkpoint_percent`` of the distance at which the server checkpoints by itself
 (max_wal_size / (1 + checkpoint_completion_target), xlog.c) waits for the server's next checkpoint instead.
 """
 
@@ -159,7 +159,8 @@ def _checkpoint(conn: Connection, *, target: Target, next_wal: int, **_: object)
     if not percent or next_wal <= 0:  # off, or no batch expected to write (the first one, or the last sweep)
         return []
     row = conn.execute(_CHECKPOINT_SQL).one()
-    limit = checkpoint_distance(row.max_wal, row.completion) * percent / 100
+    distance = checkpoint_distance(row.max_wal, row.completion)
+    limit = distance * percent / 100
     # A batch bigger than the whole allowance runs right after a checkpoint rather than never: since counts
     # at least the last batch's WAL unless a checkpoint came after it.
     if row.since + next_wal <= limit or row.since < next_wal:
@@ -167,7 +168,7 @@ def _checkpoint(conn: Connection, *, target: Target, next_wal: int, **_: object)
     mb = 1024 * 1024
     return [Signal("checkpoint", f"{row.since / mb:,.0f} MB of WAL since the last checkpoint; the next batch "
                                  f"(~{next_wal / mb:,.0f} MB) would pass {percent}% of the "
-                                 f"{checkpoint_distance(row.max_wal, row.completion) / mb:,.0f} MB at which the "
+                                 f"{distance / mb:,.0f} MB at which the "
                                  f"server checkpoints by itself (max_wal_size {row.max_wal_size}): waiting for "
                                  f"its next checkpoint (a larger max_wal_size lets the backfill run through; "
                                  f"backfill_checkpoint_percent = 0 turns this signal off)")]

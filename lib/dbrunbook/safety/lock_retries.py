@@ -234,12 +234,12 @@ def _invalid(migration_set: str, revision: str | None, completed: tuple, steps: 
     return InvalidIndex(migration_set, revision, tuple(completed), left, steps=steps, attempts=list(mine))
 
 
-def _listed(revisions: tuple[str, ...], shown: int = 6) -> str:
+def _listed(revisions: tuple[str, ...], head: int = 3, tail: int = 2) -> str:
     """The revisions in a line a person reads: all of a few, else the first and last with the count between."""
-    if len(revisions) <= shown:
+    if len(revisions) <= head + tail + 1:
         return ", ".join(revisions)
-    return (f"{len(revisions):,} revisions: {', '.join(revisions[:3])}, … {len(revisions) - 5:,} more …, "
-            f"{', '.join(revisions[-2:])}")
+    return (f"{len(revisions):,} revisions: {', '.join(revisions[:head])}, … {len(revisions) - head - tail:,} "
+            f"more …, {', '.join(revisions[-tail:])}")
 
 
 def note_attempt(attempts: list[Attempt], mine: list[Attempt], attempt: Attempt, report: Callable | None,

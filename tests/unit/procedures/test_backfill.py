@@ -69,8 +69,8 @@ def test_the_target_limits_have_defaults_and_are_checked(tmp_path):
 
 
 def test_the_checkpoint_distance_is_the_servers_own_trigger():
-    # xlog.c: CheckPointSegments = max_wal_size / (1 + checkpoint_completion_target); the server log's
-    # "distance=535202 kB" for max_wal_size 1GB and 0.9.
+    # xlog.c: CheckPointSegments = max_wal_size / (1 + checkpoint_completion_target): 539 MiB for 1GB and 0.9
+    # (the server log's checkpoints at 1GB came 516-528 MiB apart, just short of it).
     assert checkpoint_distance(1024 ** 3, 0.9) == pytest.approx(565_127_000, rel=1e-3)
     assert checkpoint_distance(16 * 1024 ** 3, 0.5) == pytest.approx(16 * 1024 ** 3 / 1.5)
 
