@@ -99,10 +99,30 @@ def base_first(script: ScriptDirectory) -> tuple[Script, ...]:
     return walk
 
 
+#: What a status asks twice of the same loaded scripts, kept with them like ``_WALKS``: each revision's
+#: ``RevisionInfo`` (per project folder, which its path is relative to), and the upgrade plan from a database
+#: position (Alembic's ``_upgrade_revs``, a topological sort of ~0.12 s on 1,000 revisions, asked by the status
+#: table and again by the pending table).
+_INFOS: weakref.WeakKeyDictionary[ScriptDirectory, dict[Path, dict[str, RevisionInfo]]] = \
+    weakref.WeakKeyDictionary()
+_PLANS: weakref.WeakKeyDictionary[ScriptDirectory, dict[tuple, tuple[str, ...]]] = weakref.WeakKeyDictionary()
+
+
+def _infos(mset: MigrationSet, script: ScriptDirectory) -> dict[str, RevisionInfo]:
+    """Every revision's ``RevisionInfo`` by id, read once per loaded ScriptDirectory and project folder."""
+    by_folder = _INFOS.setdefault(script, {})
+    infos = by_folder.get(mset.base_dir)
+    if infos is None:
+        infos = by_folder[mset.base_dir] = {s.revision: _info(mset, s) for s in base_first(script)}
+    return infos
+
+
 @absolute_paths
 def history(mset: MigrationSet) -> list[RevisionInfo]:
     """Return every revision, base first, in an order where each comes after all of its parents."""
-    return [_info(mset, s) for s in base_first(script_directory(mset))]
+    script = script_directory(mset)
+    infos = _infos(mset, script)
+    return [infos[s.revision] for s in base_first(script)]
 
 
 def _applied(script: ScriptDirectory, at: Sequence[str]) -> set[str]:
@@ -125,7 +145,8 @@ def history_frame(mset: MigrationSet, current: Sequence[str] = ()) -> pd.DataFra
     except (CommandError, RevisionError) as err:
         raise revision_not_found(mset, ", ".join(current), err) from err
     rows = []
-    for info in (_info(mset, s) for s in base_first(script)):
+    infos = _infos(mset, script)
+    for info in (infos[s.revision] for s in base_first(script)):
         status = "current" if info.revision in current else "applied" if info.revision in done else "pending"
         rows.append({"revision": info.revision, "parents": ", ".join(info.down_revisions),
                      "description": info.message, "date": info.create_date, "status": status})
@@ -211,12 +232,17 @@ def pending(mset: MigrationSet, engine: Engine | Connection, revision: str = "he
     """
     at = current(mset, engine)
     script = script_directory(mset)
-    with in_project(mset):
-        try:
-            steps = script._upgrade_revs(revision, at)
-        except (CommandError, RevisionError) as err:
-            raise revision_not_found(mset, revision, err) from err
-    return [_info(mset, step.revision) for step in steps]
+    plans = _PLANS.setdefault(script, {})
+    plan = plans.get((revision, at))
+    if plan is None:
+        with in_project(mset):
+            try:
+                steps = script._upgrade_revs(revision, at)
+            except (CommandError, RevisionError) as err:
+                raise revision_not_found(mset, revision, err) from err
+        plan = plans[(revision, at)] = tuple(step.revision.revision for step in steps)
+    infos = _infos(mset, script)
+    return [infos[rev] for rev in plan]
 
 
 def _relative_down(revision: Any) -> int | None:

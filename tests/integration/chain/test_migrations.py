@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -56,6 +57,33 @@ def test_current_heads_pending_before_and_after(engine):
     assert [(r.revision, r.message) for r in migrations.pending(mset, engine)] == [(C, "index account email")]
     frame = migrations.history_frame(mset, current=migrations.current(mset, engine))
     assert frame["status"].tolist() == ["applied", "current", "pending"]
+
+
+def test_pending_and_history_follow_the_files_and_the_database(engine, tmp_path):
+    # The upgrade plan and each revision's info are kept with the loaded scripts: a new or edited revision
+    # file, or a database that moved, must still be seen by the next question.
+    shutil.copytree(PROJECTS / "connection_attr", tmp_path / "p")
+    mset = project("connection_attr", alembic_ini=tmp_path / "p" / "alembic.ini")
+    versions = tmp_path / "p" / "migrations" / "versions"
+    assert [r.revision for r in migrations.pending(mset, engine)] == [A, B, C]
+    assert [r.revision for r in migrations.pending(mset, engine)] == [A, B, C]
+
+    d = "4d3f0b8c2e04"
+    (versions / f"{d}_add_note.py").write_text(
+        f'"""add note\n\nRevision ID: {d}\nRevises: {C}\n"""\nrevision = "{d}"\ndown_revision = "{C}"\n'
+        "branch_labels = None\ndepends_on = None\n\n\ndef upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n")
+    assert [r.revision for r in migrations.pending(mset, engine)] == [A, B, C, d]
+    assert migrations.history(mset)[-1].message == "add note"
+
+    edited = versions / "3c2e9a7b1d03_index_account_email.py"
+    edited.write_text(edited.read_text().replace('"""index account email', '"""index the account emails'))
+    assert [r.message for r in migrations.history(mset)][2] == "index the account emails"
+    assert [r.message for r in migrations.pending(mset, engine)][2] == "index the account emails"
+
+    migrations.upgrade(mset, engine, B)
+    assert [r.revision for r in migrations.pending(mset, engine)] == [C, d]
+    assert migrations.history_frame(mset, current=(B,))["status"].tolist() == [
+        "applied", "current", "pending", "pending"]
 
 
 def test_upgrade_downgrade_round_trip(engine):
