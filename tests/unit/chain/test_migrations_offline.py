@@ -279,6 +279,42 @@ def test_directory_digest_changes_with_any_migration_file(tmp_path):
     assert migrations.directory_digest([copy]) != migrations.directory_digest([original])
 
 
+def test_directory_digest_is_the_documented_one_over_the_walk(tmp_path):
+    # Approvals and reviews name this digest: its files and format must not move between versions. The
+    # expected value is built here the plain way, from the docstring: every file of the script folders but
+    # bytecode and __pycache__, symlinked folders not entered, a symlinked file by its target, and the ini.
+    root = tmp_path / "url_only"
+    shutil.copytree(PROJECTS / "url_only", root, ignore=shutil.ignore_patterns("__pycache__"))
+    versions = root / "alembic" / "versions"
+    (versions / "nested").mkdir()
+    (versions / "nested" / "x1_more.py").write_text("# a script one folder down\n")
+    (versions / "__pycache__").mkdir()
+    (versions / "__pycache__" / "x1_more.cpython-311.pyc").write_bytes(b"\0bytecode")
+    (versions / "stale.pyc").write_bytes(b"\0bytecode")
+    outside = tmp_path / "shared"
+    outside.mkdir()
+    (outside / "helpers.py").write_text("# shared, linked in\n")
+    (versions / "helpers.py").symlink_to(outside / "helpers.py")
+    (versions / "linked_folder").symlink_to(outside, target_is_directory=True)
+    (versions / "dangling.py").symlink_to(tmp_path / "gone.py")
+    mset = project("url_only", alembic_ini=root / "alembic.ini")
+
+    base = root.resolve()
+    files = {root / "alembic.ini"}
+    for folder, dirs, names in os.walk(root / "alembic"):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        files |= {Path(folder, n).resolve() for n in names
+                  if not n.endswith(".pyc") and Path(folder, n).is_file()}
+    expected = hashlib.sha256()
+    for name, path in sorted((f"url_only/{p.relative_to(base).as_posix()}" if p.is_relative_to(base)
+                              else f"url_only/{p.as_posix()}", p) for p in files):
+        for chunk in (name.encode(), path.read_bytes()):
+            expected.update(len(chunk).to_bytes(8, "big") + chunk)
+    assert "url_only/" + (outside / "helpers.py").resolve().as_posix() in {
+        f"url_only/{p.as_posix()}" for p in files}
+    assert migrations.directory_digest([mset]) == expected.hexdigest()
+
+
 def test_as_frame():
     frame = migrations.as_frame(migrations.history(project("branched")))
     assert frame.loc[frame.revision == MERGE, "down_revisions"].item() == f"{BILL}, {CRM}"
