@@ -8,23 +8,17 @@ without them (``CI`` unset) it is skipped.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import shutil
-import socket
 import stat
-import subprocess
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from dbrunbook import protocol
 from dbrunbook.execution import runner
 from dbrunbook.views import report
+from tests import browser as browsers
+from tests.browser import WebDriver
 from tests.projects import ROOT, throwaway_project
 
 pytestmark = pytest.mark.integration
@@ -33,107 +27,23 @@ ARTIFACTS = ROOT / "tests" / "artifacts"  # git-ignored: the screenshot of the l
 
 
 def _binaries() -> tuple[str, str]:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver = shutil.which("chromedriver")
-    if chromium and driver:
-        return chromium, driver
-    message = ("chromium and chromedriver are needed for the browser test: apt-get install -y chromium "
-               "chromium-driver (Debian) or your system's packages.")
+    found = browsers.binaries()
+    if found:
+        return found
     if os.environ.get("CI"):
-        pytest.fail(message)  # CI installs them (.ci/run): a missing browser there is a broken CI
-    pytest.skip(message)
-
-
-class WebDriver:
-    """The few W3C WebDriver commands the test needs, over HTTP with urllib and json."""
-
-    ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
-
-    def __init__(self, base: str, session: str):
-        self.base, self.session = base, session
-
-    @staticmethod
-    def call(url: str, method: str = "GET", body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as err:
-            raise AssertionError(f"WebDriver {method} {url}: {err.code} {err.read()[:500]!r}") from err
-
-    def command(self, method: str, path: str, body: dict | None = None):
-        return self.call(f"{self.base}/session/{self.session}{path}", method, body)["value"]
-
-    def get(self, url: str) -> None:
-        self.command("POST", "/url", {"url": url})
-
-    def find_all(self, css: str) -> list[str]:
-        found = self.command("POST", "/elements", {"using": "css selector", "value": css})
-        return [e[self.ELEMENT] for e in found]
-
-    def find(self, css: str) -> str:
-        found = self.find_all(css)
-        assert found, f"no element matches {css!r}"
-        return found[0]
-
-    def text(self, element: str) -> str:
-        return self.command("GET", f"/element/{element}/text")
-
-    def displayed(self, element: str) -> bool:
-        return self.command("GET", f"/element/{element}/displayed")
-
-    def click(self, element: str) -> None:
-        self.command("POST", f"/element/{element}/click", {})
-
-    def script(self, source: str, *args):
-        return self.command("POST", "/execute/sync", {"script": source, "args": list(args)})
-
-    def screenshot(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(self.command("GET", "/screenshot")))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        pytest.fail(browsers.MISSING)  # CI installs them (.ci/run): a missing browser there is a broken CI
+    pytest.skip(browsers.MISSING)
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    chromium, chromedriver = _binaries()
-    port = _free_port()
+    found = _binaries()
     log = tmp_path_factory.mktemp("chromedriver") / "chromedriver.log"
-    process = subprocess.Popen([chromedriver, f"--port={port}", f"--log-path={log}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):  # ready within a few seconds; give up after ~20 s
-            try:
-                if WebDriver.call(f"{base}/status")["value"]["ready"]:
-                    break
-            except (OSError, AssertionError, KeyError):
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"chromedriver did not become ready on port {port}; see {log}")
-        profile = tmp_path_factory.mktemp("chromium-profile")
-        session = WebDriver.call(f"{base}/session", "POST", {"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": chromium, "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                f"--user-data-dir={profile}", "--window-size=1400,1000"]},
-        }}})["value"]["sessionId"]
-        driver = WebDriver(base, session)
-        try:
+        with browsers.chromium(found, tmp_path_factory.mktemp("chromium-profile"), log) as driver:
             yield driver
-        finally:
-            WebDriver.call(f"{base}/session/{session}", "DELETE")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    except RuntimeError as err:
+        pytest.fail(str(err))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import pytest
 from dbrunbook.config import load_config
 from dbrunbook.execution import runner
 from dbrunbook.views import report
-from tests.integration.views.test_report_browser import ARTIFACTS, WebDriver, _visible_rows
+from tests.browser import WebDriver
+from tests.integration.views.test_report_browser import ARTIFACTS, _visible_rows
 from tests.integration.views.test_report_browser import browser as browser
 from tests.integration.views.test_report_browser import site as site
 from tests.projects import trust_operator
