@@ -6,7 +6,7 @@ value object, told apart by ``source``: the lint report, the ``allow`` list and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 CATEGORIES = ("deploy risk", "destructive", "rollback", "preview", "compatibility", "style")
 LEVELS = ("error", "warning", "info")
@@ -25,6 +25,11 @@ class Finding:
     why: str
     instead: str
     source: str  # squawk | dbrunbook
+
+    def as_dict(self) -> dict[str, str]:
+        """The fields by name. Every field is a string: no ``dataclasses.asdict`` deep copy (2,000 findings of
+        a 1,000-revision preview are read three times: the table, its HTML, lint.json)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def matches(self, entry: str) -> bool:
         """True when an ``allow`` entry (``rule`` or ``rule@revision``) covers this finding."""

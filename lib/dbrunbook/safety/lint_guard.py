@@ -12,7 +12,7 @@ import html
 import json
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import cast
 
 import pandas as pd
@@ -32,7 +32,7 @@ from dbrunbook.safety.sql_reading import (
     table_of,
 )
 from dbrunbook.safety.sql_rules import ABSORBED, check_sql, weigh_absorbed, weigh_issue
-from dbrunbook.safety.squawk_rules import INSTEAD, classify_squawk, run_squawk
+from dbrunbook.safety.squawk_rules import INSTEAD, SquawkRun, classify_squawk
 
 _COLUMNS = ["category", "level", "rule", "migration_set", "revision", "statement", "why", "instead", "source"]
 _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -68,7 +68,7 @@ class LintReport:
         return tuple(f for f in self.findings if f.level == "error")
 
     def as_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([asdict(f) for f in self.findings], columns=_COLUMNS)
+        return pd.DataFrame([f.as_dict() for f in self.findings], columns=_COLUMNS)
 
     def summary(self) -> str:
         counts = Counter(f.level for f in self.findings)
@@ -154,17 +154,23 @@ def lint(session: SessionLike, preview, *, rows_threshold: int = 10_000, bytes_t
     """
     protected = session.target.protected
     version_tables = {m.version_table for m in session.config.migration_sets.values()}
-    statements = [s for steps in preview.steps.values() for step in steps for s in split_statements(step.sql)
-                  if not _bookkeeping(s.flat, version_tables)]
-    catalog = read_catalog(session.engine, statements, rows_threshold, bytes_threshold)
     version = re.match(r"\d+(?:\.\d+)?", session.identity.server_version or "")
-    findings: list[Finding] = []
-    for name, steps in preview.steps.items():
-        if steps:
-            findings += lint_revision_files(session.config.migration_set(name), steps, protected=protected)
-    found, omitted = lint_sql(preview.steps, catalog, protected=protected,
-                              version_tables=version_tables,
-                              pg_version=version.group(0) if version else None)
+    pg_version = version.group(0) if version else None
+    # squawk first: it reads the SQL on the other core while the catalog and the revision files are read here.
+    squawk = SquawkRun([step.sql for steps in preview.steps.values() for step in steps], pg_version)
+    try:
+        statements = [s for steps in preview.steps.values() for step in steps
+                      for s in split_statements(step.sql) if not _bookkeeping(s.flat, version_tables)]
+        catalog = read_catalog(session.engine, statements, rows_threshold, bytes_threshold)
+        findings: list[Finding] = []
+        for name, steps in preview.steps.items():
+            if steps:
+                findings += lint_revision_files(session.config.migration_set(name), steps, protected=protected)
+    except BaseException:
+        squawk.stop()
+        raise
+    found, omitted = lint_sql(preview.steps, catalog, protected=protected, version_tables=version_tables,
+                              pg_version=pg_version, squawk=squawk)
     target = session.target
     return LintReport(_sorted(findings + found), target.name, protected, omitted,
                       f"lock_timeout={target.lock_timeout} and statement_timeout={target.statement_timeout}",
@@ -177,14 +183,15 @@ def _sorted(findings: list[Finding]) -> tuple[Finding, ...]:
 
 
 def lint_sql(steps: dict[str, list], catalog: Catalog, *, protected: bool = False,
-             version_tables=frozenset({"alembic_version"}), pg_version: str | None = None
-             ) -> tuple[list[Finding], int]:
+             version_tables=frozenset({"alembic_version"}), pg_version: str | None = None,
+             squawk: SquawkRun | None = None) -> tuple[list[Finding], int]:
     """Lint rendered SQL, ``{set: [SqlStep]}`` in run order, against the live facts in ``catalog``.
 
     Returns the findings and the number of require-*-timeout findings left out. No database needed.
+    ``squawk``: squawk already started on these steps' SQL, in this order (``lint`` starts it early).
     """
     parsed = [(name, step, split_statements(step.sql)) for name, ss in steps.items() for step in ss]
-    results = run_squawk([step.sql for _, step, _ in parsed], pg_version)
+    results = (squawk or SquawkRun([step.sql for _, step, _ in parsed], pg_version)).results()
     findings: list[Finding] = []
     created: set[str] = set()
     validated: set[tuple[str, str]] = set()
@@ -295,7 +302,7 @@ def require_clean(session: SessionLike, report: LintReport, allow: str = "", *, 
     session.save_artifact("lint.json", json.dumps({
         "target": report.target, "protected": report.protected, "allow": entries, "unused_allow": unused,
         "omitted_timeouts": report.omitted_timeouts, "stopped": stops and not dry_run,
-        "findings": [{**asdict(f), "allowed": ok} for f, ok in zip(report.findings, allowed, strict=False)],
+        "findings": [{**f.as_dict(), "allowed": ok} for f, ok in zip(report.findings, allowed, strict=False)],
     }, indent=1, sort_keys=True) + "\n")
     if unused:
         print(f"allow entries that match no finding (check the spelling): {', '.join(unused)}")

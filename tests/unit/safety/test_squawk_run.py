@@ -1,0 +1,56 @@
+"""squawk started ahead of the rest of a lint (``SquawkRun``): its findings in order, its files removed,
+a broken squawk named, a lint that fails before reading it leaving nothing running or behind."""
+
+from __future__ import annotations
+
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from dbrunbook.errors import ConfigError
+from dbrunbook.safety import squawk_rules
+from dbrunbook.safety.squawk_rules import SquawkRun, run_squawk
+
+CLEAN = "CREATE TABLE t (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY);"
+BLOCKING = "CREATE INDEX ix_t_name ON t (name);"
+
+
+def test_findings_come_back_per_text_in_order():
+    run = SquawkRun([BLOCKING, CLEAN, BLOCKING])
+    results = run.results()
+    assert [[i["rule_name"] for i in r if i["rule_name"] == "require-concurrent-index-creation"]
+            for r in results] == [["require-concurrent-index-creation"], [],
+                                  ["require-concurrent-index-creation"]]
+    def without_file(found):
+        return [[{k: v for k, v in i.items() if k != "file"} for i in r] for r in found]
+
+    assert without_file(results) == without_file(run_squawk([BLOCKING, CLEAN, BLOCKING]))
+    assert SquawkRun([]).results() == []
+
+
+def test_no_file_is_left_behind():
+    read, stopped = SquawkRun([BLOCKING] * 20), SquawkRun([BLOCKING] * 20)
+    folders = [Path(read._folder.name), Path(stopped._folder.name)]
+    assert all(f.is_dir() and len(list(f.glob("*.sql"))) == 20 for f in folders)
+    read.results()
+    stopped.stop()
+    assert stopped._process.returncode is not None  # ended, not left running
+    assert not any(f.exists() for f in folders)
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    ("print('segfault in the parser', file=sys.stderr); sys.exit(3)", "(exit 3): segfault in the parser"),
+    ("sys.exit(1)", "(exit 1): no output"),  # crashed before printing: not "no findings"
+    ("print('[]'); sys.exit(101)", "(exit 101): []"),  # a panic after the list
+    ("print('{\"not\": \"a list\"}')", '(exit 0): {"not": "a list"}'),
+])
+def test_a_squawk_that_fails_is_named_not_read_as_clean(tmp_path, monkeypatch, body, said):
+    fake = tmp_path / "squawk"
+    fake.write_text(f"#!{sys.executable}\nimport sys\n{body}\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(squawk_rules, "squawk_binary", lambda: fake)
+    with pytest.raises(ConfigError) as err:
+        SquawkRun([BLOCKING]).results()
+    assert f"squawk did not return JSON {said}. Run {fake} --version" in str(err.value)
