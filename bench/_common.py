@@ -14,8 +14,9 @@ RESULTS = BENCH / "RESULTS.md"
 WORK = BENCH / "_work"
 
 
-def admin_url() -> str:
-    """A server to measure on: $DBRUNBOOK_BENCH_DATABASE_URL, else an embedded one under bench/_work."""
+def admin_url(data: Path | None = None) -> str:
+    """A server to measure on: $DBRUNBOOK_BENCH_DATABASE_URL, else an embedded one with its data in ``data``
+    (default bench/_work/pg)."""
     from dbrunbook.config import normalize_url
     from dbrunbook.postgres.embedded import EmbeddedServer
 
@@ -23,7 +24,7 @@ def admin_url() -> str:
     if external:
         return normalize_url(external)
     WORK.mkdir(exist_ok=True)
-    return EmbeddedServer(WORK / "pg").ensure_started()
+    return EmbeddedServer(data or WORK / "pg").ensure_started()
 
 
 def fresh_database(admin: str, name: str) -> str:
