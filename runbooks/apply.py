@@ -164,9 +164,12 @@ checks.attempt("alembic check", s.check, migration_set)
 
 # %% [markdown]
 # ## 15. Snapshot for later verification
+#
+# The row counts are those the comparison above took right after the upgrade; the schema and the heads are
+# read now.
 
 # %%
-s.save_snapshot()
+s.save_snapshot(after=diff)
 
 # %% [markdown]
 # ## Done

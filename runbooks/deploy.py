@@ -202,9 +202,12 @@ deploy.require_no_vanished_rows(diff, tolerance)
 
 # %% [markdown]
 # ## 22. Post-deployment: snapshot for later verification
+#
+# The row counts are those the comparison above took right after the upgrade; the schema and the heads are
+# read now.
 
 # %%
-s.save_snapshot()
+s.save_snapshot(after=diff)
 
 # %% [markdown]
 # ## 23. Post-deployment: changelog entry (links the backup, preview and rehearsal records)

@@ -146,12 +146,13 @@ class SessionBase:
 
     def compare_counts(self, before: snapshots.Snapshot) -> pd.DataFrame:
         """Counts now against ``before``: one row per table that exists in either."""
-        frame = snapshots.compare(before, snapshots.row_counts(self.engine, exact=before.exact))
-        compared = summaries.counts_compared(self, "counts-compared", frame)
+        after = snapshots.row_counts(self.engine, exact=before.exact)
+        compared = summaries.counts_compared(self, "counts-compared", snapshots.compare(before, after))
         # Alembic's own bookkeeping, not data: a merge or a downgrade of a branch removes rows of a version
         # table, which the vanished-rows guard (deploy.require_no_vanished_rows) must not count as a loss.
         compared.attrs["version_tables"] = sorted(
             f"{m.version_table_schema or 'public'}.{m.version_table}" for m in self.sets("all"))
+        compared.attrs["after"] = after  # the counts after the change, for save_snapshot(after=...)
         return compared
 
     # --- checks ----------------------------------------------------------------------------------------
@@ -169,9 +170,17 @@ class SessionBase:
             print("Models and database schema agree.")
         return frame
 
-    def save_snapshot(self) -> str:
-        """Counts + schema + heads as an artifact: what a later `verify` compares against."""
-        counts = snapshots.row_counts(self.engine)
+    def save_snapshot(self, after: pd.DataFrame | None = None) -> str:
+        """Counts + schema + heads as an artifact: what a later `verify` compares against.
+
+        Args:
+            after: ``compare_counts``' result: its counts, taken right after the change (their ``taken_at``
+                says when), are the snapshot's instead of counting every table once more. Without it, or
+                when those were estimates, the tables are counted now.
+        """
+        counted = after.attrs.get("after") if after is not None else None
+        counts = counted if isinstance(counted, snapshots.Snapshot) and counted.exact else \
+            snapshots.row_counts(self.engine)
         schema = snapshots.schema_snapshot(self.engine)
         body = {"counts": counts.to_dict(), "schema": schema.to_dict(), "database": self.identity.as_dict(),
                 "heads": {k: list(v) for k, v in self.current().items()}}

@@ -215,6 +215,16 @@ def lint_sql(steps: dict[str, list], catalog: Catalog, *, protected: bool = Fals
     return findings, omitted
 
 
+def _lint_json(head: dict, findings: list[dict]) -> str:
+    """lint.json: the other keys sorted, then the findings, one a line. ``json.dumps(indent=...)`` runs json's
+    pure-Python encoder, ~0.05 s for the 2,000 findings of 1,000 revisions; a line each is its C encoder, and
+    greps well."""
+    lines = [json.dumps(f, sort_keys=True) for f in findings]
+    body = json.dumps(head, indent=1, sort_keys=True)[:-2]  # without its closing "\n}"
+    listed = "[\n  " + ",\n  ".join(lines) + "\n ]" if lines else "[]"
+    return f'{body},\n "findings": {listed}\n}}\n'
+
+
 def _printed_finding(migration_set: str, step) -> Finding:
     """``printed-offline``: what a revision printed in offline mode, kept out of its SQL."""
     first = " ".join(step.notes.split())[:120]
@@ -299,11 +309,10 @@ def require_clean(session: SessionLike, report: LintReport, allow: str = "", *, 
     frame = report.as_frame()
     frame.insert(2, "allowed", allowed)
     stops = bool(blocking) and session.target.protected
-    session.save_artifact("lint.json", json.dumps({
+    session.save_artifact("lint.json", _lint_json({
         "target": report.target, "protected": report.protected, "allow": entries, "unused_allow": unused,
         "omitted_timeouts": report.omitted_timeouts, "stopped": stops and not dry_run,
-        "findings": [{**f.as_dict(), "allowed": ok} for f, ok in zip(report.findings, allowed, strict=False)],
-    }, indent=1, sort_keys=True) + "\n")
+    }, [{**f.as_dict(), "allowed": ok} for f, ok in zip(report.findings, allowed, strict=False)]))
     if unused:
         print(f"allow entries that match no finding (check the spelling): {', '.join(unused)}")
     if stops:

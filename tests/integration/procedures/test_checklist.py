@@ -194,6 +194,37 @@ def test_rows_vanished_beyond_the_tolerance_stop_naming_the_table(project, tmp_p
         s.engine.dispose()
 
 
+def test_the_snapshot_keeps_the_counts_taken_right_after_the_change(project, tmp_path):
+    # apply and deploy save the counts their comparison took after the upgrade (no second count of every
+    # table); without them, or from estimates, the snapshot counts now.
+    s = _session(project, tmp_path)
+    try:
+        with s.engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE orders (id int PRIMARY KEY)"))
+            conn.execute(sa.text("INSERT INTO orders SELECT generate_series(1, 20)"))
+        before = s.row_counts(exact=True)
+        with s.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO orders SELECT generate_series(21, 25)"))
+        diff = s.compare_counts(before)
+        with s.engine.begin() as conn:  # what the application writes after the comparison
+            conn.execute(sa.text("INSERT INTO orders SELECT generate_series(26, 30)"))
+        s.save_snapshot(after=diff)
+        saved = _artifact(tmp_path, "run", "snapshot.json")
+        assert saved["counts"]["counts"]["public.orders"] == 25
+        assert saved["counts"]["taken_at"] == diff.attrs["after"].taken_at
+        assert saved["schema"]["columns"]["public.orders"]  # the schema is read now
+    finally:
+        s.engine.dispose()
+    for run, after in (("plain", None), ("estimated", s.compare_counts(s.row_counts(exact=False)))):
+        t = _session(project, tmp_path, run=run)
+        try:
+            t.save_snapshot(after=after)
+            assert _artifact(tmp_path, run, "snapshot.json")["counts"]["counts"]["public.orders"] == 30
+            assert _artifact(tmp_path, run, "snapshot.json")["counts"]["exact"] is True
+        finally:
+            t.engine.dispose()
+
+
 def test_the_maintenance_command_gets_no_connection_url_and_its_output_is_masked(project, tmp_path):
     from tests.projects import URL_ENV
 

@@ -1,8 +1,10 @@
 """squawk started ahead of the rest of a lint (``SquawkRun``): its findings in order, its files removed,
-a broken squawk named, a lint that fails before reading it leaving nothing running or behind."""
+a broken squawk named, a lint that fails before reading it leaving nothing running or behind; and lint.json,
+the file those findings end in."""
 
 from __future__ import annotations
 
+import json
 import stat
 import sys
 from pathlib import Path
@@ -54,3 +56,15 @@ def test_a_squawk_that_fails_is_named_not_read_as_clean(tmp_path, monkeypatch, b
     with pytest.raises(ConfigError) as err:
         SquawkRun([BLOCKING]).results()
     assert f"squawk did not return JSON {said}. Run {fake} --version" in str(err.value)
+
+
+def test_lint_json_reads_back_whole_with_a_finding_a_line():
+    from dbrunbook.safety.lint_guard import _lint_json
+
+    head = {"target": "prod", "protected": True, "allow": ["ban-drop-column@a1"], "unused_allow": [],
+            "omitted_timeouts": 2, "stopped": False}
+    findings = [{"rule": "ban-drop-column", "why": 'drops "note" — data', "allowed": True}, {"rule": "x"}]
+    for listed in (findings, []):
+        text = _lint_json(head, listed)
+        assert json.loads(text) == {**head, "findings": listed}
+        assert sum(line.lstrip().startswith('{"') for line in text.splitlines()) == len(listed)
