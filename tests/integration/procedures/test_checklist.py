@@ -36,6 +36,12 @@ def _session(proj, tmp_path, *, extra: str = "", protected: bool = False, run: s
     return Session(load_config(proj.config_path), "local", run_id=run, record_dir=str(tmp_path / run))
 
 
+def _sql(s: Session, *statements: str) -> None:
+    with s.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(sa.text(statement))
+
+
 def _artifact(tmp_path, run: str, name: str) -> dict:
     return json.loads((tmp_path / run / "artifacts" / name).read_text())
 
@@ -166,15 +172,11 @@ def test_a_protected_deploy_needs_the_live_database_name(project, tmp_path, caps
 def test_rows_vanished_beyond_the_tolerance_stop_naming_the_table(project, tmp_path):
     s = _session(project, tmp_path)
     try:
-        with s.engine.begin() as conn:
-            conn.execute(sa.text("CREATE TABLE orders (id int PRIMARY KEY)"))
-            conn.execute(sa.text("CREATE TABLE notes (id int PRIMARY KEY)"))
-            conn.execute(sa.text("INSERT INTO orders SELECT generate_series(1, 200)"))
-            conn.execute(sa.text("INSERT INTO notes SELECT generate_series(1, 10)"))
+        _sql(s, "CREATE TABLE orders (id int PRIMARY KEY)", "CREATE TABLE notes (id int PRIMARY KEY)",
+             "INSERT INTO orders SELECT generate_series(1, 200)", "INSERT INTO notes SELECT generate_series(1, 10)")
         before = s.row_counts(exact=True)
-        with s.engine.begin() as conn:
-            conn.execute(sa.text("DELETE FROM orders WHERE id <= 3"))  # 1.5 %
-            conn.execute(sa.text("INSERT INTO notes VALUES (11)"))  # growth is never a loss
+        _sql(s, "DELETE FROM orders WHERE id <= 3",  # 1.5 %
+             "INSERT INTO notes VALUES (11)")  # growth is never a loss
         diff = s.compare_counts(before)
         with pytest.raises(RowsVanished) as err:
             deploy.require_no_vanished_rows(diff, 0)
@@ -185,8 +187,7 @@ def test_rows_vanished_beyond_the_tolerance_stop_naming_the_table(project, tmp_p
         assert err.value.exit_status == 3 and "RowsVanished" in GUARD_ENAMES
         within = deploy.require_no_vanished_rows(diff, 2)
         assert within.values.tolist() == [["public.orders", 200, 197, 3, 1.5, True]]
-        with s.engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE notes"))
+        _sql(s, "DROP TABLE notes")
         with pytest.raises(RowsVanished) as err:
             deploy.require_no_vanished_rows(s.compare_counts(before), 2)
         assert err.value.losses == [{"table": "public.notes", "before": 10, "after": 0}]
@@ -199,15 +200,11 @@ def test_the_snapshot_keeps_the_counts_taken_right_after_the_change(project, tmp
     # table); without them, or from estimates, the snapshot counts now.
     s = _session(project, tmp_path)
     try:
-        with s.engine.begin() as conn:
-            conn.execute(sa.text("CREATE TABLE orders (id int PRIMARY KEY)"))
-            conn.execute(sa.text("INSERT INTO orders SELECT generate_series(1, 20)"))
+        _sql(s, "CREATE TABLE orders (id int PRIMARY KEY)", "INSERT INTO orders SELECT generate_series(1, 20)")
         before = s.row_counts(exact=True)
-        with s.engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO orders SELECT generate_series(21, 25)"))
+        _sql(s, "INSERT INTO orders SELECT generate_series(21, 25)")
         diff = s.compare_counts(before)
-        with s.engine.begin() as conn:  # what the application writes after the comparison
-            conn.execute(sa.text("INSERT INTO orders SELECT generate_series(26, 30)"))
+        _sql(s, "INSERT INTO orders SELECT generate_series(26, 30)")  # what the application writes after it
         s.save_snapshot(after=diff)
         saved = _artifact(tmp_path, "run", "snapshot.json")
         assert saved["counts"]["counts"]["public.orders"] == 25
