@@ -76,7 +76,12 @@ class SquawkRun:
         try:
             if self._process is None:
                 return []
-            self._process.wait()
+            try:
+                self._process.wait()
+            except BaseException:  # an interrupted lint (the operator's stop): squawk ends with it
+                self._process.kill()
+                self._process.wait()
+                raise
             stdout = self._out.read_text(encoding="utf-8", errors="replace")
             stderr = self._out.with_suffix(".err").read_text(encoding="utf-8", errors="replace")
             # squawk prints a JSON list and exits 0 (clean) or 1 (findings). Anything else, an empty output

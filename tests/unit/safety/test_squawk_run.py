@@ -5,8 +5,11 @@ the file those findings end in."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import stat
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,28 @@ def test_lint_json_reads_back_whole_with_a_finding_a_line():
         text = _lint_json(head, listed)
         assert json.loads(text) == {**head, "findings": listed}
         assert sum(line.lstrip().startswith('{"') for line in text.splitlines()) == len(listed)
+
+
+class _Stopped(BaseException):
+    """What an operator's interrupt raises in a kernel (a BaseException, as KeyboardInterrupt is)."""
+
+
+def test_an_interrupted_lint_ends_squawk_and_leaves_nothing(tmp_path, monkeypatch):
+    fake = tmp_path / "squawk"
+    fake.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(squawk_rules, "squawk_binary", lambda: fake)
+
+    def stop(signum, frame):
+        raise _Stopped
+
+    previous = signal.signal(signal.SIGUSR1, stop)
+    try:
+        run = SquawkRun([BLOCKING])
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        with pytest.raises(_Stopped):
+            run.results()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert run._process.returncode is not None  # killed, not left sleeping
+    assert not Path(run._folder.name).exists()
