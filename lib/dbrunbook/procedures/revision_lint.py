@@ -290,11 +290,16 @@ def _squawk(sql: str, revision: str, pg_version: str | None = None) -> list[Revi
     if pg_version:
         cmd.append(f"--pg-version={pg_version.split()[0]}")
     proc = subprocess.run(cmd, input=sql, capture_output=True, text=True, timeout=60)
+    # squawk prints a JSON list and exits 0 or 1: anything else (no output at all included) is a squawk that
+    # failed, and the SQL went unlinted; the reviewer is told, the rest of the review goes on.
     try:
-        reports = json.loads(proc.stdout or "[]")
+        reports = json.loads(proc.stdout) if proc.stdout.strip() and proc.returncode in (0, 1) else None
     except ValueError:
-        return [ReviewFinding("squawk-failed", "info", revision,
-                        f"squawk exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}")]
+        reports = None
+    if not isinstance(reports, list):
+        said = (proc.stderr or proc.stdout).strip()[:200] or "no output"
+        return [ReviewFinding("squawk-failed", "warning", revision,
+                              f"squawk exited {proc.returncode} ({said}): the SQL was not linted by squawk")]
     # One finding per rule, with how often and where: squawk repeats itself for every column of a table.
     grouped: dict[str, list[dict[str, Any]]] = {}
     for r in reports:

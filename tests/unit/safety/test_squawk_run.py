@@ -1,6 +1,6 @@
 """squawk started ahead of the rest of a lint (``SquawkRun``): its findings in order, its files removed,
 a broken squawk named, a lint that fails before reading it leaving nothing running or behind; and lint.json,
-the file those findings end in."""
+the file those findings end in; and review's own squawk call, which says when squawk failed."""
 
 from __future__ import annotations
 
@@ -45,20 +45,40 @@ def test_no_file_is_left_behind():
     assert not any(f.exists() for f in folders)
 
 
-@pytest.mark.parametrize(("body", "said"), [
-    ("print('segfault in the parser', file=sys.stderr); sys.exit(3)", "(exit 3): segfault in the parser"),
-    ("sys.exit(1)", "(exit 1): no output"),  # crashed before printing: not "no findings"
-    ("print('[]'); sys.exit(101)", "(exit 101): []"),  # a panic after the list
-    ("print('{\"not\": \"a list\"}')", '(exit 0): {"not": "a list"}'),
-])
-def test_a_squawk_that_fails_is_named_not_read_as_clean(tmp_path, monkeypatch, body, said):
-    fake = tmp_path / "squawk"
+BROKEN = [  # (the fake squawk's body, what the error quotes)
+    ("print('segfault in the parser', file=sys.stderr); sys.exit(3)", (3, "segfault in the parser")),
+    ("sys.exit(1)", (1, "no output")),  # crashed before printing: not "no findings"
+    ("print('[]'); sys.exit(101)", (101, "[]")),  # a panic after the list
+    ("print('{\"not\": \"a list\"}')", (0, '{"not": "a list"}')),
+]
+
+
+def _fake_squawk(folder: Path, body: str) -> Path:
+    fake = folder / "squawk"
     fake.write_text(f"#!{sys.executable}\nimport sys\n{body}\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    return fake
+
+
+@pytest.mark.parametrize(("body", "said"), BROKEN)
+def test_a_squawk_that_fails_is_named_not_read_as_clean(tmp_path, monkeypatch, body, said):
+    fake = _fake_squawk(tmp_path, body)
     monkeypatch.setattr(squawk_rules, "squawk_binary", lambda: fake)
     with pytest.raises(ConfigError) as err:
         SquawkRun([BLOCKING]).results()
-    assert f"squawk did not return JSON {said}. Run {fake} --version" in str(err.value)
+    assert f"squawk did not return JSON (exit {said[0]}): {said[1]}. Run {fake} --version" in str(err.value)
+
+
+@pytest.mark.parametrize(("body", "said"), BROKEN)
+def test_review_says_when_squawk_failed_rather_than_pass_the_sql_unlinted(tmp_path, monkeypatch, body, said):
+    from dbrunbook.procedures import revision_lint
+
+    assert "squawk:require-concurrent-index-creation" in {f.rule for f in revision_lint._squawk(BLOCKING, "a1")}
+    fake = _fake_squawk(tmp_path, body)
+    monkeypatch.setattr(revision_lint, "squawk_binary", lambda: fake)
+    [finding] = revision_lint._squawk(BLOCKING, "a1")
+    assert (finding.rule, finding.level) == ("squawk-failed", "warning")
+    assert f"squawk exited {said[0]} ({said[1]}): the SQL was not linted" in finding.message
 
 
 def test_lint_json_reads_back_whole_with_a_finding_a_line():
