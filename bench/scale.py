@@ -184,15 +184,14 @@ in-memory server): the preview, Alembic's own offline rendering (~0.3 s; bare `u
 `upgrade` does not); lint (~0.4 s: every statement parsed by PostgreSQL's parser, squawk, each revision file's
 syntax tree); the row counts of 1,000 tables after the upgrade and their schema (~0.15 s; the snapshot keeps
 the comparison's counts rather than counting again, which was ~0.25 s more); the revision graph's 24 drawn layers against 10 (~0.06 s: matplotlib renders each
-label's glyphs, ~3 ms a label); the durations chart's 25 bars against 10 (~0.07 s); the preflight (~0.05 s);
-the freshness check of the loaded scripts (~3.5 ms a question). The preflight reads Alembic's version-row
+label's glyphs, ~3 ms a label); the durations chart's 25 bars against 10 (~0.07 s); the freshness check of the loaded scripts (~3.5 ms a question). The preflight reads Alembic's version-row
 UPDATEs without the parser (1,000 of them, ~0.04 s). The upgrade itself runs Alembic's statements
-and nothing else (in-process, 1.7-2.4 s against `alembic.command.upgrade`'s 1.9-2.0 s on the same server).
+and nothing else (in-process, medians of six on the same server: 2.1 s, as `alembic.command.upgrade`).
 The apply record's notebook.ipynb stays near 290 KB at 1,000 revisions (12.4 MB in issue 15, before the plots
 were bounded and before these changes; the preview's 1.0 MB and the lint table's 0.7 MB were the part
 summarized here); what is left is the revision graph (~110 KB) and the durations chart (~90 KB), both
-bounded. The whole record folder is ~1.8 MB, mostly lint.json (860 KB: every finding, allowed or not) and
-the preview SQL (300 KB), which are the evidence.
+bounded. The whole record folder is ~1.7 MB, mostly lint.json (790 KB: every finding, allowed or not), the
+preview SQL (300 KB) and snapshot.json (270 KB), which are the evidence.
 Noise: on the VM's disk the same bare `alembic upgrade` of 1,000 revisions took 2.3 to 8.7 s in rounds a
 minute apart (and 3.8 to 4.5 s in four in-process runs on a quieter day); hence the in-memory server, rounds,
 and medians. The load average printed above says how busy the 2 cores were (an earlier run on a shared

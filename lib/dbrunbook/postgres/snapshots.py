@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -62,12 +62,6 @@ _INDEXES_SQL = sa.text(
 ).bindparams(sa.bindparam("excluded", expanding=True))
 
 
-def _fields(value: Any) -> dict:
-    """A snapshot's fields by name, for JSON: its dicts as they are (``asdict`` deep-copied 1,000 tables' worth
-    of them for a ``json.dumps`` that only reads)."""
-    return {f.name: getattr(value, f.name) for f in fields(value)}
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """Row counts per table (``schema.table`` -> rows) at one instant, optionally with content fingerprints."""
@@ -103,7 +97,7 @@ class Snapshot:
         return f"Snapshot({len(self.counts):,} tables, {self.total_rows:,} rows, {kind}, at {self.taken_at})"
 
     def to_dict(self) -> dict:
-        return _fields(self)
+        return dict(vars(self))  # its dicts as they are: asdict deep-copied them for a json.dumps
 
     @classmethod
     def from_dict(cls, data: dict) -> Snapshot:
@@ -118,7 +112,7 @@ class SchemaSnapshot:
     indexes: dict[str, list[str]]
 
     def to_dict(self) -> dict:
-        return _fields(self)
+        return dict(vars(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> SchemaSnapshot:

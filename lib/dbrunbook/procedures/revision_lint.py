@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import html
-import json
 import re
 import subprocess
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from dbrunbook.chain import migrations
 from dbrunbook.config import Config, MigrationSet
 from dbrunbook.errors import ConfigError, ParameterError
 from dbrunbook.protocol import SessionLike
-from dbrunbook.safety.lint_rules import LEVELS, revision_issues, squawk_binary
+from dbrunbook.safety.lint_rules import LEVELS, revision_issues, squawk_binary, squawk_output, squawk_said
 
 __all__ = [
     "LEVELS",
@@ -290,16 +289,10 @@ def _squawk(sql: str, revision: str, pg_version: str | None = None) -> list[Revi
     if pg_version:
         cmd.append(f"--pg-version={pg_version.split()[0]}")
     proc = subprocess.run(cmd, input=sql, capture_output=True, text=True, timeout=60)
-    # squawk prints a JSON list and exits 0 or 1: anything else (no output at all included) is a squawk that
-    # failed, and the SQL went unlinted; the reviewer is told, the rest of the review goes on.
-    try:
-        reports = json.loads(proc.stdout) if proc.stdout.strip() and proc.returncode in (0, 1) else None
-    except ValueError:
-        reports = None
-    if not isinstance(reports, list):
-        said = (proc.stderr or proc.stdout).strip()[:200] or "no output"
-        return [ReviewFinding("squawk-failed", "warning", revision,
-                              f"squawk exited {proc.returncode} ({said}): the SQL was not linted by squawk")]
+    reports = squawk_output(proc.returncode, proc.stdout)
+    if reports is None:  # the SQL went unlinted: the reviewer is told, the rest of the review goes on
+        return [ReviewFinding("squawk-failed", "warning", revision, f"squawk exited {proc.returncode} "
+                              f"({squawk_said(proc.stdout, proc.stderr, 200)}): the SQL was not linted by squawk")]
     # One finding per rule, with how often and where: squawk repeats itself for every column of a table.
     grouped: dict[str, list[dict[str, Any]]] = {}
     for r in reports:

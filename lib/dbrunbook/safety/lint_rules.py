@@ -47,14 +47,16 @@ from dbrunbook.safety.squawk_rules import (
     SQUAWK_RULES,
     TIMEOUT_RULES,
     classify_squawk,
-    run_squawk,
     squawk_binary,
+    squawk_output,
+    squawk_said,
 )
 
 __all__ = [
     "ABSORBED", "BYTES_THRESHOLD", "CATEGORIES", "FAILS_ALWAYS", "IDENT", "INSTEAD", "LEVELS", "REVISION_RULES",
     "ROWS_THRESHOLD", "SQUAWK_RULES", "TIMEOUT_RULES", "VOLATILE_DEFAULT", "Catalog", "Finding", "RevisionIssue",
     "SqlIssue", "TableSize", "alter_actions", "check_sql", "classify_squawk", "display_statement", "heads_finding",
-    "normalize_name", "revision_file_findings", "revision_issues", "run_squawk", "split_statements",
-    "squawk_binary", "squawk_offset", "statement_at", "statement_kind", "table_of", "type_change", "weigh_issue",
+    "normalize_name", "revision_file_findings", "revision_issues", "split_statements", "squawk_binary",
+    "squawk_offset", "squawk_output", "squawk_said", "statement_at", "statement_kind", "table_of", "type_change",
+    "weigh_issue",
 ]

@@ -34,6 +34,24 @@ def squawk_binary() -> Path:
     return Path(found)
 
 
+def squawk_output(returncode: int, stdout: str) -> list[dict] | None:
+    """squawk's findings from its exit status and ``--reporter json`` output; None for a squawk that failed.
+
+    squawk prints a JSON list and exits 0 (clean) or 1 (findings). Anything else, an empty output included, is
+    a squawk that failed: read as "no findings" it would pass every migration.
+    """
+    try:
+        found = json.loads(stdout) if stdout.strip() and returncode in (0, 1) else None
+    except ValueError:
+        return None
+    return found if isinstance(found, list) else None
+
+
+def squawk_said(stdout: str, stderr: str, limit: int = 300) -> str:
+    """What a failed squawk said, for its error message."""
+    return (stderr or stdout).strip()[:limit] or "no output"
+
+
 class SquawkRun:
     """``squawk --reporter json`` started on SQL texts (one file each); ``results()`` waits for its findings.
 
@@ -84,17 +102,12 @@ class SquawkRun:
                 raise
             stdout = self._out.read_text(encoding="utf-8", errors="replace")
             stderr = self._out.with_suffix(".err").read_text(encoding="utf-8", errors="replace")
-            # squawk prints a JSON list and exits 0 (clean) or 1 (findings). Anything else, an empty output
-            # included, is a squawk that failed: read as "no findings" it would pass every migration.
             code = self._process.returncode
-            try:
-                found = json.loads(stdout) if stdout.strip() and code in (0, 1) else None
-            except ValueError:
-                found = None
-            if not isinstance(found, list):
-                said = (stderr or stdout).strip()[:300] or "no output"
-                raise ConfigError(f"squawk did not return JSON (exit {code}): {said}. Run {self._args[0]} "
-                                  f"--version to check the installation (pip install squawk-cli).")
+            found = squawk_output(code, stdout)
+            if found is None:
+                raise ConfigError(f"squawk did not return JSON (exit {code}): {squawk_said(stdout, stderr)}. "
+                                  f"Run {self._args[0]} --version to check the installation "
+                                  f"(pip install squawk-cli).")
         finally:
             self._folder.cleanup()
         by_file: dict[str, list[dict]] = {}
@@ -108,11 +121,6 @@ class SquawkRun:
             self._process.kill()
             self._process.wait()
         self._folder.cleanup()
-
-
-def run_squawk(sqls: Sequence[str], pg_version: str | None = None) -> list[list[dict]]:
-    """Lint each SQL text with ``squawk --reporter json`` in one call; the findings of each, in order."""
-    return SquawkRun(sqls, pg_version).results()
 
 
 #: squawk rule -> (category, weighed by the live table's size). Rules not listed: deploy risk, unweighed.
