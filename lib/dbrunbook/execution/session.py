@@ -10,7 +10,6 @@ change it are here.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +20,7 @@ from dbrunbook.config import load_config
 from dbrunbook.errors import ConfigError, ConfirmationRequired, NotAtExpectedRevision
 from dbrunbook.execution.preview import Preview
 from dbrunbook.execution.session_base import SNAPSHOT_ARTIFACT, SessionBase
+from dbrunbook.protocol import artifact_json
 from dbrunbook.views import summaries
 
 if TYPE_CHECKING:
@@ -58,14 +58,14 @@ class Session(SessionBase):
                     name = f"preview-{m.name}.sql"
                     result.files[name] = self.save_artifact(name, result.file_text(m.name))
         if save:
-            self.save_artifact("preview.json", json.dumps(
+            self.save_artifact("preview.json", artifact_json(
                 {"sha256": result.sha256, "files": result.files,
                  "revisions": {k: [s.revision for s in v] for k, v in result.steps.items()},
                  "online_only": {k: {s.revision: {"source": s.source, "reason": s.reason,
                                                   "capture_error": s.capture_error}
                                      for s in v if s.online_only}
                                  for k, v in result.steps.items() if any(s.online_only for s in v)}},
-                indent=1, sort_keys=True) + "\n")
+                depth=2))
         self._previews[(revision, migration_set)] = result
         return result
 

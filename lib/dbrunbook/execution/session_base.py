@@ -8,7 +8,6 @@ and history, row counts, ``alembic check``, the snapshot a later ``verify`` comp
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -182,9 +181,8 @@ class SessionBase:
         counts = counted if isinstance(counted, snapshots.Snapshot) and counted.exact else \
             snapshots.row_counts(self.engine)
         schema = snapshots.schema_snapshot(self.engine)
-        body = {"counts": counts.to_dict(), "schema": schema.to_dict(), "database": self.identity.as_dict(),
-                "heads": {k: list(v) for k, v in self.current().items()}}
-        return self.save_artifact(SNAPSHOT_ARTIFACT, json.dumps(body, indent=1, sort_keys=True, default=str) + "\n")
+        return self.save_artifact(SNAPSHOT_ARTIFACT, snapshots.snapshot_json(
+            counts, schema, database=self.identity.as_dict(), heads={k: list(v) for k, v in self.current().items()}))
 
     def last_snapshot(self, *, required: bool = False):
         """The newest verified record of this database holding a snapshot: (run_dir, counts, schema, meta).

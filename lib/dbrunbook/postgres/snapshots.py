@@ -23,6 +23,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from dbrunbook.protocol import artifact_json
+
 log = logging.getLogger(__name__)
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
@@ -302,12 +304,10 @@ def _col(c: list) -> str:
     return f"{c[1]}{'' if c[2] else ' NOT NULL'}"
 
 
-def save_snapshot(path: Path, counts: Snapshot, schema: SchemaSnapshot, **meta) -> Path:
-    """Write counts, schema and metadata (database identity, heads) as JSON: a record artifact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"counts": counts.to_dict(), "schema": schema.to_dict(), **meta}
-    path.write_text(json.dumps(body, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    return path
+def snapshot_json(counts: Snapshot, schema: SchemaSnapshot, **meta) -> str:
+    """Counts, schema and metadata (database identity, heads) as the text of a snapshot artifact: a line per
+    table in each of its maps (``load_snapshot`` reads it back)."""
+    return artifact_json({"counts": counts.to_dict(), "schema": schema.to_dict(), **meta}, depth=3)
 
 
 def load_snapshot(path: Path) -> tuple[Snapshot, SchemaSnapshot, dict]:

@@ -9,7 +9,6 @@ retried up to the target's ``retries``; every attempt is recorded with who was i
 from __future__ import annotations
 
 import datetime as dt
-import json
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -21,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dbrunbook.errors import InvalidIndex, MigrationFailed
 from dbrunbook.postgres import indexes
-from dbrunbook.protocol import ARTIFACTS_DIR, SessionLike
+from dbrunbook.protocol import ARTIFACTS_DIR, SessionLike, artifact_json
 from dbrunbook.safety.blockers import Blocker, BlockerWatcher, blocker_text
 
 if TYPE_CHECKING:  # pandas is imported where a frame is built: the launcher never needs it
@@ -101,8 +100,7 @@ def save_attempts(session: SessionLike, attempts: list[Attempt], name: str = "at
         while (session.record_dir / ARTIFACTS_DIR / chosen).exists():
             n += 1
             chosen = f"{stem}-{n}.{ext}"
-    body = json.dumps([a.as_dict() for a in attempts], indent=1, sort_keys=True, default=str) + "\n"
-    return session.save_artifact(chosen, body)
+    return session.save_artifact(chosen, artifact_json([a.as_dict() for a in attempts], depth=2))
 
 
 def is_lock_timeout(err: BaseException | None) -> bool:

@@ -77,16 +77,32 @@ def test_review_says_when_squawk_failed_rather_than_pass_the_sql_unlinted(tmp_pa
     assert f"squawk exited {said[0]} ({said[1]}): the SQL was not linted" in finding.message
 
 
-def test_lint_json_reads_back_whole_with_a_finding_a_line():
-    from dbrunbook.safety.lint_guard import _lint_json
+def test_lint_json_reads_back_whole_with_a_statement_a_line_and_each_rule_said_once():
+    from dbrunbook.safety.findings import findings_json, read_findings
 
     head = {"target": "prod", "protected": True, "allow": ["ban-drop-column@a1"], "unused_allow": [],
             "omitted_timeouts": 2, "stopped": False}
-    findings = [{"rule": "ban-drop-column", "why": 'drops "note" — data', "allowed": True}, {"rule": "x"}]
+    place = {"migration_set": "main", "revision": "a1", "statement": "ALTER TABLE t DROP COLUMN note"}
+    squawk = {"category": "destructive", "level": "warning", "source": "squawk", "instead": "keep it"}
+    findings = [
+        {**place, **squawk, "rule": "ban-drop-column", "why": 'drops "note" — data', "allowed": True},
+        {**place, "revision": "a2", **squawk, "rule": "ban-drop-column", "why": "drops b", "allowed": False},
+        {**place, "category": "style", "level": "info", "source": "dbrunbook", "instead": "", "why": "x",
+         "rule": "x", "allowed": False},
+    ]
     for listed in (findings, []):
-        text = _lint_json(head, listed)
-        assert json.loads(text) == {**head, "findings": listed}
-        assert sum(line.lstrip().startswith('{"') for line in text.splitlines()) == len(listed)
+        text = findings_json(head, listed)
+        saved = json.loads(text)
+        assert {k: saved[k] for k in head} == head
+        key = lambda f: json.dumps(f, sort_keys=True)  # noqa: E731
+        assert sorted(map(key, read_findings(saved))) == sorted(map(key, listed))
+        assert sum(line.lstrip().startswith('{"found"') for line in text.splitlines()) == len(
+            {(f["revision"], f["statement"]) for f in listed})
+    text = findings_json(head, findings)
+    # what both findings of a rule share is said once; what differs (why) stays with each finding
+    assert json.loads(text)["rules"]["ban-drop-column"] == squawk and text.count("keep it") == 1
+    assert json.loads(text)["findings"][0]["found"] == [
+        {"allowed": True, "rule": "ban-drop-column", "why": 'drops "note" — data'}, "x"]  # x: nothing its own
 
 
 class _Stopped(BaseException):

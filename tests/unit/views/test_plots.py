@@ -74,6 +74,33 @@ def test_png_size_is_the_figure_size(main_set):
     assert repr(plot) == f"Plot('revision graph of main', {width}x{height} px, sha256 {plot.sha256[:12]})"
 
 
+def test_png_is_a_palette_picture_that_looks_like_matplotlibs_own(main_set):
+    import io
+
+    from matplotlib.figure import Figure
+    from PIL import Image, ImageChops
+
+    from dbrunbook.views import figures
+
+    def draw() -> Figure:
+        with figures.plot_style():
+            fig = figures.new_figure(6, 3)
+            ax = fig.add_subplot()
+            ax.barh(range(12), range(12), color="#4c72b0")
+            for i in range(12):
+                ax.text(i, i, f"revision {i:04d}  {i / 7:.2f} s")
+            return fig
+
+    plot = figures.render_plot(draw(), "bars")
+    assert _chunks(plot.png)[0][1][9] == 3  # IHDR colour type 3: indexed, a palette of at most 256 colours
+    own = io.BytesIO()
+    draw().savefig(own, format="png", dpi=figures.DPI)  # matplotlib's 32-bit picture of the same figure
+    ours, theirs = Image.open(io.BytesIO(plot.png)).convert("RGB"), Image.open(own).convert("RGB")
+    assert ours.size == theirs.size == (plot.width, plot.height)
+    assert max(high for _, high in ImageChops.difference(ours, theirs).getextrema()) <= 32
+    assert len(plot.png) < own.tell() / 2
+
+
 def test_current_position_changes_the_picture(main_set):
     assert plots.revision_graph(main_set, current=("004",)).png != \
         plots.revision_graph(main_set, current=("9fd62e8",)).png
