@@ -21,6 +21,9 @@ from pglast.parser import ParseError
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
 _COMMENT_TOKENS = ("SQL_COMMENT", "C_COMMENT")
 _MAX_NOISE_LINES = 20
+#: Code whose white space is only ever between tokens: printable ASCII and PostgreSQL's own white space, no
+#: quote or dollar sign (str.split also splits on characters PostgreSQL does not count as white space).
+_PLAIN_CODE = re.compile(r"[^'\"$\x00-\x08\x0e-\x1f\x7f-\U0010ffff]*\Z")
 
 
 @dataclass(frozen=True)
@@ -42,21 +45,31 @@ class Statement:
     def flat(self) -> str:
         """The code on one line, runs of white space between tokens folded (literals keep theirs, so a
         ``WHERE name = 'a  b'`` read from it still means what it says)."""
-        try:
-            tokens = parser.scan(self.code)
-        except ParseError:
+        if _PLAIN_CODE.match(self.code) and "--" not in self.code and "/*" not in self.code:
+            # No literal, quoted name or comment: every run of white space lies between two tokens, and
+            # splitting on it is what the scanner gives (at 1,000 revisions, a fifth of the lint's time).
             return " ".join(self.code.split())
-        out, at = [], 0
-        for tok in tokens:
-            if tok.start > at:
-                out.append(" ")
-            out.append(self.code[tok.start:tok.end + 1])
-            at = tok.end + 1
-        return "".join(out).strip()
+        return scanned_flat(self.code)
 
     @property
     def parsed(self) -> bool:
         return not self.error
+
+
+def scanned_flat(code: str) -> str:
+    """``code`` on one line by PostgreSQL's scanner: a space wherever white space or a comment parted two
+    tokens, the tokens as written."""
+    try:
+        tokens = parser.scan(code)
+    except ParseError:
+        return " ".join(code.split())
+    out, at = [], 0
+    for tok in tokens:
+        if tok.start > at:
+            out.append(" ")
+        out.append(code[tok.start:tok.end + 1])
+        at = tok.end + 1
+    return "".join(out).strip()
 
 
 def split_statements(sql: str) -> list[Statement]:

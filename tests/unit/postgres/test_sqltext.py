@@ -34,3 +34,32 @@ def test_offsets_text_and_flat():
     assert sql[first.start:first.end] == "-- head\nALTER TABLE t\n   ADD x int;"
     assert first.text.startswith("-- head") and first.flat == "ALTER TABLE t ADD x int"
     assert sql[second.start:second.end] == "UPDATE t SET x = 1;"
+
+
+FLAT_CASES = [
+    "CREATE TABLE t0001 (\n    id SERIAL NOT NULL, \n    name TEXT, \n    PRIMARY KEY (id)\n)",
+    "UPDATE alembic_version SET version_num=1 WHERE alembic_version.version_num = 2",
+    "ALTER TABLE t\tADD COLUMN x int\x0bDEFAULT -1",  # tab and vertical tab: PostgreSQL's white space too
+    "SELECT a::int,b-1, c/2 FROM\r\n  t WHERE x>=1",
+    "SELECT 'a  b', \"x  y\" FROM t",  # quotes: the scanner keeps their white space
+    "SELECT $$ a  b $$",
+    "SELECT 1 --  two  spaces\n, 2",
+    "SELECT 1 /*  c  */ + 2",
+    "SELECT café\u00a0 FROM t",  # a no-break space is part of a name to PostgreSQL, white space to str.split
+    "SELECT a\x1cb FROM t",  # so is \x1c
+    "BEGIN",
+]
+
+
+@pytest.mark.parametrize("code", FLAT_CASES)
+def test_flat_is_what_postgresqls_scanner_gives(code):
+    from dbrunbook.postgres.sqltext import Statement, scanned_flat
+
+    assert Statement(0, len(code), code, code).flat == scanned_flat(code)
+
+
+def test_flat_keeps_what_the_scanner_keeps():
+    from dbrunbook.postgres.sqltext import scanned_flat
+
+    assert scanned_flat("SELECT 'a  b'\n  FROM t") == "SELECT 'a  b' FROM t"
+    assert scanned_flat("SELECT café\u00a0 FROM t") == "SELECT café\u00a0 FROM t"
