@@ -19,7 +19,7 @@ import pandas as pd
 from dbrunbook import errors
 from dbrunbook.chain import migrations
 from dbrunbook.postgres import sqlparse
-from dbrunbook.postgres.sqltext import split_statements
+from dbrunbook.postgres.sqltext import Statement, split_statements
 from dbrunbook.protocol import SessionLike
 from dbrunbook.safety.catalog import Catalog, read_catalog
 from dbrunbook.safety.findings import CATEGORIES, Finding, findings_json
@@ -127,13 +127,14 @@ def lint_revision_files(mset, revisions, *, protected: bool = False) -> list[Fin
 
 
 #: Alembic's version row statements, known without the parser (a 1,000-revision chain has 1,000 of them).
-_VERSION_ROW = re.compile(r'^(?:UPDATE|INSERT INTO|DELETE FROM) (?:"?\w+"?\.)?"?(\w+)"?[ (]')
+_VERSION_ROW = re.compile(r'^(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+(?:"?\w+"?\.)?"?(\w+)"?[\s(]')
 
 
-def _bookkeeping(flat: str, version_tables: set[str]) -> bool:
+def _bookkeeping(stmt: Statement, version_tables: set[str]) -> bool:
     """Alembic's own statements (transaction, version table): not the migration author's to fix."""
-    if (m := _VERSION_ROW.match(flat)) and m.group(1) in version_tables:
-        return True
+    if (m := _VERSION_ROW.match(stmt.code)) and m.group(1) in version_tables:
+        return True  # read off the code: its flat form scans every token of the quoted revision ids
+    flat = stmt.flat
     d = sqlparse.describe(flat)
     if d.kind == "TRANSACTION":
         return True
@@ -159,7 +160,7 @@ def lint(session: SessionLike, preview, *, rows_threshold: int = 10_000, bytes_t
     squawk = SquawkRun([step.sql for steps in preview.steps.values() for step in steps], pg_version)
     try:
         statements = [s for steps in preview.steps.values() for step in steps
-                      for s in split_statements(step.sql) if not _bookkeeping(s.flat, version_tables)]
+                      for s in split_statements(step.sql) if not _bookkeeping(s, version_tables)]
         catalog = read_catalog(session.engine, statements, rows_threshold, bytes_threshold)
         findings: list[Finding] = []
         for name, steps in preview.steps.items():
@@ -198,7 +199,7 @@ def lint_sql(steps: dict[str, list], catalog: Catalog, *, protected: bool = Fals
     for (name, step, stmts), items in zip(parsed, results, strict=False):
         if step.notes.strip():
             findings.append(_printed_finding(name, step))
-        mine = [s for s in stmts if not _bookkeeping(s.flat, version_tables)]
+        mine = [s for s in stmts if not _bookkeeping(s, version_tables)]
         findings += _unparsed_findings(name, step.revision, mine)
         issues = check_sql(mine, catalog, created, validated)
         rewritten = {i.statement.start for i in issues if i.rule in ("table-rewrite", "not-null-scan")}
@@ -234,7 +235,7 @@ def _squawk_findings(migration_set: str, step, stmts: list, items: list[dict], c
         rule = item.get("rule_name", "")
         offset = squawk_offset(step.sql, int(item.get("line", 0)), int(item.get("column", 0)))
         stmt = statement_at(stmts, offset)
-        if stmt is not None and _bookkeeping(stmt.flat, version_tables):
+        if stmt is not None and _bookkeeping(stmt, version_tables):
             continue
         if rule in ABSORBED and stmt is not None and stmt.start in rewritten:
             continue  # dbrunbook's finding on the same statement says it better (weighed, CHECK-aware)
