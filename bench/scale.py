@@ -193,7 +193,7 @@ The apply record's notebook.ipynb is ~135 KB at 1,000 revisions (12.4 MB in issu
 were bounded and before these changes; the preview's 1.0 MB and the lint table's 0.7 MB were the part
 summarized here; 290 KB before the charts became 256-colour palette PNGs, a quarter of matplotlib's 32-bit
 bytes for the same look). The whole record folder is ~940 KB (1.73 MB before: lint.json said each rule's two
-sentences with each of its 2,000 findings, 790 KB -> 190 KB with each rule's text once and a line per
+sentences with each of its 2,000 findings, 790 KB -> 200 KB with each rule's text once and a line per
 statement; the JSON artifacts put each number on a line of its own, snapshot.json 270 KB -> 200 KB with a
 line per table); what is left is mostly evidence: Alembic's preview SQL (300 KB), lint.json, snapshot.json.
 Noise: on the VM's disk the same bare `alembic upgrade` of 1,000 revisions took 2.3 to 8.7 s in rounds a
