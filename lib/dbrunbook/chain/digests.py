@@ -17,7 +17,7 @@ from dbrunbook.chain.history import history
 from dbrunbook.chain.project import absolute_paths, script_folders
 from dbrunbook.config import MigrationSet
 
-__all__ = ["directory_digest", "file_digests", "sha256_file"]
+__all__ = ["directory_digest", "file_digests", "file_versions", "sha256_file"]
 
 
 def sha256_file(path: Path) -> str:
@@ -54,6 +54,19 @@ def _migration_files(mset: MigrationSet) -> list[str]:
     if mset.alembic_ini is not None:
         found.add(str(mset.alembic_ini.resolve()))
     return sorted(found)
+
+
+def file_versions(mset: MigrationSet) -> list[list]:
+    """``[path, size, mtime_ns]`` of each of the set's migration files (those ``directory_digest`` reads):
+    equal lists mean no file was added, removed or rewritten, without reading one."""
+    out = []
+    for path in _migration_files(mset):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        out.append([path, st.st_size, st.st_mtime_ns])
+    return out
 
 
 def directory_digest(msets: Iterable[MigrationSet]) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dbrunbook import protocol, records
 from dbrunbook.chain import migrations
+from dbrunbook.chain.digests import file_versions, sha256_file
 from dbrunbook.chain.history import ancestry
 from dbrunbook.config import Config
 from dbrunbook.execution.parameters import RunbookInfo, mask_secrets
@@ -50,25 +52,30 @@ def _applied_revisions(history: list[migrations.RevisionInfo], before: list | No
     return [r for r in history if r.revision in new]
 
 
-def _migration_files(config: Config, heads_before: dict, heads_after: dict) -> dict:
-    """``{set: {revision: sha256 of its script}}`` for each revision applied during the run."""
+def _migration_files(config: Config, heads_before: dict, heads_after: dict, histories: dict | None = None
+                     ) -> dict:
+    """``{set: {revision: sha256 of its script}}`` for each revision applied during the run.
+
+    A set's history comes from ``histories`` (``{set: (files' versions, history)}``, read by another process
+    of the launcher during the run) while its files are as they were then; else its revisions are loaded.
+    """
     files: dict[str, dict[str, str]] = {}
     for mset in config.migration_sets.values():
         before, after = heads_before.get(mset.name), heads_after.get(mset.name)
         if after is None or sorted(before or []) == sorted(after):
             continue
-        applied = _applied_revisions(migrations.history(mset), before, after)
-        if not applied:
-            continue
-        digests = migrations.file_digests(mset)
-        files[mset.name] = {r.revision: digests[r.revision] for r in applied}
+        known = (histories or {}).get(mset.name)
+        history = known[1] if known and known[0] == file_versions(mset) else migrations.history(mset)
+        applied = _applied_revisions(history, before, after)
+        if applied:
+            files[mset.name] = {r.revision: sha256_file(Path(r.path)) for r in applied}
     return files
 
 
 def complete_ledger_row(run: StartedRun, outcome: str, finished: datetime, heads_before: dict,
-                        heads_after: dict, error: str | None = None) -> None:
+                        heads_after: dict, error: str | None = None, *, histories: dict | None = None) -> None:
     try:
-        files = _migration_files(run.config, heads_before, heads_after)
+        files = _migration_files(run.config, heads_before, heads_after, histories)
         _target, engine = db.connect_target(run.config, run.target, run_id=run.run_id)
         statement = run.run_dir / protocol.STATEMENT_FILE
         try:

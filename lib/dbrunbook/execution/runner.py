@@ -17,7 +17,7 @@ from typing import Any
 from dbrunbook import protocol, records
 from dbrunbook.config import Config, load_config
 from dbrunbook.errors import DatabaseUnavailable, DeployerLockHeld, RunDirectoryInvalid
-from dbrunbook.execution import unfinished
+from dbrunbook.execution import prerender, unfinished
 from dbrunbook.execution.engine import (
     SAVE_AFTER,
     SAVE_EVERY,
@@ -127,9 +127,11 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
     error: BaseException | None = None
     interrupted: BaseException | None = None
     seen: dict = {}
+    rendering = prerender.start(config, info.name, run.run_id, run.values, run.pre_state.get("heads") or {}) \
+        if stop is None else None
     try:
         if stop is None:
-            _execute(run, kernel, lock, progress, execution_timeout, seen)
+            _execute(run, kernel, lock, progress, execution_timeout, seen, rendering)
         else:
             _write_unexecuted_notebook(info, output)
     except Exception as err:
@@ -141,8 +143,11 @@ def run_runbook(name: str, *, target: str | None = None, parameters: dict[str, A
         try:
             nb = load_output(output) or seen.get("nb")
             outcome, failing_step = stop or classify(error, nb)
-            result = seal_run(run, outcome, failing_step, mode="papermill", progress=progress)
+            result = seal_run(run, outcome, failing_step, mode="papermill", progress=progress,
+                              histories=rendering.histories() if rendering is not None else None)
         finally:
+            if rendering is not None:
+                rendering.close()
             if lock is not None:
                 lock.release()
     if interrupted is None and received:
@@ -185,12 +190,13 @@ def _start(config: Config, info: RunbookInfo, values: dict, progress: Callable[[
 
 
 def _execute(run: StartedRun, kernel: str, lock: locking.DeployerLock | None, progress: Callable[[str], None],
-             execution_timeout: float | None, seen: dict) -> None:
+             execution_timeout: float | None, seen: dict, rendering: prerender.Prerender | None) -> None:
     """Execute the runbook with papermill into the run's notebook; the kernel borrows the run's lock."""
     import papermill
 
     progress(f"run {run.run_id}: executing {run.info.path.name} on target '{run.target}'")
-    with config_for_kernel(run.config), lock_for_kernel(lock), quiet_papermill_inspection(), sigterm_as_exit():
+    with config_for_kernel(run.config), lock_for_kernel(lock), quiet_papermill_inspection(), sigterm_as_exit(), \
+            prerender.for_kernel(rendering):
         papermill.execute_notebook(
             str(run.info.path), str(run.run_dir / protocol.NOTEBOOK_FILE), parameters=papermill_parameters(run),
             kernel_name=kernel, cwd=str(run.config.root), progress_bar=False, log_output=False,

@@ -154,8 +154,12 @@ def migrations_digest(config: Config) -> str | None:
 
 
 def seal_run(run: StartedRun, outcome: str, failing_step: dict | None, *, mode: str,
-             progress: Callable[[str], None], post_state: dict | None = None) -> RunResult:
+             progress: Callable[[str], None], post_state: dict | None = None,
+             histories: dict | None = None) -> RunResult:
     """Read the post-state, build, sign and write the statement, complete the ledger row.
+
+    ``histories`` are the sets' histories as another process of the launcher read them (``prerender``):
+    the ledger row takes them for a set whose files are still the same, instead of loading every revision.
 
     When signing fails the run is not lost: the ledger row is completed with the outcome and the error, the
     unsigned facts are kept in artifacts/ for ``dbrunbook seal``, and the result says so (exit status 1).
@@ -188,7 +192,7 @@ def seal_run(run: StartedRun, outcome: str, failing_step: dict | None, *, mode: 
         return _keep_unsealed(run, outcome, failing_step, mode, err, finished, heads_before, heads_after,
                               post_state, progress)
     if run.ledger:
-        complete_ledger_row(run, outcome, finished, heads_before, heads_after)
+        complete_ledger_row(run, outcome, finished, heads_before, heads_after, histories=histories)
     unfinished.unregister(config, run.run_id)
     return RunResult(
         run_id=run.run_id,

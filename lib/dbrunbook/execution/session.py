@@ -18,6 +18,7 @@ import pandas as pd
 from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
 from dbrunbook.errors import ConfigError, ConfirmationRequired, NotAtExpectedRevision
+from dbrunbook.execution import prerender
 from dbrunbook.execution.preview import Preview
 from dbrunbook.execution.session_base import SNAPSHOT_ARTIFACT, SessionBase
 from dbrunbook.protocol import artifact_json
@@ -50,7 +51,12 @@ class Session(SessionBase):
                     result.steps[m.name] = []
                     continue
                 start = ",".join(cur) if cur else None
-                steps = migrations.offline_sql(m, start, revision)
+                steps = prerender.rendered_steps(self.config, self.target.name, m, start, revision)
+                if steps is None:
+                    steps = migrations.offline_sql(m, start, revision)
+                else:
+                    print(f"{m.name}: SQL rendered offline by the launcher's second process while the kernel started "
+                          f"(same start, end and migration files)")
                 if capture:
                     steps = capturing.capture_steps(self, m, steps, revision, scratch=scratch)
                 result.steps[m.name] = steps
