@@ -19,7 +19,7 @@ LAYERS = [
      "postgres.masking", "views.tables", "views.summaries", "views.report_style"},
     {"postgres"},
     {"chain"},
-    {"views.figures", "views.plots", "views.revision_graph", "views.backfill_plots"},  # charts of a chain
+    {"views.pictures", "views.figures", "views.plots", "views.revision_graph", "views.backfill_plots"},  # charts
     {"records"},
     {"safety"},
     {"procedures"},

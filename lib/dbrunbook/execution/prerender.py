@@ -16,6 +16,7 @@ rendering off the run's path; an interactive run (no launcher) always renders in
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -32,11 +33,14 @@ from dbrunbook.chain import migrations
 from dbrunbook.chain.digests import file_versions
 from dbrunbook.chain.values import RevisionInfo, SqlStep
 from dbrunbook.config import Config, MigrationSet, load_config
+from dbrunbook.views.pictures import Plot
 
 #: The result file and the rendering process's pid, for the kernel: ``PID:PATH``.
 ENV = "DBRUNBOOK_PRERENDER"
 #: Runbooks whose notebook previews ``-p revision`` of ``-p migration_set`` from where the database is.
 PREVIEWING = ("apply", "deploy", "preview")
+#: Runbooks whose revision graph shows where the database was when the run began.
+GRAPHING = ("status",)
 #: The longest a preview step waits for a rendering process that is still running, in seconds.
 WAIT_SECONDS = 300.0
 #: How old a result file in ``state_dir/prerender`` is before the next run removes it, in seconds.
@@ -88,8 +92,9 @@ def _remove_stale(folder: Path) -> None:
 
 
 def start(config: Config, runbook: str, run_id: str, values: dict, heads: dict) -> Prerender | None:
-    """Start rendering ``values``' range for a previewing runbook; None for any other, or when it cannot."""
-    if runbook not in PREVIEWING or config.path is None:
+    """Start rendering ``values``' range for a previewing runbook, the revision graphs for a graphing one; None
+    for any other runbook, or when the process cannot start."""
+    if runbook not in PREVIEWING + GRAPHING or config.path is None:
         return None
     try:
         sets = config.select_sets(str(values.get("migration_set", "all")))
@@ -99,7 +104,10 @@ def start(config: Config, runbook: str, run_id: str, values: dict, heads: dict) 
     starts = {m.name: ",".join(heads[m.name]) or None for m in sets if heads.get(m.name) is not None}
     spec: dict[str, Any] = {"config": str(config.path), "target": str(values.get("target", "")),
                             "end": str(values.get("revision", "heads")),
-                            "out": str(folder / f"{run_id}.json"), "sets": starts}
+                            "out": str(folder / f"{run_id}.json"),
+                            "sets": starts if runbook in PREVIEWING else {},
+                            "graphs": {m.name: heads[m.name] for m in sets if heads.get(m.name) is not None}
+                            if runbook in GRAPHING else {}}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _remove_stale(folder)
@@ -146,6 +154,16 @@ def render(spec: dict) -> dict:
         history = [{**dataclasses.asdict(r), "path": str(r.path)} for r in migrations.history(mset)]
         out["sets"][name] = {"start": start_at, "files": before, "steps": [dataclasses.asdict(s) for s in steps],
                              "history": history}
+    for name, current in spec.get("graphs", {}).items():
+        from dbrunbook.views import plots
+
+        mset = config.migration_set(name)
+        before = file_versions(mset)
+        plot = plots.revision_graph(mset, current=tuple(current))
+        if file_versions(mset) == before:
+            out.setdefault("graphs", {})[name] = {
+                "current": list(current), "files": before, "title": plot.title, "width": plot.width,
+                "height": plot.height, "png": base64.b64encode(plot.png).decode("ascii")}
     return out
 
 
@@ -173,17 +191,35 @@ def _read(path: Path, pid: int) -> dict | None:
 def rendered_steps(config: Config, target: str, mset: MigrationSet, start_at: str | None, end: str
                    ) -> list[SqlStep] | None:
     """The steps the launcher's process rendered for this run's range, if they still hold; None otherwise."""
-    value = os.environ.get(ENV, "")
-    pid, _, path = value.partition(":")
-    if not pid.isdigit() or not path:
-        return None
-    result = _read(Path(path), int(pid))
-    if not result or (result.get("config"), result.get("target"), result.get("end")) != (str(config.path), target, end):
+    result = _result(config, target)
+    if not result or result.get("end") != end:
         return None
     entry = result.get("sets", {}).get(mset.name)
     if not entry or "steps" not in entry or entry.get("start") != start_at or entry["files"] != file_versions(mset):
         return None
     return [SqlStep(**{**s, "down_revision": tuple(s["down_revision"])}) for s in entry["steps"]]
+
+
+def _result(config: Config, target: str) -> dict | None:
+    """The process's result for this project and target, waiting while it runs; None without one."""
+    value = os.environ.get(ENV, "")
+    pid, _, path = value.partition(":")
+    if not pid.isdigit() or not path:
+        return None
+    result = _read(Path(path), int(pid))
+    if not result or (result.get("config"), result.get("target")) != (str(config.path), target):
+        return None
+    return result
+
+
+def drawn_graph(config: Config, target: str, mset: MigrationSet, current: tuple[str, ...]) -> Plot | None:
+    """The revision graph the launcher's process drew for this position, if the files are still the same."""
+    result = _result(config, target)
+    entry = (result or {}).get("graphs", {}).get(mset.name)
+    if not entry or tuple(entry["current"]) != tuple(current) or entry["files"] != file_versions(mset):
+        return None
+    return Plot(title=entry["title"], png=base64.b64decode(entry["png"]), width=entry["width"],
+                height=entry["height"])
 
 
 def main(argv: list[str]) -> int:

@@ -18,9 +18,11 @@ from dbrunbook import records
 from dbrunbook.chain import migrations
 from dbrunbook.config import Config, MigrationSet
 from dbrunbook.errors import NoSnapshot
+from dbrunbook.execution import prerender
 from dbrunbook.postgres import db, snapshots
 from dbrunbook.protocol import ARTIFACTS_DIR, SENTINEL
 from dbrunbook.views import summaries
+from dbrunbook.views.pictures import Plots
 from dbrunbook.views.tables import pairs_html
 
 if TYPE_CHECKING:
@@ -120,10 +122,16 @@ class SessionBase:
 
     def revision_graph(self, migration_set: str | None = "all"):
         """The revision graph of each set (branches, merges), the database's current position marked."""
-        from dbrunbook.views import plots
+        drawn = []
+        for m in self.sets(migration_set):
+            current = migrations.current(m, self.engine)
+            plot = prerender.drawn_graph(self.config, self.target.name, m, current)
+            if plot is None:
+                from dbrunbook.views import plots  # matplotlib: only when this kernel draws
 
-        return plots.Plots(tuple(plots.revision_graph(m, current=migrations.current(m, self.engine))
-                                 for m in self.sets(migration_set)))
+                plot = plots.revision_graph(m, current=current)
+            drawn.append(plot)
+        return Plots(tuple(drawn))
 
     def pending(self, migration_set: str | None = "all", revision: str = "heads") -> pd.DataFrame:
         rows = [

@@ -112,9 +112,7 @@ def test_an_apply_takes_the_second_processs_sql_and_the_ledger_names_the_same_sc
     own = run_runbook("apply", parameters={"dry_run": "false"}, config=chain)
     with engine.begin() as conn:  # back to an empty database; the ledger keeps its row
         conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    monkeypatch.undo()
-    monkeypatch.setenv("BENCH_TARGET_URL", database_url)
-    monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@example.org")
+    monkeypatch.setattr(prerender, "PREVIEWING", ("apply",))
     result = run_runbook("apply", parameters={"dry_run": "false"}, config=chain)
 
     assert (result.outcome, result.exit_status) == (own.outcome, own.exit_status) == ("succeeded", 0)
@@ -155,7 +153,7 @@ def test_a_failed_rendering_leaves_the_kernel_to_render(copied, tmp_path):
     subprocess.run([sys.executable, "-m", "dbrunbook.execution.prerender", json.dumps(spec)], check=True,
                    timeout=120)
     assert "error" in json.loads(out.read_text())
-    assert prerender.start(copied, "status", "r2", {}, {"main": []}) is None  # a runbook that does not preview
+    assert prerender.start(copied, "verify", "r2", {}, {"main": []}) is None  # neither previews nor draws
 
 
 def test_what_a_killed_launcher_left_is_removed_by_a_later_run(copied):
@@ -169,3 +167,38 @@ def test_what_a_killed_launcher_left_is_removed_by_a_later_run(copied):
     assert rendering is not None
     rendering.close()
     assert not old.exists() and recent.exists()
+
+
+def test_the_drawn_graph_is_the_kernels_own_picture_while_it_holds(copied, tmp_path, monkeypatch):
+    from dbrunbook.views import plots
+
+    mset = copied.migration_set("main")
+    history = migrations.history(mset)
+    current = (history[2].revision,)
+    out = tmp_path / "graphs.json"
+    spec = {"config": str(copied.path), "target": "local", "end": "heads", "out": str(out), "sets": {},
+            "graphs": {"main": list(current)}}
+    subprocess.run([sys.executable, "-m", "dbrunbook.execution.prerender", json.dumps(spec)], check=True,
+                   cwd=copied.root, timeout=120)
+    monkeypatch.setenv(prerender.ENV, f"{os.getpid()}:{out}")
+    drawn = prerender.drawn_graph(copied, "local", mset, current)
+    assert drawn is not None and drawn.png == plots.revision_graph(mset, current=current).png  # same bytes
+    assert prerender.drawn_graph(copied, "local", mset, ()) is None  # another position
+    assert prerender.drawn_graph(copied, "prod", mset, current) is None  # another target
+    script = next((tmp_path / "chain").rglob(f"{history[-1].revision}_*.py"))
+    os.utime(script, ns=(script.stat().st_atime_ns, script.stat().st_mtime_ns + 10**9))
+    assert prerender.drawn_graph(copied, "local", mset, current) is None  # a file changed since
+
+
+def test_a_status_run_shows_the_same_graph_as_the_kernel_draws(chain, monkeypatch):
+    def graph_output(result) -> list:
+        nb = json.loads((result.record_dir / "notebook.ipynb").read_text())
+        [cell] = [c for c in nb["cells"] if "s.revision_graph(" in "".join(c["source"])]
+        return [o.get("data") for o in cell["outputs"]]
+
+    monkeypatch.setattr(prerender, "GRAPHING", ())
+    own = run_runbook("status", config=chain)
+    monkeypatch.setattr(prerender, "GRAPHING", ("status",))
+    result = run_runbook("status", config=chain)
+    assert (own.exit_status, result.exit_status) == (0, 0)
+    assert graph_output(result) == graph_output(own) and "image/png" in json.dumps(graph_output(own))
