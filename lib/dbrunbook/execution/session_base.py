@@ -126,7 +126,9 @@ class SessionBase:
         for m in self.sets(migration_set):
             current = migrations.current(m, self.engine)
             plot = prerender.drawn_graph(self.config, self.target.name, m, current)
-            if plot is None:
+            if plot is not None:
+                print(f"{m.name}: graph drawn by the launcher's second process (same position and migration files)")
+            else:
                 from dbrunbook.views import plots  # matplotlib: only when this kernel draws
 
                 plot = plots.revision_graph(m, current=current)

@@ -194,7 +194,7 @@ def test_a_status_run_shows_the_same_graph_as_the_kernel_draws(chain, monkeypatc
     def graph_output(result) -> list:
         nb = json.loads((result.record_dir / "notebook.ipynb").read_text())
         [cell] = [c for c in nb["cells"] if "s.revision_graph(" in "".join(c["source"])]
-        return [o.get("data") for o in cell["outputs"]]
+        return [o["data"] for o in cell["outputs"] if "data" in o]
 
     monkeypatch.setattr(prerender, "GRAPHING", ())
     own = run_runbook("status", config=chain)
@@ -202,3 +202,5 @@ def test_a_status_run_shows_the_same_graph_as_the_kernel_draws(chain, monkeypatc
     result = run_runbook("status", config=chain)
     assert (own.exit_status, result.exit_status) == (0, 0)
     assert graph_output(result) == graph_output(own) and "image/png" in json.dumps(graph_output(own))
+    assert "graph drawn by the launcher's second process" in (result.record_dir / "notebook.ipynb").read_text()
+    assert "second process" not in (own.record_dir / "notebook.ipynb").read_text()
