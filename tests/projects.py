@@ -63,6 +63,29 @@ def trust_operator(config_path: Path, operator: str = OPERATOR) -> Path:
     return key
 
 
+def write_one_set_project(folder: Path, alembic_ini: Path, *, url_env: str = URL_ENV, state: Path | str = "state",
+                          protected: bool = False) -> Path:
+    """A dbrunbook.toml in ``folder`` driving the repository's runbooks on one Alembic project (set ``main``,
+    target ``local`` read from ``url_env``); returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "dbrunbook.toml"
+    config.write_text(f"""
+[project]
+outputs = "outputs"
+runbooks = "{ROOT / 'runbooks'}"
+state_dir = "{state}"
+
+[targets.local]
+url_env = "{url_env}"
+protected = {str(protected).lower()}
+
+[migration_sets.main]
+alembic_ini = "{alembic_ini}"
+version_table = "alembic_version"
+""", encoding="utf-8")
+    return config
+
+
 def write_project(folder: Path, url: str, *, protected: bool = False, signing_key: bool = True) -> Project:
     """Write a dbrunbook.toml in ``folder`` that drives the repository's runbooks and sample migrations."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from dbrunbook import cli, records
 from dbrunbook.config import load_config
-from tests.projects import trust_operator
+from tests.projects import trust_operator, write_one_set_project
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "alembic_projects" / "online_only"
@@ -27,22 +27,7 @@ URL_ENV = "DBRUNBOOK_TEST_ONLINE_URL"
 def online_project(tmp_path, embedded_root, database_url, monkeypatch):
     # The scratch servers' data outside pytest's basetemp, which other pytest sessions make 0700.
     state = embedded_root / f"state-{uuid.uuid4().hex[:8]}"
-    folder = tmp_path / "project"
-    folder.mkdir()
-    config = folder / "dbrunbook.toml"
-    config.write_text(f"""
-[project]
-outputs = "outputs"
-runbooks = "{ROOT / 'runbooks'}"
-state_dir = "{state}"
-
-[targets.local]
-url_env = "{URL_ENV}"
-
-[migration_sets.main]
-alembic_ini = "{FIXTURE / 'alembic.ini'}"
-version_table = "alembic_version"
-""", encoding="utf-8")
+    config = write_one_set_project(tmp_path / "project", FIXTURE / "alembic.ini", url_env=URL_ENV, state=state)
     monkeypatch.setenv(URL_ENV, database_url)
     monkeypatch.setenv("DBRUNBOOK_CONFIG", str(config))
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@dbrunbook")

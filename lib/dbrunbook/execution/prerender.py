@@ -25,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from dbrunbook.chain import migrations
 from dbrunbook.chain.digests import file_versions
 from dbrunbook.chain.values import RevisionInfo, SqlStep
 from dbrunbook.config import Config, MigrationSet, load_config
+from dbrunbook.execution.process import environment_variable
 from dbrunbook.views.pictures import Plot
 
 #: The result file and the rendering process's pid, for the kernel: ``PID:PATH``.
@@ -120,21 +120,9 @@ def start(config: Config, runbook: str, run_id: str, values: dict, heads: dict) 
     return Prerender(process, Path(spec["out"]))
 
 
-@contextlib.contextmanager
-def for_kernel(rendering: Prerender | None) -> Iterator[None]:
+def for_kernel(rendering: Prerender | None) -> contextlib.AbstractContextManager[None]:
     """Tell the kernel (it inherits the environment) where the rendering goes, for the time of the run."""
-    if rendering is None:
-        yield
-        return
-    before = os.environ.get(ENV)
-    os.environ[ENV] = rendering.env_value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = before
+    return contextlib.nullcontext() if rendering is None else environment_variable(ENV, rendering.env_value)
 
 
 def render(spec: dict) -> dict:

@@ -19,17 +19,22 @@ from dbrunbook.safety import locking
 
 
 @contextlib.contextmanager
-def config_for_kernel(config: Config) -> Iterator[None]:
-    """Point the kernel's ``load_config()`` at the launcher's dbrunbook.toml (the kernel inherits the env)."""
-    before = os.environ.get(ENV_CONFIG)
-    os.environ[ENV_CONFIG] = str(config.path)
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in the launcher's environment (the kernel it starts inherits it), restored after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop(ENV_CONFIG, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[ENV_CONFIG] = before
+            os.environ[name] = before
+
+
+def config_for_kernel(config: Config) -> contextlib.AbstractContextManager[None]:
+    """Point the kernel's ``load_config()`` at the launcher's dbrunbook.toml (the kernel inherits the env)."""
+    return environment_variable(ENV_CONFIG, str(config.path))
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from dbrunbook.chain import capture, migrations
 from dbrunbook.errors import DataLossRefused, OnlineOnlyNotCovered
 from dbrunbook.execution.session import open_session
 from dbrunbook.records import signing
-from tests.projects import trust_operator
+from tests.projects import trust_operator, write_one_set_project
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "alembic_projects" / "online_only"
 A1, B2, C3, D4, E5 = "a1000000own1", "b2000000cnt2", "c3000000nik3", "d4000000idx4", "e5000000pet5"
@@ -26,23 +26,7 @@ URL_ENV = "DBRUNBOOK_TEST_ONLINE_URL"
 
 
 def write_config(folder: Path, state: Path, *, protected: bool = False) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "dbrunbook.toml"
-    path.write_text(f"""
-[project]
-outputs = "outputs"
-runbooks = "{Path(__file__).resolve().parents[3] / 'runbooks'}"
-state_dir = "{state}"
-
-[targets.local]
-url_env = "{URL_ENV}"
-protected = {str(protected).lower()}
-
-[migration_sets.main]
-alembic_ini = "{FIXTURE / 'alembic.ini'}"
-version_table = "alembic_version"
-""", encoding="utf-8")
-    return path
+    return write_one_set_project(folder, FIXTURE / "alembic.ini", url_env=URL_ENV, state=state, protected=protected)
 
 
 @pytest.fixture

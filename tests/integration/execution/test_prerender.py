@@ -20,7 +20,7 @@ from dbrunbook.chain import migrations
 from dbrunbook.config import load_config
 from dbrunbook.execution import prerender
 from dbrunbook.execution.runner import run_runbook
-from tests.projects import URL_ENV, trust_operator
+from tests.projects import URL_ENV, trust_operator, write_one_set_project
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "alembic_projects"
 ROOT = Path(__file__).resolve().parents[3]
@@ -30,20 +30,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def copied(tmp_path, database_url, monkeypatch):
     """A project of its own on a copy of the online-only fixture (two revisions there cannot render offline)."""
     shutil.copytree(FIXTURES / "online_only", tmp_path / "chain")
-    config = tmp_path / "dbrunbook.toml"
-    config.write_text(f"""
-[project]
-outputs = "outputs"
-runbooks = "{ROOT / 'runbooks'}"
-state_dir = "state"
-
-[targets.local]
-url_env = "{URL_ENV}"
-
-[migration_sets.main]
-alembic_ini = "{tmp_path / 'chain' / 'alembic.ini'}"
-version_table = "alembic_version"
-""", encoding="utf-8")
+    config = write_one_set_project(tmp_path, tmp_path / "chain" / "alembic.ini")
     monkeypatch.setenv(URL_ENV, database_url)
     monkeypatch.setenv("DBRUNBOOK_OPERATOR", "tester@dbrunbook")
     monkeypatch.delenv(prerender.ENV, raising=False)
