@@ -9,7 +9,10 @@ sit below the execution layer, so they name the interface, not the class.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,6 +51,21 @@ SECRET_WORDS = ("password", "passwd", "secret", "token", "apikey", "api_key", "c
 def now() -> datetime:
     """The one clock of a run: an aware UTC datetime (its intent, step log, statement and ledger row)."""
     return datetime.now(UTC)
+
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment for a while, restored after: how the launcher tells the
+    kernel it starts (which inherits the environment) where its configuration, lock or second process is."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def artifact_json(body: Any, *, depth: int) -> str:

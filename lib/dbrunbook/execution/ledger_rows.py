@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dbrunbook import protocol, records
@@ -68,7 +67,7 @@ def _migration_files(config: Config, heads_before: dict, heads_after: dict, hist
         history = known[1] if known and known[0] == file_versions(mset) else migrations.history(mset)
         applied = _applied_revisions(history, before, after)
         if applied:
-            files[mset.name] = {r.revision: sha256_file(Path(r.path)) for r in applied}
+            files[mset.name] = {r.revision: sha256_file(r.path) for r in applied}
     return files
 
 

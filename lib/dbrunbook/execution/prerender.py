@@ -1,17 +1,19 @@
-"""The preview's offline SQL rendered by a second process while the kernel starts (``dbrunbook run``).
+"""Work of a run done by a second process of the launcher while the kernel starts (``dbrunbook run``).
 
 A previewing runbook (``PREVIEWING``) reaches its preview step about a second after the launcher starts its
 kernel: kernel start-up, the session, the status step. Alembic's offline rendering needs no database, only
 the migration files and where the range starts, which the launcher has read before the run; so the
 launcher starts one process (``python -m dbrunbook.execution.prerender``) that renders the range on the
-other core meanwhile, and writes the steps to a file under ``state_dir/prerender/``.
+other core meanwhile and writes the steps to a file under ``state_dir/prerender/``, with the set's history
+(the ledger row names the applied scripts from it at the seal, instead of loading every revision again).
+For a graphing runbook (``GRAPHING``) the process draws the revision graph of the position the launcher read.
 
-``Session.preview`` takes those steps (``rendered_steps``) only when they were rendered for the same project,
-migration set, start and end, and every migration file of the set (ini, env.py, revisions) has the same size
-and mtime as when they were rendered; else, or when the process failed, the kernel renders as before. It is
-the same library call on the same files, so the SQL is the same (a test compares the two byte for byte);
-the preview step says which process rendered it. At 1,000 revisions this takes Alembic's ~0.4 s of
-rendering off the run's path; an interactive run (no launcher) always renders in the kernel.
+The kernel takes the steps (``rendered_steps``) or the picture (``drawn_graph``) only when they were made for
+the same project, target, migration set and range (or position), and every migration file of the set (ini,
+env.py, revisions) has the same size and mtime as then; else, or when the process failed, the kernel does the
+work as before. It is the same library call on the same files, so the SQL and the PNG are the same (tests
+compare them byte for byte); the step says which process did it. At 1,000 revisions this takes Alembic's
+~0.4 s of rendering off the run's path; an interactive run (no launcher) always renders in the kernel.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from dbrunbook.chain import migrations
 from dbrunbook.chain.digests import file_versions
 from dbrunbook.chain.values import RevisionInfo, SqlStep
 from dbrunbook.config import Config, MigrationSet, load_config
-from dbrunbook.execution.process import environment_variable
+from dbrunbook.postgres.masking import mask_secrets
+from dbrunbook.protocol import environment_variable
 from dbrunbook.views.pictures import Plot
 
 #: The result file and the rendering process's pid, for the kernel: ``PID:PATH``.
@@ -101,13 +104,12 @@ def start(config: Config, runbook: str, run_id: str, values: dict, heads: dict) 
     except Exception:  # the kernel says what is wrong with the parameter
         return None
     folder = config.state_dir / "prerender"
-    starts = {m.name: ",".join(heads[m.name]) or None for m in sets if heads.get(m.name) is not None}
+    read = {m.name: heads[m.name] for m in sets if heads.get(m.name) is not None}  # None: could not be read
     spec: dict[str, Any] = {"config": str(config.path), "target": str(values.get("target", "")),
-                            "end": str(values.get("revision", "heads")),
-                            "out": str(folder / f"{run_id}.json"),
-                            "sets": starts if runbook in PREVIEWING else {},
-                            "graphs": {m.name: heads[m.name] for m in sets if heads.get(m.name) is not None}
-                            if runbook in GRAPHING else {}}
+                            "end": str(values.get("revision", "heads")), "out": str(folder / f"{run_id}.json"),
+                            "sets": {name: ",".join(at) or None for name, at in read.items()}
+                            if runbook in PREVIEWING else {},
+                            "graphs": read if runbook in GRAPHING else {}}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _remove_stale(folder)
@@ -125,6 +127,11 @@ def for_kernel(rendering: Prerender | None) -> contextlib.AbstractContextManager
     return contextlib.nullcontext() if rendering is None else environment_variable(ENV, rendering.env_value)
 
 
+def _error_text(err: BaseException) -> str:
+    """Why the process could not do something, passwords masked (the file is only read to decide)."""
+    return mask_secrets(f"{type(err).__name__}: {err}")[:500]
+
+
 def render(spec: dict) -> dict:
     """What the process writes: per set, its start and end, its files' versions and its steps (or why not)."""
     config = load_config(Path(spec["config"]))
@@ -135,16 +142,16 @@ def render(spec: dict) -> dict:
         try:
             steps = migrations.offline_sql(mset, start_at, spec["end"])
         except Exception as err:  # the kernel renders, and says what is wrong
-            out["sets"][name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+            out["sets"][name] = {"error": _error_text(err)}
             continue
         if file_versions(mset) != before:
             continue  # a file changed while it rendered
         history = [{**dataclasses.asdict(r), "path": str(r.path)} for r in migrations.history(mset)]
         out["sets"][name] = {"start": start_at, "files": before, "steps": [dataclasses.asdict(s) for s in steps],
                              "history": history}
+    if spec.get("graphs"):
+        from dbrunbook.views import plots  # matplotlib: only for a process that draws
     for name, current in spec.get("graphs", {}).items():
-        from dbrunbook.views import plots
-
         mset = config.migration_set(name)
         before = file_versions(mset)
         plot = plots.revision_graph(mset, current=tuple(current))
@@ -216,7 +223,7 @@ def main(argv: list[str]) -> int:
     try:
         result = render(spec)
     except Exception as err:
-        result = {"error": f"{type(err).__name__}: {err}"[:500]}
+        result = {"error": _error_text(err)}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result), encoding="utf-8")
     os.replace(tmp, out)  # whole or not at all: the kernel reads it as soon as it exists

@@ -9,27 +9,13 @@ record is sealed both wait until it is signed.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 from collections.abc import Iterator
 
 from dbrunbook.config import ENV_CONFIG, Config
+from dbrunbook.protocol import environment_variable
 from dbrunbook.safety import locking
-
-
-@contextlib.contextmanager
-def environment_variable(name: str, value: str) -> Iterator[None]:
-    """``name=value`` in the launcher's environment (the kernel it starts inherits it), restored after."""
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def config_for_kernel(config: Config) -> contextlib.AbstractContextManager[None]:
@@ -54,21 +40,11 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def lock_for_kernel(lock: locking.DeployerLock | None) -> Iterator[None]:
+def lock_for_kernel(lock: locking.DeployerLock | None) -> contextlib.AbstractContextManager[None]:
     """Tell the kernel (through its environment) which session holds this run's lock, so it borrows it."""
     if lock is None:
-        yield
-        return
-    before = os.environ.get(locking.LAUNCHER_LOCK_ENV)
-    os.environ[locking.LAUNCHER_LOCK_ENV] = locking.launcher_lock_env(lock)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(locking.LAUNCHER_LOCK_ENV, None)
-        else:
-            os.environ[locking.LAUNCHER_LOCK_ENV] = before
+        return contextlib.nullcontext()
+    return environment_variable(locking.LAUNCHER_LOCK_ENV, locking.launcher_lock_env(lock))
 
 
 @contextlib.contextmanager
